@@ -1,0 +1,113 @@
+//! Command-line options. Every option is also an environment variable, and
+//! every one is documented in `--help`: the defaults start a working server
+//! with an embedded store and no set-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::store::Durability;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "eventfeed",
+    version,
+    about = "An HTTP event store that serves every stream as a cacheable Atom or JSON feed."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Directory of the embedded store; created if missing.
+    #[arg(long, env = "EVENTFEED_DATA_DIR", default_value = "./eventfeed-data")]
+    pub data_dir: PathBuf,
+
+    /// Address and port to listen on.
+    #[arg(long, env = "EVENTFEED_BIND", default_value = "127.0.0.1:2113")]
+    pub bind: SocketAddr,
+
+    /// What an acknowledged append survives: `fsync` a process crash and
+    /// power loss; `flush` a process crash; `none` neither (the last ~0.5 s
+    /// of appends can be lost; benchmarks and throwaway stores only).
+    #[arg(long, env = "EVENTFEED_DURABILITY", value_enum, default_value_t = Durability::Fsync)]
+    pub durability: Durability,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing
+    /// directives such as `eventfeed=debug,tower_http=info`.
+    #[arg(long = "log", env = "EVENTFEED_LOG", default_value = "info")]
+    pub log_filter: String,
+
+    /// Log format.
+    #[arg(long, env = "EVENTFEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Largest event accepted (data plus metadata), in bytes; larger ones
+    /// get 413.
+    #[arg(long, env = "EVENTFEED_MAX_EVENT_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_event_bytes: usize,
+
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "EVENTFEED_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Longest `ES-LongPoll` wait honoured, in seconds; longer requests
+    /// wait this long.
+    #[arg(long, env = "EVENTFEED_MAX_LONG_POLL_SECS", default_value_t = 300)]
+    pub max_long_poll_secs: u64,
+
+    /// Most long-poll waiters and Server-Sent Event streams open at once;
+    /// beyond it requests get 503 with Retry-After.
+    #[arg(long, env = "EVENTFEED_MAX_WAITERS", default_value_t = 50_000)]
+    pub max_waiters: usize,
+
+    /// Memory for the store's page cache, in MiB.
+    #[arg(long, env = "EVENTFEED_CACHE_MB", default_value_t = 512)]
+    pub cache_mb: u64,
+
+    /// Maintain `$ce-{category}` streams.
+    #[arg(long, env = "EVENTFEED_PROJECTION_BY_CATEGORY", default_value_t = true, action = ArgAction::Set)]
+    pub projection_by_category: bool,
+
+    /// Maintain `$et-{eventType}` streams.
+    #[arg(long, env = "EVENTFEED_PROJECTION_BY_EVENT_TYPE", default_value_t = true, action = ArgAction::Set)]
+    pub projection_by_event_type: bool,
+
+    /// Maintain the `$streams` stream.
+    #[arg(long, env = "EVENTFEED_PROJECTION_STREAMS", default_value_t = true, action = ArgAction::Set)]
+    pub projection_streams: bool,
+
+    /// Seconds to wait at shutdown for open requests to finish before
+    /// closing them.
+    #[arg(long, env = "EVENTFEED_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ServeConfig {
+    /// The defaults, with the store in `data_dir` and an ephemeral port on
+    /// loopback (for tests and embedding).
+    pub fn for_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Cli::parse_from(["eventfeed", "serve"]);
+        let Command::Serve(ref mut serve) = config.command;
+        serve.data_dir = data_dir.into();
+        serve.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        serve.clone()
+    }
+}

@@ -1,0 +1,178 @@
+//! How one event's payload is shown: as embedded JSON, as a JSON string
+//! (`embed=body`), re-indented (`pretty`), or as XML.
+
+use serde_json::value::RawValue;
+
+use super::Embed;
+use crate::store::RecordedEvent;
+
+/// The payload of an event as a JSON value to embed verbatim (`content`):
+/// the stored JSON for JSON events, else the bytes as a JSON string.
+pub fn embedded(bytes: &[u8], is_json: bool) -> Box<RawValue> {
+    if is_json {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            if let Ok(raw) = RawValue::from_string(text.to_owned()) {
+                return raw;
+            }
+        }
+    }
+    json_string(&String::from_utf8_lossy(bytes))
+}
+
+/// `text` as a JSON string literal. Serialising a `&str` cannot fail; the
+/// `null` fallback only satisfies the type.
+fn json_string(text: &str) -> Box<RawValue> {
+    serde_json::value::to_raw_value(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// The text of a payload for `embed=body` and above, when the level shows
+/// it: JSON payloads always; others only with `tryharder`, and only if they
+/// happen to parse as JSON. `pretty` and `tryharder` re-indent.
+pub fn body_text(bytes: &[u8], is_json: bool, embed: Embed) -> Option<String> {
+    if bytes.is_empty() && !is_json {
+        return None;
+    }
+    let reindent = matches!(embed, Embed::Pretty | Embed::TryHarder);
+    if is_json {
+        let text = String::from_utf8_lossy(bytes);
+        if reindent {
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
+                if let Ok(pretty) = serde_json::to_string_pretty(&value) {
+                    return Some(pretty);
+                }
+            }
+        }
+        return Some(text.into_owned());
+    }
+    if embed == Embed::TryHarder {
+        let value = serde_json::from_slice::<serde_json::Value>(bytes).ok()?;
+        return serde_json::to_string_pretty(&value).ok();
+    }
+    None
+}
+
+/// The event object (`application/vnd.eventstore.event+json`, and the
+/// `content` of an entry).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventObject<'a> {
+    pub event_stream_id: &'a str,
+    pub event_number: u64,
+    pub event_type: &'a str,
+    pub event_id: String,
+    pub data: Box<RawValue>,
+    pub metadata: Box<RawValue>,
+}
+
+impl<'a> EventObject<'a> {
+    pub fn of(event: &'a RecordedEvent) -> Self {
+        Self {
+            event_stream_id: &event.stream,
+            event_number: event.number,
+            event_type: &event.event_type,
+            event_id: event.id.to_string(),
+            data: embedded(&event.data, event.is_json),
+            metadata: embedded(&event.metadata, event.metadata_is_json && !event.metadata.is_empty()),
+        }
+    }
+}
+
+/// The payload as an XML document (`text/xml` / `application/xml` reads).
+/// Non-JSON payloads are returned as stored (they were posted as XML or
+/// bytes); JSON payloads are converted: object members become elements,
+/// array items repeat their element, scalars become text, all under a
+/// `<data>` root. Names that are not valid XML names are made valid by
+/// replacing offending characters with `_`.
+pub fn xml_payload(event: &RecordedEvent) -> Vec<u8> {
+    if !event.is_json {
+        return event.data.to_vec();
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&event.data) else {
+        return event.data.to_vec();
+    };
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>");
+    write_xml_value(&mut out, "data", &value);
+    out.into_bytes()
+}
+
+fn write_xml_value(out: &mut String, name: &str, value: &serde_json::Value) {
+    use serde_json::Value;
+    if let Value::Array(items) = value {
+        for item in items {
+            write_xml_value(out, name, item);
+        }
+        return;
+    }
+    let name = xml_name(name);
+    out.push('<');
+    out.push_str(&name);
+    out.push('>');
+    match value {
+        Value::Object(members) => {
+            for (key, member) in members {
+                write_xml_value(out, key, member);
+            }
+        }
+        Value::String(text) => out.push_str(&quick_xml::escape::escape(text.as_str())),
+        Value::Null => {}
+        other => out.push_str(&other.to_string()),
+    }
+    out.push_str("</");
+    out.push_str(&name);
+    out.push('>');
+}
+
+fn xml_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (index, ch) in name.chars().enumerate() {
+        let valid = ch.is_alphabetic()
+            || ch == '_'
+            || (index > 0 && (ch.is_alphanumeric() || ch == '-' || ch == '.'));
+        out.push(if valid { ch } else { '_' });
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_text_by_level() {
+        assert_eq!(body_text(br#"{"a":1}"#, true, Embed::Body).as_deref(), Some(r#"{"a":1}"#));
+        assert_eq!(body_text(br#"{"a":1}"#, true, Embed::Pretty).as_deref(), Some("{\n  \"a\": 1\n}"));
+        assert_eq!(body_text(br#"{"a":1}"#, false, Embed::Body), None);
+        assert!(body_text(br#"{"a":1}"#, false, Embed::TryHarder).is_some());
+        assert_eq!(body_text(b"plain", false, Embed::TryHarder), None);
+    }
+
+    #[test]
+    fn embedded_payloads_are_valid_json() {
+        assert_eq!(embedded(br#"{"a":[1,2]}"#, true).get(), r#"{"a":[1,2]}"#);
+        assert_eq!(embedded(b"he said \"hi\"", false).get(), r#""he said \"hi\"""#);
+        assert_eq!(embedded(b"", false).get(), r#""""#);
+    }
+
+    #[test]
+    fn json_payloads_convert_to_xml() {
+        let event = RecordedEvent {
+            stream: "s".into(),
+            number: 0,
+            position: 0,
+            id: uuid::Uuid::nil(),
+            event_type: "t".into(),
+            created_micros: 0,
+            is_json: true,
+            metadata_is_json: false,
+            data: bytes::Bytes::from_static(br#"{"name":"a<b","tags":["x","y"],"1st":null}"#),
+            metadata: bytes::Bytes::new(),
+        };
+        assert_eq!(
+            String::from_utf8(xml_payload(&event)).expect("utf-8"),
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><data><name>a&lt;b</name><tags>x</tags><tags>y</tags><_st></_st></data>"
+        );
+    }
+}

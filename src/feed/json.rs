@@ -1,0 +1,162 @@
+//! The JSON feed (`application/vnd.eventstore.atom+json`, also served as
+//! `application/json`): v5's field names and order, camelCase, nulls omitted.
+
+use serde::Serialize;
+
+use super::event::{EventObject, body_text};
+use super::time::{EMPTY_FEED_UPDATED, rfc3339};
+use super::{AUTHOR, Embed, Feed, Urls};
+use crate::store::ReadEvent;
+use crate::store::metadata::described_stream;
+
+#[derive(Serialize)]
+struct Author {
+    name: &'static str,
+}
+
+const THE_AUTHOR: Author = Author { name: AUTHOR };
+
+#[derive(Serialize)]
+struct LinkJson<'a> {
+    uri: &'a str,
+    relation: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FeedJson<'a> {
+    title: &'a str,
+    id: &'a str,
+    updated: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_id: Option<&'a str>,
+    author: Author,
+    head_of_stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    self_url: Option<&'a str>,
+    #[serde(rename = "eTag", skip_serializing_if = "Option::is_none")]
+    etag: Option<&'a str>,
+    links: Vec<LinkJson<'a>>,
+    entries: Vec<EntryJson<'a>>,
+}
+
+/// An entry. The rich fields come first, as v5 writes them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryJson<'a> {
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    rich: Option<RichFields<'a>>,
+    title: String,
+    id: String,
+    updated: String,
+    author: Author,
+    summary: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<EventObject<'a>>,
+    links: [EntryLink; 2],
+}
+
+/// An entry's `edit` / `alternate` link; both carry the entry's own URL.
+#[derive(Serialize)]
+struct EntryLink {
+    uri: String,
+    relation: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RichFields<'a> {
+    event_id: String,
+    event_type: &'a str,
+    event_number: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    #[serde(rename = "metaData", skip_serializing_if = "Option::is_none")]
+    metadata: Option<String>,
+    #[serde(rename = "linkMetaData", skip_serializing_if = "Option::is_none")]
+    link_metadata: Option<String>,
+    stream_id: &'a str,
+    is_json: bool,
+    is_meta_data: bool,
+    is_link_meta_data: bool,
+    position_event_number: u64,
+    position_stream_id: &'a str,
+}
+
+/// Renders a feed page.
+pub fn render_feed(feed: &Feed, urls: &Urls, embed: Embed) -> Vec<u8> {
+    let body = FeedJson {
+        title: &feed.title,
+        id: &feed.id,
+        updated: feed.updated_micros.map_or_else(|| EMPTY_FEED_UPDATED.to_owned(), rfc3339),
+        stream_id: feed.stream_id.as_deref(),
+        author: THE_AUTHOR,
+        head_of_stream: feed.head_of_stream,
+        self_url: feed.self_url.as_deref(),
+        etag: feed.etag.as_deref(),
+        links: feed.links.iter().map(|l| LinkJson { uri: &l.uri, relation: l.relation }).collect(),
+        entries: feed.entries.iter().map(|e| entry(e, urls, embed)).collect(),
+    };
+    to_vec(&body)
+}
+
+/// Renders one event as an entry with its content (single-event reads).
+pub fn render_entry(event: &ReadEvent, urls: &Urls) -> Vec<u8> {
+    to_vec(&entry(event, urls, Embed::Content))
+}
+
+/// Renders the event object (`application/vnd.eventstore.event+json`).
+pub fn render_event_object(event: &ReadEvent) -> Vec<u8> {
+    to_vec(&EventObject::of(&event.event))
+}
+
+fn to_vec(value: &impl Serialize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    // Serialising these types into a Vec cannot fail: every map key is a
+    // string and no Serialize impl here returns an error.
+    if serde_json::to_writer_pretty(&mut out, value).is_err() {
+        out.clear();
+        out.extend_from_slice(b"{}");
+    }
+    out
+}
+
+fn entry<'a>(read: &'a ReadEvent, urls: &Urls, embed: Embed) -> EntryJson<'a> {
+    let event = &read.event;
+    let original = read.original();
+    let url = urls.event(&event.stream, event.number);
+    let rich = (embed >= Embed::Rich).then(|| RichFields {
+        event_id: event.id.to_string(),
+        event_type: &event.event_type,
+        event_number: event.number,
+        data: (embed >= Embed::Body).then(|| body_text(&event.data, event.is_json, embed)).flatten(),
+        metadata: (embed >= Embed::Body && !event.metadata.is_empty())
+            .then(|| body_text(&event.metadata, event.metadata_is_json, embed))
+            .flatten(),
+        link_metadata: read
+            .link
+            .as_ref()
+            .filter(|_| embed >= Embed::Body)
+            .map(|link| String::from_utf8_lossy(&link.metadata).into_owned()),
+        stream_id: &event.stream,
+        is_json: event.is_json,
+        is_meta_data: described_stream(&event.stream).is_some(),
+        is_link_meta_data: false,
+        position_event_number: original.number,
+        position_stream_id: &original.stream,
+    });
+    EntryJson {
+        rich,
+        title: format!("{}@{}", event.number, event.stream),
+        id: url.clone(),
+        updated: rfc3339(original.created_micros),
+        author: THE_AUTHOR,
+        // A resolved link shows "$>" here; everything else its own type.
+        summary: &original.event_type,
+        content: (embed == Embed::Content).then(|| EventObject::of(event)),
+        links: [
+            EntryLink { uri: url.clone(), relation: "edit" },
+            EntryLink { uri: url, relation: "alternate" },
+        ],
+    }
+}

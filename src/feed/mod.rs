@@ -1,0 +1,526 @@
+//! Feeds: the page model, the paging math, and the renderers (Atom XML,
+//! JSON, HTML). Nothing here knows about HTTP; it turns what the store read
+//! into a [`Feed`], and a feed into bytes.
+//!
+//! The invariant this module keeps for caching: everything on an immutable
+//! page (links, `updated`, entries) derives from the events and the request,
+//! never from the clock or the stream's current head, so the same page is
+//! byte-identical whenever and wherever it is rendered.
+
+pub mod atom;
+pub mod event;
+pub mod html;
+pub mod json;
+pub mod time;
+mod urls;
+
+pub use urls::Urls;
+
+use crate::store::{AllSlice, Direction, ReadEvent, StreamSlice};
+
+/// The author of every feed and entry. v5 writes "EventStore"; clients never
+/// look at it, but some test suites snapshot it, so it stays.
+pub const AUTHOR: &str = "EventStore";
+
+/// The page size when the request names none (v5's).
+pub const DEFAULT_PAGE_SIZE: u64 = 20;
+
+/// The largest page a request may ask for (v5's). Bounds the work and
+/// memory of one uncached read.
+pub const MAX_PAGE_SIZE: u64 = 4096;
+
+/// Where a page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageStart {
+    Head,
+    Number(u64),
+}
+
+/// A request for one page of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub start: PageStart,
+    pub direction: Direction,
+    pub count: u64,
+}
+
+/// `?embed=`: how much of each event an entry carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Embed {
+    #[default]
+    None,
+    Content,
+    Rich,
+    Body,
+    Pretty,
+    TryHarder,
+}
+
+impl Embed {
+    /// Parses the query value, case-insensitively; unknown values are `None`.
+    pub fn parse(value: &str) -> Option<Self> {
+        const NAMES: [(&str, Embed); 6] = [
+            ("none", Embed::None),
+            ("content", Embed::Content),
+            ("rich", Embed::Rich),
+            ("body", Embed::Body),
+            ("pretty", Embed::Pretty),
+            ("tryharder", Embed::TryHarder),
+        ];
+        NAMES.iter().find(|(name, _)| name.eq_ignore_ascii_case(value)).map(|(_, embed)| *embed)
+    }
+}
+
+/// How a response may be cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// Can never change: cache for a year.
+    Immutable,
+    /// May change with the next append: revalidate with this version, which
+    /// becomes the first half of the ETag.
+    Live { version: String },
+}
+
+/// A link in a feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub uri: String,
+    pub relation: &'static str,
+}
+
+/// One page of a stream (or of `$all`), ready to render.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    pub title: String,
+    pub id: String,
+    /// The newest entry's time; `None` for an empty feed.
+    pub updated_micros: Option<i64>,
+    /// `None` for `$all`.
+    pub stream_id: Option<String>,
+    pub head_of_stream: bool,
+    /// Backward feeds only.
+    pub self_url: Option<String>,
+    /// The ETag value shown in the body of a head page (set by the caller,
+    /// who knows the negotiated media type).
+    pub etag: Option<String>,
+    pub links: Vec<Link>,
+    /// Newest first, forward pages included.
+    pub entries: Vec<ReadEvent>,
+    pub freshness: Freshness,
+    /// Whether the head page is being shown (for the body `eTag`).
+    pub is_head: bool,
+}
+
+/// Builds the page `request` of `stream` from what the store read.
+pub fn stream_feed(urls: &Urls, stream: &str, request: PageRequest, slice: StreamSlice) -> Feed {
+    let view = slice.view;
+    let last = view.last_number;
+    let count = request.count.max(1);
+    let page = |from: u64, direction: Direction| Link {
+        uri: urls.page(stream, PageStart::Number(from), direction, count),
+        relation: "",
+    };
+    let mut links = vec![
+        Link { uri: urls.stream(stream), relation: "self" },
+        Link { uri: urls.page(stream, PageStart::Head, Direction::Backward, count), relation: "first" },
+    ];
+    let (head_of_stream, freshness, self_url, is_head);
+
+    match request.direction {
+        Direction::Backward => {
+            let (from, requested_head) = match request.start {
+                PageStart::Head => (last, true),
+                PageStart::Number(from) => (from, false),
+            };
+            // The page reaches the first visible event: nothing lies behind it.
+            let reaches_start = from < view.first_visible.saturating_add(count);
+            if !reaches_start {
+                links.push(Link { relation: "last", ..page(0, Direction::Forward) });
+                links.push(Link { relation: "next", ..page(from - count, Direction::Backward) });
+            }
+            links.push(Link {
+                relation: "previous",
+                ..page(from.min(last).saturating_add(1), Direction::Forward)
+            });
+            head_of_stream = requested_head;
+            is_head = requested_head;
+            freshness = if requested_head || from > last {
+                Freshness::Live { version: last.to_string() }
+            } else {
+                Freshness::Immutable
+            };
+            self_url = Some(urls.stream(stream));
+        }
+        Direction::Forward => {
+            let from = match request.start {
+                PageStart::Head => last,
+                PageStart::Number(from) => from,
+            };
+            let page_end = from.saturating_add(count - 1);
+            let reaches_end = page_end >= last;
+            if from >= 1 {
+                links.push(Link { relation: "last", ..page(0, Direction::Forward) });
+                links.push(Link { relation: "next", ..page(from - 1, Direction::Backward) });
+            }
+            // Real clients stop walking when `previous` disappears, so it is
+            // absent exactly when the page is empty at the end of the stream.
+            if !(reaches_end && slice.events.is_empty()) {
+                // Jump over events hidden by retention rather than walking
+                // page by page through an invisible range.
+                let next_from = page_end.min(last).saturating_add(1).max(view.first_visible);
+                links.push(Link { relation: "previous", ..page(next_from, Direction::Forward) });
+            }
+            head_of_stream = reaches_end;
+            is_head = false;
+            let full = last.saturating_add(1) >= from.saturating_add(count);
+            freshness =
+                if full { Freshness::Immutable } else { Freshness::Live { version: last.to_string() } };
+            self_url = None;
+        }
+    }
+    links.push(Link { uri: urls.metadata(stream), relation: "metadata" });
+
+    let mut entries = slice.events;
+    entries.reverse();
+    Feed {
+        title: format!("Event stream '{stream}'"),
+        id: urls.stream(stream),
+        updated_micros: entries.first().map(|e| e.original().created_micros),
+        stream_id: Some(stream.to_owned()),
+        head_of_stream,
+        self_url,
+        etag: None,
+        links,
+        entries,
+        freshness,
+        is_head,
+    }
+}
+
+/// The name of the stream of every event.
+pub const ALL_STREAM: &str = "$all";
+
+/// A position in `$all` as v5 writes it: commit and prepare position, 16
+/// hex digits each. eventfeed has one position per event, so both halves
+/// are the same number.
+pub fn format_position(position: u64) -> String {
+    format!("{position:016X}{position:016X}")
+}
+
+/// Parses a position written by [`format_position`] (the commit half
+/// counts; case-insensitive).
+pub fn parse_position(text: &str) -> Option<u64> {
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(&text[..16], 16).ok()
+}
+
+/// Builds a page of `$all` from what the store read. `start` is a
+/// position; the links step by positions the read examined, so events
+/// hidden by retention or deletion are skipped without breaking the walk.
+pub fn all_feed(urls: &Urls, request: PageRequest, slice: AllSlice) -> Feed {
+    let last = slice.next_position.checked_sub(1);
+    let count = request.count.max(1);
+    let page = |position: u64, direction: Direction, relation: &'static str| Link {
+        uri: urls.all_page(PageStart::Number(position), direction, count),
+        relation,
+    };
+    let mut links = vec![
+        Link { uri: urls.stream(ALL_STREAM), relation: "self" },
+        Link { uri: urls.all_page(PageStart::Head, Direction::Backward, count), relation: "first" },
+    ];
+    let (head_of_stream, freshness, self_url, is_head);
+    let version = || format_position(last.unwrap_or(0));
+    match request.direction {
+        Direction::Backward => {
+            let requested_head = request.start == PageStart::Head;
+            let from = match request.start {
+                PageStart::Head => last.unwrap_or(0),
+                PageStart::Number(position) => position,
+            };
+            if let Some((lowest, _)) = slice.scanned.filter(|(lowest, _)| *lowest > 0) {
+                links.push(page(0, Direction::Forward, "last"));
+                links.push(page(lowest - 1, Direction::Backward, "next"));
+            }
+            let previous = last.map_or(0, |last| from.min(last) + 1);
+            links.push(page(previous, Direction::Forward, "previous"));
+            head_of_stream = requested_head;
+            is_head = requested_head;
+            freshness = match last {
+                Some(last) if !requested_head && from <= last => Freshness::Immutable,
+                _ => Freshness::Live { version: version() },
+            };
+            self_url = Some(urls.stream(ALL_STREAM));
+        }
+        Direction::Forward => {
+            let from = match request.start {
+                PageStart::Head => last.unwrap_or(0),
+                PageStart::Number(position) => position,
+            };
+            if from >= 1 {
+                links.push(page(0, Direction::Forward, "last"));
+                links.push(page(from - 1, Direction::Backward, "next"));
+            }
+            let highest = slice.scanned.map(|(_, highest)| highest);
+            let reaches_end = match (highest, last) {
+                (Some(highest), Some(last)) => highest >= last,
+                _ => true,
+            };
+            // Nothing examined means the page is past the end: no `previous`.
+            if let Some(highest) = highest {
+                links.push(page(highest + 1, Direction::Forward, "previous"));
+            }
+            head_of_stream = reaches_end;
+            is_head = false;
+            let full = slice.events.len() as u64 >= count || !reaches_end;
+            freshness = if full { Freshness::Immutable } else { Freshness::Live { version: version() } };
+            self_url = None;
+        }
+    }
+    let mut entries: Vec<ReadEvent> =
+        slice.events.into_iter().map(|event| ReadEvent { event, link: None }).collect();
+    entries.reverse();
+    Feed {
+        title: "All events".to_owned(),
+        id: urls.stream(ALL_STREAM),
+        updated_micros: entries.first().map(|e| e.event.created_micros),
+        stream_id: None,
+        head_of_stream,
+        self_url,
+        etag: None,
+        links,
+        entries,
+        freshness,
+        is_head,
+    }
+}
+
+/// The ETag of a live response: `{version};{hash}`, where the hash covers
+/// the negotiated media type and anything else that changes the bytes
+/// without changing the version (the stream's metadata, which decides what
+/// is visible). Stable across restarts and nodes (FNV-1a, not a seeded hash).
+pub fn etag_value(version: &str, media_type: &str, metadata_number: Option<u64>) -> String {
+    let mut input = media_type.as_bytes().to_vec();
+    if let Some(number) = metadata_number {
+        input.extend_from_slice(b";meta=");
+        input.extend_from_slice(number.to_string().as_bytes());
+    }
+    format!("{version};{}", crate::hash::fnv1a_32(&input))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StreamSettings, StreamView};
+
+    fn slice(last: u64, numbers: impl Iterator<Item = u64>) -> StreamSlice {
+        let events = numbers
+            .map(|number| ReadEvent {
+                event: crate::store::RecordedEvent {
+                    stream: "s".into(),
+                    number,
+                    position: number,
+                    id: uuid::Uuid::nil(),
+                    event_type: "t".into(),
+                    created_micros: i64::try_from(number).unwrap_or(0),
+                    is_json: true,
+                    metadata_is_json: false,
+                    data: bytes::Bytes::from_static(b"{}"),
+                    metadata: bytes::Bytes::new(),
+                },
+                link: None,
+            })
+            .collect();
+        StreamSlice {
+            view: StreamView { last_number: last, first_visible: 0, settings: StreamSettings::default() },
+            events,
+        }
+    }
+
+    fn rels(feed: &Feed) -> Vec<(&'static str, String)> {
+        feed.links
+            .iter()
+            .map(|l| (l.relation, l.uri.trim_start_matches("http://h/streams/s").to_owned()))
+            .collect()
+    }
+
+    fn request(start: PageStart, direction: Direction, count: u64) -> PageRequest {
+        PageRequest { start, direction, count }
+    }
+
+    #[test]
+    fn head_page_of_a_long_stream() {
+        let urls = Urls::new("http://h".into());
+        let feed =
+            stream_feed(&urls, "s", request(PageStart::Head, Direction::Backward, 20), slice(99, 80..=99));
+        assert_eq!(
+            rels(&feed),
+            [
+                ("self", "".into()),
+                ("first", "/head/backward/20".into()),
+                ("last", "/0/forward/20".into()),
+                ("next", "/79/backward/20".into()),
+                ("previous", "/100/forward/20".into()),
+                ("metadata", "/metadata".into()),
+            ]
+        );
+        assert!(feed.head_of_stream);
+        assert_eq!(feed.freshness, Freshness::Live { version: "99".into() });
+        assert_eq!(feed.entries.first().map(|e| e.event.number), Some(99));
+    }
+
+    #[test]
+    fn backward_page_at_the_start_has_no_next_or_last() {
+        let urls = Urls::new("http://h".into());
+        let feed = stream_feed(
+            &urls,
+            "s",
+            request(PageStart::Number(19), Direction::Backward, 20),
+            slice(99, 0..=19),
+        );
+        let relations: Vec<_> = feed.links.iter().map(|l| l.relation).collect();
+        assert_eq!(relations, ["self", "first", "previous", "metadata"]);
+        assert_eq!(feed.freshness, Freshness::Immutable);
+        assert!(!feed.head_of_stream);
+    }
+
+    #[test]
+    fn forward_pages() {
+        let urls = Urls::new("http://h".into());
+        let full = stream_feed(
+            &urls,
+            "s",
+            request(PageStart::Number(20), Direction::Forward, 20),
+            slice(99, 20..=39),
+        );
+        assert_eq!(
+            rels(&full),
+            [
+                ("self", "".into()),
+                ("first", "/head/backward/20".into()),
+                ("last", "/0/forward/20".into()),
+                ("next", "/19/backward/20".into()),
+                ("previous", "/40/forward/20".into()),
+                ("metadata", "/metadata".into()),
+            ]
+        );
+        assert_eq!(full.freshness, Freshness::Immutable);
+        assert!(!full.head_of_stream);
+        assert_eq!(full.entries.first().map(|e| e.event.number), Some(39), "newest first");
+
+        let partial = stream_feed(
+            &urls,
+            "s",
+            request(PageStart::Number(90), Direction::Forward, 20),
+            slice(99, 90..=99),
+        );
+        assert!(partial.head_of_stream);
+        assert!(partial.links.iter().any(|l| l.relation == "previous" && l.uri.ends_with("/100/forward/20")));
+        assert_eq!(partial.freshness, Freshness::Live { version: "99".into() });
+
+        let empty_end = stream_feed(
+            &urls,
+            "s",
+            request(PageStart::Number(100), Direction::Forward, 20),
+            slice(99, std::iter::empty()),
+        );
+        assert!(empty_end.head_of_stream);
+        assert!(!empty_end.links.iter().any(|l| l.relation == "previous"));
+        assert_eq!(empty_end.updated_micros, None);
+    }
+
+    #[test]
+    fn the_page_that_exactly_reaches_the_end_is_full_and_immutable() {
+        let urls = Urls::new("http://h".into());
+        let feed = stream_feed(
+            &urls,
+            "s",
+            request(PageStart::Number(80), Direction::Forward, 20),
+            slice(99, 80..=99),
+        );
+        assert_eq!(feed.freshness, Freshness::Immutable);
+        assert!(feed.head_of_stream);
+        assert!(feed.links.iter().any(|l| l.relation == "previous" && l.uri.ends_with("/100/forward/20")));
+    }
+
+    #[test]
+    fn etags_are_stable_and_distinguish_media_types_and_metadata() {
+        let atom = etag_value("7", "application/atom+xml", None);
+        assert_eq!(atom, etag_value("7", "application/atom+xml", None));
+        assert!(atom.starts_with("7;"));
+        assert_ne!(atom, etag_value("7", "application/vnd.eventstore.atom+json", None));
+        assert_ne!(atom, etag_value("7", "application/atom+xml", Some(0)));
+    }
+
+    #[test]
+    fn positions_round_trip() {
+        assert_eq!(format_position(26), "000000000000001A000000000000001A");
+        assert_eq!(parse_position("000000000000001a000000000000001A"), Some(26));
+        assert_eq!(parse_position("1A"), None);
+        assert_eq!(parse_position("zz00000000000000000000000000000z"), None);
+    }
+
+    #[test]
+    fn all_pages_step_by_scanned_positions() {
+        let urls = Urls::new("http://h".into());
+        let slice = |events: Vec<u64>, scanned: Option<(u64, u64)>| AllSlice {
+            next_position: 100,
+            scanned,
+            events: events
+                .into_iter()
+                .map(|position| crate::store::RecordedEvent {
+                    stream: "s".into(),
+                    number: position,
+                    position,
+                    id: uuid::Uuid::nil(),
+                    event_type: "t".into(),
+                    created_micros: 0,
+                    is_json: false,
+                    metadata_is_json: false,
+                    data: bytes::Bytes::new(),
+                    metadata: bytes::Bytes::new(),
+                })
+                .collect(),
+        };
+        // Positions 10..=14 scanned, 12 hidden: a full page of 4.
+        let forward = all_feed(
+            &urls,
+            request(PageStart::Number(10), Direction::Forward, 4),
+            slice(vec![10, 11, 13, 14], Some((10, 14))),
+        );
+        let previous = forward.links.iter().find(|l| l.relation == "previous").map(|l| l.uri.clone());
+        assert_eq!(
+            previous.as_deref(),
+            Some("http://h/streams/$all/000000000000000F000000000000000F/forward/4")
+        );
+        assert_eq!(forward.freshness, Freshness::Immutable);
+        assert!(!forward.head_of_stream);
+        assert_eq!(forward.entries[0].event.position, 14);
+
+        let end =
+            all_feed(&urls, request(PageStart::Number(100), Direction::Forward, 4), slice(vec![], None));
+        assert!(end.head_of_stream);
+        assert!(!end.links.iter().any(|l| l.relation == "previous"));
+        assert!(matches!(end.freshness, Freshness::Live { .. }));
+
+        let head = all_feed(
+            &urls,
+            request(PageStart::Head, Direction::Backward, 4),
+            slice(vec![96, 97, 98, 99], Some((96, 99))),
+        );
+        let next = head.links.iter().find(|l| l.relation == "next").map(|l| l.uri.clone());
+        assert_eq!(
+            next.as_deref(),
+            Some("http://h/streams/$all/000000000000005F000000000000005F/backward/4")
+        );
+        assert!(head.head_of_stream);
+    }
+
+    #[test]
+    fn embed_parsing_is_case_insensitive() {
+        assert_eq!(Embed::parse("Body"), Some(Embed::Body));
+        assert_eq!(Embed::parse("TRYHARDER"), Some(Embed::TryHarder));
+        assert_eq!(Embed::parse("everything"), None);
+    }
+}

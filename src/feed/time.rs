@@ -1,0 +1,64 @@
+//! UTC timestamps in the form feeds use: `2026-11-22T10:04:05.123456Z`.
+//!
+//! Written by hand (civil-from-days) rather than pulled from a date crate:
+//! it is the only date arithmetic the server needs, and it must be exact and
+//! allocation-free on the page-rendering path.
+
+use std::fmt::Write;
+
+/// The timestamp of an empty feed, as v5 writes it.
+pub const EMPTY_FEED_UPDATED: &str = "0001-01-01T00:00:00Z";
+
+/// Appends `micros` (since the Unix epoch, UTC) as RFC 3339 with six
+/// fractional digits.
+pub fn write_rfc3339(out: &mut String, micros: i64) {
+    let seconds = micros.div_euclid(1_000_000);
+    let fraction = micros.rem_euclid(1_000_000);
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    // Writing into a String cannot fail.
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{fraction:06}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60,
+    );
+}
+
+pub fn rfc3339(micros: i64) -> String {
+    let mut out = String::with_capacity(27);
+    write_rfc3339(&mut out, micros);
+    out
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (y, m, d)
+/// in the proleptic Gregorian calendar.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(rfc3339(1_485_784), "1970-01-01T00:00:01.485784Z");
+        assert_eq!(rfc3339(1_795_345_445_123_456), "2026-11-22T11:04:05.123456Z");
+        assert_eq!(rfc3339(4_102_444_799_999_999), "2099-12-31T23:59:59.999999Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999Z");
+    }
+}

@@ -1,0 +1,138 @@
+//! The base URL links are built on, from the request: `Host`, or behind a
+//! proxy `X-Forwarded-Host`, `X-Forwarded-Proto`, `X-Forwarded-Port` and
+//! `X-Forwarded-Prefix`.
+//!
+//! Header values end up inside every link of a page, so each is checked
+//! against a strict character set; a value that fails is ignored (as if the
+//! proxy had not sent it) rather than echoed into the page.
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+
+use crate::feed::Urls;
+
+/// The extractor: the [`Urls`] of this request.
+#[derive(Debug, Clone)]
+pub struct RequestUrls(pub Urls);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestUrls {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let fallback_host = parts.uri.authority().map(|a| a.as_str().to_owned());
+        Ok(Self(Urls::new(base_url(&parts.headers, fallback_host.as_deref()))))
+    }
+}
+
+/// Computes `scheme://host[:port][/prefix]`.
+pub fn base_url(headers: &HeaderMap, fallback_host: Option<&str>) -> String {
+    let proto = first_value(headers, "x-forwarded-proto")
+        .map(str::to_ascii_lowercase)
+        .filter(|p| p == "http" || p == "https")
+        .unwrap_or_else(|| "http".to_owned());
+    let host = first_value(headers, "x-forwarded-host")
+        .filter(|h| is_authority(h))
+        .or_else(|| headers.get("host").and_then(|h| h.to_str().ok()).filter(|h| is_authority(h)))
+        .or(fallback_host.filter(|h| is_authority(h)))
+        .unwrap_or("localhost");
+    let port = first_value(headers, "x-forwarded-port")
+        .filter(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+
+    let mut base = format!("{proto}://");
+    match port {
+        Some(port) => {
+            base.push_str(strip_port(host));
+            let default = (proto == "http" && port == "80") || (proto == "https" && port == "443");
+            if !default {
+                base.push(':');
+                base.push_str(port);
+            }
+        }
+        None => base.push_str(host),
+    }
+    if let Some(prefix) = first_value(headers, "x-forwarded-prefix").filter(|p| is_path(p)) {
+        let prefix = prefix.trim_end_matches('/');
+        if !prefix.is_empty() {
+            if !prefix.starts_with('/') {
+                base.push('/');
+            }
+            base.push_str(prefix);
+        }
+    }
+    base
+}
+
+/// The first of a comma-separated list of values (proxies append theirs).
+fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let value = headers.get(name)?.to_str().ok()?;
+    Some(value.split(',').next()?.trim())
+}
+
+/// `host[:port]`, an IPv6 literal in brackets allowed.
+fn is_authority(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 255
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+}
+
+fn is_path(value: &str) -> bool {
+    value.len() <= 255
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~/%!$&'()*+,;=:@".contains(&b))
+}
+
+/// `host` without a `:port` suffix (keeping IPv6 brackets intact).
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(index) if !host[index..].contains(']') => &host[..index],
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn plain_host() {
+        assert_eq!(base_url(&headers(&[("host", "127.0.0.1:2113")]), None), "http://127.0.0.1:2113");
+        assert_eq!(base_url(&HeaderMap::new(), None), "http://localhost");
+    }
+
+    #[test]
+    fn forwarded_headers_win() {
+        let map = headers(&[
+            ("host", "127.0.0.1:2113"),
+            ("x-forwarded-host", "events.example.com, proxy.internal"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/es/"),
+        ]);
+        assert_eq!(base_url(&map, None), "https://events.example.com/es");
+        let map = headers(&[("x-forwarded-host", "example.com:8080"), ("x-forwarded-port", "9000")]);
+        assert_eq!(base_url(&map, None), "http://example.com:9000");
+        let map = headers(&[("x-forwarded-host", "[::1]:8080"), ("x-forwarded-port", "81")]);
+        assert_eq!(base_url(&map, None), "http://[::1]:81");
+    }
+
+    #[test]
+    fn hostile_values_are_ignored() {
+        let map = headers(&[
+            ("host", "good:1"),
+            ("x-forwarded-host", "evil\"><script>"),
+            ("x-forwarded-proto", "javascript"),
+            ("x-forwarded-port", "80a"),
+            ("x-forwarded-prefix", "/a b"),
+        ]);
+        assert_eq!(base_url(&map, None), "http://good:1");
+    }
+}

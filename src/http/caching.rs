@@ -1,0 +1,142 @@
+//! Cache headers, ETags and conditional requests — the reason the server
+//! exists: immutable pages are cached for a year by any HTTP cache, live
+//! ones revalidate cheaply with a stable ETag.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+
+use crate::feed::{Freshness, etag_value};
+use crate::store::StreamSettings;
+
+/// One year, the longest `max-age` RFC 9111 suggests caches honour.
+pub const IMMUTABLE: &str = "max-age=31536000, public";
+pub const IMMUTABLE_PRIVATE: &str = "max-age=31536000, private";
+/// Live responses: every cache must ask before reusing them.
+pub const REVALIDATE: &str = "max-age=0, no-cache, must-revalidate";
+
+/// The caching facts of one response.
+#[derive(Debug, Clone)]
+pub struct Caching<'a> {
+    pub freshness: &'a Freshness,
+    pub settings: &'a StreamSettings,
+}
+
+impl Caching<'_> {
+    fn cache_control(&self) -> HeaderValue {
+        let visibility = if self.settings.not_public { "private" } else { "public" };
+        match self.freshness {
+            Freshness::Immutable if self.settings.not_public => HeaderValue::from_static(IMMUTABLE_PRIVATE),
+            Freshness::Immutable => HeaderValue::from_static(IMMUTABLE),
+            Freshness::Live { .. } => match self.settings.cache_control_secs {
+                Some(seconds) => header_value(&format!("max-age={seconds}, {visibility}")),
+                None => HeaderValue::from_static(REVALIDATE),
+            },
+        }
+    }
+
+    /// The ETag value (without quotes) for a live response.
+    pub fn etag(&self, media_type: &str) -> Option<String> {
+        match self.freshness {
+            Freshness::Immutable => None,
+            Freshness::Live { version } => {
+                Some(etag_value(version, media_type, self.settings.metadata_number))
+            }
+        }
+    }
+}
+
+/// Builds the response for a representation: `304` when the client's
+/// `If-None-Match` still matches (without rendering), else `200` with the
+/// body `render` produces, given the ETag it may embed.
+pub fn respond(
+    request: &HeaderMap,
+    caching: &Caching<'_>,
+    media_type: &'static str,
+    render: impl FnOnce(Option<&str>) -> Vec<u8>,
+) -> Response {
+    let etag = caching.etag(media_type);
+    let not_modified = etag.as_deref().is_some_and(|etag| if_none_match(request, etag));
+    let mut response = if not_modified {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        let body = render(etag.as_deref());
+        let mut response = Response::new(Body::from(body));
+        response.headers_mut().insert(header::CONTENT_TYPE, content_type(media_type));
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, caching.cache_control());
+    headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+    if let Some(etag) = etag {
+        headers.insert(header::ETAG, header_value(&format!("\"{etag}\"")));
+    }
+    response
+}
+
+/// Whether `If-None-Match` names `etag` (or `*`). Weak comparison, as RFC
+/// 9110 prescribes for `If-None-Match`; malformed values match nothing.
+pub fn if_none_match(request: &HeaderMap, etag: &str) -> bool {
+    request.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|value| {
+        value.split(',').map(str::trim).any(|candidate| {
+            candidate == "*"
+                || candidate
+                    .trim_start_matches("W/")
+                    .strip_prefix('"')
+                    .and_then(|c| c.strip_suffix('"'))
+                    .is_some_and(|c| c == etag)
+        })
+    })
+}
+
+/// The `Content-Type` for a media type: text-based types say UTF-8.
+pub fn content_type(media_type: &str) -> HeaderValue {
+    let binary = media_type == crate::http::negotiate::OCTET_STREAM
+        || media_type == crate::http::negotiate::EVENT_STREAM;
+    if binary { header_value(media_type) } else { header_value(&format!("{media_type}; charset=utf-8")) }
+}
+
+/// A header value from text the server composed (never raw user input).
+pub fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_inm(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn if_none_match_forms() {
+        assert!(if_none_match(&with_inm("\"3;123\""), "3;123"));
+        assert!(if_none_match(&with_inm("W/\"3;123\""), "3;123"));
+        assert!(if_none_match(&with_inm("\"1;1\", \"3;123\""), "3;123"));
+        assert!(if_none_match(&with_inm("*"), "3;123"));
+        assert!(!if_none_match(&with_inm("3;123"), "3;123"), "unquoted is malformed");
+        assert!(!if_none_match(&with_inm("\"4;123\""), "3;123"));
+        assert!(!if_none_match(&HeaderMap::new(), "3;123"));
+    }
+
+    #[test]
+    fn cache_control_per_freshness_and_settings() {
+        let public = StreamSettings::default();
+        let live = Freshness::Live { version: "1".into() };
+        let caching = Caching { freshness: &Freshness::Immutable, settings: &public };
+        assert_eq!(caching.cache_control(), IMMUTABLE);
+        assert_eq!(caching.etag("x"), None);
+        let caching = Caching { freshness: &live, settings: &public };
+        assert_eq!(caching.cache_control(), REVALIDATE);
+        let private = StreamSettings { not_public: true, cache_control_secs: Some(30), ..public };
+        let caching = Caching { freshness: &live, settings: &private };
+        assert_eq!(caching.cache_control(), "max-age=30, private");
+        let caching = Caching { freshness: &Freshness::Immutable, settings: &private };
+        assert_eq!(caching.cache_control(), IMMUTABLE_PRIVATE);
+    }
+}

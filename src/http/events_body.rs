@@ -1,0 +1,391 @@
+//! Parsing append bodies into proposed events: the events array as JSON or
+//! XML, and the single-event bodies (JSON, XML, raw bytes) whose id and
+//! type come from headers.
+
+use bytes::Bytes;
+use quick_xml::Reader;
+use quick_xml::events::Event;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::error::HttpError;
+use super::negotiate::{APPLICATION_XML, EVENTS_JSON, EVENTS_XML, JSON, OCTET_STREAM, TEXT_XML};
+use crate::store::ProposedEvent;
+
+/// The longest event type accepted, in bytes. Event types name `$et-`
+/// streams, so they must fit comfortably within the stream-name limit.
+pub const MAX_EVENT_TYPE_BYTES: usize = 512;
+
+/// The Content-Types an append accepts.
+pub const APPEND_TYPES: &[&str] = &[EVENTS_JSON, EVENTS_XML, JSON, TEXT_XML, APPLICATION_XML, OCTET_STREAM];
+
+/// What kind of body a Content-Type announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// An array of events, each with its own id and type.
+    Events(EventsFormat),
+    /// One event's data; id and type from headers or the URL.
+    Single(SingleFormat),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventsFormat {
+    Json,
+    Xml,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SingleFormat {
+    Json,
+    Xml,
+    Bytes,
+}
+
+impl BodyKind {
+    /// Classifies a media type; `None` means 415.
+    pub fn of(media_type: &str) -> Option<Self> {
+        Some(match media_type {
+            EVENTS_JSON => Self::Events(EventsFormat::Json),
+            EVENTS_XML => Self::Events(EventsFormat::Xml),
+            JSON => Self::Single(SingleFormat::Json),
+            TEXT_XML | APPLICATION_XML => Self::Single(SingleFormat::Xml),
+            OCTET_STREAM => Self::Single(SingleFormat::Bytes),
+            _ => return None,
+        })
+    }
+}
+
+/// Parses an events array.
+pub fn parse_events(format: EventsFormat, body: &[u8]) -> Result<Vec<ProposedEvent>, HttpError> {
+    let drafts = match format {
+        EventsFormat::Json => json_drafts(body)?,
+        EventsFormat::Xml => xml_drafts(body)?,
+    };
+    if drafts.is_empty() {
+        return Err(HttpError::bad_request("Write request body invalid.")
+            .with_detail("The events array is empty: send at least one event."));
+    }
+    drafts.into_iter().map(Draft::into_event).collect()
+}
+
+/// Builds the one event of a single-body append.
+pub fn single_event(
+    format: SingleFormat,
+    id: Uuid,
+    event_type: &str,
+    body: Bytes,
+) -> Result<ProposedEvent, HttpError> {
+    validate_event_type(event_type)?;
+    let is_json = match format {
+        SingleFormat::Json => {
+            if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                return Err(HttpError::bad_request("Write request body invalid.")
+                    .with_detail(format!("The body is not valid JSON: {error}")));
+            }
+            true
+        }
+        SingleFormat::Xml | SingleFormat::Bytes => false,
+    };
+    Ok(ProposedEvent {
+        id,
+        event_type: event_type.to_owned(),
+        is_json,
+        data: body,
+        metadata_is_json: false,
+        metadata: Bytes::new(),
+    })
+}
+
+/// Checks an event type from a header or a body.
+pub fn validate_event_type(event_type: &str) -> Result<(), HttpError> {
+    if event_type.is_empty() {
+        return Err(HttpError::bad_request("Empty eventType provided."));
+    }
+    if event_type.len() > MAX_EVENT_TYPE_BYTES {
+        return Err(HttpError::bad_request("Event type too long.")
+            .with_detail(format!("An event type may be at most {MAX_EVENT_TYPE_BYTES} bytes.")));
+    }
+    if event_type.chars().any(char::is_control) {
+        return Err(HttpError::bad_request("Event type contains control characters."));
+    }
+    Ok(())
+}
+
+/// A payload as the body gave it, before the JSON-or-bytes decision.
+enum Payload {
+    Absent,
+    /// A JSON value that is not a string: stored as JSON text.
+    Json(String),
+    /// Text (a JSON string, or XML text content): JSON if it parses as an
+    /// object or array, else UTF-8 bytes.
+    Text(String),
+    /// Inner XML markup: stored as bytes.
+    Markup(Vec<u8>),
+}
+
+impl Payload {
+    /// (bytes, is_json)
+    fn into_stored(self) -> (Bytes, bool) {
+        match self {
+            Self::Absent => (Bytes::new(), false),
+            Self::Json(text) => (Bytes::from(text), true),
+            Self::Text(text) => {
+                let is_json = looks_like_document(&text);
+                (Bytes::from(text), is_json)
+            }
+            Self::Markup(bytes) => (Bytes::from(bytes), false),
+        }
+    }
+}
+
+/// A JSON object or array (the rule v5 applies to string payloads).
+fn looks_like_document(text: &str) -> bool {
+    let trimmed = text.trim_start();
+    (trimmed.starts_with('{') || trimmed.starts_with('['))
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+struct Draft {
+    id: Option<String>,
+    event_type: Option<String>,
+    data: Payload,
+    metadata: Payload,
+}
+
+impl Draft {
+    fn into_event(self) -> Result<ProposedEvent, HttpError> {
+        let id = self.id.map(|id| id.trim().to_owned()).unwrap_or_default();
+        if id.is_empty() {
+            return Err(HttpError::bad_request("Empty eventId provided."));
+        }
+        let id = Uuid::parse_str(&id).map_err(|_| {
+            HttpError::bad_request("Invalid eventId provided.").with_detail(format!("'{id}' is not a UUID."))
+        })?;
+        let event_type = self.event_type.unwrap_or_default();
+        validate_event_type(&event_type)?;
+        let (data, is_json) = self.data.into_stored();
+        let (metadata, metadata_is_json) = self.metadata.into_stored();
+        Ok(ProposedEvent { id, event_type, is_json, data, metadata_is_json, metadata })
+    }
+}
+
+/// One element of the JSON events array. Property names are matched in
+/// camelCase and PascalCase, as v5's (case-insensitive) parser accepted both.
+#[derive(Deserialize)]
+struct JsonEvent<'a> {
+    #[serde(rename = "eventId", alias = "EventId", alias = "eventID")]
+    event_id: Option<String>,
+    #[serde(rename = "eventType", alias = "EventType")]
+    event_type: Option<String>,
+    #[serde(borrow, alias = "Data")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, alias = "Metadata", alias = "metaData")]
+    metadata: Option<&'a RawValue>,
+}
+
+fn json_drafts(body: &[u8]) -> Result<Vec<Draft>, HttpError> {
+    let events: Vec<JsonEvent<'_>> = serde_json::from_slice(body).map_err(|error| {
+        HttpError::bad_request("Write request body invalid.")
+            .with_detail(format!("Expected a JSON array of events: {error}"))
+    })?;
+    events
+        .into_iter()
+        .map(|event| {
+            Ok(Draft {
+                id: event.event_id,
+                event_type: event.event_type,
+                data: json_payload(event.data)?,
+                metadata: json_payload(event.metadata)?,
+            })
+        })
+        .collect()
+}
+
+fn json_payload(raw: Option<&RawValue>) -> Result<Payload, HttpError> {
+    let Some(raw) = raw else { return Ok(Payload::Absent) };
+    let text = raw.get();
+    if text == "null" {
+        return Ok(Payload::Absent);
+    }
+    if text.starts_with('"') {
+        let decoded: String = serde_json::from_str(text).map_err(|error| {
+            HttpError::bad_request("Write request body invalid.").with_detail(error.to_string())
+        })?;
+        return Ok(Payload::Text(decoded));
+    }
+    Ok(Payload::Json(text.to_owned()))
+}
+
+/// Parses `<Events><Event><EventId/><EventType/><Data/><Metadata/></Event></Events>`.
+/// Element names are matched case-insensitively, without namespaces.
+fn xml_drafts(body: &[u8]) -> Result<Vec<Draft>, HttpError> {
+    let invalid = |detail: String| HttpError::bad_request("Write request body invalid.").with_detail(detail);
+    let mut reader = Reader::from_reader(body);
+    reader.config_mut().trim_text(true);
+    let mut drafts = Vec::new();
+    let mut current: Option<Draft> = None;
+    loop {
+        let event = reader.read_event().map_err(|e| invalid(format!("Malformed XML: {e}")))?;
+        match event {
+            Event::Start(start) => {
+                let name = start.local_name();
+                let name = name.into_inner().to_ascii_lowercase();
+                match name.as_str() {
+                    "events" => {}
+                    "event" => current = Some(Draft::new()),
+                    "eventid" | "eventtype" | "data" | "metadata" => {
+                        let draft = current
+                            .as_mut()
+                            .ok_or_else(|| invalid(format!("<{name}> must be inside an <Event> element")))?;
+                        let span = reader
+                            .read_to_end(start.name())
+                            .map_err(|e| invalid(format!("Malformed XML: {e}")))?;
+                        let inner = slice(body, span);
+                        let payload = xml_payload(inner).map_err(invalid)?;
+                        match name.as_str() {
+                            "eventid" => draft.id = Some(payload_text(payload)),
+                            "eventtype" => draft.event_type = Some(payload_text(payload)),
+                            "data" => draft.data = payload,
+                            _ => draft.metadata = payload,
+                        }
+                    }
+                    other => return Err(invalid(format!("Unexpected element <{other}>"))),
+                }
+            }
+            Event::End(end) if end.local_name().into_inner().eq_ignore_ascii_case("event") => {
+                if let Some(draft) = current.take() {
+                    drafts.push(draft);
+                }
+            }
+            Event::Empty(empty) => {
+                if empty.local_name().into_inner().eq_ignore_ascii_case("events") {
+                    continue;
+                }
+                if empty.local_name().into_inner().eq_ignore_ascii_case("event") {
+                    drafts.push(Draft::new());
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    Ok(drafts)
+}
+
+impl Draft {
+    fn new() -> Self {
+        Self { id: None, event_type: None, data: Payload::Absent, metadata: Payload::Absent }
+    }
+}
+
+fn slice(body: &[u8], span: std::ops::Range<u64>) -> &[u8] {
+    let start = usize::try_from(span.start).unwrap_or(body.len()).min(body.len());
+    let end = usize::try_from(span.end).unwrap_or(body.len()).clamp(start, body.len());
+    &body[start..end]
+}
+
+/// Inner content of an XML element: markup is kept as it is; plain text is
+/// unescaped.
+fn xml_payload(inner: &[u8]) -> Result<Payload, String> {
+    let text = std::str::from_utf8(inner).map_err(|_| "XML content is not UTF-8".to_owned())?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Ok(Payload::Absent);
+    }
+    if trimmed.starts_with('<') && !trimmed.starts_with("<![CDATA[") {
+        return Ok(Payload::Markup(trimmed.as_bytes().to_vec()));
+    }
+    if let Some(cdata) = trimmed.strip_prefix("<![CDATA[").and_then(|t| t.strip_suffix("]]>")) {
+        return Ok(Payload::Text(cdata.to_owned()));
+    }
+    quick_xml::escape::unescape(trimmed)
+        .map(|text| Payload::Text(text.into_owned()))
+        .map_err(|e| format!("Bad XML escape: {e}"))
+}
+
+fn payload_text(payload: Payload) -> String {
+    match payload {
+        Payload::Absent => String::new(),
+        Payload::Json(text) | Payload::Text(text) => text,
+        Payload::Markup(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "fbf4a1a1-b4a3-4dfe-a01f-ec52c34e16e4";
+
+    #[test]
+    fn json_payload_rules() {
+        let body = format!(
+            r#"[{{"eventId":"{ID}","eventType":"t","data":{{"a":1}},"metadata":"{{\"m\":2}}"}},
+               {{"EventId":"{}","EventType":"u","Data":"plain text"}},
+               {{"eventId":"{}","eventType":"v","data":42}}]"#,
+            Uuid::new_v4(),
+            Uuid::new_v4()
+        );
+        let events = parse_events(EventsFormat::Json, body.as_bytes()).expect("valid");
+        assert_eq!(&events[0].data[..], br#"{"a":1}"#);
+        assert!(events[0].is_json);
+        assert_eq!(&events[0].metadata[..], br#"{"m":2}"#);
+        assert!(events[0].metadata_is_json);
+        assert_eq!(&events[1].data[..], b"plain text");
+        assert!(!events[1].is_json);
+        assert!(events[1].metadata.is_empty());
+        assert_eq!(&events[2].data[..], b"42");
+        assert!(events[2].is_json);
+    }
+
+    #[test]
+    fn json_errors_are_specific() {
+        let reason =
+            |body: &str| parse_events(EventsFormat::Json, body.as_bytes()).expect_err("invalid").reason;
+        assert_eq!(reason(r#"[{"eventType":"t","data":{}}]"#), "Empty eventId provided.");
+        assert_eq!(reason(&format!(r#"[{{"eventId":"{ID}","data":{{}}}}]"#)), "Empty eventType provided.");
+        assert_eq!(
+            reason(&format!(r#"[{{"eventId":"{ID}","eventType":"","data":{{}}}}]"#)),
+            "Empty eventType provided."
+        );
+        assert_eq!(reason(r#"[{"eventId":"nope","eventType":"t"}]"#), "Invalid eventId provided.");
+        assert_eq!(reason("[]"), "Write request body invalid.");
+        assert_eq!(reason("{"), "Write request body invalid.");
+        assert_eq!(reason(r#"{"eventId":"x"}"#), "Write request body invalid.");
+    }
+
+    #[test]
+    fn xml_events() {
+        let body = format!(
+            "<Events><Event><EventId>{ID}</EventId><EventType>t</EventType>\
+             <Data><Order><Id>1</Id></Order></Data><Metadata>a &amp; b</Metadata></Event>\
+             <event><eventId>{}</eventId><eventType>u</eventType><data>{{\"x\":1}}</data></event></Events>",
+            Uuid::new_v4()
+        );
+        let events = parse_events(EventsFormat::Xml, body.as_bytes()).expect("valid");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].id.to_string(), ID);
+        assert_eq!(&events[0].data[..], b"<Order><Id>1</Id></Order>");
+        assert!(!events[0].is_json);
+        assert_eq!(&events[0].metadata[..], b"a & b");
+        assert_eq!(&events[1].data[..], br#"{"x":1}"#);
+        assert!(events[1].is_json);
+        assert!(parse_events(EventsFormat::Xml, b"<Events><Event><EventId>").is_err());
+        assert!(parse_events(EventsFormat::Xml, b"<Events/>").is_err());
+    }
+
+    #[test]
+    fn single_bodies() {
+        let id = Uuid::new_v4();
+        let event =
+            single_event(SingleFormat::Json, id, "t", Bytes::from_static(b"{\"a\":1}")).expect("valid");
+        assert!(event.is_json);
+        assert!(single_event(SingleFormat::Json, id, "t", Bytes::from_static(b"{oops")).is_err());
+        let event =
+            single_event(SingleFormat::Bytes, id, "t", Bytes::from_static(b"\x00\x01")).expect("valid");
+        assert!(!event.is_json);
+        assert!(single_event(SingleFormat::Xml, id, "", Bytes::new()).is_err());
+        assert!(single_event(SingleFormat::Xml, id, "a\nb", Bytes::new()).is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! The HTTP layer: one module per resource, each with its own `router()`,
+//! merged here, with every layer applied in one place ([`router`]). Only
+//! this module knows about headers and status codes.
+
+mod all;
+pub mod base_url;
+pub mod caching;
+pub mod error;
+pub mod events_body;
+pub mod negotiate;
+mod params;
+mod streams;
+mod system;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, Method, header};
+use tokio::sync::watch;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::store::Store;
+
+pub use error::HttpError;
+
+/// Limits that protect the server from oversized or overlong requests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Data plus metadata of one event, in bytes (`413` beyond).
+    pub max_event_bytes: usize,
+    /// One request body, in bytes (`413` beyond).
+    pub max_request_bytes: usize,
+    /// The longest `ES-LongPoll` wait honoured; longer requests are capped.
+    pub max_long_poll: Duration,
+    /// Concurrent long-poll waiters and SSE streams; `503` beyond.
+    pub max_waiters: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 4 * 1024 * 1024,
+            max_request_bytes: 64 * 1024 * 1024,
+            max_long_poll: Duration::from_secs(300),
+            max_waiters: 50_000,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub limits: Arc<Limits>,
+    /// Flips to `true` when the server starts shutting down; long-polls and
+    /// SSE streams answer or end at once when it does.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(streams::router())
+        .merge(system::router())
+        .fallback(system::not_found)
+        .layer(TraceLayer::new_for_http())
+        .layer(cors())
+        .with_state(state)
+}
+
+/// The request headers clients may send cross-origin (v5's list, plus what
+/// eventfeed adds).
+const ALLOWED_HEADERS: [&str; 15] = [
+    "content-type",
+    "authorization",
+    "x-requested-with",
+    "x-forwarded-host",
+    "x-forwarded-prefix",
+    "if-none-match",
+    "last-event-id",
+    "es-longpoll",
+    "es-expectedversion",
+    "es-eventid",
+    "es-eventtype",
+    "es-requiremaster",
+    "es-harddelete",
+    "es-resolvelinktos",
+    "es-consumer",
+];
+
+/// Every response carries CORS headers and every `OPTIONS` is a preflight
+/// answered here, so browser clients work from any origin.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
+        .expose_headers([
+            header::LOCATION,
+            HeaderName::from_static("es-position"),
+            HeaderName::from_static("es-currentversion"),
+            header::ETAG,
+        ])
+}

@@ -1,0 +1,224 @@
+//! Content negotiation: `Accept` with q-values, and the `?format=` override.
+//!
+//! For each representation a resource offers (in the server's order of
+//! preference), the most specific matching media range in `Accept` gives its
+//! quality; the highest quality wins, then the type the client named most
+//! specifically, then the server's order. So no
+//! `Accept` or `*/*` yields the first offer (Atom for feeds), and a type that
+//! is only offered "by name" (the description document, Server-Sent Events)
+//! is chosen only when a client names it, because it is offered last.
+
+use axum::http::{HeaderMap, header};
+
+use super::error::HttpError;
+
+pub const ATOM_XML: &str = "application/atom+xml";
+pub const ATOM_JSON: &str = "application/vnd.eventstore.atom+json";
+pub const JSON: &str = "application/json";
+pub const TEXT_XML: &str = "text/xml";
+pub const APPLICATION_XML: &str = "application/xml";
+pub const HTML: &str = "text/html";
+pub const STREAM_DESCRIPTION: &str = "application/vnd.eventstore.streamdesc+json";
+pub const EVENT_STREAM: &str = "text/event-stream";
+pub const EVENT_JSON: &str = "application/vnd.eventstore.event+json";
+pub const OCTET_STREAM: &str = "application/octet-stream";
+pub const EVENTS_JSON: &str = "application/vnd.eventstore.events+json";
+pub const EVENTS_XML: &str = "application/vnd.eventstore.events+xml";
+pub const COMPETING_JSON: &str = "application/vnd.eventstore.competingatom+json";
+pub const COMPETING_XML: &str = "application/vnd.eventstore.competingatom+xml";
+
+/// What a feed resource offers, best first.
+pub const FEED_TYPES: &[&str] =
+    &[ATOM_XML, ATOM_JSON, JSON, TEXT_XML, APPLICATION_XML, HTML, STREAM_DESCRIPTION, EVENT_STREAM];
+
+/// What a single event offers, best first.
+pub const EVENT_TYPES: &[&str] =
+    &[ATOM_XML, ATOM_JSON, JSON, EVENT_JSON, TEXT_XML, APPLICATION_XML, OCTET_STREAM, HTML];
+
+/// One parsed media range of an `Accept` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MediaRange {
+    kind: String,
+    subtype: String,
+    /// Quality in thousandths, so comparisons are exact.
+    quality: u16,
+}
+
+impl MediaRange {
+    /// How specifically this range matches `media_type`: 3 exact, 2
+    /// `type/*`, 1 `*/*`, `None` no match.
+    fn specificity(&self, media_type: &str) -> Option<u8> {
+        let (kind, subtype) = media_type.split_once('/')?;
+        match (self.kind.as_str(), self.subtype.as_str()) {
+            ("*", "*") => Some(1),
+            (k, "*") if k.eq_ignore_ascii_case(kind) => Some(2),
+            (k, s) if k.eq_ignore_ascii_case(kind) && s.eq_ignore_ascii_case(subtype) => Some(3),
+            _ => None,
+        }
+    }
+}
+
+fn parse_accept(header: &str) -> Vec<MediaRange> {
+    header
+        .split(',')
+        .filter_map(|item| {
+            let mut parts = item.split(';');
+            let (kind, subtype) = parts.next()?.trim().split_once('/')?;
+            if kind.is_empty() || subtype.is_empty() {
+                return None;
+            }
+            let mut quality = 1000;
+            for parameter in parts {
+                if let Some((name, value)) = parameter.split_once('=') {
+                    if name.trim().eq_ignore_ascii_case("q") {
+                        quality = parse_quality(value.trim())?;
+                    }
+                }
+            }
+            Some(MediaRange {
+                kind: kind.trim().to_ascii_lowercase(),
+                subtype: subtype.trim().to_ascii_lowercase(),
+                quality,
+            })
+        })
+        .collect()
+}
+
+/// `0`, `1`, `0.5`, `0.125` → thousandths; anything else is malformed.
+fn parse_quality(value: &str) -> Option<u16> {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: u16 = match whole {
+        "0" => 0,
+        "1" => 1,
+        _ => return None,
+    };
+    let mut thousandths = 0u16;
+    for (index, digit) in fraction.bytes().enumerate() {
+        thousandths += u16::from(digit - b'0') * [100, 10, 1][index];
+    }
+    let quality = whole * 1000 + thousandths;
+    (quality <= 1000).then_some(quality)
+}
+
+/// Picks the representation to send: `?format=` first, then `Accept`.
+pub fn choose(
+    headers: &HeaderMap,
+    format: Option<&str>,
+    offered: &'static [&'static str],
+) -> Result<&'static str, HttpError> {
+    if let Some(format) = format {
+        let wanted = match format.to_ascii_lowercase().as_str() {
+            "json" => ATOM_JSON,
+            "atom" => ATOM_XML,
+            "xml" => APPLICATION_XML,
+            "html" => HTML,
+            _ => {
+                return Err(HttpError::bad_request(format!(
+                    "'{format}' is not a valid format. Use json, atom, xml or html"
+                )));
+            }
+        };
+        return offered
+            .iter()
+            .find(|offer| **offer == wanted)
+            .copied()
+            .ok_or_else(|| HttpError::not_acceptable(offered));
+    }
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    best(&accept, offered).ok_or_else(|| HttpError::not_acceptable(offered))
+}
+
+fn best(accept: &str, offered: &'static [&'static str]) -> Option<&'static str> {
+    let ranges = parse_accept(accept);
+    if ranges.is_empty() {
+        return offered.first().copied();
+    }
+    // Ranked by quality, then by how specifically the client named the
+    // type (so `application/json, */*` picks JSON over a wildcard match),
+    // then by the server's order.
+    let mut chosen: Option<(&'static str, (u16, u8))> = None;
+    for offer in offered {
+        let rank = ranges
+            .iter()
+            .filter_map(|range| range.specificity(offer).map(|s| (s, range.quality)))
+            .max_by_key(|(specificity, _)| *specificity)
+            .map_or((0, 0), |(specificity, quality)| (quality, specificity));
+        if rank.0 > 0 && chosen.is_none_or(|(_, best)| rank > best) {
+            chosen = Some((offer, rank));
+        }
+    }
+    chosen.map(|(offer, _)| offer)
+}
+
+/// The media type of a request's `Content-Type`, lower-cased, without
+/// parameters; `None` when absent.
+pub fn content_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let media_type = value.split(';').next()?.trim().to_ascii_lowercase();
+    (!media_type.is_empty()).then_some(media_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_accept_or_anything_gets_atom() {
+        assert_eq!(best("", FEED_TYPES), Some(ATOM_XML));
+        assert_eq!(best("*/*", FEED_TYPES), Some(ATOM_XML));
+        assert_eq!(best("application/*", FEED_TYPES), Some(ATOM_XML));
+    }
+
+    #[test]
+    fn real_clients() {
+        // axios
+        assert_eq!(best("application/json, text/plain, */*", FEED_TYPES), Some(JSON));
+        // Python feedparser
+        assert_eq!(
+            best(
+                "application/atom+xml,application/rdf+xml,application/rss+xml,application/x-netcdf,application/xml;q=0.9,text/xml;q=0.2,*/*;q=0.1",
+                FEED_TYPES
+            ),
+            Some(ATOM_XML)
+        );
+        // A browser
+        assert_eq!(
+            best("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8", FEED_TYPES),
+            Some(HTML)
+        );
+        assert_eq!(best("application/vnd.eventstore.atom+json", FEED_TYPES), Some(ATOM_JSON));
+    }
+
+    #[test]
+    fn q_values_order_and_zero_excludes() {
+        assert_eq!(best("application/atom+xml;q=0.5, application/json", FEED_TYPES), Some(JSON));
+        assert_eq!(best("application/json;q=0, */*;q=0.1", &[JSON, HTML]), Some(HTML));
+        assert_eq!(best("image/png", FEED_TYPES), None);
+        assert_eq!(best("*/*;q=0", FEED_TYPES), None);
+        assert_eq!(best("text/*;q=0.3, text/html;q=0.7", FEED_TYPES), Some(HTML));
+    }
+
+    #[test]
+    fn by_name_only_types_need_their_name() {
+        assert_eq!(best("*/*", FEED_TYPES), Some(ATOM_XML));
+        assert_eq!(best(STREAM_DESCRIPTION, FEED_TYPES), Some(STREAM_DESCRIPTION));
+        assert_eq!(best("text/event-stream", FEED_TYPES), Some(EVENT_STREAM));
+    }
+
+    #[test]
+    fn malformed_ranges_are_ignored() {
+        assert_eq!(best("garbage, application/json;q=abc, application/json", FEED_TYPES), Some(JSON));
+        assert_eq!(parse_quality("1.000"), Some(1000));
+        assert_eq!(parse_quality("0.25"), Some(250));
+        assert_eq!(parse_quality("1.5"), None);
+        assert_eq!(parse_quality("2"), None);
+    }
+}

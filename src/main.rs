@@ -1,0 +1,32 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use eventfeed::config::{Cli, Command, LogFormat};
+use eventfeed::server::{Server, shutdown_signal};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Command::Serve(config) = Cli::parse().command;
+    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+
+    let server = match Server::bind(&config).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, "eventfeed could not start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "eventfeed stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Running the server: open the store, bind, serve, and shut down cleanly.
+//!
+//! Shutdown order matters. On the signal the listener stops accepting and
+//! every long-poll and SSE stream is told to answer or end at once (they
+//! watch [`AppState::shutdown`]); open requests then get a grace period;
+//! finally the store is closed, which makes every acknowledged append
+//! durable before the process exits.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::ServeConfig;
+use crate::http::{AppState, Limits};
+use crate::store::projections::Projections;
+use crate::store::{SledStore, SledStoreOptions, Store, StoreError};
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug)]
+pub enum ServerError {
+    Store(StoreError),
+    Bind(SocketAddr, std::io::Error),
+    Serve(std::io::Error),
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Store(error) => write!(f, "store: {error}"),
+            Self::Bind(address, error) => write!(f, "cannot listen on {address}: {error}"),
+            Self::Serve(error) => write!(f, "serving failed: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// A server that is bound and ready to run.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    /// The concrete store, closed at the end of [`Server::run`].
+    store: Arc<SledStore>,
+    shutdown: watch::Sender<bool>,
+    grace: Duration,
+}
+
+impl Server {
+    /// Opens the store and binds the listener.
+    pub async fn bind(config: &ServeConfig) -> Result<Self, ServerError> {
+        raise_open_file_limit();
+        let options = SledStoreOptions {
+            path: config.data_dir.clone(),
+            durability: config.durability,
+            projections: Projections {
+                by_category: config.projection_by_category,
+                by_event_type: config.projection_by_event_type,
+                streams: config.projection_streams,
+            },
+            cache_capacity: config.cache_mb.saturating_mul(1024 * 1024),
+        };
+        let store = tokio::task::spawn_blocking(move || SledStore::open(options))
+            .await
+            .map_err(|e| ServerError::Store(StoreError::Io(format!("store open panicked: {e}"))))?
+            .map_err(ServerError::Store)?;
+        let store = Arc::new(store);
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            durability = ?config.durability,
+            next_position = store.notifier().next_position(),
+            "store open"
+        );
+
+        let listener = TcpListener::bind(config.bind).await.map_err(|e| ServerError::Bind(config.bind, e))?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let state = AppState {
+            store: Arc::clone(&store) as Arc<dyn Store>,
+            limits: Arc::new(Limits {
+                max_event_bytes: config.max_event_bytes,
+                max_request_bytes: config.max_request_bytes,
+                max_long_poll: Duration::from_secs(config.max_long_poll_secs),
+                max_waiters: config.max_waiters,
+            }),
+            shutdown: shutdown_rx,
+        };
+        Ok(Self { listener, state, store, shutdown, grace: Duration::from_secs(config.shutdown_grace_secs) })
+    }
+
+    /// The address actually bound (the port, when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `signal` resolves, then shuts down (see the module doc).
+    pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let Self { listener, state, store, shutdown, grace } = self;
+        let address = listener.local_addr().map_err(ServerError::Serve)?;
+        tracing::info!("eventfeed listening on http://{address}");
+
+        let mut stopping = state.shutdown.clone();
+        let app = crate::app(state);
+        let listener = listener.tap_io(|tcp| {
+            // Responses are written whole; Nagle would only add latency.
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                signal.await;
+                tracing::info!("shutting down: no new connections; waking long-polls and SSE streams");
+                // Receivers live in AppState clones; a send error only means
+                // none is left.
+                let _ = shutdown.send(true);
+            })
+            .into_future();
+        let grace_expired = async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = serve => result.map_err(ServerError::Serve)?,
+            () = grace_expired => {
+                tracing::warn!(grace_secs = grace.as_secs(), "requests still open after the grace period; closing them");
+            }
+        }
+
+        store.close().await.map_err(ServerError::Store)?;
+        tracing::info!("store flushed; bye");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+/// Each idle long-poll or SSE client holds a socket, so the default soft
+/// limit of open files (often 1024) would cap them far below what memory
+/// allows. Raise the soft limit to the hard limit, and say so.
+fn raise_open_file_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).ok();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) => tracing::info!(
+            soft_before = before.map(|(soft, _)| soft),
+            hard = before.map(|(_, hard)| hard),
+            soft_now = now,
+            "open-file limit"
+        ),
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+    }
+}

@@ -1,0 +1,462 @@
+//! Binary encodings of the values the sled store keeps: event records and
+//! stream state. Each starts with a version byte so the format can evolve; a
+//! reader refuses versions it does not know rather than misreading them.
+//!
+//! Layout of an event record (version 1), all integers big-endian:
+//!
+//! ```text
+//! u8 version | u8 flags | u64 number | i64 created (µs since epoch) | [16] id
+//! u16 len | stream | u16 len | type | u32 len | data | u32 len | metadata
+//! ```
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::{RecordedEvent, StoreError};
+
+const EVENT_V1: u8 = 1;
+const STATE_V1: u8 = 1;
+
+const FLAG_DATA_JSON: u8 = 0b01;
+const FLAG_METADATA_JSON: u8 = 0b10;
+
+/// The fields of an event as it is written; the position is its key.
+#[derive(Debug, Clone, Copy)]
+pub struct EventFields<'a> {
+    pub stream: &'a str,
+    pub number: u64,
+    pub id: &'a Uuid,
+    pub event_type: &'a str,
+    pub created_micros: i64,
+    pub is_json: bool,
+    pub metadata_is_json: bool,
+    pub data: &'a [u8],
+    pub metadata: &'a [u8],
+}
+
+pub fn encode_event(event: &EventFields<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        1 + 1
+            + 8
+            + 8
+            + 16
+            + 2
+            + event.stream.len()
+            + 2
+            + event.event_type.len()
+            + 4
+            + event.data.len()
+            + 4
+            + event.metadata.len(),
+    );
+    let mut flags = 0;
+    if event.is_json {
+        flags |= FLAG_DATA_JSON;
+    }
+    if event.metadata_is_json {
+        flags |= FLAG_METADATA_JSON;
+    }
+    out.push(EVENT_V1);
+    out.push(flags);
+    out.extend_from_slice(&event.number.to_be_bytes());
+    out.extend_from_slice(&event.created_micros.to_be_bytes());
+    out.extend_from_slice(event.id.as_bytes());
+    put_short(&mut out, event.stream.as_bytes());
+    put_short(&mut out, event.event_type.as_bytes());
+    put_long(&mut out, event.data);
+    put_long(&mut out, event.metadata);
+    out
+}
+
+/// Decodes a record written by [`encode_event`] at `position`.
+pub fn decode_event(position: u64, record: &[u8]) -> Result<RecordedEvent, StoreError> {
+    let mut reader = Reader::new(record);
+    let version = reader.u8()?;
+    if version != EVENT_V1 {
+        return Err(StoreError::Corrupt(format!(
+            "event record at position {position} has unknown version {version}"
+        )));
+    }
+    let flags = reader.u8()?;
+    let number = reader.u64()?;
+    let created_micros = reader.u64()? as i64;
+    let id = Uuid::from_bytes(reader.take(16)?.try_into().map_err(|_| reader.short())?);
+    let stream = reader.short_str()?.to_owned();
+    let event_type = reader.short_str()?.to_owned();
+    let data = Bytes::copy_from_slice(reader.long_bytes()?);
+    let metadata = Bytes::copy_from_slice(reader.long_bytes()?);
+    Ok(RecordedEvent {
+        stream,
+        number,
+        position,
+        id,
+        event_type,
+        created_micros,
+        is_json: flags & FLAG_DATA_JSON != 0,
+        metadata_is_json: flags & FLAG_METADATA_JSON != 0,
+        data,
+        metadata,
+    })
+}
+
+/// Reads only the creation time of an event record (for `$maxAge` searches).
+pub fn decode_created(record: &[u8]) -> Result<i64, StoreError> {
+    match record {
+        [EVENT_V1, _flags, _number @ ..] if record.len() >= 18 => {
+            let bytes: [u8; 8] = record[10..18]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("event record is truncated".into()))?;
+            Ok(i64::from_be_bytes(bytes))
+        }
+        _ => Err(StoreError::Corrupt("event record is truncated or of unknown version".into())),
+    }
+}
+
+/// Everything the store keeps about one stream besides its events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamState {
+    /// The number the next event will get; the last event is `next_number - 1`.
+    /// Numbering continues across a soft delete, so this never goes down.
+    pub next_number: u64,
+    /// Global position of the append that created the stream.
+    pub created_position: u64,
+    /// Events numbered below this were soft-deleted and are gone for good.
+    pub deleted_before: u64,
+    /// The stream was soft-deleted and has not been appended to since.
+    pub soft_deleted: bool,
+    /// The stream was hard-deleted: it can never be read or written again.
+    pub tombstoned: bool,
+    /// Retention and caching settings from the stream's metadata.
+    pub settings: StreamSettings,
+    /// The commit sequence number of the batch that last wrote this state.
+    /// Readers that find it above the published (durable) sequence wait for
+    /// that batch to become durable before using it, so a read never shows
+    /// an append that was not yet acknowledged (and could vanish in a crash
+    /// after a cache stored it as immutable).
+    pub commit_seq: u64,
+}
+
+/// The parts of a stream's metadata that the store enforces on every read.
+/// The raw metadata document itself lives in the `$${stream}` stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// `$maxCount`: only the newest N events are visible.
+    pub max_count: Option<u64>,
+    /// `$maxAge` in seconds: older events are invisible.
+    pub max_age_secs: Option<u64>,
+    /// `$tb`: events numbered below it are invisible.
+    pub truncate_before: Option<u64>,
+    /// `$cacheControl` in seconds for head-like responses.
+    pub cache_control_secs: Option<u64>,
+    /// The event number of the metadata event these settings came from, so
+    /// that ETags change when the settings (and so the visible events) do.
+    pub metadata_number: Option<u64>,
+    /// The stream's `$acl` allows reading by everyone (`$r` absent or `$all`).
+    /// Pages of streams that are not public are cached `private`.
+    pub not_public: bool,
+}
+
+impl StreamState {
+    /// The last event number, or `None` when nothing was ever written.
+    pub fn last_number(&self) -> Option<u64> {
+        self.next_number.checked_sub(1)
+    }
+
+    /// Whether the stream exists for reads and for expected-version checks.
+    pub fn exists(&self) -> bool {
+        self.next_number > 0 && !self.soft_deleted && !self.tombstoned
+    }
+}
+
+pub fn encode_state(state: &StreamState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(STATE_V1);
+    out.push(u8::from(state.soft_deleted) | (u8::from(state.tombstoned) << 1));
+    out.extend_from_slice(&state.next_number.to_be_bytes());
+    out.extend_from_slice(&state.created_position.to_be_bytes());
+    out.extend_from_slice(&state.deleted_before.to_be_bytes());
+    out.extend_from_slice(&state.commit_seq.to_be_bytes());
+    let settings = &state.settings;
+    let optional = [
+        settings.max_count,
+        settings.max_age_secs,
+        settings.truncate_before,
+        settings.cache_control_secs,
+        settings.metadata_number,
+    ];
+    let mut present = 0u8;
+    for (bit, value) in optional.iter().enumerate() {
+        if value.is_some() {
+            present |= 1 << bit;
+        }
+    }
+    if settings.not_public {
+        present |= 1 << 7;
+    }
+    out.push(present);
+    for value in optional.into_iter().flatten() {
+        out.extend_from_slice(&value.to_be_bytes());
+    }
+    out
+}
+
+pub fn decode_state(record: &[u8]) -> Result<StreamState, StoreError> {
+    let mut reader = Reader::new(record);
+    let version = reader.u8()?;
+    if version != STATE_V1 {
+        return Err(StoreError::Corrupt(format!("stream state has unknown version {version}")));
+    }
+    let flags = reader.u8()?;
+    let next_number = reader.u64()?;
+    let created_position = reader.u64()?;
+    let deleted_before = reader.u64()?;
+    let commit_seq = reader.u64()?;
+    let present = reader.u8()?;
+    let mut optional = [None; 5];
+    for (bit, slot) in optional.iter_mut().enumerate() {
+        if present & (1 << bit) != 0 {
+            *slot = Some(reader.u64()?);
+        }
+    }
+    let [max_count, max_age_secs, truncate_before, cache_control_secs, metadata_number] = optional;
+    Ok(StreamState {
+        next_number,
+        created_position,
+        deleted_before,
+        soft_deleted: flags & 0b01 != 0,
+        tombstoned: flags & 0b10 != 0,
+        commit_seq,
+        settings: StreamSettings {
+            max_count,
+            max_age_secs,
+            truncate_before,
+            cache_control_secs,
+            metadata_number,
+            not_public: present & (1 << 7) != 0,
+        },
+    })
+}
+
+/// The value of an event-id index entry: which stream and number took the id.
+pub fn encode_id_owner(stream: &str, number: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + stream.len());
+    out.extend_from_slice(&number.to_be_bytes());
+    out.extend_from_slice(stream.as_bytes());
+    out
+}
+
+pub fn decode_id_owner(value: &[u8]) -> Result<(String, u64), StoreError> {
+    let mut reader = Reader::new(value);
+    let number = reader.u64()?;
+    let stream = std::str::from_utf8(reader.rest())
+        .map_err(|_| StoreError::Corrupt("event id entry names a non-UTF-8 stream".into()))?;
+    Ok((stream.to_owned(), number))
+}
+
+/// What a stream-index entry points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexEntry {
+    /// A user stream's own event, at this global position.
+    Event(u64),
+    /// A system stream's link to another stream's event. The target's
+    /// identity is kept here, not only its position, so that the link can
+    /// still be shown (unresolved) after the target is scavenged.
+    Link { position: u64, created_micros: i64, number: u64, stream: String },
+}
+
+impl IndexEntry {
+    pub fn position(&self) -> u64 {
+        match self {
+            Self::Event(position) | Self::Link { position, .. } => *position,
+        }
+    }
+}
+
+/// Index value of a user stream's event: its position, 8 bytes.
+pub fn encode_event_entry(position: u64) -> [u8; 8] {
+    position.to_be_bytes()
+}
+
+/// Index value of a link: position, created, number, stream (24 + n bytes).
+pub fn encode_link_entry(position: u64, created_micros: i64, number: u64, stream: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + stream.len());
+    out.extend_from_slice(&position.to_be_bytes());
+    out.extend_from_slice(&created_micros.to_be_bytes());
+    out.extend_from_slice(&number.to_be_bytes());
+    out.extend_from_slice(stream.as_bytes());
+    out
+}
+
+pub fn decode_index_entry(value: &[u8]) -> Result<IndexEntry, StoreError> {
+    let mut reader = Reader::new(value);
+    let position = reader.u64()?;
+    if value.len() == 8 {
+        return Ok(IndexEntry::Event(position));
+    }
+    let created_micros = reader.u64()? as i64;
+    let number = reader.u64()?;
+    let stream = std::str::from_utf8(reader.rest())
+        .map_err(|_| StoreError::Corrupt("link entry names a non-UTF-8 stream".into()))?;
+    Ok(IndexEntry::Link { position, created_micros, number, stream: stream.to_owned() })
+}
+
+fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Stream names and event types are bounded at the edge far below 64 KiB.
+    let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&bytes[..usize::from(len)]);
+}
+
+fn put_long(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&bytes[..len as usize]);
+}
+
+/// A cursor over a record that turns truncation into [`StoreError::Corrupt`].
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes }
+    }
+
+    fn short(&self) -> StoreError {
+        StoreError::Corrupt("record is truncated".into())
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.bytes.len() < n {
+            return Err(self.short());
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.bytes)
+    }
+
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        let bytes = self.take(8)?;
+        Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| self.short())?))
+    }
+
+    fn short_str(&mut self) -> Result<&'a str, StoreError> {
+        let len = self.take(2)?;
+        let len = u16::from_be_bytes([len[0], len[1]]);
+        std::str::from_utf8(self.take(usize::from(len))?)
+            .map_err(|_| StoreError::Corrupt("record holds a non-UTF-8 name".into()))
+    }
+
+    fn long_bytes(&mut self) -> Result<&'a [u8], StoreError> {
+        let len = self.take(4)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        self.take(len as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_round_trip() {
+        let id = Uuid::new_v4();
+        let fields = EventFields {
+            stream: "Order-123",
+            number: 42,
+            id: &id,
+            event_type: "OrderPlaced",
+            created_micros: 1_700_000_000_123_456,
+            is_json: true,
+            metadata_is_json: false,
+            data: br#"{"total":12}"#,
+            metadata: b"plain",
+        };
+        let record = encode_event(&fields);
+        let event = decode_event(7, &record).expect("decodes");
+        assert_eq!(event.stream, "Order-123");
+        assert_eq!(event.number, 42);
+        assert_eq!(event.position, 7);
+        assert_eq!(event.id, id);
+        assert_eq!(event.event_type, "OrderPlaced");
+        assert_eq!(event.created_micros, 1_700_000_000_123_456);
+        assert!(event.is_json);
+        assert!(!event.metadata_is_json);
+        assert_eq!(&event.data[..], br#"{"total":12}"#);
+        assert_eq!(&event.metadata[..], b"plain");
+        assert_eq!(decode_created(&record).expect("decodes"), 1_700_000_000_123_456);
+    }
+
+    #[test]
+    fn truncated_and_unknown_records_are_errors_not_panics() {
+        let id = Uuid::new_v4();
+        let record = encode_event(&EventFields {
+            stream: "s",
+            number: 0,
+            id: &id,
+            event_type: "t",
+            created_micros: 0,
+            is_json: false,
+            metadata_is_json: false,
+            data: b"abc",
+            metadata: b"",
+        });
+        for cut in 0..record.len() {
+            assert!(decode_event(0, &record[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut future = record.clone();
+        future[0] = 99;
+        assert!(matches!(decode_event(0, &future), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn state_round_trip_with_and_without_settings() {
+        let plain = StreamState { next_number: 5, created_position: 10, ..StreamState::default() };
+        assert_eq!(decode_state(&encode_state(&plain)).expect("decodes"), plain);
+
+        let full = StreamState {
+            next_number: 100,
+            created_position: 3,
+            deleted_before: 40,
+            soft_deleted: true,
+            tombstoned: false,
+            commit_seq: 77,
+            settings: StreamSettings {
+                max_count: Some(10),
+                max_age_secs: None,
+                truncate_before: Some(50),
+                cache_control_secs: Some(30),
+                metadata_number: Some(2),
+                not_public: true,
+            },
+        };
+        assert_eq!(decode_state(&encode_state(&full)).expect("decodes"), full);
+    }
+
+    #[test]
+    fn index_entries_round_trip() {
+        let event = encode_event_entry(9);
+        assert_eq!(decode_index_entry(&event).expect("decodes"), IndexEntry::Event(9));
+        let link = encode_link_entry(9, 1_000, 4, "Order-1");
+        assert_eq!(
+            decode_index_entry(&link).expect("decodes"),
+            IndexEntry::Link { position: 9, created_micros: 1_000, number: 4, stream: "Order-1".into() }
+        );
+        assert!(decode_index_entry(&link[..12]).is_err());
+    }
+
+    #[test]
+    fn id_owner_round_trip() {
+        let value = encode_id_owner("Order-1", 3);
+        assert_eq!(decode_id_owner(&value).expect("decodes"), ("Order-1".to_owned(), 3));
+    }
+}

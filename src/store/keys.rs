@@ -1,0 +1,185 @@
+//! Every key the sled store writes is built here, and only here.
+//!
+//! All keyspaces live in one sled tree, separated by a leading keyspace byte.
+//! design.md sketches one tree per keyspace; we use one tree because sled
+//! 0.34 applies a `Batch` atomically only within a single tree, and every
+//! append must write its log record, index entries, id entries, stream state
+//! and counters as one atomic unit. Multi-tree transactions would also be
+//! atomic, but they are markedly slower and have had correctness bugs in 0.34.
+//!
+//! Numbers are big-endian so that sled's byte order is numeric order, which
+//! makes range scans over positions and event numbers correct.
+//!
+//! Stream names never contain a NUL byte (names with control characters are
+//! rejected at the edge), so `name ‖ 0x00 ‖ number` cannot collide between a
+//! stream and another stream whose name extends it.
+
+use uuid::Uuid;
+
+/// The global log: position → event record.
+pub const LOG: u8 = 0x01;
+/// Stream state: stream name → [`super::codec::StreamState`].
+pub const STREAM: u8 = 0x02;
+/// Per-stream index: stream name ‖ 0x00 ‖ event number → global position.
+pub const STREAM_INDEX: u8 = 0x03;
+/// Permanent idempotency index: event id → event number ‖ stream name.
+pub const EVENT_ID: u8 = 0x04;
+/// Small named counters (next global position, format version).
+pub const COUNTER: u8 = 0x05;
+/// Persistent subscription groups and their checkpoints.
+pub const SUBSCRIPTION: u8 = 0x06;
+/// Scavenge progress records.
+pub const SCAVENGE: u8 = 0x07;
+
+/// The next global position to assign. Stored rather than derived from the
+/// last log key, because scavenging may delete the newest record and
+/// positions must never be reused (cached `$all` pages depend on them).
+pub const NEXT_POSITION: &[u8] = b"next_position";
+/// The sequence number of the last committed batch.
+pub const COMMIT_SEQ: &[u8] = b"commit_seq";
+/// The on-disk layout version of this store.
+pub const LAYOUT_VERSION: &[u8] = b"layout_version";
+
+pub fn log(position: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = LOG;
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// Decodes the position from a key made by [`log`].
+pub fn log_position(key: &[u8]) -> Option<u64> {
+    match key {
+        [LOG, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+pub fn stream(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(STREAM);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Decodes the stream name from a key made by [`stream`].
+pub fn stream_name(key: &[u8]) -> Option<&str> {
+    match key {
+        [STREAM, rest @ ..] => std::str::from_utf8(rest).ok(),
+        _ => None,
+    }
+}
+
+/// The prefix shared by every index entry of one stream.
+pub fn stream_index_prefix(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + name.len() + 8);
+    key.push(STREAM_INDEX);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key
+}
+
+pub fn stream_index(name: &str, number: u64) -> Vec<u8> {
+    let mut key = stream_index_prefix(name);
+    key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+/// Decodes the event number from a key made by [`stream_index`].
+pub fn stream_index_number(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(key[tail..].try_into().ok()?))
+}
+
+pub fn event_id(id: &Uuid) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = EVENT_ID;
+    key[1..].copy_from_slice(id.as_bytes());
+    key
+}
+
+pub fn counter(name: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(COUNTER);
+    key.extend_from_slice(name);
+    key
+}
+
+/// A persistent subscription group's record: stream ‖ 0x00 ‖ group.
+pub fn subscription(stream: &str, group: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + stream.len() + group.len());
+    key.push(SUBSCRIPTION);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(group.as_bytes());
+    key
+}
+
+pub fn scavenge(id: &Uuid) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = SCAVENGE;
+    key[1..].copy_from_slice(id.as_bytes());
+    key
+}
+
+/// Encodes a position or number as a stored value.
+pub fn u64_value(value: u64) -> [u8; 8] {
+    value.to_be_bytes()
+}
+
+pub fn decode_u64(value: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_round_trip_and_sort_numerically() {
+        let positions = [0u64, 1, 255, 256, 65_535, 1 << 40, u64::MAX];
+        for pair in positions.windows(2) {
+            assert!(log(pair[0]) < log(pair[1]), "{} before {}", pair[0], pair[1]);
+        }
+        for position in positions {
+            assert_eq!(log_position(&log(position)), Some(position));
+        }
+    }
+
+    #[test]
+    fn stream_index_keys_sort_by_number_within_a_stream() {
+        let a = stream_index("order-1", 9);
+        let b = stream_index("order-1", 10);
+        let c = stream_index("order-1", 256);
+        assert!(a < b && b < c);
+        assert_eq!(stream_index_number(&c), Some(256));
+        assert!(c.starts_with(&stream_index_prefix("order-1")));
+    }
+
+    #[test]
+    fn a_stream_prefix_never_covers_a_longer_stream_name() {
+        // "a" ‖ 0 must not be a prefix of any "ab" key: the NUL separator
+        // sorts before every byte a valid name can contain.
+        let short = stream_index_prefix("a");
+        let long = stream_index("ab", 0);
+        assert!(!long.starts_with(&short));
+        assert!(stream_index("a", u64::MAX) < long);
+    }
+
+    #[test]
+    fn keyspaces_do_not_overlap() {
+        let keys: Vec<Vec<u8>> = vec![
+            log(u64::MAX).to_vec(),
+            stream("x"),
+            stream_index("x", 0),
+            event_id(&Uuid::nil()).to_vec(),
+            counter(NEXT_POSITION),
+            subscription("x", "g"),
+            scavenge(&Uuid::nil()).to_vec(),
+        ];
+        for window in keys.windows(2) {
+            assert!(window[0] < window[1]);
+        }
+        assert_eq!(stream_name(&stream("Order-1")), Some("Order-1"));
+    }
+}

@@ -1,0 +1,180 @@
+//! Stream metadata: the JSON document stored as the latest `$metadata` event
+//! of stream `$${stream}`, and the settings the store enforces from it.
+//!
+//! Validation lives here, not in the HTTP layer, because every store must
+//! refuse the same documents and derive the same settings from them.
+
+use serde_json::{Map, Value};
+
+use super::StreamSettings;
+
+/// The event type of metadata events.
+pub const METADATA_EVENT_TYPE: &str = "$metadata";
+
+/// The `$acl` keys v5 defines.
+const ACL_KEYS: [&str; 5] = ["$r", "$w", "$d", "$mr", "$mw"];
+
+/// The role that means "everyone, including anonymous readers".
+pub const ALL_ROLE: &str = "$all";
+
+/// The name of the stream holding `stream`'s metadata.
+pub fn metadata_stream(stream: &str) -> String {
+    format!("$${stream}")
+}
+
+/// For a metadata stream `$$s`, the stream `s` it describes.
+pub fn described_stream(metadata_stream: &str) -> Option<&str> {
+    metadata_stream.strip_prefix("$$")
+}
+
+/// A metadata document that cannot be accepted, naming the offending key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidMetadata {
+    pub key: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for InvalidMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "Invalid metadata: {}", self.reason)
+        } else {
+            write!(f, "Invalid metadata: '{}' {}", self.key, self.reason)
+        }
+    }
+}
+
+/// Validates a metadata document and derives the enforced settings. Unknown
+/// keys are allowed and kept (they are the user's own metadata); a `null`
+/// value means the key is not set.
+pub fn parse(document: &[u8]) -> Result<StreamSettings, InvalidMetadata> {
+    let value: Value = serde_json::from_slice(document).map_err(|error| InvalidMetadata {
+        key: String::new(),
+        reason: format!("the body is not valid JSON ({error})"),
+    })?;
+    let Value::Object(object) = value else {
+        return Err(InvalidMetadata { key: String::new(), reason: "the body must be a JSON object".into() });
+    };
+    settings_from(&object)
+}
+
+fn settings_from(object: &Map<String, Value>) -> Result<StreamSettings, InvalidMetadata> {
+    let mut settings = StreamSettings {
+        max_count: whole_number(object, "$maxCount", 1)?,
+        max_age_secs: whole_number(object, "$maxAge", 1)?,
+        truncate_before: whole_number(object, "$tb", 0)?,
+        cache_control_secs: whole_number(object, "$cacheControl", 1)?,
+        ..StreamSettings::default()
+    };
+    match object.get("$tmp") {
+        None | Some(Value::Null | Value::Bool(_)) => {}
+        Some(_) => return Err(invalid("$tmp", "must be true or false")),
+    }
+    match object.get("$acl") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(acl)) => {
+            for (key, roles) in acl {
+                if !ACL_KEYS.contains(&key.as_str()) {
+                    return Err(invalid(
+                        &format!("$acl.{key}"),
+                        "is not an ACL key (expected $r, $w, $d, $mr or $mw)",
+                    ));
+                }
+                let roles = role_list(roles).ok_or_else(|| {
+                    invalid(&format!("$acl.{key}"), "must be a role name or an array of role names")
+                })?;
+                if key == "$r" && !roles.contains(&ALL_ROLE) {
+                    settings.not_public = true;
+                }
+            }
+        }
+        Some(_) => return Err(invalid("$acl", "must be an object")),
+    }
+    Ok(settings)
+}
+
+fn role_list(value: &Value) -> Option<Vec<&str>> {
+    match value {
+        Value::String(role) => Some(vec![role.as_str()]),
+        Value::Array(items) => items.iter().map(Value::as_str).collect(),
+        _ => None,
+    }
+}
+
+fn whole_number(
+    object: &Map<String, Value>,
+    key: &str,
+    minimum: u64,
+) -> Result<Option<u64>, InvalidMetadata> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match value.as_u64() {
+            Some(number) if number >= minimum => Ok(Some(number)),
+            _ => Err(invalid(key, &format!("must be an integer ≥ {minimum}"))),
+        },
+    }
+}
+
+fn invalid(key: &str, reason: &str) -> InvalidMetadata {
+    InvalidMetadata { key: key.to_owned(), reason: reason.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_enforced_key() {
+        let settings = parse(
+            br#"{"$maxCount":5,"$maxAge":60,"$tb":3,"$cacheControl":10,"$tmp":true,
+                "$acl":{"$r":["$all","ops"],"$w":"ops"},"owner":"team-a"}"#,
+        )
+        .expect("valid");
+        assert_eq!(settings.max_count, Some(5));
+        assert_eq!(settings.max_age_secs, Some(60));
+        assert_eq!(settings.truncate_before, Some(3));
+        assert_eq!(settings.cache_control_secs, Some(10));
+        assert!(!settings.not_public);
+    }
+
+    #[test]
+    fn a_read_acl_without_all_makes_the_stream_private() {
+        let settings = parse(br#"{"$acl":{"$r":"ops"}}"#).expect("valid");
+        assert!(settings.not_public);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let cases: [(&[u8], &str); 9] = [
+            (br#"{"$maxCount":0}"#, "$maxCount"),
+            (br#"{"$maxCount":-1}"#, "$maxCount"),
+            (br#"{"$maxAge":"60"}"#, "$maxAge"),
+            (br#"{"$tb":1.5}"#, "$tb"),
+            (br#"{"$cacheControl":0}"#, "$cacheControl"),
+            (br#"{"$tmp":"yes"}"#, "$tmp"),
+            (br#"{"$acl":[]}"#, "$acl"),
+            (br#"{"$acl":{"$r":5}}"#, "$acl.$r"),
+            (br#"{"$acl":{"$x":"a"}}"#, "$acl.$x"),
+        ];
+        for (document, key) in cases {
+            let error = parse(document).expect_err("invalid");
+            assert_eq!(error.key, key, "{}", String::from_utf8_lossy(document));
+            assert!(error.to_string().contains(key));
+        }
+        assert!(parse(b"[1]").is_err());
+        assert!(parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn nulls_and_unknown_keys_are_fine() {
+        let settings = parse(br#"{"$maxCount":null,"anything":{"x":1}}"#).expect("valid");
+        assert_eq!(settings, StreamSettings::default());
+    }
+
+    #[test]
+    fn metadata_stream_names() {
+        assert_eq!(metadata_stream("Order-1"), "$$Order-1");
+        assert_eq!(described_stream("$$Order-1"), Some("Order-1"));
+        assert_eq!(described_stream("Order-1"), None);
+    }
+}

@@ -1,0 +1,197 @@
+//! Wake-ups for live readers, fed by the writer after each durable batch.
+//!
+//! Two kinds of signal: the global [`Head`] (the next global position, for
+//! `$all` readers, and the commit sequence of the last durable batch, for
+//! readers that must not see anything newer) and one signal per stream
+//! that somebody is waiting on. A reader takes its [`StreamWatch`] *before*
+//! reading, then waits on it: an append that lands between the read and the
+//! wait has already bumped the watch, so the wait returns at once and no
+//! append is ever missed.
+//!
+//! Waiting costs no CPU and no storage resources: there is no polling and no
+//! per-waiter sled subscriber. Streams nobody waits on cost nothing either;
+//! their entries are dropped as soon as the last waiter goes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::watch;
+
+/// How many registry entries may accumulate between sweeps of dead ones.
+/// Sweeping is O(entries), so doing it every this-many insertions keeps the
+/// amortised cost per waiter constant.
+const SWEEP_EVERY: usize = 1024;
+
+/// What the writer publishes after each durable batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Head {
+    /// The next global position: every position below it is acknowledged.
+    pub next_position: u64,
+    /// The sequence number of the last durable batch.
+    pub commit_seq: u64,
+}
+
+#[derive(Debug)]
+pub struct Notifier {
+    /// Moves after every durable batch.
+    head: watch::Sender<Head>,
+    /// Per-stream signals, held weakly so that a stream's entry lives only as
+    /// long as somebody waits on it. The value is a change counter.
+    streams: Mutex<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    signals: HashMap<String, Weak<watch::Sender<u64>>>,
+    inserts_since_sweep: usize,
+}
+
+/// A subscription to one stream's appends, taken before reading.
+#[derive(Debug)]
+pub struct StreamWatch {
+    /// Keeps the registry entry alive while this watch exists.
+    _signal: Arc<watch::Sender<u64>>,
+    receiver: watch::Receiver<u64>,
+}
+
+impl StreamWatch {
+    /// Resolves when the stream has been appended to since this watch was
+    /// taken (or since the last call). Pending forever if the notifier goes.
+    pub async fn changed(&mut self) {
+        if self.receiver.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Notifier {
+    pub fn new(head: Head) -> Self {
+        Self { head: watch::Sender::new(head), streams: Mutex::new(Registry::default()) }
+    }
+
+    /// A receiver of the head, for waiting on new events anywhere.
+    pub fn head(&self) -> watch::Receiver<Head> {
+        self.head.subscribe()
+    }
+
+    /// The next global position right now.
+    pub fn next_position(&self) -> u64 {
+        self.head.borrow().next_position
+    }
+
+    /// The sequence number of the last durable batch right now.
+    pub fn commit_seq(&self) -> u64 {
+        self.head.borrow().commit_seq
+    }
+
+    /// Waits until batch `commit_seq` is durable; `false` on timeout.
+    pub async fn wait_for_commit(&self, commit_seq: u64, timeout: std::time::Duration) -> bool {
+        let mut head = self.head.subscribe();
+        tokio::time::timeout(timeout, head.wait_for(|head| head.commit_seq >= commit_seq))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
+    }
+
+    /// Starts watching a stream. Take it before the read it guards.
+    pub fn watch_stream(&self, stream: &str) -> StreamWatch {
+        let mut registry = self.lock();
+        if let Some(signal) = registry.signals.get(stream).and_then(Weak::upgrade) {
+            let receiver = signal.subscribe();
+            return StreamWatch { _signal: signal, receiver };
+        }
+        let signal = Arc::new(watch::Sender::new(0));
+        registry.signals.insert(stream.to_owned(), Arc::downgrade(&signal));
+        registry.inserts_since_sweep += 1;
+        if registry.inserts_since_sweep >= SWEEP_EVERY {
+            registry.signals.retain(|_, weak| weak.strong_count() > 0);
+            registry.inserts_since_sweep = 0;
+        }
+        let receiver = signal.subscribe();
+        StreamWatch { _signal: signal, receiver }
+    }
+
+    /// Called by the writer once a batch is durable: wakes the waiters of
+    /// every stream it touched, then moves the head.
+    pub fn publish<'a>(&self, head: Head, streams: impl IntoIterator<Item = &'a str>) {
+        {
+            let mut registry = self.lock();
+            for stream in streams {
+                match registry.signals.get(stream).map(Weak::upgrade) {
+                    Some(Some(signal)) => {
+                        signal.send_modify(|version| *version = version.wrapping_add(1));
+                    }
+                    Some(None) => {
+                        registry.signals.remove(stream);
+                    }
+                    None => {}
+                }
+            }
+        }
+        self.head.send_replace(head);
+    }
+
+    /// How many streams have live waiters (for metrics and tests).
+    pub fn watched_streams(&self) -> usize {
+        self.lock().signals.values().filter(|weak| weak.strong_count() > 0).count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every operation is a single insert, remove or retain), so a
+        // poisoned lock is safe to keep using.
+        self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_watch_taken_before_an_append_sees_it_even_if_it_waits_later() {
+        let notifier = Notifier::new(Head::default());
+        let mut watch = notifier.watch_stream("a");
+        notifier.publish(head(1), ["a"]);
+        tokio::time::timeout(Duration::from_secs(1), watch.changed())
+            .await
+            .expect("the append before the wait must not be missed");
+    }
+
+    #[tokio::test]
+    async fn appends_to_other_streams_do_not_wake_a_watch() {
+        let notifier = Notifier::new(Head::default());
+        let mut watch = notifier.watch_stream("a");
+        notifier.publish(head(1), ["b"]);
+        let woke = tokio::time::timeout(Duration::from_millis(50), watch.changed()).await;
+        assert!(woke.is_err());
+        assert_eq!(notifier.next_position(), 1);
+    }
+
+    #[test]
+    fn entries_go_when_their_last_watch_goes() {
+        let notifier = Notifier::new(Head::default());
+        let first = notifier.watch_stream("a");
+        let second = notifier.watch_stream("a");
+        assert_eq!(notifier.watched_streams(), 1);
+        drop(first);
+        assert_eq!(notifier.watched_streams(), 1);
+        drop(second);
+        assert_eq!(notifier.watched_streams(), 0);
+        notifier.publish(head(1), ["a"]);
+        assert!(notifier.lock().signals.is_empty());
+    }
+
+    #[tokio::test]
+    async fn commit_waits_end_when_the_batch_is_published() {
+        let notifier = std::sync::Arc::new(Notifier::new(Head::default()));
+        assert!(!notifier.wait_for_commit(1, Duration::from_millis(20)).await);
+        let publisher = std::sync::Arc::clone(&notifier);
+        tokio::spawn(async move { publisher.publish(head(1), []) });
+        assert!(notifier.wait_for_commit(1, Duration::from_secs(5)).await);
+    }
+
+    fn head(n: u64) -> Head {
+        Head { next_position: n, commit_seq: n }
+    }
+}

@@ -1,0 +1,160 @@
+//! The system projections: which system streams an event is linked into.
+//!
+//! EventStore builds `$ce-`, `$et-` and `$streams` asynchronously, so they lag
+//! behind the log. Here the writer adds the links in the same atomic batch as
+//! the event, so when an append is acknowledged its links are readable.
+//!
+//! A link is not a separate log record: it is an index entry of the system
+//! stream pointing at the target's global position. Reads present it as a
+//! `$>` link event (data `"{n}@{stream}"`) or resolve it to the target.
+//!
+//! Only user streams are projected; events in `$`-streams (metadata streams,
+//! parked-message streams) are system bookkeeping and are left out, so that
+//! `$streams` lists what users wrote and `$et-$metadata` does not exist.
+
+/// Which system projections are maintained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Projections {
+    /// `$ce-{category}`: every event of every stream in the category.
+    pub by_category: bool,
+    /// `$et-{type}`: every event of the type.
+    pub by_event_type: bool,
+    /// `$streams`: one link per stream, to its event 0.
+    pub streams: bool,
+}
+
+impl Default for Projections {
+    fn default() -> Self {
+        Self { by_category: true, by_event_type: true, streams: true }
+    }
+}
+
+/// The stream listing every stream.
+pub const STREAMS_STREAM: &str = "$streams";
+pub const CATEGORY_PREFIX: &str = "$ce-";
+pub const EVENT_TYPE_PREFIX: &str = "$et-";
+
+/// The projections a system stream belongs to, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projection {
+    ByCategory,
+    ByEventType,
+    Streams,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 3] = [Self::ByCategory, Self::ByEventType, Self::Streams];
+
+    /// The name used in settings and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ByCategory => "by-category",
+            Self::ByEventType => "by-event-type",
+            Self::Streams => "streams",
+        }
+    }
+
+    /// Whether `stream` is one of this projection's streams.
+    pub fn owns(self, stream: &str) -> bool {
+        match self {
+            Self::ByCategory => stream.starts_with(CATEGORY_PREFIX),
+            Self::ByEventType => stream.starts_with(EVENT_TYPE_PREFIX),
+            Self::Streams => stream == STREAMS_STREAM,
+        }
+    }
+}
+
+impl Projections {
+    pub fn is_enabled(&self, projection: Projection) -> bool {
+        match projection {
+            Projection::ByCategory => self.by_category,
+            Projection::ByEventType => self.by_event_type,
+            Projection::Streams => self.streams,
+        }
+    }
+
+    /// The system streams an event of `event_type` in `stream` is linked
+    /// into; `creates_stream` when it is the stream's event 0.
+    pub fn links_for(&self, stream: &str, event_type: &str, creates_stream: bool) -> Vec<String> {
+        let mut links = Vec::new();
+        if is_system_stream(stream) {
+            return links;
+        }
+        if self.by_category {
+            if let Some(category) = category(stream) {
+                links.push(format!("{CATEGORY_PREFIX}{category}"));
+            }
+        }
+        if self.by_event_type && event_type != super::LINK_EVENT_TYPE {
+            links.push(format!("{EVENT_TYPE_PREFIX}{event_type}"));
+        }
+        if self.streams && creates_stream {
+            links.push(STREAMS_STREAM.to_owned());
+        }
+        links
+    }
+
+    /// Like [`Self::links_for`], restricted to one projection (rebuilds).
+    pub fn links_of(
+        projection: Projection,
+        stream: &str,
+        event_type: &str,
+        creates_stream: bool,
+    ) -> Vec<String> {
+        let only = Projections {
+            by_category: projection == Projection::ByCategory,
+            by_event_type: projection == Projection::ByEventType,
+            streams: projection == Projection::Streams,
+        };
+        only.links_for(stream, event_type, creates_stream)
+    }
+}
+
+/// Streams whose names start with `$` belong to the system.
+pub fn is_system_stream(stream: &str) -> bool {
+    stream.starts_with('$')
+}
+
+/// The category of a stream: the part before the first `-`, when there is a
+/// `-` that is not the first character and the stream is not a system stream.
+pub fn category(stream: &str) -> Option<&str> {
+    if is_system_stream(stream) {
+        return None;
+    }
+    match stream.find('-') {
+        Some(index) if index > 0 => Some(&stream[..index]),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn category_rules() {
+        assert_eq!(category("Order-123"), Some("Order"));
+        assert_eq!(category("Order-123-abc"), Some("Order"));
+        assert_eq!(category("Order--1"), Some("Order"));
+        assert_eq!(category("Order-"), Some("Order"));
+        assert_eq!(category("Order"), None);
+        assert_eq!(category("-Order"), None);
+        assert_eq!(category("-"), None);
+        assert_eq!(category("$ce-Order"), None);
+        assert_eq!(category("$$Order-1"), None);
+        assert_eq!(category("Ordér-1"), Some("Ordér"));
+    }
+
+    #[test]
+    fn links_of_a_user_event() {
+        let all = Projections::default();
+        assert_eq!(all.links_for("Order-1", "Placed", true), ["$ce-Order", "$et-Placed", "$streams"]);
+        assert_eq!(all.links_for("Order-1", "Placed", false), ["$ce-Order", "$et-Placed"]);
+        assert_eq!(all.links_for("plain", "Placed", false), ["$et-Placed"]);
+        assert!(all.links_for("$$Order-1", "$metadata", true).is_empty());
+        assert_eq!(all.links_for("Order-1", "$>", false), ["$ce-Order"]);
+        let none = Projections { by_category: false, by_event_type: false, streams: false };
+        assert!(none.links_for("Order-1", "Placed", true).is_empty());
+        assert_eq!(Projections::links_of(Projection::Streams, "Order-1", "Placed", true), ["$streams"]);
+    }
+}

@@ -1,0 +1,513 @@
+//! The embedded store on sled: reads run on the caller's task straight from
+//! sled's page cache; every mutation goes through the [`Writer`] thread.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::codec::{self, IndexEntry, StreamState};
+use super::projections::Projections;
+use super::writer::{Command, Writer};
+use super::{
+    AllRead, AllSlice, Append, AppendOutcome, Direction, Durability, ExpectedVersion, Head, LINK_EVENT_TYPE,
+    Notifier, ReadEvent, RecordedEvent, Store, StoreError, StreamRead, StreamSlice, StreamView, keys,
+};
+
+/// The layout this build reads and writes. A store written by another
+/// layout is refused at open rather than misread.
+const LAYOUT_VERSION: u64 = 1;
+
+/// How many commands may queue for the writer before senders wait. Large
+/// enough that the writer always finds a full batch under load; bounded so a
+/// flood of requests applies back-pressure instead of growing memory.
+const COMMAND_QUEUE: usize = 16 * 1024;
+
+/// Options for opening a [`SledStore`].
+#[derive(Debug, Clone)]
+pub struct SledStoreOptions {
+    pub path: PathBuf,
+    pub durability: Durability,
+    pub projections: Projections,
+    /// sled's page cache size in bytes.
+    pub cache_capacity: u64,
+}
+
+impl SledStoreOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            durability: Durability::default(),
+            projections: Projections::default(),
+            cache_capacity: 512 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    commands: mpsc::Sender<Command>,
+    notifier: Arc<Notifier>,
+    /// Joined at close, so that `close` returns only once sled is flushed.
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store. Reads a few counters; never scans.
+    pub fn open(options: SledStoreOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&options.path)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", options.path.display())))?;
+        let db = sled::Config::new()
+            .path(&options.path)
+            .cache_capacity(options.cache_capacity)
+            .flush_every_ms(Some(500))
+            .open()?;
+
+        let layout_key = keys::counter(keys::LAYOUT_VERSION);
+        match db.get(&layout_key)? {
+            Some(value) => {
+                let found = keys::decode_u64(&value).unwrap_or(0);
+                if found != LAYOUT_VERSION {
+                    return Err(StoreError::Corrupt(format!(
+                        "the data directory has layout version {found}; this build reads {LAYOUT_VERSION}"
+                    )));
+                }
+            }
+            None => {
+                db.insert(&layout_key, &keys::u64_value(LAYOUT_VERSION)[..])?;
+                db.flush()?;
+            }
+        }
+
+        let counter = |name: &[u8]| -> Result<u64, StoreError> {
+            match db.get(keys::counter(name))? {
+                Some(value) => keys::decode_u64(&value).ok_or_else(|| {
+                    StoreError::Corrupt(format!("counter {} is malformed", String::from_utf8_lossy(name)))
+                }),
+                None => Ok(0),
+            }
+        };
+        // Everything sled recovered at open is on disk, so the stored
+        // counters are the durable head.
+        let head =
+            Head { next_position: counter(keys::NEXT_POSITION)?, commit_seq: counter(keys::COMMIT_SEQ)? };
+        let last_created_micros = match db.get_lt([keys::LOG + 1])? {
+            Some((key, record)) if keys::log_position(&key).is_some() => codec::decode_created(&record)?,
+            _ => 0,
+        };
+
+        let notifier = Arc::new(Notifier::new(head));
+        let writer = Writer::new(
+            db.clone(),
+            &options.path,
+            options.durability,
+            Arc::clone(&notifier),
+            options.projections,
+            head,
+            last_created_micros,
+        )?;
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let writer_thread = std::thread::Builder::new()
+            .name("eventfeed-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| StoreError::Io(format!("cannot start the writer thread: {e}")))?;
+
+        Ok(Self { db, commands, notifier, writer_thread: Mutex::new(Some(writer_thread)) })
+    }
+
+    /// Sends a command to the writer and waits for its answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(make(reply)).await.map_err(|_| StoreError::Unavailable)?;
+        answer.await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    fn load_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
+        match self.db.get(keys::stream(stream))? {
+            Some(bytes) => codec::decode_state(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs a read, then, if it used any state written by a batch that is
+    /// not yet durable, waits for that batch before answering. A read thus
+    /// never shows an unacknowledged append. The wait is at most one group
+    /// commit; there is no re-read, because everything a state refers to was
+    /// written in that batch or before it, and sled applies a batch
+    /// atomically with respect to single-key reads.
+    async fn consistent<T>(
+        &self,
+        read: impl FnOnce(&mut ReadContext<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut context = ReadContext { store: self, first_visible: HashMap::new(), newest_commit: 0 };
+        let result = read(&mut context)?;
+        let newest_commit = context.newest_commit;
+        if newest_commit > self.notifier.commit_seq()
+            && !self.notifier.wait_for_commit(newest_commit, COMMIT_WAIT).await
+        {
+            return Err(StoreError::Unavailable);
+        }
+        Ok(result)
+    }
+}
+
+/// The longest a read waits for an in-flight batch to become durable. A
+/// batch takes one fsync; if it takes this long the writer has failed.
+const COMMIT_WAIT: Duration = Duration::from_secs(30);
+
+/// How many positions one `$all` read examines at most, whatever it finds.
+/// Bounds the work of a read across a long run of hidden (deleted or
+/// expired, not yet scavenged) events; the page then simply holds fewer.
+const MAX_ALL_SCAN: usize = 100_000;
+
+/// One read's access to the store: it memoises the stream states it loads
+/// and remembers the newest commit among them (see
+/// [`SledStore::consistent`]).
+struct ReadContext<'a> {
+    store: &'a SledStore,
+    /// Per stream touched (link targets, `$all` entries): the first visible
+    /// event number, `None` when nothing is visible.
+    first_visible: HashMap<String, Option<u64>>,
+    newest_commit: u64,
+}
+
+impl ReadContext<'_> {
+    fn db(&self) -> &sled::Db {
+        &self.store.db
+    }
+
+    fn state(&mut self, stream: &str) -> Result<Option<StreamState>, StoreError> {
+        let state = self.store.load_state(stream)?;
+        if let Some(state) = &state {
+            self.newest_commit = self.newest_commit.max(state.commit_seq);
+        }
+        Ok(state)
+    }
+
+    /// The state of a readable stream, or why it cannot be read.
+    fn readable_state(&mut self, stream: &str) -> Result<StreamState, StoreError> {
+        match self.state(stream)? {
+            Some(state) if state.tombstoned => Err(StoreError::StreamDeleted),
+            Some(state) if state.exists() => Ok(state),
+            _ => Err(StoreError::StreamNotFound),
+        }
+    }
+
+    /// The lowest event number a read can see, applying soft delete, `$tb`,
+    /// `$maxCount` and `$maxAge` (by binary search over creation times, which
+    /// never decrease along a stream).
+    fn view(&self, stream: &str, state: &StreamState) -> Result<StreamView, StoreError> {
+        let settings = state.settings;
+        let mut first = state.deleted_before;
+        if let Some(truncate_before) = settings.truncate_before {
+            first = first.max(truncate_before);
+        }
+        if let Some(max_count) = settings.max_count {
+            first = first.max(state.next_number.saturating_sub(max_count));
+        }
+        if let Some(max_age) = settings.max_age_secs {
+            let max_age = i64::try_from(max_age).unwrap_or(i64::MAX).saturating_mul(1_000_000);
+            let cutoff = now_micros().saturating_sub(max_age);
+            let (mut low, mut high) = (first, state.next_number);
+            while low < high {
+                let middle = low + (high - low) / 2;
+                match self.created_at(stream, middle)? {
+                    Some(created) if created >= cutoff => high = middle,
+                    _ => low = middle + 1,
+                }
+            }
+            first = low;
+        }
+        Ok(StreamView {
+            last_number: state.next_number.saturating_sub(1),
+            first_visible: first.min(state.next_number),
+            settings,
+        })
+    }
+
+    fn created_at(&self, stream: &str, number: u64) -> Result<Option<i64>, StoreError> {
+        let Some(value) = self.db().get(keys::stream_index(stream, number))? else {
+            return Ok(None);
+        };
+        match codec::decode_index_entry(&value)? {
+            IndexEntry::Link { created_micros, .. } => Ok(Some(created_micros)),
+            IndexEntry::Event(position) => match self.db().get(keys::log(position))? {
+                Some(record) => codec::decode_created(&record).map(Some),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Reads numbers `low..=high` of a stream, skipping scavenged records.
+    fn read_range(
+        &mut self,
+        stream: &str,
+        low: u64,
+        high: u64,
+        resolve_links: bool,
+    ) -> Result<Vec<ReadEvent>, StoreError> {
+        let capacity = usize::try_from(high - low + 1).unwrap_or(usize::MAX).min(4096);
+        let mut events = Vec::with_capacity(capacity);
+        let range = keys::stream_index(stream, low)..=keys::stream_index(stream, high);
+        for item in self.db().range(range) {
+            let (key, value) = item?;
+            let number = keys::stream_index_number(&key)
+                .ok_or_else(|| StoreError::Corrupt("stream index key is malformed".into()))?;
+            let entry = codec::decode_index_entry(&value)?;
+            if let Some(event) = self.materialise(stream, number, entry, resolve_links)? {
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Turns an index entry into what a read returns.
+    fn materialise(
+        &mut self,
+        stream: &str,
+        number: u64,
+        entry: IndexEntry,
+        resolve_links: bool,
+    ) -> Result<Option<ReadEvent>, StoreError> {
+        match entry {
+            IndexEntry::Event(position) => Ok(self
+                .db()
+                .get(keys::log(position))?
+                .map(|record| codec::decode_event(position, &record))
+                .transpose()?
+                .map(|event| ReadEvent { event, link: None })),
+            IndexEntry::Link { position, created_micros, number: target_number, stream: target } => {
+                let link = link_event(stream, number, position, created_micros, target_number, &target);
+                if resolve_links {
+                    if let Some(event) = self.visible_target(position, &target, target_number)? {
+                        return Ok(Some(ReadEvent { event, link: Some(link) }));
+                    }
+                }
+                Ok(Some(ReadEvent { event: link, link: None }))
+            }
+        }
+    }
+
+    /// The target of a link, if it is still visible in its own stream.
+    fn visible_target(
+        &mut self,
+        position: u64,
+        stream: &str,
+        number: u64,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
+        if !self.is_visible(stream, number)? {
+            return Ok(None);
+        }
+        match self.db().get(keys::log(position))? {
+            Some(record) => codec::decode_event(position, &record).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether event `number` of `stream` is visible to reads (not hidden by
+    /// retention, soft delete or a tombstone).
+    fn is_visible(&mut self, stream: &str, number: u64) -> Result<bool, StoreError> {
+        if !self.first_visible.contains_key(stream) {
+            let first_visible = match self.state(stream)? {
+                Some(state) if !state.tombstoned && !state.soft_deleted => {
+                    Some(self.view(stream, &state)?.first_visible)
+                }
+                _ => None,
+            };
+            self.first_visible.insert(stream.to_owned(), first_visible);
+        }
+        Ok(matches!(self.first_visible.get(stream), Some(Some(first)) if number >= *first))
+    }
+
+    fn read_stream(&mut self, read: &StreamRead) -> Result<StreamSlice, StoreError> {
+        let state = self.readable_state(&read.stream)?;
+        let view = self.view(&read.stream, &state)?;
+        let Some(last) = state.last_number() else {
+            return Ok(StreamSlice { view, events: Vec::new() });
+        };
+        let count = read.count.max(1);
+        let from = read.from.unwrap_or(last);
+        let (low, high) = match read.direction {
+            Direction::Forward => (from, from.saturating_add(count - 1)),
+            Direction::Backward => (from.saturating_sub(count - 1), from),
+        };
+        let (low, high) = (low.max(view.first_visible), high.min(last));
+        let events = if low > high {
+            Vec::new()
+        } else {
+            self.read_range(&read.stream, low, high, read.resolve_links)?
+        };
+        Ok(StreamSlice { view, events })
+    }
+
+    fn read_event(
+        &mut self,
+        stream: &str,
+        number: u64,
+        resolve_links: bool,
+    ) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
+        let state = self.readable_state(stream)?;
+        let view = self.view(stream, &state)?;
+        if number < view.first_visible || number >= state.next_number {
+            return Ok((view, None));
+        }
+        let Some(value) = self.db().get(keys::stream_index(stream, number))? else {
+            return Ok((view, None));
+        };
+        let entry = codec::decode_index_entry(&value)?;
+        let is_link = matches!(entry, IndexEntry::Link { .. });
+        let event = self.materialise(stream, number, entry, resolve_links)?;
+        // v5: a resolved read of a link whose target is gone is a 404.
+        let event = event.filter(|read| !(is_link && resolve_links && read.link.is_none()));
+        Ok((view, event))
+    }
+
+    fn read_all(&mut self, read: AllRead, next_position: u64) -> Result<AllSlice, StoreError> {
+        let count = usize::try_from(read.count.max(1)).unwrap_or(usize::MAX);
+        let mut events = Vec::with_capacity(count.min(4096));
+        let mut scanned: Option<(u64, u64)> = None;
+        // Only positions below `next_position` are acknowledged; a batch
+        // being applied right now is not.
+        let Some(last) = next_position.checked_sub(1) else {
+            return Ok(AllSlice { next_position, scanned, events });
+        };
+        let (range, backward) = match read.direction {
+            Direction::Forward => {
+                let from = read.from.unwrap_or(last);
+                if from > last {
+                    return Ok(AllSlice { next_position, scanned, events });
+                }
+                (keys::log(from)..=keys::log(last), false)
+            }
+            Direction::Backward => (keys::log(0)..=keys::log(read.from.unwrap_or(last).min(last)), true),
+        };
+        let iter = self.db().range(range);
+        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if backward { Box::new(iter.rev()) } else { Box::new(iter) };
+        for item in iter.take(MAX_ALL_SCAN) {
+            let (key, record) = item?;
+            let position =
+                keys::log_position(&key).ok_or_else(|| StoreError::Corrupt("log key is malformed".into()))?;
+            scanned = Some(match scanned {
+                None => (position, position),
+                Some((low, high)) => (low.min(position), high.max(position)),
+            });
+            let event = codec::decode_event(position, &record)?;
+            if self.is_visible(&event.stream, event.number)? {
+                events.push(event);
+                if events.len() >= count {
+                    break;
+                }
+            }
+        }
+        if backward {
+            events.reverse();
+        }
+        Ok(AllSlice { next_position, scanned, events })
+    }
+}
+
+/// The `$>` event a system-stream index entry stands for.
+fn link_event(
+    stream: &str,
+    number: u64,
+    target_position: u64,
+    created_micros: i64,
+    target_number: u64,
+    target_stream: &str,
+) -> RecordedEvent {
+    RecordedEvent {
+        stream: stream.to_owned(),
+        number,
+        position: target_position,
+        id: link_id(target_position, stream),
+        event_type: LINK_EVENT_TYPE.to_owned(),
+        created_micros,
+        is_json: false,
+        metadata_is_json: false,
+        data: Bytes::from(format!("{target_number}@{target_stream}")),
+        metadata: Bytes::new(),
+    }
+}
+
+/// A stable id for a link: links are not stored as records, so their id is
+/// derived from what identifies them (the target position and the system
+/// stream) as a version-8 (custom) UUID. The same link has the same id on
+/// every read, every node and every restart.
+fn link_id(target_position: u64, stream: &str) -> Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&target_position.to_be_bytes());
+    bytes[8..].copy_from_slice(&crate::hash::fnv1a_64(stream.as_bytes()).to_be_bytes());
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn append(&self, append: Append) -> Result<AppendOutcome, StoreError> {
+        self.ask(|reply| Command::Append { append, reply }).await
+    }
+
+    async fn read_stream(&self, read: StreamRead) -> Result<StreamSlice, StoreError> {
+        self.consistent(|context| context.read_stream(&read)).await
+    }
+
+    async fn read_all(&self, read: AllRead) -> Result<AllSlice, StoreError> {
+        let next_position = self.notifier.next_position();
+        self.consistent(|context| context.read_all(read, next_position)).await
+    }
+
+    async fn read_event(
+        &self,
+        stream: &str,
+        number: u64,
+        resolve_links: bool,
+    ) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
+        self.consistent(|context| context.read_event(stream, number, resolve_links)).await
+    }
+
+    async fn delete(&self, stream: &str, expected: ExpectedVersion, hard: bool) -> Result<(), StoreError> {
+        let stream = stream.to_owned();
+        self.ask(|reply| Command::Delete { stream, expected, hard, reply }).await
+    }
+
+    async fn stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
+        self.consistent(|context| context.state(stream)).await
+    }
+
+    fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let result = self.ask(|reply| Command::Close { reply }).await;
+        let thread = self.writer_thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(thread) = thread {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| StoreError::Io(format!("writer thread join failed: {e}")))?
+                .map_err(|_| StoreError::Io("the writer thread panicked".into()))?;
+        }
+        match result {
+            // Already closed by an earlier call: nothing left to flush.
+            Err(StoreError::Unavailable) => Ok(()),
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,641 @@
+//! The writer: the one thread that mutates the sled store.
+//!
+//! Group commit: the writer takes every command waiting in its channel,
+//! validates each against the state built so far in this batch (expected
+//! versions, idempotency), stages the writes of those that pass into one
+//! `sled::Batch`, applies it atomically, makes it durable once, and only then
+//! answers every request and wakes live readers. Under load dozens of appends
+//! share one fsync; alone, an append costs one fsync.
+//!
+//! It runs on a dedicated OS thread rather than a tokio task because every
+//! step of a commit (sled apply, flush, fdatasync) blocks.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::codec::{self, EventFields, StreamState};
+use super::projections::Projections;
+use super::{Append, AppendOutcome, Durability, ExpectedVersion, Head, Notifier, StoreError, keys, metadata};
+
+/// The most commands one batch takes. Bounds the latency of the first
+/// request in a batch and the size of the reply fan-out; under any realistic
+/// client count the channel holds far fewer.
+const MAX_COMMANDS_PER_BATCH: usize = 4096;
+
+/// The most payload bytes one batch takes (a single larger request still
+/// goes through, alone). Bounds the writer's memory and the time one fsync
+/// covers, so a burst of large events cannot starve small ones for long.
+const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+
+/// A request to the writer.
+pub(crate) enum Command {
+    Append {
+        append: Append,
+        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    },
+    Delete {
+        stream: String,
+        expected: ExpectedVersion,
+        hard: bool,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Flush everything and stop.
+    Close {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Append { append, .. } => f.debug_struct("Append").field("append", append).finish(),
+            Self::Delete { stream, expected, hard, .. } => f
+                .debug_struct("Delete")
+                .field("stream", stream)
+                .field("expected", expected)
+                .field("hard", hard)
+                .finish(),
+            Self::Close { .. } => f.write_str("Close"),
+        }
+    }
+}
+
+impl Command {
+    fn payload_bytes(&self) -> usize {
+        match self {
+            Self::Append { append, .. } => append.events.iter().map(|e| e.size()).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// An answer held back until the batch is durable.
+enum Reply {
+    Append(oneshot::Sender<Result<AppendOutcome, StoreError>>, Result<AppendOutcome, StoreError>),
+    Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+}
+
+impl Reply {
+    /// Turns a staged success into `error`, because the batch did not commit.
+    fn fail(self, error: &StoreError) -> Self {
+        match self {
+            Self::Append(tx, Ok(_)) => Self::Append(tx, Err(error.clone())),
+            Self::Unit(tx, Ok(())) => Self::Unit(tx, Err(error.clone())),
+            other => other,
+        }
+    }
+
+    fn send(self) {
+        // A requester that stopped waiting (client went away) is fine: the
+        // write stands, exactly as if the response had been lost in transit.
+        match self {
+            Self::Append(tx, result) => drop(tx.send(result)),
+            Self::Unit(tx, result) => drop(tx.send(result)),
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    db: sled::Db,
+    durability: Durability,
+    /// Present in `fsync` mode: makes sled's files durable after its flush.
+    syncer: Option<FileSyncer>,
+    notifier: Arc<Notifier>,
+    projections: Projections,
+    next_position: u64,
+    /// The sequence number of the last committed batch.
+    commit_seq: u64,
+    /// Timestamps never go backwards along the log, even if the clock does,
+    /// so `$maxAge` can binary-search a stream by time.
+    last_created_micros: i64,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        db: sled::Db,
+        path: &Path,
+        durability: Durability,
+        notifier: Arc<Notifier>,
+        projections: Projections,
+        head: Head,
+        last_created_micros: i64,
+    ) -> Result<Self, StoreError> {
+        let syncer = match durability {
+            Durability::Fsync => Some(FileSyncer::open(path)?),
+            Durability::Flush | Durability::None => None,
+        };
+        Ok(Self {
+            db,
+            durability,
+            syncer,
+            notifier,
+            projections,
+            next_position: head.next_position,
+            commit_seq: head.commit_seq,
+            last_created_micros,
+        })
+    }
+
+    /// Serves commands until the channel closes or a `Close` arrives.
+    pub(crate) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut carried: Option<Command> = None;
+        loop {
+            let first = match carried.take() {
+                Some(command) => command,
+                None => match commands.blocking_recv() {
+                    Some(command) => command,
+                    None => break,
+                },
+            };
+            let mut batch_bytes = first.payload_bytes();
+            let mut batch = vec![first];
+            while batch.len() < MAX_COMMANDS_PER_BATCH {
+                let Ok(next) = commands.try_recv() else { break };
+                batch_bytes += next.payload_bytes();
+                if batch_bytes > MAX_BATCH_BYTES {
+                    carried = Some(next);
+                    break;
+                }
+                batch.push(next);
+            }
+            match self.commit(batch) {
+                Flow::Continue => {}
+                Flow::Stop => break,
+            }
+        }
+        // Anything still queued is answered, never silently dropped.
+        commands.close();
+        if let Some(command) = carried {
+            refuse(command);
+        }
+        while let Ok(command) = commands.try_recv() {
+            refuse(command);
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Command>) -> Flow {
+        let now = now_micros().max(self.last_created_micros);
+        let commit_seq = self.commit_seq + 1;
+        let mut staging = Staging::new(&self.db, &self.projections, self.next_position, commit_seq, now);
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
+
+        for command in batch {
+            match command {
+                Command::Append { append, reply } => {
+                    let result = staging.append(&append);
+                    replies.push(Reply::Append(reply, result));
+                }
+                Command::Delete { stream, expected, hard, reply } => {
+                    let result = staging.delete(&stream, expected, hard);
+                    replies.push(Reply::Unit(reply, result));
+                }
+                Command::Close { reply } => close = Some(reply),
+            }
+        }
+
+        let mut flow = Flow::Continue;
+        if staging.has_writes() {
+            let next_position = staging.next_position;
+            let touched = staging.touched_streams();
+            let batch = staging.finish();
+            match self.write(batch) {
+                Ok(()) => {
+                    self.next_position = next_position;
+                    self.commit_seq = commit_seq;
+                    self.last_created_micros = now;
+                    self.notifier
+                        .publish(Head { next_position, commit_seq }, touched.iter().map(String::as_str));
+                }
+                Err(error) => {
+                    // IMPORTANT: after a failed flush or fsync the kernel may
+                    // have dropped dirty pages, so what is on disk is unknown
+                    // ("fsyncgate"). Acknowledging anything further could lie
+                    // about durability: stop writing; a restart recovers.
+                    tracing::error!(%error, "writer failed to commit a batch; refusing further writes");
+                    replies = replies.into_iter().map(|r| r.fail(&error)).collect();
+                    flow = Flow::Stop;
+                }
+            }
+        }
+        for reply in replies {
+            reply.send();
+        }
+        if let Some(reply) = close {
+            let result = self.flush_all();
+            drop(reply.send(result));
+            flow = Flow::Stop;
+        }
+        flow
+    }
+
+    fn write(&mut self, batch: sled::Batch) -> Result<(), StoreError> {
+        self.db.apply_batch(batch)?;
+        match self.durability {
+            Durability::Fsync => {
+                self.db.flush()?;
+                if let Some(syncer) = self.syncer.as_mut() {
+                    syncer.sync().map_err(|e| StoreError::Io(format!("fdatasync failed: {e}")))?;
+                }
+            }
+            Durability::Flush => {
+                self.db.flush()?;
+            }
+            Durability::None => {}
+        }
+        Ok(())
+    }
+
+    fn flush_all(&mut self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        if let Some(syncer) = self.syncer.as_mut() {
+            syncer.sync().map_err(|e| StoreError::Io(format!("fdatasync failed: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+fn refuse(command: Command) {
+    match command {
+        Command::Append { reply, .. } => drop(reply.send(Err(StoreError::Unavailable))),
+        Command::Delete { reply, .. } | Command::Close { reply } => {
+            drop(reply.send(Err(StoreError::Unavailable)))
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The writes of one batch, and the state they produce, before they commit.
+/// Every validation reads through this overlay, so requests in the same
+/// batch see each other's effects.
+pub(crate) struct Staging<'a> {
+    db: &'a sled::Db,
+    projections: &'a Projections,
+    batch: sled::Batch,
+    writes: usize,
+    /// Streams this batch changed, with their new state.
+    states: HashMap<String, StreamState>,
+    /// Event ids this batch wrote, with their owner.
+    ids: HashMap<Uuid, (String, u64)>,
+    pub(crate) next_position: u64,
+    /// The sequence number this batch will have.
+    commit_seq: u64,
+    created_micros: i64,
+}
+
+impl<'a> Staging<'a> {
+    fn new(
+        db: &'a sled::Db,
+        projections: &'a Projections,
+        next_position: u64,
+        commit_seq: u64,
+        created_micros: i64,
+    ) -> Self {
+        Self {
+            commit_seq,
+            db,
+            projections,
+            batch: sled::Batch::default(),
+            writes: 0,
+            states: HashMap::new(),
+            ids: HashMap::new(),
+            next_position,
+            created_micros,
+        }
+    }
+
+    fn has_writes(&self) -> bool {
+        self.writes > 0
+    }
+
+    fn touched_streams(&self) -> Vec<String> {
+        self.states.keys().cloned().collect()
+    }
+
+    /// The state of a stream including this batch's changes.
+    pub(crate) fn state(&self, stream: &str) -> Result<StreamState, StoreError> {
+        if let Some(state) = self.states.get(stream) {
+            return Ok(state.clone());
+        }
+        match self.db.get(keys::stream(stream))? {
+            Some(bytes) => codec::decode_state(&bytes),
+            None => Ok(StreamState::default()),
+        }
+    }
+
+    /// Records a stream's new state; written once when the batch finishes.
+    pub(crate) fn set_state(&mut self, stream: &str, state: StreamState) {
+        self.states.insert(stream.to_owned(), state);
+        self.writes += 1;
+    }
+
+    fn id_owner(&self, id: &Uuid) -> Result<Option<(String, u64)>, StoreError> {
+        if let Some(owner) = self.ids.get(id) {
+            return Ok(Some(owner.clone()));
+        }
+        match self.db.get(keys::event_id(id))? {
+            Some(value) => codec::decode_id_owner(&value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn append(&mut self, append: &Append) -> Result<AppendOutcome, StoreError> {
+        if append.events.is_empty() {
+            return Err(StoreError::Invalid("the request holds no events".into()));
+        }
+        let mut seen = HashSet::with_capacity(append.events.len());
+        for event in &append.events {
+            if !seen.insert(event.id) {
+                return Err(StoreError::Invalid(format!(
+                    "event id {} appears twice in one request",
+                    event.id
+                )));
+            }
+        }
+
+        let mut state = self.state(&append.stream)?;
+        if state.tombstoned {
+            return Err(StoreError::StreamDeleted);
+        }
+        let current = current_version(&state);
+
+        if let Some(outcome) = self.retry_outcome(append, current)? {
+            return Ok(outcome);
+        }
+
+        let matches = match append.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == -1,
+            ExpectedVersion::StreamExists => current >= 0,
+            ExpectedVersion::Exact(n) => i64::try_from(n).is_ok_and(|n| n == current),
+        };
+        if !matches {
+            return Err(StoreError::WrongExpectedVersion {
+                current,
+                detail: format!("Expected version {}, but the stream is at {current}.", append.expected),
+            });
+        }
+
+        let settings_update = match metadata::described_stream(&append.stream) {
+            Some(described) => match append.events.last() {
+                Some(event) => Some((
+                    described.to_owned(),
+                    metadata::parse(&event.data).map_err(|error| StoreError::Invalid(error.to_string()))?,
+                )),
+                None => None,
+            },
+            None => None,
+        };
+
+        let first_number = state.next_number;
+        let first_position = self.next_position;
+        let is_new_stream = state.next_number == 0;
+        for event in &append.events {
+            let position = self.next_position;
+            let number = state.next_number;
+            let record = codec::encode_event(&EventFields {
+                stream: &append.stream,
+                number,
+                id: &event.id,
+                event_type: &event.event_type,
+                created_micros: self.created_micros,
+                is_json: event.is_json,
+                metadata_is_json: event.metadata_is_json,
+                data: &event.data,
+                metadata: &event.metadata,
+            });
+            self.batch.insert(&keys::log(position)[..], record);
+            self.batch
+                .insert(keys::stream_index(&append.stream, number), &codec::encode_event_entry(position)[..]);
+            self.batch.insert(&keys::event_id(&event.id)[..], codec::encode_id_owner(&append.stream, number));
+            self.ids.insert(event.id, (append.stream.clone(), number));
+            self.writes += 3;
+            self.next_position += 1;
+            state.next_number += 1;
+            let target =
+                LinkTarget { position, created_micros: self.created_micros, number, stream: &append.stream };
+            for system_stream in
+                self.projections.links_for(&append.stream, &event.event_type, is_new_stream && number == 0)
+            {
+                self.link(&system_stream, &target)?;
+            }
+        }
+        if is_new_stream {
+            state.created_position = first_position;
+        }
+        state.soft_deleted = false;
+        let last_number = state.next_number - 1;
+        self.set_state(&append.stream, state);
+
+        if let Some((described, mut settings)) = settings_update {
+            let mut target = self.state(&described)?;
+            settings.metadata_number = Some(last_number);
+            target.settings = settings;
+            self.set_state(&described, target);
+        }
+
+        Ok(AppendOutcome { first_number, last_number, position: Some(first_position), idempotent: false })
+    }
+
+    /// Decides whether `append` repeats an earlier write. Returns the
+    /// original outcome when every id was written to this stream as one
+    /// consecutive run in the same order; fails when only some ids match (or
+    /// they belong elsewhere); `None` when none was written before.
+    fn retry_outcome(&self, append: &Append, current: i64) -> Result<Option<AppendOutcome>, StoreError> {
+        let mut owners = Vec::with_capacity(append.events.len());
+        for event in &append.events {
+            owners.push(self.id_owner(&event.id)?);
+        }
+        if owners.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let Some(Some((_, first_number))) = owners.first() else {
+            return Err(partial_match(append, current, &owners));
+        };
+        let is_same_run = owners.iter().enumerate().all(|(i, owner)| {
+            owner.as_ref().is_some_and(|(stream, number)| {
+                *stream == append.stream && *number == first_number + i as u64
+            })
+        });
+        if !is_same_run {
+            return Err(partial_match(append, current, &owners));
+        }
+        Ok(Some(AppendOutcome {
+            first_number: *first_number,
+            last_number: first_number + owners.len() as u64 - 1,
+            position: None,
+            idempotent: true,
+        }))
+    }
+
+    /// Appends a link to the event at `position` to a system stream.
+    pub(crate) fn link(&mut self, system_stream: &str, target: &LinkTarget<'_>) -> Result<(), StoreError> {
+        let mut state = self.state(system_stream)?;
+        let number = state.next_number;
+        if number == 0 {
+            state.created_position = target.position;
+        }
+        self.batch.insert(
+            keys::stream_index(system_stream, number),
+            codec::encode_link_entry(target.position, target.created_micros, target.number, target.stream),
+        );
+        self.writes += 1;
+        state.next_number += 1;
+        self.set_state(system_stream, state);
+        Ok(())
+    }
+
+    fn delete(&mut self, stream: &str, expected: ExpectedVersion, hard: bool) -> Result<(), StoreError> {
+        let mut state = self.state(stream)?;
+        if state.tombstoned {
+            return Err(StoreError::StreamDeleted);
+        }
+        let current = current_version(&state);
+        let matches = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == -1,
+            ExpectedVersion::StreamExists => current >= 0,
+            ExpectedVersion::Exact(n) => i64::try_from(n).is_ok_and(|n| n == current),
+        };
+        if !matches {
+            return Err(StoreError::WrongExpectedVersion {
+                current,
+                detail: format!("Expected version {expected}, but the stream is at {current}."),
+            });
+        }
+        if hard {
+            // A tombstone may be placed on a stream that never existed, so
+            // that its name can never be used (as v5 allows).
+            state.tombstoned = true;
+        } else {
+            if current == -1 {
+                return Err(StoreError::StreamNotFound);
+            }
+            state.soft_deleted = true;
+            state.deleted_before = state.next_number;
+        }
+        self.set_state(stream, state);
+        Ok(())
+    }
+
+    /// Writes the final stream states and returns the batch to apply.
+    fn finish(mut self) -> sled::Batch {
+        for (stream, state) in &mut self.states {
+            state.commit_seq = self.commit_seq;
+            self.batch.insert(keys::stream(stream), codec::encode_state(state));
+        }
+        self.batch.insert(keys::counter(keys::COMMIT_SEQ), &keys::u64_value(self.commit_seq)[..]);
+        self.batch.insert(keys::counter(keys::NEXT_POSITION), &keys::u64_value(self.next_position)[..]);
+        self.batch
+    }
+}
+
+/// The event a system-stream link points at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkTarget<'a> {
+    pub position: u64,
+    pub created_micros: i64,
+    pub number: u64,
+    pub stream: &'a str,
+}
+
+/// The version an expected-version check compares against: the last event
+/// number, or -1 when the stream does not exist (never written or deleted).
+fn current_version(state: &StreamState) -> i64 {
+    match state.last_number() {
+        Some(last) if state.exists() => i64::try_from(last).unwrap_or(i64::MAX),
+        _ => -1,
+    }
+}
+
+fn partial_match(append: &Append, current: i64, owners: &[Option<(String, u64)>]) -> StoreError {
+    let taken = append
+        .events
+        .iter()
+        .zip(owners)
+        .find_map(|(event, owner)| owner.as_ref().map(|(s, n)| (event.id, s, n)));
+    let detail = match taken {
+        Some((id, stream, number)) => format!(
+            "event id {id} was already written as event {number} of stream '{stream}', \
+             and the request does not repeat that write exactly"
+        ),
+        None => "the request's event ids only partly match an earlier write".into(),
+    };
+    StoreError::WrongExpectedVersion { current, detail }
+}
+
+/// Makes sled's files durable: sled's own flush writes its log with
+/// `sync_file_range`, which does not flush the device cache and does not
+/// cover file-size metadata, and it never syncs blob files (values of large
+/// nodes) at all.
+struct FileSyncer {
+    /// sled's log, kept open so each sync is one syscall.
+    log: File,
+    blobs_dir: PathBuf,
+    /// Blob files already synced. Blob files are written once and never
+    /// modified, so each needs one sync; names of removed blobs are dropped
+    /// on the next listing.
+    synced_blobs: HashSet<OsString>,
+}
+
+impl FileSyncer {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        let log = File::open(path.join("db"))
+            .map_err(|e| StoreError::Io(format!("cannot open sled's log for syncing: {e}")))?;
+        // The data directory's entries (db, conf, blobs/) must be durable too.
+        File::open(path)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| StoreError::Io(format!("cannot sync the data directory: {e}")))?;
+        let mut syncer = Self { log, blobs_dir: path.join("blobs"), synced_blobs: HashSet::new() };
+        syncer.sync().map_err(|e| StoreError::Io(format!("initial fdatasync failed: {e}")))?;
+        Ok(syncer)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.log.sync_data()?;
+        let entries = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut present = HashSet::with_capacity(self.synced_blobs.len());
+        let mut synced_new = false;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                match File::open(entry.path()) {
+                    Ok(file) => file.sync_data()?,
+                    // sled's garbage collector removed it meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                synced_new = true;
+            }
+            present.insert(name);
+        }
+        if synced_new {
+            File::open(&self.blobs_dir)?.sync_all()?;
+        }
+        self.synced_blobs = present;
+        Ok(())
+    }
+}

@@ -1,0 +1,214 @@
+//! Nothing acknowledged is lost: crash safety of the real binary under
+//! `kill -9`, and exactly-one-winner expected-version races.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{ATOM_JSON, BinaryServer, EVENTS_JSON, TestServer, client, link, read_all_events};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const BATCH: usize = 5;
+
+/// One acknowledged append: its ids, in order.
+#[derive(Debug, Clone)]
+struct Acked {
+    stream: String,
+    first_number: u64,
+    ids: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut server = BinaryServer::start(&data_dir, &[]);
+    let base = server.base.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut writers = Vec::new();
+    for writer in 0..16 {
+        let base = base.clone();
+        let stop = Arc::clone(&stop);
+        writers.push(tokio::spawn(async move {
+            let client = client();
+            let mut acked = Vec::new();
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // Half the writers share one stream, so batches interleave.
+                let stream =
+                    if writer % 2 == 0 { "crash-shared".to_owned() } else { format!("crash-{writer}") };
+                let ids: Vec<String> = (0..BATCH).map(|_| Uuid::new_v4().to_string()).collect();
+                let events: Vec<Value> = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| json!({"eventId": id, "eventType": "Crash", "data": {"writer": writer, "round": round, "i": i}}))
+                    .collect();
+                round += 1;
+                let sent = client
+                    .post(format!("{base}/streams/{stream}"))
+                    .header("content-type", EVENTS_JSON)
+                    .body(Value::Array(events).to_string())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == 201 => {
+                        let location = response.headers()["location"].to_str().unwrap().to_owned();
+                        let first_number = location.rsplit('/').next().unwrap().parse().unwrap();
+                        acked.push(Acked { stream, first_number, ids });
+                    }
+                    // The server died mid-request: not acknowledged.
+                    _ => break,
+                }
+            }
+            acked
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    assert!(acked.len() > 100, "the load ran (acknowledged {} batches)", acked.len());
+
+    let server = BinaryServer::start(&data_dir, &[]);
+    let client = client();
+
+    // Every stream: numbers dense from 0, batches whole, every ack present.
+    let streams: HashSet<&str> = acked.iter().map(|a| a.stream.as_str()).collect();
+    let mut found: HashMap<String, (String, u64)> = HashMap::new();
+    let mut total_events = 0;
+    for stream in &streams {
+        let events = read_all_events(&client, &server.base, stream).await;
+        total_events += events.len();
+        assert_eq!(events.len() % BATCH, 0, "{stream} holds whole batches only");
+        for (expected_number, event) in events.iter().enumerate() {
+            assert_eq!(event["eventNumber"], expected_number as u64, "{stream} is dense");
+            found.insert(
+                event["eventId"].as_str().unwrap().to_owned(),
+                (stream.to_string(), expected_number as u64),
+            );
+        }
+        for batch in events.chunks(BATCH) {
+            let data: Vec<Value> =
+                batch.iter().map(|e| serde_json::from_str(e["data"].as_str().unwrap()).unwrap()).collect();
+            assert!(
+                data.iter().all(|d| d["writer"] == data[0]["writer"] && d["round"] == data[0]["round"]),
+                "a batch is contiguous and complete: {data:?}"
+            );
+        }
+    }
+    for batch in &acked {
+        for (offset, id) in batch.ids.iter().enumerate() {
+            assert_eq!(
+                found.get(id),
+                Some(&(batch.stream.clone(), batch.first_number + offset as u64)),
+                "acknowledged event {id} is where its Location said"
+            );
+        }
+    }
+
+    // $all: positions dense from 0 and holding exactly the streams' events.
+    let mut url = server.url("/streams/$all/00000000000000000000000000000000/forward/250");
+    let mut in_all = 0;
+    loop {
+        let page: Value =
+            client.get(&url).header("accept", ATOM_JSON).send().await.unwrap().json().await.unwrap();
+        let entries = page["entries"].as_array().unwrap().len();
+        in_all += entries;
+        let Some(previous) = link(&page, "previous") else { break };
+        let from = position_in(&url);
+        let to = position_in(&previous);
+        assert_eq!(to - from, entries as u64, "no position between {from} and {to} is missing");
+        if entries == 0 {
+            break;
+        }
+        url = previous;
+    }
+    assert_eq!(in_all, total_events, "$all holds every event once");
+}
+
+fn position_in(url: &str) -> u64 {
+    let segment = url.split('/').rev().nth(2).unwrap();
+    u64::from_str_radix(&segment[..16], 16).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writers_get_exactly_one_winner_per_version() {
+    let server = Arc::new(TestServer::start().await);
+    const TARGET: i64 = 300;
+    let mut racers = Vec::new();
+    for racer in 0..32 {
+        let server = Arc::clone(&server);
+        racers.push(tokio::spawn(async move {
+            let mut expected: i64 = -1;
+            let mut won = Vec::new();
+            let mut losses = 0;
+            while expected < TARGET - 1 {
+                let body = json!([{"eventId": Uuid::new_v4().to_string(), "eventType": "Raced",
+                                   "data": {"racer": racer, "expected": expected}}]);
+                let response = server
+                    .client
+                    .post(server.url("/streams/race"))
+                    .header("content-type", EVENTS_JSON)
+                    .header("es-expectedversion", expected.to_string())
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                match response.status().as_u16() {
+                    201 => {
+                        expected += 1;
+                        let location = response.headers()["location"].to_str().unwrap();
+                        assert!(location.ends_with(&format!("/streams/race/{expected}")));
+                        won.push(expected);
+                    }
+                    400 => {
+                        let current: i64 =
+                            response.headers()["es-currentversion"].to_str().unwrap().parse().unwrap();
+                        assert!(
+                            current > expected,
+                            "a loser learns a newer version ({current} > {expected})"
+                        );
+                        expected = current;
+                        losses += 1;
+                    }
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+            (racer, won, losses)
+        }));
+    }
+    let mut winners: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut total_losses = 0;
+    for racer in racers {
+        let (racer, won, losses) = racer.await.unwrap();
+        total_losses += losses;
+        for number in won {
+            assert!(winners.insert(number, racer).is_none(), "version {number} won twice");
+        }
+    }
+    assert!(total_losses > 0, "the writers really raced");
+    let events = read_all_events(&server.client, &server.base, "race").await;
+    assert_eq!(events.len(), winners.len(), "one event per win");
+    for (number, event) in events.iter().enumerate() {
+        let data: Value = serde_json::from_str(event["data"].as_str().unwrap()).unwrap();
+        assert_eq!(winners.get(&(number as i64)), Some(&data["racer"].as_i64().unwrap()), "event {number}");
+        assert_eq!(
+            data["expected"],
+            number as i64 - 1,
+            "event {number} was written expecting {}",
+            number as i64 - 1
+        );
+    }
+    assert!(winners.keys().copied().eq(0..events.len() as i64), "no gaps");
+}

@@ -88,6 +88,7 @@ impl Server {
                 max_waiters: config.max_waiters,
             }),
             shutdown: shutdown_rx,
+            waiters: crate::http::live::Waiters::new(config.max_waiters),
         };
         Ok(Self { listener, state, store, shutdown, grace: Duration::from_secs(config.shutdown_grace_secs) })
     }

@@ -105,6 +105,12 @@ pub fn render_entry(event: &ReadEvent, urls: &Urls) -> Vec<u8> {
     to_vec(&entry(event, urls, Embed::Content))
 }
 
+/// Renders one entry on a single line (for a Server-Sent Events `data:`
+/// field, which ends at a newline).
+pub fn render_entry_line(event: &ReadEvent, urls: &Urls, embed: Embed) -> String {
+    serde_json::to_string(&entry(event, urls, embed)).unwrap_or_else(|_| "{}".to_owned())
+}
+
 /// Renders the event object (`application/vnd.eventstore.event+json`).
 pub fn render_event_object(event: &ReadEvent) -> Vec<u8> {
     to_vec(&EventObject::of(&event.event))

@@ -2,10 +2,10 @@
 //! paged by global position. Not writable.
 
 use axum::http::HeaderMap;
-use axum::response::Response;
 
 use super::AppState;
 use super::error::HttpError;
+use super::live::Rendered;
 use super::params::ReadQuery;
 use super::streams::render_feed;
 use crate::feed::{self, PageRequest, PageStart, Urls};
@@ -30,7 +30,7 @@ pub(super) async fn page(
     query: &ReadQuery,
     headers: &HeaderMap,
     media: &'static str,
-) -> Result<Response, HttpError> {
+) -> Result<Rendered, HttpError> {
     let read = AllRead {
         from: match request.start {
             PageStart::Head => None,

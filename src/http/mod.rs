@@ -7,6 +7,7 @@ pub mod base_url;
 pub mod caching;
 pub mod error;
 pub mod events_body;
+pub mod live;
 pub mod negotiate;
 mod params;
 mod streams;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderName, Method, header};
 use tokio::sync::watch;
+use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -57,6 +59,8 @@ pub struct AppState {
     /// Flips to `true` when the server starts shutting down; long-polls and
     /// SSE streams answer or end at once when it does.
     pub shutdown: watch::Receiver<bool>,
+    /// The cap on concurrent long-polls and SSE streams.
+    pub waiters: live::Waiters,
 }
 
 /// The whole HTTP application.
@@ -65,9 +69,22 @@ pub fn router(state: AppState) -> Router {
         .merge(streams::router())
         .merge(system::router())
         .fallback(system::not_found)
+        .layer(compression())
         .layer(TraceLayer::new_for_http())
         .layer(cors())
         .with_state(state)
+}
+
+/// gzip for clients that ask for it (`Accept-Encoding`), with
+/// `Vary: Accept-Encoding`, so caches store the compressed page once and
+/// serve it to every client that accepts gzip. Feeds compress 5-10×.
+///
+/// Only gzip: it is the coding HTTP caches handle natively (Varnish stores
+/// gzip and gunzips for the rare client without it), while brotli would add
+/// a large dependency for a small gain behind a cache. Server-Sent Events
+/// and tiny bodies are left alone (tower-http's default predicate).
+fn compression() -> CompressionLayer {
+    CompressionLayer::new().gzip(true)
 }
 
 /// The request headers clients may send cross-origin (v5's list, plus what

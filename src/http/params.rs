@@ -63,6 +63,8 @@ pub struct ReadQuery {
     pub embed: Option<String>,
     /// `?format=`: overrides `Accept`.
     pub format: Option<String>,
+    /// `?from=N`: where a Server-Sent Events stream starts.
+    pub from: Option<String>,
 }
 
 impl ReadQuery {
@@ -180,6 +182,17 @@ pub fn event_id(headers: &HeaderMap) -> Result<Option<uuid::Uuid>, HttpError> {
     }
 }
 
+/// `ES-LongPoll: {seconds}`: `None` when absent; a positive integer else.
+pub fn long_poll(headers: &HeaderMap) -> Result<Option<u64>, HttpError> {
+    match header(headers, "es-longpoll") {
+        None => Ok(None),
+        Some(text) => match text.trim().parse::<u64>() {
+            Ok(seconds) if seconds > 0 => Ok(Some(seconds)),
+            _ => Err(HttpError::bad_request("ES-LongPoll header in wrong format.")),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +249,11 @@ mod tests {
         assert_eq!(resolve_link_tos(&headers).ok(), Some(false));
         headers.insert("es-resolvelinktos", HeaderValue::from_static("yes"));
         assert!(resolve_link_tos(&headers).is_err());
+        for bad in ["0", "-1", "x", "1.5"] {
+            headers.insert("es-longpoll", HeaderValue::from_static(bad));
+            assert_eq!(long_poll(&headers).expect_err(bad).reason, "ES-LongPoll header in wrong format.");
+        }
+        headers.insert("es-longpoll", HeaderValue::from_static("15"));
+        assert_eq!(long_poll(&headers).ok(), Some(Some(15)));
     }
 }

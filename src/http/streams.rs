@@ -15,6 +15,7 @@ use super::base_url::RequestUrls;
 use super::caching::{Caching, content_type, header_value, respond};
 use super::error::HttpError;
 use super::events_body::{self, APPEND_TYPES, BodyKind};
+use super::live::{self, Rendered, Watched};
 use super::negotiate::{self, *};
 use super::params::{self, Query, ReadQuery, Segments};
 use super::{AppState, all};
@@ -48,15 +49,15 @@ async fn head_page(
     if media == STREAM_DESCRIPTION {
         return Ok(description(&urls, &stream));
     }
+    if media == EVENT_STREAM {
+        return live::server_sent_events(state, urls, stream, &headers, query.from.as_deref()).await;
+    }
     let request = PageRequest {
         start: PageStart::Head,
         direction: Direction::Backward,
         count: feed::DEFAULT_PAGE_SIZE,
     };
-    if stream == feed::ALL_STREAM {
-        return all::page(&state, &urls, request, &query, &headers, media).await;
-    }
-    page(&state, &urls, &stream, request, &query, &headers, media).await
+    read_page(&state, &urls, &stream, request, &query, &headers, media).await
 }
 
 async fn backward_page(
@@ -67,17 +68,17 @@ async fn backward_page(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     params::stream_name(&stream)?;
-    let is_all = stream == feed::ALL_STREAM;
     let request = PageRequest {
-        start: if is_all { all::page_start(&start)? } else { params::page_start(&start)? },
+        start: if stream == feed::ALL_STREAM {
+            all::page_start(&start)?
+        } else {
+            params::page_start(&start)?
+        },
         direction: Direction::Backward,
         count: params::count(&count)?,
     };
     let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
-    if is_all {
-        return all::page(&state, &urls, request, &query, &headers, media).await;
-    }
-    page(&state, &urls, &stream, request, &query, &headers, media).await
+    read_page(&state, &urls, &stream, request, &query, &headers, media).await
 }
 
 async fn forward_page(
@@ -88,17 +89,43 @@ async fn forward_page(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     params::stream_name(&stream)?;
-    let is_all = stream == feed::ALL_STREAM;
     let request = PageRequest {
-        start: if is_all { all::page_start(&start)? } else { params::page_start(&start)? },
+        start: if stream == feed::ALL_STREAM {
+            all::page_start(&start)?
+        } else {
+            params::page_start(&start)?
+        },
         direction: Direction::Forward,
         count: params::count(&count)?,
     };
     let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
-    if is_all {
-        return all::page(&state, &urls, request, &query, &headers, media).await;
+    read_page(&state, &urls, &stream, request, &query, &headers, media).await
+}
+
+/// Reads and renders one page of a stream or of `$all`; forward pages
+/// honour `ES-LongPoll`.
+pub(super) async fn read_page(
+    state: &AppState,
+    urls: &Urls,
+    stream: &str,
+    request: PageRequest,
+    query: &ReadQuery,
+    headers: &HeaderMap,
+    media: &'static str,
+) -> Result<Response, HttpError> {
+    let is_all = stream == feed::ALL_STREAM;
+    let read = || async {
+        if is_all {
+            all::page(state, urls, request, query, headers, media).await
+        } else {
+            page(state, urls, stream, request, query, headers, media).await
+        }
+    };
+    if request.direction == Direction::Backward {
+        return read().await.map(|rendered| rendered.response);
     }
-    page(&state, &urls, &stream, request, &query, &headers, media).await
+    let watched = if is_all { Watched::All } else { Watched::Stream(stream) };
+    live::long_poll(state, headers, watched, read).await
 }
 
 /// Reads and renders one page of a stream.
@@ -110,7 +137,7 @@ pub(super) async fn page(
     query: &ReadQuery,
     headers: &HeaderMap,
     media: &'static str,
-) -> Result<Response, HttpError> {
+) -> Result<Rendered, HttpError> {
     let read = StreamRead {
         stream: stream.to_owned(),
         from: match request.start {
@@ -135,10 +162,11 @@ pub(super) fn render_feed(
     settings: &StreamSettings,
     media: &'static str,
     embed: feed::Embed,
-) -> Response {
+) -> Rendered {
     let freshness = feed.freshness.clone();
     let caching = Caching { freshness: &freshness, settings };
-    respond(headers, &caching, media, |etag| {
+    let has_events = !feed.entries.is_empty();
+    let response = respond(headers, &caching, media, |etag| {
         if feed.is_head {
             feed.etag = etag.map(str::to_owned);
         }
@@ -147,7 +175,10 @@ pub(super) fn render_feed(
             HTML => feed::html::render_feed(&feed, urls),
             _ => feed::atom::render_feed(&feed, urls, embed),
         }
-    })
+    });
+    // A 304 tells the client nothing new: a long-poll keeps waiting.
+    let has_events = has_events && response.status() != StatusCode::NOT_MODIFIED;
+    Rendered { response, has_events }
 }
 
 /// Read failures: a hard-deleted stream reads as `410 Deleted` (appends

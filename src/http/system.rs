@@ -1,6 +1,8 @@
-//! Server-level resources: `/ping`, and the answer for unknown routes.
+//! Server-level resources: `/ping`, `/info`, and the answer for unknown
+//! routes.
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -9,7 +11,27 @@ use super::AppState;
 use super::error::HttpError;
 
 pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/ping", get(ping))
+    Router::new().route("/ping", get(ping)).route("/info", get(info))
+}
+
+/// v5's `/info` fields (clients read `esVersion` to learn which API to
+/// expect; eventfeed speaks 5.0's), plus live figures for operators.
+async fn info(State(state): State<AppState>) -> Response {
+    let notifier = state.store.notifier();
+    let body = serde_json::json!({
+        "esVersion": "5.0.12",
+        "state": "master",
+        "projectionsMode": "System",
+        "eventfeedVersion": env!("CARGO_PKG_VERSION"),
+        "nextPosition": notifier.next_position(),
+        "waiters": state.waiters.in_use(state.limits.max_waiters),
+        "maxWaiters": state.limits.max_waiters,
+    });
+    let mut response = body.to_string().into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// v5's liveness answer; clients call it to learn the server is up.

@@ -25,8 +25,15 @@ pub const EVENTS_JSON: &str = "application/vnd.eventstore.events+json";
 pub const ATOM_JSON: &str = "application/vnd.eventstore.atom+json";
 pub const ATOM_XML: &str = "application/atom+xml";
 
+/// Tests that open a thousand client sockets need more than the common
+/// default soft limit of 1024 open files; raise it to the hard limit.
+pub fn raise_open_file_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
 /// A client that does not follow redirects (tests look at them).
 pub fn client() -> Client {
+    raise_open_file_limit();
     Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60))
@@ -268,4 +275,18 @@ pub async fn raw_status(
     stream.read_to_end(&mut response).await.unwrap();
     let text = String::from_utf8_lossy(&response);
     text.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits (up to 30 s) until the server reports at least `count` waiters
+/// (long-polls and SSE streams), so a test acts only once they all wait.
+pub async fn wait_for_waiters(client: &Client, base: &str, count: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: Value = client.get(format!("{base}/info")).send().await.unwrap().json().await.unwrap();
+        if info["waiters"].as_u64().unwrap() >= count {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {} of {count} waiters arrived", info["waiters"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

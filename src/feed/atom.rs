@@ -3,10 +3,14 @@
 //!
 //! Every feed and entry carries the elements RFC 4287 requires (`id`,
 //! `title`, `updated`, `author`) and exactly one `rel="self"` link per feed.
-//! Event content, when embedded, is `type="application/xml"` with a single
-//! `<event>` root in no namespace: a valid Atom content model (an XML media
-//! type may carry child elements), unlike v5's JSON media type, which RFC
-//! 4287 would require to be Base64.
+//!
+//! Embedded content (`?embed=content`, single-event entries) is the event's
+//! data as `type="text"`: the one content model every feed reader shows,
+//! so a reader following a stream displays each event's payload. (v5 used a
+//! JSON media type, which RFC 4287 would require to be Base64; inline XML
+//! content is valid but many readers reject it.) The entry's title, id and
+//! summary already carry the number, stream and type; clients that need
+//! the full event use the JSON representations.
 
 use std::io;
 
@@ -15,7 +19,7 @@ use quick_xml::events::{BytesDecl, BytesText, Event};
 
 use super::time::{EMPTY_FEED_UPDATED, rfc3339};
 use super::{AUTHOR, Embed, Feed, Urls};
-use crate::store::{ReadEvent, RecordedEvent};
+use crate::store::ReadEvent;
 
 const ATOM_NS: &str = "http://www.w3.org/2005/Atom";
 
@@ -92,24 +96,12 @@ fn write_entry(
                 .write_empty()?;
         }
         if embed >= Embed::Content {
+            let data = String::from_utf8_lossy(&event.data);
+            let escaped = quick_xml::escape::partial_escape(xml_safe(&data)).into_owned();
             w.create_element("content")
-                .with_attribute(("type", "application/xml"))
-                .write_inner_content(|w| write_event_object(w, event))?;
+                .with_attribute(("type", "text"))
+                .write_text_content(BytesText::from_escaped(escaped))?;
         }
-        Ok(())
-    })?;
-    Ok(())
-}
-
-fn write_event_object(writer: &mut Writer<Vec<u8>>, event: &RecordedEvent) -> io::Result<()> {
-    writer.create_element("event").with_attribute(("xmlns", "")).write_inner_content(|w| {
-        text_element(w, "eventStreamId", &event.stream)?;
-        text_element(w, "eventNumber", &event.number.to_string())?;
-        text_element(w, "eventType", &event.event_type)?;
-        text_element(w, "eventId", &event.id.to_string())?;
-        text_element(w, "isJson", if event.is_json { "true" } else { "false" })?;
-        text_element(w, "data", &String::from_utf8_lossy(&event.data))?;
-        text_element(w, "metadata", &String::from_utf8_lossy(&event.metadata))?;
         Ok(())
     })?;
     Ok(())

@@ -26,6 +26,7 @@ async fn info(State(state): State<AppState>) -> Response {
         "nextPosition": notifier.next_position(),
         "waiters": state.waiters.in_use(state.limits.max_waiters),
         "maxWaiters": state.limits.max_waiters,
+        "projectionsBuilding": state.store.projections_building(),
     });
     let mut response = body.to_string().into_response();
     let headers = response.headers_mut();

@@ -91,6 +91,26 @@ pub fn stream_index_number(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key[tail..].try_into().ok()?))
 }
 
+/// The prefix of every index entry of every stream whose name starts with
+/// `name_prefix` (a family of system streams, such as `$ce-`).
+pub fn stream_index_family(name_prefix: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name_prefix.len());
+    key.push(STREAM_INDEX);
+    key.extend_from_slice(name_prefix.as_bytes());
+    key
+}
+
+/// The prefix of the state keys of every stream whose name starts with
+/// `name_prefix`.
+pub fn stream_family(name_prefix: &str) -> Vec<u8> {
+    stream(name_prefix)
+}
+
+/// Whether a system projection is complete and maintained.
+pub fn projection_marker(name: &str) -> Vec<u8> {
+    counter(format!("projection:{name}").as_bytes())
+}
+
 pub fn event_id(id: &Uuid) -> [u8; 17] {
     let mut key = [0u8; 17];
     key[0] = EVENT_ID;

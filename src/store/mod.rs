@@ -20,6 +20,7 @@ pub mod keys;
 pub mod metadata;
 pub mod notify;
 pub mod projections;
+mod rebuild;
 mod sled_store;
 mod writer;
 
@@ -314,6 +315,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Where live readers learn of new events.
     fn notifier(&self) -> &Notifier;
+
+    /// The system projections still being built from the log.
+    fn projections_building(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 
     /// Makes everything acknowledged so far durable and stops accepting
     /// writes. Called once at shutdown.

@@ -54,6 +54,17 @@ impl Projection {
         }
     }
 
+    /// The prefix every one of this projection's stream names starts with,
+    /// and whether the name is exactly that (`$streams`) rather than a
+    /// family (`$ce-…`).
+    pub fn stream_prefix(self) -> (&'static str, bool) {
+        match self {
+            Self::ByCategory => (CATEGORY_PREFIX, false),
+            Self::ByEventType => (EVENT_TYPE_PREFIX, false),
+            Self::Streams => (STREAMS_STREAM, true),
+        }
+    }
+
     /// Whether `stream` is one of this projection's streams.
     pub fn owns(self, stream: &str) -> bool {
         match self {
@@ -65,6 +76,17 @@ impl Projection {
 }
 
 impl Projections {
+    /// None at all.
+    pub const NONE: Projections = Projections { by_category: false, by_event_type: false, streams: false };
+
+    pub fn set(&mut self, projection: Projection, enabled: bool) {
+        match projection {
+            Projection::ByCategory => self.by_category = enabled,
+            Projection::ByEventType => self.by_event_type = enabled,
+            Projection::Streams => self.streams = enabled,
+        }
+    }
+
     pub fn is_enabled(&self, projection: Projection) -> bool {
         match projection {
             Projection::ByCategory => self.by_category,
@@ -101,11 +123,8 @@ impl Projections {
         event_type: &str,
         creates_stream: bool,
     ) -> Vec<String> {
-        let only = Projections {
-            by_category: projection == Projection::ByCategory,
-            by_event_type: projection == Projection::ByEventType,
-            streams: projection == Projection::Streams,
-        };
+        let mut only = Projections::NONE;
+        only.set(projection, true);
         only.links_for(stream, event_type, creates_stream)
     }
 }
@@ -153,8 +172,7 @@ mod tests {
         assert_eq!(all.links_for("plain", "Placed", false), ["$et-Placed"]);
         assert!(all.links_for("$$Order-1", "$metadata", true).is_empty());
         assert_eq!(all.links_for("Order-1", "$>", false), ["$ce-Order"]);
-        let none = Projections { by_category: false, by_event_type: false, streams: false };
-        assert!(none.links_for("Order-1", "Placed", true).is_empty());
+        assert!(Projections::NONE.links_for("Order-1", "Placed", true).is_empty());
         assert_eq!(Projections::links_of(Projection::Streams, "Order-1", "Placed", true), ["$streams"]);
     }
 }

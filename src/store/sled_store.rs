@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use super::codec::{self, IndexEntry, StreamState};
 use super::projections::Projections;
-use super::writer::{Command, Writer};
+use super::rebuild;
+use super::writer::{Command, Start, Writer};
 use super::{
     AllRead, AllSlice, Append, AppendOutcome, Direction, Durability, ExpectedVersion, Head, LINK_EVENT_TYPE,
     Notifier, ReadEvent, RecordedEvent, Store, StoreError, StreamRead, StreamSlice, StreamView, keys,
@@ -55,6 +56,8 @@ pub struct SledStore {
     db: sled::Db,
     commands: mpsc::Sender<Command>,
     notifier: Arc<Notifier>,
+    /// Projections still being built from the log.
+    building: rebuild::Building,
     /// Joined at close, so that `close` returns only once sled is flushed.
     writer_thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -103,23 +106,27 @@ impl SledStore {
             _ => 0,
         };
 
+        let (active, to_build) = rebuild::plan(&db, options.projections, head.next_position)?;
+        db.flush()?;
         let notifier = Arc::new(Notifier::new(head));
-        let writer = Writer::new(
-            db.clone(),
-            &options.path,
-            options.durability,
-            Arc::clone(&notifier),
-            options.projections,
-            head,
-            last_created_micros,
-        )?;
+        let start = Start { projections: active, to_build: to_build.clone(), head, last_created_micros };
+        let writer =
+            Writer::new(db.clone(), &options.path, options.durability, Arc::clone(&notifier), start)?;
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let writer_thread = std::thread::Builder::new()
             .name("eventfeed-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Io(format!("cannot start the writer thread: {e}")))?;
+        let building: rebuild::Building = Arc::new(Mutex::new(to_build.clone()));
+        if !to_build.is_empty() {
+            let (commands, building) = (commands.clone(), Arc::clone(&building));
+            std::thread::Builder::new()
+                .name("eventfeed-projections".into())
+                .spawn(move || rebuild::drive(commands, to_build, building))
+                .map_err(|e| StoreError::Io(format!("cannot start the projection builder: {e}")))?;
+        }
 
-        Ok(Self { db, commands, notifier, writer_thread: Mutex::new(Some(writer_thread)) })
+        Ok(Self { db, commands, notifier, building, writer_thread: Mutex::new(Some(writer_thread)) })
     }
 
     /// Sends a command to the writer and waits for its answer.
@@ -493,6 +500,11 @@ impl Store for SledStore {
 
     fn notifier(&self) -> &Notifier {
         &self.notifier
+    }
+
+    fn projections_building(&self) -> Vec<&'static str> {
+        let building = self.building.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        building.iter().map(|projection| projection.name()).collect()
     }
 
     async fn close(&self) -> Result<(), StoreError> {

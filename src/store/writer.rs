@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::codec::{self, EventFields, StreamState};
-use super::projections::Projections;
+use super::projections::{Projection, Projections};
+use super::rebuild::{self, Phase, Progress};
 use super::{Append, AppendOutcome, Durability, ExpectedVersion, Head, Notifier, StoreError, keys, metadata};
 
 /// The most commands one batch takes. Bounds the latency of the first
@@ -46,6 +47,11 @@ pub(crate) enum Command {
         hard: bool,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// One step of building a projection from the log (see [`rebuild`]).
+    BuildProjection {
+        projection: Projection,
+        reply: oneshot::Sender<Result<Progress, StoreError>>,
+    },
     /// Flush everything and stop.
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -62,6 +68,9 @@ impl std::fmt::Debug for Command {
                 .field("expected", expected)
                 .field("hard", hard)
                 .finish(),
+            Self::BuildProjection { projection, .. } => {
+                f.debug_struct("BuildProjection").field("projection", projection).finish()
+            }
             Self::Close { .. } => f.write_str("Close"),
         }
     }
@@ -80,6 +89,7 @@ impl Command {
 enum Reply {
     Append(oneshot::Sender<Result<AppendOutcome, StoreError>>, Result<AppendOutcome, StoreError>),
     Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Build(oneshot::Sender<Result<Progress, StoreError>>, Result<Progress, StoreError>),
 }
 
 impl Reply {
@@ -88,6 +98,7 @@ impl Reply {
         match self {
             Self::Append(tx, Ok(_)) => Self::Append(tx, Err(error.clone())),
             Self::Unit(tx, Ok(())) => Self::Unit(tx, Err(error.clone())),
+            Self::Build(tx, Ok(_)) => Self::Build(tx, Err(error.clone())),
             other => other,
         }
     }
@@ -98,8 +109,21 @@ impl Reply {
         match self {
             Self::Append(tx, result) => drop(tx.send(result)),
             Self::Unit(tx, result) => drop(tx.send(result)),
+            Self::Build(tx, result) => drop(tx.send(result)),
         }
     }
+}
+
+/// Where the writer starts from, as read from the store at open.
+#[derive(Debug)]
+pub(crate) struct Start {
+    /// Projections complete and maintained live.
+    pub projections: Projections,
+    /// Projections to build from the log first.
+    pub to_build: Vec<Projection>,
+    pub head: Head,
+    /// The creation time of the newest event.
+    pub last_created_micros: i64,
 }
 
 pub(crate) struct Writer {
@@ -108,7 +132,10 @@ pub(crate) struct Writer {
     /// Present in `fsync` mode: makes sled's files durable after its flush.
     syncer: Option<FileSyncer>,
     notifier: Arc<Notifier>,
+    /// The projections maintained live.
     projections: Projections,
+    /// Projections being built from the log, and where each build is.
+    builds: Vec<(Projection, Phase)>,
     next_position: u64,
     /// The sequence number of the last committed batch.
     commit_seq: u64,
@@ -123,10 +150,9 @@ impl Writer {
         path: &Path,
         durability: Durability,
         notifier: Arc<Notifier>,
-        projections: Projections,
-        head: Head,
-        last_created_micros: i64,
+        start: Start,
     ) -> Result<Self, StoreError> {
+        let Start { projections, to_build, head, last_created_micros } = start;
         let syncer = match durability {
             Durability::Fsync => Some(FileSyncer::open(path)?),
             Durability::Flush | Durability::None => None,
@@ -137,6 +163,7 @@ impl Writer {
             syncer,
             notifier,
             projections,
+            builds: to_build.iter().map(|projection| (*projection, Phase::Clearing)).collect(),
             next_position: head.next_position,
             commit_seq: head.commit_seq,
             last_created_micros,
@@ -180,15 +207,30 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: Vec<Command>) -> Flow {
+    fn commit(&mut self, mut batch: Vec<Command>) -> Flow {
         let now = now_micros().max(self.last_created_micros);
         let commit_seq = self.commit_seq + 1;
-        let mut staging = Staging::new(&self.db, &self.projections, self.next_position, commit_seq, now);
+        let mut staging = Staging::new(&self.db, self.projections, self.next_position, commit_seq, now);
         let mut replies = Vec::with_capacity(batch.len());
         let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
 
+        // IMPORTANT: build steps run before this batch's appends. A step
+        // links everything below the committed head; if it completes, the
+        // projection goes live for the appends that follow, so each event is
+        // linked exactly once.
+        batch.sort_by_key(|command| !matches!(command, Command::BuildProjection { .. }));
         for command in batch {
             match command {
+                Command::BuildProjection { projection, reply } => {
+                    let result = match self.builds.iter_mut().find(|(p, _)| *p == projection) {
+                        Some((_, phase)) => rebuild::step(projection, phase, &mut staging),
+                        None => Err(StoreError::Invalid(format!("{} is not being built", projection.name()))),
+                    };
+                    if result.as_ref().is_ok_and(|progress| progress.done) {
+                        self.builds.retain(|(p, _)| *p != projection);
+                    }
+                    replies.push(Reply::Build(reply, result));
+                }
                 Command::Append { append, reply } => {
                     let result = staging.append(&append);
                     replies.push(Reply::Append(reply, result));
@@ -205,9 +247,11 @@ impl Writer {
         if staging.has_writes() {
             let next_position = staging.next_position;
             let touched = staging.touched_streams();
+            let projections = staging.projections;
             let batch = staging.finish();
             match self.write(batch) {
                 Ok(()) => {
+                    self.projections = projections;
                     self.next_position = next_position;
                     self.commit_seq = commit_seq;
                     self.last_created_micros = now;
@@ -273,6 +317,7 @@ fn refuse(command: Command) {
         Command::Delete { reply, .. } | Command::Close { reply } => {
             drop(reply.send(Err(StoreError::Unavailable)))
         }
+        Command::BuildProjection { reply, .. } => drop(reply.send(Err(StoreError::Unavailable))),
     }
 }
 
@@ -288,7 +333,8 @@ fn now_micros() -> i64 {
 /// batch see each other's effects.
 pub(crate) struct Staging<'a> {
     db: &'a sled::Db,
-    projections: &'a Projections,
+    /// The projections maintained live; a build may activate one mid-batch.
+    projections: Projections,
     batch: sled::Batch,
     writes: usize,
     /// Streams this batch changed, with their new state.
@@ -304,7 +350,7 @@ pub(crate) struct Staging<'a> {
 impl<'a> Staging<'a> {
     fn new(
         db: &'a sled::Db,
-        projections: &'a Projections,
+        projections: Projections,
         next_position: u64,
         commit_seq: u64,
         created_micros: i64,
@@ -324,6 +370,32 @@ impl<'a> Staging<'a> {
 
     fn has_writes(&self) -> bool {
         self.writes > 0
+    }
+
+    pub(crate) fn db(&self) -> &sled::Db {
+        self.db
+    }
+
+    /// Adds a raw write to the batch (maintenance work).
+    pub(crate) fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        self.batch.insert(key, value);
+        self.writes += 1;
+    }
+
+    /// Adds a raw removal to the batch (maintenance work). Removing a
+    /// stream's state also drops any change this batch staged for it.
+    pub(crate) fn remove(&mut self, key: impl Into<sled::IVec>) {
+        let key = key.into();
+        if let Some(stream) = keys::stream_name(&key) {
+            self.states.remove(stream);
+        }
+        self.batch.remove(key);
+        self.writes += 1;
+    }
+
+    /// Starts maintaining `projection` live, from the next append on.
+    pub(crate) fn activate(&mut self, projection: Projection) {
+        self.projections.set(projection, true);
     }
 
     fn touched_streams(&self) -> Vec<String> {

@@ -110,10 +110,17 @@ impl TestServer {
     }
 
     /// Stops, then starts again on the same data directory (new port).
-    pub async fn restart(mut self) -> Self {
+    pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Stops, then starts again on the same data directory with the
+    /// configuration changed by `adjust`.
+    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
         self.stop().await;
         let mut config = self.config.clone();
         config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        adjust(&mut config);
         let dir = self.dir.take();
         Self::launch(config, dir, self.path.clone()).await
     }
@@ -275,6 +282,23 @@ pub async fn raw_status(
     stream.read_to_end(&mut response).await.unwrap();
     let text = String::from_utf8_lossy(&response);
     text.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits (up to 60 s) until no projection is being built.
+pub async fn wait_for_projections(client: &Client, base: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let info: Value = client.get(format!("{base}/info")).send().await.unwrap().json().await.unwrap();
+        if info["projectionsBuilding"].as_array().unwrap().is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "projections still building: {}",
+            info["projectionsBuilding"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits (up to 30 s) until the server reports at least `count` waiters

@@ -1,0 +1,213 @@
+//! Building a system projection from the log, for a projection that was
+//! turned on after events were written (or whose build was interrupted).
+//!
+//! A built projection must be exactly what live maintenance would have
+//! produced, so a build first clears every stream of the projection, then
+//! links the log in position order. Both run as steps inside the writer,
+//! serialised with appends and a bounded amount of work each, so appends are
+//! never stalled for long. The writer runs build steps before the appends of
+//! the same batch; the step that reaches the writer's head switches the
+//! projection to live maintenance, so the appends that follow in that batch
+//! are linked live and none is linked twice or missed.
+//!
+//! A marker per projection records whether it is complete and maintained.
+//! A projection turned off loses the marker, so turning it on again
+//! rebuilds it: the events written meanwhile were never linked.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+use super::codec;
+use super::keys;
+use super::projections::{Projection, Projections};
+use super::writer::{Command, LinkTarget, Staging};
+
+/// Marker values.
+pub(crate) const MAINTAINED: &[u8] = b"maintained";
+pub(crate) const INCOMPLETE: &[u8] = b"incomplete";
+
+/// How many keys one step removes or how many log records it links. Big
+/// enough that a build of millions of events takes few steps, small enough
+/// that one step holds up appends for milliseconds, not seconds.
+const STEP: usize = 10_000;
+
+/// How often the build logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Where a build is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Removing the projection's existing streams.
+    Clearing,
+    /// Linking log records from this position on.
+    Linking { next: u64 },
+}
+
+/// What one step achieved.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Progress {
+    /// The next log position to link (0 while clearing).
+    pub next: u64,
+    /// The head when the step ran.
+    pub head: u64,
+    pub done: bool,
+}
+
+/// Which projections to activate now and which to build, from the markers
+/// and the configuration. Clears the marker of projections turned off.
+/// With an empty log there is nothing to build: every configured projection
+/// is maintained from the first append (a build, however short, would leave
+/// the first appends unlinked for a moment).
+pub(crate) fn plan(
+    db: &sled::Db,
+    configured: Projections,
+    next_position: u64,
+) -> Result<(Projections, Vec<Projection>), StoreError> {
+    let mut active = Projections::NONE;
+    let mut to_build = Vec::new();
+    for projection in Projection::ALL {
+        let marker_key = keys::projection_marker(projection.name());
+        let maintained = db.get(&marker_key)?.is_some_and(|marker| &*marker == MAINTAINED);
+        match (configured.is_enabled(projection), maintained) {
+            (true, true) => active.set(projection, true),
+            (true, false) if next_position == 0 => {
+                db.insert(marker_key, MAINTAINED)?;
+                active.set(projection, true);
+            }
+            (true, false) => to_build.push(projection),
+            (false, true) => {
+                db.insert(marker_key, INCOMPLETE)?;
+            }
+            (false, false) => {}
+        }
+    }
+    Ok((active, to_build))
+}
+
+/// Runs one step of building `projection`, inside the writer's batch.
+/// `phase` is the writer's record of where the build is.
+pub(crate) fn step(
+    projection: Projection,
+    phase: &mut Phase,
+    staging: &mut Staging<'_>,
+) -> Result<Progress, StoreError> {
+    let head = staging.next_position;
+    let marker_key = keys::projection_marker(projection.name());
+    match *phase {
+        Phase::Clearing => {
+            staging.insert(marker_key, INCOMPLETE);
+            let (prefix, exact) = projection.stream_prefix();
+            let index_prefix =
+                if exact { keys::stream_index_prefix(prefix) } else { keys::stream_index_family(prefix) };
+            let mut removed = 0;
+            for key in staging.db().scan_prefix(&index_prefix).keys().take(STEP) {
+                staging.remove(key?);
+                removed += 1;
+            }
+            if removed < STEP {
+                // The index is cleared by this step; the states go with it.
+                if exact {
+                    staging.remove(keys::stream(prefix));
+                } else {
+                    let states: Vec<sled::IVec> = staging
+                        .db()
+                        .scan_prefix(keys::stream_family(prefix))
+                        .keys()
+                        .collect::<Result<_, _>>()?;
+                    for key in states {
+                        staging.remove(key);
+                    }
+                }
+                *phase = Phase::Linking { next: 0 };
+            }
+            Ok(Progress { next: 0, head, done: false })
+        }
+        Phase::Linking { next } => {
+            let end = next.saturating_add(STEP as u64).min(head);
+            let mut linked_to = next;
+            if next < end {
+                let records: Vec<(sled::IVec, sled::IVec)> =
+                    staging.db().range(keys::log(next)..keys::log(end)).collect::<Result<_, _>>()?;
+                for (key, record) in records {
+                    let position = keys::log_position(&key)
+                        .ok_or_else(|| StoreError::Corrupt("log key is malformed".into()))?;
+                    let event = codec::decode_event(position, &record)?;
+                    let target = LinkTarget {
+                        position,
+                        created_micros: event.created_micros,
+                        number: event.number,
+                        stream: &event.stream,
+                    };
+                    // Event 0 is the one that created its stream: numbering
+                    // never restarts, so this matches the live path exactly.
+                    for stream in
+                        Projections::links_of(projection, &event.stream, &event.event_type, event.number == 0)
+                    {
+                        staging.link(&stream, &target)?;
+                    }
+                }
+                linked_to = end;
+            }
+            let done = linked_to >= head;
+            if done {
+                staging.insert(marker_key, MAINTAINED);
+                staging.activate(projection);
+            }
+            *phase = Phase::Linking { next: linked_to };
+            Ok(Progress { next: linked_to, head, done })
+        }
+    }
+}
+
+/// The projections whose build has not finished, shared with readers.
+pub(crate) type Building = Arc<Mutex<Vec<Projection>>>;
+
+/// Drives the builds of `projections` one after the other, from a thread of
+/// its own, logging progress. Ends early if the writer stops.
+pub(crate) fn drive(commands: mpsc::Sender<Command>, projections: Vec<Projection>, building: Building) {
+    let finish = |projection: Projection| {
+        building.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|p| *p != projection);
+    };
+    for projection in projections {
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        tracing::info!(projection = projection.name(), "building projection from the log");
+        loop {
+            let (reply, answer) = oneshot::channel();
+            if commands.blocking_send(Command::BuildProjection { projection, reply }).is_err() {
+                return;
+            }
+            match answer.blocking_recv() {
+                Ok(Ok(progress)) if progress.done => {
+                    tracing::info!(
+                        projection = projection.name(),
+                        events = progress.head,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "projection built; maintained live from now on"
+                    );
+                    finish(projection);
+                    break;
+                }
+                Ok(Ok(progress)) => {
+                    if last_report.elapsed() >= PROGRESS_EVERY {
+                        tracing::info!(
+                            projection = projection.name(),
+                            linked = progress.next,
+                            of = progress.head,
+                            "building projection"
+                        );
+                        last_report = Instant::now();
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(projection = projection.name(), %error, "building the projection failed");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}

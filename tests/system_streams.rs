@@ -1,0 +1,383 @@
+//! `$all` and the system streams (`$ce-`, `$et-`, `$streams`): never behind,
+//! links resolved or raw, consistent after crashes, rebuildable.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use common::{ATOM_JSON, ATOM_XML, BinaryServer, EVENTS_JSON, TestServer, client, event, link};
+use reqwest::Client;
+use serde_json::{Value, json};
+
+/// Every entry of a stream (or `$all`), oldest first, walking forward pages
+/// from the start; `resolve` sets `ES-ResolveLinkTos`.
+async fn entries(client: &Client, base: &str, stream: &str, resolve: bool) -> Vec<Value> {
+    let start = if stream == "$all" { "00000000000000000000000000000000" } else { "0" };
+    let mut url = format!("{base}/streams/{stream}/{start}/forward/50?embed=body");
+    let mut all = Vec::new();
+    for _ in 0..100_000 {
+        let response = client
+            .get(&url)
+            .header("accept", ATOM_JSON)
+            .header("es-resolvelinktos", if resolve { "True" } else { "False" })
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 404 {
+            return all;
+        }
+        assert_eq!(response.status(), 200, "{url}");
+        let page: Value = response.json().await.unwrap();
+        let mut page_entries = page["entries"].as_array().unwrap().clone();
+        page_entries.reverse();
+        let empty = page_entries.is_empty();
+        all.extend(page_entries);
+        match link(&page, "previous") {
+            Some(previous) if !empty || stream != "$all" => url = format!("{previous}?embed=body"),
+            _ => return all,
+        }
+    }
+    panic!("walking {stream} did not terminate");
+}
+
+/// `n@stream` titles of entries.
+fn titles(entries: &[Value]) -> Vec<String> {
+    entries.iter().map(|e| e["title"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_holds_the_commit_order_of_32_concurrent_writers() {
+    let server = Arc::new(TestServer::start().await);
+    const PER_WRITER: usize = 40;
+    let mut writers = Vec::new();
+    for writer in 0..32 {
+        let server = Arc::clone(&server);
+        writers.push(tokio::spawn(async move {
+            for seq in 0..PER_WRITER {
+                let body = json!([event("Wrote", json!({"writer": writer, "seq": seq}))]);
+                let response = server.post_events(&format!("writer-{writer}"), &body).await;
+                assert_eq!(response.status(), 201);
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let forward = entries(&server.client, &server.base, "$all", true).await;
+    assert_eq!(forward.len(), 32 * PER_WRITER, "every event once");
+    let mut next_seq: HashMap<u64, u64> = HashMap::new();
+    for entry in &forward {
+        let data: Value = serde_json::from_str(entry["data"].as_str().unwrap()).unwrap();
+        let expected = next_seq.entry(data["writer"].as_u64().unwrap()).or_default();
+        assert_eq!(data["seq"].as_u64().unwrap(), *expected, "each writer's events in its commit order");
+        *expected += 1;
+    }
+
+    // Backward from the head along `next` links: the same events reversed.
+    let mut backward = Vec::new();
+    let mut url = server.url("/streams/$all/head/backward/37?embed=body");
+    loop {
+        let page: Value =
+            server.client.get(&url).header("accept", ATOM_JSON).send().await.unwrap().json().await.unwrap();
+        backward.extend(page["entries"].as_array().unwrap().iter().cloned());
+        match link(&page, "next") {
+            Some(next) => url = next,
+            None => break,
+        }
+    }
+    backward.reverse();
+    assert_eq!(titles(&backward), titles(&forward));
+}
+
+#[tokio::test]
+async fn category_event_type_and_streams_projections() {
+    let server = TestServer::start().await;
+    for (stream, event_type) in [
+        ("Order-1", "Placed"),
+        ("Order-2-x", "Placed"),
+        ("-Order", "Placed"),
+        ("Order", "Placed"),
+        ("Order--3", "Paid"),
+        ("a-b-c", "Paid"),
+        ("Order-1", "Paid"),
+    ] {
+        let response = server.post_events(stream, &json!([event(event_type, json!({"in": stream}))])).await;
+        assert_eq!(response.status(), 201);
+    }
+    let client = &server.client;
+    let base = &server.base;
+    assert_eq!(
+        titles(&entries(client, base, "$ce-Order", true).await),
+        ["0@Order-1", "0@Order-2-x", "0@Order--3", "1@Order-1"]
+    );
+    assert_eq!(titles(&entries(client, base, "$ce-a", true).await), ["0@a-b-c"]);
+    assert_eq!(server.get("/streams/$ce-", ATOM_JSON).await.status(), 404, "a leading '-' has no category");
+    assert_eq!(
+        titles(&entries(client, base, "$et-Placed", true).await),
+        ["0@Order-1", "0@Order-2-x", "0@-Order", "0@Order"]
+    );
+    assert_eq!(
+        titles(&entries(client, base, "$et-Paid", true).await),
+        ["0@Order--3", "0@a-b-c", "1@Order-1"]
+    );
+    assert_eq!(
+        titles(&entries(client, base, "$streams", true).await),
+        ["0@Order-1", "0@Order-2-x", "0@-Order", "0@Order", "0@Order--3", "0@a-b-c"],
+        "one link per stream, to its event 0"
+    );
+    // Own, dense numbers: full pages of a system stream are immutable.
+    let page = server.get("/streams/$ce-Order/0/forward/2", ATOM_JSON).await;
+    assert_eq!(page.headers()["cache-control"], "max-age=31536000, public");
+    // Never behind: the link is readable as soon as the append is answered.
+    server.append_n("Order-9", 1).await;
+    let head: Value = server.get("/streams/$ce-Order", ATOM_JSON).await.json().await.unwrap();
+    assert_eq!(head["entries"][0]["title"], "0@Order-9");
+    // System streams cannot be appended to.
+    assert_eq!(server.post_events("$ce-Order", &json!([event("X", json!({}))])).await.status(), 400);
+}
+
+#[tokio::test]
+async fn links_are_resolved_by_default_and_raw_on_request() {
+    let server = TestServer::start().await;
+    server.post_events("Order-7", &json!([event("Placed", json!({"total": 3}))])).await;
+    let resolved: Value = server.get("/streams/$ce-Order/0", ATOM_JSON).await.json().await.unwrap();
+    assert_eq!(resolved["title"], "0@Order-7");
+    assert_eq!(resolved["summary"], "$>");
+    assert_eq!(resolved["content"]["eventType"], "Placed");
+    assert_eq!(resolved["content"]["data"], json!({"total": 3}));
+    let target: Value = server.get("/streams/Order-7/0", ATOM_JSON).await.json().await.unwrap();
+    assert_eq!(resolved["updated"], target["updated"], "the link's timestamp (written with the event)");
+
+    let page: Value = server.get("/streams/$ce-Order?embed=body", ATOM_JSON).await.json().await.unwrap();
+    let entry = &page["entries"][0];
+    assert_eq!(entry["streamId"], "Order-7");
+    assert_eq!(entry["eventNumber"], 0);
+    assert_eq!(entry["positionStreamId"], "$ce-Order");
+    assert_eq!(entry["positionEventNumber"], 0);
+    assert_eq!(entry["data"], "{\"total\":3}");
+
+    for raw_value in ["False", "false", "FALSE"] {
+        let raw: Value = server
+            .client
+            .get(server.url("/streams/$ce-Order/0"))
+            .header("accept", ATOM_JSON)
+            .header("es-resolvelinktos", raw_value)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(raw["title"], "0@$ce-Order");
+        assert_eq!(raw["summary"], "$>");
+        assert_eq!(raw["content"]["eventType"], "$>");
+        assert_eq!(raw["content"]["data"], "0@Order-7", "a link's data is n@stream");
+    }
+    let response = server
+        .client
+        .get(server.url("/streams/$ce-Order/0"))
+        .header("accept", ATOM_JSON)
+        .header("es-resolvelinktos", "TRUE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for bad in ["yes", "1", ""] {
+        let response = server
+            .client
+            .get(server.url("/streams/$ce-Order"))
+            .header("es-resolvelinktos", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{bad:?}");
+        assert!(response.text().await.unwrap().starts_with("ES-ResolveLinkTos header in wrong format."));
+    }
+}
+
+#[tokio::test]
+async fn links_to_deleted_events_are_404_alone_and_raw_in_pages() {
+    let server = TestServer::start().await;
+    server.append_n("Gone-1", 2).await;
+    server.append_n("Kept-1", 1).await;
+    let deleted = server.client.delete(server.url("/streams/Gone-1")).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(server.get("/streams/$ce-Gone/0", ATOM_JSON).await.status(), 404, "v5: the target is gone");
+    let raw = server
+        .client
+        .get(server.url("/streams/$ce-Gone/0"))
+        .header("accept", ATOM_JSON)
+        .header("es-resolvelinktos", "false")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 200, "the link itself still exists");
+    let page: Value = server.get("/streams/$ce-Gone", ATOM_JSON).await.json().await.unwrap();
+    assert_eq!(
+        titles(page["entries"].as_array().unwrap()),
+        ["1@$ce-Gone", "0@$ce-Gone"],
+        "pages keep their shape"
+    );
+    // $all no longer shows the deleted events; $et- shows them raw.
+    let all = entries(&server.client, &server.base, "$all", true).await;
+    assert_eq!(titles(&all), ["0@Kept-1"]);
+    let by_type = entries(&server.client, &server.base, "$et-Tested", true).await;
+    assert_eq!(titles(&by_type), ["0@$et-Tested", "1@$et-Tested", "0@Kept-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_every_system_stream_agrees_with_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut server = BinaryServer::start(&data_dir, &[]);
+    let base = server.base.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..16u32 {
+        let (base, stop) = (base.clone(), Arc::clone(&stop));
+        writers.push(tokio::spawn(async move {
+            let client = client();
+            let mut round = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let stream = format!("{}-{}", ["Order", "Invoice", "Cart"][(writer % 3) as usize], round % 7);
+                let types = ["Created", "Changed", "Closed"];
+                let body = json!([
+                    event(types[(round % 3) as usize], json!({})),
+                    event(types[((round + 1) % 3) as usize], json!({}))
+                ]);
+                round += 1;
+                let sent = client
+                    .post(format!("{base}/streams/{stream}"))
+                    .header("content-type", EVENTS_JSON)
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                if !matches!(sent, Ok(ref r) if r.status() == 201) {
+                    break;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    server.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    let server = BinaryServer::start(&data_dir, &[]);
+    let client = client();
+    let all = entries(&client, &server.base, "$all", true).await;
+    assert!(all.len() > 100, "the load ran");
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in &all {
+        let stream = entry["streamId"].as_str().unwrap();
+        let title = entry["title"].as_str().unwrap().to_owned();
+        let category = stream.split('-').next().unwrap();
+        expected.entry(format!("$ce-{category}")).or_default().push(title.clone());
+        expected
+            .entry(format!("$et-{}", entry["eventType"].as_str().unwrap()))
+            .or_default()
+            .push(title.clone());
+        if entry["eventNumber"] == 0 {
+            expected.entry("$streams".into()).or_default().push(title);
+        }
+    }
+    for (system_stream, titles_in_all) in expected {
+        let actual = titles(&entries(&client, &server.base, &system_stream, true).await);
+        assert_eq!(actual, titles_in_all, "{system_stream} agrees with $all: nothing missing, nothing extra");
+    }
+}
+
+/// Every page of the projections' streams, in Atom and in JSON with raw and
+/// resolved links, with a fixed Host so the bytes are comparable.
+async fn projection_pages(server: &TestServer) -> Vec<(String, bytes::Bytes)> {
+    let mut pages = Vec::new();
+    for stream in ["$ce-Order", "$ce-Cart", "$et-Created", "$et-Changed", "$streams"] {
+        for from in (0..60).step_by(10) {
+            for (accept, resolve) in [(ATOM_XML, "True"), (ATOM_JSON, "True"), (ATOM_JSON, "False")] {
+                let path = format!("/streams/{stream}/{from}/forward/10?embed=body");
+                let response = server
+                    .client
+                    .get(server.url(&path))
+                    .header("accept", accept)
+                    .header("host", "eventfeed.test")
+                    .header("es-resolvelinktos", resolve)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                pages.push((format!("{path} {accept} {resolve} {status}"), response.bytes().await.unwrap()));
+            }
+        }
+    }
+    pages
+}
+
+#[tokio::test]
+async fn a_projection_built_later_is_byte_identical_to_one_maintained_throughout() {
+    let server = TestServer::start().await;
+    // Zed-1's event 0 (in $streams) exists from the start; its later event
+    // proves the build runs, in streams the comparison leaves out.
+    assert_eq!(server.post_events("Zed-1", &json!([event("Created", json!({}))])).await.status(), 201);
+    for round in 0..15 {
+        let stream = format!("{}-{}", ["Order", "Cart"][round % 2], round % 4);
+        let body =
+            json!([event("Created", json!({"round": round})), event("Changed", json!({"round": round}))]);
+        assert_eq!(server.post_events(&stream, &body).await.status(), 201);
+    }
+    let maintained = projection_pages(&server).await;
+
+    // Off: the markers go; events written meanwhile are not linked.
+    let all_off = |config: &mut eventfeed::config::ServeConfig| {
+        config.projection_by_category = false;
+        config.projection_by_event_type = false;
+        config.projection_streams = false;
+    };
+    let all_on = |config: &mut eventfeed::config::ServeConfig| {
+        config.projection_by_category = true;
+        config.projection_by_event_type = true;
+        config.projection_streams = true;
+    };
+    let server = server.restart_with(all_off).await;
+    // Written while off, in a category and type the comparison ignores.
+    assert_eq!(server.post_events("Zed-1", &json!([event("Other", json!({}))])).await.status(), 201);
+    assert_eq!(
+        titles(&entries(&server.client, &server.base, "$ce-Zed", true).await),
+        ["0@Zed-1"],
+        "not linked while off"
+    );
+    // On again: every projection is rebuilt from the log, from scratch.
+    let server = server.restart_with(all_on).await;
+    common::wait_for_projections(&server.client, &server.base).await;
+    assert_eq!(
+        titles(&entries(&server.client, &server.base, "$ce-Zed", true).await),
+        ["0@Zed-1", "1@Zed-1"],
+        "the build ran"
+    );
+    assert_eq!(titles(&entries(&server.client, &server.base, "$et-Other", true).await), ["1@Zed-1"]);
+    let rebuilt = projection_pages(&server).await;
+    assert_eq!(rebuilt.len(), maintained.len());
+    for ((what, before), (_, after)) in maintained.iter().zip(&rebuilt) {
+        assert_eq!(after, before, "{what}");
+    }
+
+    // Events appended while a projection is off are linked once it is on.
+    let server = server.restart_with(|config| config.projection_by_category = false).await;
+    server.append_n("Order-late", 3).await;
+    let still: Value = server.get("/streams/$ce-Order", ATOM_JSON).await.json().await.unwrap();
+    assert_ne!(still["entries"][0]["title"], "2@Order-late", "not linked while off");
+    let server = server.restart_with(all_on).await;
+    common::wait_for_projections(&server.client, &server.base).await;
+    let category = titles(&entries(&server.client, &server.base, "$ce-Order", true).await);
+    assert_eq!(category.len(), 8 * 2 + 3, "{category:?}");
+    assert_eq!(&category[category.len() - 3..], ["0@Order-late", "1@Order-late", "2@Order-late"]);
+    // And appends after the build are linked live, after the built ones.
+    server.append_n("Order-late", 1).await;
+    let head: Value = server.get("/streams/$ce-Order", ATOM_JSON).await.json().await.unwrap();
+    assert_eq!(head["entries"][0]["title"], "3@Order-late");
+    assert_eq!(head["entries"][0]["positionEventNumber"], Value::Null, "(embed=none has no rich fields)");
+}

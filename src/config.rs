@@ -94,6 +94,12 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTFEED_PROJECTION_STREAMS", default_value_t = true, action = ArgAction::Set)]
     pub projection_streams: bool,
 
+    /// Seconds between background scavenges, which reclaim the space of
+    /// deleted and expired events; 0 turns them off (`POST
+    /// /admin/scavenge` still works).
+    #[arg(long, env = "EVENTFEED_SCAVENGE_INTERVAL_SECS", default_value_t = 86_400)]
+    pub scavenge_interval_secs: u64,
+
     /// Seconds to wait at shutdown for open requests to finish before
     /// closing them.
     #[arg(long, env = "EVENTFEED_SHUTDOWN_GRACE_SECS", default_value_t = 5)]

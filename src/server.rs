@@ -49,6 +49,8 @@ pub struct Server {
     store: Arc<SledStore>,
     shutdown: watch::Sender<bool>,
     grace: Duration,
+    /// Between background scavenges; `None`: none.
+    scavenge_interval: Option<Duration>,
 }
 
 impl Server {
@@ -90,7 +92,15 @@ impl Server {
             shutdown: shutdown_rx,
             waiters: crate::http::live::Waiters::new(config.max_waiters),
         };
-        Ok(Self { listener, state, store, shutdown, grace: Duration::from_secs(config.shutdown_grace_secs) })
+        Ok(Self {
+            listener,
+            state,
+            store,
+            shutdown,
+            grace: Duration::from_secs(config.shutdown_grace_secs),
+            scavenge_interval: (config.scavenge_interval_secs > 0)
+                .then(|| Duration::from_secs(config.scavenge_interval_secs)),
+        })
     }
 
     /// The address actually bound (the port, when bound to port 0).
@@ -100,9 +110,12 @@ impl Server {
 
     /// Serves until `signal` resolves, then shuts down (see the module doc).
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let Self { listener, state, store, shutdown, grace } = self;
+        let Self { listener, state, store, shutdown, grace, scavenge_interval } = self;
         let address = listener.local_addr().map_err(ServerError::Serve)?;
         tracing::info!("eventfeed listening on http://{address}");
+        if let Some(interval) = scavenge_interval {
+            tokio::spawn(scavenge_periodically(Arc::clone(&store), interval, state.shutdown.clone()));
+        }
 
         let mut stopping = state.shutdown.clone();
         let app = crate::app(state);
@@ -135,6 +148,25 @@ impl Server {
         store.close().await.map_err(ServerError::Store)?;
         tracing::info!("store flushed; bye");
         Ok(())
+    }
+}
+
+/// Starts a scavenge every `interval` until shutdown (the first one an
+/// interval after start-up, not at once: a restart loop should not turn
+/// into a scavenge loop).
+async fn scavenge_periodically(
+    store: Arc<SledStore>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => return,
+        }
+        if let Err(error) = store.start_scavenge().await {
+            tracing::warn!(%error, "could not start the scheduled scavenge");
+        }
     }
 }
 

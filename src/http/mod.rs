@@ -2,12 +2,14 @@
 //! merged here, with every layer applied in one place ([`router`]). Only
 //! this module knows about headers and status codes.
 
+mod admin;
 mod all;
 pub mod base_url;
 pub mod caching;
 pub mod error;
 pub mod events_body;
 pub mod live;
+mod metadata;
 pub mod negotiate;
 mod params;
 mod streams;
@@ -67,6 +69,8 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(streams::router())
+        .merge(metadata::router())
+        .merge(admin::router())
         .merge(system::router())
         .fallback(system::not_found)
         .layer(compression())

@@ -35,7 +35,7 @@ pub(super) fn router() -> Router<AppState> {
 
 /// The types a page route offers (the stream route adds the description
 /// document and Server-Sent Events).
-const PAGE_TYPES: &[&str] = &[ATOM_XML, ATOM_JSON, JSON, TEXT_XML, APPLICATION_XML, HTML];
+pub(super) const PAGE_TYPES: &[&str] = &[ATOM_XML, ATOM_JSON, JSON, TEXT_XML, APPLICATION_XML, HTML];
 
 async fn head_page(
     State(state): State<AppState>,
@@ -367,7 +367,7 @@ fn check_event_sizes(events: &[ProposedEvent], max_event_bytes: usize) -> Result
 }
 
 /// Reads a request body of at most `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, HttpError> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, HttpError> {
     let too_large =
         || HttpError::payload_too_large(format!("The request body is larger than {limit} bytes."));
     match Limited::new(body, limit).collect().await {

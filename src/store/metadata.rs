@@ -110,7 +110,7 @@ fn whole_number(
         None | Some(Value::Null) => Ok(None),
         Some(value) => match value.as_u64() {
             Some(number) if number >= minimum => Ok(Some(number)),
-            _ => Err(invalid(key, &format!("must be an integer ≥ {minimum}"))),
+            _ => Err(invalid(key, &format!("must be an integer >= {minimum}"))),
         },
     }
 }

@@ -16,12 +16,16 @@
 //!   same stream returns the original location (idempotent retry).
 
 pub mod codec;
+mod compact;
+mod generation;
 pub mod keys;
 pub mod metadata;
 pub mod notify;
 pub mod projections;
 mod rebuild;
+pub mod scavenge;
 mod sled_store;
+pub mod visibility;
 mod writer;
 
 use std::fmt;
@@ -312,6 +316,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The current state of a stream, `None` when it was never written.
     async fn stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError>;
+
+    /// Starts a scavenge in the background, unless one is running.
+    async fn start_scavenge(&self) -> Result<scavenge::ScavengeStarted, StoreError>;
+
+    /// A scavenge's progress or result; `None` for an unknown id.
+    async fn scavenge_report(&self, id: Uuid) -> Result<Option<scavenge::ScavengeReport>, StoreError>;
 
     /// Where live readers learn of new events.
     fn notifier(&self) -> &Notifier;

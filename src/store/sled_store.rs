@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,9 +13,12 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::codec::{self, IndexEntry, StreamState};
+use super::generation::{self, DbCell};
 use super::projections::Projections;
 use super::rebuild;
-use super::writer::{Command, Start, Writer};
+use super::scavenge::{ScavengeReport, ScavengeStarted, Scavenger};
+use super::visibility::{self, now_micros};
+use super::writer::{Command, Files, Start, Writer};
 use super::{
     AllRead, AllSlice, Append, AppendOutcome, Direction, Durability, ExpectedVersion, Head, LINK_EVENT_TYPE,
     Notifier, ReadEvent, RecordedEvent, Store, StoreError, StreamRead, StreamSlice, StreamView, keys,
@@ -53,11 +56,13 @@ impl SledStoreOptions {
 
 #[derive(Debug)]
 pub struct SledStore {
-    db: sled::Db,
+    /// The current generation's database; compaction swaps it.
+    db: DbCell,
     commands: mpsc::Sender<Command>,
     notifier: Arc<Notifier>,
     /// Projections still being built from the log.
     building: rebuild::Building,
+    scavenger: Scavenger,
     /// Joined at close, so that `close` returns only once sled is flushed.
     writer_thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -65,10 +70,9 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the store. Reads a few counters; never scans.
     pub fn open(options: SledStoreOptions) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(&options.path)
-            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", options.path.display())))?;
+        let generation = generation::current(&options.path)?;
         let db = sled::Config::new()
-            .path(&options.path)
+            .path(&generation)
             .cache_capacity(options.cache_capacity)
             .flush_every_ms(Some(500))
             .open()?;
@@ -110,8 +114,14 @@ impl SledStore {
         db.flush()?;
         let notifier = Arc::new(Notifier::new(head));
         let start = Start { projections: active, to_build: to_build.clone(), head, last_created_micros };
-        let writer =
-            Writer::new(db.clone(), &options.path, options.durability, Arc::clone(&notifier), start)?;
+        let cell = DbCell::new(db.clone());
+        let files = Files {
+            data_dir: options.path.clone(),
+            generation,
+            cell: cell.clone(),
+            cache_capacity: options.cache_capacity,
+        };
+        let writer = Writer::new(db.clone(), files, options.durability, Arc::clone(&notifier), start)?;
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let writer_thread = std::thread::Builder::new()
             .name("eventfeed-writer".into())
@@ -126,7 +136,21 @@ impl SledStore {
                 .map_err(|e| StoreError::Io(format!("cannot start the projection builder: {e}")))?;
         }
 
-        Ok(Self { db, commands, notifier, building, writer_thread: Mutex::new(Some(writer_thread)) })
+        Scavenger::mark_interrupted(&db)?;
+        let scavenger = Scavenger {
+            db: cell.clone(),
+            path: options.path.clone(),
+            commands: commands.clone(),
+            running: Arc::new(Mutex::new(None)),
+        };
+        Ok(Self {
+            db: cell,
+            commands,
+            notifier,
+            building,
+            scavenger,
+            writer_thread: Mutex::new(Some(writer_thread)),
+        })
     }
 
     /// Sends a command to the writer and waits for its answer.
@@ -139,8 +163,8 @@ impl SledStore {
         answer.await.map_err(|_| StoreError::Unavailable)?
     }
 
-    fn load_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
-        match self.db.get(keys::stream(stream))? {
+    fn load_state(db: &sled::Db, stream: &str) -> Result<Option<StreamState>, StoreError> {
+        match db.get(keys::stream(stream))? {
             Some(bytes) => codec::decode_state(&bytes).map(Some),
             None => Ok(None),
         }
@@ -154,9 +178,9 @@ impl SledStore {
     /// atomically with respect to single-key reads.
     async fn consistent<T>(
         &self,
-        read: impl FnOnce(&mut ReadContext<'_>) -> Result<T, StoreError>,
+        read: impl FnOnce(&mut ReadContext) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut context = ReadContext { store: self, first_visible: HashMap::new(), newest_commit: 0 };
+        let mut context = ReadContext { db: self.db.get(), first_visible: HashMap::new(), newest_commit: 0 };
         let result = read(&mut context)?;
         let newest_commit = context.newest_commit;
         if newest_commit > self.notifier.commit_seq()
@@ -180,21 +204,23 @@ const MAX_ALL_SCAN: usize = 100_000;
 /// One read's access to the store: it memoises the stream states it loads
 /// and remembers the newest commit among them (see
 /// [`SledStore::consistent`]).
-struct ReadContext<'a> {
-    store: &'a SledStore,
+struct ReadContext {
+    /// The generation this read uses from start to end, even if a
+    /// compaction switches generations meanwhile.
+    db: sled::Db,
     /// Per stream touched (link targets, `$all` entries): the first visible
     /// event number, `None` when nothing is visible.
     first_visible: HashMap<String, Option<u64>>,
     newest_commit: u64,
 }
 
-impl ReadContext<'_> {
+impl ReadContext {
     fn db(&self) -> &sled::Db {
-        &self.store.db
+        &self.db
     }
 
     fn state(&mut self, stream: &str) -> Result<Option<StreamState>, StoreError> {
-        let state = self.store.load_state(stream)?;
+        let state = SledStore::load_state(&self.db, stream)?;
         if let Some(state) = &state {
             self.newest_commit = self.newest_commit.max(state.commit_seq);
         }
@@ -210,49 +236,13 @@ impl ReadContext<'_> {
         }
     }
 
-    /// The lowest event number a read can see, applying soft delete, `$tb`,
-    /// `$maxCount` and `$maxAge` (by binary search over creation times, which
-    /// never decrease along a stream).
+    /// The stream's state as reads see it.
     fn view(&self, stream: &str, state: &StreamState) -> Result<StreamView, StoreError> {
-        let settings = state.settings;
-        let mut first = state.deleted_before;
-        if let Some(truncate_before) = settings.truncate_before {
-            first = first.max(truncate_before);
-        }
-        if let Some(max_count) = settings.max_count {
-            first = first.max(state.next_number.saturating_sub(max_count));
-        }
-        if let Some(max_age) = settings.max_age_secs {
-            let max_age = i64::try_from(max_age).unwrap_or(i64::MAX).saturating_mul(1_000_000);
-            let cutoff = now_micros().saturating_sub(max_age);
-            let (mut low, mut high) = (first, state.next_number);
-            while low < high {
-                let middle = low + (high - low) / 2;
-                match self.created_at(stream, middle)? {
-                    Some(created) if created >= cutoff => high = middle,
-                    _ => low = middle + 1,
-                }
-            }
-            first = low;
-        }
         Ok(StreamView {
             last_number: state.next_number.saturating_sub(1),
-            first_visible: first.min(state.next_number),
-            settings,
+            first_visible: visibility::first_visible(self.db(), stream, state, now_micros())?,
+            settings: state.settings,
         })
-    }
-
-    fn created_at(&self, stream: &str, number: u64) -> Result<Option<i64>, StoreError> {
-        let Some(value) = self.db().get(keys::stream_index(stream, number))? else {
-            return Ok(None);
-        };
-        match codec::decode_index_entry(&value)? {
-            IndexEntry::Link { created_micros, .. } => Ok(Some(created_micros)),
-            IndexEntry::Event(position) => match self.db().get(keys::log(position))? {
-                Some(record) => codec::decode_created(&record).map(Some),
-                None => Ok(None),
-            },
-        }
     }
 
     /// Reads numbers `low..=high` of a stream, skipping scavenged records.
@@ -458,13 +448,6 @@ fn link_id(target_position: u64, stream: &str) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 #[async_trait]
 impl Store for SledStore {
     async fn append(&self, append: Append) -> Result<AppendOutcome, StoreError> {
@@ -500,6 +483,14 @@ impl Store for SledStore {
 
     fn notifier(&self) -> &Notifier {
         &self.notifier
+    }
+
+    async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {
+        self.scavenger.start()
+    }
+
+    async fn scavenge_report(&self, id: Uuid) -> Result<Option<ScavengeReport>, StoreError> {
+        self.scavenger.report(&id)
     }
 
     fn projections_building(&self) -> Vec<&'static str> {

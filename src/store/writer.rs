@@ -15,14 +15,17 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::codec::{self, EventFields, StreamState};
+use super::compact::{CompactProgress, Compaction, Retired};
+use super::generation::{self, DbCell};
 use super::projections::{Projection, Projections};
 use super::rebuild::{self, Phase, Progress};
+use super::scavenge;
+use super::visibility::now_micros;
 use super::{Append, AppendOutcome, Durability, ExpectedVersion, Head, Notifier, StoreError, keys, metadata};
 
 /// The most commands one batch takes. Bounds the latency of the first
@@ -52,6 +55,16 @@ pub(crate) enum Command {
         projection: Projection,
         reply: oneshot::Sender<Result<Progress, StoreError>>,
     },
+    /// One step of compacting the store into a new generation (see
+    /// [`compact`]); the first step begins it.
+    Compact {
+        reply: oneshot::Sender<Result<CompactProgress, StoreError>>,
+    },
+    /// One step of a scavenge (see [`scavenge`]).
+    Scavenge {
+        cursor: scavenge::Cursor,
+        reply: oneshot::Sender<Result<scavenge::StepOutcome, StoreError>>,
+    },
     /// Flush everything and stop.
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -71,6 +84,8 @@ impl std::fmt::Debug for Command {
             Self::BuildProjection { projection, .. } => {
                 f.debug_struct("BuildProjection").field("projection", projection).finish()
             }
+            Self::Scavenge { cursor, .. } => f.debug_struct("Scavenge").field("cursor", cursor).finish(),
+            Self::Compact { .. } => f.write_str("Compact"),
             Self::Close { .. } => f.write_str("Close"),
         }
     }
@@ -85,11 +100,17 @@ impl Command {
     }
 }
 
+type CompactReply = oneshot::Sender<Result<CompactProgress, StoreError>>;
+
 /// An answer held back until the batch is durable.
 enum Reply {
     Append(oneshot::Sender<Result<AppendOutcome, StoreError>>, Result<AppendOutcome, StoreError>),
     Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Build(oneshot::Sender<Result<Progress, StoreError>>, Result<Progress, StoreError>),
+    Scavenge(
+        oneshot::Sender<Result<scavenge::StepOutcome, StoreError>>,
+        Result<scavenge::StepOutcome, StoreError>,
+    ),
 }
 
 impl Reply {
@@ -99,6 +120,7 @@ impl Reply {
             Self::Append(tx, Ok(_)) => Self::Append(tx, Err(error.clone())),
             Self::Unit(tx, Ok(())) => Self::Unit(tx, Err(error.clone())),
             Self::Build(tx, Ok(_)) => Self::Build(tx, Err(error.clone())),
+            Self::Scavenge(tx, Ok(_)) => Self::Scavenge(tx, Err(error.clone())),
             other => other,
         }
     }
@@ -110,6 +132,7 @@ impl Reply {
             Self::Append(tx, result) => drop(tx.send(result)),
             Self::Unit(tx, result) => drop(tx.send(result)),
             Self::Build(tx, result) => drop(tx.send(result)),
+            Self::Scavenge(tx, result) => drop(tx.send(result)),
         }
     }
 }
@@ -126,8 +149,22 @@ pub(crate) struct Start {
     pub last_created_micros: i64,
 }
 
+/// Where the store's files are, for syncing and for compaction.
+#[derive(Debug)]
+pub(crate) struct Files {
+    pub data_dir: PathBuf,
+    /// The current generation's directory.
+    pub generation: PathBuf,
+    /// The handle readers use; replaced when a compaction switches.
+    pub cell: DbCell,
+    pub cache_capacity: u64,
+}
+
 pub(crate) struct Writer {
     db: sled::Db,
+    files: Files,
+    /// A compaction in progress: every batch is written to it too.
+    compaction: Option<Compaction>,
     durability: Durability,
     /// Present in `fsync` mode: makes sled's files durable after its flush.
     syncer: Option<FileSyncer>,
@@ -147,18 +184,20 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn new(
         db: sled::Db,
-        path: &Path,
+        files: Files,
         durability: Durability,
         notifier: Arc<Notifier>,
         start: Start,
     ) -> Result<Self, StoreError> {
         let Start { projections, to_build, head, last_created_micros } = start;
         let syncer = match durability {
-            Durability::Fsync => Some(FileSyncer::open(path)?),
+            Durability::Fsync => Some(FileSyncer::open(&files.generation)?),
             Durability::Flush | Durability::None => None,
         };
         Ok(Self {
             db,
+            files,
+            compaction: None,
             durability,
             syncer,
             notifier,
@@ -213,6 +252,8 @@ impl Writer {
         let mut staging = Staging::new(&self.db, self.projections, self.next_position, commit_seq, now);
         let mut replies = Vec::with_capacity(batch.len());
         let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
+        // A compaction step's reply and whether its copy is complete.
+        let mut compacting: Option<(CompactReply, Result<bool, StoreError>)> = None;
 
         // IMPORTANT: build steps run before this batch's appends. A step
         // links everything below the committed head; if it completes, the
@@ -238,6 +279,30 @@ impl Writer {
                 Command::Delete { stream, expected, hard, reply } => {
                     let result = staging.delete(&stream, expected, hard);
                     replies.push(Reply::Unit(reply, result));
+                }
+                Command::Scavenge { cursor, reply } => {
+                    let result = scavenge::step(&mut staging, &cursor);
+                    replies.push(Reply::Scavenge(reply, result));
+                }
+                Command::Compact { reply } => {
+                    if self.compaction.is_none() {
+                        match Compaction::begin(
+                            &self.files.data_dir,
+                            &self.files.generation,
+                            self.files.cache_capacity,
+                        ) {
+                            Ok(compaction) => self.compaction = Some(compaction),
+                            Err(error) => {
+                                drop(reply.send(Err(error)));
+                                continue;
+                            }
+                        }
+                    }
+                    let copied = match self.compaction.as_mut() {
+                        Some(compaction) => compaction.copy_step(staging.db()),
+                        None => Ok(false),
+                    };
+                    compacting = Some((reply, copied));
                 }
                 Command::Close { reply } => close = Some(reply),
             }
@@ -272,6 +337,33 @@ impl Writer {
         for reply in replies {
             reply.send();
         }
+        if let Some((reply, copied)) = compacting {
+            // IMPORTANT: only now, with this batch applied to both
+            // generations, is the copy complete.
+            let result = match (copied, flow) {
+                (_, Flow::Stop) => Err(StoreError::Unavailable),
+                (Ok(true), Flow::Continue) => match self.finish_compaction() {
+                    Ok(Ok((retired, copied))) => Ok(CompactProgress { copied, retired: Some(retired) }),
+                    Ok(Err(error)) => Err(error),
+                    Err(Fatal(error)) => {
+                        tracing::error!(%error, "switching to the compacted store failed; refusing further writes");
+                        flow = Flow::Stop;
+                        Err(error)
+                    }
+                },
+                (Ok(false), Flow::Continue) => Ok(CompactProgress {
+                    copied: self.compaction.as_ref().map_or(0, |c| c.copied),
+                    retired: None,
+                }),
+                (Err(error), Flow::Continue) => {
+                    if let Some(compaction) = self.compaction.take() {
+                        compaction.abandon(&error);
+                    }
+                    Err(error)
+                }
+            };
+            drop(reply.send(result));
+        }
         if let Some(reply) = close {
             let result = self.flush_all();
             drop(reply.send(result));
@@ -281,7 +373,15 @@ impl Writer {
     }
 
     fn write(&mut self, batch: sled::Batch) -> Result<(), StoreError> {
+        let shadow = self.compaction.is_some().then(|| batch.clone());
         self.db.apply_batch(batch)?;
+        if let Some(shadow) = shadow {
+            if let Some(Err(error)) = self.compaction.as_ref().map(|c| c.db.apply_batch(shadow)) {
+                if let Some(compaction) = self.compaction.take() {
+                    compaction.abandon(&error.into());
+                }
+            }
+        }
         match self.durability {
             Durability::Fsync => {
                 self.db.flush()?;
@@ -297,6 +397,41 @@ impl Writer {
         Ok(())
     }
 
+    /// Makes the fully copied new generation durable, switches `CURRENT` to
+    /// it and gives readers its handle. A failure before the switch abandons
+    /// the compaction (the inner error; the old generation stays current). A
+    /// failure of the switch itself is fatal (the outer error), because what
+    /// `CURRENT` says on disk is then unknown.
+    fn finish_compaction(&mut self) -> Result<Result<(Retired, u64), StoreError>, Fatal> {
+        let Some(compaction) = self.compaction.take() else {
+            return Ok(Err(StoreError::Invalid("no compaction is running".into())));
+        };
+        let synced =
+            compaction.db.flush().map_err(StoreError::from).and_then(|_| FileSyncer::open(&compaction.dir));
+        let syncer = match synced {
+            Ok(syncer) => syncer,
+            Err(error) => {
+                compaction.abandon(&error);
+                return Ok(Err(error));
+            }
+        };
+        generation::switch(&self.files.data_dir, &compaction.name()).map_err(Fatal)?;
+        let copied = compaction.copied;
+        let old_db = std::mem::replace(&mut self.db, compaction.db.clone());
+        let old_cell_db = self.files.cell.get();
+        self.files.cell.replace(compaction.db);
+        if self.syncer.is_some() {
+            self.syncer = Some(syncer);
+        }
+        let old_dir = std::mem::replace(&mut self.files.generation, compaction.dir);
+        tracing::info!(
+            generation = %self.files.generation.display(),
+            keys = copied,
+            "compaction switched to the new generation"
+        );
+        Ok(Ok((Retired { dir: old_dir, handles: vec![old_db, old_cell_db] }, copied)))
+    }
+
     fn flush_all(&mut self) -> Result<(), StoreError> {
         self.db.flush()?;
         if let Some(syncer) = self.syncer.as_mut() {
@@ -306,10 +441,14 @@ impl Writer {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Flow {
     Continue,
     Stop,
 }
+
+/// An error after which the writer must stop.
+struct Fatal(StoreError);
 
 fn refuse(command: Command) {
     match command {
@@ -318,14 +457,9 @@ fn refuse(command: Command) {
             drop(reply.send(Err(StoreError::Unavailable)))
         }
         Command::BuildProjection { reply, .. } => drop(reply.send(Err(StoreError::Unavailable))),
+        Command::Scavenge { reply, .. } => drop(reply.send(Err(StoreError::Unavailable))),
+        Command::Compact { reply } => drop(reply.send(Err(StoreError::Unavailable))),
     }
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The writes of one batch, and the state they produce, before they commit.

@@ -1,0 +1,190 @@
+//! `/streams/{stream}/metadata`: a stream's metadata document, and the
+//! metadata stream `$${stream}` it is kept in, readable as a feed.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::AppState;
+use super::base_url::RequestUrls;
+use super::caching::{Caching, header_value, respond};
+use super::error::HttpError;
+use super::events_body::{EventsFormat, parse_events};
+use super::negotiate::{self, ATOM_JSON, ATOM_XML, EVENTS_JSON, HTML, JSON};
+use super::params::{self, Query, ReadQuery, Segments};
+use super::streams::{PAGE_TYPES, read_body, read_error, read_page, single_event};
+use crate::feed::{Freshness, PageRequest, PageStart};
+use crate::store::metadata::{self, METADATA_EVENT_TYPE, metadata_stream};
+use crate::store::{Append, Direction, ProposedEvent, StoreError, StreamRead, StreamSettings};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/streams/{stream}/metadata", get(read_metadata).post(write_metadata))
+        .route("/streams/{stream}/metadata/{event}", get(metadata_event))
+        .route("/streams/{stream}/metadata/{event}/{count}", get(backward_page))
+        .route("/streams/{stream}/metadata/{event}/backward/{count}", get(backward_page))
+        .route("/streams/{stream}/metadata/{event}/forward/{count}", get(forward_page))
+}
+
+/// What `GET /streams/{s}/metadata` offers: the document itself as JSON,
+/// or the latest metadata event as an entry.
+const METADATA_TYPES: &[&str] = &[JSON, ATOM_JSON, ATOM_XML, HTML];
+
+/// The stream whose metadata this is, checked.
+fn described(stream: &str) -> Result<(), HttpError> {
+    params::stream_name(stream)?;
+    if stream.starts_with("$$") {
+        return Err(HttpError::bad_request("Metadata streams have no metadata of their own."));
+    }
+    Ok(())
+}
+
+/// `GET /streams/{s}/metadata`: `application/json` gives the latest
+/// metadata document (`{}` when none was written); the Atom types give the
+/// latest `$metadata` event as an entry.
+async fn read_metadata(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+    Segments((stream,)): Segments<(String,)>,
+    Query(query): Query<ReadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    described(&stream)?;
+    if state.store.stream_state(&stream).await?.is_some_and(|s| s.tombstoned) {
+        return Err(read_error(StoreError::StreamDeleted));
+    }
+    let media = negotiate::choose(&headers, query.format.as_deref(), METADATA_TYPES)?;
+    let meta_stream = metadata_stream(&stream);
+    if media != JSON {
+        let resolve = false;
+        return single_event(&state, &urls, &meta_stream, PageStart::Head, resolve, &headers, media).await;
+    }
+    let read = StreamRead {
+        stream: meta_stream,
+        from: None,
+        direction: Direction::Backward,
+        count: 1,
+        resolve_links: false,
+    };
+    let (version, document) = match state.store.read_stream(read).await {
+        Ok(mut slice) => match slice.events.pop() {
+            Some(latest) => (slice.view.last_number.to_string(), latest.event.data),
+            None => (slice.view.last_number.to_string(), Bytes::from_static(b"{}")),
+        },
+        Err(StoreError::StreamNotFound) => ("-1".to_owned(), Bytes::from_static(b"{}")),
+        Err(error) => return Err(read_error(error)),
+    };
+    let freshness = Freshness::Live { version };
+    let caching = Caching { freshness: &freshness, settings: &StreamSettings::default() };
+    Ok(respond(&headers, &caching, JSON, |_| document.to_vec()))
+}
+
+/// `POST /streams/{s}/metadata`: the raw JSON object (id from `ES-EventId`,
+/// or generated — v5 would answer 400) or an events array of `$metadata`
+/// events. Validated before it is written: a 400 names the bad key.
+async fn write_metadata(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+    Segments((stream,)): Segments<(String,)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    described(&stream)?;
+    let expected = params::expected_version(&headers)?;
+    let content_type = negotiate::content_type(&headers);
+    let bytes = read_body(body, state.limits.max_request_bytes.min(state.limits.max_event_bytes)).await?;
+    let wrong_type =
+        || HttpError::bad_request("Bad Request. You should not include an event type for metadata.");
+    let events = match content_type.as_deref() {
+        Some(JSON) => {
+            if params::event_type(&headers).is_some_and(|event_type| event_type != METADATA_EVENT_TYPE) {
+                return Err(wrong_type());
+            }
+            let id = params::event_id(&headers)?.unwrap_or_else(Uuid::new_v4);
+            vec![ProposedEvent {
+                id,
+                event_type: METADATA_EVENT_TYPE.to_owned(),
+                is_json: true,
+                data: bytes,
+                metadata_is_json: false,
+                metadata: Bytes::new(),
+            }]
+        }
+        Some(EVENTS_JSON) => {
+            let events = parse_events(EventsFormat::Json, &bytes)?;
+            if events.iter().any(|event| event.event_type != METADATA_EVENT_TYPE) {
+                return Err(wrong_type());
+            }
+            events
+        }
+        _ => return Err(HttpError::unsupported_media_type(&[JSON, EVENTS_JSON])),
+    };
+    for event in &events {
+        metadata::parse(&event.data).map_err(|invalid| HttpError::bad_request(invalid.to_string()))?;
+    }
+    if state.store.stream_state(&stream).await?.is_some_and(|s| s.tombstoned) {
+        return Err(StoreError::StreamDeleted.into());
+    }
+    let meta_stream = metadata_stream(&stream);
+    let outcome = state.store.append(Append { stream: meta_stream.clone(), expected, events }).await?;
+    let mut response = StatusCode::CREATED.into_response();
+    response
+        .headers_mut()
+        .insert(header::LOCATION, header_value(&urls.event(&meta_stream, outcome.first_number)));
+    Ok(response)
+}
+
+/// `GET /streams/{s}/metadata/{n}` (or `head`): one metadata event.
+async fn metadata_event(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+    Segments((stream, event)): Segments<(String, String)>,
+    Query(query): Query<ReadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    described(&stream)?;
+    let start = params::page_start(&event)?;
+    let media = negotiate::choose(&headers, query.format.as_deref(), negotiate::EVENT_TYPES)?;
+    single_event(&state, &urls, &metadata_stream(&stream), start, false, &headers, media).await
+}
+
+async fn backward_page(
+    state: State<AppState>,
+    urls: RequestUrls,
+    segments: Segments<(String, String, String)>,
+    query: Query<ReadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    page(state, urls, segments, query, headers, Direction::Backward).await
+}
+
+async fn forward_page(
+    state: State<AppState>,
+    urls: RequestUrls,
+    segments: Segments<(String, String, String)>,
+    query: Query<ReadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    page(state, urls, segments, query, headers, Direction::Forward).await
+}
+
+/// A page of the metadata stream, like any stream's (long-poll included).
+async fn page(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+    Segments((stream, start, count)): Segments<(String, String, String)>,
+    Query(query): Query<ReadQuery>,
+    headers: HeaderMap,
+    direction: Direction,
+) -> Result<Response, HttpError> {
+    described(&stream)?;
+    let request =
+        PageRequest { start: params::page_start(&start)?, direction, count: params::count(&count)? };
+    let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
+    read_page(&state, &urls, &metadata_stream(&stream), request, &query, &headers, media).await
+}

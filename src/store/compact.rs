@@ -1,0 +1,97 @@
+//! Compaction: rewriting the live data into a new generation (see
+//! [`super::generation`]) while the store keeps serving.
+//!
+//! The writer runs it. From the moment a compaction begins, every batch the
+//! writer applies is applied to the new generation too; between batches it
+//! copies the old generation over in key order, a bounded number of keys per
+//! step. Copy steps and batches are both serialised in the writer, so a key
+//! copied early and changed later is changed in both, a key removed before
+//! it is reached is never copied, and when the copy reaches the end the new
+//! generation is an exact replica. The writer then makes it durable,
+//! switches `CURRENT` to it and hands readers the new handle; the old
+//! generation is dropped and deleted by the caller.
+
+use std::ops::Bound;
+use std::path::PathBuf;
+
+use super::{StoreError, generation};
+
+/// Keys copied per step: a few milliseconds of writer time.
+const COPY_STEP: usize = 5_000;
+
+/// A compaction in progress.
+#[derive(Debug)]
+pub(crate) struct Compaction {
+    /// The new generation, written to alongside the current one.
+    pub db: sled::Db,
+    pub dir: PathBuf,
+    /// The last key copied; the next step starts after it.
+    after: Option<sled::IVec>,
+    pub copied: u64,
+}
+
+/// What one step did.
+#[derive(Debug)]
+pub(crate) struct CompactProgress {
+    pub copied: u64,
+    /// Once switched: the old generation, for the caller to drop (its last
+    /// handles are here, so sled's shutdown work happens off the writer
+    /// thread) and then delete.
+    pub retired: Option<Retired>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Retired {
+    pub dir: PathBuf,
+    pub handles: Vec<sled::Db>,
+}
+
+impl Compaction {
+    /// Opens an empty new generation beside `current`.
+    pub fn begin(
+        data_dir: &std::path::Path,
+        current: &std::path::Path,
+        cache_capacity: u64,
+    ) -> Result<Self, StoreError> {
+        let dir = generation::next(data_dir, current)?;
+        let db =
+            sled::Config::new().path(&dir).cache_capacity(cache_capacity).flush_every_ms(Some(500)).open()?;
+        tracing::info!(generation = %dir.display(), "compaction started");
+        Ok(Self { db, dir, after: None, copied: 0 })
+    }
+
+    /// Copies the next keys of `from`; `true` when everything is copied.
+    pub fn copy_step(&mut self, from: &sled::Db) -> Result<bool, StoreError> {
+        let start = match &self.after {
+            Some(key) => Bound::Excluded(key.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut batch = sled::Batch::default();
+        let mut count = 0;
+        for item in from.range::<sled::IVec, _>((start, Bound::Unbounded)).take(COPY_STEP) {
+            let (key, value) = item?;
+            batch.insert(key.clone(), value);
+            self.after = Some(key);
+            count += 1;
+        }
+        self.db.apply_batch(batch)?;
+        self.copied += count as u64;
+        Ok(count < COPY_STEP)
+    }
+
+    /// The generation's directory name, for `CURRENT`.
+    pub fn name(&self) -> String {
+        self.dir.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_owned()
+    }
+
+    /// Gives up: the new generation is removed; the current one never
+    /// stopped being current.
+    pub fn abandon(self, why: &StoreError) {
+        tracing::warn!(error = %why, "compaction abandoned");
+        let Self { db, dir, .. } = self;
+        drop(db);
+        if let Err(error) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(%error, dir = %dir.display(), "could not remove the abandoned generation");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The data directory's layout: the store lives in a generation directory
+//! (`store-0001/`, …) named by the `CURRENT` file, so that compaction can
+//! write a fresh copy beside it and switch to it atomically.
+//!
+//! sled is log-structured and never gives disk space back except when the
+//! last segments of its file happen to be free: deleting most of a store
+//! leaves the file as large as it was. Rewriting the live data into a new
+//! generation is the only way to shrink it (and also sheds sled's space
+//! amplification: a fresh copy is typically a fraction of the original).
+//!
+//! Switching is crash-safe: `CURRENT` is replaced by writing a temporary
+//! file, fsyncing it, renaming it over `CURRENT` and fsyncing the directory.
+//! Before the rename the old generation is current, after it the new one;
+//! whichever is not current is removed at the next open.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use super::StoreError;
+
+const CURRENT: &str = "CURRENT";
+const PREFIX: &str = "store-";
+
+/// The sled database readers use. Compaction swaps it for the new
+/// generation; every read takes a handle at its start and keeps it.
+#[derive(Debug, Clone)]
+pub(crate) struct DbCell(Arc<RwLock<sled::Db>>);
+
+impl DbCell {
+    pub fn new(db: sled::Db) -> Self {
+        Self(Arc::new(RwLock::new(db)))
+    }
+
+    pub fn get(&self) -> sled::Db {
+        // A panic while holding this lock cannot leave a half-swapped handle.
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn replace(&self, db: sled::Db) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = db;
+    }
+}
+
+fn io(what: &str, path: &Path, error: std::io::Error) -> StoreError {
+    StoreError::Io(format!("{what} {}: {error}", path.display()))
+}
+
+/// The directory of the current generation, creating the first one in an
+/// empty data directory, and removing any other generation (left by an
+/// interrupted compaction, or by one that finished).
+pub(crate) fn current(data_dir: &Path) -> Result<PathBuf, StoreError> {
+    fs::create_dir_all(data_dir).map_err(|e| io("cannot create", data_dir, e))?;
+    let current_file = data_dir.join(CURRENT);
+    let name = match fs::read_to_string(&current_file) {
+        Ok(text) => text.trim().to_owned(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let first = format!("{PREFIX}0001");
+            switch(data_dir, &first)?;
+            first
+        }
+        Err(error) => return Err(io("cannot read", &current_file, error)),
+    };
+    if !name.starts_with(PREFIX) || name.contains('/') {
+        return Err(StoreError::Corrupt(format!(
+            "{} names '{name}', not a generation",
+            current_file.display()
+        )));
+    }
+    remove_others(data_dir, &name);
+    Ok(data_dir.join(name))
+}
+
+/// A new, empty generation directory beside `current` (not yet current).
+pub(crate) fn next(data_dir: &Path, current: &Path) -> Result<PathBuf, StoreError> {
+    let number = current
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.strip_prefix(PREFIX))
+        .and_then(|number| number.parse::<u32>().ok())
+        .unwrap_or(0);
+    let next = data_dir.join(format!("{PREFIX}{:04}", number + 1));
+    if next.exists() {
+        fs::remove_dir_all(&next).map_err(|e| io("cannot clear", &next, e))?;
+    }
+    fs::create_dir_all(&next).map_err(|e| io("cannot create", &next, e))?;
+    Ok(next)
+}
+
+/// Makes generation `name` current, durably and atomically.
+pub(crate) fn switch(data_dir: &Path, name: &str) -> Result<(), StoreError> {
+    let temporary = data_dir.join(format!("{CURRENT}.tmp"));
+    let mut file = File::create(&temporary).map_err(|e| io("cannot write", &temporary, e))?;
+    file.write_all(format!("{name}\n").as_bytes()).map_err(|e| io("cannot write", &temporary, e))?;
+    file.sync_all().map_err(|e| io("cannot sync", &temporary, e))?;
+    fs::rename(&temporary, data_dir.join(CURRENT)).map_err(|e| io("cannot rename", &temporary, e))?;
+    File::open(data_dir).and_then(|dir| dir.sync_all()).map_err(|e| io("cannot sync", data_dir, e))
+}
+
+/// Removes every generation but `keep`. Failures are logged, not fatal:
+/// a leftover directory costs space, not correctness.
+pub(crate) fn remove_others(data_dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(data_dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(PREFIX) && name != keep && entry.path().is_dir() {
+            match fs::remove_dir_all(entry.path()) {
+                Ok(()) => tracing::info!(generation = name, "removed an old store generation"),
+                Err(error) => {
+                    tracing::warn!(generation = name, %error, "could not remove an old store generation")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_generation_is_created_and_others_are_removed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = current(dir.path()).expect("current");
+        assert!(first.ends_with("store-0001"));
+        let second = next(dir.path(), &first).expect("next");
+        assert!(second.ends_with("store-0002"));
+        // Not switched: reopening keeps the first and removes the second.
+        assert_eq!(current(dir.path()).expect("current"), first);
+        assert!(!second.exists());
+        let second = next(dir.path(), &first).expect("next");
+        switch(dir.path(), "store-0002").expect("switch");
+        assert_eq!(current(dir.path()).expect("current"), second);
+        assert!(!first.exists());
+    }
+}

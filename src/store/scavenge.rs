@@ -1,0 +1,340 @@
+//! Scavenging: reclaiming the space of events no read can see any more —
+//! events beyond `$maxCount`, older than `$maxAge`, before `$tb`, and the
+//! events of soft- and hard-deleted streams — and of their index entries.
+//!
+//! A scavenge walks every stream in key order, in steps run inside the
+//! writer. Each step decides visibility from the current state with the
+//! same function reads use ([`super::visibility::first_visible`]) and
+//! removes a bounded number of invisible index entries and log records as
+//! one atomic batch. So:
+//! - it never removes an event a read can still see, even if metadata
+//!   changes while it runs (steps are serialised with appends);
+//! - it can be killed at any point: every step is all or nothing, and what
+//!   is left is simply found again by the next scavenge;
+//! - appends are held up for one bounded step at a time, never for the
+//!   whole scavenge.
+//!
+//! Kept on purpose: stream states (a tombstone must stay so the name stays
+//! dead; a soft-deleted stream's numbering continues) and the event-id index
+//! (an event id is spent forever, so idempotency stays permanent).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::codec::{self, IndexEntry};
+use super::writer::Staging;
+use super::{StoreError, keys, visibility};
+
+/// The most keys one step removes.
+const STEP_REMOVALS: usize = 20_000;
+/// The most streams one step examines (each costs a state read, and with
+/// `$maxAge` a binary search).
+const STEP_STREAMS: usize = 5_000;
+
+/// Where a scavenge has got to: the stream it is in (or will start after)
+/// and the first event number of it not yet examined.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub stream: Option<String>,
+    pub next_number: u64,
+}
+
+/// What one step did, and where the next starts (`None`: finished).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StepOutcome {
+    pub next: Option<Cursor>,
+    pub streams: u64,
+    pub events_removed: u64,
+    pub links_removed: u64,
+}
+
+/// The status of a scavenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ScavengeStatus {
+    Running,
+    Completed,
+    Failed,
+    /// The server stopped (or died) while it ran; nothing readable was lost,
+    /// and the next scavenge picks up what it left.
+    Interrupted,
+}
+
+/// A scavenge's progress and result, kept in the store so it can be
+/// looked up after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScavengeReport {
+    pub scavenge_id: Uuid,
+    pub status: ScavengeStatus,
+    /// Microseconds since the Unix epoch.
+    pub started_micros: i64,
+    pub finished_micros: Option<i64>,
+    pub streams_scanned: u64,
+    pub events_removed: u64,
+    pub links_removed: u64,
+    /// Keys copied into the compacted generation.
+    #[serde(default)]
+    pub keys_copied: u64,
+    /// Bytes in the data directory when it started and when it finished.
+    pub bytes_before: u64,
+    pub bytes_after: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// What asking for a scavenge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScavengeStarted {
+    Started(Uuid),
+    AlreadyRunning(Uuid),
+}
+
+/// Runs one step from `cursor`, inside the writer's batch.
+pub(crate) fn step(staging: &mut Staging<'_>, cursor: &Cursor) -> Result<StepOutcome, StoreError> {
+    let now = visibility::now_micros();
+    let mut outcome = StepOutcome::default();
+    let mut removals = 0usize;
+    let start = match &cursor.stream {
+        Some(stream) => keys::stream(stream),
+        None => vec![keys::STREAM],
+    };
+    let streams: Vec<sled::IVec> = staging
+        .db()
+        .range(start..)
+        .keys()
+        .take_while(|key| key.as_ref().map_or(true, |key| key.first() == Some(&keys::STREAM)))
+        .take(STEP_STREAMS)
+        .collect::<Result<_, _>>()?;
+    let examined_all = streams.len() < STEP_STREAMS;
+
+    for key in &streams {
+        let Some(stream) = keys::stream_name(key) else { continue };
+        let from = match &cursor.stream {
+            Some(current) if current == stream => cursor.next_number,
+            _ => 0,
+        };
+        outcome.streams += 1;
+        let state = staging.state(stream)?;
+        let first_visible = visibility::first_visible(staging.db(), stream, &state, now)?;
+        if first_visible <= from {
+            continue;
+        }
+        let range = keys::stream_index(stream, from)..keys::stream_index(stream, first_visible);
+        let entries: Vec<(sled::IVec, sled::IVec)> =
+            staging.db().range(range).take(STEP_REMOVALS - removals).collect::<Result<_, _>>()?;
+        for (index_key, value) in entries {
+            match codec::decode_index_entry(&value)? {
+                IndexEntry::Event(position) => {
+                    staging.remove(&keys::log(position)[..]);
+                    outcome.events_removed += 1;
+                    removals += 1;
+                }
+                IndexEntry::Link { .. } => outcome.links_removed += 1,
+            }
+            let number = keys::stream_index_number(&index_key);
+            staging.remove(index_key);
+            removals += 1;
+            if removals >= STEP_REMOVALS {
+                let next_number = number.map_or(first_visible, |n| n + 1);
+                outcome.next = Some(Cursor { stream: Some(stream.to_owned()), next_number });
+                return Ok(outcome);
+            }
+        }
+    }
+    if !examined_all {
+        // Resume after the last stream examined (its name plus a NUL sorts
+        // right after it and before any longer name).
+        let last = streams.last().and_then(|key| keys::stream_name(key)).map(|name| format!("{name}\0"));
+        outcome.next = Some(Cursor { stream: last, next_number: 0 });
+    }
+    Ok(outcome)
+}
+
+/// The bytes of every file under `path`.
+pub(crate) fn directory_bytes(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(metadata) if metadata.is_dir() => directory_bytes(&entry.path()),
+            Ok(metadata) => metadata.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Everything the background scavenge needs, detached from the store.
+#[derive(Debug, Clone)]
+pub(crate) struct Scavenger {
+    /// Reports are kept in the store; through the cell, so they follow a
+    /// compaction to the new generation.
+    pub db: super::generation::DbCell,
+    pub path: std::path::PathBuf,
+    pub commands: tokio::sync::mpsc::Sender<super::writer::Command>,
+    /// The scavenge running now, if any.
+    pub running: std::sync::Arc<std::sync::Mutex<Option<Uuid>>>,
+}
+
+/// How often a running scavenge saves its report.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Scavenger {
+    /// Marks scavenges that were running when the server last stopped as
+    /// interrupted (a few small records, read once at open).
+    pub fn mark_interrupted(db: &sled::Db) -> Result<(), StoreError> {
+        for item in db.scan_prefix([keys::SCAVENGE]) {
+            let (key, value) = item?;
+            if let Ok(mut report) = serde_json::from_slice::<ScavengeReport>(&value) {
+                if report.status == ScavengeStatus::Running {
+                    report.status = ScavengeStatus::Interrupted;
+                    db.insert(key, encode(&report))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn start(&self) -> Result<ScavengeStarted, StoreError> {
+        let mut running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(id) = *running {
+            return Ok(ScavengeStarted::AlreadyRunning(id));
+        }
+        let id = Uuid::new_v4();
+        let report = ScavengeReport {
+            scavenge_id: id,
+            status: ScavengeStatus::Running,
+            started_micros: visibility::now_micros(),
+            finished_micros: None,
+            streams_scanned: 0,
+            events_removed: 0,
+            links_removed: 0,
+            keys_copied: 0,
+            bytes_before: directory_bytes(&self.path),
+            bytes_after: None,
+            error: None,
+        };
+        self.save(&report)?;
+        *running = Some(id);
+        drop(running);
+        tracing::info!(scavenge_id = %id, bytes = report.bytes_before, "scavenge started");
+        let scavenger = self.clone();
+        tokio::spawn(async move { scavenger.run(report).await });
+        Ok(ScavengeStarted::Started(id))
+    }
+
+    pub fn report(&self, id: &Uuid) -> Result<Option<ScavengeReport>, StoreError> {
+        match self.db.get().get(keys::scavenge(id))? {
+            Some(value) => serde_json::from_slice(&value)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("scavenge report: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn save(&self, report: &ScavengeReport) -> Result<(), StoreError> {
+        self.db.get().insert(keys::scavenge(&report.scavenge_id), encode(report))?;
+        Ok(())
+    }
+
+    async fn run(self, mut report: ScavengeReport) {
+        let mut cursor = Cursor::default();
+        let mut last_saved = std::time::Instant::now();
+        let status = loop {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let command = super::writer::Command::Scavenge { cursor: cursor.clone(), reply };
+            if self.commands.send(command).await.is_err() {
+                break ScavengeStatus::Interrupted;
+            }
+            match answer.await {
+                Ok(Ok(step)) => {
+                    report.streams_scanned += step.streams;
+                    report.events_removed += step.events_removed;
+                    report.links_removed += step.links_removed;
+                    match step.next {
+                        Some(next) => cursor = next,
+                        None => break ScavengeStatus::Completed,
+                    }
+                    if last_saved.elapsed() >= REPORT_EVERY {
+                        let _ = self.save(&report);
+                        last_saved = std::time::Instant::now();
+                    }
+                }
+                Ok(Err(StoreError::Unavailable)) | Err(_) => break ScavengeStatus::Interrupted,
+                Ok(Err(error)) => {
+                    report.error = Some(error.to_string());
+                    break ScavengeStatus::Failed;
+                }
+            }
+        };
+        let status = match status {
+            ScavengeStatus::Completed => match self.compact(&mut report).await {
+                Ok(()) => ScavengeStatus::Completed,
+                Err(StoreError::Unavailable) => ScavengeStatus::Interrupted,
+                Err(error) => {
+                    report.error = Some(format!("compaction: {error}"));
+                    ScavengeStatus::Failed
+                }
+            },
+            other => other,
+        };
+        report.status = status;
+        report.finished_micros = Some(visibility::now_micros());
+        report.bytes_after = Some(directory_bytes(&self.path));
+        if let Err(error) = self.save(&report) {
+            tracing::warn!(%error, "could not save the scavenge report");
+        }
+        tracing::info!(
+            scavenge_id = %report.scavenge_id,
+            status = ?report.status,
+            events_removed = report.events_removed,
+            bytes_before = report.bytes_before,
+            bytes_after = report.bytes_after,
+            "scavenge finished"
+        );
+        *self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+}
+
+impl Scavenger {
+    /// Rewrites the store into a new generation (see [`super::compact`]):
+    /// the step that returns the space the scavenge freed, since sled never
+    /// shrinks its files.
+    async fn compact(&self, report: &mut ScavengeReport) -> Result<(), StoreError> {
+        let mut last_saved = std::time::Instant::now();
+        loop {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.commands
+                .send(super::writer::Command::Compact { reply })
+                .await
+                .map_err(|_| StoreError::Unavailable)?;
+            let progress = answer.await.map_err(|_| StoreError::Unavailable)??;
+            report.keys_copied = progress.copied;
+            if let Some(retired) = progress.retired {
+                // Readers that took the old handle just before the switch
+                // finish within milliseconds; give them ample time, then let
+                // sled shut the old generation down and delete it.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let removed = tokio::task::spawn_blocking(move || {
+                    drop(retired.handles);
+                    std::fs::remove_dir_all(&retired.dir)
+                })
+                .await;
+                if !matches!(removed, Ok(Ok(()))) {
+                    tracing::warn!(
+                        ?removed,
+                        "could not remove the old generation; it goes at the next start"
+                    );
+                }
+                return Ok(());
+            }
+            if last_saved.elapsed() >= REPORT_EVERY {
+                let _ = self.save(report);
+                last_saved = std::time::Instant::now();
+            }
+        }
+    }
+}
+
+fn encode(report: &ScavengeReport) -> Vec<u8> {
+    serde_json::to_vec(report).unwrap_or_default()
+}

@@ -1,0 +1,277 @@
+//! Scavenging: space comes back, nothing readable goes, and a kill at any
+//! moment is harmless.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{ATOM_JSON, BinaryServer, TestServer, client, event};
+use eventfeed::store::{
+    Append, Durability, ExpectedVersion, ProposedEvent, SledStore, SledStoreOptions, Store,
+};
+use reqwest::Client;
+use serde_json::{Value, json};
+
+const STREAMS: usize = 1000;
+const PER_STREAM: usize = 1000;
+const KEPT: usize = 100;
+
+fn proposed(event_type: &str, data: Vec<u8>) -> ProposedEvent {
+    ProposedEvent {
+        id: uuid::Uuid::new_v4(),
+        event_type: event_type.to_owned(),
+        is_json: true,
+        data: Bytes::from(data),
+        metadata_is_json: false,
+        metadata: Bytes::new(),
+    }
+}
+
+/// 1,000 streams of 1,000 events, each stream keeping only its newest 100
+/// (`$maxCount`): 1,000,000 events of which 90 % have expired. Written
+/// through the store API, which is what the server itself calls.
+async fn fill(data_dir: &Path) {
+    let mut options = SledStoreOptions::new(data_dir);
+    options.durability = Durability::None;
+    let store = Arc::new(SledStore::open(options).unwrap());
+    let mut writers = Vec::new();
+    for writer in 0..16 {
+        let store = Arc::clone(&store);
+        writers.push(tokio::spawn(async move {
+            for stream in (writer..STREAMS).step_by(16) {
+                for batch in 0..PER_STREAM / 100 {
+                    let events = (0..100)
+                        .map(|i| proposed("Filled", format!(r#"{{"n":{}}}"#, batch * 100 + i).into_bytes()))
+                        .collect();
+                    let append =
+                        Append { stream: format!("fill-{stream}"), expected: ExpectedVersion::Any, events };
+                    store.append(append).await.unwrap();
+                }
+                let metadata = proposed("$metadata", format!(r#"{{"$maxCount":{KEPT}}}"#).into_bytes());
+                let append = Append {
+                    stream: format!("$$fill-{stream}"),
+                    expected: ExpectedVersion::Any,
+                    events: vec![metadata],
+                };
+                store.append(append).await.unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    store.close().await.unwrap();
+}
+
+/// Every still-readable event, as the exact bytes of each stream's page.
+async fn readable_pages(client: &Client, base: &str) -> Vec<Bytes> {
+    let mut pages = Vec::with_capacity(STREAMS);
+    for stream in 0..STREAMS {
+        let url = format!("{base}/streams/fill-{stream}/{}/forward/{KEPT}?embed=body", PER_STREAM - KEPT);
+        let response = client
+            .get(&url)
+            .header("accept", ATOM_JSON)
+            .header("host", "eventfeed.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        pages.push(response.bytes().await.unwrap());
+    }
+    pages
+}
+
+async fn start_scavenge(client: &Client, base: &str) -> String {
+    let response = client.post(format!("{base}/admin/scavenge")).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    body["scavengeId"].as_str().unwrap().to_owned()
+}
+
+async fn report(client: &Client, base: &str, id: &str) -> Value {
+    client.get(format!("{base}/admin/scavenge/{id}")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Polls a scavenge's report until `until` holds (at most ten minutes).
+async fn wait_for(client: &Client, base: &str, id: &str, until: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let report = report(client, base, id).await;
+        if until(&report) {
+            return report;
+        }
+        assert!(Instant::now() < deadline, "scavenge did not get there: {report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn directory_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|entry| {
+            let metadata = entry.metadata().unwrap();
+            if metadata.is_dir() { directory_bytes(&entry.path()) } else { metadata.len() }
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_events_ninety_percent_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    fill(&data_dir).await;
+    let bytes_filled = directory_bytes(&data_dir);
+    let client = client();
+
+    let mut server = BinaryServer::start(&data_dir, &[]);
+    let expected = readable_pages(&client, &server.base).await;
+
+    // Killed while it removes events.
+    let id = start_scavenge(&client, &server.base).await;
+    wait_for(&client, &server.base, &id, |r| r["eventsRemoved"].as_u64().unwrap() > 0).await;
+    server.kill9();
+    let mut server = BinaryServer::start(&data_dir, &[]);
+    assert_eq!(
+        readable_pages(&client, &server.base).await,
+        expected,
+        "nothing readable lost (killed scavenging)"
+    );
+    assert_eq!(report(&client, &server.base, &id).await["status"], "interrupted");
+
+    // Killed while it copies the store into a new generation.
+    let id = start_scavenge(&client, &server.base).await;
+    wait_for(&client, &server.base, &id, |r| r["keysCopied"].as_u64().unwrap() > 0).await;
+    server.kill9();
+    let server = BinaryServer::start(&data_dir, &[]);
+    assert_eq!(
+        readable_pages(&client, &server.base).await,
+        expected,
+        "nothing readable lost (killed compacting)"
+    );
+    let generations =
+        std::fs::read_dir(&data_dir).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
+    assert_eq!(generations, 1, "the half-written generation is removed at start-up");
+
+    // A whole scavenge.
+    let id = start_scavenge(&client, &server.base).await;
+    let done = wait_for(&client, &server.base, &id, |r| r["status"] != "running").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let before = done["bytesBefore"].as_u64().unwrap();
+    let after = done["bytesAfter"].as_u64().unwrap();
+    println!("data directory: {bytes_filled} bytes filled, {before} before the last scavenge, {after} after");
+    assert!(after < before / 2, "the data directory shrinks ({before} → {after} bytes)");
+    assert!(directory_bytes(&data_dir) < bytes_filled / 2);
+    assert_eq!(
+        readable_pages(&client, &server.base).await,
+        expected,
+        "every readable event is byte-identical"
+    );
+    // Expired events are gone for good; the streams carry on.
+    let expired =
+        client.get(server.url("/streams/fill-3/5")).header("accept", ATOM_JSON).send().await.unwrap();
+    assert_eq!(expired.status(), 404);
+    drop(server);
+    let server = BinaryServer::start(&data_dir, &[]);
+    assert_eq!(
+        readable_pages(&client, &server.base).await,
+        expected,
+        "and after a restart on the new generation"
+    );
+}
+
+#[tokio::test]
+async fn deletions_survive_a_scavenge_and_the_store_keeps_serving() {
+    let server = Arc::new(TestServer::start().await);
+    server.append_n("keep", 5).await;
+    server.append_n("soft", 5).await;
+    server.append_n("hard", 5).await;
+    let expired_event = json!([event("T", json!({"old": true}))]);
+    server.post_events("expiring", &expired_event).await;
+    server.append_n("expiring", 3).await;
+    server
+        .client
+        .post(server.url("/streams/expiring/metadata"))
+        .header("content-type", "application/json")
+        .body(r#"{"$maxCount":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(server.client.delete(server.url("/streams/soft")).send().await.unwrap().status(), 204);
+    let hard = server
+        .client
+        .delete(server.url("/streams/hard"))
+        .header("es-harddelete", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hard.status(), 204);
+    let keep_before =
+        server.get("/streams/keep/0/forward/5?embed=body", ATOM_JSON).await.bytes().await.unwrap();
+
+    // Appends go on while it runs.
+    let appender = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                server.append_n("busy", 1).await;
+            }
+        })
+    };
+    let id = start_scavenge(&server.client, &server.base).await;
+    let second = server.client.post(server.url("/admin/scavenge")).send().await.unwrap();
+    assert_eq!(second.status(), 409, "one scavenge at a time");
+    assert!(second.headers()["location"].to_str().unwrap().ends_with(&id));
+    let done = wait_for(&server.client, &server.base, &id, |r| r["status"] != "running").await;
+    appender.await.unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["eventsRemoved"], 5 + 5 + 3, "soft, hard and expired events");
+
+    assert_eq!(
+        server.get("/streams/keep/0/forward/5?embed=body", ATOM_JSON).await.bytes().await.unwrap(),
+        keep_before
+    );
+    assert_eq!(server.get("/streams/hard", ATOM_JSON).await.status(), 410, "the tombstone stays");
+    assert_eq!(server.post_events("hard", &json!([event("T", json!({}))])).await.status(), 410);
+    let recreated = server.post_events("soft", &json!([event("T", json!({}))])).await;
+    assert_eq!(
+        recreated.headers()["location"],
+        server.url("/streams/soft/5").as_str(),
+        "numbering continues"
+    );
+    let busy: Value = server.get("/streams/busy", ATOM_JSON).await.json().await.unwrap();
+    assert_eq!(busy["entries"][0]["title"], "49@busy", "every append during the scavenge is there");
+    // The id of a scavenged event is still spent: a retry is idempotent.
+    let retry = server.post_events("expiring", &expired_event).await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["location"], server.url("/streams/expiring/0").as_str());
+}
+
+#[tokio::test]
+async fn scavenge_reports() {
+    let server = TestServer::start().await;
+    let unknown = server
+        .client
+        .get(server.url(&format!("/admin/scavenge/{}", uuid::Uuid::new_v4())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let bad = server.client.get(server.url("/admin/scavenge/nope")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let id = start_scavenge(&server.client, &server.base).await;
+    let done = wait_for(&server.client, &server.base, &id, |r| r["status"] != "running").await;
+    for field in
+        ["started", "finished", "streamsScanned", "eventsRemoved", "keysCopied", "bytesBefore", "bytesAfter"]
+    {
+        assert!(!done[field].is_null(), "{field} in {done}");
+    }
+    // Reports outlive the server.
+    let server = server.restart().await;
+    assert_eq!(report(&server.client, &server.base, &id).await["status"], "completed");
+}

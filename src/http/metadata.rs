@@ -17,8 +17,8 @@ use super::error::HttpError;
 use super::events_body::{EventsFormat, parse_events};
 use super::negotiate::{self, ATOM_JSON, ATOM_XML, EVENTS_JSON, HTML, JSON};
 use super::params::{self, Query, ReadQuery, Segments};
-use super::streams::{PAGE_TYPES, read_body, read_error, read_page, single_event};
-use crate::feed::{Freshness, PageRequest, PageStart};
+use super::streams::{PAGE_TYPES, page_request, read_body, read_error, read_page, single_event};
+use crate::feed::{Freshness, PageStart};
 use crate::store::metadata::{self, METADATA_EVENT_TYPE, metadata_stream};
 use crate::store::{Append, Direction, ProposedEvent, StoreError, StreamRead, StreamSettings};
 
@@ -27,8 +27,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/streams/{stream}/metadata", get(read_metadata).post(write_metadata))
         .route("/streams/{stream}/metadata/{event}", get(metadata_event))
         .route("/streams/{stream}/metadata/{event}/{count}", get(backward_page))
-        .route("/streams/{stream}/metadata/{event}/backward/{count}", get(backward_page))
-        .route("/streams/{stream}/metadata/{event}/forward/{count}", get(forward_page))
+        .route("/streams/{stream}/metadata/{event}/{direction}/{count}", get(directed_page))
 }
 
 /// What `GET /streams/{s}/metadata` offers: the document itself as JSON,
@@ -153,38 +152,39 @@ async fn metadata_event(
     single_event(&state, &urls, &metadata_stream(&stream), start, false, &headers, media).await
 }
 
+/// `/streams/{s}/metadata/{event}/{count}`: a backward page.
 async fn backward_page(
     state: State<AppState>,
     urls: RequestUrls,
-    segments: Segments<(String, String, String)>,
+    Segments((stream, start, count)): Segments<(String, String, String)>,
     query: Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    page(state, urls, segments, query, headers, Direction::Backward).await
+    page(state, urls, (stream, start, "backward".to_owned(), count), query, headers).await
 }
 
-async fn forward_page(
+/// `/streams/{s}/metadata/{event}/{backward|forward}/{count}`.
+async fn directed_page(
     state: State<AppState>,
     urls: RequestUrls,
-    segments: Segments<(String, String, String)>,
+    Segments(segments): Segments<(String, String, String, String)>,
     query: Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    page(state, urls, segments, query, headers, Direction::Forward).await
+    page(state, urls, segments, query, headers).await
 }
 
 /// A page of the metadata stream, like any stream's (long-poll included).
 async fn page(
     State(state): State<AppState>,
     RequestUrls(urls): RequestUrls,
-    Segments((stream, start, count)): Segments<(String, String, String)>,
+    (stream, start, direction, count): (String, String, String, String),
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
-    direction: Direction,
 ) -> Result<Response, HttpError> {
     described(&stream)?;
-    let request =
-        PageRequest { start: params::page_start(&start)?, direction, count: params::count(&count)? };
+    let meta_stream = metadata_stream(&stream);
+    let request = page_request(&meta_stream, &start, &direction, &count)?;
     let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
-    read_page(&state, &urls, &metadata_stream(&stream), request, &query, &headers, media).await
+    read_page(&state, &urls, &meta_stream, request, &query, &headers, media).await
 }

@@ -29,8 +29,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/streams/{stream}/incoming/{id}", post(append_incoming))
         .route("/streams/{stream}/{event}", get(event))
         .route("/streams/{stream}/{event}/{count}", get(backward_page))
-        .route("/streams/{stream}/{event}/backward/{count}", get(backward_page))
-        .route("/streams/{stream}/{event}/forward/{count}", get(forward_page))
+        .route("/streams/{stream}/{event}/{direction}/{count}", get(directed_page))
 }
 
 /// The types a page route offers (the stream route adds the description
@@ -60,6 +59,7 @@ async fn head_page(
     read_page(&state, &urls, &stream, request, &query, &headers, media).await
 }
 
+/// `/streams/{stream}/{event}/{count}`: v5's short form of a backward page.
 async fn backward_page(
     State(state): State<AppState>,
     RequestUrls(urls): RequestUrls,
@@ -67,39 +67,43 @@ async fn backward_page(
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    params::stream_name(&stream)?;
-    let request = PageRequest {
-        start: if stream == feed::ALL_STREAM {
-            all::page_start(&start)?
-        } else {
-            params::page_start(&start)?
-        },
-        direction: Direction::Backward,
-        count: params::count(&count)?,
-    };
+    let request = page_request(&stream, &start, "backward", &count)?;
     let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
     read_page(&state, &urls, &stream, request, &query, &headers, media).await
 }
 
-async fn forward_page(
+/// `/streams/{stream}/{event}/{backward|forward}/{count}`.
+async fn directed_page(
     State(state): State<AppState>,
     RequestUrls(urls): RequestUrls,
-    Segments((stream, start, count)): Segments<(String, String, String)>,
+    Segments((stream, start, direction, count)): Segments<(String, String, String, String)>,
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    params::stream_name(&stream)?;
-    let request = PageRequest {
-        start: if stream == feed::ALL_STREAM {
-            all::page_start(&start)?
-        } else {
-            params::page_start(&start)?
-        },
-        direction: Direction::Forward,
-        count: params::count(&count)?,
-    };
+    let request = page_request(&stream, &start, &direction, &count)?;
     let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
     read_page(&state, &urls, &stream, request, &query, &headers, media).await
+}
+
+/// Parses a page route's segments (`$all` takes positions, not numbers).
+pub(super) fn page_request(
+    stream: &str,
+    start: &str,
+    direction: &str,
+    count: &str,
+) -> Result<PageRequest, HttpError> {
+    params::stream_name(stream)?;
+    let direction = match direction {
+        "backward" => Direction::Backward,
+        "forward" => Direction::Forward,
+        _ => {
+            return Err(HttpError::not_found(
+                "Pages are /{event}/backward/{count} or /{event}/forward/{count}.",
+            ));
+        }
+    };
+    let start = if stream == feed::ALL_STREAM { all::page_start(start)? } else { params::page_start(start)? };
+    Ok(PageRequest { start, direction, count: params::count(count)? })
 }
 
 /// Reads and renders one page of a stream or of `$all`; forward pages

@@ -587,18 +587,7 @@ impl<'a> Staging<'a> {
             return Ok(outcome);
         }
 
-        let matches = match append.expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current == -1,
-            ExpectedVersion::StreamExists => current >= 0,
-            ExpectedVersion::Exact(n) => i64::try_from(n).is_ok_and(|n| n == current),
-        };
-        if !matches {
-            return Err(StoreError::WrongExpectedVersion {
-                current,
-                detail: format!("Expected version {}, but the stream is at {current}.", append.expected),
-            });
-        }
+        check_expected(append.expected, current)?;
 
         let settings_update = match metadata::described_stream(&append.stream) {
             Some(described) => match append.events.last() {
@@ -715,18 +704,7 @@ impl<'a> Staging<'a> {
             return Err(StoreError::StreamDeleted);
         }
         let current = current_version(&state);
-        let matches = match expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current == -1,
-            ExpectedVersion::StreamExists => current >= 0,
-            ExpectedVersion::Exact(n) => i64::try_from(n).is_ok_and(|n| n == current),
-        };
-        if !matches {
-            return Err(StoreError::WrongExpectedVersion {
-                current,
-                detail: format!("Expected version {expected}, but the stream is at {current}."),
-            });
-        }
+        check_expected(expected, current)?;
         if hard {
             // A tombstone may be placed on a stream that never existed, so
             // that its name can never be used (as v5 allows).
@@ -770,6 +748,23 @@ fn current_version(state: &StreamState) -> i64 {
         Some(last) if state.exists() => i64::try_from(last).unwrap_or(i64::MAX),
         _ => -1,
     }
+}
+
+/// Checks `ES-ExpectedVersion` against the stream's current version.
+fn check_expected(expected: ExpectedVersion, current: i64) -> Result<(), StoreError> {
+    let matches = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => current == -1,
+        ExpectedVersion::StreamExists => current >= 0,
+        ExpectedVersion::Exact(n) => i64::try_from(n).is_ok_and(|n| n == current),
+    };
+    if matches {
+        return Ok(());
+    }
+    Err(StoreError::WrongExpectedVersion {
+        current,
+        detail: format!("Expected version {expected}, but the stream is at {current}."),
+    })
 }
 
 fn partial_match(append: &Append, current: i64, owners: &[Option<(String, u64)>]) -> StoreError {

@@ -18,7 +18,7 @@ use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesText, Event};
 
 use super::time::{EMPTY_FEED_UPDATED, rfc3339};
-use super::{AUTHOR, Embed, Feed, Urls};
+use super::{AUTHOR, Embed, EventUrls, Feed, Urls};
 use crate::store::ReadEvent;
 
 const ATOM_NS: &str = "http://www.w3.org/2005/Atom";
@@ -30,7 +30,7 @@ pub fn render_feed(feed: &Feed, urls: &Urls, embed: Embed) -> Vec<u8> {
 
 /// Renders one event as a standalone Atom entry document with content.
 pub fn render_entry(event: &ReadEvent, urls: &Urls) -> Vec<u8> {
-    render(|writer| write_entry(writer, event, urls, Embed::Content, true))
+    render(|writer| write_entry(writer, event, &mut EventUrls::new(urls), Embed::Content, true))
 }
 
 fn render(write: impl FnOnce(&mut Writer<Vec<u8>>) -> io::Result<()>) -> Vec<u8> {
@@ -59,8 +59,9 @@ fn write_feed(writer: &mut Writer<Vec<u8>>, feed: &Feed, urls: &Urls, embed: Emb
                 .with_attribute(("rel", link.relation))
                 .write_empty()?;
         }
+        let mut event_urls = EventUrls::new(urls);
         for entry in &feed.entries {
-            write_entry(w, entry, urls, embed, false)?;
+            write_entry(w, entry, &mut event_urls, embed, false)?;
         }
         Ok(())
     })?;
@@ -70,7 +71,7 @@ fn write_feed(writer: &mut Writer<Vec<u8>>, feed: &Feed, urls: &Urls, embed: Emb
 fn write_entry(
     writer: &mut Writer<Vec<u8>>,
     read: &ReadEvent,
-    urls: &Urls,
+    urls: &mut EventUrls<'_>,
     embed: Embed,
     standalone: bool,
 ) -> io::Result<()> {

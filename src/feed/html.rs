@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::time::rfc3339;
-use super::{Feed, Urls};
+use super::{EventUrls, Feed, Urls};
 use crate::store::ReadEvent;
 
 /// Renders a feed page.
@@ -29,9 +29,10 @@ pub fn render_feed(feed: &Feed, urls: &Urls) -> Vec<u8> {
     out.push_str(
         "<table>\n<thead><tr><th>Event</th><th>Type</th><th>Created (UTC)</th><th>Id</th></tr></thead>\n<tbody>\n",
     );
+    let mut event_urls = EventUrls::new(urls);
     for read in &feed.entries {
         let event = &read.event;
-        let url = urls.event(&event.stream, event.number);
+        let url = event_urls.event(&event.stream, event.number);
         let _ = writeln!(
             out,
             "<tr><td><a href=\"{}\">{}@{}</a></td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::event::{EventObject, body_text};
 use super::time::{EMPTY_FEED_UPDATED, rfc3339};
-use super::{AUTHOR, Embed, Feed, Urls};
+use super::{AUTHOR, Embed, EventUrls, Feed, Urls};
 use crate::store::ReadEvent;
 use crate::store::metadata::described_stream;
 
@@ -95,20 +95,23 @@ pub fn render_feed(feed: &Feed, urls: &Urls, embed: Embed) -> Vec<u8> {
         self_url: feed.self_url.as_deref(),
         etag: feed.etag.as_deref(),
         links: feed.links.iter().map(|l| LinkJson { uri: &l.uri, relation: l.relation }).collect(),
-        entries: feed.entries.iter().map(|e| entry(e, urls, embed)).collect(),
+        entries: {
+            let mut event_urls = EventUrls::new(urls);
+            feed.entries.iter().map(|e| entry(e, &mut event_urls, embed)).collect()
+        },
     };
     to_vec(&body)
 }
 
 /// Renders one event as an entry with its content (single-event reads).
 pub fn render_entry(event: &ReadEvent, urls: &Urls) -> Vec<u8> {
-    to_vec(&entry(event, urls, Embed::Content))
+    to_vec(&entry(event, &mut EventUrls::new(urls), Embed::Content))
 }
 
 /// Renders one entry on a single line (for a Server-Sent Events `data:`
 /// field, which ends at a newline).
 pub fn render_entry_line(event: &ReadEvent, urls: &Urls, embed: Embed) -> String {
-    serde_json::to_string(&entry(event, urls, embed)).unwrap_or_else(|_| "{}".to_owned())
+    serde_json::to_string(&entry(event, &mut EventUrls::new(urls), embed)).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// Renders the event object (`application/vnd.eventstore.event+json`).
@@ -127,7 +130,7 @@ fn to_vec(value: &impl Serialize) -> Vec<u8> {
     out
 }
 
-fn entry<'a>(read: &'a ReadEvent, urls: &Urls, embed: Embed) -> EntryJson<'a> {
+fn entry<'a>(read: &'a ReadEvent, urls: &mut EventUrls<'_>, embed: Embed) -> EntryJson<'a> {
     let event = &read.event;
     let original = read.original();
     let url = urls.event(&event.stream, event.number);

@@ -14,7 +14,7 @@ pub mod json;
 pub mod time;
 mod urls;
 
-pub use urls::Urls;
+pub use urls::{EventUrls, Urls};
 
 use crate::store::{AllSlice, Direction, ReadEvent, StreamSlice};
 

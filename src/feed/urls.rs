@@ -17,6 +17,63 @@ use crate::store::metadata::described_stream;
 /// Characters escaped in a stream-name path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'$');
 
+/// Builds event URLs for one page, percent-encoding each stream's name
+/// once: a page's entries nearly always share one or a few streams.
+#[derive(Debug)]
+pub struct EventUrls<'a> {
+    urls: &'a Urls,
+    /// The last stream seen and its URL.
+    last: Option<(String, String)>,
+}
+
+impl<'a> EventUrls<'a> {
+    pub fn new(urls: &'a Urls) -> Self {
+        Self { urls, last: None }
+    }
+
+    pub fn event(&mut self, stream: &str, number: u64) -> String {
+        let prefix = match &self.last {
+            Some((name, prefix)) if name == stream => prefix,
+            _ => {
+                let prefix = self.urls.stream(stream);
+                &self.last.insert((stream.to_owned(), prefix)).1
+            }
+        };
+        let mut url = String::with_capacity(prefix.len() + 21);
+        url.push_str(prefix);
+        url.push('/');
+        url.push_str(itoa(number).as_str());
+        url
+    }
+}
+
+/// `number` in decimal, without going through `fmt`.
+fn itoa(number: u64) -> ArrayString {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = number;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    ArrayString { digits, start: at }
+}
+
+struct ArrayString {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl ArrayString {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[self.start..]).unwrap_or("0")
+    }
+}
+
 /// Builds URLs under one base (`scheme://host[:port][/prefix]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Urls {
@@ -101,6 +158,16 @@ mod tests {
         assert_eq!(urls.stream("ünï"), "http://h:1/p/streams/%C3%BCn%C3%AF");
         assert_eq!(urls.stream("$ce-Order"), "http://h:1/p/streams/$ce-Order");
         assert_eq!(urls.event("q?#", 3), "http://h:1/p/streams/q%3F%23/3");
+    }
+
+    #[test]
+    fn event_urls_reuse_the_stream_prefix() {
+        let urls = Urls::new("http://h".into());
+        let mut events = EventUrls::new(&urls);
+        assert_eq!(events.event("a b", 0), "http://h/streams/a%20b/0");
+        assert_eq!(events.event("a b", 18446744073709551615), "http://h/streams/a%20b/18446744073709551615");
+        assert_eq!(events.event("c", 42), urls.event("c", 42));
+        assert_eq!(events.event("$$m", 7), "http://h/streams/m/metadata/7");
     }
 
     #[test]

@@ -68,9 +68,11 @@ pub fn encode_event(event: &EventFields<'_>) -> Vec<u8> {
     out
 }
 
-/// Decodes a record written by [`encode_event`] at `position`.
-pub fn decode_event(position: u64, record: &[u8]) -> Result<RecordedEvent, StoreError> {
-    let mut reader = Reader::new(record);
+/// Decodes a record written by [`encode_event`] at `position`. Data and
+/// metadata are slices of `record`, not copies: a page of large events is
+/// rendered straight from the store's buffers.
+pub fn decode_event(position: u64, record: Bytes) -> Result<RecordedEvent, StoreError> {
+    let mut reader = Reader::new(&record);
     let version = reader.u8()?;
     if version != EVENT_V1 {
         return Err(StoreError::Corrupt(format!(
@@ -83,8 +85,8 @@ pub fn decode_event(position: u64, record: &[u8]) -> Result<RecordedEvent, Store
     let id = Uuid::from_bytes(reader.take(16)?.try_into().map_err(|_| reader.short())?);
     let stream = reader.short_str()?.to_owned();
     let event_type = reader.short_str()?.to_owned();
-    let data = Bytes::copy_from_slice(reader.long_bytes()?);
-    let metadata = Bytes::copy_from_slice(reader.long_bytes()?);
+    let data = record.slice_ref(reader.long_bytes()?);
+    let metadata = record.slice_ref(reader.long_bytes()?);
     Ok(RecordedEvent {
         stream,
         number,
@@ -97,6 +99,11 @@ pub fn decode_event(position: u64, record: &[u8]) -> Result<RecordedEvent, Store
         data,
         metadata,
     })
+}
+
+/// A stored value as `Bytes`, without copying it.
+pub fn shared(value: sled::IVec) -> Bytes {
+    Bytes::from_owner(value)
 }
 
 /// Reads only the creation time of an event record (for `$maxAge` searches).
@@ -382,7 +389,7 @@ mod tests {
             metadata: b"plain",
         };
         let record = encode_event(&fields);
-        let event = decode_event(7, &record).expect("decodes");
+        let event = decode_event(7, Bytes::from(record.clone())).expect("decodes");
         assert_eq!(event.stream, "Order-123");
         assert_eq!(event.number, 42);
         assert_eq!(event.position, 7);
@@ -411,11 +418,11 @@ mod tests {
             metadata: b"",
         });
         for cut in 0..record.len() {
-            assert!(decode_event(0, &record[..cut]).is_err(), "cut at {cut}");
+            assert!(decode_event(0, Bytes::copy_from_slice(&record[..cut])).is_err(), "cut at {cut}");
         }
         let mut future = record.clone();
         future[0] = 99;
-        assert!(matches!(decode_event(0, &future), Err(StoreError::Corrupt(_))));
+        assert!(matches!(decode_event(0, Bytes::from(future)), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

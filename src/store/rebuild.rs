@@ -134,7 +134,7 @@ pub(crate) fn step(
                 for (key, record) in records {
                     let position = keys::log_position(&key)
                         .ok_or_else(|| StoreError::Corrupt("log key is malformed".into()))?;
-                    let event = codec::decode_event(position, &record)?;
+                    let event = codec::decode_event(position, codec::shared(record))?;
                     let target = LinkTarget {
                         position,
                         created_micros: event.created_micros,

@@ -280,7 +280,7 @@ impl ReadContext {
             IndexEntry::Event(position) => Ok(self
                 .db()
                 .get(keys::log(position))?
-                .map(|record| codec::decode_event(position, &record))
+                .map(|record| codec::decode_event(position, codec::shared(record)))
                 .transpose()?
                 .map(|event| ReadEvent { event, link: None })),
             IndexEntry::Link { position, created_micros, number: target_number, stream: target } => {
@@ -306,7 +306,7 @@ impl ReadContext {
             return Ok(None);
         }
         match self.db().get(keys::log(position))? {
-            Some(record) => codec::decode_event(position, &record).map(Some),
+            Some(record) => codec::decode_event(position, codec::shared(record)).map(Some),
             None => Ok(None),
         }
     }
@@ -399,7 +399,7 @@ impl ReadContext {
                 None => (position, position),
                 Some((low, high)) => (low.min(position), high.max(position)),
             });
-            let event = codec::decode_event(position, &record)?;
+            let event = codec::decode_event(position, codec::shared(record))?;
             if self.is_visible(&event.stream, event.number)? {
                 events.push(event);
                 if events.len() >= count {

@@ -10,6 +10,7 @@ pub mod events_body;
 pub mod negotiate;
 mod params;
 mod streams;
+mod subscriptions;
 mod system;
 
 use std::sync::Arc;
@@ -57,12 +58,15 @@ pub struct AppState {
     /// Flips to `true` when the server starts shutting down; long-polls and
     /// SSE streams answer or end at once when it does.
     pub shutdown: watch::Receiver<bool>,
+    /// Persistent subscription groups (competing consumers).
+    pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
 }
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(streams::router())
+        .merge(subscriptions::router())
         .merge(system::router())
         .fallback(system::not_found)
         .layer(TraceLayer::new_for_http())

@@ -23,7 +23,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until};
@@ -292,7 +292,7 @@ async fn take_messages(
     // the take and the wait wakes the wait.
     let mut changes = subscriptions.changes(stream, group)?;
     changes.borrow_and_update();
-    let delivered = subscriptions.take(stream, group, consumer, count)?;
+    let delivered = subscriptions.take_fresh(stream, group, consumer, count).await?;
     let Some(wait) = wait.filter(|_| delivered.is_empty()) else { return Ok(delivered) };
 
     // The consumer counts as connected for as long as it waits.
@@ -447,10 +447,15 @@ async fn encoded_action(
 async fn read_settings(body: Body, is_all: bool) -> Result<Settings, HttpError> {
     let bytes = match Limited::new(body, MAX_SETTINGS_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(HttpError::payload_too_large(format!(
                 "A settings document is at most {MAX_SETTINGS_BYTES} bytes."
             )));
+        }
+        Err(error) => {
+            return Err(
+                HttpError::bad_request("Could not read the request body.").with_detail(error.to_string())
+            );
         }
     };
     Settings::parse(&bytes, is_all).map_err(|invalid| HttpError::bad_request(invalid.to_string()))

@@ -137,17 +137,40 @@ impl Driver<'_> {
         Ok(replaying || reading)
     }
 
-    /// Reads the next batch of the source if there is room and reason to.
+    /// Reads the next batch of the source if there is room and reason to:
+    /// the group is behind, the source changed, or a request asked for a
+    /// fresh read (which is answered even when nothing can be read).
     async fn read(&mut self) -> Result<bool, StoreError> {
-        let (request, resolve_links, caught_up) = {
+        let (request, resolve_links, caught_up, (tickets, asked)) = {
             let state = self.group.lock();
-            (state.read_request(), state.settings.resolve_link_tos, state.is_caught_up())
+            (
+                state.read_request(),
+                state.settings.resolve_link_tos,
+                state.is_caught_up(),
+                state.read_tickets(),
+            )
         };
-        let Some(request) = request else { return Ok(false) };
-        if caught_up && !self.source_changed {
+        let Some(request) = request else {
+            self.serve(tickets);
+            return Ok(false);
+        };
+        if caught_up && !self.source_changed && !asked {
             return Ok(false);
         }
         self.source_changed = false;
+        let result = self.read_source(request, resolve_links).await;
+        self.serve(tickets);
+        result
+    }
+
+    /// Tells requests waiting for a fresh read that one completed.
+    fn serve(&self, tickets: u64) {
+        if self.group.lock().served(tickets) {
+            self.group.bump();
+        }
+    }
+
+    async fn read_source(&mut self, request: ReadRequest, resolve_links: bool) -> Result<bool, StoreError> {
         let read = match &self.group.source {
             Source::Stream(name) => read_stream(self.store, name, request, resolve_links).await,
             Source::All => read_all(self.store, request).await,

@@ -7,7 +7,7 @@
 //! - [`settings`]: the settings, their defaults and validation.
 //! - [`state`]: the state machine of one group (no I/O).
 //! - [`consumers`]: consumer identity, liveness and the strategies.
-//! - [`driver`]: the background task of a group (reads, timeouts, parking,
+//! - `driver`: the background task of a group (reads, timeouts, parking,
 //!   checkpoints).
 //! - [`persist`]: the system streams groups persist in.
 //!
@@ -41,6 +41,11 @@ use persist::StoredGroup;
 pub use settings::{InvalidSetting, Settings, StartFrom, Strategy};
 use state::GroupState;
 pub use state::{Checkpoint, ConnectionStats, Delivered, Message, NackAction, Stats};
+
+/// The longest a request that found nothing waits for the group to read
+/// what was appended before it (one store read; longer only if the store
+/// is failing, and then an empty answer is right).
+pub const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest group name accepted, in bytes.
 pub const MAX_GROUP_NAME_BYTES: usize = 256;
@@ -376,6 +381,40 @@ impl Subscriptions {
             group.kick();
         }
         Ok(delivered)
+    }
+
+    /// Like [`Self::take`], but when nothing is available it first makes
+    /// sure the group has read every event acknowledged before the call
+    /// (the driver reads asynchronously), so a consumer that asks right
+    /// after an append is not told there is nothing. The wait is one read
+    /// of the store, bounded by [`READ_BARRIER_TIMEOUT`].
+    pub async fn take_fresh(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Delivered>, SubscriptionError> {
+        let delivered = self.take(stream, group, consumer, count)?;
+        if !delivered.is_empty() {
+            return Ok(delivered);
+        }
+        let handle = self.get(stream, group)?;
+        let mut changes = handle.changes.subscribe();
+        let Some(ticket) = handle.lock().request_read() else { return Ok(delivered) };
+        handle.kick();
+        let deadline = Instant::now() + READ_BARRIER_TIMEOUT;
+        while !handle.lock().is_served(ticket) {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        self.take(stream, group, consumer, count)
     }
 
     /// A receiver that changes whenever a consumer waiting on the group

@@ -220,6 +220,11 @@ pub struct GroupState {
     consumers: Consumers,
     processed_total: u64,
     meter: Meter,
+    /// Fresh reads asked for by requests that found nothing (see
+    /// [`Self::request_read`]), numbered; and the highest such number a
+    /// completed read started after.
+    read_requests: u64,
+    reads_served: u64,
 }
 
 /// A snapshot for `info`.
@@ -291,6 +296,8 @@ impl GroupState {
             consumers: Consumers::default(),
             processed_total: 0,
             meter: Meter { window_start: now, window_count: 0, rate: 0.0 },
+            read_requests: 0,
+            reads_served: 0,
         }
     }
 
@@ -346,6 +353,37 @@ impl GroupState {
         self.caught_up = caught_up;
         self.source_status = SourceStatus::Reading;
         true
+    }
+
+    /// Asks the driver for a read that starts after this call, so that a
+    /// request finding nothing can make sure it has seen every event
+    /// acknowledged before it began. Returns the ticket to wait for with
+    /// [`Self::is_served`], or `None` when no read could add anything (the
+    /// buffer is full, or the source is gone).
+    pub fn request_read(&mut self) -> Option<u64> {
+        self.read_request()?;
+        self.read_requests += 1;
+        Some(self.read_requests)
+    }
+
+    /// Whether a read started after ticket `ticket` was asked for has
+    /// completed.
+    pub fn is_served(&self, ticket: u64) -> bool {
+        self.reads_served >= ticket
+    }
+
+    /// The read tickets outstanding right now: a read that starts now serves
+    /// up to the returned number (see [`Self::served`]).
+    pub fn read_tickets(&self) -> (u64, bool) {
+        (self.read_requests, self.read_requests > self.reads_served)
+    }
+
+    /// A read that started when the tickets were `upto` has completed (or
+    /// could not run). Returns whether that served anyone.
+    pub fn served(&mut self, upto: u64) -> bool {
+        let served = upto > self.reads_served;
+        self.reads_served = self.reads_served.max(upto);
+        served
     }
 
     pub fn set_source_status(&mut self, status: SourceStatus) {
@@ -407,9 +445,10 @@ impl GroupState {
                 while index < self.buffer.len() && chosen.len() < wanted {
                     let eligible =
                         self.consumers.may_take(strategy, consumer, &self.buffer[index].pin, &active);
-                    match eligible {
-                        true => chosen.extend(self.buffer.remove(index)),
-                        false => index += 1,
+                    if eligible {
+                        chosen.extend(self.buffer.remove(index));
+                    } else {
+                        index += 1;
                     }
                 }
             } else {
@@ -1149,6 +1188,25 @@ mod tests {
         assert!(state.apply_read(request, (2..6).map(|p| message(p, "s")).collect(), 6, true));
         state.ack("a", &ids(&taken), now);
         assert_eq!(positions(&state.take("a", 10, now).expect("admitted")), [2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_fresh_read_is_served_only_by_a_read_that_started_after_it_was_asked() {
+        let now = Instant::now();
+        let mut state = GroupState::new(settings(), 0, None, 0, now);
+        let (before, asked) = state.read_tickets();
+        assert!(!asked);
+        let ticket = state.request_read().expect("the buffer has room");
+        assert!(!state.served(before), "a read that started earlier serves nobody");
+        assert!(!state.is_served(ticket));
+        let (tickets, asked) = state.read_tickets();
+        assert!(asked);
+        assert!(state.served(tickets));
+        assert!(state.is_served(ticket));
+
+        let full = Settings { buffer_size: 2, read_batch_size: 1, live_buffer_size: 2, ..settings() };
+        let mut state = group_with(full, 2, now);
+        assert_eq!(state.request_read(), None, "a full buffer: reading cannot help");
     }
 
     #[test]

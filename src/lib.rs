@@ -13,6 +13,8 @@
 //! - [`feed`]: the page model and paging math; Atom, JSON and HTML renderers.
 //! - [`store`]: the `Store` seam, the sled implementation, its keys and record
 //!   codec, the group-commit writer, and the notifier live readers wait on.
+//! - [`subscriptions`]: persistent subscriptions (competing consumers): the
+//!   group state machine, strategies, checkpoints and parking.
 //! - [`hash`]: stable hashes for ETags and derived ids.
 //!
 //! Start at [`app`], the whole HTTP application, which tests and the binary
@@ -24,6 +26,7 @@ pub mod hash;
 pub mod http;
 pub mod server;
 pub mod store;
+pub mod subscriptions;
 
 pub use http::{AppState, Limits};
 

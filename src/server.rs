@@ -3,6 +3,7 @@
 //! Shutdown order matters. On the signal the listener stops accepting and
 //! every long-poll and SSE stream is told to answer or end at once (they
 //! watch [`AppState::shutdown`]); open requests then get a grace period;
+//! then persistent subscriptions stop, writing their final checkpoints;
 //! finally the store is closed, which makes every acknowledged append
 //! durable before the process exits.
 
@@ -19,6 +20,7 @@ use crate::config::ServeConfig;
 use crate::http::{AppState, Limits};
 use crate::store::projections::Projections;
 use crate::store::{SledStore, SledStoreOptions, Store, StoreError};
+use crate::subscriptions::Subscriptions;
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug)]
@@ -47,6 +49,8 @@ pub struct Server {
     state: AppState,
     /// The concrete store, closed at the end of [`Server::run`].
     store: Arc<SledStore>,
+    /// Stopped (final checkpoints written) before the store closes.
+    subscriptions: Arc<Subscriptions>,
     shutdown: watch::Sender<bool>,
     grace: Duration,
     /// Between background scavenges; `None`: none.
@@ -80,6 +84,10 @@ impl Server {
         );
 
         let listener = TcpListener::bind(config.bind).await.map_err(|e| ServerError::Bind(config.bind, e))?;
+        // After the bind, so a server that cannot listen starts no
+        // subscription drivers.
+        let subscriptions =
+            Subscriptions::load(Arc::clone(&store) as Arc<dyn Store>).await.map_err(ServerError::Store)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = AppState {
             store: Arc::clone(&store) as Arc<dyn Store>,
@@ -91,11 +99,13 @@ impl Server {
             }),
             shutdown: shutdown_rx,
             waiters: crate::http::live::Waiters::new(config.max_waiters),
+            subscriptions: Arc::clone(&subscriptions),
         };
         Ok(Self {
             listener,
             state,
             store,
+            subscriptions,
             shutdown,
             grace: Duration::from_secs(config.shutdown_grace_secs),
             scavenge_interval: (config.scavenge_interval_secs > 0)
@@ -110,7 +120,7 @@ impl Server {
 
     /// Serves until `signal` resolves, then shuts down (see the module doc).
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let Self { listener, state, store, shutdown, grace, scavenge_interval } = self;
+        let Self { listener, state, store, subscriptions, shutdown, grace, scavenge_interval } = self;
         let address = listener.local_addr().map_err(ServerError::Serve)?;
         tracing::info!("eventfeed listening on http://{address}");
         if let Some(interval) = scavenge_interval {
@@ -125,7 +135,9 @@ impl Server {
                 tracing::debug!(%error, "could not set TCP_NODELAY");
             }
         });
-        let serve = axum::serve(listener, app)
+        // The peer address is the default identity of subscription
+        // consumers (see `http::subscriptions`).
+        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 signal.await;
                 tracing::info!("shutting down: no new connections; waking long-polls and SSE streams");
@@ -145,6 +157,7 @@ impl Server {
             }
         }
 
+        subscriptions.shutdown().await;
         store.close().await.map_err(ServerError::Store)?;
         tracing::info!("store flushed; bye");
         Ok(())

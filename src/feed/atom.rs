@@ -18,19 +18,30 @@ use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesText, Event};
 
 use super::time::{EMPTY_FEED_UPDATED, rfc3339};
-use super::{AUTHOR, Embed, EventUrls, Feed, Urls};
+use super::{AUTHOR, Embed, EventUrls, Feed, Link, Urls};
 use crate::store::ReadEvent;
 
 const ATOM_NS: &str = "http://www.w3.org/2005/Atom";
 
 /// Renders a feed page.
 pub fn render_feed(feed: &Feed, urls: &Urls, embed: Embed) -> Vec<u8> {
-    render(|writer| write_feed(writer, feed, urls, embed))
+    render(|writer| write_feed(writer, feed, urls, embed, &[]))
+}
+
+/// Renders a feed whose entries carry extra links (see
+/// [`super::json::render_feed_with_entry_links`]).
+pub fn render_feed_with_entry_links(
+    feed: &Feed,
+    urls: &Urls,
+    embed: Embed,
+    entry_links: &[Vec<Link>],
+) -> Vec<u8> {
+    render(|writer| write_feed(writer, feed, urls, embed, entry_links))
 }
 
 /// Renders one event as a standalone Atom entry document with content.
 pub fn render_entry(event: &ReadEvent, urls: &Urls) -> Vec<u8> {
-    render(|writer| write_entry(writer, event, &mut EventUrls::new(urls), Embed::Content, true))
+    render(|writer| write_entry(writer, event, &mut EventUrls::new(urls), Embed::Content, true, &[]))
 }
 
 fn render(write: impl FnOnce(&mut Writer<Vec<u8>>) -> io::Result<()>) -> Vec<u8> {
@@ -46,7 +57,13 @@ fn render(write: impl FnOnce(&mut Writer<Vec<u8>>) -> io::Result<()>) -> Vec<u8>
     }
 }
 
-fn write_feed(writer: &mut Writer<Vec<u8>>, feed: &Feed, urls: &Urls, embed: Embed) -> io::Result<()> {
+fn write_feed(
+    writer: &mut Writer<Vec<u8>>,
+    feed: &Feed,
+    urls: &Urls,
+    embed: Embed,
+    entry_links: &[Vec<Link>],
+) -> io::Result<()> {
     writer.create_element("feed").with_attribute(("xmlns", ATOM_NS)).write_inner_content(|w| {
         text_element(w, "title", &feed.title)?;
         text_element(w, "id", &feed.id)?;
@@ -60,8 +77,9 @@ fn write_feed(writer: &mut Writer<Vec<u8>>, feed: &Feed, urls: &Urls, embed: Emb
                 .write_empty()?;
         }
         let mut event_urls = EventUrls::new(urls);
-        for entry in &feed.entries {
-            write_entry(w, entry, &mut event_urls, embed, false)?;
+        for (index, entry) in feed.entries.iter().enumerate() {
+            let extra = entry_links.get(index).map_or(&[][..], Vec::as_slice);
+            write_entry(w, entry, &mut event_urls, embed, false, extra)?;
         }
         Ok(())
     })?;
@@ -74,6 +92,7 @@ fn write_entry(
     urls: &mut EventUrls<'_>,
     embed: Embed,
     standalone: bool,
+    extra_links: &[Link],
 ) -> io::Result<()> {
     let event = &read.event;
     let original = read.original();
@@ -94,6 +113,12 @@ fn write_entry(
             w.create_element("link")
                 .with_attribute(("href", url.as_str()))
                 .with_attribute(("rel", relation))
+                .write_empty()?;
+        }
+        for link in extra_links {
+            w.create_element("link")
+                .with_attribute(("href", link.uri.as_str()))
+                .with_attribute(("rel", link.relation))
                 .write_empty()?;
         }
         if embed >= Embed::Content {

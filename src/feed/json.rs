@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::event::{EventObject, body_text};
 use super::time::{EMPTY_FEED_UPDATED, rfc3339};
-use super::{AUTHOR, Embed, EventUrls, Feed, Urls};
+use super::{AUTHOR, Embed, EventUrls, Feed, Link, Urls};
 use crate::store::ReadEvent;
 use crate::store::metadata::described_stream;
 
@@ -53,14 +53,27 @@ struct EntryJson<'a> {
     summary: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<EventObject<'a>>,
-    links: [EntryLink; 2],
+    links: EntryLinks<'a>,
 }
 
-/// An entry's `edit` / `alternate` link; both carry the entry's own URL.
-#[derive(Serialize)]
-struct EntryLink {
-    uri: String,
-    relation: &'static str,
+/// An entry's links: `edit` and `alternate`, both the entry's own URL, then
+/// any extra ones (competing-consumer feeds add `ack` and `nack`).
+struct EntryLinks<'a> {
+    url: String,
+    extra: &'a [Link],
+}
+
+impl Serialize for EntryLinks<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut links = serializer.serialize_seq(Some(2 + self.extra.len()))?;
+        links.serialize_element(&LinkJson { uri: &self.url, relation: "edit" })?;
+        links.serialize_element(&LinkJson { uri: &self.url, relation: "alternate" })?;
+        for link in self.extra {
+            links.serialize_element(&LinkJson { uri: &link.uri, relation: link.relation })?;
+        }
+        links.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -85,6 +98,18 @@ struct RichFields<'a> {
 
 /// Renders a feed page.
 pub fn render_feed(feed: &Feed, urls: &Urls, embed: Embed) -> Vec<u8> {
+    render_feed_with_entry_links(feed, urls, embed, &[])
+}
+
+/// Renders a feed whose entries carry extra links after their own:
+/// `entry_links[i]` belongs to `feed.entries[i]` (competing consumers' `ack`
+/// and `nack`). Missing items mean no extra links.
+pub fn render_feed_with_entry_links(
+    feed: &Feed,
+    urls: &Urls,
+    embed: Embed,
+    entry_links: &[Vec<Link>],
+) -> Vec<u8> {
     let body = FeedJson {
         title: &feed.title,
         id: &feed.id,
@@ -97,7 +122,13 @@ pub fn render_feed(feed: &Feed, urls: &Urls, embed: Embed) -> Vec<u8> {
         links: feed.links.iter().map(|l| LinkJson { uri: &l.uri, relation: l.relation }).collect(),
         entries: {
             let mut event_urls = EventUrls::new(urls);
-            feed.entries.iter().map(|e| entry(e, &mut event_urls, embed)).collect()
+            feed.entries
+                .iter()
+                .enumerate()
+                .map(|(index, e)| {
+                    entry(e, &mut event_urls, embed, entry_links.get(index).map_or(&[][..], Vec::as_slice))
+                })
+                .collect()
         },
     };
     to_vec(&body)
@@ -105,13 +136,14 @@ pub fn render_feed(feed: &Feed, urls: &Urls, embed: Embed) -> Vec<u8> {
 
 /// Renders one event as an entry with its content (single-event reads).
 pub fn render_entry(event: &ReadEvent, urls: &Urls) -> Vec<u8> {
-    to_vec(&entry(event, &mut EventUrls::new(urls), Embed::Content))
+    to_vec(&entry(event, &mut EventUrls::new(urls), Embed::Content, &[]))
 }
 
 /// Renders one entry on a single line (for a Server-Sent Events `data:`
 /// field, which ends at a newline).
 pub fn render_entry_line(event: &ReadEvent, urls: &Urls, embed: Embed) -> String {
-    serde_json::to_string(&entry(event, &mut EventUrls::new(urls), embed)).unwrap_or_else(|_| "{}".to_owned())
+    serde_json::to_string(&entry(event, &mut EventUrls::new(urls), embed, &[]))
+        .unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// Renders the event object (`application/vnd.eventstore.event+json`).
@@ -130,7 +162,12 @@ fn to_vec(value: &impl Serialize) -> Vec<u8> {
     out
 }
 
-fn entry<'a>(read: &'a ReadEvent, urls: &mut EventUrls<'_>, embed: Embed) -> EntryJson<'a> {
+fn entry<'a>(
+    read: &'a ReadEvent,
+    urls: &mut EventUrls<'_>,
+    embed: Embed,
+    extra_links: &'a [Link],
+) -> EntryJson<'a> {
     let event = &read.event;
     let original = read.original();
     let url = urls.event(&event.stream, event.number);
@@ -163,9 +200,6 @@ fn entry<'a>(read: &'a ReadEvent, urls: &mut EventUrls<'_>, embed: Embed) -> Ent
         // A resolved link shows "$>" here; everything else its own type.
         summary: &original.event_type,
         content: (embed == Embed::Content).then(|| EventObject::of(event)),
-        links: [
-            EntryLink { uri: url.clone(), relation: "edit" },
-            EntryLink { uri: url, relation: "alternate" },
-        ],
+        links: EntryLinks { url, extra: extra_links },
     }
 }

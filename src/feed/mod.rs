@@ -8,6 +8,7 @@
 //! byte-identical whenever and wherever it is rendered.
 
 pub mod atom;
+pub mod competing;
 pub mod event;
 pub mod html;
 pub mod json;

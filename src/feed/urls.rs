@@ -119,6 +119,18 @@ impl Urls {
         format!("{}/{number}", self.stream(stream))
     }
 
+    /// A persistent subscription group: `/subscriptions/{stream}/{group}`,
+    /// each name one encoded segment.
+    pub fn subscription(&self, stream: &str, group: &str) -> String {
+        let mut url = String::with_capacity(self.base.len() + 16 + stream.len() + group.len());
+        url.push_str(&self.base);
+        url.push_str("/subscriptions/");
+        url.extend(utf8_percent_encode(stream, SEGMENT));
+        url.push('/');
+        url.extend(utf8_percent_encode(group, SEGMENT));
+        url
+    }
+
     /// A page of `$all`, whose positions are 32 hex digits.
     pub fn all_page(&self, start: PageStart, direction: Direction, count: u64) -> String {
         let start = match start {
@@ -168,6 +180,12 @@ mod tests {
         assert_eq!(events.event("a b", 18446744073709551615), "http://h/streams/a%20b/18446744073709551615");
         assert_eq!(events.event("c", 42), urls.event("c", 42));
         assert_eq!(events.event("$$m", 7), "http://h/streams/m/metadata/7");
+    }
+
+    #[test]
+    fn subscription_urls_encode_both_names() {
+        let urls = Urls::new("http://h".into());
+        assert_eq!(urls.subscription("$ce-Order", "a b/c"), "http://h/subscriptions/$ce-Order/a%20b%2Fc");
     }
 
     #[test]

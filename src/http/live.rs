@@ -45,7 +45,7 @@ impl Waiters {
         Self { permits: Arc::new(Semaphore::new(max_waiters)) }
     }
 
-    fn admit(&self) -> Result<OwnedSemaphorePermit, HttpError> {
+    pub(super) fn admit(&self) -> Result<OwnedSemaphorePermit, HttpError> {
         Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
             HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Too many waiters")
                 .with_detail("The server is holding as many long-polls and event streams as it is configured to; try again shortly.")

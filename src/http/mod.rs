@@ -13,6 +13,7 @@ mod metadata;
 pub mod negotiate;
 mod params;
 mod streams;
+mod subscriptions;
 mod system;
 
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// The cap on concurrent long-polls and SSE streams.
     pub waiters: live::Waiters,
+    /// Persistent subscription groups (competing consumers).
+    pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
 }
 
 /// The whole HTTP application.
@@ -71,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .merge(streams::router())
         .merge(metadata::router())
         .merge(admin::router())
+        .merge(subscriptions::router())
         .merge(system::router())
         .fallback(system::not_found)
         .layer(compression())

@@ -1,0 +1,635 @@
+//! `/subscriptions`: persistent subscriptions (competing consumers), section
+//! 7 of the API reference, and where eventfeed goes past v5: `ES-LongPoll`
+//! on the messages route, `$all` and system streams as sources, and a
+//! consumer identity so the strategies mean something over HTTP.
+//!
+//! **Consumer identity.** A consumer names itself with the `ES-Consumer`
+//! header (1 to [`MAX_CONSUMER_BYTES`] bytes, no control characters). Without
+//! it, a consumer is the client's IP address, so processes on one machine
+//! that send no header are one consumer; behind a proxy, every client is
+//! the proxy's address, so send the header there.
+//!
+//! v5 clients sometimes put the query in the path, percent-encoded
+//! (`/subscriptions/s/g/1%3Fembed=body`, v5's own `ack%3Fids=` links):
+//! those forms are accepted too.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use percent_encoding::percent_decode_str;
+use serde_json::{Value, json};
+use tokio::time::{Instant, sleep_until};
+use uuid::Uuid;
+
+use super::AppState;
+use super::base_url::RequestUrls;
+use super::caching::{content_type, header_value};
+use super::error::HttpError;
+use super::negotiate::{self, COMPETING_JSON, COMPETING_XML};
+use super::params::{self, Segments};
+use crate::feed::{self, Embed, Urls, competing::competing_feed};
+use crate::subscriptions::persist::parked_stream;
+use crate::subscriptions::{Delivered, GroupInfo, NackAction, Settings, SubscriptionError};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/subscriptions", get(list_all))
+        .route("/subscriptions/{stream}", get(list_stream))
+        .route("/subscriptions/{stream}/{group}", get(messages).put(create).post(update).delete(delete))
+        .route("/subscriptions/{stream}/{group}/info", get(info))
+        .route("/subscriptions/{stream}/{group}/replayParked", post(replay_parked))
+        .route("/subscriptions/{stream}/{group}/ack", post(ack_many))
+        .route("/subscriptions/{stream}/{group}/nack", post(nack_many))
+        .route("/subscriptions/{stream}/{group}/ack/{id}", post(ack_one))
+        .route("/subscriptions/{stream}/{group}/nack/{id}", post(nack_one))
+        .route("/subscriptions/{stream}/{group}/{count}", get(messages_count).post(encoded_action))
+}
+
+/// The longest consumer name accepted, in bytes.
+pub const MAX_CONSUMER_BYTES: usize = 256;
+
+/// The most messages one request may take (v5's limit).
+const MAX_MESSAGES: u64 = 100;
+
+/// The largest settings document accepted. A real one is a few hundred
+/// bytes.
+const MAX_SETTINGS_BYTES: usize = 64 * 1024;
+
+/// What the messages route offers, best first.
+const COMPETING_TYPES: &[&str] = &[COMPETING_JSON, COMPETING_XML];
+
+/// The consumer a request speaks for (see the module doc).
+#[derive(Debug, Clone)]
+struct Consumer(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Consumer {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.headers.get("es-consumer") {
+            Some(value) => {
+                let name = value.to_str().map(str::trim).unwrap_or("");
+                if name.is_empty() || name.len() > MAX_CONSUMER_BYTES || name.chars().any(char::is_control) {
+                    return Err(HttpError::bad_request("ES-Consumer header in wrong format.").with_detail(
+                        format!("A consumer name is 1 to {MAX_CONSUMER_BYTES} bytes of text."),
+                    ));
+                }
+                Ok(Self(name.to_owned()))
+            }
+            None => {
+                let address = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+                Ok(Self(address.map_or_else(|| "anonymous".to_owned(), |info| info.0.ip().to_string())))
+            }
+        }
+    }
+}
+
+impl From<SubscriptionError> for HttpError {
+    fn from(error: SubscriptionError) -> Self {
+        match error {
+            SubscriptionError::NotFound => {
+                HttpError::not_found("No such subscription group. Create it with PUT first.")
+            }
+            SubscriptionError::AlreadyExists => HttpError::new(StatusCode::CONFLICT, "Conflict")
+                .with_detail("The subscription group already exists; update it with POST."),
+            SubscriptionError::Invalid(invalid) => HttpError::bad_request(invalid.to_string()),
+            SubscriptionError::InvalidName(reason) => {
+                HttpError::bad_request("Invalid group name").with_detail(reason)
+            }
+            SubscriptionError::GroupFull { retry_after } => {
+                let seconds = retry_after.as_secs().max(1);
+                HttpError::new(StatusCode::TOO_MANY_REQUESTS, "Maximum subscriber count reached")
+                    .with_detail(
+                        "The group has maxSubscriberCount active consumers; a consumer stops counting \
+                         two message timeouts after its last request.",
+                    )
+                    .with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+            }
+            SubscriptionError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// The query parameters these routes read, from the query string and from
+/// a query percent-encoded into the last path segment.
+#[derive(Debug, Default)]
+struct SubscriptionQuery {
+    embed: Option<String>,
+    format: Option<String>,
+    ids: Option<String>,
+    action: Option<String>,
+}
+
+impl SubscriptionQuery {
+    fn parse(query: Option<&str>, from_segment: Option<&str>) -> Self {
+        let mut parsed = Self::default();
+        for pair in [query, from_segment].into_iter().flatten().flat_map(|q| q.split('&')) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = value.replace('+', " ");
+            let value = percent_decode_str(&value).decode_utf8_lossy().into_owned();
+            match name.to_ascii_lowercase().as_str() {
+                "embed" => parsed.embed = Some(value),
+                "format" => parsed.format = Some(value),
+                "ids" => parsed.ids = Some(value),
+                "action" => parsed.action = Some(value),
+                _ => {}
+            }
+        }
+        parsed
+    }
+
+    fn embed(&self) -> Embed {
+        self.embed.as_deref().and_then(Embed::parse).unwrap_or_default()
+    }
+}
+
+/// Splits a decoded path segment that carries a query (`1?embed=body`).
+fn split_segment(segment: &str) -> (&str, Option<&str>) {
+    match segment.split_once('?') {
+        Some((name, query)) => (name, Some(query)),
+        None => (segment, None),
+    }
+}
+
+fn check_names(stream: &str, group: &str) -> Result<(), HttpError> {
+    params::stream_name(stream)?;
+    if group.is_empty() {
+        return Err(
+            HttpError::bad_request("Invalid group name").with_detail("Group names must not be empty.")
+        );
+    }
+    Ok(())
+}
+
+// ---- messages ----
+
+async fn messages(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+    consumer: Consumer,
+    Segments((stream, group)): Segments<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let query = SubscriptionQuery::parse(query.as_deref(), None);
+    get_messages(&state, &urls, &consumer, &stream, &group, None, &query, &headers).await
+}
+
+async fn messages_count(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+    consumer: Consumer,
+    Segments((stream, group, count)): Segments<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let (count, in_segment) = split_segment(&count);
+    let query = SubscriptionQuery::parse(query.as_deref(), in_segment);
+    get_messages(&state, &urls, &consumer, &stream, &group, Some(count), &query, &headers).await
+}
+
+/// `GET /subscriptions/{stream}/{group}[/{count}]`: takes up to `count`
+/// messages (default 1), waiting up to `ES-LongPoll` seconds for one.
+#[allow(clippy::too_many_arguments)]
+async fn get_messages(
+    state: &AppState,
+    urls: &Urls,
+    consumer: &Consumer,
+    stream: &str,
+    group: &str,
+    count: Option<&str>,
+    query: &SubscriptionQuery,
+    headers: &HeaderMap,
+) -> Result<Response, HttpError> {
+    check_names(stream, group)?;
+    let count = match count {
+        None => 1,
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|count| (1..=MAX_MESSAGES).contains(count) && text.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                HttpError::bad_request(format!(
+                    "Message count must be an integer between 1 and {MAX_MESSAGES} 'count' ='{text}'"
+                ))
+            })?,
+    };
+    let media = competing_media(headers, query.format.as_deref())?;
+    let wait = params::long_poll(headers)?
+        .map(|seconds| Duration::from_secs(seconds).min(state.limits.max_long_poll));
+    let delivered = take_messages(state, stream, group, &consumer.0, count as usize, wait).await?;
+
+    let messages = delivered.into_iter().map(|d| (d.message.id, d.message.event.clone())).collect();
+    let competing = competing_feed(urls, stream, group, count, query.embed(), messages);
+    let body = match media {
+        COMPETING_XML => feed::atom::render_feed_with_entry_links(
+            &competing.feed,
+            urls,
+            query.embed(),
+            &competing.entry_links,
+        ),
+        _ => feed::json::render_feed_with_entry_links(
+            &competing.feed,
+            urls,
+            query.embed(),
+            &competing.entry_links,
+        ),
+    };
+    let mut response = Response::new(Body::from(body));
+    let response_headers = response.headers_mut();
+    response_headers.insert(header::CONTENT_TYPE, content_type(media));
+    // Every response hands out different messages: no cache may keep one.
+    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response_headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+    Ok(response)
+}
+
+/// The competing feed type: `?format=` first, then `Accept` (no `Accept`
+/// or `*/*` gets JSON; a type naming neither is 406, as in v5).
+fn competing_media(headers: &HeaderMap, format: Option<&str>) -> Result<&'static str, HttpError> {
+    match format.map(str::to_ascii_lowercase).as_deref() {
+        None => negotiate::choose(headers, None, COMPETING_TYPES),
+        Some("json") => Ok(COMPETING_JSON),
+        Some("xml" | "atom") => Ok(COMPETING_XML),
+        Some(other) => {
+            Err(HttpError::bad_request(format!("'{other}' is not a valid format. Use json or xml")))
+        }
+    }
+}
+
+/// Takes messages; with `wait`, a consumer with nothing to do waits until a
+/// message is available to it, the time is up, or the server shuts down,
+/// then answers with what it has (possibly nothing).
+async fn take_messages(
+    state: &AppState,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    wait: Option<Duration>,
+) -> Result<Vec<Delivered>, HttpError> {
+    let subscriptions = &state.subscriptions;
+    // IMPORTANT: watch before taking, so a message that arrives between
+    // the take and the wait wakes the wait.
+    let mut changes = subscriptions.changes(stream, group)?;
+    changes.borrow_and_update();
+    let delivered = subscriptions.take_fresh(stream, group, consumer, count).await?;
+    let Some(wait) = wait.filter(|_| delivered.is_empty()) else { return Ok(delivered) };
+
+    // A waiting consumer is a waiter like any long-poll: it counts against
+    // the server's cap (503 beyond it).
+    let _permit = state.waiters.admit()?;
+    // The consumer counts as connected for as long as it waits.
+    let _waiting = subscriptions.waiting(stream, group, consumer)?;
+    let deadline = Instant::now() + wait;
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        if *shutdown.borrow_and_update() {
+            return Ok(Vec::new());
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Err(SubscriptionError::NotFound.into());
+                }
+            }
+            () = sleep_until(deadline) => return Ok(Vec::new()),
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    return Ok(Vec::new());
+                }
+                continue;
+            }
+        }
+        let delivered = subscriptions.take(stream, group, consumer, count)?;
+        if !delivered.is_empty() {
+            return Ok(delivered);
+        }
+    }
+}
+
+// ---- ack / nack ----
+
+/// Parses message ids; v5's reason phrase for a bad one.
+fn message_ids(text: Option<&str>) -> Result<Vec<Uuid>, HttpError> {
+    let text = text.map(str::trim).filter(|text| !text.is_empty()).ok_or_else(|| {
+        HttpError::bad_request("messageid should be a properly formed guid")
+            .with_detail("Name the messages in the query: ?ids={id},{id}")
+    })?;
+    text.split(',')
+        .map(|id| {
+            Uuid::parse_str(id.trim()).map_err(|_| {
+                HttpError::bad_request("messageid should be a properly formed guid")
+                    .with_detail(format!("'{id}' is not a message id"))
+            })
+        })
+        .collect()
+}
+
+/// `?action=`: `Retry` when absent.
+fn nack_action(text: Option<&str>) -> Result<NackAction, HttpError> {
+    let Some(text) = text.map(str::trim).filter(|text| !text.is_empty()) else {
+        return Ok(NackAction::Retry);
+    };
+    match text.to_ascii_lowercase().as_str() {
+        "retry" => Ok(NackAction::Retry),
+        "skip" => Ok(NackAction::Skip),
+        "park" => Ok(NackAction::Park),
+        "stop" => Ok(NackAction::Stop),
+        _ => Err(HttpError::bad_request(format!("'{text}' is not a valid nack action"))
+            .with_detail("Use Park, Retry, Skip or Stop.")),
+    }
+}
+
+fn accepted() -> Response {
+    StatusCode::ACCEPTED.into_response()
+}
+
+fn acknowledge(
+    state: &AppState,
+    consumer: &Consumer,
+    stream: &str,
+    group: &str,
+    ids: &[Uuid],
+    nack: Option<NackAction>,
+) -> Result<Response, HttpError> {
+    check_names(stream, group)?;
+    match nack {
+        None => state.subscriptions.ack(stream, group, &consumer.0, ids)?,
+        Some(action) => state.subscriptions.nack(stream, group, &consumer.0, ids, action)?,
+    }
+    Ok(accepted())
+}
+
+async fn ack_one(
+    State(state): State<AppState>,
+    consumer: Consumer,
+    Segments((stream, group, id)): Segments<(String, String, String)>,
+) -> Result<Response, HttpError> {
+    let (id, _) = split_segment(&id);
+    let ids = message_ids(Some(id))?;
+    acknowledge(&state, &consumer, &stream, &group, &ids, None)
+}
+
+async fn nack_one(
+    State(state): State<AppState>,
+    consumer: Consumer,
+    Segments((stream, group, id)): Segments<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
+    let (id, in_segment) = split_segment(&id);
+    let query = SubscriptionQuery::parse(query.as_deref(), in_segment);
+    let ids = message_ids(Some(id))?;
+    let action = nack_action(query.action.as_deref())?;
+    acknowledge(&state, &consumer, &stream, &group, &ids, Some(action))
+}
+
+async fn ack_many(
+    State(state): State<AppState>,
+    consumer: Consumer,
+    Segments((stream, group)): Segments<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
+    let query = SubscriptionQuery::parse(query.as_deref(), None);
+    let ids = message_ids(query.ids.as_deref())?;
+    acknowledge(&state, &consumer, &stream, &group, &ids, None)
+}
+
+async fn nack_many(
+    State(state): State<AppState>,
+    consumer: Consumer,
+    Segments((stream, group)): Segments<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
+    let query = SubscriptionQuery::parse(query.as_deref(), None);
+    let ids = message_ids(query.ids.as_deref())?;
+    let action = nack_action(query.action.as_deref())?;
+    acknowledge(&state, &consumer, &stream, &group, &ids, Some(action))
+}
+
+/// `POST /subscriptions/{s}/{g}/ack%3Fids=...` (and `nack`): the query
+/// encoded into the path, as v5 wrote its own `ackAll` links.
+async fn encoded_action(
+    State(state): State<AppState>,
+    consumer: Consumer,
+    Segments((stream, group, segment)): Segments<(String, String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
+    let (action, in_segment) = split_segment(&segment);
+    let query = SubscriptionQuery::parse(query.as_deref(), in_segment);
+    let nack = match action {
+        "ack" => None,
+        "nack" => Some(nack_action(query.action.as_deref())?),
+        _ => return Err(HttpError::not_found("No resource lives at this URL.")),
+    };
+    let ids = message_ids(query.ids.as_deref())?;
+    acknowledge(&state, &consumer, &stream, &group, &ids, nack)
+}
+
+// ---- managing groups ----
+
+async fn read_settings(body: Body, is_all: bool) -> Result<Settings, HttpError> {
+    let bytes = match Limited::new(body, MAX_SETTINGS_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(HttpError::payload_too_large(format!(
+                "A settings document is at most {MAX_SETTINGS_BYTES} bytes."
+            )));
+        }
+        Err(error) => {
+            return Err(
+                HttpError::bad_request("Could not read the request body.").with_detail(error.to_string())
+            );
+        }
+    };
+    Settings::parse(&bytes, is_all).map_err(|invalid| HttpError::bad_request(invalid.to_string()))
+}
+
+fn with_location(status: StatusCode, urls: &Urls, stream: &str, group: &str) -> Response {
+    let mut response = status.into_response();
+    response.headers_mut().insert(header::LOCATION, header_value(&urls.subscription(stream, group)));
+    response
+}
+
+/// `PUT`: creates a group (201 with its `Location`; 409 if it exists).
+async fn create(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+    Segments((stream, group)): Segments<(String, String)>,
+    body: Body,
+) -> Result<Response, HttpError> {
+    check_names(&stream, &group)?;
+    let settings = read_settings(body, stream == feed::ALL_STREAM).await?;
+    state.subscriptions.create(&stream, &group, settings).await?;
+    Ok(with_location(StatusCode::CREATED, &urls, &stream, &group))
+}
+
+/// `POST`: replaces a group's settings (200; 404 if it does not exist).
+async fn update(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+    Segments((stream, group)): Segments<(String, String)>,
+    body: Body,
+) -> Result<Response, HttpError> {
+    check_names(&stream, &group)?;
+    let settings = read_settings(body, stream == feed::ALL_STREAM).await?;
+    state.subscriptions.update(&stream, &group, settings).await?;
+    Ok(with_location(StatusCode::OK, &urls, &stream, &group))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Segments((stream, group)): Segments<(String, String)>,
+) -> Result<Response, HttpError> {
+    check_names(&stream, &group)?;
+    state.subscriptions.delete(&stream, &group).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `POST .../replayParked`: hands every message parked so far back to the
+/// group (they are delivered before new ones).
+async fn replay_parked(
+    State(state): State<AppState>,
+    Segments((stream, group)): Segments<(String, String)>,
+) -> Result<Response, HttpError> {
+    check_names(&stream, &group)?;
+    let replaying = state.subscriptions.replay_parked(&stream, &group).await?;
+    Ok(json_response(&json!({ "result": "Success", "messagesToReplay": replaying })))
+}
+
+// ---- statistics ----
+
+async fn info(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+    Segments((stream, group)): Segments<(String, String)>,
+) -> Result<Response, HttpError> {
+    check_names(&stream, &group)?;
+    let info = state.subscriptions.info(&stream, &group).await?;
+    Ok(json_response(&info_json(&urls, &info)))
+}
+
+async fn list_all(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+) -> Result<Response, HttpError> {
+    let infos = state.subscriptions.list(None).await?;
+    Ok(json_response(&Value::Array(infos.iter().map(|info| info_json(&urls, info)).collect())))
+}
+
+/// The groups of one stream; 404 when it has none (as v5).
+async fn list_stream(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+    Segments((stream,)): Segments<(String,)>,
+) -> Result<Response, HttpError> {
+    params::stream_name(&stream)?;
+    let infos = state.subscriptions.list(Some(&stream)).await?;
+    if infos.is_empty() {
+        return Err(HttpError::not_found("The stream has no subscription groups."));
+    }
+    Ok(json_response(&Value::Array(infos.iter().map(|info| info_json(&urls, info)).collect())))
+}
+
+fn json_response(value: &Value) -> Response {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, content_type(negotiate::JSON));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// v5's `SubscriptionInfo`, with its field names. Numbers are event
+/// numbers, or positions for `$all` (whose `...Position` fields are in the
+/// 32-hex-digit form of `$all`'s links); -1 means none.
+fn info_json(urls: &Urls, info: &GroupInfo) -> Value {
+    let is_all = info.stream == feed::ALL_STREAM;
+    let number = |value: Option<u64>| value.map_or(json!(-1), |n| json!(n));
+    let position = |value: Option<u64>| match value {
+        None => json!(null),
+        Some(p) if is_all => json!(feed::format_position(p)),
+        Some(n) => json!(n.to_string()),
+    };
+    let subscription = urls.subscription(&info.stream, &info.group);
+    let stats = &info.stats;
+    let last_processed = stats.checkpoint.last_processed();
+    let connections: Vec<Value> = stats
+        .connections
+        .iter()
+        .map(|connection| {
+            json!({
+                "from": connection.name,
+                "connectionName": connection.name,
+                "username": "",
+                "inFlightMessages": connection.in_flight,
+                "totalItemsProcessed": connection.processed,
+                "waitingRequests": connection.waiting,
+                "idleMilliseconds": u64::try_from(connection.idle.as_millis()).unwrap_or(u64::MAX),
+            })
+        })
+        .collect();
+    json!({
+        "links": [
+            { "href": format!("{subscription}/info"), "rel": "detail" },
+            { "href": format!("{subscription}/replayParked"), "rel": "replayParked" },
+        ],
+        "config": info.settings.to_json(),
+        "eventStreamId": info.stream,
+        "groupName": info.group,
+        "status": stats.status,
+        "averageItemsPerSecond": (stats.rate * 100.0).round() / 100.0,
+        "parkedMessageUri": urls.stream(&parked_stream(&info.stream, &info.group)),
+        "getMessagesUri": format!("{subscription}/1"),
+        "totalItemsProcessed": stats.processed_total,
+        "lastProcessedEventNumber": number(last_processed),
+        "lastKnownEventNumber": number(info.last_known),
+        "lastCheckpointedEventPosition": position(last_processed),
+        "lastKnownEventPosition": position(info.last_known),
+        "readBufferCount": stats.buffered,
+        "retryBufferCount": stats.retrying,
+        "totalInFlightMessages": stats.in_flight,
+        "outstandingMessagesCount": stats.outstanding,
+        "parkedMessageCount": info.parked_count,
+        "connectionCount": stats.connections.len(),
+        "connections": connections,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_in_the_path_are_read_like_real_ones() {
+        let (count, in_segment) = split_segment("5?embed=Body");
+        assert_eq!(count, "5");
+        let query = SubscriptionQuery::parse(Some("ids=a"), in_segment);
+        assert_eq!(query.embed(), Embed::Body);
+        assert_eq!(query.ids.as_deref(), Some("a"));
+        let query = SubscriptionQuery::parse(Some("ids=a%2Cb&action=Park"), None);
+        assert_eq!(query.ids.as_deref(), Some("a,b"));
+        assert_eq!(nack_action(query.action.as_deref()).ok(), Some(NackAction::Park));
+    }
+
+    #[test]
+    fn ids_and_actions_parse_strictly() {
+        let id = Uuid::new_v4();
+        assert_eq!(message_ids(Some(&format!("{id}, {id}"))).ok(), Some(vec![id, id]));
+        for bad in [None, Some(""), Some("x"), Some(&format!("{id},"))] {
+            let error = message_ids(bad).expect_err("bad ids");
+            assert_eq!(error.reason, "messageid should be a properly formed guid");
+        }
+        assert_eq!(nack_action(None).ok(), Some(NackAction::Retry));
+        assert_eq!(nack_action(Some("SKIP")).ok(), Some(NackAction::Skip));
+        assert!(nack_action(Some("later")).is_err());
+    }
+}

@@ -158,10 +158,35 @@ impl Server {
         }
 
         subscriptions.shutdown().await;
+        // It holds the store too; release below waits for every holder.
+        drop(subscriptions);
         store.close().await.map_err(ServerError::Store)?;
         tracing::info!("store flushed; bye");
+        release(store).await;
         Ok(())
     }
+}
+
+/// How long [`Server::run`] waits for background tasks to let go of the
+/// store before it returns anyway.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until this is the last handle on the store, then drops it, so that
+/// when `run` returns the store's files are closed and unlocked and the
+/// same directory can be opened again at once (by a test, or an embedding
+/// program). Tasks that hold a handle (subscription drivers, a scheduled
+/// scavenge, a request finishing) let go within moments of shutdown.
+async fn release(store: Arc<SledStore>) {
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if Arc::strong_count(&store) > 1 {
+        tracing::debug!(holders = Arc::strong_count(&store) - 1, "store still referenced at exit");
+    }
+    // sled's last handle flushes and joins its threads on drop: off the
+    // async runtime.
+    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
 }
 
 /// Starts a scavenge every `interval` until shutdown (the first one an

@@ -5,9 +5,12 @@
 //! Layout of an event record (version 1), all integers big-endian:
 //!
 //! ```text
-//! u8 version | u8 flags | u64 number | i64 created (µs since epoch) | [16] id
-//! u16 len | stream | u16 len | type | u32 len | data | u32 len | metadata
+//! u8 version | u8 flags | u64 number | u64 position | i64 created (µs since epoch)
+//! [16] id | u16 len | stream | u16 len | type | u32 len | data | u32 len | metadata
 //! ```
+//!
+//! The value under an event key is either such a record (user streams) or
+//! a link entry (system streams), told apart by the first byte.
 
 use bytes::Bytes;
 use uuid::Uuid;
@@ -15,6 +18,8 @@ use uuid::Uuid;
 use super::{RecordedEvent, StoreError};
 
 const EVENT_V1: u8 = 1;
+/// The first byte of a link entry; distinct from every record version.
+const LINK_V1: u8 = 0x81;
 const STATE_V1: u8 = 1;
 
 const FLAG_DATA_JSON: u8 = 0b01;
@@ -25,6 +30,7 @@ const FLAG_METADATA_JSON: u8 = 0b10;
 pub struct EventFields<'a> {
     pub stream: &'a str,
     pub number: u64,
+    pub position: u64,
     pub id: &'a Uuid,
     pub event_type: &'a str,
     pub created_micros: i64,
@@ -59,6 +65,7 @@ pub fn encode_event(event: &EventFields<'_>) -> Vec<u8> {
     out.push(EVENT_V1);
     out.push(flags);
     out.extend_from_slice(&event.number.to_be_bytes());
+    out.extend_from_slice(&event.position.to_be_bytes());
     out.extend_from_slice(&event.created_micros.to_be_bytes());
     out.extend_from_slice(event.id.as_bytes());
     put_short(&mut out, event.stream.as_bytes());
@@ -68,19 +75,18 @@ pub fn encode_event(event: &EventFields<'_>) -> Vec<u8> {
     out
 }
 
-/// Decodes a record written by [`encode_event`] at `position`. Data and
-/// metadata are slices of `record`, not copies: a page of large events is
-/// rendered straight from the store's buffers.
-pub fn decode_event(position: u64, record: Bytes) -> Result<RecordedEvent, StoreError> {
+/// Decodes a record written by [`encode_event`]. Data and metadata are
+/// slices of `record`, not copies: a page of large events is rendered
+/// straight from the store's buffers.
+pub fn decode_event(record: Bytes) -> Result<RecordedEvent, StoreError> {
     let mut reader = Reader::new(&record);
     let version = reader.u8()?;
     if version != EVENT_V1 {
-        return Err(StoreError::Corrupt(format!(
-            "event record at position {position} has unknown version {version}"
-        )));
+        return Err(StoreError::Corrupt(format!("event record has unknown version {version}")));
     }
     let flags = reader.u8()?;
     let number = reader.u64()?;
+    let position = reader.u64()?;
     let created_micros = reader.u64()? as i64;
     let id = Uuid::from_bytes(reader.take(16)?.try_into().map_err(|_| reader.short())?);
     let stream = reader.short_str()?.to_owned();
@@ -106,16 +112,19 @@ pub fn shared(value: sled::IVec) -> Bytes {
     Bytes::from_owner(value)
 }
 
-/// Reads only the creation time of an event record (for `$maxAge` searches).
-pub fn decode_created(record: &[u8]) -> Result<i64, StoreError> {
-    match record {
-        [EVENT_V1, _flags, _number @ ..] if record.len() >= 18 => {
-            let bytes: [u8; 8] = record[10..18]
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("event record is truncated".into()))?;
-            Ok(i64::from_be_bytes(bytes))
-        }
-        _ => Err(StoreError::Corrupt("event record is truncated or of unknown version".into())),
+/// Reads only the creation time and position of the event or link stored
+/// under an event key (for `$maxAge` searches and scavenging).
+pub fn entry_time_and_position(value: &[u8]) -> Result<(i64, u64), StoreError> {
+    let field =
+        |at: usize| -> Option<u64> { Some(u64::from_be_bytes(value.get(at..at + 8)?.try_into().ok()?)) };
+    let (created, position) = match value.first() {
+        Some(&EVENT_V1) => (field(18), field(10)),
+        Some(&LINK_V1) => (field(9), field(1)),
+        _ => (None, None),
+    };
+    match (created, position) {
+        (Some(created), Some(position)) => Ok((created as i64, position)),
+        _ => Err(StoreError::Corrupt("event entry is truncated or of unknown version".into())),
     }
 }
 
@@ -244,49 +253,38 @@ pub fn decode_state(record: &[u8]) -> Result<StreamState, StoreError> {
     })
 }
 
-/// The value of an event-id index entry: which stream and number took the id.
-pub fn encode_id_owner(stream: &str, number: u64) -> Vec<u8> {
+/// A reference to an event by stream and number: the value of a log entry,
+/// and of an event-id entry (which event took the id).
+pub fn encode_event_ref(stream: &str, number: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + stream.len());
     out.extend_from_slice(&number.to_be_bytes());
     out.extend_from_slice(stream.as_bytes());
     out
 }
 
-pub fn decode_id_owner(value: &[u8]) -> Result<(String, u64), StoreError> {
+pub fn decode_event_ref(value: &[u8]) -> Result<(String, u64), StoreError> {
     let mut reader = Reader::new(value);
     let number = reader.u64()?;
     let stream = std::str::from_utf8(reader.rest())
-        .map_err(|_| StoreError::Corrupt("event id entry names a non-UTF-8 stream".into()))?;
+        .map_err(|_| StoreError::Corrupt("event reference names a non-UTF-8 stream".into()))?;
     Ok((stream.to_owned(), number))
 }
 
-/// What a stream-index entry points at.
+/// What is stored under an event key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IndexEntry {
-    /// A user stream's own event, at this global position.
-    Event(u64),
+pub enum Entry {
+    /// A user stream's own event.
+    Event(RecordedEvent),
     /// A system stream's link to another stream's event. The target's
-    /// identity is kept here, not only its position, so that the link can
-    /// still be shown (unresolved) after the target is scavenged.
+    /// identity is kept here, so that the link can still be shown
+    /// (unresolved) after the target is scavenged.
     Link { position: u64, created_micros: i64, number: u64, stream: String },
 }
 
-impl IndexEntry {
-    pub fn position(&self) -> u64 {
-        match self {
-            Self::Event(position) | Self::Link { position, .. } => *position,
-        }
-    }
-}
-
-/// Index value of a user stream's event: its position, 8 bytes.
-pub fn encode_event_entry(position: u64) -> [u8; 8] {
-    position.to_be_bytes()
-}
-
-/// Index value of a link: position, created, number, stream (24 + n bytes).
+/// A link entry: tag, target position, created, number, stream.
 pub fn encode_link_entry(position: u64, created_micros: i64, number: u64, stream: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(24 + stream.len());
+    let mut out = Vec::with_capacity(25 + stream.len());
+    out.push(LINK_V1);
     out.extend_from_slice(&position.to_be_bytes());
     out.extend_from_slice(&created_micros.to_be_bytes());
     out.extend_from_slice(&number.to_be_bytes());
@@ -294,17 +292,23 @@ pub fn encode_link_entry(position: u64, created_micros: i64, number: u64, stream
     out
 }
 
-pub fn decode_index_entry(value: &[u8]) -> Result<IndexEntry, StoreError> {
-    let mut reader = Reader::new(value);
-    let position = reader.u64()?;
-    if value.len() == 8 {
-        return Ok(IndexEntry::Event(position));
+/// Whether the value under an event key is a link entry.
+pub fn is_link_entry(value: &[u8]) -> bool {
+    value.first() == Some(&LINK_V1)
+}
+
+/// Decodes the value under an event key.
+pub fn decode_entry(value: Bytes) -> Result<Entry, StoreError> {
+    if !is_link_entry(&value) {
+        return decode_event(value).map(Entry::Event);
     }
+    let mut reader = Reader::new(&value[1..]);
+    let position = reader.u64()?;
     let created_micros = reader.u64()? as i64;
     let number = reader.u64()?;
     let stream = std::str::from_utf8(reader.rest())
         .map_err(|_| StoreError::Corrupt("link entry names a non-UTF-8 stream".into()))?;
-    Ok(IndexEntry::Link { position, created_micros, number, stream: stream.to_owned() })
+    Ok(Entry::Link { position, created_micros, number, stream: stream.to_owned() })
 }
 
 fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -380,6 +384,7 @@ mod tests {
         let fields = EventFields {
             stream: "Order-123",
             number: 42,
+            position: 7,
             id: &id,
             event_type: "OrderPlaced",
             created_micros: 1_700_000_000_123_456,
@@ -389,7 +394,7 @@ mod tests {
             metadata: b"plain",
         };
         let record = encode_event(&fields);
-        let event = decode_event(7, Bytes::from(record.clone())).expect("decodes");
+        let event = decode_event(Bytes::from(record.clone())).expect("decodes");
         assert_eq!(event.stream, "Order-123");
         assert_eq!(event.number, 42);
         assert_eq!(event.position, 7);
@@ -400,7 +405,7 @@ mod tests {
         assert!(!event.metadata_is_json);
         assert_eq!(&event.data[..], br#"{"total":12}"#);
         assert_eq!(&event.metadata[..], b"plain");
-        assert_eq!(decode_created(&record).expect("decodes"), 1_700_000_000_123_456);
+        assert_eq!(entry_time_and_position(&record).expect("decodes"), (1_700_000_000_123_456, 7));
     }
 
     #[test]
@@ -409,6 +414,7 @@ mod tests {
         let record = encode_event(&EventFields {
             stream: "s",
             number: 0,
+            position: 0,
             id: &id,
             event_type: "t",
             created_micros: 0,
@@ -418,11 +424,11 @@ mod tests {
             metadata: b"",
         });
         for cut in 0..record.len() {
-            assert!(decode_event(0, Bytes::copy_from_slice(&record[..cut])).is_err(), "cut at {cut}");
+            assert!(decode_event(Bytes::copy_from_slice(&record[..cut])).is_err(), "cut at {cut}");
         }
         let mut future = record.clone();
         future[0] = 99;
-        assert!(matches!(decode_event(0, Bytes::from(future)), Err(StoreError::Corrupt(_))));
+        assert!(matches!(decode_event(Bytes::from(future)), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
@@ -450,20 +456,33 @@ mod tests {
     }
 
     #[test]
-    fn index_entries_round_trip() {
-        let event = encode_event_entry(9);
-        assert_eq!(decode_index_entry(&event).expect("decodes"), IndexEntry::Event(9));
+    fn link_entries_round_trip_and_are_told_from_records() {
         let link = encode_link_entry(9, 1_000, 4, "Order-1");
         assert_eq!(
-            decode_index_entry(&link).expect("decodes"),
-            IndexEntry::Link { position: 9, created_micros: 1_000, number: 4, stream: "Order-1".into() }
+            decode_entry(Bytes::from(link.clone())).expect("decodes"),
+            Entry::Link { position: 9, created_micros: 1_000, number: 4, stream: "Order-1".into() }
         );
-        assert!(decode_index_entry(&link[..12]).is_err());
+        assert_eq!(entry_time_and_position(&link).expect("decodes"), (1_000, 9));
+        assert!(decode_entry(Bytes::copy_from_slice(&link[..12])).is_err());
+        let id = Uuid::new_v4();
+        let record = encode_event(&EventFields {
+            stream: "s",
+            number: 1,
+            position: 2,
+            id: &id,
+            event_type: "t",
+            created_micros: 3,
+            is_json: false,
+            metadata_is_json: false,
+            data: b"",
+            metadata: b"",
+        });
+        assert!(matches!(decode_entry(Bytes::from(record)), Ok(Entry::Event(event)) if event.position == 2));
     }
 
     #[test]
-    fn id_owner_round_trip() {
-        let value = encode_id_owner("Order-1", 3);
-        assert_eq!(decode_id_owner(&value).expect("decodes"), ("Order-1".to_owned(), 3));
+    fn event_refs_round_trip() {
+        let value = encode_event_ref("Order-1", 3);
+        assert_eq!(decode_event_ref(&value).expect("decodes"), ("Order-1".to_owned(), 3));
     }
 }

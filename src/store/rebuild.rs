@@ -100,8 +100,7 @@ pub(crate) fn step(
         Phase::Clearing => {
             staging.insert(marker_key, INCOMPLETE);
             let (prefix, exact) = projection.stream_prefix();
-            let index_prefix =
-                if exact { keys::stream_index_prefix(prefix) } else { keys::stream_index_family(prefix) };
+            let index_prefix = if exact { keys::event_prefix(prefix) } else { keys::event_family(prefix) };
             let mut removed = 0;
             for key in staging.db().scan_prefix(&index_prefix).keys().take(STEP) {
                 staging.remove(key?);
@@ -131,12 +130,13 @@ pub(crate) fn step(
             if next < end {
                 let records: Vec<(sled::IVec, sled::IVec)> =
                     staging.db().range(keys::log(next)..keys::log(end)).collect::<Result<_, _>>()?;
-                for (key, record) in records {
-                    let position = keys::log_position(&key)
-                        .ok_or_else(|| StoreError::Corrupt("log key is malformed".into()))?;
-                    let event = codec::decode_event(position, codec::shared(record))?;
+                for (_, reference) in records {
+                    let (stream, number) = codec::decode_event_ref(&reference)?;
+                    // Scavenged since it was logged: nothing to link.
+                    let Some(record) = staging.db().get(keys::event(&stream, number))? else { continue };
+                    let event = codec::decode_event(codec::shared(record))?;
                     let target = LinkTarget {
-                        position,
+                        position: event.position,
                         created_micros: event.created_micros,
                         number: event.number,
                         stream: &event.stream,

@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::codec::{self, IndexEntry};
+use super::codec;
 use super::writer::Staging;
 use super::{StoreError, keys, visibility};
 
@@ -119,19 +119,21 @@ pub(crate) fn step(staging: &mut Staging<'_>, cursor: &Cursor) -> Result<StepOut
         if first_visible <= from {
             continue;
         }
-        let range = keys::stream_index(stream, from)..keys::stream_index(stream, first_visible);
+        let range = keys::event(stream, from)..keys::event(stream, first_visible);
         let entries: Vec<(sled::IVec, sled::IVec)> =
             staging.db().range(range).take(STEP_REMOVALS - removals).collect::<Result<_, _>>()?;
         for (index_key, value) in entries {
-            match codec::decode_index_entry(&value)? {
-                IndexEntry::Event(position) => {
-                    staging.remove(&keys::log(position)[..]);
-                    outcome.events_removed += 1;
-                    removals += 1;
-                }
-                IndexEntry::Link { .. } => outcome.links_removed += 1,
+            let (_, position) = codec::entry_time_and_position(&value)?;
+            if codec::is_link_entry(&value) {
+                outcome.links_removed += 1;
+            } else {
+                // The event's log entry goes with it (a link's target
+                // position belongs to the target).
+                staging.remove(&keys::log(position)[..]);
+                outcome.events_removed += 1;
+                removals += 1;
             }
-            let number = keys::stream_index_number(&index_key);
+            let number = keys::event_number(&index_key);
             staging.remove(index_key);
             removals += 1;
             if removals >= STEP_REMOVALS {

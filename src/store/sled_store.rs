@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::codec::{self, IndexEntry, StreamState};
+use super::codec::{self, Entry, StreamState};
 use super::generation::{self, DbCell};
 use super::projections::Projections;
 use super::rebuild;
@@ -26,7 +26,7 @@ use super::{
 
 /// The layout this build reads and writes. A store written by another
 /// layout is refused at open rather than misread.
-const LAYOUT_VERSION: u64 = 1;
+const LAYOUT_VERSION: u64 = 2;
 
 /// How many commands may queue for the writer before senders wait. Large
 /// enough that the writer always finds a full batch under load; bounded so a
@@ -106,7 +106,13 @@ impl SledStore {
         let head =
             Head { next_position: counter(keys::NEXT_POSITION)?, commit_seq: counter(keys::COMMIT_SEQ)? };
         let last_created_micros = match db.get_lt([keys::LOG + 1])? {
-            Some((key, record)) if keys::log_position(&key).is_some() => codec::decode_created(&record)?,
+            Some((key, reference)) if keys::log_position(&key).is_some() => {
+                let (stream, number) = codec::decode_event_ref(&reference)?;
+                match db.get(keys::event(&stream, number))? {
+                    Some(value) => codec::entry_time_and_position(&value)?.0,
+                    None => 0,
+                }
+            }
             _ => 0,
         };
 
@@ -255,58 +261,51 @@ impl ReadContext {
     ) -> Result<Vec<ReadEvent>, StoreError> {
         let capacity = usize::try_from(high - low + 1).unwrap_or(usize::MAX).min(4096);
         let mut events = Vec::with_capacity(capacity);
-        let range = keys::stream_index(stream, low)..=keys::stream_index(stream, high);
+        let range = keys::event(stream, low)..=keys::event(stream, high);
         for item in self.db().range(range) {
             let (key, value) = item?;
-            let number = keys::stream_index_number(&key)
-                .ok_or_else(|| StoreError::Corrupt("stream index key is malformed".into()))?;
-            let entry = codec::decode_index_entry(&value)?;
-            if let Some(event) = self.materialise(stream, number, entry, resolve_links)? {
-                events.push(event);
-            }
+            let number = keys::event_number(&key)
+                .ok_or_else(|| StoreError::Corrupt("event key is malformed".into()))?;
+            let entry = codec::decode_entry(codec::shared(value))?;
+            events.push(self.materialise(stream, number, entry, resolve_links)?);
         }
         Ok(events)
     }
 
-    /// Turns an index entry into what a read returns.
+    /// Turns what is stored under an event key into what a read returns.
     fn materialise(
         &mut self,
         stream: &str,
         number: u64,
-        entry: IndexEntry,
+        entry: Entry,
         resolve_links: bool,
-    ) -> Result<Option<ReadEvent>, StoreError> {
+    ) -> Result<ReadEvent, StoreError> {
         match entry {
-            IndexEntry::Event(position) => Ok(self
-                .db()
-                .get(keys::log(position))?
-                .map(|record| codec::decode_event(position, codec::shared(record)))
-                .transpose()?
-                .map(|event| ReadEvent { event, link: None })),
-            IndexEntry::Link { position, created_micros, number: target_number, stream: target } => {
+            Entry::Event(event) => Ok(ReadEvent { event, link: None }),
+            Entry::Link { position, created_micros, number: target_number, stream: target } => {
                 let link = link_event(stream, number, position, created_micros, target_number, &target);
                 if resolve_links {
-                    if let Some(event) = self.visible_target(position, &target, target_number)? {
-                        return Ok(Some(ReadEvent { event, link: Some(link) }));
+                    if let Some(event) = self.visible_event(&target, target_number)? {
+                        return Ok(ReadEvent { event, link: Some(link) });
                     }
                 }
-                Ok(Some(ReadEvent { event: link, link: None }))
+                Ok(ReadEvent { event: link, link: None })
             }
         }
     }
 
-    /// The target of a link, if it is still visible in its own stream.
-    fn visible_target(
-        &mut self,
-        position: u64,
-        stream: &str,
-        number: u64,
-    ) -> Result<Option<RecordedEvent>, StoreError> {
+    /// Event `number` of user stream `stream`, if it is still visible.
+    fn visible_event(&mut self, stream: &str, number: u64) -> Result<Option<RecordedEvent>, StoreError> {
         if !self.is_visible(stream, number)? {
             return Ok(None);
         }
-        match self.db().get(keys::log(position))? {
-            Some(record) => codec::decode_event(position, codec::shared(record)).map(Some),
+        match self.db().get(keys::event(stream, number))? {
+            Some(value) => match codec::decode_entry(codec::shared(value))? {
+                Entry::Event(event) => Ok(Some(event)),
+                Entry::Link { .. } => {
+                    Err(StoreError::Corrupt(format!("{number}@{stream} is a link, not an event")))
+                }
+            },
             None => Ok(None),
         }
     }
@@ -358,15 +357,15 @@ impl ReadContext {
         if number < view.first_visible || number >= state.next_number {
             return Ok((view, None));
         }
-        let Some(value) = self.db().get(keys::stream_index(stream, number))? else {
+        let Some(value) = self.db().get(keys::event(stream, number))? else {
             return Ok((view, None));
         };
-        let entry = codec::decode_index_entry(&value)?;
-        let is_link = matches!(entry, IndexEntry::Link { .. });
+        let entry = codec::decode_entry(codec::shared(value))?;
+        let is_link = matches!(entry, Entry::Link { .. });
         let event = self.materialise(stream, number, entry, resolve_links)?;
         // v5: a resolved read of a link whose target is gone is a 404.
-        let event = event.filter(|read| !(is_link && resolve_links && read.link.is_none()));
-        Ok((view, event))
+        let gone = is_link && resolve_links && event.link.is_none();
+        Ok((view, (!gone).then_some(event)))
     }
 
     fn read_all(&mut self, read: AllRead, next_position: u64) -> Result<AllSlice, StoreError> {
@@ -392,15 +391,15 @@ impl ReadContext {
         let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             if backward { Box::new(iter.rev()) } else { Box::new(iter) };
         for item in iter.take(MAX_ALL_SCAN) {
-            let (key, record) = item?;
+            let (key, reference) = item?;
             let position =
                 keys::log_position(&key).ok_or_else(|| StoreError::Corrupt("log key is malformed".into()))?;
             scanned = Some(match scanned {
                 None => (position, position),
                 Some((low, high)) => (low.min(position), high.max(position)),
             });
-            let event = codec::decode_event(position, codec::shared(record))?;
-            if self.is_visible(&event.stream, event.number)? {
+            let (stream, number) = codec::decode_event_ref(&reference)?;
+            if let Some(event) = self.visible_event(&stream, number)? {
                 events.push(event);
                 if events.len() >= count {
                     break;

@@ -2,7 +2,7 @@
 //! this one function, so the scavenger can never remove an event a read
 //! would still show.
 
-use super::codec::{self, IndexEntry, StreamState};
+use super::codec::{self, StreamState};
 use super::{StoreError, keys};
 
 /// The lowest event number reads can see, applying soft delete (`deleted
@@ -44,15 +44,9 @@ pub fn first_visible(
 
 /// When event `number` of `stream` was written; `None` if it is gone.
 fn created_at(db: &sled::Db, stream: &str, number: u64) -> Result<Option<i64>, StoreError> {
-    let Some(value) = db.get(keys::stream_index(stream, number))? else {
-        return Ok(None);
-    };
-    match codec::decode_index_entry(&value)? {
-        IndexEntry::Link { created_micros, .. } => Ok(Some(created_micros)),
-        IndexEntry::Event(position) => match db.get(keys::log(position))? {
-            Some(record) => codec::decode_created(&record).map(Some),
-            None => Ok(None),
-        },
+    match db.get(keys::event(stream, number))? {
+        Some(value) => codec::entry_time_and_position(&value).map(|(created, _)| Some(created)),
+        None => Ok(None),
     }
 }
 

@@ -558,7 +558,7 @@ impl<'a> Staging<'a> {
             return Ok(Some(owner.clone()));
         }
         match self.db.get(keys::event_id(id))? {
-            Some(value) => codec::decode_id_owner(&value).map(Some),
+            Some(value) => codec::decode_event_ref(&value).map(Some),
             None => Ok(None),
         }
     }
@@ -609,6 +609,7 @@ impl<'a> Staging<'a> {
             let record = codec::encode_event(&EventFields {
                 stream: &append.stream,
                 number,
+                position,
                 id: &event.id,
                 event_type: &event.event_type,
                 created_micros: self.created_micros,
@@ -617,10 +618,10 @@ impl<'a> Staging<'a> {
                 data: &event.data,
                 metadata: &event.metadata,
             });
-            self.batch.insert(&keys::log(position)[..], record);
-            self.batch
-                .insert(keys::stream_index(&append.stream, number), &codec::encode_event_entry(position)[..]);
-            self.batch.insert(&keys::event_id(&event.id)[..], codec::encode_id_owner(&append.stream, number));
+            let reference = codec::encode_event_ref(&append.stream, number);
+            self.batch.insert(keys::event(&append.stream, number), record);
+            self.batch.insert(&keys::log(position)[..], reference.clone());
+            self.batch.insert(&keys::event_id(&event.id)[..], reference);
             self.ids.insert(event.id, (append.stream.clone(), number));
             self.writes += 3;
             self.next_position += 1;
@@ -689,7 +690,7 @@ impl<'a> Staging<'a> {
             state.created_position = target.position;
         }
         self.batch.insert(
-            keys::stream_index(system_stream, number),
+            keys::event(system_stream, number),
             codec::encode_link_entry(target.position, target.created_micros, target.number, target.stream),
         );
         self.writes += 1;

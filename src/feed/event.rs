@@ -1,6 +1,8 @@
 //! How one event's payload is shown: as embedded JSON, as a JSON string
 //! (`embed=body`), re-indented (`pretty`), or as XML.
 
+use std::borrow::Cow;
+
 use serde_json::value::RawValue;
 
 use super::Embed;
@@ -28,7 +30,9 @@ fn json_string(text: &str) -> Box<RawValue> {
 /// The text of a payload for `embed=body` and above, when the level shows
 /// it: JSON payloads always; others only with `tryharder`, and only if they
 /// happen to parse as JSON. `pretty` and `tryharder` re-indent.
-pub fn body_text(bytes: &[u8], is_json: bool, embed: Embed) -> Option<String> {
+/// Borrowed from `bytes` unless it is re-indented (a page of large events
+/// is serialised without copying their payloads).
+pub fn body_text(bytes: &[u8], is_json: bool, embed: Embed) -> Option<Cow<'_, str>> {
     if bytes.is_empty() && !is_json {
         return None;
     }
@@ -38,15 +42,15 @@ pub fn body_text(bytes: &[u8], is_json: bool, embed: Embed) -> Option<String> {
         if reindent {
             if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
                 if let Ok(pretty) = serde_json::to_string_pretty(&value) {
-                    return Some(pretty);
+                    return Some(Cow::Owned(pretty));
                 }
             }
         }
-        return Some(text.into_owned());
+        return Some(text);
     }
     if embed == Embed::TryHarder {
         let value = serde_json::from_slice::<serde_json::Value>(bytes).ok()?;
-        return serde_json::to_string_pretty(&value).ok();
+        return serde_json::to_string_pretty(&value).ok().map(Cow::Owned);
     }
     None
 }
@@ -142,7 +146,7 @@ mod tests {
 
     #[test]
     fn body_text_by_level() {
-        assert_eq!(body_text(br#"{"a":1}"#, true, Embed::Body).as_deref(), Some(r#"{"a":1}"#));
+        assert!(matches!(body_text(br#"{"a":1}"#, true, Embed::Body), Some(Cow::Borrowed(r#"{"a":1}"#))));
         assert_eq!(body_text(br#"{"a":1}"#, true, Embed::Pretty).as_deref(), Some("{\n  \"a\": 1\n}"));
         assert_eq!(body_text(br#"{"a":1}"#, false, Embed::Body), None);
         assert!(body_text(br#"{"a":1}"#, false, Embed::TryHarder).is_some());

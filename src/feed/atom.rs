@@ -118,7 +118,7 @@ fn write_entry(
         out.extend_from_slice(b"<entry>");
     }
     out.extend_from_slice(b"<title>");
-    push_number(out, event.number);
+    out.extend_from_slice(super::decimal(event.number, &mut [0; 20]).as_bytes());
     out.push(b'@');
     escape_into(out, &event.stream, Quotes::Kept);
     out.extend_from_slice(b"</title>");
@@ -165,21 +165,6 @@ fn push_time(out: &mut Vec<u8>, micros: i64) {
     let mut text = String::with_capacity(27);
     write_rfc3339(&mut text, micros);
     out.extend_from_slice(text.as_bytes());
-}
-
-fn push_number(out: &mut Vec<u8>, number: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = number;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// Whether `"` is escaped (attribute values) or kept (element text, where

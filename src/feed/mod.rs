@@ -198,6 +198,23 @@ pub fn stream_feed(urls: &Urls, stream: &str, request: PageRequest, slice: Strea
     }
 }
 
+/// Formats `number` in decimal into `buffer`, without going through `fmt`
+/// (renderers do this for every entry).
+pub(crate) fn decimal(number: u64, buffer: &mut [u8; 20]) -> &str {
+    let mut at = buffer.len();
+    let mut rest = number;
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buffer[at..]).unwrap_or("0")
+}
+
 /// The name of the stream of every event.
 pub const ALL_STREAM: &str = "$all";
 
@@ -452,6 +469,14 @@ mod tests {
         assert!(atom.starts_with("7;"));
         assert_ne!(atom, etag_value("7", "application/vnd.eventstore.atom+json", None));
         assert_ne!(atom, etag_value("7", "application/atom+xml", Some(0)));
+    }
+
+    #[test]
+    fn decimals() {
+        let mut buffer = [0; 20];
+        assert_eq!(decimal(0, &mut buffer), "0");
+        assert_eq!(decimal(42, &mut buffer), "42");
+        assert_eq!(decimal(u64::MAX, &mut buffer), "18446744073709551615");
     }
 
     #[test]

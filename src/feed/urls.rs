@@ -42,35 +42,8 @@ impl<'a> EventUrls<'a> {
         let mut url = String::with_capacity(prefix.len() + 21);
         url.push_str(prefix);
         url.push('/');
-        url.push_str(itoa(number).as_str());
+        url.push_str(super::decimal(number, &mut [0; 20]));
         url
-    }
-}
-
-/// `number` in decimal, without going through `fmt`.
-fn itoa(number: u64) -> ArrayString {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = number;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    ArrayString { digits, start: at }
-}
-
-struct ArrayString {
-    digits: [u8; 20],
-    start: usize,
-}
-
-impl ArrayString {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.digits[self.start..]).unwrap_or("0")
     }
 }
 

@@ -129,6 +129,10 @@ sub eventfeed_normalize_accept {
         set req.http.Accept = "application/atom+xml";
         return;
     }
+    # Most clients send exactly one of the canonical values: nothing to do.
+    if (req.http.Accept ~ "^(application/(atom\+xml|vnd\.eventstore\.atom\+json|json|xml)|text/(xml|html))$") {
+        return;
+    }
 
     # Work on a canonical copy: lower case, no blanks, no parameters other
     # than q, `q=1` written as no q at all, ranges with q=0 removed.

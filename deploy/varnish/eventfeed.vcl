@@ -153,8 +153,8 @@ sub eventfeed_normalize_accept {
     } else if (req.http.X-Eventfeed-Accept ~ "(^|,)(application/vnd\.eventstore\.(event|streamdesc)\+json|application/octet-stream)(;|,|$)") {
         # Named together with other types: leave it to eventfeed.
     } else if (req.http.X-Eventfeed-Accept ~ "(^|,)application/atom\+xml(,|$)") {
-        # Named with q=1 (no q): among equals, eventfeed's order decides,
-        # and these tests run in that order.
+        # Named with q=1 (no q): among equals eventfeed's own order of
+        # preference decides, and the checks from here on follow it.
         set req.http.Accept = "application/atom+xml";
     } else if (req.http.X-Eventfeed-Accept ~ "(^|,)application/vnd\.eventstore\.atom\+json(,|$)") {
         set req.http.Accept = "application/vnd.eventstore.atom+json";

@@ -356,6 +356,55 @@ async fn errors_are_not_cached_and_writes_pass_through() {
     assert_eq!(statuses, [Some(404), Some(200)]);
 }
 
+#[tokio::test]
+async fn deletes_and_metadata_writes_through_varnish_evict_that_stream() {
+    let chain = Chain::start().await;
+    let (truncated, deleted, untouched) = (fresh_stream("tb"), fresh_stream("gone"), fresh_stream("kept"));
+    let page = |stream: &str| format!("/streams/{stream}/0/forward/20");
+    let event_3 = |stream: &str| format!("/streams/{stream}/3");
+    for stream in [&truncated, &deleted, &untouched] {
+        chain.server.append_n(stream, 25).await;
+        for path in [page(stream), event_3(stream)] {
+            chain.get(&path, &[("accept", ATOM_JSON)]).await;
+            let (status, headers, _) = chain.get(&path, &[("accept", ATOM_JSON)]).await;
+            assert_eq!(status, 200);
+            assert!(is_cache_hit(&headers), "{path} is cached before the change");
+        }
+    }
+    let send =
+        |request: reqwest::RequestBuilder| async move { request.send().await.unwrap().status().as_u16() };
+    let client = &chain.server.client;
+
+    // Hiding events 0-19 through Varnish: the cached copies that show them go.
+    let metadata = client
+        .post(chain.varnish.url(&format!("/streams/{truncated}/metadata")))
+        .header("content-type", "application/json")
+        .body(json!({"$tb": 20}).to_string());
+    assert_eq!(send(metadata).await, 201);
+    let (status, headers, _) = chain.get(&event_3(&truncated), &[("accept", ATOM_JSON)]).await;
+    assert_eq!(status, 404, "event 3 is hidden now, and not served from the cache");
+    assert!(!is_cache_hit(&headers));
+    let (_, headers, body) = chain.get(&page(&truncated), &[("accept", ATOM_JSON)]).await;
+    assert!(!is_cache_hit(&headers), "the page is fetched again");
+    assert!(!titles(&body).contains(&format!("3@{truncated}")), "{body}");
+
+    // Deleting through Varnish: the stream's pages and events go.
+    assert_eq!(send(client.delete(chain.varnish.url(&format!("/streams/{deleted}")))).await, 204);
+    for path in [page(&deleted), event_3(&deleted)] {
+        let (status, headers, _) = chain.get(&path, &[("accept", ATOM_JSON)]).await;
+        assert_eq!(status, 404, "{path} after the delete");
+        assert!(!is_cache_hit(&headers));
+    }
+
+    // Other streams keep their cached copies.
+    for path in [page(&untouched), event_3(&untouched)] {
+        let (status, headers, _) = chain.get(&path, &[("accept", ATOM_JSON)]).await;
+        assert_eq!(status, 200);
+        assert!(is_cache_hit(&headers), "{path} is still cached");
+        assert!(header(&headers, "x-eventfeed-stream").is_none(), "the internal tag is not delivered");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // varnishd
 // ---------------------------------------------------------------------------

@@ -242,6 +242,13 @@ sub vcl_backend_fetch {
 }
 
 sub vcl_backend_response {
+    # Which stream an object belongs to (its URL's stream segment, as sent),
+    # so that a delete or a metadata write can invalidate exactly that
+    # stream's objects (vcl_deliver). Removed before delivery.
+    if (bereq.url ~ "^/streams/[^/?]+") {
+        set beresp.http.X-Eventfeed-Stream = regsub(bereq.url, "^/streams/([^/?]+).*$", "\1");
+    }
+
     # Errors are not cached: a 404 for a stream or event that does not exist
     # yet turns into a 200 with the next append, and a reader that appended
     # and then reads must not be shown the old 404. The hit-for-miss marker
@@ -298,6 +305,23 @@ sub eventfeed_do_not_store {
 }
 
 sub vcl_deliver {
+    # eventfeed's immutable pages stop being true when a stream is deleted
+    # or its metadata hides events ($maxCount, $tb, ...). When that request
+    # passes through here and succeeds, every object of that stream is
+    # banned (an exact match on the stream segment: no pattern, nothing to
+    # escape). What this cannot see: the same change made through another
+    # Varnish or straight at eventfeed, events that $maxAge hides as time
+    # passes, and $all or system-stream pages that show the stream's
+    # events; those stay cached until evicted, as eventfeed documents.
+    if (req.url ~ "^/streams/[^/?]+" &&
+        ((req.method == "DELETE" && resp.status == 204) ||
+         (req.method == "POST" && req.url ~ "^/streams/[^/?]+/metadata(\?|$)" && resp.status == 201))) {
+        # Unquoted: std.ban() would keep quotes as part of the value, and a
+        # URL's path segment holds no blanks.
+        std.ban("obj.http.X-Eventfeed-Stream == " + regsub(req.url, "^/streams/([^/?]+).*$", "\1"));
+    }
+    unset resp.http.X-Eventfeed-Stream;
+
     # Cache diagnostics for operators: HIT when served from the cache, MISS
     # when eventfeed produced (or revalidated) the body for this request.
     if (obj.hits > 0) {

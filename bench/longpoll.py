@@ -177,7 +177,10 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
             sock = open_socket(host, port)
             sock.sendall(request)
             sockets.append(sock)
-        wait_for_waiters(host, port, waiters, timeout)
+        try:
+            wait_for_waiters(host, port, waiters, timeout)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}; {what_the_sockets_got(sockets)}") from None
         result["connect_seconds"] = time.monotonic() - started
         if settle:
             time.sleep(settle)
@@ -229,6 +232,28 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
         result[f"{name}p99_ms"] = percentile(values, 99) * 1000 if values else None
         result[f"{name}max_ms"] = values[-1] * 1000 if values else None
     return result
+
+
+def what_the_sockets_got(sockets):
+    """For a failed wait: how many waiters were answered already (and with
+    which status lines), closed, or are still silent."""
+    answered, closed, silent = {}, 0, 0
+    for sock in sockets:
+        sock.setblocking(False)
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            silent += 1
+            continue
+        except OSError:
+            closed += 1
+            continue
+        if not data:
+            closed += 1
+        else:
+            status_line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+            answered[status_line] = answered.get(status_line, 0) + 1
+    return f"the clients' sockets: {silent} still waiting, {closed} closed, answered: {answered or 'none'}"
 
 
 def percentile(sorted_values, p):

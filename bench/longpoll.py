@@ -59,16 +59,31 @@ def dechunk(body):
     return out
 
 
-def wait_for_waiters(host, port, count, timeout):
-    """Until the server reports at least `count` open waiters."""
+def wait_for_waiters(host, port, count, timeout, sockets=None):
+    """Until the server reports `count` open waiters, or, given the clients'
+    `sockets`, until every request either waits or was answered already
+    (a long-poll answered before any append is a server fault the caller
+    reports). Returns how many were answered already."""
     deadline = time.monotonic() + timeout
     while True:
         waiting = http_get_json(host, port, "/info")["waiters"]
         if waiting >= count:
-            return waiting
+            return 0
+        answered = sum(1 for sock in sockets if has_data(sock)) if sockets else 0
+        if answered and waiting + answered >= count:
+            return answered
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {waiting} of {count} long-polls are waiting after {timeout} s")
         time.sleep(0.05)
+
+
+def has_data(sock):
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
 
 
 def kernel_timestamp(ancillary):
@@ -178,10 +193,14 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
             sock.sendall(request)
             sockets.append(sock)
         try:
-            wait_for_waiters(host, port, waiters, timeout)
+            answered_early = wait_for_waiters(host, port, waiters, timeout, sockets)
         except RuntimeError as error:
             raise RuntimeError(f"{error}; {what_the_sockets_got(sockets)}") from None
         result["connect_seconds"] = time.monotonic() - started
+        # Answered before the append: they did not wait, so they are not
+        # woken by it (counted apart, and as failed).
+        early = {sock for sock in sockets if has_data(sock)} if answered_early else set()
+        result["answered_before_append"] = len(early)
         if settle:
             time.sleep(settle)
         if rss_of:
@@ -192,12 +211,14 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
 
         responses = {}
         for sock in sockets:
+            if sock in early:
+                continue
             sock.setblocking(False)
             responses[sock.fileno()] = Response()
             selector.register(sock, selectors.EVENT_READ)
         sent_at, acknowledged_at = append_one(host, port, stream, event_id)
 
-        pending = len(sockets)
+        pending = len(responses)
         deadline = time.monotonic() + long_poll_secs + 30
         while pending and time.monotonic() < deadline:
             for key, _ in selector.select(timeout=1.0):

@@ -1,0 +1,283 @@
+"""Long-poll wake-up latency and idle-waiter memory, measured from outside.
+
+N clients long-poll (`ES-LongPoll`) the forward page just past the end of
+one stream over plain sockets. Once the server reports all N waiting (GET
+/info), one event is appended, and each waiter's wake-up latency is the time
+from the arrival of the append's `201` to the arrival of that waiter's
+response.
+
+Both arrival times are the kernel's receive timestamps (SO_TIMESTAMPNS on
+each TCP socket), not the time this Python process gets around to reading a
+socket: with a thousand sockets becoming readable at once, the client's own
+speed would otherwise be most of what is measured. Where the kernel gives no
+timestamp, the time of the read is used and the result says so.
+"""
+
+import json
+import resource
+import selectors
+import socket
+import struct
+import time
+
+# SO_TIMESTAMPNS (and its control message SCM_TIMESTAMPNS) on Linux; Python
+# does not name it. A `struct timespec` of two 64-bit integers.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+TIMESPEC_SIZE = 16
+
+
+def raise_open_file_limit():
+    """The soft limit to the hard limit: 10,000 waiters need 10,000 sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def http_get_json(host, port, path, timeout=10.0):
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+        sock.sendall(request.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if b"chunked" in head.lower():
+        body = dechunk(body)
+    return json.loads(body)
+
+
+def dechunk(body):
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return out
+
+
+def wait_for_waiters(host, port, count, timeout, sockets=None):
+    """Until the server reports `count` open waiters, or, given the clients'
+    `sockets`, until every request either waits or was answered already
+    (a long-poll answered before any append is a server fault the caller
+    reports). Returns how many were answered already."""
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = http_get_json(host, port, "/info")["waiters"]
+        if waiting >= count:
+            return 0
+        answered = sum(1 for sock in sockets if has_data(sock)) if sockets else 0
+        if answered and waiting + answered >= count:
+            return answered
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {waiting} of {count} long-polls are waiting after {timeout} s")
+        time.sleep(0.05)
+
+
+def has_data(sock):
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+def kernel_timestamp(ancillary):
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC_SIZE:
+            seconds, nanoseconds = struct.unpack("qq", data[:TIMESPEC_SIZE])
+            return seconds + nanoseconds / 1e9
+    return None
+
+
+class Response:
+    """Accumulates one HTTP/1.1 response read off a non-blocking socket."""
+
+    def __init__(self):
+        self.data = b""
+        self.first_byte_at = None
+        self.kernel_time = True
+
+    def feed(self, sock):
+        data, ancillary, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(TIMESPEC_SIZE))
+        if self.first_byte_at is None and data:
+            stamp = kernel_timestamp(ancillary)
+            if stamp is None:
+                stamp, self.kernel_time = time.time(), False
+            self.first_byte_at = stamp
+        self.data += data
+        return bool(data)
+
+    def complete(self):
+        head, separator, body = self.data.partition(b"\r\n\r\n")
+        if not separator:
+            return False
+        lower = head.lower()
+        if b"transfer-encoding: chunked" in lower:
+            return body.endswith(b"0\r\n\r\n")
+        for line in lower.split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                return len(body) >= int(line.split(b":", 1)[1])
+        return True
+
+    def status(self):
+        try:
+            return int(self.data.split(b" ", 2)[1])
+        except (IndexError, ValueError):
+            return 0
+
+    def body(self):
+        head, _, body = self.data.partition(b"\r\n\r\n")
+        return dechunk(body) if b"transfer-encoding: chunked" in head.lower() else body
+
+
+def open_socket(host, port):
+    sock = socket.create_connection((host, port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    return sock
+
+
+def append_one(host, port, stream, event_id, timeout=30.0):
+    """Appends one event; returns when the request was sent and the kernel
+    arrival time of the 201 (both on the realtime clock)."""
+    body = json.dumps([{"eventId": event_id, "eventType": "Wake", "data": {"wake": True}}]).encode()
+    request = (
+        f"POST /streams/{stream} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Content-Type: application/vnd.eventstore.events+json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    sock = open_socket(host, port)
+    sock.settimeout(timeout)
+    try:
+        sent_at = time.time()
+        sock.sendall(request)
+        response = Response()
+        while not response.complete():
+            if not response.feed(sock):
+                break
+    finally:
+        sock.close()
+    if response.status() != 201:
+        raise RuntimeError(f"the waking append answered {response.status()}: {response.data[:200]!r}")
+    return sent_at, response.first_byte_at
+
+
+def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_secs=30, rss_of=None,
+            sockstat=None, settle=0.0, timeout=120.0):
+    """Opens `waiters` long-polls on `stream` past event `next_number - 1`,
+    wakes them with one append, and returns the figures.
+
+    `rss_of()`, if given, is read once all waiters wait (the server's RSS);
+    `sockstat()` likewise (kernel TCP memory) before and after they connect.
+    """
+    path = f"/streams/{stream}/{next_number}/forward/20?embed=body"
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Accept: application/vnd.eventstore.atom+json\r\n"
+        f"ES-LongPoll: {long_poll_secs}\r\n\r\n"
+    ).encode()
+    result = {"waiters": waiters}
+    kernel_before = sockstat() if sockstat else None
+    rss_before = rss_of() if rss_of else None
+    sockets = []
+    selector = selectors.DefaultSelector()
+    try:
+        started = time.monotonic()
+        for _ in range(waiters):
+            sock = open_socket(host, port)
+            sock.sendall(request)
+            sockets.append(sock)
+        try:
+            answered_early = wait_for_waiters(host, port, waiters, timeout, sockets)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}; {what_the_sockets_got(sockets)}") from None
+        result["connect_seconds"] = time.monotonic() - started
+        # Answered before the append: they did not wait, so they are not
+        # woken by it (counted apart, and as failed).
+        early = {sock for sock in sockets if has_data(sock)} if answered_early else set()
+        result["answered_before_append"] = len(early)
+        if settle:
+            time.sleep(settle)
+        if rss_of:
+            result["rss_before_bytes"] = rss_before
+            result["rss_bytes"] = rss_of()
+        if sockstat:
+            result["kernel_tcp_bytes"] = sockstat() - kernel_before
+
+        responses = {}
+        for sock in sockets:
+            if sock in early:
+                continue
+            sock.setblocking(False)
+            responses[sock.fileno()] = Response()
+            selector.register(sock, selectors.EVENT_READ)
+        sent_at, acknowledged_at = append_one(host, port, stream, event_id)
+
+        pending = len(responses)
+        deadline = time.monotonic() + long_poll_secs + 30
+        while pending and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=1.0):
+                response = responses[key.fd]
+                try:
+                    alive = response.feed(key.fileobj)
+                except BlockingIOError:
+                    continue
+                if response.complete() or not alive:
+                    selector.unregister(key.fileobj)
+                    pending -= 1
+    finally:
+        selector.close()
+        for sock in sockets:
+            sock.close()
+
+    expected_title = f"{next_number}@{stream}".encode()
+    woken = [r for r in responses.values() if r.status() == 200 and expected_title in r.body()]
+    # After the 201: what a reader waits once the writer knows its event is
+    # durable (negative: the reader had it before the writer's 201 arrived).
+    # After the POST: the whole path, the append's own fsync included.
+    after_ack = sorted(r.first_byte_at - acknowledged_at for r in woken)
+    after_post = sorted(r.first_byte_at - sent_at for r in woken)
+    result.update(
+        woken=len(woken),
+        failed=waiters - len(woken),
+        kernel_timestamps=all(r.kernel_time for r in woken),
+        append_ms=(acknowledged_at - sent_at) * 1000,
+    )
+    for name, values in (("", after_ack), ("post_", after_post)):
+        result[f"{name}p50_ms"] = percentile(values, 50) * 1000 if values else None
+        result[f"{name}p99_ms"] = percentile(values, 99) * 1000 if values else None
+        result[f"{name}max_ms"] = values[-1] * 1000 if values else None
+    return result
+
+
+def what_the_sockets_got(sockets):
+    """For a failed wait: how many waiters were answered already (and with
+    which status lines), closed, or are still silent."""
+    answered, closed, silent = {}, 0, 0
+    for sock in sockets:
+        sock.setblocking(False)
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            silent += 1
+            continue
+        except OSError:
+            closed += 1
+            continue
+        if not data:
+            closed += 1
+        else:
+            status_line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+            answered[status_line] = answered.get(status_line, 0) + 1
+    return f"the clients' sockets: {silent} still waiting, {closed} closed, answered: {answered or 'none'}"
+
+
+def percentile(sorted_values, p):
+    """Nearest-rank percentile of an already sorted list."""
+    rank = max(1, -(-len(sorted_values) * p // 100))
+    return sorted_values[int(rank) - 1]

@@ -135,13 +135,17 @@ where
         if !nothing_yet || *shutdown.borrow() || Instant::now() >= deadline {
             return outcome.map(|rendered| rendered.response);
         }
+        // IMPORTANT: the rendered answer is not kept while waiting (ten
+        // thousand idle waiters would each hold a page); at the deadline
+        // or shutdown the read is simply done again.
+        drop(outcome);
         if permit.is_none() {
             permit = Some(state.waiters.admit()?);
         }
         tokio::select! {
             () = signal.changed() => {}
-            () = tokio::time::sleep_until(deadline) => return outcome.map(|rendered| rendered.response),
-            _ = shutdown.wait_for(|stopping| *stopping) => return outcome.map(|rendered| rendered.response),
+            () = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
         }
     }
 }

@@ -309,6 +309,7 @@ impl Writer {
         }
 
         let mut flow = Flow::Continue;
+        let mut published: Option<(Head, Vec<String>)> = None;
         if staging.has_writes() {
             let next_position = staging.next_position;
             let touched = staging.touched_streams();
@@ -320,8 +321,7 @@ impl Writer {
                     self.next_position = next_position;
                     self.commit_seq = commit_seq;
                     self.last_created_micros = now;
-                    self.notifier
-                        .publish(Head { next_position, commit_seq }, touched.iter().map(String::as_str));
+                    published = Some((Head { next_position, commit_seq }, touched));
                 }
                 Err(error) => {
                     // IMPORTANT: after a failed flush or fsync the kernel may
@@ -336,6 +336,14 @@ impl Writer {
         }
         for reply in replies {
             reply.send();
+        }
+        // IMPORTANT: appenders are answered before waiters are woken. Woken
+        // waiters each re-read and render a page; answering them first put
+        // an appender's 201 behind a thousand renders (38 ms, measured). A
+        // reader that meets this batch's commit sequence before it is
+        // published waits for the publication, which follows at once.
+        if let Some((head, touched)) = published {
+            self.notifier.publish(head, touched.iter().map(String::as_str));
         }
         if let Some((reply, copied)) = compacting {
             // IMPORTANT: only now, with this batch applied to both

@@ -212,3 +212,31 @@ async fn racing_writers_get_exactly_one_winner_per_version() {
     }
     assert!(winners.keys().copied().eq(0..events.len() as i64), "no gaps");
 }
+
+/// A data directory is used by one store at a time: a second open while the
+/// first is live is refused with an error that says why, and once the first
+/// is closed the directory opens again at once, over and over (sled lets go
+/// of its lock a moment after its last handle; opening waits for that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_store_per_directory_and_reopening_at_once() {
+    use eventfeed::store::{SledStore, SledStoreOptions, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let open = |path: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || SledStore::open(SledStoreOptions::new(path))).await.unwrap()
+    };
+
+    let first = open(data_dir.clone()).await.expect("first open");
+    let refused = open(data_dir.clone()).await.expect_err("a second open while the first is live");
+    assert!(refused.to_string().contains("another eventfeed"), "{refused}");
+    first.close().await.unwrap();
+    tokio::task::spawn_blocking(move || drop(first)).await.unwrap();
+
+    for round in 0..20 {
+        let store = open(data_dir.clone())
+            .await
+            .unwrap_or_else(|error| panic!("reopen {round} right after a close: {error}"));
+        store.close().await.unwrap();
+        tokio::task::spawn_blocking(move || drop(store)).await.unwrap();
+    }
+}

@@ -258,7 +258,11 @@ async fn cache_headers_for_every_route() {
         assert_eq!(response.status(), 200, "{path}");
         assert_eq!(cache_control(&response), expected_cache, "{path}");
         assert_eq!(etag(&response).is_some(), has_etag, "{path}");
-        assert_eq!(response.headers()["vary"], "Accept", "{path}");
+        assert_eq!(
+            response.headers()["vary"],
+            "Accept, X-Forwarded-Host, X-Forwarded-Proto, X-Forwarded-Port, X-Forwarded-Prefix",
+            "{path}"
+        );
     }
 }
 

@@ -14,6 +14,12 @@ pub const IMMUTABLE: &str = "max-age=31536000, public";
 pub const IMMUTABLE_PRIVATE: &str = "max-age=31536000, private";
 /// Live responses: every cache must ask before reusing them.
 pub const REVALIDATE: &str = "max-age=0, no-cache, must-revalidate";
+pub const REVALIDATE_PRIVATE: &str = "max-age=0, no-cache, must-revalidate, private";
+
+/// What a representation varies by: the negotiated type, and the proxy
+/// headers every absolute link is built from. A client that sends none of
+/// the `X-Forwarded-*` headers shares one variant with every other.
+pub const VARY: &str = "Accept, X-Forwarded-Host, X-Forwarded-Proto, X-Forwarded-Port, X-Forwarded-Prefix";
 
 /// The caching facts of one response.
 #[derive(Debug, Clone)]
@@ -30,6 +36,7 @@ impl Caching<'_> {
             Freshness::Immutable => HeaderValue::from_static(IMMUTABLE),
             Freshness::Live { .. } => match self.settings.cache_control_secs {
                 Some(seconds) => header_value(&format!("max-age={seconds}, {visibility}")),
+                None if self.settings.not_public => HeaderValue::from_static(REVALIDATE_PRIVATE),
                 None => HeaderValue::from_static(REVALIDATE),
             },
         }
@@ -69,7 +76,7 @@ pub fn respond(
     };
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, caching.cache_control());
-    headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+    headers.insert(header::VARY, HeaderValue::from_static(VARY));
     if let Some(etag) = etag {
         headers.insert(header::ETAG, header_value(&format!("\"{etag}\"")));
     }
@@ -136,6 +143,9 @@ mod tests {
         let private = StreamSettings { not_public: true, cache_control_secs: Some(30), ..public };
         let caching = Caching { freshness: &live, settings: &private };
         assert_eq!(caching.cache_control(), "max-age=30, private");
+        let private_no_max_age = StreamSettings { cache_control_secs: None, ..private };
+        let caching = Caching { freshness: &live, settings: &private_no_max_age };
+        assert_eq!(caching.cache_control(), REVALIDATE_PRIVATE);
         let caching = Caching { freshness: &Freshness::Immutable, settings: &private };
         assert_eq!(caching.cache_control(), IMMUTABLE_PRIVATE);
     }

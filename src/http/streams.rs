@@ -277,7 +277,7 @@ fn description(urls: &Urls, stream: &str) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, content_type(STREAM_DESCRIPTION));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=3600, public"));
-    headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+    headers.insert(header::VARY, HeaderValue::from_static(super::caching::VARY));
     response
 }
 

@@ -175,6 +175,10 @@ pub(crate) struct Scavenger {
     pub commands: tokio::sync::mpsc::Sender<super::writer::Command>,
     /// The scavenge running now, if any.
     pub running: std::sync::Arc<std::sync::Mutex<Option<Uuid>>>,
+    /// The task of the last scavenge started. The task holds the store's
+    /// files open (through `db`), so closing the store waits for it: a
+    /// restart in the same process must not find the files still locked.
+    pub task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 /// How often a running scavenge saves its report.
@@ -220,8 +224,22 @@ impl Scavenger {
         drop(running);
         tracing::info!(scavenge_id = %id, bytes = report.bytes_before, "scavenge started");
         let scavenger = self.clone();
-        tokio::spawn(async move { scavenger.run(report).await });
+        let task = tokio::spawn(async move { scavenger.run(report).await });
+        *self.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
         Ok(ScavengeStarted::Started(id))
+    }
+
+    /// Waits for the running scavenge to notice that the writer has stopped
+    /// and let go of the store. Called by `close` after the writer exits, so
+    /// the scavenge's next step fails at once; the bound only guards against
+    /// a filesystem that hangs while the old generation is removed.
+    pub async fn finish(&self) {
+        let task = self.task.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(task) = task {
+            if tokio::time::timeout(std::time::Duration::from_secs(30), task).await.is_err() {
+                tracing::warn!("the scavenge did not stop within 30 s of the store closing");
+            }
+        }
     }
 
     pub fn report(&self, id: &Uuid) -> Result<Option<ScavengeReport>, StoreError> {

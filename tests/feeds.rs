@@ -314,6 +314,51 @@ async fn etags_revalidate_to_304_and_survive_restarts() {
     assert_ne!(etag(&changed).unwrap(), etag_value);
 }
 
+/// gzip and identity bodies of a page differ, so the compressed one carries
+/// the weak form of the ETag; `If-None-Match` matches either form, and a
+/// 304 repeats the form the client sent.
+#[tokio::test]
+async fn compressed_pages_carry_the_weak_etag() {
+    let server = TestServer::start().await;
+    server.append_n("zipped", 30).await;
+    let request = |path: &str, gzip: bool, if_none_match: Option<&str>| {
+        let mut request = server.client.get(server.url(path)).header("accept", ATOM_XML);
+        if gzip {
+            request = request.header("accept-encoding", "gzip");
+        }
+        if let Some(tag) = if_none_match {
+            request = request.header("if-none-match", tag);
+        }
+        request.send()
+    };
+    for path in ["/streams/zipped", "/streams/zipped/20/forward/20"] {
+        let plain = request(path, false, None).await.unwrap();
+        assert_eq!(plain.status(), 200, "{path}");
+        assert!(plain.headers().get("content-encoding").is_none(), "{path}");
+        let strong = etag(&plain).unwrap();
+        assert!(strong.starts_with('"'), "{path}: {strong}");
+
+        let zipped = request(path, true, None).await.unwrap();
+        assert_eq!(zipped.status(), 200, "{path}");
+        assert_eq!(zipped.headers()["content-encoding"], "gzip", "{path}");
+        assert_eq!(etag(&zipped).unwrap(), format!("W/{strong}"), "{path}");
+        let vary: Vec<String> = zipped
+            .headers()
+            .get_all("vary")
+            .iter()
+            .map(|value| value.to_str().unwrap().to_ascii_lowercase())
+            .collect();
+        let vary = vary.join(", ");
+        assert!(vary.contains("accept-encoding") && vary.contains("accept,"), "{path}: {vary}");
+
+        for (sent, gzip) in [(format!("W/{strong}"), true), (strong.clone(), false), (strong.clone(), true)] {
+            let revalidated = request(path, gzip, Some(&sent)).await.unwrap();
+            assert_eq!(revalidated.status(), 304, "{path} {sent}");
+            assert_eq!(etag(&revalidated).unwrap(), sent, "{path}: the 304 repeats the client's form");
+        }
+    }
+}
+
 /// Checks RFC 4287's required elements with a plain XML reader: every feed
 /// and entry has exactly one `id`, `title` and `updated`, an `author` (the
 /// entry's or the feed's), and the feed has exactly one `rel="self"` link.

@@ -83,6 +83,42 @@ pub fn respond(
     response
 }
 
+/// Makes the ETag of a compressed response weak (`W/"…"`), as nginx does.
+///
+/// A strong ETag promises byte-identical bodies, and the gzip and identity
+/// bodies of one page differ; a weak one promises the same content, which
+/// both are. `If-None-Match` compares weakly, so either form revalidates
+/// either copy. A `304` carries no body and so is never compressed: it
+/// repeats the form the client sent, so that a cache holding the gzip copy
+/// (stored with the weak tag) finds it again.
+pub async fn weak_etag_when_encoded(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let sent_weak = request
+        .headers()
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("W/\""));
+    let mut response = next.run(request).await;
+    let weaken = if response.status() == StatusCode::NOT_MODIFIED {
+        sent_weak
+    } else {
+        response.headers().contains_key(header::CONTENT_ENCODING)
+    };
+    if weaken {
+        let headers = response.headers_mut();
+        if let Some(strong) =
+            headers.get(header::ETAG).and_then(|v| v.to_str().ok()).filter(|v| v.starts_with('"'))
+        {
+            let weak = header_value(&format!("W/{strong}"));
+            headers.insert(header::ETAG, weak);
+        }
+    }
+    response
+}
+
 /// Whether `If-None-Match` names `etag` (or `*`). Weak comparison, as RFC
 /// 9110 prescribes for `If-None-Match`; malformed values match nothing.
 pub fn if_none_match(request: &HeaderMap, etag: &str) -> bool {

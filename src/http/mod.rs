@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .merge(system::router())
         .fallback(system::not_found)
         .layer(compression())
+        .layer(axum::middleware::from_fn(caching::weak_etag_when_encoded))
         .layer(TraceLayer::new_for_http())
         .layer(cors())
         .with_state(state)

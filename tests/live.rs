@@ -192,6 +192,63 @@ async fn a_thousand_waiters_wake_for_one_append_and_others_do_not() {
     }
 }
 
+/// Waiters woken by one append share a rendering only with waiters that
+/// asked for exactly the same thing: each gets its own representation,
+/// embed level and link base, and a waiter woken by a later append sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn woken_waiters_each_get_the_page_they_asked_for() {
+    let server = Arc::new(TestServer::start().await);
+    server.append_n("mixed", 1).await;
+    let variants = [
+        (ATOM_JSON, "", "a.test"),
+        (ATOM_JSON, "?embed=body", "a.test"),
+        (ATOM_JSON, "", "b.test"),
+        ("application/atom+xml", "", "a.test"),
+    ];
+    let client = Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        for (accept, query, host) in variants {
+            let request = client
+                .get(server.url(&format!("/streams/mixed/1/forward/20{query}")))
+                .header("accept", accept)
+                .header("x-forwarded-host", host)
+                .header("es-longpoll", "30");
+            waiters.push(tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            }));
+        }
+    }
+    common::wait_for_waiters(&server.client, &server.base, 20).await;
+    server.append_n("mixed", 1).await;
+    for (waiter, (accept, query, host)) in waiters.into_iter().zip(variants.iter().cycle()) {
+        let (status, body) = waiter.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains(&format!("//{host}/streams/mixed/1")), "{host}: {body}");
+        assert!(!body.contains(if *host == "a.test" { "b.test" } else { "a.test" }), "{body}");
+        if *accept == ATOM_JSON {
+            let page: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(page["entries"][0]["title"], "1@mixed");
+            assert_eq!(page["entries"][0].get("data").is_some(), !query.is_empty(), "{query}: {body}");
+        } else {
+            assert!(body.starts_with("<?xml"), "{body}");
+            assert!(body.contains("1@mixed"));
+        }
+    }
+
+    // A later append: a waiter woken by it reads the store anew.
+    let waiter = {
+        let (client, url) = (client.clone(), server.url("/streams/mixed/2/forward/20"));
+        tokio::spawn(async move { long_poll(&client, &url, 30).await })
+    };
+    common::wait_for_waiters(&server.client, &server.base, 1).await;
+    server.append_n("mixed", 1).await;
+    let (status, page, _) = waiter.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(page["entries"][0]["title"], "2@mixed");
+}
+
 #[tokio::test]
 async fn beyond_the_waiter_cap_the_answer_is_503_and_the_server_stays_healthy() {
     let server = Arc::new(TestServer::start_with(|config| config.max_waiters = 5).await);

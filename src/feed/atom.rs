@@ -188,7 +188,15 @@ fn escape_into(out: &mut Vec<u8>, text: &str, quotes: Quotes) {
     let mut start = 0;
     let mut index = 0;
     while index < bytes.len() {
-        let byte = bytes[index];
+        // Most text is plain ASCII: skip it eight bytes at a time.
+        while let Some(chunk) = bytes.get(index..index + 8).and_then(|chunk| <[u8; 8]>::try_from(chunk).ok())
+        {
+            if may_need_escaping(u64::from_le_bytes(chunk)) {
+                break;
+            }
+            index += 8;
+        }
+        let Some(&byte) = bytes.get(index) else { break };
         let (replacement, width): (&[u8], usize) = match byte {
             b'&' => (b"&amp;", 1),
             b'<' => (b"&lt;", 1),
@@ -220,9 +228,63 @@ fn escape_into(out: &mut Vec<u8>, text: &str, quotes: Quotes) {
     out.extend_from_slice(&bytes[start..]);
 }
 
+/// Whether any of eight bytes may need attention from [`escape_into`]: a
+/// byte below 0x20, DEL, any byte of a non-ASCII character, or one of
+/// `& < > "`. False positives only cost the byte-by-byte path; there are no
+/// false negatives (the classic SWAR "has zero byte" and "has byte less
+/// than" tests, exact for whether any byte matches).
+fn may_need_escaping(chunk: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let has = |byte: u8| has_zero(chunk ^ (ONES * u64::from(byte)));
+    let below_space = chunk.wrapping_sub(ONES * 0x20) & !chunk & HIGHS;
+    (chunk & HIGHS) | below_space | has(b'&') | has(b'<') | has(b'>') | has(b'"') | has(0x7F) != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-at-a-time definition `escape_into` must agree with.
+    fn reference(text: &str, quotes: Quotes) -> String {
+        text.chars()
+            .map(|c| match c {
+                '&' => "&amp;".to_owned(),
+                '<' => "&lt;".to_owned(),
+                '>' => "&gt;".to_owned(),
+                '"' if quotes == Quotes::Escaped => "&quot;".to_owned(),
+                '\t' | '\n' | '\r' => c.to_string(),
+                '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}' => "\u{fffd}".to_owned(),
+                _ => c.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_definition_at_every_offset() {
+        let alphabet = [
+            'a', ' ', '&', '<', '>', '"', '\'', '\u{0}', '\u{1f}', '\t', '\u{7f}', '\u{85}', 'é', '\u{fffe}',
+            '\u{ffff}', '\u{fffd}', '😀', '~', '{',
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        for length in 0..200 {
+            for _ in 0..20 {
+                let text: String = (0..length)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        // Mostly plain letters, so that long clean runs occur.
+                        if seed % 4 != 0 { 'x' } else { alphabet[(seed >> 8) as usize % alphabet.len()] }
+                    })
+                    .collect();
+                for quotes in [Quotes::Kept, Quotes::Escaped] {
+                    assert_eq!(escaped(&text, quotes), reference(&text, quotes), "{text:?}");
+                }
+            }
+        }
+    }
 
     fn escaped(text: &str, quotes: Quotes) -> String {
         let mut out = Vec::new();

@@ -17,14 +17,36 @@ pub fn write_rfc3339(out: &mut String, micros: i64) {
     let days = seconds.div_euclid(86_400);
     let second_of_day = seconds.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    // Writing into a String cannot fail.
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{fraction:06}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60,
-    );
+    let (hour, minute, second) = (second_of_day / 3600, second_of_day % 3600 / 60, second_of_day % 60);
+    if !(0..=9999).contains(&year) {
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{fraction:06}Z");
+        return;
+    }
+    // Every feed entry has two timestamps: digits by hand rather than
+    // through `fmt`, which costs several times as much.
+    push_digits(out, year, 4);
+    out.push('-');
+    push_digits(out, i64::from(month), 2);
+    out.push('-');
+    push_digits(out, i64::from(day), 2);
+    out.push('T');
+    push_digits(out, hour, 2);
+    out.push(':');
+    push_digits(out, minute, 2);
+    out.push(':');
+    push_digits(out, second, 2);
+    out.push('.');
+    push_digits(out, fraction, 6);
+    out.push('Z');
+}
+
+/// Appends the `width` lowest decimal digits of `value` (not negative).
+fn push_digits(out: &mut String, value: i64, width: u32) {
+    for place in (0..width).rev() {
+        let digit = value / 10_i64.pow(place) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 pub fn rfc3339(micros: i64) -> String {
@@ -60,5 +82,25 @@ mod tests {
         assert_eq!(rfc3339(1_795_345_445_123_456), "2026-11-22T11:04:05.123456Z");
         assert_eq!(rfc3339(4_102_444_799_999_999), "2099-12-31T23:59:59.999999Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(rfc3339(253_402_300_800_000_000), "10000-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn hand_written_digits_agree_with_fmt() {
+        let mut micros = 7_i64;
+        while micros < 250_000_000_000_000_000 {
+            let seconds = micros.div_euclid(1_000_000);
+            let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+            let of_day = seconds.rem_euclid(86_400);
+            let expected = format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+                of_day / 3600,
+                of_day % 3600 / 60,
+                of_day % 60,
+                micros.rem_euclid(1_000_000)
+            );
+            assert_eq!(rfc3339(micros), expected);
+            micros = micros * 3 + 12_345;
+        }
     }
 }

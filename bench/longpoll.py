@@ -11,8 +11,14 @@ each TCP socket), not the time this Python process gets around to reading a
 socket: with a thousand sockets becoming readable at once, the client's own
 speed would otherwise be most of what is measured. Where the kernel gives no
 timestamp, the time of the read is used and the result says so.
+
+The N connections are opened in parallel (non-blocking connects, a bounded
+number in flight), each sending its request as soon as it is connected: one
+blocking connect after the other, 10,000 of them took about a minute on a
+shared VM, longer than the first ones' long-polls lasted.
 """
 
+import errno
 import json
 import resource
 import selectors
@@ -78,6 +84,12 @@ def wait_for_waiters(host, port, count, timeout, sockets=None):
 
 
 def has_data(sock):
+    """Whether the server answered (or closed) on `sock`, without waiting.
+    The socket must be non-blocking: on a socket with a timeout, Python
+    waits for readability before any recv, MSG_DONTWAIT or not, and a
+    silent waiter would then block this for its whole timeout."""
+    if sock.gettimeout() != 0.0:
+        sock.setblocking(False)
     try:
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except (BlockingIOError, InterruptedError):
@@ -142,6 +154,81 @@ def open_socket(host, port):
     return sock
 
 
+def open_requests(host, port, request, count, *, in_flight=100, timeout=120.0):
+    """Opens `count` connections and sends `request` on each as soon as it
+    is connected; returns the (non-blocking) sockets.
+
+    Connections are opened in parallel, non-blocking, at most `in_flight`
+    still connecting or sending at once (below the listen backlog of 128
+    that eventfeed's listener has; the kernel still drops some handshakes
+    when the server accepts more slowly than they complete, and TCP
+    retransmits them a second later). Opened one after the other with
+    blocking connects, 10,000 of them took about a minute on a shared VM,
+    longer than the first ones' long-polls lasted. A connection that fails
+    is opened again, a bounded number of times."""
+    selector = selectors.DefaultSelector()
+    opened = []
+    connecting = 0
+    started = 0
+    failures = 0
+    last_error = None
+    deadline = time.monotonic() + timeout
+    try:
+        while len(opened) < count:
+            while connecting < in_flight and started < count:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                error = sock.connect_ex((host, port))
+                if error not in (0, errno.EINPROGRESS):
+                    sock.close()
+                    failures += 1
+                    last_error = errno.errorcode.get(error, str(error))
+                    if failures > max(10, count // 100):
+                        raise RuntimeError(f"could not open {count} connections: {failures} failed ({last_error})")
+                    break  # try again after the next select
+                selector.register(sock, selectors.EVENT_WRITE, request)
+                connecting += 1
+                started += 1
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(opened)} of {count} connections opened after {timeout} s")
+            for key, _ in selector.select(timeout=0.5):
+                sock, unsent = key.fileobj, key.data
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if not error:
+                    try:
+                        unsent = unsent[sock.send(unsent):]
+                    except BlockingIOError:
+                        continue
+                    except OSError as failure:
+                        error = failure.errno or errno.EIO
+                if error:
+                    selector.unregister(sock)
+                    sock.close()
+                    connecting -= 1
+                    started -= 1  # to be opened again
+                    failures += 1
+                    last_error = errno.errorcode.get(error, str(error))
+                    if failures > max(10, count // 100):
+                        raise RuntimeError(f"could not open {count} connections: {failures} failed ({last_error})")
+                elif unsent:
+                    selector.modify(sock, selectors.EVENT_WRITE, unsent)
+                else:
+                    selector.unregister(sock)
+                    connecting -= 1
+                    opened.append(sock)
+    except BaseException:
+        for key in list(selector.get_map().values()):
+            key.fileobj.close()
+        for sock in opened:
+            sock.close()
+        raise
+    finally:
+        selector.close()
+    return opened, failures
+
+
 def append_one(host, port, stream, event_id, timeout=30.0):
     """Appends one event; returns when the request was sent and the kernel
     arrival time of the 201 (both on the realtime clock)."""
@@ -172,8 +259,11 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
     """Opens `waiters` long-polls on `stream` past event `next_number - 1`,
     wakes them with one append, and returns the figures.
 
-    `rss_of()`, if given, is read once all waiters wait (the server's RSS);
+    `rss_of()`, if given, is read once all waiters wait (the server's RSS),
+    together with the number of waiters the server reports then (/info);
     `sockstat()` likewise (kernel TCP memory) before and after they connect.
+    `long_poll_secs` must outlast the connecting, the settling and the RSS
+    reading, or the first waiters would be answered (empty) before the append.
     """
     path = f"/streams/{stream}/{next_number}/forward/20?embed=body"
     request = (
@@ -188,12 +278,12 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
     selector = selectors.DefaultSelector()
     try:
         started = time.monotonic()
-        for _ in range(waiters):
-            sock = open_socket(host, port)
-            sock.sendall(request)
-            sockets.append(sock)
+        sockets, result["connect_failures"] = open_requests(host, port, request, waiters, timeout=timeout)
+        result["open_seconds"] = time.monotonic() - started
         try:
-            answered_early = wait_for_waiters(host, port, waiters, timeout, sockets)
+            # `timeout` is for opening and waiting together.
+            answered_early = wait_for_waiters(host, port, waiters, max(1.0, timeout - result["open_seconds"]),
+                                              sockets)
         except RuntimeError as error:
             raise RuntimeError(f"{error}; {what_the_sockets_got(sockets)}") from None
         result["connect_seconds"] = time.monotonic() - started
@@ -206,6 +296,7 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
         if rss_of:
             result["rss_before_bytes"] = rss_before
             result["rss_bytes"] = rss_of()
+            result["waiting_at_rss"] = http_get_json(host, port, "/info")["waiters"]
         if sockstat:
             result["kernel_tcp_bytes"] = sockstat() - kernel_before
 
@@ -213,9 +304,11 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
         for sock in sockets:
             if sock in early:
                 continue
-            sock.setblocking(False)
             responses[sock.fileno()] = Response()
             selector.register(sock, selectors.EVENT_READ)
+        # How long the first waiter had been waiting when the append went out:
+        # it must stay well below `long_poll_secs`.
+        result["oldest_wait_seconds"] = time.monotonic() - started
         sent_at, acknowledged_at = append_one(host, port, stream, event_id)
 
         pending = len(responses)
@@ -247,6 +340,7 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
         failed=waiters - len(woken),
         kernel_timestamps=all(r.kernel_time for r in woken),
         append_ms=(acknowledged_at - sent_at) * 1000,
+        long_poll_secs=long_poll_secs,
     )
     for name, values in (("", after_ack), ("post_", after_post)):
         result[f"{name}p50_ms"] = percentile(values, 50) * 1000 if values else None

@@ -16,8 +16,10 @@ use std::path::PathBuf;
 
 use super::{StoreError, generation};
 
-/// Keys copied per step: a few milliseconds of writer time.
+/// The most keys copied per step, and how long a step may take: appends
+/// wait in the writer's queue while it runs.
 const COPY_STEP: usize = 5_000;
+const COPY_BUDGET: std::time::Duration = std::time::Duration::from_millis(3);
 
 /// A compaction in progress.
 #[derive(Debug)]
@@ -66,17 +68,23 @@ impl Compaction {
             Some(key) => Bound::Excluded(key.clone()),
             None => Bound::Unbounded,
         };
-        let mut batch = sled::Batch::default();
+        // Plain inserts, not a batch: the new generation is not durable,
+        // let alone current, until the copy completes, so a step need not
+        // be atomic, and inserting lets the step stop on time.
+        let started = std::time::Instant::now();
         let mut count = 0;
-        for item in from.range::<sled::IVec, _>((start, Bound::Unbounded)).take(COPY_STEP) {
+        for item in from.range::<sled::IVec, _>((start, Bound::Unbounded)) {
             let (key, value) = item?;
-            batch.insert(key.clone(), value);
+            self.db.insert(key.clone(), value)?;
             self.after = Some(key);
             count += 1;
+            if count >= COPY_STEP || (count % 64 == 0 && started.elapsed() >= COPY_BUDGET) {
+                self.copied += count as u64;
+                return Ok(false);
+            }
         }
-        self.db.apply_batch(batch)?;
         self.copied += count as u64;
-        Ok(count < COPY_STEP)
+        Ok(true)
     }
 
     /// The generation's directory name, for `CURRENT`.

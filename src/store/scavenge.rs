@@ -25,11 +25,14 @@ use super::codec;
 use super::writer::Staging;
 use super::{StoreError, keys, visibility};
 
-/// The most keys one step removes.
-const STEP_REMOVALS: usize = 20_000;
+/// The most keys one step removes. Removals go into the writer's batch, so
+/// the appends that share it wait for them: a few milliseconds' worth.
+const STEP_REMOVALS: usize = 1_000;
 /// The most streams one step examines (each costs a state read, and with
 /// `$maxAge` a binary search).
-const STEP_STREAMS: usize = 5_000;
+const STEP_STREAMS: usize = 500;
+/// A step stops examining streams after this long, whatever it found.
+pub(crate) const STEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(3);
 
 /// Where a scavenge has got to: the stream it is in (or will start after)
 /// and the first event number of it not yet examined.
@@ -107,8 +110,14 @@ pub(crate) fn step(staging: &mut Staging<'_>, cursor: &Cursor) -> Result<StepOut
         .collect::<Result<_, _>>()?;
     let examined_all = streams.len() < STEP_STREAMS;
 
+    let started = std::time::Instant::now();
     for key in &streams {
         let Some(stream) = keys::stream_name(key) else { continue };
+        if outcome.streams > 0 && started.elapsed() >= STEP_BUDGET {
+            // Out of time: the next step starts at this stream.
+            outcome.next = Some(Cursor { stream: Some(stream.to_owned()), next_number: 0 });
+            return Ok(outcome);
+        }
         let from = match &cursor.stream {
             Some(current) if current == stream => cursor.next_number,
             _ => 0,
@@ -262,6 +271,7 @@ impl Scavenger {
         let status = loop {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let command = super::writer::Command::Scavenge { cursor: cursor.clone(), reply };
+            let asked = std::time::Instant::now();
             if self.commands.send(command).await.is_err() {
                 break ScavengeStatus::Interrupted;
             }
@@ -274,6 +284,7 @@ impl Scavenger {
                         Some(next) => cursor = next,
                         None => break ScavengeStatus::Completed,
                     }
+                    yield_to_appends(asked).await;
                     if last_saved.elapsed() >= REPORT_EVERY {
                         let _ = self.save(&report);
                         last_saved = std::time::Instant::now();
@@ -323,6 +334,7 @@ impl Scavenger {
         let mut last_saved = std::time::Instant::now();
         loop {
             let (reply, answer) = tokio::sync::oneshot::channel();
+            let asked = std::time::Instant::now();
             self.commands
                 .send(super::writer::Command::Compact { reply })
                 .await
@@ -351,8 +363,17 @@ impl Scavenger {
                 let _ = self.save(report);
                 last_saved = std::time::Instant::now();
             }
+            yield_to_appends(asked).await;
         }
     }
+}
+
+/// Pauses between steps for as long as the last one took from asking to
+/// answer, so that a scavenge has at most half of the writer's time (and of
+/// a CPU): appends keep flowing at the cost of a scavenge that takes about
+/// twice as long as it could.
+async fn yield_to_appends(asked: std::time::Instant) {
+    tokio::time::sleep(asked.elapsed().min(std::time::Duration::from_millis(50))).await;
 }
 
 fn encode(report: &ScavengeReport) -> Vec<u8> {

@@ -83,7 +83,7 @@ impl Server {
             "store open"
         );
 
-        let listener = TcpListener::bind(config.bind).await.map_err(|e| ServerError::Bind(config.bind, e))?;
+        let listener = listen(config.bind).map_err(|e| ServerError::Bind(config.bind, e))?;
         // After the bind, so a server that cannot listen starts no
         // subscription drivers.
         let subscriptions =
@@ -165,6 +165,23 @@ impl Server {
         release(store).await;
         Ok(())
     }
+}
+
+/// Connections the kernel may hold for `accept`. The usual 128 overflows
+/// when thousands of long-poll clients (re)connect at once, as they do
+/// after a restart or a network blip: the kernel then drops handshakes and
+/// clients wait for TCP's retransmission, a second or more. The kernel
+/// caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As std and mio do for listeners: a restart can bind while
+    // connections of the previous process linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// How long [`Server::run`] waits for background tasks to let go of the

@@ -14,7 +14,8 @@ vcl 4.1;
 #     -> never stored here.
 #
 # This file adds what a shared cache needs on top of that: one cached copy
-# per representation (Accept is normalised), a key that includes every
+# per representation (Accept is normalised) and per encoding (gzip or
+# none, so that no hit is gunzipped), a key that includes every
 # request header eventfeed builds links from, long-polls and Server-Sent
 # Events passed through without timeouts cutting them, no cookies, no cached
 # errors, and Basic-authenticated readers served from the cache only for
@@ -196,6 +197,17 @@ sub vcl_hash {
     hash_data(req.http.X-Forwarded-Port);
     hash_data(req.http.X-Forwarded-Prefix);
     # Authorization is deliberately not hashed: see vcl_recv.
+
+    # One copy for clients that take gzip, another, stored uncompressed, for
+    # those that do not (vcl_miss and vcl_backend_fetch fetch it as such):
+    # otherwise Varnish would keep only the gzip copy and gunzip it again on
+    # every hit for such a client, which costs far more than serving stored
+    # bytes. Here Varnish has already reduced Accept-Encoding to `gzip` or
+    # nothing (http_gzip_support), and it ignores `Vary: Accept-Encoding`
+    # when it matches objects, so the hash is where the two must part.
+    if (!req.http.Accept-Encoding) {
+        hash_data("identity");
+    }
     return (lookup);
 }
 
@@ -221,10 +233,25 @@ sub vcl_miss {
     if (req.http.ES-LongPoll) {
         return (pass);
     }
+    # Varnish asks the backend for gzip on every fetch, whatever the client
+    # said: tell vcl_backend_fetch which copy this is (see vcl_hash).
+    if (req.http.Accept-Encoding) {
+        unset req.http.X-Eventfeed-Identity;
+    } else {
+        set req.http.X-Eventfeed-Identity = "1";
+    }
     return (fetch);
 }
 
 sub vcl_backend_fetch {
+    # The copy for clients without gzip (vcl_hash): ask eventfeed for the
+    # uncompressed page, which is stored and served as it is. (Passes are
+    # left alone: they forward the client's own Accept-Encoding.)
+    if (bereq.http.X-Eventfeed-Identity && !bereq.uncacheable) {
+        unset bereq.http.Accept-Encoding;
+    }
+    unset bereq.http.X-Eventfeed-Identity;
+
     # The backend holds a long-poll until an append or its deadline: allow
     # the requested wait plus a margin (eventfeed caps the wait at its
     # --max-long-poll-secs and then answers, so an absurd header value only

@@ -16,9 +16,13 @@ use std::path::PathBuf;
 
 use super::{StoreError, generation};
 
-/// The most keys copied per step, and how long a step may take: appends
-/// wait in the writer's queue while it runs.
-const COPY_STEP: usize = 5_000;
+/// The most keys copied per step, and how long a step may spend collecting
+/// them: appends wait in the writer's queue while a step runs, and applying
+/// 500 keys takes a few milliseconds. Each step is one sled batch: copying
+/// with plain inserts instead left the new generation a quarter larger
+/// (a million-event store, 90% expired: 50% of its size after compaction
+/// against 40% in batches).
+const COPY_STEP: usize = 500;
 const COPY_BUDGET: std::time::Duration = std::time::Duration::from_millis(3);
 
 /// A compaction in progress.
@@ -68,23 +72,23 @@ impl Compaction {
             Some(key) => Bound::Excluded(key.clone()),
             None => Bound::Unbounded,
         };
-        // Plain inserts, not a batch: the new generation is not durable,
-        // let alone current, until the copy completes, so a step need not
-        // be atomic, and inserting lets the step stop on time.
         let started = std::time::Instant::now();
+        let mut batch = sled::Batch::default();
         let mut count = 0;
+        let mut done = true;
         for item in from.range::<sled::IVec, _>((start, Bound::Unbounded)) {
             let (key, value) = item?;
-            self.db.insert(key.clone(), value)?;
+            batch.insert(key.clone(), value);
             self.after = Some(key);
             count += 1;
             if count >= COPY_STEP || (count % 64 == 0 && started.elapsed() >= COPY_BUDGET) {
-                self.copied += count as u64;
-                return Ok(false);
+                done = false;
+                break;
             }
         }
+        self.db.apply_batch(batch)?;
         self.copied += count as u64;
-        Ok(true)
+        Ok(done)
     }
 
     /// The generation's directory name, for `CURRENT`.

@@ -25,7 +25,7 @@ use super::AppState;
 use super::error::HttpError;
 use super::params;
 use crate::feed::{self, ALL_STREAM, Embed, Urls};
-use crate::store::{AllRead, Direction, Head, ReadEvent, StoreError, StreamRead, StreamWatch};
+use crate::store::{AllRead, AppendWatch, Direction, ReadEvent, StoreError, StreamRead};
 
 /// How often an idle SSE stream sends a comment, so proxies and load
 /// balancers do not close it as idle (most cut idle connections at 30-60 s).
@@ -74,34 +74,13 @@ pub enum Watched<'a> {
     All,
 }
 
-/// A signal taken before a read, resolved by the next relevant append.
-enum Signal {
-    Stream(StreamWatch),
-    All(watch::Receiver<Head>),
-}
-
-impl Signal {
-    fn take(state: &AppState, watched: Watched<'_>) -> Self {
-        let notifier = state.store.notifier();
-        match watched {
-            Watched::Stream(stream) => Self::Stream(notifier.watch_stream(stream)),
-            Watched::All => {
-                let mut head = notifier.head();
-                head.mark_unchanged();
-                Self::All(head)
-            }
-        }
-    }
-
-    async fn changed(&mut self) {
-        match self {
-            Self::Stream(watch) => watch.changed().await,
-            Self::All(head) => {
-                if head.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        }
+impl Watched<'_> {
+    /// The watch to take before a read, resolved by the next relevant append.
+    fn watch(self, state: &AppState) -> AppendWatch {
+        state.store.notifier().watch(match self {
+            Watched::Stream(stream) => Some(stream),
+            Watched::All => None,
+        })
     }
 }
 
@@ -126,7 +105,7 @@ where
     let mut shutdown = state.shutdown.clone();
     let mut permit = None;
     loop {
-        let mut signal = Signal::take(state, watched);
+        let mut signal = watched.watch(state);
         let outcome = read().await;
         let nothing_yet = match &outcome {
             Ok(rendered) => !rendered.has_events,
@@ -227,7 +206,7 @@ impl EventFeed {
             }
             let watched =
                 if self.stream == ALL_STREAM { Watched::All } else { Watched::Stream(&self.stream) };
-            let mut signal = Signal::take(&self.state, watched);
+            let mut signal = watched.watch(&self.state);
             match self.read().await {
                 Ok(true) => continue,
                 Ok(false) | Err(StoreError::StreamNotFound) => {}

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 pub use codec::{StreamSettings, StreamState};
-pub use notify::{Head, Notifier, StreamWatch};
+pub use notify::{AppendWatch, Head, Notifier, StreamWatch};
 pub use sled_store::{SledStore, SledStoreOptions};
 
 /// How hard the writer works to make an acknowledged batch survive failure.

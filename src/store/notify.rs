@@ -64,6 +64,29 @@ impl StreamWatch {
     }
 }
 
+/// A subscription to appends: to one stream, or to any (`$all` readers).
+/// Taken before the read it guards, like a [`StreamWatch`].
+#[derive(Debug)]
+pub enum AppendWatch {
+    Stream(StreamWatch),
+    All(watch::Receiver<Head>),
+}
+
+impl AppendWatch {
+    /// Resolves at the next append the watch covers since it was taken (or
+    /// since the last call). Pending forever if the notifier goes.
+    pub async fn changed(&mut self) {
+        match self {
+            Self::Stream(watch) => watch.changed().await,
+            Self::All(head) => {
+                if head.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
 impl Notifier {
     pub fn new(head: Head) -> Self {
         Self { head: watch::Sender::new(head), streams: Mutex::new(Registry::default()) }
@@ -90,6 +113,15 @@ impl Notifier {
         tokio::time::timeout(timeout, head.wait_for(|head| head.commit_seq >= commit_seq))
             .await
             .is_ok_and(|waited| waited.is_ok())
+    }
+
+    /// Starts watching `stream`'s appends, or every append for `None`.
+    pub fn watch(&self, stream: Option<&str>) -> AppendWatch {
+        match stream {
+            Some(stream) => AppendWatch::Stream(self.watch_stream(stream)),
+            // A fresh receiver counts the current head as seen.
+            None => AppendWatch::All(self.head()),
+        }
     }
 
     /// Starts watching a stream. Take it before the read it guards.

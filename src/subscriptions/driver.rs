@@ -3,7 +3,7 @@
 //! appends parked messages, replays parked ones, and writes checkpoints.
 //!
 //! It never polls. It sleeps until one of: an append to the source (a
-//! [`StreamWatch`], or the head for `$all`, taken before the first read so
+//! [`AppendWatch`](crate::store::AppendWatch), taken before the first read so
 //! no append is missed), a kick from a request that changed the state, the
 //! next deadline the state machine names, or the stop signal.
 //!
@@ -15,15 +15,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use super::persist::{self, is_bookkeeping, pin_of};
 use super::state::{Message, Origin, ReadRequest, SourceStatus};
 use super::{Group, Source, StopMode};
-use crate::store::{
-    AllRead, Direction, Head, Store, StoreError, StreamRead, StreamView, notify::StreamWatch,
-};
+use crate::store::{AllRead, Direction, Store, StoreError, StreamRead, StreamView};
 
 /// The first wait after a store failure; doubled up to [`MAX_BACKOFF`].
 /// Short, because most failures are a busy disk or a brief restart.
@@ -32,31 +29,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// recovered store is noticed within seconds, a dead one is not hammered.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Wakes on appends to the group's source.
-enum SourceWatch {
-    Stream(StreamWatch),
-    All(watch::Receiver<Head>),
-}
-
-impl SourceWatch {
-    async fn changed(&mut self) {
-        match self {
-            Self::Stream(watch) => watch.changed().await,
-            Self::All(head) => {
-                if head.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        }
-    }
-}
-
 pub(super) async fn run(group: Arc<Group>, store: Arc<dyn Store>) {
     let mut stop = group.stop.subscribe();
-    let mut source_watch = match &group.source {
-        Source::Stream(name) => SourceWatch::Stream(store.notifier().watch_stream(name)),
-        Source::All => SourceWatch::All(store.notifier().head()),
-    };
+    let mut source_watch = store.notifier().watch(match &group.source {
+        Source::Stream(name) => Some(name.as_str()),
+        Source::All => None,
+    });
     let mut driver = Driver { group: &group, store: &*store, source_changed: true, backoff: None };
     loop {
         if *stop.borrow() != StopMode::Run {

@@ -5,24 +5,10 @@
 
 mod common;
 
-use common::{ATOM_JSON, EVENTS_JSON, TestServer, event};
+use common::{ATOM_JSON, EVENTS_JSON, TestServer, event, header, reason};
 use reqwest::Response;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-/// The HTTP reason phrase the server sent (our error format also repeats
-/// it as the first line of the body, which is what this checks when the
-/// client library does not expose non-canonical phrases).
-async fn reason(response: Response) -> String {
-    if let Some(phrase) = response.extensions().get::<hyper::ext::ReasonPhrase>() {
-        return String::from_utf8_lossy(phrase.as_bytes()).into_owned();
-    }
-    response.text().await.unwrap().lines().next().unwrap_or_default().to_owned()
-}
-
-fn header(response: &Response, name: &str) -> Option<String> {
-    response.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
-}
 
 async fn post(
     server: &TestServer,

@@ -13,24 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ATOM_JSON, BinaryServer, EVENTS_JSON, TestServer, client, event};
+use common::{ATOM_JSON, BinaryServer, EVENTS_JSON, TestServer, client, event, header, reason};
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
 
 const COMPETING_JSON: &str = "application/vnd.eventstore.competingatom+json";
 const COMPETING_XML: &str = "application/vnd.eventstore.competingatom+xml";
-
-/// The HTTP reason phrase (our error bodies repeat it on their first line).
-async fn reason(response: Response) -> String {
-    if let Some(phrase) = response.extensions().get::<hyper::ext::ReasonPhrase>() {
-        return String::from_utf8_lossy(phrase.as_bytes()).into_owned();
-    }
-    response.text().await.unwrap().lines().next().unwrap_or_default().to_owned()
-}
-
-fn header(response: &Response, name: &str) -> Option<String> {
-    response.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
-}
 
 /// One message of a competing feed, as a consumer sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

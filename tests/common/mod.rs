@@ -314,3 +314,18 @@ pub async fn wait_for_waiters(client: &Client, base: &str, count: u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The HTTP reason phrase the server sent (our error format also repeats
+/// it as the first line of the body, which is what this checks when the
+/// client library does not expose non-canonical phrases).
+pub async fn reason(response: Response) -> String {
+    if let Some(phrase) = response.extensions().get::<hyper::ext::ReasonPhrase>() {
+        return String::from_utf8_lossy(phrase.as_bytes()).into_owned();
+    }
+    response.text().await.unwrap().lines().next().unwrap_or_default().to_owned()
+}
+
+/// A response header as text, if present.
+pub fn header(response: &Response, name: &str) -> Option<String> {
+    response.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
+}

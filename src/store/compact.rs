@@ -60,8 +60,7 @@ impl Compaction {
         cache_capacity: u64,
     ) -> Result<Self, StoreError> {
         let dir = generation::next(data_dir, current)?;
-        let db =
-            sled::Config::new().path(&dir).cache_capacity(cache_capacity).flush_every_ms(Some(500)).open()?;
+        let db = generation::open(&dir, cache_capacity)?;
         tracing::info!(generation = %dir.display(), "compaction started");
         Ok(Self { db, dir, after: None, copied: 0 })
     }

@@ -67,40 +67,11 @@ pub struct SledStore {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// How long opening waits for another holder of the store's file lock.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Opens sled, waiting briefly if its file lock is still held. sled lets go
-/// of the lock only when its last background job finishes, which can be
-/// moments after the last handle is dropped: a restart within the same
-/// process (an embedding program, a test) would otherwise fail for no
-/// reason. A lock still held after the wait means another process uses the
-/// directory, and the error says so.
-fn open_locked(dir: &std::path::Path, cache_capacity: u64) -> Result<sled::Db, StoreError> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        let opened =
-            sled::Config::new().path(dir).cache_capacity(cache_capacity).flush_every_ms(Some(500)).open();
-        match opened {
-            Err(sled::Error::Io(error)) if error.to_string().contains("could not acquire lock") => {
-                if std::time::Instant::now() >= deadline {
-                    return Err(StoreError::Io(format!(
-                        "{} is locked: is another eventfeed using this data directory? ({error})",
-                        dir.display()
-                    )));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return Ok(other?),
-        }
-    }
-}
-
 impl SledStore {
     /// Opens (or creates) the store. Reads a few counters; never scans.
     pub fn open(options: SledStoreOptions) -> Result<Self, StoreError> {
         let generation = generation::current(&options.path)?;
-        let db = open_locked(&generation, options.cache_capacity)?;
+        let db = generation::open(&generation, options.cache_capacity)?;
 
         let layout_key = keys::counter(keys::LAYOUT_VERSION);
         match db.get(&layout_key)? {

@@ -381,3 +381,148 @@ async fn a_projection_built_later_is_byte_identical_to_one_maintained_throughout
     assert_eq!(head["entries"][0]["title"], "3@Order-late");
     assert_eq!(head["entries"][0]["positionEventNumber"], Value::Null, "(embed=none has no rich fields)");
 }
+
+/// Titles of a stream's entries read in pages of `size`: forward from 0
+/// along `previous` links, or backward from the head along `next` links;
+/// oldest first either way.
+async fn titles_in_pages(server: &TestServer, stream: &str, size: usize, forward: bool) -> Vec<String> {
+    let mut url = if forward {
+        server.url(&format!("/streams/{stream}/0/forward/{size}"))
+    } else {
+        server.url(&format!("/streams/{stream}/head/backward/{size}"))
+    };
+    let mut seen = Vec::new();
+    for _ in 0..10_000 {
+        let response = server.client.get(&url).header("accept", ATOM_JSON).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let page: Value = response.json().await.unwrap();
+        let mut page_titles = titles(page["entries"].as_array().unwrap());
+        assert!(page_titles.len() <= size, "{url}");
+        page_titles.reverse();
+        if forward {
+            seen.extend(page_titles);
+        } else {
+            page_titles.extend(seen);
+            seen = page_titles;
+        }
+        // Forward pages of a truncated stream start empty; the walk ends
+        // where the page has no link onwards.
+        match link(&page, if forward { "previous" } else { "next" }) {
+            Some(next) => url = next,
+            None => return seen,
+        }
+    }
+    panic!("walking {stream} by {size} did not terminate");
+}
+
+/// The links one batch adds to a system stream are stored together (as a
+/// run, at most 64 to a run); every way of reading them must be unable to
+/// tell: pages of every size that start and end inside runs, single links
+/// resolved and raw, retention whose boundary falls inside a run, and a
+/// scavenge that may only remove runs that are hidden entirely.
+#[tokio::test]
+async fn links_written_together_read_like_links_written_alone() {
+    let server = TestServer::start().await;
+    let events = |count: usize, offset: usize| -> Value {
+        let events: Vec<Value> = (0..count)
+            .map(|i| event(["Even", "Odd"][(offset + i) % 2], json!({ "i": offset + i })))
+            .collect();
+        Value::Array(events)
+    };
+    // $ce-Bulk: 150 links (runs of 64, 64, 22), one, then 30.
+    assert_eq!(server.post_events("Bulk-1", &events(150, 0)).await.status(), 201);
+    assert_eq!(server.post_events("Bulk-2", &events(1, 0)).await.status(), 201);
+    assert_eq!(server.post_events("Bulk-1", &events(30, 150)).await.status(), 201);
+    let mut expected: Vec<String> = (0..150).map(|n| format!("{n}@Bulk-1")).collect();
+    expected.push("0@Bulk-2".into());
+    expected.extend((150..180).map(|n| format!("{n}@Bulk-1")));
+    let even: Vec<String> = expected
+        .iter()
+        .filter(|title| {
+            let (n, stream) = title.split_once('@').unwrap();
+            let n: usize = n.parse().unwrap();
+            // Bulk-2's event 0 had offset 0: "Even".
+            stream == "Bulk-2" || n % 2 == 0
+        })
+        .cloned()
+        .collect();
+    for size in [1, 7, 20, 64, 65, 100] {
+        for forward in [true, false] {
+            assert_eq!(
+                titles_in_pages(&server, "$ce-Bulk", size, forward).await,
+                expected,
+                "{size} {forward}"
+            );
+        }
+        assert_eq!(titles_in_pages(&server, "$et-Even", size, true).await, even, "$et-Even by {size}");
+    }
+    for (number, title) in expected.iter().enumerate() {
+        let resolved: Value =
+            server.get(&format!("/streams/$ce-Bulk/{number}"), ATOM_JSON).await.json().await.unwrap();
+        assert_eq!(resolved["title"].as_str().unwrap(), title);
+        let raw: Value = server
+            .client
+            .get(server.url(&format!("/streams/$ce-Bulk/{number}")))
+            .header("accept", ATOM_JSON)
+            .header("es-resolvelinktos", "false")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(raw["title"].as_str().unwrap(), format!("{number}@$ce-Bulk"));
+        assert_eq!(raw["content"]["data"].as_str().unwrap(), title);
+    }
+    assert_eq!(server.get("/streams/$ce-Bulk/181", ATOM_JSON).await.status(), 404);
+
+    // Keep the newest 100: the boundary (81) is inside the run 64..128.
+    let metadata = server
+        .client
+        .post(server.url("/streams/$ce-Bulk/metadata"))
+        .header("content-type", "application/json")
+        .body(r#"{"$maxCount":100}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), 201);
+    let visible = &expected[81..];
+    assert_eq!(titles_in_pages(&server, "$ce-Bulk", 20, false).await, visible);
+    assert_eq!(server.get("/streams/$ce-Bulk/80", ATOM_JSON).await.status(), 404);
+    assert_eq!(server.get("/streams/$ce-Bulk/81", ATOM_JSON).await.status(), 200);
+    // Links are absolute: the same Host on both sides of the restart.
+    let page = |server: &TestServer| {
+        server
+            .client
+            .get(server.url("/streams/$ce-Bulk/81/forward/20"))
+            .header("accept", ATOM_JSON)
+            .header("host", "eventfeed.test")
+            .send()
+    };
+    let page_before = page(&server).await.unwrap().bytes().await.unwrap();
+
+    let started = server.client.post(server.url("/admin/scavenge")).send().await.unwrap();
+    assert_eq!(started.status(), 202);
+    let id = started.json::<Value>().await.unwrap()["scavengeId"].as_str().unwrap().to_owned();
+    let report = loop {
+        let report = server.get_json(&format!("/admin/scavenge/{id}")).await;
+        if report["status"] != "running" {
+            break report;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(report["linksRemoved"], 64, "only the run hidden entirely: {report}");
+    assert_eq!(report["eventsRemoved"], 0, "{report}");
+
+    let server = server.restart().await;
+    assert_eq!(titles_in_pages(&server, "$ce-Bulk", 7, true).await, visible);
+    assert_eq!(titles_in_pages(&server, "$ce-Bulk", 64, false).await, visible);
+    assert_eq!(
+        page(&server).await.unwrap().bytes().await.unwrap(),
+        page_before,
+        "the page is the same after the scavenge and a restart"
+    );
+    assert_eq!(server.get("/streams/$ce-Bulk/63", ATOM_JSON).await.status(), 404);
+    assert_eq!(server.get("/streams/$ce-Bulk/100", ATOM_JSON).await.status(), 200);
+}

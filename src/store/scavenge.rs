@@ -133,8 +133,15 @@ pub(crate) fn step(staging: &mut Staging<'_>, cursor: &Cursor) -> Result<StepOut
             staging.db().range(range).take(STEP_REMOVALS - removals).collect::<Result<_, _>>()?;
         for (index_key, value) in entries {
             let (_, position) = codec::entry_time_and_position(&value)?;
+            let number = keys::event_number(&index_key);
             if codec::is_link_entry(&value) {
-                outcome.links_removed += 1;
+                let count = codec::entry_count(&value)?;
+                // A run of links that reaches a visible number stays whole
+                // (reads skip its hidden part) until it is hidden entirely.
+                if number.is_none_or(|first| first.saturating_add(count) > first_visible) {
+                    continue;
+                }
+                outcome.links_removed += count;
             } else {
                 // The event's log entry goes with it (a link's target
                 // position belongs to the target).
@@ -142,7 +149,6 @@ pub(crate) fn step(staging: &mut Staging<'_>, cursor: &Cursor) -> Result<StepOut
                 outcome.events_removed += 1;
                 removals += 1;
             }
-            let number = keys::event_number(&index_key);
             staging.remove(index_key);
             removals += 1;
             if removals >= STEP_REMOVALS {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::codec::{self, Entry, StreamState};
 use super::generation::{self, DbCell};
-use super::projections::Projections;
+use super::projections::{Projections, is_system_stream};
 use super::rebuild;
 use super::scavenge::{ScavengeReport, ScavengeStarted, Scavenger};
 use super::visibility::{self, now_micros};
@@ -25,8 +25,12 @@ use super::{
 };
 
 /// The layout this build reads and writes. A store written by another
-/// layout is refused at open rather than misread.
-const LAYOUT_VERSION: u64 = 2;
+/// layout is refused at open rather than misread. Layout 3 added runs of
+/// links (see [`codec`]); a layout-2 store is a valid layout-3 store and is
+/// upgraded in place at open, after which older builds refuse it.
+const LAYOUT_VERSION: u64 = 3;
+/// The older layout this build upgrades at open.
+const UPGRADABLE_LAYOUT: u64 = 2;
 
 /// How many commands may queue for the writer before senders wait. Large
 /// enough that the writer always finds a full batch under load; bounded so a
@@ -77,7 +81,10 @@ impl SledStore {
         match db.get(&layout_key)? {
             Some(value) => {
                 let found = keys::decode_u64(&value).unwrap_or(0);
-                if found != LAYOUT_VERSION {
+                if found == UPGRADABLE_LAYOUT {
+                    db.insert(&layout_key, &keys::u64_value(LAYOUT_VERSION)[..])?;
+                    db.flush()?;
+                } else if found != LAYOUT_VERSION {
                     return Err(StoreError::Corrupt(format!(
                         "the data directory has layout version {found}; this build reads {LAYOUT_VERSION}"
                     )));
@@ -256,14 +263,9 @@ impl ReadContext {
         high: u64,
         resolve_links: bool,
     ) -> Result<Vec<ReadEvent>, StoreError> {
-        let capacity = usize::try_from(high - low + 1).unwrap_or(usize::MAX).min(4096);
-        let mut events = Vec::with_capacity(capacity);
-        let range = keys::event(stream, low)..=keys::event(stream, high);
-        for item in self.db().range(range) {
-            let (key, value) = item?;
-            let number = keys::event_number(&key)
-                .ok_or_else(|| StoreError::Corrupt("event key is malformed".into()))?;
-            let entry = codec::decode_entry(codec::shared(value))?;
+        let stored = stored_entries(self.db(), stream, low, high)?;
+        let mut events = Vec::with_capacity(stored.len());
+        for (number, entry) in stored {
             events.push(self.materialise(stream, number, entry, resolve_links)?);
         }
         Ok(events)
@@ -354,10 +356,9 @@ impl ReadContext {
         if number < view.first_visible || number >= state.next_number {
             return Ok((view, None));
         }
-        let Some(value) = self.db().get(keys::event(stream, number))? else {
+        let Some((_, entry)) = stored_entries(self.db(), stream, number, number)?.pop() else {
             return Ok((view, None));
         };
-        let entry = codec::decode_entry(codec::shared(value))?;
         let is_link = matches!(entry, Entry::Link { .. });
         let event = self.materialise(stream, number, entry, resolve_links)?;
         // v5: a resolved read of a link whose target is gone is a 404.
@@ -408,6 +409,52 @@ impl ReadContext {
         }
         Ok(AllSlice { next_position, scanned, events })
     }
+}
+
+/// What is stored for numbers `low..=high` of `stream`, in order, with each
+/// entry's number; scavenged numbers are simply absent. A system stream's
+/// links are stored in runs under the key of a run's first link, so its
+/// range starts with the run that holds `low`, if one starts below it.
+pub(crate) fn stored_entries(
+    db: &sled::Db,
+    stream: &str,
+    low: u64,
+    high: u64,
+) -> Result<Vec<(u64, Entry)>, StoreError> {
+    let capacity =
+        usize::try_from(high.saturating_sub(low).saturating_add(1)).unwrap_or(usize::MAX).min(4096);
+    let mut found = Vec::with_capacity(capacity);
+    let mut add = |first: u64, value: sled::IVec| -> Result<(), StoreError> {
+        if !codec::is_link_run(&value) {
+            found.push((first, codec::decode_entry(codec::shared(value))?));
+            return Ok(());
+        }
+        for (number, entry) in (first..).zip(codec::decode_entries(codec::shared(value))?) {
+            if (low..=high).contains(&number) {
+                found.push((number, entry));
+            }
+        }
+        Ok(())
+    };
+    if is_system_stream(stream) && low > 0 {
+        let prefix = keys::event_prefix(stream);
+        if let Some((key, value)) = db.get_lt(keys::event(stream, low))? {
+            // The key must be this stream's (the prefix, then a number):
+            // the entry before `low` may belong to another stream.
+            if key.len() == prefix.len() + 8 && key.starts_with(&prefix) && codec::is_link_run(&value) {
+                add(event_key_number(&key)?, value)?;
+            }
+        }
+    }
+    for item in db.range(keys::event(stream, low)..=keys::event(stream, high)) {
+        let (key, value) = item?;
+        add(event_key_number(&key)?, value)?;
+    }
+    Ok(found)
+}
+
+fn event_key_number(key: &[u8]) -> Result<u64, StoreError> {
+    keys::event_number(key).ok_or_else(|| StoreError::Corrupt("event key is malformed".into()))
 }
 
 /// The `$>` event a system-stream index entry stands for.

@@ -2,7 +2,9 @@
 //! this one function, so the scavenger can never remove an event a read
 //! would still show.
 
-use super::codec::{self, StreamState};
+use super::codec::{self, Entry, StreamState};
+use super::projections::is_system_stream;
+use super::sled_store::stored_entries;
 use super::{StoreError, keys};
 
 /// The lowest event number reads can see, applying soft delete (`deleted
@@ -44,10 +46,19 @@ pub fn first_visible(
 
 /// When event `number` of `stream` was written; `None` if it is gone.
 fn created_at(db: &sled::Db, stream: &str, number: u64) -> Result<Option<i64>, StoreError> {
-    match db.get(keys::event(stream, number))? {
-        Some(value) => codec::entry_time_and_position(&value).map(|(created, _)| Some(created)),
-        None => Ok(None),
+    if let Some(value) = db.get(keys::event(stream, number))? {
+        // An event, a link, or a run of links that starts at `number`.
+        return codec::entry_time_and_position(&value).map(|(created, _)| Some(created));
     }
+    if !is_system_stream(stream) {
+        return Ok(None);
+    }
+    // Inside a run of links.
+    Ok(match stored_entries(db, stream, number, number)?.pop() {
+        Some((_, Entry::Link { created_micros, .. })) => Some(created_micros),
+        Some((_, Entry::Event(event))) => Some(event.created_micros),
+        None => None,
+    })
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -483,6 +483,8 @@ pub(crate) struct Staging<'a> {
     states: HashMap<String, StreamState>,
     /// Event ids this batch wrote, with their owner.
     ids: HashMap<Uuid, (String, u64)>,
+    /// Links this batch adds, by system stream, written as runs at the end.
+    links: HashMap<String, PendingLinks>,
     pub(crate) next_position: u64,
     /// The sequence number this batch will have.
     commit_seq: u64,
@@ -505,6 +507,7 @@ impl<'a> Staging<'a> {
             writes: 0,
             states: HashMap::new(),
             ids: HashMap::new(),
+            links: HashMap::new(),
             next_position,
             created_micros,
         }
@@ -690,17 +693,24 @@ impl<'a> Staging<'a> {
         }))
     }
 
-    /// Appends a link to the event at `position` to a system stream.
+    /// Appends a link to the event at `position` to a system stream. The
+    /// links a batch adds to one stream are written together, as runs.
     pub(crate) fn link(&mut self, system_stream: &str, target: &LinkTarget<'_>) -> Result<(), StoreError> {
         let mut state = self.state(system_stream)?;
         let number = state.next_number;
         if number == 0 {
             state.created_position = target.position;
         }
-        self.batch.insert(
-            keys::event(system_stream, number),
-            codec::encode_link_entry(target.position, target.created_micros, target.number, target.stream),
-        );
+        let link = (target.position, target.created_micros, target.number, target.stream.to_owned());
+        match self.links.get_mut(system_stream) {
+            Some(run) if run.next() == number && run.links.len() < MAX_LINK_RUN => run.links.push(link),
+            _ => {
+                let run = PendingLinks { first: number, links: vec![link] };
+                if let Some(full) = self.links.insert(system_stream.to_owned(), run) {
+                    self.batch.insert(keys::event(system_stream, full.first), full.encode());
+                }
+            }
+        }
         self.writes += 1;
         state.next_number += 1;
         self.set_state(system_stream, state);
@@ -731,6 +741,9 @@ impl<'a> Staging<'a> {
 
     /// Writes the final stream states and returns the batch to apply.
     fn finish(mut self) -> sled::Batch {
+        for (stream, run) in self.links.drain() {
+            self.batch.insert(keys::event(&stream, run.first), run.encode());
+        }
         for (stream, state) in &mut self.states {
             state.commit_seq = self.commit_seq;
             self.batch.insert(keys::stream(stream), codec::encode_state(state));
@@ -738,6 +751,34 @@ impl<'a> Staging<'a> {
         self.batch.insert(keys::counter(keys::COMMIT_SEQ), &keys::u64_value(self.commit_seq)[..]);
         self.batch.insert(keys::counter(keys::NEXT_POSITION), &keys::u64_value(self.next_position)[..]);
         self.batch
+    }
+}
+
+/// The most links one run holds. Reading a link decodes its whole run, so
+/// runs stay short enough for that to cost little (a projection built from
+/// the log would otherwise put thousands in one).
+const MAX_LINK_RUN: usize = 64;
+
+/// Consecutive links to one system stream, staged by one batch.
+struct PendingLinks {
+    /// The number of the first.
+    first: u64,
+    /// (target position, created µs, target number, target stream).
+    links: Vec<(u64, i64, u64, String)>,
+}
+
+impl PendingLinks {
+    fn next(&self) -> u64 {
+        self.first + self.links.len() as u64
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let links: Vec<(u64, i64, u64, &str)> = self
+            .links
+            .iter()
+            .map(|(position, created, number, stream)| (*position, *created, *number, stream.as_str()))
+            .collect();
+        codec::encode_links(&links)
     }
 }
 

@@ -22,7 +22,8 @@ pub const LOG: u8 = 0x01;
 /// Stream state: stream name → [`super::codec::StreamState`].
 pub const STREAM: u8 = 0x02;
 /// Events by stream: stream name ‖ 0x00 ‖ event number → the event record
-/// (user streams) or a link entry (system streams). Keyed by stream, not by
+/// (user streams), or a link entry or a run of links starting at that number
+/// (system streams; see `codec`). Keyed by stream, not by
 /// position, so a page of a stream is one contiguous range scan: sled does a
 /// 20-key range in an eighth of the time of 20 scattered point reads
 /// (measured), and stream pages are what readers read most.

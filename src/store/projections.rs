@@ -5,7 +5,8 @@
 //! the event, so when an append is acknowledged its links are readable.
 //!
 //! A link is not a separate log record: it is an index entry of the system
-//! stream pointing at the target's global position. Reads present it as a
+//! stream pointing at the target's global position. The links one batch adds
+//! to one system stream share one entry, a run (see `codec`). Reads present it as a
 //! `$>` link event (data `"{n}@{stream}"`) or resolve it to the target.
 //!
 //! Only user streams are projected; events in `$`-streams (metadata streams,

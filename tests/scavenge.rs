@@ -7,10 +7,9 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{ATOM_JSON, BinaryServer, TestServer, client, event};
+use common::{ATOM_JSON, BinaryServer, TestServer, client, event, report, start_scavenge, wait_for};
 use eventfeed::store::{
     Append, Durability, ExpectedVersion, ProposedEvent, SledStore, SledStoreOptions, Store,
 };
@@ -84,30 +83,6 @@ async fn readable_pages(client: &Client, base: &str) -> Vec<Bytes> {
         pages.push(response.bytes().await.unwrap());
     }
     pages
-}
-
-async fn start_scavenge(client: &Client, base: &str) -> String {
-    let response = client.post(format!("{base}/admin/scavenge")).send().await.unwrap();
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.unwrap();
-    body["scavengeId"].as_str().unwrap().to_owned()
-}
-
-async fn report(client: &Client, base: &str, id: &str) -> Value {
-    client.get(format!("{base}/admin/scavenge/{id}")).send().await.unwrap().json().await.unwrap()
-}
-
-/// Polls a scavenge's report until `until` holds (at most ten minutes).
-async fn wait_for(client: &Client, base: &str, id: &str, until: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let report = report(client, base, id).await;
-        if until(&report) {
-            return report;
-        }
-        assert!(Instant::now() < deadline, "scavenge did not get there: {report}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn directory_bytes(path: &Path) -> u64 {

@@ -501,16 +501,8 @@ async fn links_written_together_read_like_links_written_alone() {
     };
     let page_before = page(&server).await.unwrap().bytes().await.unwrap();
 
-    let started = server.client.post(server.url("/admin/scavenge")).send().await.unwrap();
-    assert_eq!(started.status(), 202);
-    let id = started.json::<Value>().await.unwrap()["scavengeId"].as_str().unwrap().to_owned();
-    let report = loop {
-        let report = server.get_json(&format!("/admin/scavenge/{id}")).await;
-        if report["status"] != "running" {
-            break report;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let id = common::start_scavenge(&server.client, &server.base).await;
+    let report = common::wait_for(&server.client, &server.base, &id, |r| r["status"] != "running").await;
     assert_eq!(report["status"], "completed", "{report}");
     assert_eq!(report["linksRemoved"], 64, "only the run hidden entirely: {report}");
     assert_eq!(report["eventsRemoved"], 0, "{report}");

@@ -341,9 +341,7 @@ pub fn entry_count(value: &[u8]) -> Result<u64, StoreError> {
     if !is_link_run(value) {
         return Ok(1);
     }
-    let mut reader = Reader::new(&value[1..]);
-    let count = reader.take(4)?;
-    Ok(u64::from(u32::from_be_bytes([count[0], count[1], count[2], count[3]])))
+    Reader::new(&value[1..]).u32().map(u64::from)
 }
 
 /// Decodes the value under an event key that is not a run.
@@ -426,6 +424,11 @@ impl<'a> Reader<'a> {
 
     fn u8(&mut self) -> Result<u8, StoreError> {
         Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_be_bytes(bytes.try_into().map_err(|_| self.short())?))
     }
 
     fn u64(&mut self) -> Result<u64, StoreError> {

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eventfeed::config::ServeConfig;
 use eventfeed::server::Server;
@@ -328,4 +328,30 @@ pub async fn reason(response: Response) -> String {
 /// A response header as text, if present.
 pub fn header(response: &Response, name: &str) -> Option<String> {
     response.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// Starts a scavenge; returns its id.
+pub async fn start_scavenge(client: &Client, base: &str) -> String {
+    let response = client.post(format!("{base}/admin/scavenge")).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    body["scavengeId"].as_str().unwrap().to_owned()
+}
+
+/// A scavenge's report.
+pub async fn report(client: &Client, base: &str, id: &str) -> Value {
+    client.get(format!("{base}/admin/scavenge/{id}")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Polls a scavenge's report until `until` holds (at most ten minutes).
+pub async fn wait_for(client: &Client, base: &str, id: &str, until: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let report = report(client, base, id).await;
+        if until(&report) {
+            return report;
+        }
+        assert!(Instant::now() < deadline, "scavenge did not get there: {report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

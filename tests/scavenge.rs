@@ -250,3 +250,178 @@ async fn scavenge_reports() {
     let server = server.restart().await;
     assert_eq!(report(&server.client, &server.base, &id).await["status"], "completed");
 }
+
+/// The events one batch appends to a stream are stored together (runs of at
+/// most 64 records and 32 KiB; a larger record alone). Nothing a reader can
+/// do tells them from events appended one at a time: pages of every size
+/// that start and end inside runs, single events, `$all`, retention whose
+/// boundary falls inside a run; and a scavenge removes exactly the hidden
+/// events, keeping the visible tail of the run it cuts.
+#[tokio::test]
+async fn events_written_together_read_like_events_written_alone() {
+    let server = TestServer::start().await;
+    let batch = |count: usize, offset: usize, size: usize| -> Value {
+        let events: Vec<Value> =
+            (0..count).map(|i| event("T", json!({ "i": offset + i, "pad": "x".repeat(size) }))).collect();
+        Value::Array(events)
+    };
+    // 150 small events (runs of 64, 64, 22); one alone; 30 small; six of
+    // 10 KB (runs split by size); one of 40 KB between two small ones.
+    let first_batch = batch(150, 0, 8);
+    assert_eq!(server.post_events("Bulk-1", &first_batch).await.status(), 201);
+    assert_eq!(server.post_events("Bulk-1", &batch(1, 150, 8)).await.status(), 201);
+    assert_eq!(server.post_events("Bulk-1", &batch(30, 151, 8)).await.status(), 201);
+    assert_eq!(server.post_events("Bulk-1", &batch(6, 181, 10_000)).await.status(), 201);
+    let mixed = json!([
+        event("T", json!({ "i": 187, "pad": "x" })),
+        event("T", json!({ "i": 188, "pad": "x".repeat(40_000) })),
+        event("T", json!({ "i": 189, "pad": "x" })),
+    ]);
+    assert_eq!(server.post_events("Bulk-1", &mixed).await.status(), 201);
+    let all: Vec<u64> = (0..190).collect();
+
+    for size in [1, 7, 20, 64, 65, 100] {
+        assert_eq!(numbers_in_pages(&server, "Bulk-1", 0, size).await, all, "pages of {size}");
+    }
+    let backward: Value =
+        server.get("/streams/Bulk-1/130/backward/70?embed=body", ATOM_JSON).await.json().await.unwrap();
+    let numbers: Vec<u64> = backward["entries"].as_array().unwrap().iter().map(data_number).collect();
+    assert_eq!(numbers, (61..=130).rev().collect::<Vec<_>>(), "a backward page across three runs");
+    for number in all.iter().copied().chain([999]) {
+        let response = server.get(&format!("/streams/Bulk-1/{number}"), "application/json").await;
+        if number == 999 {
+            assert_eq!(response.status(), 404);
+            continue;
+        }
+        let data: Value = response.json().await.unwrap();
+        assert_eq!(data["i"], number);
+    }
+    for size in [7, 20, 64] {
+        for forward in [true, false] {
+            assert_eq!(numbers_in_all(&server, size, forward).await, all, "$all by {size}, {forward}");
+        }
+    }
+
+    // Keep the newest 100: the boundary (90) is inside the run 64..128.
+    let metadata = server
+        .client
+        .post(server.url("/streams/Bulk-1/metadata"))
+        .header("content-type", "application/json")
+        .body(r#"{"$maxCount":100}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), 201);
+    let visible: Vec<u64> = (90..190).collect();
+    assert_eq!(numbers_in_pages(&server, "Bulk-1", 90, 20).await, visible);
+    assert_eq!(server.get("/streams/Bulk-1/89", "application/json").await.status(), 404);
+    let page = |server: &TestServer| {
+        server
+            .client
+            .get(server.url("/streams/Bulk-1/90/forward/20?embed=body"))
+            .header("accept", ATOM_JSON)
+            .header("host", "eventfeed.test")
+            .send()
+    };
+    let page_before = page(&server).await.unwrap().bytes().await.unwrap();
+
+    let id = start_scavenge(&server.client, &server.base).await;
+    let done = wait_for(&server.client, &server.base, &id, |r| r["status"] != "running").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["eventsRemoved"], 90, "exactly the hidden events: {done}");
+
+    let server = server.restart().await;
+    assert_eq!(page(&server).await.unwrap().bytes().await.unwrap(), page_before);
+    for size in [1, 7, 64] {
+        assert_eq!(numbers_in_pages(&server, "Bulk-1", 90, size).await, visible, "pages of {size}");
+    }
+    assert_eq!(server.get("/streams/Bulk-1/89", "application/json").await.status(), 404);
+    let data: Value = server.get("/streams/Bulk-1/90", "application/json").await.json().await.unwrap();
+    assert_eq!(data["i"], 90);
+    for forward in [true, false] {
+        assert_eq!(numbers_in_all(&server, 7, forward).await, visible, "$all shows what is left");
+    }
+    // The ids of scavenged events are still spent: the first batch again is
+    // an idempotent retry, not new events.
+    let retry = server.post_events("Bulk-1", &first_batch).await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["location"], server.url("/streams/Bulk-1/0").as_str());
+    let head: Value = server.get("/streams/Bulk-1", ATOM_JSON).await.json().await.unwrap();
+    assert_eq!(head["entries"][0]["title"], "189@Bulk-1");
+}
+
+/// The `i` of an entry read with `embed=body` (its data as a JSON string).
+fn data_number(entry: &Value) -> u64 {
+    data_i(entry).unwrap_or_else(|| panic!("no data.i in {entry}"))
+}
+
+fn data_i(entry: &Value) -> Option<u64> {
+    serde_json::from_str::<Value>(entry["data"].as_str()?).ok()?["i"].as_u64()
+}
+
+/// The `i` of every event of `stream` from `from`, in forward pages of
+/// `size` along `previous` links.
+async fn numbers_in_pages(server: &TestServer, stream: &str, from: u64, size: usize) -> Vec<u64> {
+    let mut url = server.url(&format!("/streams/{stream}/{from}/forward/{size}"));
+    let mut seen = Vec::new();
+    for _ in 0..10_000 {
+        let response =
+            server.client.get(format!("{url}?embed=body")).header("accept", ATOM_JSON).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let page: Value = response.json().await.unwrap();
+        let entries = page["entries"].as_array().unwrap();
+        assert!(entries.len() <= size, "{url}");
+        seen.extend(entries.iter().rev().map(data_number));
+        match common::link(&page, "previous") {
+            Some(next) => url = next,
+            None => return seen,
+        }
+    }
+    panic!("walking {stream} by {size} did not terminate");
+}
+
+/// The events of `$all` in pages of `size`, forward from the start along
+/// `previous` links or backward from the head along `next` links: the data
+/// numbers of user events, oldest first.
+async fn numbers_in_all(server: &TestServer, size: usize, forward: bool) -> Vec<u64> {
+    let mut numbers: Vec<u64> = if forward {
+        walk_all(server, &format!("00000000000000000000000000000000/forward/{size}"), "previous").await
+    } else {
+        walk_all(server, &format!("head/backward/{size}"), "next").await
+    }
+    .iter()
+    .map(data_number)
+    .collect();
+    if !forward {
+        numbers.reverse();
+    }
+    numbers
+}
+
+/// Walks `$all` from `start` along `relation` links; user events in the
+/// order met (oldest first going forward, newest first going backward).
+async fn walk_all(server: &TestServer, start: &str, relation: &str) -> Vec<Value> {
+    let mut url = server.url(&format!("/streams/$all/{start}"));
+    let mut events = Vec::new();
+    for _ in 0..10_000 {
+        let response =
+            server.client.get(format!("{url}?embed=body")).header("accept", ATOM_JSON).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let page: Value = response.json().await.unwrap();
+        let entries = page["entries"].as_array().unwrap();
+        let user_events = entries.iter().filter(|e| data_i(e).is_some()).cloned();
+        if relation == "previous" {
+            events.extend(user_events.rev());
+        } else {
+            events.extend(user_events);
+        }
+        if entries.is_empty() {
+            return events;
+        }
+        match common::link(&page, relation) {
+            Some(next) => url = next,
+            None => return events,
+        }
+    }
+    panic!("walking $all from {start} did not terminate");
+}

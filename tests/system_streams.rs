@@ -419,7 +419,7 @@ async fn titles_in_pages(server: &TestServer, stream: &str, size: usize, forward
 /// run, at most 64 to a run); every way of reading them must be unable to
 /// tell: pages of every size that start and end inside runs, single links
 /// resolved and raw, retention whose boundary falls inside a run, and a
-/// scavenge that may only remove runs that are hidden entirely.
+/// scavenge that removes exactly the hidden links, trimming a run it cuts.
 #[tokio::test]
 async fn links_written_together_read_like_links_written_alone() {
     let server = TestServer::start().await;
@@ -504,7 +504,9 @@ async fn links_written_together_read_like_links_written_alone() {
     let id = common::start_scavenge(&server.client, &server.base).await;
     let report = common::wait_for(&server.client, &server.base, &id, |r| r["status"] != "running").await;
     assert_eq!(report["status"], "completed", "{report}");
-    assert_eq!(report["linksRemoved"], 64, "only the run hidden entirely: {report}");
+    // Every hidden link: the run hidden entirely, and the start of the run
+    // the boundary falls in (its tail stays, under number 81).
+    assert_eq!(report["linksRemoved"], 81, "{report}");
     assert_eq!(report["eventsRemoved"], 0, "{report}");
 
     let server = server.restart().await;
@@ -516,5 +518,7 @@ async fn links_written_together_read_like_links_written_alone() {
         "the page is the same after the scavenge and a restart"
     );
     assert_eq!(server.get("/streams/$ce-Bulk/63", ATOM_JSON).await.status(), 404);
+    assert_eq!(server.get("/streams/$ce-Bulk/80", ATOM_JSON).await.status(), 404);
+    assert_eq!(server.get("/streams/$ce-Bulk/81", ATOM_JSON).await.status(), 200);
     assert_eq!(server.get("/streams/$ce-Bulk/100", ATOM_JSON).await.status(), 200);
 }

@@ -9,16 +9,18 @@
 //! [16] id | u16 len | stream | u16 len | type | u32 len | data | u32 len | metadata
 //! ```
 //!
-//! The value under an event key is either such a record (user streams), a
-//! link entry, or a run of links (system streams), told apart by the first
-//! byte. A run holds the consecutive links one batch added to one system
-//! stream, under the key of the first: a 20-event append links 20 events
-//! into `$ce-…` with one sled write instead of 20 (sled's cost is per key
-//! written, about the same for a small value as for a few hundred bytes).
+//! The value under an event key is a record, a run of records (user
+//! streams), a link entry, or a run of links (system streams), told apart by
+//! the first byte. A run holds the consecutive entries one batch added to
+//! one stream, under the key of the first: a 20-event append stores its 20
+//! records with one sled write instead of 20, and links them into `$ce-…`
+//! with one more (sled's cost is per key written, about the same for a small
+//! value as for a few kilobytes, and its leaves split every 16 keys).
 //!
 //! ```text
-//! link: u8 0x81 | u64 position | i64 created | u64 number | stream
-//! run:  u8 0x82 | u32 count | count × (u64 position | i64 created | u64 number | u16 len | stream)
+//! link:        u8 0x81 | u64 position | i64 created | u64 number | stream
+//! link run:    u8 0x82 | u32 count | count × (u64 position | i64 created | u64 number | u16 len | stream)
+//! record run:  u8 0x83 | u32 count | count × (u32 len | record)
 //! ```
 
 use bytes::Bytes;
@@ -31,6 +33,10 @@ const EVENT_V1: u8 = 1;
 const LINK_V1: u8 = 0x81;
 /// The first byte of a run of links.
 const LINK_RUN_V1: u8 = 0x82;
+/// The first byte of a run of event records.
+const RECORD_RUN_V1: u8 = 0x83;
+/// The first byte of a log entry for several positions.
+const LOG_RUN_V1: u8 = 0xFF;
 const STATE_V1: u8 = 1;
 
 const FLAG_DATA_JSON: u8 = 0b01;
@@ -131,8 +137,9 @@ pub fn entry_time_and_position(value: &[u8]) -> Result<(i64, u64), StoreError> {
     let (created, position) = match value.first() {
         Some(&EVENT_V1) => (field(18), field(10)),
         Some(&LINK_V1) => (field(9), field(1)),
-        // A run: its first link's.
+        // A run: its first entry's.
         Some(&LINK_RUN_V1) => (field(13), field(5)),
+        Some(&RECORD_RUN_V1) => (field(27), field(19)),
         _ => (None, None),
     };
     match (created, position) {
@@ -266,8 +273,8 @@ pub fn decode_state(record: &[u8]) -> Result<StreamState, StoreError> {
     })
 }
 
-/// A reference to an event by stream and number: the value of a log entry,
-/// and of an event-id entry (which event took the id).
+/// A reference to an event by stream and number: the value of an event-id
+/// entry (which event took the id), and of a log entry for one position.
 pub fn encode_event_ref(stream: &str, number: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + stream.len());
     out.extend_from_slice(&number.to_be_bytes());
@@ -281,6 +288,41 @@ pub fn decode_event_ref(value: &[u8]) -> Result<(String, u64), StoreError> {
     let stream = std::str::from_utf8(reader.rest())
         .map_err(|_| StoreError::Corrupt("event reference names a non-UTF-8 stream".into()))?;
     Ok((stream.to_owned(), number))
+}
+
+/// The value of a log entry for `count` consecutive positions holding
+/// events `number..number + count` of `stream` (what one append writes):
+/// a lone position as an event reference, several as a run,
+/// `u8 0xFF | u32 count | u64 number | stream`. A reference starts with the
+/// top byte of an event number, which is 0xFF only from 2^63 on, a number
+/// no stream can reach (versions are signed 64-bit), so the tag is never
+/// ambiguous.
+pub fn encode_log_entry(stream: &str, number: u64, count: u64) -> Vec<u8> {
+    if count == 1 {
+        return encode_event_ref(stream, number);
+    }
+    let mut out = Vec::with_capacity(13 + stream.len());
+    out.push(LOG_RUN_V1);
+    out.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&number.to_be_bytes());
+    out.extend_from_slice(stream.as_bytes());
+    out
+}
+
+/// Decodes a log entry: (stream, first event number, how many positions).
+pub fn decode_log_entry(value: &[u8]) -> Result<(String, u64, u64), StoreError> {
+    if value.first() != Some(&LOG_RUN_V1) {
+        return decode_event_ref(value).map(|(stream, number)| (stream, number, 1));
+    }
+    let mut reader = Reader::new(&value[1..]);
+    let count = reader.u32()?;
+    let number = reader.u64()?;
+    let stream = std::str::from_utf8(reader.rest())
+        .map_err(|_| StoreError::Corrupt("log entry names a non-UTF-8 stream".into()))?;
+    if count == 0 {
+        return Err(StoreError::Corrupt("an empty run in the log".into()));
+    }
+    Ok((stream.to_owned(), number, u64::from(count)))
 }
 
 /// What is stored under an event key.
@@ -325,20 +367,36 @@ pub fn encode_links(links: &[(u64, i64, u64, &str)]) -> Vec<u8> {
     out
 }
 
+/// The records one batch adds to one stream, numbered consecutively: a
+/// lone record as it is, several as a run.
+pub fn encode_records(mut records: Vec<Vec<u8>>) -> Vec<u8> {
+    if records.len() == 1 {
+        return records.pop().unwrap_or_default();
+    }
+    let bytes: usize = records.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(5 + records.len() * 4 + bytes);
+    out.push(RECORD_RUN_V1);
+    out.extend_from_slice(&u32::try_from(records.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for record in &records {
+        put_long(&mut out, record);
+    }
+    out
+}
+
 /// Whether the value under an event key is a link entry or a run of links.
 pub fn is_link_entry(value: &[u8]) -> bool {
     matches!(value.first(), Some(&LINK_V1 | &LINK_RUN_V1))
 }
 
-/// Whether the value under an event key is a run of links.
-pub fn is_link_run(value: &[u8]) -> bool {
-    value.first() == Some(&LINK_RUN_V1)
+/// Whether the value under an event key is a run (of links or of records).
+pub fn is_run(value: &[u8]) -> bool {
+    matches!(value.first(), Some(&LINK_RUN_V1 | &RECORD_RUN_V1))
 }
 
 /// How many consecutive event numbers the value under an event key covers:
 /// a run's length, else 1.
 pub fn entry_count(value: &[u8]) -> Result<u64, StoreError> {
-    if !is_link_run(value) {
+    if !is_run(value) {
         return Ok(1);
     }
     Reader::new(&value[1..]).u32().map(u64::from)
@@ -346,8 +404,8 @@ pub fn entry_count(value: &[u8]) -> Result<u64, StoreError> {
 
 /// Decodes the value under an event key that is not a run.
 pub fn decode_entry(value: Bytes) -> Result<Entry, StoreError> {
-    if is_link_run(&value) {
-        return Err(StoreError::Corrupt("a run of links where one entry was expected".into()));
+    if is_run(&value) {
+        return Err(StoreError::Corrupt("a run where one entry was expected".into()));
     }
     if !is_link_entry(&value) {
         return decode_event(value).map(Entry::Event);
@@ -363,23 +421,88 @@ pub fn decode_entry(value: Bytes) -> Result<Entry, StoreError> {
 
 /// Decodes the value under an event key into its entries: one, or a run's.
 pub fn decode_entries(value: Bytes) -> Result<Vec<Entry>, StoreError> {
-    if !is_link_run(&value) {
+    if !is_run(&value) {
         return decode_entry(value).map(|entry| vec![entry]);
     }
-    let count = entry_count(&value)?;
-    let mut reader = Reader::new(&value[5..]);
-    let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(4096));
+    run_items(&value)?.into_iter().map(|item| decode_item(&value, item)).collect()
+}
+
+/// Decodes entry `number` from the value stored under the key of number
+/// `first`: the value itself, or one item of a run (only that one is
+/// decoded). `None` when the value does not cover `number`.
+pub fn decode_entry_at(value: Bytes, first: u64, number: u64) -> Result<Option<Entry>, StoreError> {
+    if !is_run(&value) {
+        return if number == first { decode_entry(value).map(Some) } else { Ok(None) };
+    }
+    let Some(index) = number.checked_sub(first).and_then(|index| usize::try_from(index).ok()) else {
+        return Ok(None);
+    };
+    match run_items(&value)?.get(index) {
+        Some(item) => decode_item(&value, item.clone()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The value of a run without its first `skip` entries (what scavenging
+/// keeps of a run whose start is hidden): a lone remaining entry takes the
+/// single-entry form. `skip` must leave at least one entry.
+pub fn run_tail(value: &Bytes, skip: usize) -> Result<Vec<u8>, StoreError> {
+    let items = run_items(value)?;
+    match items.get(skip..) {
+        Some([item]) => match decode_item(value, item.clone())? {
+            Entry::Event(_) => Ok(value[item.start + 4..item.end].to_vec()),
+            Entry::Link { position, created_micros, number, stream } => {
+                Ok(encode_link_entry(position, created_micros, number, &stream))
+            }
+        },
+        Some(rest) if !rest.is_empty() => {
+            let bytes: usize = rest.iter().map(|item| item.len()).sum();
+            let mut out = Vec::with_capacity(5 + bytes);
+            out.push(value[0]);
+            out.extend_from_slice(&u32::try_from(rest.len()).unwrap_or(u32::MAX).to_be_bytes());
+            for item in rest {
+                out.extend_from_slice(&value[item.clone()]);
+            }
+            Ok(out)
+        }
+        _ => Err(StoreError::Corrupt(format!("a run of {} cannot lose {skip} entries", items.len()))),
+    }
+}
+
+/// The byte ranges of a run's items, framing included: a link is
+/// `u64 | i64 | u64 | u16 len | stream`, a record `u32 len | record`.
+fn run_items(value: &[u8]) -> Result<Vec<std::ops::Range<usize>>, StoreError> {
+    let mut reader = Reader::new(value);
+    let tag = reader.u8()?;
+    let count = reader.u32()?;
+    let mut items = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(4096));
     for _ in 0..count {
-        let position = reader.u64()?;
-        let created_micros = reader.u64()? as i64;
-        let number = reader.u64()?;
-        let stream = reader.short_str()?.to_owned();
-        entries.push(Entry::Link { position, created_micros, number, stream });
+        let start = value.len() - reader.bytes.len();
+        if tag == RECORD_RUN_V1 {
+            reader.long_bytes()?;
+        } else {
+            reader.take(24)?;
+            reader.short_str()?;
+        }
+        items.push(start..value.len() - reader.bytes.len());
     }
     if !reader.rest().is_empty() {
-        return Err(StoreError::Corrupt("a run of links has bytes after its last link".into()));
+        return Err(StoreError::Corrupt("a run has bytes after its last entry".into()));
     }
-    Ok(entries)
+    Ok(items)
+}
+
+/// Decodes one item of the run `value`, found by [`run_items`].
+fn decode_item(value: &Bytes, item: std::ops::Range<usize>) -> Result<Entry, StoreError> {
+    if value.first() == Some(&RECORD_RUN_V1) {
+        return decode_event(value.slice(item.start + 4..item.end)).map(Entry::Event);
+    }
+    let mut reader = Reader::new(&value[item]);
+    let position = reader.u64()?;
+    let created_micros = reader.u64()? as i64;
+    let number = reader.u64()?;
+    let stream = reader.short_str()?.to_owned();
+    Ok(Entry::Link { position, created_micros, number, stream })
 }
 
 fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -560,7 +683,7 @@ mod tests {
     fn runs_of_links_round_trip() {
         let links = [(9, 1_000, 4, "Order-1"), (10, 1_001, 0, "Order-2"), (12, 1_002, 5, "Ordér-1")];
         let run = encode_links(&links);
-        assert!(is_link_entry(&run) && is_link_run(&run));
+        assert!(is_link_entry(&run) && is_run(&run));
         assert_eq!(entry_count(&run).expect("decodes"), 3);
         assert_eq!(entry_time_and_position(&run).expect("decodes"), (1_000, 9));
         let decoded = decode_entries(Bytes::from(run.clone())).expect("decodes");
@@ -585,9 +708,85 @@ mod tests {
         assert_eq!(decode_entries(Bytes::from(lone)).expect("decodes"), expected[..1]);
     }
 
+    fn record(number: u64, data: &[u8]) -> Vec<u8> {
+        encode_event(&EventFields {
+            stream: "Order-1",
+            number,
+            position: 100 + number,
+            id: &Uuid::from_u128(u128::from(number) + 1),
+            event_type: "Placed",
+            created_micros: 5_000 + number as i64,
+            is_json: true,
+            metadata_is_json: false,
+            data,
+            metadata: b"",
+        })
+    }
+
+    #[test]
+    fn runs_of_records_round_trip_and_read_one_item() {
+        let records: Vec<Vec<u8>> = (7..11).map(|n| record(n, format!("{{\"n\":{n}}}").as_bytes())).collect();
+        let run = Bytes::from(encode_records(records.clone()));
+        assert!(is_run(&run) && !is_link_entry(&run));
+        assert_eq!(entry_count(&run).expect("decodes"), 4);
+        assert_eq!(entry_time_and_position(&run).expect("decodes"), (5_007, 107));
+        let expected: Vec<Entry> = records
+            .iter()
+            .map(|r| Entry::Event(decode_event(Bytes::from(r.clone())).expect("decodes")))
+            .collect();
+        assert_eq!(decode_entries(run.clone()).expect("decodes"), expected);
+        for (number, entry) in (7..).zip(&expected) {
+            assert_eq!(decode_entry_at(run.clone(), 7, number).expect("decodes").as_ref(), Some(entry));
+        }
+        assert_eq!(decode_entry_at(run.clone(), 7, 6).expect("decodes"), None);
+        assert_eq!(decode_entry_at(run.clone(), 7, 11).expect("decodes"), None);
+        assert!(decode_entry(run.clone()).is_err(), "a run is not one entry");
+        for cut in [3, 10, run.len() - 1] {
+            assert!(decode_entries(run.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        // A lone record is stored as it is.
+        assert_eq!(encode_records(records[..1].to_vec()), records[0]);
+        let lone = Bytes::from(records[0].clone());
+        assert_eq!(decode_entry_at(lone.clone(), 7, 7).expect("decodes").as_ref(), Some(&expected[0]));
+        assert_eq!(decode_entry_at(lone, 7, 8).expect("decodes"), None);
+    }
+
+    #[test]
+    fn the_tail_of_a_run_reads_like_the_entries_it_keeps() {
+        let records: Vec<Vec<u8>> = (0..3).map(|n| record(n, b"{}")).collect();
+        let run = Bytes::from(encode_records(records.clone()));
+        let tail = Bytes::from(run_tail(&run, 1).expect("trims"));
+        assert_eq!(
+            decode_entries(tail).expect("decodes"),
+            decode_entries(run.clone()).expect("decodes")[1..]
+        );
+        assert_eq!(run_tail(&run, 2).expect("trims"), records[2], "a lone record takes its own form");
+        assert!(run_tail(&run, 3).is_err(), "a trim must leave an entry");
+
+        let links = [(9, 1_000, 4, "Order-1"), (10, 1_001, 0, "Order-2"), (12, 1_002, 5, "Ordér-1")];
+        let run = Bytes::from(encode_links(&links));
+        assert_eq!(run_tail(&run, 1).expect("trims"), encode_links(&links[1..]));
+        assert_eq!(run_tail(&run, 2).expect("trims"), encode_link_entry(12, 1_002, 5, "Ordér-1"));
+    }
+
     #[test]
     fn event_refs_round_trip() {
         let value = encode_event_ref("Order-1", 3);
         assert_eq!(decode_event_ref(&value).expect("decodes"), ("Order-1".to_owned(), 3));
+    }
+
+    #[test]
+    fn log_entries_round_trip_alone_and_as_runs() {
+        let lone = encode_log_entry("Order-1", 3, 1);
+        assert_eq!(lone, encode_event_ref("Order-1", 3), "a lone position keeps the reference form");
+        assert_eq!(decode_log_entry(&lone).expect("decodes"), ("Order-1".to_owned(), 3, 1));
+        let run = encode_log_entry("Ordér-1", (1 << 62) + 5, 20);
+        assert_eq!(decode_log_entry(&run).expect("decodes"), ("Ordér-1".to_owned(), (1 << 62) + 5, 20));
+        for cut in [1, 4, 12] {
+            assert!(decode_log_entry(&run[..cut]).is_err(), "cut at {cut}");
+        }
+        // The largest number a reference can hold still reads as a reference.
+        let highest = encode_event_ref("s", i64::MAX as u64);
+        assert_eq!(decode_log_entry(&highest).expect("decodes"), ("s".to_owned(), i64::MAX as u64, 1));
     }
 }

@@ -17,13 +17,15 @@
 use uuid::Uuid;
 
 /// The global log, in commit order: position → (event number, stream), a
-/// pointer to the event's record.
+/// pointer to the event's record; or, for the consecutive positions one
+/// append wrote, first position → (count, first number, stream), one key
+/// for the whole append (see `codec::encode_log_entry`).
 pub const LOG: u8 = 0x01;
 /// Stream state: stream name → [`super::codec::StreamState`].
 pub const STREAM: u8 = 0x02;
 /// Events by stream: stream name ‖ 0x00 ‖ event number → the event record
-/// (user streams), or a link entry or a run of links starting at that number
-/// (system streams; see `codec`). Keyed by stream, not by
+/// or a run of records starting at that number (user streams), a link entry
+/// or a run of links (system streams); see `codec`. Keyed by stream, not by
 /// position, so a page of a stream is one contiguous range scan: sled does a
 /// 20-key range in an eighth of the time of 20 scattered point reads
 /// (measured), and stream pages are what readers read most.

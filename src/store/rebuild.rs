@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
-use super::codec;
+use super::codec::Entry;
 use super::keys;
 use super::projections::{Projection, Projections};
+use super::sled_store::{log_spans, stored_entries};
 use super::writer::{Command, LinkTarget, Staging};
 
 /// Marker values.
@@ -128,13 +129,22 @@ pub(crate) fn step(
             let end = next.saturating_add(STEP as u64).min(head);
             let mut linked_to = next;
             if next < end {
-                let records: Vec<(sled::IVec, sled::IVec)> =
-                    staging.db().range(keys::log(next)..keys::log(end)).collect::<Result<_, _>>()?;
-                for (_, reference) in records {
-                    let (stream, number) = codec::decode_event_ref(&reference)?;
-                    // Scavenged since it was logged: nothing to link.
-                    let Some(record) = staging.db().get(keys::event(&stream, number))? else { continue };
-                    let event = codec::decode_event(codec::shared(record))?;
+                let mut entries = Vec::new();
+                for span in log_spans(staging.db(), next, end - 1, false)? {
+                    let span = span?;
+                    // Events scavenged since they were logged are absent:
+                    // nothing to link.
+                    entries.extend(stored_entries(
+                        staging.db(),
+                        &span.stream,
+                        span.number,
+                        span.last_number(),
+                    )?);
+                }
+                for (number, entry) in entries {
+                    let Entry::Event(event) = entry else {
+                        return Err(StoreError::Corrupt(format!("event {number} in the log is a link")));
+                    };
                     let target = LinkTarget {
                         position: event.position,
                         created_micros: event.created_micros,

@@ -6,7 +6,10 @@
 //! writer. Each step decides visibility from the current state with the
 //! same function reads use ([`super::visibility::first_visible`]) and
 //! removes a bounded number of invisible index entries and log records as
-//! one atomic batch. So:
+//! one atomic batch. Entries written together are stored as runs (records,
+//! links, log positions); the invisible part of a run is always its start,
+//! since visibility is a lower bound on numbers, and a run it cuts keeps its
+//! visible tail under the tail's first key. So:
 //! - it never removes an event a read can still see, even if metadata
 //!   changes while it runs (steps are serialised with appends);
 //! - it can be killed at any point: every step is all or nothing, and what
@@ -18,10 +21,12 @@
 //! dead; a soft-deleted stream's numbering continues) and the event-id index
 //! (an event id is spent forever, so idempotency stays permanent).
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::codec;
+use super::codec::{self, Entry};
 use super::writer::Staging;
 use super::{StoreError, keys, visibility};
 
@@ -111,6 +116,9 @@ pub(crate) fn step(staging: &mut Staging<'_>, cursor: &Cursor) -> Result<StepOut
     let examined_all = streams.len() < STEP_STREAMS;
 
     let started = std::time::Instant::now();
+    // Log entries this step already trimmed: the batch is not readable
+    // before it commits, so the same entry would otherwise be trimmed twice.
+    let mut trimmed = HashSet::new();
     for key in &streams {
         let Some(stream) = keys::stream_name(key) else { continue };
         if outcome.streams > 0 && started.elapsed() >= STEP_BUDGET {
@@ -132,28 +140,34 @@ pub(crate) fn step(staging: &mut Staging<'_>, cursor: &Cursor) -> Result<StepOut
         let entries: Vec<(sled::IVec, sled::IVec)> =
             staging.db().range(range).take(STEP_REMOVALS - removals).collect::<Result<_, _>>()?;
         for (index_key, value) in entries {
-            let (_, position) = codec::entry_time_and_position(&value)?;
-            let number = keys::event_number(&index_key);
+            let first = keys::event_number(&index_key)
+                .ok_or_else(|| StoreError::Corrupt("event key is malformed".into()))?;
+            let count = codec::entry_count(&value)?;
+            // The entry's hidden prefix goes; a run that reaches a visible
+            // number keeps its visible tail, under the tail's first number.
+            let hidden = (first_visible - first).min(count);
+            let value = codec::shared(value);
             if codec::is_link_entry(&value) {
-                let count = codec::entry_count(&value)?;
-                // A run of links that reaches a visible number stays whole
-                // (reads skip its hidden part) until it is hidden entirely.
-                if number.is_none_or(|first| first.saturating_add(count) > first_visible) {
-                    continue;
-                }
-                outcome.links_removed += count;
+                outcome.links_removed += hidden;
             } else {
-                // The event's log entry goes with it (a link's target
+                // The events' log entries go with them (a link's target
                 // position belongs to the target).
-                staging.remove(&keys::log(position)[..]);
-                outcome.events_removed += 1;
-                removals += 1;
+                for entry in codec::decode_entries(value.clone())?.iter().take(hidden as usize) {
+                    if let Entry::Event(event) = entry {
+                        trim_log(staging, &mut trimmed, event.position, first_visible)?;
+                    }
+                }
+                outcome.events_removed += hidden;
+                removals += hidden as usize;
             }
             staging.remove(index_key);
+            if hidden < count {
+                staging
+                    .insert(keys::event(stream, first + hidden), codec::run_tail(&value, hidden as usize)?);
+            }
             removals += 1;
             if removals >= STEP_REMOVALS {
-                let next_number = number.map_or(first_visible, |n| n + 1);
-                outcome.next = Some(Cursor { stream: Some(stream.to_owned()), next_number });
+                outcome.next = Some(Cursor { stream: Some(stream.to_owned()), next_number: first + 1 });
                 return Ok(outcome);
             }
         }
@@ -165,6 +179,37 @@ pub(crate) fn step(staging: &mut Staging<'_>, cursor: &Cursor) -> Result<StepOut
         outcome.next = Some(Cursor { stream: last, next_number: 0 });
     }
     Ok(outcome)
+}
+
+/// Drops the log's record of the event at `position`, which is hidden (its
+/// stream's events below `first_visible` are). A log entry covers
+/// consecutive events of one stream, so its hidden events are a prefix of
+/// it: they all go now, and a visible tail stays under its first position.
+fn trim_log(
+    staging: &mut Staging<'_>,
+    trimmed: &mut HashSet<u64>,
+    position: u64,
+    first_visible: u64,
+) -> Result<(), StoreError> {
+    let Some(item) = staging.db().range(keys::log(0)..=keys::log(position)).next_back() else {
+        return Ok(());
+    };
+    let (key, value) = item?;
+    let Some(start) = keys::log_position(&key) else { return Ok(()) };
+    let (stream, number, count) = codec::decode_log_entry(&value)?;
+    // A tail left by an earlier step no longer covers `position`; the entry
+    // found is then another's.
+    if position >= start + count || trimmed.contains(&start) {
+        return Ok(());
+    }
+    trimmed.insert(start);
+    let hidden = first_visible.saturating_sub(number).min(count);
+    staging.remove(key);
+    if hidden < count {
+        let tail = codec::encode_log_entry(&stream, number + hidden, count - hidden);
+        staging.insert(&keys::log(start + hidden)[..], tail);
+    }
+    Ok(())
 }
 
 /// The bytes of every file under `path`.

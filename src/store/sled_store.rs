@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::codec::{self, Entry, StreamState};
 use super::generation::{self, DbCell};
-use super::projections::{Projections, is_system_stream};
+use super::projections::Projections;
 use super::rebuild;
 use super::scavenge::{ScavengeReport, ScavengeStarted, Scavenger};
 use super::visibility::{self, now_micros};
@@ -26,11 +26,12 @@ use super::{
 
 /// The layout this build reads and writes. A store written by another
 /// layout is refused at open rather than misread. Layout 3 added runs of
-/// links (see [`codec`]); a layout-2 store is a valid layout-3 store and is
-/// upgraded in place at open, after which older builds refuse it.
-const LAYOUT_VERSION: u64 = 3;
-/// The older layout this build upgrades at open.
-const UPGRADABLE_LAYOUT: u64 = 2;
+/// links, layout 4 runs of records (see [`codec`]); each older layout is a
+/// valid newer one, so such a store is upgraded in place at open, after
+/// which older builds refuse it.
+const LAYOUT_VERSION: u64 = 4;
+/// The older layouts this build upgrades at open.
+const UPGRADABLE_LAYOUTS: [u64; 2] = [2, 3];
 
 /// How many commands may queue for the writer before senders wait. Large
 /// enough that the writer always finds a full batch under load; bounded so a
@@ -81,7 +82,7 @@ impl SledStore {
         match db.get(&layout_key)? {
             Some(value) => {
                 let found = keys::decode_u64(&value).unwrap_or(0);
-                if found == UPGRADABLE_LAYOUT {
+                if UPGRADABLE_LAYOUTS.contains(&found) {
                     db.insert(&layout_key, &keys::u64_value(LAYOUT_VERSION)[..])?;
                     db.flush()?;
                 } else if found != LAYOUT_VERSION {
@@ -109,10 +110,11 @@ impl SledStore {
         let head =
             Head { next_position: counter(keys::NEXT_POSITION)?, commit_seq: counter(keys::COMMIT_SEQ)? };
         let last_created_micros = match db.get_lt([keys::LOG + 1])? {
-            Some((key, reference)) if keys::log_position(&key).is_some() => {
-                let (stream, number) = codec::decode_event_ref(&reference)?;
-                match db.get(keys::event(&stream, number))? {
-                    Some(value) => codec::entry_time_and_position(&value)?.0,
+            Some((key, value)) if keys::log_position(&key).is_some() => {
+                let span = LogSpan::decode(&key, &value)?;
+                match stored_entry(&db, &span.stream, span.last_number())? {
+                    Some(Entry::Event(event)) => event.created_micros,
+                    Some(Entry::Link { created_micros, .. }) => created_micros,
                     None => 0,
                 }
             }
@@ -298,15 +300,37 @@ impl ReadContext {
         if !self.is_visible(stream, number)? {
             return Ok(None);
         }
-        match self.db().get(keys::event(stream, number))? {
-            Some(value) => match codec::decode_entry(codec::shared(value))? {
-                Entry::Event(event) => Ok(Some(event)),
-                Entry::Link { .. } => {
-                    Err(StoreError::Corrupt(format!("{number}@{stream} is a link, not an event")))
-                }
-            },
+        match stored_entry(self.db(), stream, number)? {
+            Some(Entry::Event(event)) => Ok(Some(event)),
+            Some(Entry::Link { .. }) => {
+                Err(StoreError::Corrupt(format!("{number}@{stream} is a link, not an event")))
+            }
             None => Ok(None),
         }
+    }
+
+    /// The events of a span of the log that reads can see, oldest first.
+    fn visible_events(&mut self, span: &LogSpan) -> Result<Vec<RecordedEvent>, StoreError> {
+        if !self.is_visible(&span.stream, span.last_number())? {
+            return Ok(Vec::new());
+        }
+        let first_visible = match self.first_visible.get(&span.stream) {
+            Some(Some(first)) => (*first).max(span.number),
+            _ => return Ok(Vec::new()),
+        };
+        let mut events = Vec::with_capacity(usize::try_from(span.count).unwrap_or(0).min(4096));
+        for (number, entry) in stored_entries(self.db(), &span.stream, first_visible, span.last_number())? {
+            match entry {
+                Entry::Event(event) => events.push(event),
+                Entry::Link { .. } => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{number}@{} is a link, not an event",
+                        span.stream
+                    )));
+                }
+            }
+        }
+        Ok(events)
     }
 
     /// Whether event `number` of `stream` is visible to reads (not hidden by
@@ -375,34 +399,46 @@ impl ReadContext {
         let Some(last) = next_position.checked_sub(1) else {
             return Ok(AllSlice { next_position, scanned, events });
         };
-        let (range, backward) = match read.direction {
+        let (low, high, backward) = match read.direction {
             Direction::Forward => {
                 let from = read.from.unwrap_or(last);
                 if from > last {
                     return Ok(AllSlice { next_position, scanned, events });
                 }
-                (keys::log(from)..=keys::log(last), false)
+                (from, last, false)
             }
-            Direction::Backward => (keys::log(0)..=keys::log(read.from.unwrap_or(last).min(last)), true),
+            Direction::Backward => (0, read.from.unwrap_or(last).min(last), true),
         };
-        let iter = self.db().range(range);
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            if backward { Box::new(iter.rev()) } else { Box::new(iter) };
-        for item in iter.take(MAX_ALL_SCAN) {
-            let (key, reference) = item?;
-            let position =
-                keys::log_position(&key).ok_or_else(|| StoreError::Corrupt("log key is malformed".into()))?;
-            scanned = Some(match scanned {
-                None => (position, position),
-                Some((low, high)) => (low.min(position), high.max(position)),
-            });
-            let (stream, number) = codec::decode_event_ref(&reference)?;
-            if let Some(event) = self.visible_event(&stream, number)? {
+        let mut budget = MAX_ALL_SCAN as u64;
+        'spans: for span in log_spans(self.db(), low, high, backward)? {
+            if budget == 0 {
+                break;
+            }
+            let span = span?;
+            // Within the budget: a span's start going forward, its end
+            // going backward.
+            let span = match backward {
+                false => span.clone().clip(span.position, span.position.saturating_add(budget - 1)),
+                true => span.clone().clip(span.last().saturating_sub(budget - 1), span.last()),
+            }
+            .unwrap_or(span);
+            budget = budget.saturating_sub(span.count);
+            let mut found = self.visible_events(&span)?;
+            if backward {
+                found.reverse();
+            }
+            for event in found {
+                let position = event.position;
                 events.push(event);
                 if events.len() >= count {
-                    break;
+                    widen(
+                        &mut scanned,
+                        if backward { (position, span.last()) } else { (span.position, position) },
+                    );
+                    break 'spans;
                 }
             }
+            widen(&mut scanned, (span.position, span.last()));
         }
         if backward {
             events.reverse();
@@ -411,9 +447,17 @@ impl ReadContext {
     }
 }
 
+/// Extends a read's range of examined positions.
+fn widen(scanned: &mut Option<(u64, u64)>, (low, high): (u64, u64)) {
+    *scanned = Some(match *scanned {
+        None => (low, high),
+        Some((lowest, highest)) => (lowest.min(low), highest.max(high)),
+    });
+}
+
 /// What is stored for numbers `low..=high` of `stream`, in order, with each
-/// entry's number; scavenged numbers are simply absent. A system stream's
-/// links are stored in runs under the key of a run's first link, so its
+/// entry's number; scavenged numbers are simply absent. Entries written
+/// together are stored in runs under the key of a run's first entry, so the
 /// range starts with the run that holds `low`, if one starts below it.
 pub(crate) fn stored_entries(
     db: &sled::Db,
@@ -425,7 +469,7 @@ pub(crate) fn stored_entries(
         usize::try_from(high.saturating_sub(low).saturating_add(1)).unwrap_or(usize::MAX).min(4096);
     let mut found = Vec::with_capacity(capacity);
     let mut add = |first: u64, value: sled::IVec| -> Result<(), StoreError> {
-        if !codec::is_link_run(&value) {
+        if !codec::is_run(&value) {
             found.push((first, codec::decode_entry(codec::shared(value))?));
             return Ok(());
         }
@@ -436,12 +480,10 @@ pub(crate) fn stored_entries(
         }
         Ok(())
     };
-    if is_system_stream(stream) && low > 0 {
-        let prefix = keys::event_prefix(stream);
-        if let Some((key, value)) = db.get_lt(keys::event(stream, low))? {
-            // The key must be this stream's (the prefix, then a number):
-            // the entry before `low` may belong to another stream.
-            if key.len() == prefix.len() + 8 && key.starts_with(&prefix) && codec::is_link_run(&value) {
+    if low > 0 {
+        if let Some(item) = db.range(keys::event_prefix(stream)..keys::event(stream, low)).next_back() {
+            let (key, value) = item?;
+            if codec::is_run(&value) {
                 add(event_key_number(&key)?, value)?;
             }
         }
@@ -451,6 +493,88 @@ pub(crate) fn stored_entries(
         add(event_key_number(&key)?, value)?;
     }
     Ok(found)
+}
+
+/// What is stored for number `number` of `stream`: an entry of its own, or
+/// one item of the run that holds it (only that item is decoded). `None`
+/// when it was never written or has been scavenged.
+pub(crate) fn stored_entry(db: &sled::Db, stream: &str, number: u64) -> Result<Option<Entry>, StoreError> {
+    match db.range(keys::event_prefix(stream)..=keys::event(stream, number)).next_back() {
+        Some(item) => {
+            let (key, value) = item?;
+            codec::decode_entry_at(codec::shared(value), event_key_number(&key)?, number)
+        }
+        None => Ok(None),
+    }
+}
+
+/// Consecutive positions of the log that hold consecutive events of one
+/// stream: what one log entry records, or the part of it a read asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LogSpan {
+    pub position: u64,
+    pub stream: String,
+    pub number: u64,
+    pub count: u64,
+}
+
+impl LogSpan {
+    fn decode(key: &[u8], value: &[u8]) -> Result<Self, StoreError> {
+        let position =
+            keys::log_position(key).ok_or_else(|| StoreError::Corrupt("log key is malformed".into()))?;
+        let (stream, number, count) = codec::decode_log_entry(value)?;
+        Ok(Self { position, stream, number, count })
+    }
+
+    /// The last position it covers.
+    pub fn last(&self) -> u64 {
+        self.position + (self.count - 1)
+    }
+
+    /// The number of the event at its last position.
+    pub fn last_number(&self) -> u64 {
+        self.number + (self.count - 1)
+    }
+
+    /// Its part within positions `low..=high`, if any.
+    pub fn clip(self, low: u64, high: u64) -> Option<Self> {
+        let (start, end) = (self.position.max(low), self.last().min(high));
+        (start <= end).then(|| Self {
+            number: self.number + (start - self.position),
+            position: start,
+            count: end - start + 1,
+            stream: self.stream,
+        })
+    }
+}
+
+/// The log between positions `low` and `high` (inclusive) as spans clipped
+/// to that range, in position order or, `backward`, in reverse. The log
+/// stores the positions one append wrote as one entry under the first, so
+/// the range starts with the entry that holds `low`, if it starts below.
+pub(crate) fn log_spans(
+    db: &sled::Db,
+    low: u64,
+    high: u64,
+    backward: bool,
+) -> Result<Box<dyn Iterator<Item = Result<LogSpan, StoreError>>>, StoreError> {
+    let before = match db.range(keys::log(0)..keys::log(low)).next_back() {
+        Some(item) => {
+            let (key, value) = item?;
+            LogSpan::decode(&key, &value)?.clip(low, high)
+        }
+        None => None,
+    };
+    let within = db.range(keys::log(low)..=keys::log(high)).map(move |item| {
+        let (key, value) = item?;
+        Ok(LogSpan::decode(&key, &value)?.clip(low, high))
+    });
+    let within = within.filter_map(Result::transpose);
+    Ok(if backward {
+        Box::new(within.rev().chain(before.map(Ok)))
+    } else {
+        Box::new(before.map(Ok).into_iter().chain(within))
+    })
 }
 
 fn event_key_number(key: &[u8]) -> Result<u64, StoreError> {

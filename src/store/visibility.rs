@@ -2,10 +2,9 @@
 //! this one function, so the scavenger can never remove an event a read
 //! would still show.
 
-use super::codec::{self, Entry, StreamState};
-use super::projections::is_system_stream;
-use super::sled_store::stored_entries;
-use super::{StoreError, keys};
+use super::StoreError;
+use super::codec::{Entry, StreamState};
+use super::sled_store::stored_entry;
 
 /// The lowest event number reads can see, applying soft delete (`deleted
 /// before`), `$tb`, `$maxCount` and `$maxAge`. `$maxAge` is found by binary
@@ -46,17 +45,9 @@ pub fn first_visible(
 
 /// When event `number` of `stream` was written; `None` if it is gone.
 fn created_at(db: &sled::Db, stream: &str, number: u64) -> Result<Option<i64>, StoreError> {
-    if let Some(value) = db.get(keys::event(stream, number))? {
-        // An event, a link, or a run of links that starts at `number`.
-        return codec::entry_time_and_position(&value).map(|(created, _)| Some(created));
-    }
-    if !is_system_stream(stream) {
-        return Ok(None);
-    }
-    // Inside a run of links.
-    Ok(match stored_entries(db, stream, number, number)?.pop() {
-        Some((_, Entry::Link { created_micros, .. })) => Some(created_micros),
-        Some((_, Entry::Event(event))) => Some(event.created_micros),
+    Ok(match stored_entry(db, stream, number)? {
+        Some(Entry::Link { created_micros, .. }) => Some(created_micros),
+        Some(Entry::Event(event)) => Some(event.created_micros),
         None => None,
     })
 }

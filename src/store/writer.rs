@@ -25,6 +25,7 @@ use super::generation::{self, DbCell};
 use super::projections::{Projection, Projections};
 use super::rebuild::{self, Phase, Progress};
 use super::scavenge;
+use super::sled_store::LogSpan;
 use super::visibility::now_micros;
 use super::{Append, AppendOutcome, Durability, ExpectedVersion, Head, Notifier, StoreError, keys, metadata};
 
@@ -485,6 +486,10 @@ pub(crate) struct Staging<'a> {
     ids: HashMap<Uuid, (String, u64)>,
     /// Links this batch adds, by system stream, written as runs at the end.
     links: HashMap<String, PendingLinks>,
+    /// Records this batch adds, by stream, written as runs at the end.
+    records: HashMap<String, PendingRecords>,
+    /// The log entry being extended: positions one append wrote.
+    log: Option<LogSpan>,
     pub(crate) next_position: u64,
     /// The sequence number this batch will have.
     commit_seq: u64,
@@ -508,6 +513,8 @@ impl<'a> Staging<'a> {
             states: HashMap::new(),
             ids: HashMap::new(),
             links: HashMap::new(),
+            records: HashMap::new(),
+            log: None,
             next_position,
             created_micros,
         }
@@ -629,10 +636,10 @@ impl<'a> Staging<'a> {
                 data: &event.data,
                 metadata: &event.metadata,
             });
-            let reference = codec::encode_event_ref(&append.stream, number);
-            self.batch.insert(keys::event(&append.stream, number), record);
-            self.batch.insert(&keys::log(position)[..], reference.clone());
-            self.batch.insert(&keys::event_id(&event.id)[..], reference);
+            self.stage_record(&append.stream, number, record);
+            self.stage_log(position, &append.stream, number);
+            self.batch
+                .insert(&keys::event_id(&event.id)[..], codec::encode_event_ref(&append.stream, number));
             self.ids.insert(event.id, (append.stream.clone(), number));
             self.writes += 3;
             self.next_position += 1;
@@ -693,6 +700,49 @@ impl<'a> Staging<'a> {
         }))
     }
 
+    /// Adds event `number`'s record to `stream`. The records a batch adds
+    /// to one stream are written together, as runs.
+    fn stage_record(&mut self, stream: &str, number: u64, record: Vec<u8>) {
+        match self.records.get_mut(stream) {
+            Some(run) if run.takes(number, &record) => {
+                run.bytes += record.len();
+                run.records.push(record);
+            }
+            _ => {
+                let run = PendingRecords { first: number, bytes: record.len(), records: vec![record] };
+                if let Some(full) = self.records.insert(stream.to_owned(), run) {
+                    self.batch.insert(keys::event(stream, full.first), codec::encode_records(full.records));
+                }
+            }
+        }
+    }
+
+    /// Logs event `number` of `stream` at `position`. Consecutive positions
+    /// holding consecutive events of one stream share one log entry.
+    fn stage_log(&mut self, position: u64, stream: &str, number: u64) {
+        if let Some(span) = &mut self.log {
+            let extends = span.stream == stream
+                && span.position + span.count == position
+                && span.number + span.count == number
+                && span.count < MAX_LOG_RUN;
+            if extends {
+                span.count += 1;
+                return;
+            }
+        }
+        let span = LogSpan { position, stream: stream.to_owned(), number, count: 1 };
+        if let Some(full) = self.log.replace(span) {
+            self.write_log(&full);
+        }
+    }
+
+    fn write_log(&mut self, span: &LogSpan) {
+        self.batch.insert(
+            &keys::log(span.position)[..],
+            codec::encode_log_entry(&span.stream, span.number, span.count),
+        );
+    }
+
     /// Appends a link to the event at `position` to a system stream. The
     /// links a batch adds to one stream are written together, as runs.
     pub(crate) fn link(&mut self, system_stream: &str, target: &LinkTarget<'_>) -> Result<(), StoreError> {
@@ -744,6 +794,12 @@ impl<'a> Staging<'a> {
         for (stream, run) in self.links.drain() {
             self.batch.insert(keys::event(&stream, run.first), run.encode());
         }
+        for (stream, run) in self.records.drain() {
+            self.batch.insert(keys::event(&stream, run.first), codec::encode_records(run.records));
+        }
+        if let Some(span) = self.log.take() {
+            self.write_log(&span);
+        }
         for (stream, state) in &mut self.states {
             state.commit_seq = self.commit_seq;
             self.batch.insert(keys::stream(stream), codec::encode_state(state));
@@ -779,6 +835,36 @@ impl PendingLinks {
             .map(|(position, created, number, stream)| (*position, *created, *number, stream.as_str()))
             .collect();
         codec::encode_links(&links)
+    }
+}
+
+/// The most records one run holds, and the most bytes of records: a run is
+/// decoded whole when a page reads part of it, and sled rewrites a leaf's
+/// values when it consolidates it, so a run of large events stays small.
+/// A record larger than the byte limit is stored alone.
+const MAX_RECORD_RUN: usize = 64;
+const MAX_RECORD_RUN_BYTES: usize = 32 * 1024;
+
+/// The most positions one log entry covers, as many as a run of records:
+/// the log entries and the runs of a large append then mostly break at the
+/// same numbers.
+const MAX_LOG_RUN: u64 = 64;
+
+/// Consecutive records of one stream, staged by one batch.
+struct PendingRecords {
+    /// The number of the first.
+    first: u64,
+    records: Vec<Vec<u8>>,
+    /// The records' total size.
+    bytes: usize,
+}
+
+impl PendingRecords {
+    /// Whether `record`, numbered `number`, extends this run.
+    fn takes(&self, number: u64, record: &[u8]) -> bool {
+        self.first + self.records.len() as u64 == number
+            && self.records.len() < MAX_RECORD_RUN
+            && self.bytes + record.len() <= MAX_RECORD_RUN_BYTES
     }
 }
 

@@ -427,20 +427,35 @@ pub fn decode_entries(value: Bytes) -> Result<Vec<Entry>, StoreError> {
     run_items(&value)?.into_iter().map(|item| decode_item(&value, item)).collect()
 }
 
+/// Decodes the entries numbered `low..=high` from the value stored under
+/// the key of number `first`, with their numbers: the value itself, or the
+/// items of a run within that range (only those are decoded).
+pub fn decode_entries_within(
+    value: Bytes,
+    first: u64,
+    low: u64,
+    high: u64,
+) -> Result<Vec<(u64, Entry)>, StoreError> {
+    if !is_run(&value) {
+        return Ok(if (low..=high).contains(&first) {
+            vec![(first, decode_entry(value)?)]
+        } else {
+            Vec::new()
+        });
+    }
+    let items = run_items(&value)?;
+    (first..)
+        .zip(items)
+        .filter(|(number, _)| (low..=high).contains(number))
+        .map(|(number, item)| Ok((number, decode_item(&value, item)?)))
+        .collect()
+}
+
 /// Decodes entry `number` from the value stored under the key of number
 /// `first`: the value itself, or one item of a run (only that one is
 /// decoded). `None` when the value does not cover `number`.
 pub fn decode_entry_at(value: Bytes, first: u64, number: u64) -> Result<Option<Entry>, StoreError> {
-    if !is_run(&value) {
-        return if number == first { decode_entry(value).map(Some) } else { Ok(None) };
-    }
-    let Some(index) = number.checked_sub(first).and_then(|index| usize::try_from(index).ok()) else {
-        return Ok(None);
-    };
-    match run_items(&value)?.get(index) {
-        Some(item) => decode_item(&value, item.clone()).map(Some),
-        None => Ok(None),
-    }
+    Ok(decode_entries_within(value, first, number, number)?.pop().map(|(_, entry)| entry))
 }
 
 /// The value of a run without its first `skip` entries (what scavenging

@@ -469,15 +469,7 @@ pub(crate) fn stored_entries(
         usize::try_from(high.saturating_sub(low).saturating_add(1)).unwrap_or(usize::MAX).min(4096);
     let mut found = Vec::with_capacity(capacity);
     let mut add = |first: u64, value: sled::IVec| -> Result<(), StoreError> {
-        if !codec::is_run(&value) {
-            found.push((first, codec::decode_entry(codec::shared(value))?));
-            return Ok(());
-        }
-        for (number, entry) in (first..).zip(codec::decode_entries(codec::shared(value))?) {
-            if (low..=high).contains(&number) {
-                found.push((number, entry));
-            }
-        }
+        found.extend(codec::decode_entries_within(codec::shared(value), first, low, high)?);
         Ok(())
     };
     if low > 0 {

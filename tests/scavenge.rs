@@ -251,8 +251,9 @@ async fn scavenge_reports() {
     assert_eq!(report(&server.client, &server.base, &id).await["status"], "completed");
 }
 
-/// The events one batch appends to a stream are stored together (runs of at
-/// most 64 records and 32 KiB; a larger record alone). Nothing a reader can
+/// The events one batch appends to a stream are stored together (runs of
+/// records that never cross a multiple of 20 and hold at most 32 KiB; a
+/// larger record alone). Nothing a reader can
 /// do tells them from events appended one at a time: pages of every size
 /// that start and end inside runs, single events, `$all`, retention whose
 /// boundary falls inside a run; and a scavenge removes exactly the hidden
@@ -265,8 +266,9 @@ async fn events_written_together_read_like_events_written_alone() {
             (0..count).map(|i| event("T", json!({ "i": offset + i, "pad": "x".repeat(size) }))).collect();
         Value::Array(events)
     };
-    // 150 small events (runs of 64, 64, 22); one alone; 30 small; six of
-    // 10 KB (runs split by size); one of 40 KB between two small ones.
+    // 150 small events (runs of 20, and 10 at the end); one alone; 30
+    // small (runs of 9, 20, 1); six of 10 KB (runs split by size); one of
+    // 40 KB between two small ones.
     let first_batch = batch(150, 0, 8);
     assert_eq!(server.post_events("Bulk-1", &first_batch).await.status(), 201);
     assert_eq!(server.post_events("Bulk-1", &batch(1, 150, 8)).await.status(), 201);
@@ -286,7 +288,7 @@ async fn events_written_together_read_like_events_written_alone() {
     let backward: Value =
         server.get("/streams/Bulk-1/130/backward/70?embed=body", ATOM_JSON).await.json().await.unwrap();
     let numbers: Vec<u64> = backward["entries"].as_array().unwrap().iter().map(data_number).collect();
-    assert_eq!(numbers, (61..=130).rev().collect::<Vec<_>>(), "a backward page across three runs");
+    assert_eq!(numbers, (61..=130).rev().collect::<Vec<_>>(), "a backward page across five runs");
     for number in all.iter().copied().chain([999]) {
         let response = server.get(&format!("/streams/Bulk-1/{number}"), "application/json").await;
         if number == 999 {
@@ -302,7 +304,7 @@ async fn events_written_together_read_like_events_written_alone() {
         }
     }
 
-    // Keep the newest 100: the boundary (90) is inside the run 64..128.
+    // Keep the newest 100: the boundary (90) is inside the run 80..=99.
     let metadata = server
         .client
         .post(server.url("/streams/Bulk-1/metadata"))

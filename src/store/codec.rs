@@ -20,8 +20,12 @@
 //! ```text
 //! link:        u8 0x81 | u64 position | i64 created | u64 number | stream
 //! link run:    u8 0x82 | u32 count | count × (u64 position | i64 created | u64 number | u16 len | stream)
-//! record run:  u8 0x83 | u32 count | count × (u32 len | record)
+//! record run:  u8 0x83 | u32 count | count × u32 end | records
 //! ```
+//!
+//! A record run's table holds where each record ends, counted from the
+//! first record, so that a read takes the records it wants without walking
+//! the others.
 
 use bytes::Bytes;
 use uuid::Uuid;
@@ -139,7 +143,16 @@ pub fn entry_time_and_position(value: &[u8]) -> Result<(i64, u64), StoreError> {
         Some(&LINK_V1) => (field(9), field(1)),
         // A run: its first entry's.
         Some(&LINK_RUN_V1) => (field(13), field(5)),
-        Some(&RECORD_RUN_V1) => (field(27), field(19)),
+        Some(&RECORD_RUN_V1) => {
+            // The first record follows the count and the table of ends.
+            match value.get(1..5) {
+                Some(b) => {
+                    let first = 5 + 4 * u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                    (field(first + 18), field(first + 10))
+                }
+                None => (None, None),
+            }
+        }
         _ => (None, None),
     };
     match (created, position) {
@@ -377,8 +390,13 @@ pub fn encode_records(mut records: Vec<Vec<u8>>) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + records.len() * 4 + bytes);
     out.push(RECORD_RUN_V1);
     out.extend_from_slice(&u32::try_from(records.len()).unwrap_or(u32::MAX).to_be_bytes());
+    let mut end = 0usize;
     for record in &records {
-        put_long(&mut out, record);
+        end += record.len();
+        out.extend_from_slice(&u32::try_from(end).unwrap_or(u32::MAX).to_be_bytes());
+    }
+    for record in &records {
+        out.extend_from_slice(record);
     }
     out
 }
@@ -465,11 +483,14 @@ pub fn run_tail(value: &Bytes, skip: usize) -> Result<Vec<u8>, StoreError> {
     let items = run_items(value)?;
     match items.get(skip..) {
         Some([item]) => match decode_item(value, item.clone())? {
-            Entry::Event(_) => Ok(value[item.start + 4..item.end].to_vec()),
+            Entry::Event(_) => Ok(value[item.clone()].to_vec()),
             Entry::Link { position, created_micros, number, stream } => {
                 Ok(encode_link_entry(position, created_micros, number, &stream))
             }
         },
+        Some(rest) if !rest.is_empty() && value.first() == Some(&RECORD_RUN_V1) => {
+            Ok(encode_records(rest.iter().map(|item| value[item.clone()].to_vec()).collect()))
+        }
         Some(rest) if !rest.is_empty() => {
             let bytes: usize = rest.iter().map(|item| item.len()).sum();
             let mut out = Vec::with_capacity(5 + bytes);
@@ -484,21 +505,35 @@ pub fn run_tail(value: &Bytes, skip: usize) -> Result<Vec<u8>, StoreError> {
     }
 }
 
-/// The byte ranges of a run's items, framing included: a link is
-/// `u64 | i64 | u64 | u16 len | stream`, a record `u32 len | record`.
+/// The byte ranges of a run's items: a record (found through the run's
+/// table of record ends, without reading the records), or a link with its
+/// framing, `u64 | i64 | u64 | u16 len | stream`.
 fn run_items(value: &[u8]) -> Result<Vec<std::ops::Range<usize>>, StoreError> {
     let mut reader = Reader::new(value);
     let tag = reader.u8()?;
     let count = reader.u32()?;
     let mut items = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(4096));
+    if tag == RECORD_RUN_V1 {
+        let table = reader.take(usize::try_from(count).unwrap_or(usize::MAX).saturating_mul(4))?;
+        let base = value.len() - reader.bytes.len();
+        let mut start = base;
+        for end in table.chunks_exact(4) {
+            let end = base + u32::from_be_bytes([end[0], end[1], end[2], end[3]]) as usize;
+            if end < start || end > value.len() {
+                return Err(StoreError::Corrupt("a run of records has a bad table of ends".into()));
+            }
+            items.push(start..end);
+            start = end;
+        }
+        if start != value.len() {
+            return Err(StoreError::Corrupt("a run has bytes after its last entry".into()));
+        }
+        return Ok(items);
+    }
     for _ in 0..count {
         let start = value.len() - reader.bytes.len();
-        if tag == RECORD_RUN_V1 {
-            reader.long_bytes()?;
-        } else {
-            reader.take(24)?;
-            reader.short_str()?;
-        }
+        reader.take(24)?;
+        reader.short_str()?;
         items.push(start..value.len() - reader.bytes.len());
     }
     if !reader.rest().is_empty() {
@@ -510,7 +545,7 @@ fn run_items(value: &[u8]) -> Result<Vec<std::ops::Range<usize>>, StoreError> {
 /// Decodes one item of the run `value`, found by [`run_items`].
 fn decode_item(value: &Bytes, item: std::ops::Range<usize>) -> Result<Entry, StoreError> {
     if value.first() == Some(&RECORD_RUN_V1) {
-        return decode_event(value.slice(item.start + 4..item.end)).map(Entry::Event);
+        return decode_event(value.slice(item)).map(Entry::Event);
     }
     let mut reader = Reader::new(&value[item]);
     let position = reader.u64()?;

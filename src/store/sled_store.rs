@@ -472,7 +472,15 @@ pub(crate) fn stored_entries(
         found.extend(codec::decode_entries_within(codec::shared(value), first, low, high)?);
         Ok(())
     };
-    if low > 0 {
+    let mut items = db.range(keys::event(stream, low)..=keys::event(stream, high)).peekable();
+    // A run that starts below `low` may hold it, unless `low` has a key of
+    // its own (always so for events written one by one, and for a page
+    // aligned with runs of records).
+    let starts_at_low = match items.peek() {
+        Some(Ok((key, _))) => event_key_number(key)? == low,
+        Some(Err(_)) | None => false,
+    };
+    if low > 0 && !starts_at_low {
         if let Some(item) = db.range(keys::event_prefix(stream)..keys::event(stream, low)).next_back() {
             let (key, value) = item?;
             if codec::is_run(&value) {
@@ -480,7 +488,7 @@ pub(crate) fn stored_entries(
             }
         }
     }
-    for item in db.range(keys::event(stream, low)..=keys::event(stream, high)) {
+    for item in items {
         let (key, value) = item?;
         add(event_key_number(&key)?, value)?;
     }

@@ -838,17 +838,16 @@ impl PendingLinks {
     }
 }
 
-/// The most records one run holds, and the most bytes of records: a run is
-/// decoded whole when a page reads part of it, and sled rewrites a leaf's
-/// values when it consolidates it, so a run of large events stays small.
-/// A record larger than the byte limit is stored alone.
-const MAX_RECORD_RUN: usize = 64;
-const MAX_RECORD_RUN_BYTES: usize = 32 * 1024;
+/// Runs of records start at multiples of this (the default page size) and
+/// never cross one, so a page that starts at such a number, as a forward
+/// walk from the start of a stream does, is read from the key it starts at:
+/// one key, no look back for a run that started earlier.
+const RECORD_RUN_ALIGN: u64 = 20;
 
-/// The most positions one log entry covers, as many as a run of records:
-/// the log entries and the runs of a large append then mostly break at the
-/// same numbers.
-const MAX_LOG_RUN: u64 = 64;
+/// The most bytes of records one run holds: sled rewrites a leaf's values
+/// when it consolidates it, so a run of large events stays small. A record
+/// larger than this is stored alone.
+const MAX_RECORD_RUN_BYTES: usize = 32 * 1024;
 
 /// Consecutive records of one stream, staged by one batch.
 struct PendingRecords {
@@ -863,10 +862,14 @@ impl PendingRecords {
     /// Whether `record`, numbered `number`, extends this run.
     fn takes(&self, number: u64, record: &[u8]) -> bool {
         self.first + self.records.len() as u64 == number
-            && self.records.len() < MAX_RECORD_RUN
+            && number % RECORD_RUN_ALIGN != 0
             && self.bytes + record.len() <= MAX_RECORD_RUN_BYTES
     }
 }
+
+/// The most positions one log entry covers. `$all` pages and projection
+/// builds read a log entry with one range read of its stream.
+const MAX_LOG_RUN: u64 = 64;
 
 /// The event a system-stream link points at.
 #[derive(Debug, Clone, Copy)]

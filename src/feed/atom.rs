@@ -48,7 +48,8 @@ pub fn render_entry(event: &ReadEvent, urls: &Urls) -> Vec<u8> {
 }
 
 fn render(write: impl FnOnce(&mut Writer<Vec<u8>>) -> io::Result<()>) -> Vec<u8> {
-    let mut writer = Writer::new(Vec::with_capacity(8192));
+    // A 20-entry page is about 8 KiB: one allocation, no copy on growth.
+    let mut writer = Writer::new(Vec::with_capacity(16 * 1024));
     // Writing into a Vec cannot fail; a failure here would be a bug in the
     // writer, and an empty body is then more honest than half a document.
     let written = writer

@@ -172,6 +172,8 @@ pub(crate) struct Writer {
     notifier: Arc<Notifier>,
     /// The projections maintained live.
     projections: Projections,
+    /// Committed stream states, so appends rarely read them from sled.
+    states: StateCache,
     /// Projections being built from the log, and where each build is.
     builds: Vec<(Projection, Phase)>,
     next_position: u64,
@@ -203,6 +205,7 @@ impl Writer {
             syncer,
             notifier,
             projections,
+            states: StateCache::default(),
             builds: to_build.iter().map(|projection| (*projection, Phase::Clearing)).collect(),
             next_position: head.next_position,
             commit_seq: head.commit_seq,
@@ -250,7 +253,8 @@ impl Writer {
     fn commit(&mut self, mut batch: Vec<Command>) -> Flow {
         let now = now_micros().max(self.last_created_micros);
         let commit_seq = self.commit_seq + 1;
-        let mut staging = Staging::new(&self.db, self.projections, self.next_position, commit_seq, now);
+        let mut staging =
+            Staging::new(&self.db, &self.states, self.projections, self.next_position, commit_seq, now);
         let mut replies = Vec::with_capacity(batch.len());
         let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
         // A compaction step's reply and whether its copy is complete.
@@ -315,9 +319,10 @@ impl Writer {
             let next_position = staging.next_position;
             let touched = staging.touched_streams();
             let projections = staging.projections;
-            let batch = staging.finish();
+            let Finished { batch, states, removed } = staging.finish();
             match self.write(batch) {
                 Ok(()) => {
+                    self.states.committed(states, removed);
                     self.projections = projections;
                     self.next_position = next_position;
                     self.commit_seq = commit_seq;
@@ -330,6 +335,7 @@ impl Writer {
                     // ("fsyncgate"). Acknowledging anything further could lie
                     // about durability: stop writing; a restart recovers.
                     tracing::error!(%error, "writer failed to commit a batch; refusing further writes");
+                    self.states = StateCache::default();
                     replies = replies.into_iter().map(|r| r.fail(&error)).collect();
                     flow = Flow::Stop;
                 }
@@ -476,12 +482,16 @@ fn refuse(command: Command) {
 /// batch see each other's effects.
 pub(crate) struct Staging<'a> {
     db: &'a sled::Db,
+    /// Committed stream states the writer remembers.
+    cache: &'a StateCache,
     /// The projections maintained live; a build may activate one mid-batch.
     projections: Projections,
     batch: sled::Batch,
     writes: usize,
     /// Streams this batch changed, with their new state.
     states: HashMap<String, StreamState>,
+    /// Streams whose state this batch removes.
+    removed: HashSet<String>,
     /// Event ids this batch wrote, with their owner.
     ids: HashMap<Uuid, (String, u64)>,
     /// Links this batch adds, by system stream, written as runs at the end.
@@ -499,6 +509,7 @@ pub(crate) struct Staging<'a> {
 impl<'a> Staging<'a> {
     fn new(
         db: &'a sled::Db,
+        cache: &'a StateCache,
         projections: Projections,
         next_position: u64,
         commit_seq: u64,
@@ -507,10 +518,12 @@ impl<'a> Staging<'a> {
         Self {
             commit_seq,
             db,
+            cache,
             projections,
             batch: sled::Batch::default(),
             writes: 0,
             states: HashMap::new(),
+            removed: HashSet::new(),
             ids: HashMap::new(),
             links: HashMap::new(),
             records: HashMap::new(),
@@ -540,6 +553,7 @@ impl<'a> Staging<'a> {
         let key = key.into();
         if let Some(stream) = keys::stream_name(&key) {
             self.states.remove(stream);
+            self.removed.insert(stream.to_owned());
         }
         self.batch.remove(key);
         self.writes += 1;
@@ -559,6 +573,12 @@ impl<'a> Staging<'a> {
         if let Some(state) = self.states.get(stream) {
             return Ok(state.clone());
         }
+        if self.removed.contains(stream) {
+            return Ok(StreamState::default());
+        }
+        if let Some(state) = self.cache.get(stream) {
+            return Ok(state.clone());
+        }
         match self.db.get(keys::stream(stream))? {
             Some(bytes) => codec::decode_state(&bytes),
             None => Ok(StreamState::default()),
@@ -567,6 +587,7 @@ impl<'a> Staging<'a> {
 
     /// Records a stream's new state; written once when the batch finishes.
     pub(crate) fn set_state(&mut self, stream: &str, state: StreamState) {
+        self.removed.remove(stream);
         self.states.insert(stream.to_owned(), state);
         self.writes += 1;
     }
@@ -790,7 +811,7 @@ impl<'a> Staging<'a> {
     }
 
     /// Writes the final stream states and returns the batch to apply.
-    fn finish(mut self) -> sled::Batch {
+    fn finish(mut self) -> Finished {
         for (stream, run) in self.links.drain() {
             self.batch.insert(keys::event(&stream, run.first), run.encode());
         }
@@ -806,7 +827,43 @@ impl<'a> Staging<'a> {
         }
         self.batch.insert(keys::counter(keys::COMMIT_SEQ), &keys::u64_value(self.commit_seq)[..]);
         self.batch.insert(keys::counter(keys::NEXT_POSITION), &keys::u64_value(self.next_position)[..]);
-        self.batch
+        Finished { batch: self.batch, states: self.states, removed: self.removed }
+    }
+}
+
+/// A batch ready to apply, and the stream states it leaves.
+struct Finished {
+    batch: sled::Batch,
+    states: HashMap<String, StreamState>,
+    removed: HashSet<String>,
+}
+
+/// The committed states of the streams the writer touched lately, so an
+/// append need not read its stream's state (and its system streams')
+/// from sled. Only the writer changes states, and it updates this after
+/// each commit, so an entry is never stale. Bounded: emptied when full.
+#[derive(Default)]
+struct StateCache {
+    states: HashMap<String, StreamState>,
+}
+
+/// How many stream states [`StateCache`] holds at most (a few MB).
+const STATE_CACHE_ENTRIES: usize = 65_536;
+
+impl StateCache {
+    fn get(&self, stream: &str) -> Option<&StreamState> {
+        self.states.get(stream)
+    }
+
+    /// Takes in what a committed batch wrote and removed.
+    fn committed(&mut self, states: HashMap<String, StreamState>, removed: HashSet<String>) {
+        for stream in removed {
+            self.states.remove(&stream);
+        }
+        if self.states.len() + states.len() > STATE_CACHE_ENTRIES {
+            self.states.clear();
+        }
+        self.states.extend(states);
     }
 }
 

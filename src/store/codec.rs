@@ -307,9 +307,9 @@ pub fn decode_event_ref(value: &[u8]) -> Result<(String, u64), StoreError> {
 /// events `number..number + count` of `stream` (what one append writes):
 /// a lone position as an event reference, several as a run,
 /// `u8 0xFF | u32 count | u64 number | stream`. A reference starts with the
-/// top byte of an event number, which is 0xFF only from 2^63 on, a number
-/// no stream can reach (versions are signed 64-bit), so the tag is never
-/// ambiguous.
+/// top byte of an event number, which is 0xFF only for numbers above
+/// `i64::MAX`, which no stream can reach (versions are signed 64-bit), so
+/// the tag is never ambiguous.
 pub fn encode_log_entry(stream: &str, number: u64, count: u64) -> Vec<u8> {
     if count == 1 {
         return encode_event_ref(stream, number);

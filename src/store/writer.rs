@@ -867,9 +867,9 @@ impl StateCache {
     }
 }
 
-/// The most links one run holds. Reading a link decodes its whole run, so
-/// runs stay short enough for that to cost little (a projection built from
-/// the log would otherwise put thousands in one).
+/// The most links one run holds. Reading a link walks its run's items (they
+/// vary in size), so runs stay short enough for that to cost little (a
+/// projection built from the log would otherwise put thousands in one).
 const MAX_LINK_RUN: usize = 64;
 
 /// Consecutive links to one system stream, staged by one batch.

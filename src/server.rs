@@ -2,7 +2,7 @@
 //!
 //! Shutdown order matters. On the signal the listener stops accepting and
 //! every long-poll and SSE stream is told to answer or end at once (they
-//! watch [`AppState::shutdown`]); open requests then get a grace period;
+//! watch [`Shared::shutdown`]); open requests then get a grace period;
 //! then persistent subscriptions stop, writing their final checkpoints;
 //! finally the store is closed, which makes every acknowledged append
 //! durable before the process exits.
@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ServeConfig;
-use crate::http::{AppState, Limits};
+use crate::http::{AppState, Limits, Shared};
 use crate::store::projections::Projections;
 use crate::store::{SledStore, SledStoreOptions, Store, StoreError};
 use crate::subscriptions::Subscriptions;
@@ -89,7 +89,7 @@ impl Server {
         let subscriptions =
             Subscriptions::load(Arc::clone(&store) as Arc<dyn Store>).await.map_err(ServerError::Store)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let state = AppState {
+        let state = AppState::new(Shared {
             store: Arc::clone(&store) as Arc<dyn Store>,
             limits: Arc::new(Limits {
                 max_event_bytes: config.max_event_bytes,
@@ -100,7 +100,7 @@ impl Server {
             shutdown: shutdown_rx,
             waiters: crate::http::live::Waiters::new(config.max_waiters),
             subscriptions: Arc::clone(&subscriptions),
-        };
+        });
         Ok(Self {
             listener,
             state,

@@ -349,6 +349,19 @@ pub enum Entry {
     Link { position: u64, created_micros: i64, number: u64, stream: String },
 }
 
+impl Entry {
+    /// The event stored as event `number` of user stream `stream`: a link
+    /// there means the store is corrupt.
+    pub fn into_event(self, stream: &str, number: u64) -> Result<RecordedEvent, StoreError> {
+        match self {
+            Self::Event(event) => Ok(event),
+            Self::Link { .. } => {
+                Err(StoreError::Corrupt(format!("{number}@{stream} is a link, not an event")))
+            }
+        }
+    }
+}
+
 /// A link entry: tag, target position, created, number, stream.
 pub fn encode_link_entry(position: u64, created_micros: i64, number: u64, stream: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(25 + stream.len());

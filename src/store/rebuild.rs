@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
-use super::codec::Entry;
 use super::keys;
 use super::projections::{Projection, Projections};
 use super::sled_store::{log_spans, stored_entries};
@@ -129,22 +128,18 @@ pub(crate) fn step(
             let end = next.saturating_add(STEP as u64).min(head);
             let mut linked_to = next;
             if next < end {
-                let mut entries = Vec::new();
+                let mut events = Vec::new();
                 for span in log_spans(staging.db(), next, end - 1, false)? {
                     let span = span?;
                     // Events scavenged since they were logged are absent:
                     // nothing to link.
-                    entries.extend(stored_entries(
-                        staging.db(),
-                        &span.stream,
-                        span.number,
-                        span.last_number(),
-                    )?);
+                    for (number, entry) in
+                        stored_entries(staging.db(), &span.stream, span.number, span.last_number())?
+                    {
+                        events.push(entry.into_event(&span.stream, number)?);
+                    }
                 }
-                for (number, entry) in entries {
-                    let Entry::Event(event) = entry else {
-                        return Err(StoreError::Corrupt(format!("event {number} in the log is a link")));
-                    };
+                for event in events {
                     let target = LinkTarget {
                         position: event.position,
                         created_micros: event.created_micros,

@@ -297,55 +297,40 @@ impl ReadContext {
 
     /// Event `number` of user stream `stream`, if it is still visible.
     fn visible_event(&mut self, stream: &str, number: u64) -> Result<Option<RecordedEvent>, StoreError> {
-        if !self.is_visible(stream, number)? {
+        if self.visible_from(stream)?.is_none_or(|first| number < first) {
             return Ok(None);
         }
-        match stored_entry(self.db(), stream, number)? {
-            Some(Entry::Event(event)) => Ok(Some(event)),
-            Some(Entry::Link { .. }) => {
-                Err(StoreError::Corrupt(format!("{number}@{stream} is a link, not an event")))
-            }
-            None => Ok(None),
-        }
+        stored_entry(self.db(), stream, number)?.map(|entry| entry.into_event(stream, number)).transpose()
     }
 
     /// The events of a span of the log that reads can see, oldest first.
     fn visible_events(&mut self, span: &LogSpan) -> Result<Vec<RecordedEvent>, StoreError> {
-        if !self.is_visible(&span.stream, span.last_number())? {
+        let Some(first) = self.visible_from(&span.stream)? else { return Ok(Vec::new()) };
+        let (low, high) = (first.max(span.number), span.last_number());
+        if low > high {
             return Ok(Vec::new());
         }
-        let first_visible = match self.first_visible.get(&span.stream) {
-            Some(Some(first)) => (*first).max(span.number),
-            _ => return Ok(Vec::new()),
-        };
-        let mut events = Vec::with_capacity(usize::try_from(span.count).unwrap_or(0).min(4096));
-        for (number, entry) in stored_entries(self.db(), &span.stream, first_visible, span.last_number())? {
-            match entry {
-                Entry::Event(event) => events.push(event),
-                Entry::Link { .. } => {
-                    return Err(StoreError::Corrupt(format!(
-                        "{number}@{} is a link, not an event",
-                        span.stream
-                    )));
-                }
-            }
-        }
-        Ok(events)
+        stored_entries(self.db(), &span.stream, low, high)?
+            .into_iter()
+            .map(|(number, entry)| entry.into_event(&span.stream, number))
+            .collect()
     }
 
-    /// Whether event `number` of `stream` is visible to reads (not hidden by
-    /// retention, soft delete or a tombstone).
-    fn is_visible(&mut self, stream: &str, number: u64) -> Result<bool, StoreError> {
-        if !self.first_visible.contains_key(stream) {
-            let first_visible = match self.state(stream)? {
-                Some(state) if !state.tombstoned && !state.soft_deleted => {
-                    Some(self.view(stream, &state)?.first_visible)
-                }
-                _ => None,
-            };
-            self.first_visible.insert(stream.to_owned(), first_visible);
+    /// The lowest event number of `stream` reads can see (retention, soft
+    /// delete), or `None` when none can be (deleted, tombstoned, missing).
+    /// Memoised for the read.
+    fn visible_from(&mut self, stream: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(first) = self.first_visible.get(stream) {
+            return Ok(*first);
         }
-        Ok(matches!(self.first_visible.get(stream), Some(Some(first)) if number >= *first))
+        let first = match self.state(stream)? {
+            Some(state) if !state.tombstoned && !state.soft_deleted => {
+                Some(self.view(stream, &state)?.first_visible)
+            }
+            _ => None,
+        };
+        self.first_visible.insert(stream.to_owned(), first);
+        Ok(first)
     }
 
     fn read_stream(&mut self, read: &StreamRead) -> Result<StreamSlice, StoreError> {
@@ -414,14 +399,9 @@ impl ReadContext {
             if budget == 0 {
                 break;
             }
-            let span = span?;
             // Within the budget: a span's start going forward, its end
             // going backward.
-            let span = match backward {
-                false => span.clone().clip(span.position, span.position.saturating_add(budget - 1)),
-                true => span.clone().clip(span.last().saturating_sub(budget - 1), span.last()),
-            }
-            .unwrap_or(span);
+            let span = span?.part(budget, backward);
             budget = budget.saturating_sub(span.count);
             let mut found = self.visible_events(&span)?;
             if backward {
@@ -534,6 +514,13 @@ impl LogSpan {
     /// The number of the event at its last position.
     pub fn last_number(&self) -> u64 {
         self.number + (self.count - 1)
+    }
+
+    /// Its first `count` positions, or its last when `from_end`.
+    fn part(self, count: u64, from_end: bool) -> Self {
+        let count = count.min(self.count);
+        let skip = if from_end { self.count - count } else { 0 };
+        Self { position: self.position + skip, number: self.number + skip, count, stream: self.stream }
     }
 
     /// Its part within positions `low..=high`, if any.

@@ -10,17 +10,6 @@ use common::{ATOM_JSON, EVENTS_JSON, TestServer, event, link};
 use reqwest::Response;
 use serde_json::{Value, json};
 
-async fn set_metadata(server: &TestServer, stream: &str, document: Value) -> Response {
-    server
-        .client
-        .post(server.url(&format!("/streams/{stream}/metadata")))
-        .header("content-type", "application/json")
-        .body(document.to_string())
-        .send()
-        .await
-        .unwrap()
-}
-
 /// The event numbers every read path shows: a forward walk from the head
 /// page's `last` link, a backward walk from the head, and the head page.
 async fn visible(server: &TestServer, stream: &str) -> Vec<u64> {
@@ -74,7 +63,7 @@ async fn max_count_hides_all_but_the_newest() {
     let server = TestServer::start().await;
     server.append_n("counted", 10).await;
     let before = server.get("/streams/counted", ATOM_JSON).await.headers()["etag"].clone();
-    assert_eq!(set_metadata(&server, "counted", json!({"$maxCount": 3})).await.status(), 201);
+    assert_eq!(server.set_metadata("counted", json!({"$maxCount": 3})).await.status(), 201);
     assert_eq!(visible(&server, "counted").await, [7, 8, 9]);
     assert_eq!(status(&server, "/streams/counted/6").await, 404);
     assert_eq!(status(&server, "/streams/counted/7").await, 200);
@@ -95,7 +84,7 @@ async fn max_age_hides_old_events() {
     server.append_n("aged", 3).await;
     tokio::time::sleep(Duration::from_millis(3100)).await;
     server.append_n("aged", 2).await;
-    assert_eq!(set_metadata(&server, "aged", json!({"$maxAge": 2})).await.status(), 201);
+    assert_eq!(server.set_metadata("aged", json!({"$maxAge": 2})).await.status(), 201);
     assert_eq!(visible(&server, "aged").await, [3, 4]);
     assert_eq!(status(&server, "/streams/aged/2").await, 404);
 }
@@ -104,15 +93,15 @@ async fn max_age_hides_old_events() {
 async fn truncate_before_and_combinations() {
     let server = TestServer::start().await;
     server.append_n("truncated", 10).await;
-    assert_eq!(set_metadata(&server, "truncated", json!({"$tb": 4})).await.status(), 201);
+    assert_eq!(server.set_metadata("truncated", json!({"$tb": 4})).await.status(), 201);
     assert_eq!(visible(&server, "truncated").await, [4, 5, 6, 7, 8, 9]);
     // The strictest rule wins.
-    set_metadata(&server, "truncated", json!({"$tb": 4, "$maxCount": 3})).await;
+    server.set_metadata("truncated", json!({"$tb": 4, "$maxCount": 3})).await;
     assert_eq!(visible(&server, "truncated").await, [7, 8, 9]);
-    set_metadata(&server, "truncated", json!({"$tb": 8, "$maxCount": 5})).await;
+    server.set_metadata("truncated", json!({"$tb": 8, "$maxCount": 5})).await;
     assert_eq!(visible(&server, "truncated").await, [8, 9]);
     // Replacing the metadata replaces the rules: everything is back.
-    set_metadata(&server, "truncated", json!({})).await;
+    server.set_metadata("truncated", json!({})).await;
     assert_eq!(visible(&server, "truncated").await, (0..10).collect::<Vec<_>>());
 }
 
@@ -120,7 +109,7 @@ async fn truncate_before_and_combinations() {
 async fn cache_control_applies_to_head_like_responses_only() {
     let server = TestServer::start().await;
     server.append_n("cc", 30).await;
-    set_metadata(&server, "cc", json!({"$cacheControl": 15})).await;
+    server.set_metadata("cc", json!({"$cacheControl": 15})).await;
     for path in ["/streams/cc", "/streams/cc/head", "/streams/cc/25/forward/20"] {
         let response = server.get(path, ATOM_JSON).await;
         assert_eq!(response.headers()["cache-control"], "max-age=15, public", "{path}");
@@ -131,7 +120,7 @@ async fn cache_control_applies_to_head_like_responses_only() {
         assert_eq!(response.headers()["cache-control"], "max-age=31536000, public", "{path}");
     }
     // A read ACL without $all makes pages private.
-    set_metadata(&server, "cc", json!({"$acl": {"$r": "ops"}})).await;
+    server.set_metadata("cc", json!({"$acl": {"$r": "ops"}})).await;
     let response = server.get("/streams/cc/0/forward/20", ATOM_JSON).await;
     assert_eq!(response.headers()["cache-control"], "max-age=31536000, private");
 }
@@ -140,7 +129,7 @@ async fn cache_control_applies_to_head_like_responses_only() {
 async fn hidden_events_are_raw_links_in_system_streams_and_absent_from_all() {
     let server = TestServer::start().await;
     server.append_n("Kept-1", 4).await;
-    set_metadata(&server, "Kept-1", json!({"$maxCount": 1})).await;
+    server.set_metadata("Kept-1", json!({"$maxCount": 1})).await;
     let category: Value = server.get("/streams/$ce-Kept", ATOM_JSON).await.json().await.unwrap();
     let titles: Vec<&str> =
         category["entries"].as_array().unwrap().iter().map(|e| e["title"].as_str().unwrap()).collect();
@@ -158,7 +147,7 @@ async fn system_streams_take_metadata_too() {
     for n in 0..5 {
         server.append_n(&format!("Sys-{n}"), 1).await;
     }
-    assert_eq!(set_metadata(&server, "$ce-Sys", json!({"$maxCount": 2})).await.status(), 201);
+    assert_eq!(server.set_metadata("$ce-Sys", json!({"$maxCount": 2})).await.status(), 201);
     let page: Value = server.get("/streams/$ce-Sys", ATOM_JSON).await.json().await.unwrap();
     assert_eq!(page["entries"].as_array().unwrap().len(), 2);
     let stored: Value =
@@ -170,7 +159,7 @@ async fn system_streams_take_metadata_too() {
 async fn invalid_metadata_is_400_naming_the_key_and_changes_nothing() {
     let server = TestServer::start().await;
     server.append_n("validated", 3).await;
-    set_metadata(&server, "validated", json!({"$maxCount": 2, "owner": "team-a"})).await;
+    server.set_metadata("validated", json!({"$maxCount": 2, "owner": "team-a"})).await;
     for (document, key) in [
         (json!({"$maxCount": 0}), "$maxCount"),
         (json!({"$maxCount": "5"}), "$maxCount"),
@@ -181,7 +170,7 @@ async fn invalid_metadata_is_400_naming_the_key_and_changes_nothing() {
         (json!({"$acl": "everyone"}), "$acl"),
         (json!({"$tmp": "yes"}), "$tmp"),
     ] {
-        let response = set_metadata(&server, "validated", document.clone()).await;
+        let response = server.set_metadata("validated", document.clone()).await;
         assert_eq!(response.status(), 400, "{document}");
         let text = response.text().await.unwrap();
         assert!(text.lines().next().unwrap().contains(&format!("'{key}'")), "{document}: {text}");
@@ -212,7 +201,7 @@ async fn metadata_writes_reads_and_its_feed() {
     assert_eq!(empty, json!({}), "no metadata yet: an empty object");
 
     // A raw object without ES-EventId gets an id (v5 would answer 400).
-    let response = set_metadata(&server, "meta", json!({"$maxCount": 50})).await;
+    let response = server.set_metadata("meta", json!({"$maxCount": 50})).await;
     assert_eq!(response.status(), 201);
     assert_eq!(response.headers()["location"], server.url("/streams/meta/metadata/0").as_str());
     // The events array form, with the right event type.
@@ -346,7 +335,7 @@ async fn hard_delete_is_forever() {
     assert_eq!(response.text().await.unwrap().lines().next().unwrap(), "Stream deleted");
     assert_eq!(delete(&server, "hard", &[]).await.status(), 410);
     assert_eq!(delete(&server, "hard", &[("es-harddelete", "true")]).await.status(), 410);
-    assert_eq!(set_metadata(&server, "hard", json!({})).await.status(), 410);
+    assert_eq!(server.set_metadata("hard", json!({})).await.status(), 410);
     // A stream that never existed can be tombstoned, so its name is never used.
     assert_eq!(delete(&server, "never", &[("es-harddelete", "true")]).await.status(), 204);
     assert_eq!(server.post_events("never", &json!([event("T", json!({}))])).await.status(), 410);

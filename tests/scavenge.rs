@@ -169,14 +169,7 @@ async fn deletions_survive_a_scavenge_and_the_store_keeps_serving() {
     let expired_event = json!([event("T", json!({"old": true}))]);
     server.post_events("expiring", &expired_event).await;
     server.append_n("expiring", 3).await;
-    server
-        .client
-        .post(server.url("/streams/expiring/metadata"))
-        .header("content-type", "application/json")
-        .body(r#"{"$maxCount":1}"#)
-        .send()
-        .await
-        .unwrap();
+    server.set_metadata("expiring", json!({"$maxCount": 1})).await;
     assert_eq!(server.client.delete(server.url("/streams/soft")).send().await.unwrap().status(), 204);
     let hard = server
         .client
@@ -305,15 +298,7 @@ async fn events_written_together_read_like_events_written_alone() {
     }
 
     // Keep the newest 100: the boundary (90) is inside the run 80..=99.
-    let metadata = server
-        .client
-        .post(server.url("/streams/Bulk-1/metadata"))
-        .header("content-type", "application/json")
-        .body(r#"{"$maxCount":100}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(metadata.status(), 201);
+    assert_eq!(server.set_metadata("Bulk-1", json!({"$maxCount": 100})).await.status(), 201);
     let visible: Vec<u64> = (90..190).collect();
     assert_eq!(numbers_in_pages(&server, "Bulk-1", 90, 20).await, visible);
     assert_eq!(server.get("/streams/Bulk-1/89", "application/json").await.status(), 404);
@@ -364,66 +349,52 @@ fn data_i(entry: &Value) -> Option<u64> {
 /// The `i` of every event of `stream` from `from`, in forward pages of
 /// `size` along `previous` links.
 async fn numbers_in_pages(server: &TestServer, stream: &str, from: u64, size: usize) -> Vec<u64> {
-    let mut url = server.url(&format!("/streams/{stream}/{from}/forward/{size}"));
+    let url = server.url(&format!("/streams/{stream}/{from}/forward/{size}"));
     let mut seen = Vec::new();
-    for _ in 0..10_000 {
-        let response =
-            server.client.get(format!("{url}?embed=body")).header("accept", ATOM_JSON).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{url}");
-        let page: Value = response.json().await.unwrap();
-        let entries = page["entries"].as_array().unwrap();
-        assert!(entries.len() <= size, "{url}");
-        seen.extend(entries.iter().rev().map(data_number));
-        match common::link(&page, "previous") {
-            Some(next) => url = next,
-            None => return seen,
-        }
+    for page in walk(server, url, "previous").await {
+        assert!(page.len() <= size, "pages of {size}");
+        seen.extend(page.iter().rev().map(data_number));
     }
-    panic!("walking {stream} by {size} did not terminate");
+    seen
 }
 
 /// The events of `$all` in pages of `size`, forward from the start along
 /// `previous` links or backward from the head along `next` links: the data
 /// numbers of user events, oldest first.
 async fn numbers_in_all(server: &TestServer, size: usize, forward: bool) -> Vec<u64> {
-    let mut numbers: Vec<u64> = if forward {
-        walk_all(server, &format!("00000000000000000000000000000000/forward/{size}"), "previous").await
-    } else {
-        walk_all(server, &format!("head/backward/{size}"), "next").await
-    }
-    .iter()
-    .map(data_number)
-    .collect();
+    let (start, relation) = match forward {
+        true => (format!("00000000000000000000000000000000/forward/{size}"), "previous"),
+        false => (format!("head/backward/{size}"), "next"),
+    };
+    let pages = walk(server, server.url(&format!("/streams/$all/{start}")), relation).await;
+    // Entries are newest first in every page; forward pages come oldest
+    // first, backward ones newest first.
+    let mut numbers: Vec<u64> = match forward {
+        true => pages.iter().flat_map(|page| page.iter().rev()).filter_map(data_i).collect(),
+        false => pages.iter().flatten().filter_map(data_i).collect(),
+    };
     if !forward {
         numbers.reverse();
     }
     numbers
 }
 
-/// Walks `$all` from `start` along `relation` links; user events in the
-/// order met (oldest first going forward, newest first going backward).
-async fn walk_all(server: &TestServer, start: &str, relation: &str) -> Vec<Value> {
-    let mut url = server.url(&format!("/streams/$all/{start}"));
-    let mut events = Vec::new();
+/// The entries (`embed=body`) of every page from `url` along `relation`
+/// links, page by page, until a page is empty or has no such link.
+async fn walk(server: &TestServer, mut url: String, relation: &str) -> Vec<Vec<Value>> {
+    let mut pages = Vec::new();
     for _ in 0..10_000 {
         let response =
             server.client.get(format!("{url}?embed=body")).header("accept", ATOM_JSON).send().await.unwrap();
         assert_eq!(response.status(), 200, "{url}");
         let page: Value = response.json().await.unwrap();
-        let entries = page["entries"].as_array().unwrap();
-        let user_events = entries.iter().filter(|e| data_i(e).is_some()).cloned();
-        if relation == "previous" {
-            events.extend(user_events.rev());
-        } else {
-            events.extend(user_events);
-        }
-        if entries.is_empty() {
-            return events;
-        }
+        let entries = page["entries"].as_array().unwrap().clone();
+        let empty = entries.is_empty();
+        pages.push(entries);
         match common::link(&page, relation) {
-            Some(next) => url = next,
-            None => return events,
+            Some(next) if !empty => url = next,
+            _ => return pages,
         }
     }
-    panic!("walking $all from {start} did not terminate");
+    panic!("walking from {url} did not terminate");
 }

@@ -477,15 +477,7 @@ async fn links_written_together_read_like_links_written_alone() {
     assert_eq!(server.get("/streams/$ce-Bulk/181", ATOM_JSON).await.status(), 404);
 
     // Keep the newest 100: the boundary (81) is inside the run 64..128.
-    let metadata = server
-        .client
-        .post(server.url("/streams/$ce-Bulk/metadata"))
-        .header("content-type", "application/json")
-        .body(r#"{"$maxCount":100}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(metadata.status(), 201);
+    assert_eq!(server.set_metadata("$ce-Bulk", json!({"$maxCount": 100})).await.status(), 201);
     let visible = &expected[81..];
     assert_eq!(titles_in_pages(&server, "$ce-Bulk", 20, false).await, visible);
     assert_eq!(server.get("/streams/$ce-Bulk/80", ATOM_JSON).await.status(), 404);

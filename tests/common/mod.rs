@@ -136,6 +136,17 @@ impl TestServer {
     }
 
     /// Appends an events+json array; returns the response.
+    /// Writes a stream's metadata document (`POST /streams/{stream}/metadata`).
+    pub async fn set_metadata(&self, stream: &str, document: Value) -> Response {
+        self.client
+            .post(self.url(&format!("/streams/{stream}/metadata")))
+            .header("content-type", "application/json")
+            .body(document.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn post_events(&self, stream: &str, events: &Value) -> Response {
         self.client
             .post(self.url(&format!("/streams/{stream}")))

@@ -99,6 +99,7 @@ impl Server {
             }),
             shutdown: shutdown_rx,
             waiters: crate::http::live::Waiters::new(config.max_waiters),
+            renders: Default::default(),
             subscriptions: Arc::clone(&subscriptions),
         });
         Ok(Self {

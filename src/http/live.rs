@@ -7,14 +7,16 @@
 //! configured number the server answers `503` with `Retry-After` instead of
 //! running out of memory or file descriptors. Every waiter also watches the
 //! shutdown signal and answers (long-poll) or ends (SSE) the moment the
-//! server starts shutting down.
+//! server starts shutting down. Waiters that one append wakes together and
+//! that ask for the same page share one rendering of it ([`SharedRenders`]).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -24,8 +26,8 @@ use tokio::time::Instant;
 use super::AppState;
 use super::error::HttpError;
 use super::params;
-use crate::feed::{self, ALL_STREAM, Embed, Urls};
-use crate::store::{AllRead, AppendWatch, Direction, ReadEvent, StoreError, StreamRead};
+use crate::feed::{self, ALL_STREAM, Embed, PageRequest, Urls};
+use crate::store::{AllRead, AppendWatch, Direction, Notifier, ReadEvent, StoreError, StreamRead};
 
 /// How often an idle SSE stream sends a comment, so proxies and load
 /// balancers do not close it as idle (most cut idle connections at 30-60 s).
@@ -87,11 +89,13 @@ impl Watched<'_> {
 /// Runs `read`; when the request asked for `ES-LongPoll` and the read found
 /// nothing (an empty page, a missing stream, or a still-matching ETag),
 /// waits for an append and reads again, until the deadline or shutdown,
-/// when it answers with what the read gives then.
+/// when it answers with what the read gives then. `page` names what `read`
+/// renders, so that the reads after one wake can share a rendering.
 pub async fn long_poll<F, Fut>(
     state: &AppState,
     headers: &HeaderMap,
     watched: Watched<'_>,
+    page: Option<PageKey>,
     read: F,
 ) -> Result<Response, HttpError>
 where
@@ -104,9 +108,14 @@ where
     let deadline = Instant::now() + Duration::from_secs(seconds).min(state.limits.max_long_poll);
     let mut shutdown = state.shutdown.clone();
     let mut permit = None;
+    // The head's commit sequence seen on the last wake by an append.
+    let mut woken_at_commit = None;
     loop {
         let mut signal = watched.watch(state);
-        let outcome = read().await;
+        let outcome = match (&page, woken_at_commit) {
+            (Some(page), Some(seen)) => state.renders.read(page, seen, state.store.notifier(), &read).await,
+            _ => read().await,
+        };
         let nothing_yet = match &outcome {
             Ok(rendered) => !rendered.has_events,
             Err(error) => error.status == StatusCode::NOT_FOUND,
@@ -121,11 +130,134 @@ where
         if permit.is_none() {
             permit = Some(state.waiters.admit()?);
         }
+        woken_at_commit = None;
         tokio::select! {
-            () = signal.changed() => {}
+            () = signal.changed() => woken_at_commit = Some(state.store.notifier().commit_seq()),
             () = tokio::time::sleep_until(deadline) => {}
             _ = shutdown.wait_for(|stopping| *stopping) => {}
         }
+    }
+}
+
+/// Everything the bytes of a page's answer depend on besides the store:
+/// what is read, how it is rendered, the base of its links and the
+/// validators the client sent. Two requests with equal keys get the same
+/// answer from the same store. Whatever comes to change a page's answer
+/// (per-reader access rules, say) must be added here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageKey {
+    pub stream: String,
+    pub request: PageRequest,
+    pub resolve_links: bool,
+    pub media: &'static str,
+    pub embed: Embed,
+    pub base: String,
+    pub if_none_match: Vec<HeaderValue>,
+}
+
+/// Renderings that long-poll waiters woken together share.
+///
+/// An append to a stream that many readers long-poll wakes them all at
+/// once, and they mostly ask for the same page: the first to read it
+/// renders it, and the others asking for the same [`PageKey`] take its
+/// bytes. A waiter takes a rendering only if its read started once the
+/// head had reached the commit the waiter saw on waking (which includes
+/// the append that woke it: the notifier moves the head before it wakes
+/// anyone), so the rendering holds what a read of its own would. Kept
+/// for a wake's worth of time, a few at most, pages with events only.
+#[derive(Debug, Default)]
+pub struct SharedRenders {
+    kept: Mutex<VecDeque<SharedRender>>,
+}
+
+#[derive(Debug)]
+struct SharedRender {
+    page: PageKey,
+    /// The head's commit sequence when the read behind it started.
+    read_at_commit: u64,
+    kept_at: Instant,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// How many renderings [`SharedRenders`] keeps at most, how long, and the
+/// largest body it keeps (a page of 4,096 large events is not worth
+/// holding; its waiters render their own).
+const SHARED_RENDERS: usize = 16;
+const SHARED_RENDER_LIFETIME: Duration = Duration::from_secs(1);
+const MAX_SHARED_BODY: u64 = 1024 * 1024;
+
+impl SharedRenders {
+    /// Answers a waiter woken when the head was at `woken_at_commit`: with
+    /// a rendering of `page` kept since, or by `read` (keeping what it
+    /// renders when it holds events).
+    async fn read<F, Fut>(
+        &self,
+        page: &PageKey,
+        woken_at_commit: u64,
+        notifier: &Notifier,
+        read: &F,
+    ) -> Result<Rendered, HttpError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Rendered, HttpError>>,
+    {
+        if let Some(response) = self.find(page, woken_at_commit) {
+            return Ok(Rendered { response, has_events: true });
+        }
+        let read_at_commit = notifier.commit_seq();
+        let rendered = read().await?;
+        if !rendered.has_events {
+            return Ok(rendered);
+        }
+        let response = self.keep(page, read_at_commit, rendered.response).await;
+        Ok(Rendered { response, has_events: true })
+    }
+
+    fn find(&self, page: &PageKey, woken_at_commit: u64) -> Option<Response> {
+        let kept = self.lock();
+        let shared = kept
+            .iter()
+            .rev()
+            .find(|shared| shared.read_at_commit >= woken_at_commit && shared.page == *page)?;
+        let mut response = Response::new(Body::from(shared.body.clone()));
+        *response.status_mut() = shared.status;
+        *response.headers_mut() = shared.headers.clone();
+        Some(response)
+    }
+
+    /// Keeps a copy of `response` (when its body is small and whole) and
+    /// gives it back.
+    async fn keep(&self, page: &PageKey, read_at_commit: u64, response: Response) -> Response {
+        let (parts, body) = response.into_parts();
+        if body.size_hint().exact().is_none_or(|size| size > MAX_SHARED_BODY) {
+            return Response::from_parts(parts, body);
+        }
+        // A whole body of known size: collecting it does not wait.
+        let Ok(bytes) = axum::body::to_bytes(body, MAX_SHARED_BODY as usize).await else {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "The page could not be rendered.").into_response();
+        };
+        {
+            let mut kept = self.lock();
+            kept.retain(|shared| shared.kept_at.elapsed() < SHARED_RENDER_LIFETIME && shared.page != *page);
+            if kept.len() >= SHARED_RENDERS {
+                kept.pop_front();
+            }
+            kept.push_back(SharedRender {
+                page: page.clone(),
+                read_at_commit,
+                kept_at: Instant::now(),
+                status: parts.status,
+                headers: parts.headers.clone(),
+                body: bytes.clone(),
+            });
+        }
+        Response::from_parts(parts, Body::from(bytes))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<SharedRender>> {
+        self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -259,5 +391,67 @@ impl EventFeed {
     fn push(&mut self, id: String, read: &ReadEvent) {
         let data = feed::json::render_entry_line(read, &self.urls, Embed::Body);
         self.pending.push_back(Event::default().id(id).data(data));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::PageStart;
+    use crate::store::Head;
+
+    fn page(stream: &str) -> PageKey {
+        PageKey {
+            stream: stream.to_owned(),
+            request: PageRequest { start: PageStart::Number(1), direction: Direction::Forward, count: 20 },
+            resolve_links: true,
+            media: "application/atom+xml",
+            embed: Embed::None,
+            base: "http://h".to_owned(),
+            if_none_match: Vec::new(),
+        }
+    }
+
+    fn rendered(body: &'static str) -> Result<Rendered, HttpError> {
+        let mut response = Response::new(Body::from(body));
+        response.headers_mut().insert(header::ETAG, HeaderValue::from_static("\"1;x\""));
+        Ok(Rendered { response, has_events: true })
+    }
+
+    async fn body_of(rendered: Rendered) -> (String, HeaderMap) {
+        let (parts, body) = rendered.response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        (String::from_utf8(bytes.to_vec()).unwrap(), parts.headers)
+    }
+
+    #[tokio::test]
+    async fn a_waiter_shares_only_a_rendering_read_since_its_wake_of_the_same_page() {
+        let renders = SharedRenders::default();
+        let notifier = Notifier::new(Head { next_position: 1, commit_seq: 5 });
+        let first = renders.read(&page("s"), 5, &notifier, &|| async { rendered("first") }).await.unwrap();
+        assert_eq!(body_of(first).await.0, "first");
+
+        // Woken by the same commit, same page: the same bytes and headers.
+        let shared = renders.read(&page("s"), 5, &notifier, &|| async { rendered("again") }).await.unwrap();
+        let (body, headers) = body_of(shared).await;
+        assert_eq!(body, "first");
+        assert_eq!(headers[header::ETAG], "\"1;x\"");
+
+        // Another page, or a wake by a later commit: a read of its own.
+        let other = renders.read(&page("t"), 5, &notifier, &|| async { rendered("other") }).await.unwrap();
+        assert_eq!(body_of(other).await.0, "other");
+        let later = renders.read(&page("s"), 6, &notifier, &|| async { rendered("later") }).await.unwrap();
+        assert_eq!(body_of(later).await.0, "later");
+    }
+
+    #[tokio::test]
+    async fn pages_without_events_are_not_shared() {
+        let renders = SharedRenders::default();
+        let notifier = Notifier::new(Head { next_position: 1, commit_seq: 5 });
+        let empty =
+            || async { Ok(Rendered { response: Response::new(Body::from("empty")), has_events: false }) };
+        assert!(!renders.read(&page("s"), 5, &notifier, &empty).await.unwrap().has_events);
+        let full = renders.read(&page("s"), 5, &notifier, &|| async { rendered("full") }).await.unwrap();
+        assert_eq!(body_of(full).await.0, "full");
     }
 }

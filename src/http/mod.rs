@@ -84,6 +84,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// The cap on concurrent long-polls and SSE streams.
     pub waiters: live::Waiters,
+    /// Pages rendered for long-polls woken together, shared among them.
+    pub renders: live::SharedRenders,
     /// Persistent subscription groups (competing consumers).
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
 }

@@ -142,9 +142,12 @@ impl Notifier {
         StreamWatch { _signal: signal, receiver }
     }
 
-    /// Called by the writer once a batch is durable: wakes the waiters of
-    /// every stream it touched, then moves the head.
+    /// Called by the writer once a batch is durable: moves the head, then
+    /// wakes the waiters of every stream the batch touched. In that order,
+    /// so that a woken waiter finds the head at or past the batch that woke
+    /// it (long-polls woken together share a rendering on that basis).
     pub fn publish<'a>(&self, head: Head, streams: impl IntoIterator<Item = &'a str>) {
+        self.head.send_replace(head);
         {
             let mut registry = self.lock();
             for stream in streams {
@@ -159,7 +162,6 @@ impl Notifier {
                 }
             }
         }
-        self.head.send_replace(head);
     }
 
     /// How many streams have live waiters (for metrics and tests).
@@ -188,6 +190,36 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), watch.changed())
             .await
             .expect("the append before the wait must not be missed");
+    }
+
+    /// Records the head's commit sequence at the moment a waiter is woken
+    /// (inside `publish`, where the wake happens).
+    struct Witness {
+        notifier: Arc<Notifier>,
+        seen: std::sync::atomic::AtomicU64,
+    }
+
+    impl std::task::Wake for Witness {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.seen.store(self.notifier.commit_seq(), std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_woken_watch_finds_the_head_at_the_batch_that_woke_it() {
+        let notifier = Arc::new(Notifier::new(Head::default()));
+        let mut watch = notifier.watch_stream("a");
+        let witness = Arc::new(Witness { notifier: Arc::clone(&notifier), seen: u64::MAX.into() });
+        let waker = std::task::Waker::from(Arc::clone(&witness));
+        let mut changed = Box::pin(watch.changed());
+        let mut context = std::task::Context::from_waker(&waker);
+        assert!(changed.as_mut().poll(&mut context).is_pending());
+        notifier.publish(head(7), ["a"]);
+        assert_eq!(witness.seen.load(std::sync::atomic::Ordering::SeqCst), 7);
     }
 
     #[tokio::test]

@@ -16,14 +16,22 @@ The N connections are opened in parallel (non-blocking connects, a bounded
 number in flight), each sending its request as soon as it is connected: one
 blocking connect after the other, 10,000 of them took about a minute on a
 shared VM, longer than the first ones' long-polls lasted.
+
+`send_floor` is the reference: the same response bytes written by a bare
+loop, from the server's CPUs, to as many already-connected sockets. It is
+what the kernel alone needs to deliver that many answers over loopback,
+the floor under any server's wake-up on this machine.
 """
 
 import errno
 import json
+import os
 import resource
 import selectors
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 # SO_TIMESTAMPNS (and its control message SCM_TIMESTAMPNS) on Linux; Python
@@ -330,6 +338,8 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
 
     expected_title = f"{next_number}@{stream}".encode()
     woken = [r for r in responses.values() if r.status() == 200 and expected_title in r.body()]
+    # One woken waiter's whole answer, for send_floor.
+    result["response"] = woken[0].data if woken else None
     # After the 201: what a reader waits once the writer knows its event is
     # durable (negative: the reader had it before the writer's 201 arrived).
     # After the POST: the whole path, the append's own fsync included.
@@ -347,6 +357,86 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
         result[f"{name}p99_ms"] = percentile(values, 99) * 1000 if values else None
         result[f"{name}max_ms"] = values[-1] * 1000 if values else None
     return result
+
+
+def send_floor(count, response, cpus=None, timeout=60.0):
+    """Writes `response` (the exact bytes of one waiter's answer) to `count`
+    connected loopback sockets from a bare loop in a separate process on
+    `cpus` (the server's, when it is pinned), and returns when each answer
+    arrived, in ms after the first write (kernel receive timestamps, as for
+    the waiters): p50, p99 and max. No HTTP, no store, no wake-ups: only the
+    writes and the kernel's delivery of them, so what a server adds on top
+    of this is what it costs itself."""
+    sender = subprocess.Popen(
+        [sys.executable, __file__, "send-floor", str(count), ",".join(map(str, sorted(cpus or [])))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    sockets = []
+    selector = selectors.DefaultSelector()
+    try:
+        port = int(sender.stdout.readline())
+        for _ in range(count):
+            sockets.append(open_socket("127.0.0.1", port))
+        if sender.stdout.readline().strip() != "accepted":
+            raise RuntimeError("the send-floor sender did not accept every connection")
+        sender.stdin.write(response.hex() + "\n")
+        sender.stdin.flush()
+        responses = {}
+        for sock in sockets:
+            sock.setblocking(False)
+            responses[sock.fileno()] = Response()
+            selector.register(sock, selectors.EVENT_READ)
+        started = float(sender.stdout.readline())
+        pending = len(responses)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=1.0):
+                answer = responses[key.fd]
+                try:
+                    alive = answer.feed(key.fileobj)
+                except BlockingIOError:
+                    continue
+                if answer.complete() or not alive:
+                    selector.unregister(key.fileobj)
+                    pending -= 1
+        if pending:
+            raise RuntimeError(f"{pending} of {count} send-floor answers did not arrive")
+    finally:
+        selector.close()
+        for sock in sockets:
+            sock.close()
+        if sender.stdin and not sender.stdin.closed:
+            sender.stdin.close()
+        sender.wait(timeout=30)
+    arrivals = sorted(answer.first_byte_at - started for answer in responses.values())
+    return {
+        "p50_ms": percentile(arrivals, 50) * 1000,
+        "p99_ms": percentile(arrivals, 99) * 1000,
+        "max_ms": arrivals[-1] * 1000,
+        "kernel_timestamps": all(answer.kernel_time for answer in responses.values()),
+    }
+
+
+def _send_floor_sender(count, cpus):
+    """The sending side of send_floor, run as `longpoll.py send-floor N CPUS`:
+    prints its port, accepts `count` connections, prints `accepted`, reads
+    the response (hex) from stdin, writes it to every connection in turn,
+    prints when it started (realtime clock), and exits when stdin closes."""
+    if cpus:
+        os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(count)
+    print(listener.getsockname()[1], flush=True)
+    connections = [listener.accept()[0] for _ in range(count)]
+    for connection in connections:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    print("accepted", flush=True)
+    response = bytes.fromhex(sys.stdin.readline().strip())
+    started = time.time()
+    for connection in connections:
+        connection.sendall(response)
+    print(repr(started), flush=True)
+    sys.stdin.read()
 
 
 def what_the_sockets_got(sockets):
@@ -375,3 +465,7 @@ def percentile(sorted_values, p):
     """Nearest-rank percentile of an already sorted list."""
     rank = max(1, -(-len(sorted_values) * p // 100))
     return sorted_values[int(rank) - 1]
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["send-floor"]:
+    _send_floor_sender(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "")

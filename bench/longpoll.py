@@ -319,18 +319,7 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
         result["oldest_wait_seconds"] = time.monotonic() - started
         sent_at, acknowledged_at = append_one(host, port, stream, event_id)
 
-        pending = len(responses)
-        deadline = time.monotonic() + long_poll_secs + 30
-        while pending and time.monotonic() < deadline:
-            for key, _ in selector.select(timeout=1.0):
-                response = responses[key.fd]
-                try:
-                    alive = response.feed(key.fileobj)
-                except BlockingIOError:
-                    continue
-                if response.complete() or not alive:
-                    selector.unregister(key.fileobj)
-                    pending -= 1
+        read_responses(selector, responses, long_poll_secs + 30)
     finally:
         selector.close()
         for sock in sockets:
@@ -357,6 +346,25 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
         result[f"{name}p99_ms"] = percentile(values, 99) * 1000 if values else None
         result[f"{name}max_ms"] = values[-1] * 1000 if values else None
     return result
+
+
+def read_responses(selector, responses, timeout):
+    """Reads each socket registered with `selector` into its Response in
+    `responses` (by file number) until every one is complete or closed, or
+    `timeout` seconds have passed; returns how many are still pending."""
+    pending = len(responses)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=1.0):
+            response = responses[key.fd]
+            try:
+                alive = response.feed(key.fileobj)
+            except BlockingIOError:
+                continue
+            if response.complete() or not alive:
+                selector.unregister(key.fileobj)
+                pending -= 1
+    return pending
 
 
 def send_floor(count, response, cpus=None, timeout=60.0):
@@ -386,18 +394,7 @@ def send_floor(count, response, cpus=None, timeout=60.0):
             responses[sock.fileno()] = Response()
             selector.register(sock, selectors.EVENT_READ)
         started = float(sender.stdout.readline())
-        pending = len(responses)
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for key, _ in selector.select(timeout=1.0):
-                answer = responses[key.fd]
-                try:
-                    alive = answer.feed(key.fileobj)
-                except BlockingIOError:
-                    continue
-                if answer.complete() or not alive:
-                    selector.unregister(key.fileobj)
-                    pending -= 1
+        pending = read_responses(selector, responses, timeout)
         if pending:
             raise RuntimeError(f"{pending} of {count} send-floor answers did not arrive")
     finally:

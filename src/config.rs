@@ -52,7 +52,7 @@ pub struct ServeConfig {
 
     /// Log filter: a level (error, warn, info, debug, trace) or tracing
     /// directives such as `eventfeed=debug,tower_http=info`.
-    #[arg(long = "log", env = "EVENTFEED_LOG", default_value = "info")]
+    #[arg(long = "log", env = "EVENTFEED_LOG", default_value = "info", value_parser = log_filter)]
     pub log_filter: String,
 
     /// Log format.
@@ -106,6 +106,14 @@ pub struct ServeConfig {
     pub shutdown_grace_secs: u64,
 }
 
+/// Checks a `--log` value, so that a mistyped filter stops the start with
+/// the reason instead of quietly logging at another level.
+fn log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text).map(|_| text.to_owned()).map_err(|error| {
+        format!("not a log filter ({error}); use a level such as info or directives such as eventfeed=debug")
+    })
+}
+
 impl ServeConfig {
     /// The defaults, with the store in `data_dir` and an ephemeral port on
     /// loopback (for tests and embedding).
@@ -115,5 +123,20 @@ impl ServeConfig {
         serve.data_dir = data_dir.into();
         serve.bind = SocketAddr::from(([127, 0, 0, 1], 0));
         serve.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_log_filter_is_refused_with_the_reason() {
+        let error = Cli::try_parse_from(["eventfeed", "serve", "--log", "eventfeed=loud"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("not a log filter"), "{error}");
+        let Command::Serve(config) =
+            Cli::try_parse_from(["eventfeed", "serve", "--log", "warn,eventfeed=debug"]).unwrap().command;
+        assert_eq!(config.log_filter, "warn,eventfeed=debug");
     }
 }

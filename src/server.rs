@@ -57,6 +57,9 @@ pub struct Server {
     scavenge_interval: Option<Duration>,
 }
 
+/// An open slower than this gets a line in the log saying why.
+const SLOW_OPEN: Duration = Duration::from_secs(2);
+
 impl Server {
     /// Opens the store and binds the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Self, ServerError> {
@@ -71,6 +74,8 @@ impl Server {
             },
             cache_capacity: config.cache_mb.saturating_mul(1024 * 1024),
         };
+        tracing::info!(data_dir = %config.data_dir.display(), "opening the store");
+        let opening = std::time::Instant::now();
         let store = tokio::task::spawn_blocking(move || SledStore::open(options))
             .await
             .map_err(|e| ServerError::Store(StoreError::Io(format!("store open panicked: {e}"))))?
@@ -80,8 +85,16 @@ impl Server {
             data_dir = %config.data_dir.display(),
             durability = ?config.durability,
             next_position = store.notifier().next_position(),
+            opened_in_ms = u64::try_from(opening.elapsed().as_millis()).unwrap_or(u64::MAX),
             "store open"
         );
+        if opening.elapsed() > SLOW_OPEN {
+            // sled 0.34 records where its log stands only when it opens a
+            // store, so the first open after much was written replays it all.
+            tracing::info!(
+                "the store's log was replayed from where the last start left it; the next start replays only what is written from now on"
+            );
+        }
 
         let listener = listen(config.bind).map_err(|e| ServerError::Bind(config.bind, e))?;
         // After the bind, so a server that cannot listen starts no

@@ -81,14 +81,15 @@ impl Server {
             .map_err(|e| ServerError::Store(StoreError::Io(format!("store open panicked: {e}"))))?
             .map_err(ServerError::Store)?;
         let store = Arc::new(store);
+        let opened_in = opening.elapsed();
         tracing::info!(
             data_dir = %config.data_dir.display(),
             durability = ?config.durability,
             next_position = store.notifier().next_position(),
-            opened_in_ms = u64::try_from(opening.elapsed().as_millis()).unwrap_or(u64::MAX),
+            opened_in_ms = u64::try_from(opened_in.as_millis()).unwrap_or(u64::MAX),
             "store open"
         );
-        if opening.elapsed() > SLOW_OPEN {
+        if opened_in > SLOW_OPEN {
             // sled 0.34 records where its log stands only when it opens a
             // store, so the first open after much was written replays it all.
             tracing::info!(

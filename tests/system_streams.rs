@@ -161,13 +161,8 @@ async fn links_are_resolved_by_default_and_raw_on_request() {
 
     for raw_value in ["False", "false", "FALSE"] {
         let raw: Value = server
-            .client
-            .get(server.url("/streams/$ce-Order/0"))
-            .header("accept", ATOM_JSON)
-            .header("es-resolvelinktos", raw_value)
-            .send()
+            .get_with("/streams/$ce-Order/0", ATOM_JSON, &[("es-resolvelinktos", raw_value)])
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -461,13 +456,8 @@ async fn links_written_together_read_like_links_written_alone() {
             server.get(&format!("/streams/$ce-Bulk/{number}"), ATOM_JSON).await.json().await.unwrap();
         assert_eq!(resolved["title"].as_str().unwrap(), title);
         let raw: Value = server
-            .client
-            .get(server.url(&format!("/streams/$ce-Bulk/{number}")))
-            .header("accept", ATOM_JSON)
-            .header("es-resolvelinktos", "false")
-            .send()
+            .get_with(&format!("/streams/$ce-Bulk/{number}"), ATOM_JSON, &[("es-resolvelinktos", "false")])
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -483,15 +473,10 @@ async fn links_written_together_read_like_links_written_alone() {
     assert_eq!(server.get("/streams/$ce-Bulk/80", ATOM_JSON).await.status(), 404);
     assert_eq!(server.get("/streams/$ce-Bulk/81", ATOM_JSON).await.status(), 200);
     // Links are absolute: the same Host on both sides of the restart.
-    let page = |server: &TestServer| {
-        server
-            .client
-            .get(server.url("/streams/$ce-Bulk/81/forward/20"))
-            .header("accept", ATOM_JSON)
-            .header("host", "eventfeed.test")
-            .send()
-    };
-    let page_before = page(&server).await.unwrap().bytes().await.unwrap();
+    async fn page(server: &TestServer) -> reqwest::Response {
+        server.get_with("/streams/$ce-Bulk/81/forward/20", ATOM_JSON, &[("host", "eventfeed.test")]).await
+    }
+    let page_before = page(&server).await.bytes().await.unwrap();
 
     let id = common::start_scavenge(&server.client, &server.base).await;
     let report = common::wait_for(&server.client, &server.base, &id, |r| r["status"] != "running").await;
@@ -505,7 +490,7 @@ async fn links_written_together_read_like_links_written_alone() {
     assert_eq!(titles_in_pages(&server, "$ce-Bulk", 7, true).await, visible);
     assert_eq!(titles_in_pages(&server, "$ce-Bulk", 64, false).await, visible);
     assert_eq!(
-        page(&server).await.unwrap().bytes().await.unwrap(),
+        page(&server).await.bytes().await.unwrap(),
         page_before,
         "the page is the same after the scavenge and a restart"
     );

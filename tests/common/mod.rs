@@ -126,7 +126,16 @@ impl TestServer {
     }
 
     pub async fn get(&self, path: &str, accept: &str) -> Response {
-        self.client.get(self.url(path)).header("accept", accept).send().await.unwrap()
+        self.get_with(path, accept, &[]).await
+    }
+
+    /// A GET with request headers besides `Accept`.
+    pub async fn get_with(&self, path: &str, accept: &str, headers: &[(&str, &str)]) -> Response {
+        let mut request = self.client.get(self.url(path)).header("accept", accept);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
@@ -135,7 +144,6 @@ impl TestServer {
         response.json().await.unwrap()
     }
 
-    /// Appends an events+json array; returns the response.
     /// Writes a stream's metadata document (`POST /streams/{stream}/metadata`).
     pub async fn set_metadata(&self, stream: &str, document: Value) -> Response {
         self.client
@@ -147,6 +155,7 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Appends an events+json array; returns the response.
     pub async fn post_events(&self, stream: &str, events: &Value) -> Response {
         self.client
             .post(self.url(&format!("/streams/{stream}")))

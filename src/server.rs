@@ -55,6 +55,17 @@ pub struct Server {
     grace: Duration,
     /// Between background scavenges; `None`: none.
     scavenge_interval: Option<Duration>,
+    checkpoint: Checkpoint,
+}
+
+/// When and how to checkpoint the store after it is closed.
+#[derive(Debug)]
+struct Checkpoint {
+    data_dir: std::path::PathBuf,
+    cache_capacity: u64,
+    /// Checkpoint once this much was written since the start (and anything
+    /// was).
+    after_bytes: u64,
 }
 
 /// An open slower than this gets a line in the log saying why.
@@ -74,6 +85,11 @@ impl Server {
             },
             cache_capacity: config.cache_mb.saturating_mul(1024 * 1024),
         };
+        let checkpoint = Checkpoint {
+            data_dir: config.data_dir.clone(),
+            cache_capacity: options.cache_capacity,
+            after_bytes: config.checkpoint_after_mb.saturating_mul(1024 * 1024),
+        };
         tracing::info!(data_dir = %config.data_dir.display(), "opening the store");
         let opening = std::time::Instant::now();
         let store = tokio::task::spawn_blocking(move || SledStore::open(options))
@@ -91,9 +107,10 @@ impl Server {
         );
         if opened_in > SLOW_OPEN {
             // sled 0.34 records where its log stands only when it opens a
-            // store, so the first open after much was written replays it all.
+            // store (or a clean stop checkpoints it), so the first open after
+            // a crash that followed many writes replays them all.
             tracing::info!(
-                "the store's log was replayed from where the last start left it; the next start replays only what is written from now on"
+                "the store's log was replayed from its last snapshot, taken at the last start or clean stop; a clean stop checkpoints it again"
             );
         }
 
@@ -125,6 +142,7 @@ impl Server {
             grace: Duration::from_secs(config.shutdown_grace_secs),
             scavenge_interval: (config.scavenge_interval_secs > 0)
                 .then(|| Duration::from_secs(config.scavenge_interval_secs)),
+            checkpoint,
         })
     }
 
@@ -135,7 +153,8 @@ impl Server {
 
     /// Serves until `signal` resolves, then shuts down (see the module doc).
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let Self { listener, state, store, subscriptions, shutdown, grace, scavenge_interval } = self;
+        let Self { listener, state, store, subscriptions, shutdown, grace, scavenge_interval, checkpoint } =
+            self;
         let address = listener.local_addr().map_err(ServerError::Serve)?;
         tracing::info!("eventfeed listening on http://{address}");
         if let Some(interval) = scavenge_interval {
@@ -176,9 +195,53 @@ impl Server {
         // It holds the store too; release below waits for every holder.
         drop(subscriptions);
         store.close().await.map_err(ServerError::Store)?;
-        tracing::info!("store flushed; bye");
-        release(store).await;
+        tracing::info!("store flushed");
+        let written = store.written_since_open();
+        let released = release(store).await;
+        if written > 0 && written >= checkpoint.after_bytes {
+            if released {
+                checkpoint.run(written).await;
+            } else {
+                tracing::info!("no checkpoint: the store is still in use; the next start replays its log");
+            }
+        }
+        tracing::info!("bye");
         Ok(())
+    }
+}
+
+impl Checkpoint {
+    /// Reopens the closed store so that the next start need not replay
+    /// what this process wrote (see [`SledStore::checkpoint`]), unless a
+    /// second signal asks to stop at once.
+    async fn run(self, written: u64) {
+        tracing::info!(
+            written_mb = written / (1024 * 1024),
+            "checkpointing the store, so that the next start need not replay what was written since this one; a second SIGINT or SIGTERM skips it, safely"
+        );
+        let started = std::time::Instant::now();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        // A thread of its own, not `spawn_blocking`: when a second signal
+        // skips the checkpoint, the runtime must not wait for it at exit.
+        let Self { data_dir, cache_capacity, .. } = self;
+        let spawned = std::thread::Builder::new().name("eventfeed-checkpoint".into()).spawn(move || {
+            let _ = done.send(SledStore::checkpoint(&data_dir, cache_capacity));
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "could not start the checkpoint");
+            return;
+        }
+        tokio::select! {
+            result = finished => match result {
+                Ok(Ok(())) => tracing::info!(
+                    checkpointed_in_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "store checkpointed"
+                ),
+                Ok(Err(error)) => tracing::warn!(%error, "checkpoint failed; the next start replays the store's log"),
+                Err(_) => tracing::warn!("the checkpoint panicked; the next start replays the store's log"),
+            },
+            () = shutdown_signal() => tracing::warn!("checkpoint skipped; the next start replays the store's log"),
+        }
     }
 }
 
@@ -208,17 +271,21 @@ const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// same directory can be opened again at once (by a test, or an embedding
 /// program). Tasks that hold a handle (subscription drivers, a scheduled
 /// scavenge, a request finishing) let go within moments of shutdown.
-async fn release(store: Arc<SledStore>) {
+/// Returns whether it was the last handle (if not, the files stay open
+/// until the others are dropped).
+async fn release(store: Arc<SledStore>) -> bool {
     let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
     while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    if Arc::strong_count(&store) > 1 {
+    let last = Arc::strong_count(&store) == 1;
+    if !last {
         tracing::debug!(holders = Arc::strong_count(&store) - 1, "store still referenced at exit");
     }
     // sled's last handle flushes and joins its threads on drop: off the
     // async runtime.
     let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+    last
 }
 
 /// Starts a scavenge every `interval` until shutdown (the first one an

@@ -1,5 +1,6 @@
 //! Nothing acknowledged is lost: crash safety of the real binary under
-//! `kill -9`, and exactly-one-winner expected-version races.
+//! `kill -9`, exactly-one-winner expected-version races, and the checkpoint
+//! a clean stop leaves behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -238,5 +239,60 @@ async fn one_store_per_directory_and_reopening_at_once() {
             .unwrap_or_else(|error| panic!("reopen {round} right after a close: {error}"));
         store.close().await.unwrap();
         tokio::task::spawn_blocking(move || drop(store)).await.unwrap();
+    }
+}
+
+/// The newest snapshot sled has written in the store's generation
+/// directory: the log position it covers (sled names it `snap.{position}`).
+/// sled 0.34 writes one only when it opens a store, and replays the log
+/// written after it at the next open.
+fn newest_snapshot(data_dir: &std::path::Path) -> u64 {
+    let generation = std::fs::read_to_string(data_dir.join("CURRENT")).unwrap();
+    std::fs::read_dir(data_dir.join(generation.trim()))
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Writes a little over 2 MiB: 40 appends of 5 events of 10 KiB.
+async fn write_two_mib(server: &TestServer) {
+    let blob = "x".repeat(10 * 1024);
+    for append in 0..40 {
+        let events: Vec<Value> = (0..5)
+            .map(|n| common::event("Written", json!({ "append": append, "n": n, "blob": blob })))
+            .collect();
+        let response = server.post_events("checkpointed", &Value::Array(events)).await;
+        assert_eq!(response.status(), 201);
+    }
+}
+
+/// A clean stop after more than `checkpoint_after_mb` was written opens the
+/// store once more, so that sled snapshots past everything written and the
+/// next start does not replay it; below the threshold the stop leaves the
+/// snapshot where the start put it. Either way every event is there after
+/// a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_checkpoints_the_store_after_enough_writes() {
+    for (after_mb, checkpoints) in [(1, true), (64, false)] {
+        let mut server = TestServer::start_with(|config| config.checkpoint_after_mb = after_mb).await;
+        let at_start = newest_snapshot(server.data_dir());
+        write_two_mib(&server).await;
+        assert_eq!(newest_snapshot(server.data_dir()), at_start, "sled snapshots only when it opens a store");
+
+        server.stop().await;
+        let at_stop = newest_snapshot(server.data_dir());
+        if checkpoints {
+            assert!(at_stop > at_start, "threshold {after_mb} MiB: snapshot at {at_stop}, was {at_start}");
+        } else {
+            assert_eq!(at_stop, at_start, "threshold {after_mb} MiB: no checkpoint below it");
+        }
+
+        let server = server.restart().await;
+        let events = read_all_events(&server.client, &server.base, "checkpointed").await;
+        assert_eq!(events.len(), 200, "threshold {after_mb} MiB");
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct Compaction {
     /// The last key copied; the next step starts after it.
     after: Option<sled::IVec>,
     pub copied: u64,
+    /// Bytes of keys and values written to the new generation so far.
+    pub bytes: u64,
 }
 
 /// What one step did.
@@ -62,7 +64,7 @@ impl Compaction {
         let dir = generation::next(data_dir, current)?;
         let db = generation::open(&dir, cache_capacity)?;
         tracing::info!(generation = %dir.display(), "compaction started");
-        Ok(Self { db, dir, after: None, copied: 0 })
+        Ok(Self { db, dir, after: None, copied: 0, bytes: 0 })
     }
 
     /// Copies the next keys of `from`; `true` when everything is copied.
@@ -77,6 +79,7 @@ impl Compaction {
         let mut done = true;
         for item in from.range::<sled::IVec, _>((start, Bound::Unbounded)) {
             let (key, value) = item?;
+            self.bytes += (key.len() + value.len()) as u64;
             batch.insert(key.clone(), value);
             self.after = Some(key);
             count += 1;
@@ -88,6 +91,13 @@ impl Compaction {
         self.db.apply_batch(batch)?;
         self.copied += count as u64;
         Ok(done)
+    }
+
+    /// Applies a batch the writer applied to the current generation.
+    pub fn apply(&mut self, batch: sled::Batch, bytes: u64) -> Result<(), StoreError> {
+        self.db.apply_batch(batch)?;
+        self.bytes += bytes;
+        Ok(())
     }
 
     /// The generation's directory name, for `CURRENT`.

@@ -16,6 +16,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::StoreError;
@@ -40,6 +41,29 @@ impl DbCell {
 
     pub fn replace(&self, db: sled::Db) {
         *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = db;
+    }
+}
+
+/// Bytes of keys and values written to the current generation since this
+/// process opened it (or, after a compaction, since the generation was
+/// created). sled 0.34 snapshots its page table only when it opens a
+/// store, and an open replays the log written since the last snapshot: this
+/// is roughly what the next open would replay, so what a checkpoint at
+/// shutdown saves (see `SledStore::checkpoint`).
+#[derive(Debug, Default)]
+pub(crate) struct LogSinceOpen(AtomicU64);
+
+impl LogSinceOpen {
+    pub fn add(&self, bytes: u64) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn set(&self, bytes: u64) {
+        self.0.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 

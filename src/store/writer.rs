@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::codec::{self, EventFields, StreamState};
 use super::compact::{CompactProgress, Compaction, Retired};
-use super::generation::{self, DbCell};
+use super::generation::{self, DbCell, LogSinceOpen};
 use super::projections::{Projection, Projections};
 use super::rebuild::{self, Phase, Progress};
 use super::scavenge;
@@ -159,6 +159,8 @@ pub(crate) struct Files {
     /// The handle readers use; replaced when a compaction switches.
     pub cell: DbCell,
     pub cache_capacity: u64,
+    /// What this process wrote to the current generation.
+    pub written: Arc<LogSinceOpen>,
 }
 
 pub(crate) struct Writer {
@@ -319,8 +321,8 @@ impl Writer {
             let next_position = staging.next_position;
             let touched = staging.touched_streams();
             let projections = staging.projections;
-            let Finished { batch, states, removed } = staging.finish();
-            match self.write(batch) {
+            let Finished { batch, bytes, states, removed } = staging.finish();
+            match self.write(batch, bytes) {
                 Ok(()) => {
                     self.states.committed(states, removed);
                     self.projections = projections;
@@ -387,13 +389,14 @@ impl Writer {
         flow
     }
 
-    fn write(&mut self, batch: sled::Batch) -> Result<(), StoreError> {
+    fn write(&mut self, batch: sled::Batch, bytes: u64) -> Result<(), StoreError> {
         let shadow = self.compaction.is_some().then(|| batch.clone());
         self.db.apply_batch(batch)?;
+        self.files.written.add(bytes);
         if let Some(shadow) = shadow {
-            if let Some(Err(error)) = self.compaction.as_ref().map(|c| c.db.apply_batch(shadow)) {
+            if let Some(Err(error)) = self.compaction.as_mut().map(|c| c.apply(shadow, bytes)) {
                 if let Some(compaction) = self.compaction.take() {
-                    compaction.abandon(&error.into());
+                    compaction.abandon(&error);
                 }
             }
         }
@@ -432,6 +435,7 @@ impl Writer {
         };
         generation::switch(&self.files.data_dir, &compaction.name()).map_err(Fatal)?;
         let copied = compaction.copied;
+        self.files.written.set(compaction.bytes);
         let old_db = std::mem::replace(&mut self.db, compaction.db.clone());
         let old_cell_db = self.files.cell.get();
         self.files.cell.replace(compaction.db);
@@ -500,6 +504,8 @@ pub(crate) struct Staging<'a> {
     records: HashMap<String, PendingRecords>,
     /// The log entry being extended: positions one append wrote.
     log: Option<LogSpan>,
+    /// Bytes of keys and values staged so far.
+    bytes: u64,
     pub(crate) next_position: u64,
     /// The sequence number this batch will have.
     commit_seq: u64,
@@ -528,6 +534,7 @@ impl<'a> Staging<'a> {
             links: HashMap::new(),
             records: HashMap::new(),
             log: None,
+            bytes: 0,
             next_position,
             created_micros,
         }
@@ -543,8 +550,17 @@ impl<'a> Staging<'a> {
 
     /// Adds a raw write to the batch (maintenance work).
     pub(crate) fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
-        self.batch.insert(key, value);
+        self.put(key, value);
         self.writes += 1;
+    }
+
+    /// Stages a key's new value. Every write of a batch goes through here
+    /// or [`Self::remove`], so the batch knows how much it adds to sled's
+    /// log (see [`LogSinceOpen`]).
+    fn put(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        let (key, value) = (key.into(), value.into());
+        self.bytes += (key.len() + value.len()) as u64;
+        self.batch.insert(key, value);
     }
 
     /// Adds a raw removal to the batch (maintenance work). Removing a
@@ -555,6 +571,7 @@ impl<'a> Staging<'a> {
             self.states.remove(stream);
             self.removed.insert(stream.to_owned());
         }
+        self.bytes += key.len() as u64;
         self.batch.remove(key);
         self.writes += 1;
     }
@@ -659,8 +676,7 @@ impl<'a> Staging<'a> {
             });
             self.stage_record(&append.stream, number, record);
             self.stage_log(position, &append.stream, number);
-            self.batch
-                .insert(&keys::event_id(&event.id)[..], codec::encode_event_ref(&append.stream, number));
+            self.put(&keys::event_id(&event.id)[..], codec::encode_event_ref(&append.stream, number));
             self.ids.insert(event.id, (append.stream.clone(), number));
             self.writes += 3;
             self.next_position += 1;
@@ -732,7 +748,7 @@ impl<'a> Staging<'a> {
             _ => {
                 let run = PendingRecords { first: number, bytes: record.len(), records: vec![record] };
                 if let Some(full) = self.records.insert(stream.to_owned(), run) {
-                    self.batch.insert(keys::event(stream, full.first), codec::encode_records(full.records));
+                    self.put(keys::event(stream, full.first), codec::encode_records(full.records));
                 }
             }
         }
@@ -758,7 +774,7 @@ impl<'a> Staging<'a> {
     }
 
     fn write_log(&mut self, span: &LogSpan) {
-        self.batch.insert(
+        self.put(
             &keys::log(span.position)[..],
             codec::encode_log_entry(&span.stream, span.number, span.count),
         );
@@ -778,7 +794,7 @@ impl<'a> Staging<'a> {
             _ => {
                 let run = PendingLinks { first: number, links: vec![link] };
                 if let Some(full) = self.links.insert(system_stream.to_owned(), run) {
-                    self.batch.insert(keys::event(system_stream, full.first), full.encode());
+                    self.put(keys::event(system_stream, full.first), full.encode());
                 }
             }
         }
@@ -812,28 +828,31 @@ impl<'a> Staging<'a> {
 
     /// Writes the final stream states and returns the batch to apply.
     fn finish(mut self) -> Finished {
-        for (stream, run) in self.links.drain() {
-            self.batch.insert(keys::event(&stream, run.first), run.encode());
+        for (stream, run) in std::mem::take(&mut self.links) {
+            self.put(keys::event(&stream, run.first), run.encode());
         }
-        for (stream, run) in self.records.drain() {
-            self.batch.insert(keys::event(&stream, run.first), codec::encode_records(run.records));
+        for (stream, run) in std::mem::take(&mut self.records) {
+            self.put(keys::event(&stream, run.first), codec::encode_records(run.records));
         }
         if let Some(span) = self.log.take() {
             self.write_log(&span);
         }
-        for (stream, state) in &mut self.states {
+        let mut states = std::mem::take(&mut self.states);
+        for (stream, state) in &mut states {
             state.commit_seq = self.commit_seq;
-            self.batch.insert(keys::stream(stream), codec::encode_state(state));
+            self.put(keys::stream(stream), codec::encode_state(state));
         }
-        self.batch.insert(keys::counter(keys::COMMIT_SEQ), &keys::u64_value(self.commit_seq)[..]);
-        self.batch.insert(keys::counter(keys::NEXT_POSITION), &keys::u64_value(self.next_position)[..]);
-        Finished { batch: self.batch, states: self.states, removed: self.removed }
+        self.put(keys::counter(keys::COMMIT_SEQ), &keys::u64_value(self.commit_seq)[..]);
+        self.put(keys::counter(keys::NEXT_POSITION), &keys::u64_value(self.next_position)[..]);
+        Finished { batch: self.batch, bytes: self.bytes, states, removed: self.removed }
     }
 }
 
 /// A batch ready to apply, and the stream states it leaves.
 struct Finished {
     batch: sled::Batch,
+    /// Bytes of keys and values in `batch`.
+    bytes: u64,
     states: HashMap<String, StreamState>,
     removed: HashSet<String>,
 }

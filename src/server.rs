@@ -5,7 +5,9 @@
 //! watch [`Shared::shutdown`]); open requests then get a grace period;
 //! then persistent subscriptions stop, writing their final checkpoints;
 //! finally the store is closed, which makes every acknowledged append
-//! durable before the process exits.
+//! durable before the process exits. If much was written since the start,
+//! the closed store is then checkpointed (opened once more, see
+//! [`SledStore::checkpoint`]) so that the next start is quick.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;

@@ -17,8 +17,8 @@ use std::io;
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, Event};
 
-use super::time::{EMPTY_FEED_UPDATED, write_rfc3339};
-use super::{Embed, EventUrls, Feed, Link, Urls};
+use super::time::{EMPTY_FEED_UPDATED, Rfc3339};
+use super::{Embed, EventUrls, Feed, Link, Urls, swar};
 use crate::store::ReadEvent;
 
 const ATOM_NS: &str = "http://www.w3.org/2005/Atom";
@@ -163,9 +163,7 @@ fn link_element(out: &mut Vec<u8>, href: &str, relation: &str) {
 }
 
 fn push_time(out: &mut Vec<u8>, micros: i64) {
-    let mut text = String::with_capacity(27);
-    write_rfc3339(&mut text, micros);
-    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(Rfc3339::new(micros).as_bytes());
 }
 
 /// Whether `"` is escaped (attribute values) or kept (element text, where
@@ -189,14 +187,8 @@ fn escape_into(out: &mut Vec<u8>, text: &str, quotes: Quotes) {
     let mut start = 0;
     let mut index = 0;
     while index < bytes.len() {
-        // Most text is plain ASCII: skip it eight bytes at a time.
-        while let Some(chunk) = bytes.get(index..index + 8).and_then(|chunk| <[u8; 8]>::try_from(chunk).ok())
-        {
-            if may_need_escaping(u64::from_le_bytes(chunk)) {
-                break;
-            }
-            index += 8;
-        }
+        // Most text needs no escaping: skip it eight bytes at a time.
+        index = swar::skip_clean(bytes, index, may_need_escaping);
         let Some(&byte) = bytes.get(index) else { break };
         let (replacement, width): (&[u8], usize) = match byte {
             b'&' => (b"&amp;", 1),
@@ -232,15 +224,17 @@ fn escape_into(out: &mut Vec<u8>, text: &str, quotes: Quotes) {
 /// Whether any of eight bytes may need attention from [`escape_into`]: a
 /// byte below 0x20, DEL, any byte of a non-ASCII character, or one of
 /// `& < > "`. False positives only cost the byte-by-byte path; there are no
-/// false negatives (the classic SWAR "has zero byte" and "has byte less
-/// than" tests, exact for whether any byte matches).
+/// false negatives.
 fn may_need_escaping(chunk: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    let has = |byte: u8| has_zero(chunk ^ (ONES * u64::from(byte)));
-    let below_space = chunk.wrapping_sub(ONES * 0x20) & !chunk & HIGHS;
-    (chunk & HIGHS) | below_space | has(b'&') | has(b'<') | has(b'>') | has(b'"') | has(0x7F) != 0
+    use swar::{has_below, has_byte, has_non_ascii};
+    // `|`, not `||`: one branch for the word, not one per test.
+    has_non_ascii(chunk)
+        | has_below(chunk, 0x20)
+        | has_byte(chunk, b'&')
+        | has_byte(chunk, b'<')
+        | has_byte(chunk, b'>')
+        | has_byte(chunk, b'"')
+        | has_byte(chunk, 0x7F)
 }
 
 #[cfg(test)]
@@ -268,21 +262,9 @@ mod tests {
             'a', ' ', '&', '<', '>', '"', '\'', '\u{0}', '\u{1f}', '\t', '\u{7f}', '\u{85}', 'é', '\u{fffe}',
             '\u{ffff}', '\u{fffd}', '😀', '~', '{',
         ];
-        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-        for length in 0..200 {
-            for _ in 0..20 {
-                let text: String = (0..length)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        // Mostly plain letters, so that long clean runs occur.
-                        if seed % 4 != 0 { 'x' } else { alphabet[(seed >> 8) as usize % alphabet.len()] }
-                    })
-                    .collect();
-                for quotes in [Quotes::Kept, Quotes::Escaped] {
-                    assert_eq!(escaped(&text, quotes), reference(&text, quotes), "{text:?}");
-                }
+        for text in swar::mostly_plain_texts(&alphabet) {
+            for quotes in [Quotes::Kept, Quotes::Escaped] {
+                assert_eq!(escaped(&text, quotes), reference(&text, quotes), "{text:?}");
             }
         }
     }

@@ -55,32 +55,6 @@ pub fn body_text(bytes: &[u8], is_json: bool, embed: Embed) -> Option<Cow<'_, st
     None
 }
 
-/// The event object (`application/vnd.eventstore.event+json`, and the
-/// `content` of an entry).
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventObject<'a> {
-    pub event_stream_id: &'a str,
-    pub event_number: u64,
-    pub event_type: &'a str,
-    pub event_id: String,
-    pub data: Box<RawValue>,
-    pub metadata: Box<RawValue>,
-}
-
-impl<'a> EventObject<'a> {
-    pub fn of(event: &'a RecordedEvent) -> Self {
-        Self {
-            event_stream_id: &event.stream,
-            event_number: event.number,
-            event_type: &event.event_type,
-            event_id: event.id.to_string(),
-            data: embedded(&event.data, event.is_json),
-            metadata: embedded(&event.metadata, event.metadata_is_json && !event.metadata.is_empty()),
-        }
-    }
-}
-
 /// The payload as an XML document (`text/xml` / `application/xml` reads).
 /// Non-JSON payloads are returned as stored (they were posted as XML or
 /// bytes); JSON payloads are converted: object members become elements,

@@ -12,6 +12,7 @@ pub mod competing;
 pub mod event;
 pub mod html;
 pub mod json;
+mod swar;
 pub mod time;
 mod urls;
 

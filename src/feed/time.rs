@@ -4,55 +4,74 @@
 //! it is the only date arithmetic the server needs, and it must be exact and
 //! allocation-free on the page-rendering path.
 
-use std::fmt::Write;
-
 /// The timestamp of an empty feed, as v5 writes it.
 pub const EMPTY_FEED_UPDATED: &str = "0001-01-01T00:00:00Z";
 
-/// Appends `micros` (since the Unix epoch, UTC) as RFC 3339 with six
-/// fractional digits.
-pub fn write_rfc3339(out: &mut String, micros: i64) {
-    let seconds = micros.div_euclid(1_000_000);
-    let fraction = micros.rem_euclid(1_000_000);
-    let days = seconds.div_euclid(86_400);
-    let second_of_day = seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let (hour, minute, second) = (second_of_day / 3600, second_of_day % 3600 / 60, second_of_day % 60);
-    if !(0..=9999).contains(&year) {
-        // Writing into a String cannot fail.
-        let _ = write!(out, "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{fraction:06}Z");
-        return;
-    }
-    // Every feed entry has two timestamps: digits by hand rather than
-    // through `fmt`, which costs several times as much.
-    push_digits(out, year, 4);
-    out.push('-');
-    push_digits(out, i64::from(month), 2);
-    out.push('-');
-    push_digits(out, i64::from(day), 2);
-    out.push('T');
-    push_digits(out, hour, 2);
-    out.push(':');
-    push_digits(out, minute, 2);
-    out.push(':');
-    push_digits(out, second, 2);
-    out.push('.');
-    push_digits(out, fraction, 6);
-    out.push('Z');
+/// A formatted timestamp, on the stack: `micros` (since the Unix epoch,
+/// UTC) as RFC 3339 with six fractional digits.
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339 {
+    bytes: [u8; 40],
+    len: usize,
 }
 
-/// Appends the `width` lowest decimal digits of `value` (not negative).
-fn push_digits(out: &mut String, value: i64, width: u32) {
-    for place in (0..width).rev() {
-        let digit = value / 10_i64.pow(place) % 10;
-        out.push(char::from(b'0' + digit as u8));
+impl Rfc3339 {
+    pub fn new(micros: i64) -> Self {
+        let seconds = micros.div_euclid(1_000_000);
+        let fraction = micros.rem_euclid(1_000_000);
+        let days = seconds.div_euclid(86_400);
+        let second_of_day = seconds.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(days);
+        let (hour, minute, second) = (second_of_day / 3600, second_of_day % 3600 / 60, second_of_day % 60);
+        let mut formatted = Self { bytes: [0; 40], len: 0 };
+        if !(0..=9999).contains(&year) {
+            let text =
+                format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{fraction:06}Z");
+            formatted.bytes[..text.len()].copy_from_slice(text.as_bytes());
+            formatted.len = text.len();
+            return formatted;
+        }
+        // Every feed entry has a timestamp, and JSON entries two: digits in
+        // pairs from a table, not through `fmt` or a division per digit,
+        // which cost 3% of a page read (profiled).
+        let out = &mut formatted.bytes;
+        out[..27].copy_from_slice(b"0000-00-00T00:00:00.000000Z");
+        let (year, fraction) = (year as usize, fraction as usize);
+        put_pair(out, 0, year / 100);
+        put_pair(out, 2, year % 100);
+        put_pair(out, 5, month as usize);
+        put_pair(out, 8, day as usize);
+        put_pair(out, 11, hour as usize);
+        put_pair(out, 14, minute as usize);
+        put_pair(out, 17, second as usize);
+        put_pair(out, 20, fraction / 10_000);
+        put_pair(out, 22, fraction / 100 % 100);
+        put_pair(out, 24, fraction % 100);
+        formatted.len = 27;
+        formatted
     }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and punctuation are ever written.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The decimal digits of 0..=99, two by two.
+const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839\
+404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+
+/// Writes `value` (0..=99) as two digits at `at`.
+fn put_pair(out: &mut [u8], at: usize, value: usize) {
+    out[at..at + 2].copy_from_slice(&PAIRS[value * 2..value * 2 + 2]);
 }
 
 pub fn rfc3339(micros: i64) -> String {
-    let mut out = String::with_capacity(27);
-    write_rfc3339(&mut out, micros);
-    out
+    Rfc3339::new(micros).as_str().to_owned()
 }
 
 /// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (y, m, d)

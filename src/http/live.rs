@@ -90,12 +90,13 @@ impl Watched<'_> {
 /// nothing (an empty page, a missing stream, or a still-matching ETag),
 /// waits for an append and reads again, until the deadline or shutdown,
 /// when it answers with what the read gives then. `page` names what `read`
-/// renders, so that the reads after one wake can share a rendering.
+/// renders (asked for only when the request long-polls), so that the reads
+/// after one wake can share a rendering.
 pub async fn long_poll<F, Fut>(
     state: &AppState,
     headers: &HeaderMap,
     watched: Watched<'_>,
-    page: Option<PageKey>,
+    page: impl FnOnce() -> Option<PageKey>,
     read: F,
 ) -> Result<Response, HttpError>
 where
@@ -105,6 +106,7 @@ where
     let Some(seconds) = params::long_poll(headers)? else {
         return read().await.map(|rendered| rendered.response);
     };
+    let page = page();
     let deadline = Instant::now() + Duration::from_secs(seconds).min(state.limits.max_long_poll);
     let mut shutdown = state.shutdown.clone();
     let mut permit = None;

@@ -130,15 +130,18 @@ pub(super) async fn read_page(
     }
     let watched = if is_all { Watched::All } else { Watched::Stream(stream) };
     // A malformed ES-ResolveLinkTos fails the read itself; nothing to share.
-    let page = params::resolve_link_tos(headers).ok().map(|resolve_links| live::PageKey {
-        stream: stream.to_owned(),
-        request,
-        resolve_links,
-        media,
-        embed: query.embed(),
-        base: urls.base().to_owned(),
-        if_none_match: headers.get_all(header::IF_NONE_MATCH).iter().cloned().collect(),
-    });
+    // Only a long-poll needs the key (built lazily: most reads are not).
+    let page = || {
+        params::resolve_link_tos(headers).ok().map(|resolve_links| live::PageKey {
+            stream: stream.to_owned(),
+            request,
+            resolve_links,
+            media,
+            embed: query.embed(),
+            base: urls.base().to_owned(),
+            if_none_match: headers.get_all(header::IF_NONE_MATCH).iter().cloned().collect(),
+        })
+    };
     live::long_poll(state, headers, watched, page, read).await
 }
 

@@ -216,17 +216,20 @@ impl JsonWriter {
         self.has_members = true;
     }
 
-    /// A newline and two spaces per open level (pretty only), in one copy
-    /// for the depths a feed reaches.
+    /// A newline and two spaces per open level (pretty only). For the
+    /// depths a feed reaches, all of `INDENT` is copied and the excess cut
+    /// off: a copy of a fixed size is a few vector moves, one of the exact
+    /// length a call to `memcpy` (the indents were 4% of a JSON page read).
     fn indent(&mut self) {
         const INDENT: &[u8; 33] = b"\n                                ";
         if self.pretty {
-            match INDENT.get(..1 + 2 * self.depth) {
-                Some(indent) => self.out.extend_from_slice(indent),
-                None => {
-                    self.out.push(b'\n');
-                    self.out.extend(std::iter::repeat_n(b' ', 2 * self.depth));
-                }
+            let end = self.out.len() + 1 + 2 * self.depth;
+            if end - self.out.len() <= INDENT.len() {
+                self.out.extend_from_slice(INDENT);
+                self.out.truncate(end);
+            } else {
+                self.out.push(b'\n');
+                self.out.extend(std::iter::repeat_n(b' ', 2 * self.depth));
             }
         }
     }
@@ -242,8 +245,9 @@ impl JsonWriter {
     }
 
     /// Starts an object member. Names are this module's own literals, which
-    /// need no escaping.
-    #[inline]
+    /// need no escaping. Always inlined, so that copying a name is a copy
+    /// of a known size.
+    #[inline(always)]
     fn key(&mut self, name: &str) {
         self.next();
         self.out.push(b'"');
@@ -264,19 +268,19 @@ impl JsonWriter {
         self.out.push(b'"');
     }
 
-    #[inline]
+    #[inline(always)]
     fn string_field(&mut self, name: &str, text: &str) {
         self.key(name);
         self.string(text);
     }
 
-    #[inline]
+    #[inline(always)]
     fn number_field(&mut self, name: &str, number: u64) {
         self.key(name);
         self.out.extend_from_slice(super::decimal(number, &mut [0; 20]).as_bytes());
     }
 
-    #[inline]
+    #[inline(always)]
     fn bool_field(&mut self, name: &str, value: bool) {
         self.key(name);
         self.out.extend_from_slice(if value { b"true" } else { b"false" });

@@ -17,7 +17,7 @@ use std::io;
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, Event};
 
-use super::time::{EMPTY_FEED_UPDATED, Rfc3339};
+use super::time::{EMPTY_FEED_UPDATED, Timestamps};
 use super::{Embed, EventUrls, Feed, Link, Urls, swar};
 use crate::store::ReadEvent;
 
@@ -42,7 +42,8 @@ pub fn render_feed_with_entry_links(
 /// Renders one event as a standalone Atom entry document with content.
 pub fn render_entry(event: &ReadEvent, urls: &Urls) -> Vec<u8> {
     render(|writer| {
-        write_entry(writer.get_mut(), event, &mut EventUrls::new(urls), Embed::Content, true, &[]);
+        let (out, mut times) = (writer.get_mut(), Timestamps::default());
+        write_entry(out, event, &mut EventUrls::new(urls), &mut times, Embed::Content, true, &[]);
         Ok(())
     })
 }
@@ -70,11 +71,12 @@ fn write_feed(
 ) -> io::Result<()> {
     writer.create_element("feed").with_attribute(("xmlns", ATOM_NS)).write_inner_content(|w| {
         let out = w.get_mut();
+        let mut times = Timestamps::default();
         text_element(out, "title", &feed.title);
         text_element(out, "id", &feed.id);
         out.extend_from_slice(b"<updated>");
         match feed.updated_micros {
-            Some(micros) => push_time(out, micros),
+            Some(micros) => out.extend_from_slice(times.format(micros).as_bytes()),
             None => out.extend_from_slice(EMPTY_FEED_UPDATED.as_bytes()),
         }
         out.extend_from_slice(b"</updated>");
@@ -85,7 +87,7 @@ fn write_feed(
         let mut event_urls = EventUrls::new(urls);
         for (index, entry) in feed.entries.iter().enumerate() {
             let extra = entry_links.get(index).map_or(&[][..], Vec::as_slice);
-            write_entry(out, entry, &mut event_urls, embed, false, extra);
+            write_entry(out, entry, &mut event_urls, &mut times, embed, false, extra);
         }
         Ok(())
     })?;
@@ -104,6 +106,7 @@ fn write_entry(
     out: &mut Vec<u8>,
     read: &ReadEvent,
     urls: &mut EventUrls<'_>,
+    times: &mut Timestamps,
     embed: Embed,
     standalone: bool,
     extra_links: &[Link],
@@ -125,7 +128,7 @@ fn write_entry(
     out.extend_from_slice(b"</title>");
     text_element(out, "id", &url);
     out.extend_from_slice(b"<updated>");
-    push_time(out, original.created_micros);
+    out.extend_from_slice(times.format(original.created_micros).as_bytes());
     out.extend_from_slice(b"</updated>");
     out.extend_from_slice(AUTHOR_ELEMENT);
     out.extend_from_slice(b"<summary type=\"text\">");
@@ -160,10 +163,6 @@ fn link_element(out: &mut Vec<u8>, href: &str, relation: &str) {
     out.extend_from_slice(b"\" rel=\"");
     escape_into(out, relation, Quotes::Escaped);
     out.extend_from_slice(b"\"/>");
-}
-
-fn push_time(out: &mut Vec<u8>, micros: i64) {
-    out.extend_from_slice(Rfc3339::new(micros).as_bytes());
 }
 
 /// Whether `"` is escaped (attribute values) or kept (element text, where

@@ -13,7 +13,7 @@
 use uuid::Uuid;
 
 use super::event::{body_text, embedded};
-use super::time::{EMPTY_FEED_UPDATED, Rfc3339};
+use super::time::{EMPTY_FEED_UPDATED, Timestamps};
 use super::{AUTHOR, Embed, EventUrls, Feed, Link, Urls, swar};
 use crate::store::metadata::described_stream;
 use crate::store::{ReadEvent, RecordedEvent};
@@ -87,7 +87,7 @@ pub fn render_entry(event: &ReadEvent, urls: &Urls) -> Vec<u8> {
 /// Renders one entry on a single line (for a Server-Sent Events `data:`
 /// field, which ends at a newline).
 pub fn render_entry_line(event: &ReadEvent, urls: &Urls, embed: Embed) -> String {
-    let mut json = JsonWriter { out: Vec::with_capacity(1024), pretty: false, depth: 0, has_members: false };
+    let mut json = JsonWriter::new(1024, false);
     write_entry(&mut json, event, &mut EventUrls::new(urls), embed, &[]);
     // Only UTF-8 text and ASCII markup were written.
     String::from_utf8(json.out).unwrap_or_else(|_| "{}".to_owned())
@@ -192,11 +192,17 @@ struct JsonWriter {
     depth: usize,
     /// Whether the innermost open object or array has a member yet.
     has_members: bool,
+    times: Timestamps,
 }
 
 impl JsonWriter {
+    fn new(capacity: usize, pretty: bool) -> Self {
+        let out = Vec::with_capacity(capacity);
+        Self { out, pretty, depth: 0, has_members: false, times: Timestamps::default() }
+    }
+
     fn pretty(capacity: usize) -> Self {
-        Self { out: Vec::with_capacity(capacity), pretty: true, depth: 0, has_members: false }
+        Self::new(capacity, true)
     }
 
     fn open(&mut self, bracket: u8) {
@@ -264,7 +270,7 @@ impl JsonWriter {
 
     fn time(&mut self, micros: i64) {
         self.out.push(b'"');
-        self.out.extend_from_slice(Rfc3339::new(micros).as_bytes());
+        self.out.extend_from_slice(self.times.format(micros).as_bytes());
         self.out.push(b'"');
     }
 
@@ -381,7 +387,7 @@ mod tests {
             "t": true,
         });
         for pretty in [true, false] {
-            let mut json = JsonWriter { out: Vec::new(), pretty, depth: 0, has_members: false };
+            let mut json = JsonWriter::new(0, pretty);
             json.open(b'{');
             json.string_field("a", "x\"y");
             json.key("empty");

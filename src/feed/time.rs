@@ -61,6 +61,24 @@ impl Rfc3339 {
     }
 }
 
+/// Formats timestamps, remembering the last one: a page's entries mostly
+/// come from a few appends, whose events share their time, so most entries
+/// reuse the previous entry's text (formatting was 2% of a page read).
+#[derive(Debug, Default)]
+pub struct Timestamps {
+    last: Option<(i64, Rfc3339)>,
+}
+
+impl Timestamps {
+    pub fn format(&mut self, micros: i64) -> &Rfc3339 {
+        if self.last.as_ref().is_some_and(|(last, _)| *last != micros) {
+            self.last = None;
+        }
+        let (_, formatted) = self.last.get_or_insert_with(|| (micros, Rfc3339::new(micros)));
+        formatted
+    }
+}
+
 /// The decimal digits of 0..=99, two by two.
 const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839\
 404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
@@ -92,6 +110,14 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_timestamps_are_the_ones_asked_for() {
+        let mut times = Timestamps::default();
+        for micros in [5, 5, 1_795_345_445_123_456, 1_795_345_445_123_456, 5, -1] {
+            assert_eq!(times.format(micros).as_str(), rfc3339(micros));
+        }
+    }
 
     #[test]
     fn formats_known_instants() {

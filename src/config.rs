@@ -51,7 +51,8 @@ pub struct ServeConfig {
     pub durability: Durability,
 
     /// Log filter: a level (error, warn, info, debug, trace) or tracing
-    /// directives such as `eventfeed=debug,tower_http=info`.
+    /// directives such as `eventfeed=debug`; `info,tower_http=debug` adds a
+    /// line per request.
     #[arg(long = "log", env = "EVENTFEED_LOG", default_value = "info", value_parser = log_filter)]
     pub log_filter: String,
 

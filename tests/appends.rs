@@ -1,11 +1,14 @@
 //! `POST /streams/{stream}`: every status code and header of section 1 of
-//! the API reference, malformed input, idempotency and limits.
+//! the API reference, malformed input, idempotency and limits; and the
+//! server's basics (`/ping`, request logs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::{ATOM_JSON, EVENTS_JSON, TestServer, event, header, reason};
+use std::time::Duration;
+
+use common::{ATOM_JSON, BinaryServer, EVENTS_JSON, TestServer, client, event, header, reason};
 use reqwest::Response;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -481,4 +484,25 @@ async fn single_events_and_ping() {
     let ping = server.get("/ping", "application/json").await;
     assert_eq!(ping.status(), 200);
     assert_eq!(ping.json::<Value>().await.unwrap()["text"], "Ping request successfully handled");
+}
+
+/// Per-request logs (tower-http's, at DEBUG) are written when the log
+/// filter asks for them; the layer that writes them is left out otherwise.
+#[tokio::test]
+async fn request_logs_follow_the_log_filter() {
+    let client = client();
+    for (filter, wanted) in [("info,tower_http=debug", true), ("info", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = BinaryServer::start(dir.path(), &["--log", filter]);
+        let ping = client.get(server.url("/ping")).send().await.unwrap();
+        assert_eq!(ping.status(), 200);
+        // The line is written as the response goes out; the log is read by
+        // another thread, so give it a moment (long when it must come).
+        let wait = if wanted { Duration::from_secs(10) } else { Duration::from_millis(500) };
+        let logged = server.logged("finished processing request", wait).await;
+        assert_eq!(logged, wanted, "--log {filter}");
+        if wanted {
+            assert!(server.logged("uri=/ping", Duration::ZERO).await, "the line names the request");
+        }
+    }
 }

@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventfeed::config::ServeConfig;
@@ -188,20 +189,25 @@ pub fn event(event_type: &str, data: Value) -> Value {
     serde_json::json!({ "eventId": uuid::Uuid::new_v4().to_string(), "eventType": event_type, "data": data })
 }
 
-/// The real binary, started with `--bind 127.0.0.1:0`.
+/// The real binary, started with `--bind 127.0.0.1:0` (and `--log info`
+/// unless `extra_args` has a `--log`).
 pub struct BinaryServer {
     pub child: Child,
     pub base: String,
     pub addr: SocketAddr,
+    /// Every line it has logged since the listening line.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl BinaryServer {
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
+        let log_level: &[&str] = if extra_args.contains(&"--log") { &[] } else { &["--log", "info"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_eventfeed"))
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--bind", "127.0.0.1:0", "--log", "info"])
+            .args(["--bind", "127.0.0.1:0"])
+            .args(log_level)
             .args(extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -216,8 +222,28 @@ impl BinaryServer {
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, base: format!("http://{addr}"), addr }
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Self { child, base: format!("http://{addr}"), addr, log }
+    }
+
+    /// Waits up to `timeout` for a logged line that contains `text`.
+    pub async fn logged(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log.lock().unwrap().iter().any(|line| line.contains(text)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -100,7 +100,7 @@ pub fn router(state: AppState) -> Router {
         .merge(system::router())
         .fallback(system::not_found)
         .layer(compression())
-        .layer(axum::middleware::from_fn(caching::weak_etag_when_encoded));
+        .layer(tower::util::MapResponseLayer::new(caching::weak_etag_when_encoded));
     let router = if request_logs_wanted() { router.layer(TraceLayer::new_for_http()) } else { router };
     router.layer(cors()).with_state(state)
 }

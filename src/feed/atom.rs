@@ -182,42 +182,25 @@ const REPLACEMENT: &[u8] = "\u{fffd}".as_bytes();
 /// contain them; the exact bytes remain available from the event's
 /// `application/octet-stream` representation.
 fn escape_into(out: &mut Vec<u8>, text: &str, quotes: Quotes) {
-    let bytes = text.as_bytes();
-    let mut start = 0;
-    let mut index = 0;
-    while index < bytes.len() {
-        // Most text needs no escaping: skip it eight bytes at a time.
-        index = swar::skip_clean(bytes, index, may_need_escaping);
-        let Some(&byte) = bytes.get(index) else { break };
-        let (replacement, width): (&[u8], usize) = match byte {
+    swar::escape_into(out, text, may_need_escaping, |bytes, index| {
+        let next = |offset: usize| bytes.get(index + offset).copied();
+        let escaped: (&'static [u8], usize) = match next(0)? {
             b'&' => (b"&amp;", 1),
             b'<' => (b"&lt;", 1),
             b'>' => (b"&gt;", 1),
             b'"' if quotes == Quotes::Escaped => (b"&quot;", 1),
-            b'\t' | b'\n' | b'\r' => {
-                index += 1;
-                continue;
-            }
+            b'\t' | b'\n' | b'\r' => return None,
             0x00..=0x1F | 0x7F => (REPLACEMENT, 1),
             // C1 controls: U+0080..=U+009F, encoded C2 80..=C2 9F.
-            0xC2 if bytes.get(index + 1).is_some_and(|next| (0x80..=0x9F).contains(next)) => (REPLACEMENT, 2),
+            0xC2 if next(1).is_some_and(|byte| (0x80..=0x9F).contains(&byte)) => (REPLACEMENT, 2),
             // U+FFFE and U+FFFF: EF BF BE and EF BF BF.
-            0xEF if bytes.get(index + 1) == Some(&0xBF)
-                && bytes.get(index + 2).is_some_and(|last| *last == 0xBE || *last == 0xBF) =>
-            {
+            0xEF if next(1) == Some(0xBF) && next(2).is_some_and(|byte| byte == 0xBE || byte == 0xBF) => {
                 (REPLACEMENT, 3)
             }
-            _ => {
-                index += 1;
-                continue;
-            }
+            _ => return None,
         };
-        out.extend_from_slice(&bytes[start..index]);
-        out.extend_from_slice(replacement);
-        index += width;
-        start = index;
-    }
-    out.extend_from_slice(&bytes[start..]);
+        Some(escaped)
+    });
 }
 
 /// Whether any of eight bytes may need attention from [`escape_into`]: a

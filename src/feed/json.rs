@@ -315,16 +315,9 @@ impl JsonWriter {
 /// as `\b \f \n \r \t` or `\u00XX`; everything else, non-ASCII included,
 /// as is.
 fn escape_into(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = text.as_bytes();
-    let mut start = 0;
-    let mut index = 0;
-    while index < bytes.len() {
-        // Most text needs no escaping: skip it eight bytes at a time.
-        index = swar::skip_clean(bytes, index, may_need_escaping);
-        let Some(&byte) = bytes.get(index) else { break };
-        let unicode;
-        let escaped: &[u8] = match byte {
+    swar::escape_into(out, text, may_need_escaping, |bytes, index| {
+        let byte = *bytes.get(index)?;
+        let escaped: &'static [u8] = match byte {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
             b'\n' => b"\\n",
@@ -332,23 +325,24 @@ fn escape_into(out: &mut Vec<u8>, text: &str) {
             b'\t' => b"\\t",
             0x08 => b"\\b",
             0x0C => b"\\f",
-            0x00..=0x1F => {
-                unicode =
-                    [b'\\', b'u', b'0', b'0', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xF)]];
-                &unicode
-            }
-            _ => {
-                index += 1;
-                continue;
-            }
+            0x00..=0x1F => &UNICODE_ESCAPES[usize::from(byte)],
+            _ => return None,
         };
-        out.extend_from_slice(&bytes[start..index]);
-        out.extend_from_slice(escaped);
-        index += 1;
-        start = index;
-    }
-    out.extend_from_slice(&bytes[start..]);
+        Some((escaped, 1))
+    });
 }
+
+/// `\u0000` to `\u001f`: the control characters without a short escape.
+static UNICODE_ESCAPES: [[u8; 6]; 32] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0; 6]; 32];
+    let mut byte = 0;
+    while byte < 32 {
+        table[byte] = [b'\\', b'u', b'0', b'0', HEX[byte >> 4], HEX[byte & 0xF]];
+        byte += 1;
+    }
+    table
+};
 
 /// Whether any of eight bytes is a control character, `"` or `\`.
 fn may_need_escaping(chunk: u64) -> bool {

@@ -1,6 +1,6 @@
-//! Eight bytes at a time: the fast path of the feed escapers, which skip
-//! the long runs of text that need no escaping a word at a time instead of
-//! a byte at a time.
+//! Eight bytes at a time: the loop the feed escapers share, which skips the
+//! long runs of text that need no escaping a word at a time instead of a
+//! byte at a time; each escaper brings its own word test and replacements.
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
@@ -18,6 +18,39 @@ pub fn skip_clean(bytes: &[u8], from: usize, attention: impl Fn(u64) -> bool) ->
         index += 8;
     }
     index
+}
+
+/// Appends `text` to `out` with some of its characters replaced: the one
+/// loop of the feed escapers. Eight-byte words in which `attention` finds
+/// nothing are copied as they are; in a word it flags, `escape(bytes,
+/// index)` looks at each byte: what replaces the character that starts
+/// there and how many bytes that character spans, or `None` to keep it.
+/// Runs of kept bytes are copied in one go.
+#[inline]
+pub fn escape_into(
+    out: &mut Vec<u8>,
+    text: &str,
+    attention: impl Fn(u64) -> bool,
+    escape: impl Fn(&[u8], usize) -> Option<(&'static [u8], usize)>,
+) {
+    let bytes = text.as_bytes();
+    let (mut start, mut index) = (0, 0);
+    while index < bytes.len() {
+        index = skip_clean(bytes, index, &attention);
+        if index >= bytes.len() {
+            break;
+        }
+        match escape(bytes, index) {
+            Some((replacement, width)) => {
+                out.extend_from_slice(&bytes[start..index]);
+                out.extend_from_slice(replacement);
+                index += width;
+                start = index;
+            }
+            None => index += 1,
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 /// Whether any byte of `chunk` equals `byte` (the classic "has zero byte"

@@ -126,7 +126,11 @@ fn write_entry(
     out.push(b'@');
     escape_into(out, &event.stream, Quotes::Kept);
     out.extend_from_slice(b"</title>");
-    text_element(out, "id", &url);
+    out.extend_from_slice(b"<id>");
+    let id_start = out.len();
+    escape_into(out, &url, Quotes::Kept);
+    let escaped_url = id_start..out.len();
+    out.extend_from_slice(b"</id>");
     out.extend_from_slice(b"<updated>");
     out.extend_from_slice(times.format(original.created_micros).as_bytes());
     out.extend_from_slice(b"</updated>");
@@ -134,8 +138,21 @@ fn write_entry(
     out.extend_from_slice(b"<summary type=\"text\">");
     escape_into(out, &original.event_type, Quotes::Kept);
     out.extend_from_slice(b"</summary>");
-    link_element(out, &url, "edit");
-    link_element(out, &url, "alternate");
+    // The URL appears three times. Escaped as text it is also escaped as
+    // an attribute value unless it holds a quote: then copy the bytes
+    // already written (a URL's escaping was a third of a page's).
+    if url.contains('"') {
+        link_element(out, &url, "edit");
+        link_element(out, &url, "alternate");
+    } else {
+        for relation in [&b"edit"[..], b"alternate"] {
+            out.extend_from_slice(b"<link href=\"");
+            out.extend_from_within(escaped_url.clone());
+            out.extend_from_slice(b"\" rel=\"");
+            out.extend_from_slice(relation);
+            out.extend_from_slice(b"\"/>");
+        }
+    }
     for link in extra_links {
         link_element(out, &link.uri, link.relation);
     }
@@ -278,5 +295,23 @@ mod tests {
         assert_eq!(escaped(r#"a<b>&"c"'"#, Quotes::Kept), r#"a&lt;b&gt;&amp;"c"'"#);
         assert_eq!(escaped(r#"a<b>&"c"'"#, Quotes::Escaped), "a&lt;b&gt;&amp;&quot;c&quot;'");
         assert_eq!(escaped("", Quotes::Kept), "");
+    }
+
+    #[test]
+    fn an_entry_url_is_escaped_for_text_and_for_attributes() {
+        let event = ReadEvent { event: super::super::test_event("a&b", 7), link: None };
+        // A base from forwarded headers may hold anything.
+        for (base, text, attribute) in [
+            ("http://h<1>", "http://h&lt;1&gt;", "http://h&lt;1&gt;"),
+            (r#"http://h"1""#, r#"http://h"1""#, "http://h&quot;1&quot;"),
+        ] {
+            let rendered = String::from_utf8(render_entry(&event, &Urls::new(base.into()))).unwrap();
+            let url = |escaped: &str| format!("{escaped}/streams/a%26b/7");
+            assert!(rendered.contains(&format!("<id>{}</id>", url(text))), "{rendered}");
+            for relation in ["edit", "alternate"] {
+                let link = format!(r#"<link href="{}" rel="{relation}"/>"#, url(attribute));
+                assert!(rendered.contains(&link), "{rendered}");
+            }
+        }
     }
 }

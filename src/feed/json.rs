@@ -145,7 +145,8 @@ fn write_entry(
     json.out.push(b'@');
     escape_into(&mut json.out, &event.stream);
     json.out.push(b'"');
-    json.string_field("id", &url);
+    json.key("id");
+    let escaped_url = json.escaped_string(&url);
     json.key("updated");
     json.time(original.created_micros);
     json.author();
@@ -157,8 +158,10 @@ fn write_entry(
     }
     json.key("links");
     json.open(b'[');
-    json.link(&url, "edit");
-    json.link(&url, "alternate");
+    // The URL's second and third appearances: copies of the bytes
+    // escaped for `id`.
+    json.link_copied(escaped_url.clone(), "edit");
+    json.link_copied(escaped_url, "alternate");
     for link in extra_links {
         json.link(&link.uri, link.relation);
     }
@@ -268,6 +271,17 @@ impl JsonWriter {
         self.out.push(b'"');
     }
 
+    /// Writes a string and returns where its escaped text lies in the
+    /// output, for [`Self::link_copied`].
+    fn escaped_string(&mut self, text: &str) -> std::ops::Range<usize> {
+        self.out.push(b'"');
+        let start = self.out.len();
+        escape_into(&mut self.out, text);
+        let escaped = start..self.out.len();
+        self.out.push(b'"');
+        escaped
+    }
+
     fn time(&mut self, micros: i64) {
         self.out.push(b'"');
         self.out.extend_from_slice(self.times.format(micros).as_bytes());
@@ -305,6 +319,18 @@ impl JsonWriter {
         self.next();
         self.open(b'{');
         self.string_field("uri", uri);
+        self.string_field("relation", relation);
+        self.close(b'}');
+    }
+
+    /// A link whose URI is already written, escaped, at `escaped`.
+    fn link_copied(&mut self, escaped: std::ops::Range<usize>, relation: &str) {
+        self.next();
+        self.open(b'{');
+        self.key("uri");
+        self.out.push(b'"');
+        self.out.extend_from_within(escaped);
+        self.out.push(b'"');
         self.string_field("relation", relation);
         self.close(b'}');
     }
@@ -404,5 +430,18 @@ mod tests {
             };
             assert_eq!(String::from_utf8(json.out).expect("utf-8"), expected.expect("serialises"));
         }
+    }
+
+    #[test]
+    fn an_entry_url_is_the_same_in_its_id_and_its_links() {
+        let event = ReadEvent { event: super::super::test_event("a\"b", 7), link: None };
+        // A base from forwarded headers may hold anything.
+        let base = "http://h\"\\1";
+        let entry: serde_json::Value =
+            serde_json::from_slice(&render_entry(&event, &Urls::new(base.into()))).unwrap();
+        let url = format!("{base}/streams/a%22b/7");
+        assert_eq!(entry["id"], url.as_str());
+        assert_eq!(entry["links"][0], serde_json::json!({"uri": url, "relation": "edit"}));
+        assert_eq!(entry["links"][1], serde_json::json!({"uri": url, "relation": "alternate"}));
     }
 }

@@ -328,6 +328,24 @@ pub fn etag_value(version: &str, media_type: &str, metadata_number: Option<u64>)
     format!("{version};{}", crate::hash::fnv1a_32(&input))
 }
 
+/// An event of type `t` with no payload, at global position `number`
+/// (tests).
+#[cfg(test)]
+pub(crate) fn test_event(stream: &str, number: u64) -> crate::store::RecordedEvent {
+    crate::store::RecordedEvent {
+        stream: stream.into(),
+        number,
+        position: number,
+        id: uuid::Uuid::nil(),
+        event_type: "t".into(),
+        created_micros: 0,
+        is_json: false,
+        metadata_is_json: false,
+        data: bytes::Bytes::new(),
+        metadata: bytes::Bytes::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,21 +512,7 @@ mod tests {
         let slice = |events: Vec<u64>, scanned: Option<(u64, u64)>| AllSlice {
             next_position: 100,
             scanned,
-            events: events
-                .into_iter()
-                .map(|position| crate::store::RecordedEvent {
-                    stream: "s".into(),
-                    number: position,
-                    position,
-                    id: uuid::Uuid::nil(),
-                    event_type: "t".into(),
-                    created_micros: 0,
-                    is_json: false,
-                    metadata_is_json: false,
-                    data: bytes::Bytes::new(),
-                    metadata: bytes::Bytes::new(),
-                })
-                .collect(),
+            events: events.into_iter().map(|position| test_event("s", position)).collect(),
         };
         // Positions 10..=14 scanned, 12 hidden: a full page of 4.
         let forward = all_feed(

@@ -171,14 +171,16 @@ impl RecordedEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadEvent {
     pub event: RecordedEvent,
-    pub link: Option<RecordedEvent>,
+    /// Boxed: pages move read events around by value, and a second
+    /// record inline would double every move for the few that are links.
+    pub link: Option<Box<RecordedEvent>>,
 }
 
 impl ReadEvent {
     /// The event as it sits in the stream that was read: the link when one
     /// was resolved, else the event.
     pub fn original(&self) -> &RecordedEvent {
-        self.link.as_ref().unwrap_or(&self.event)
+        self.link.as_deref().unwrap_or(&self.event)
     }
 }
 

@@ -316,7 +316,7 @@ impl ReadContext {
                 let link = link_event(stream, number, position, created_micros, target_number, &target);
                 if resolve_links {
                     if let Some(event) = self.visible_event(&target, target_number)? {
-                        return Ok(ReadEvent { event, link: Some(link) });
+                        return Ok(ReadEvent { event, link: Some(Box::new(link)) });
                     }
                 }
                 Ok(ReadEvent { event: link, link: None })

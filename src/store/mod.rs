@@ -29,6 +29,7 @@ pub mod visibility;
 mod writer;
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -141,11 +142,13 @@ pub struct AppendOutcome {
 /// An event as it was recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {
-    pub stream: String,
+    /// Shared: the events of a page mostly have one stream and few types,
+    /// and a read makes one copy of each name instead of one per event.
+    pub stream: Arc<str>,
     pub number: u64,
     pub position: u64,
     pub id: Uuid,
-    pub event_type: String,
+    pub event_type: Arc<str>,
     /// Microseconds since the Unix epoch, UTC, assigned by the writer and
     /// never decreasing along the log.
     pub created_micros: i64,
@@ -160,7 +163,7 @@ pub const LINK_EVENT_TYPE: &str = "$>";
 
 impl RecordedEvent {
     pub fn is_link(&self) -> bool {
-        self.event_type == LINK_EVENT_TYPE
+        &*self.event_type == LINK_EVENT_TYPE
     }
 }
 

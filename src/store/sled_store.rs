@@ -477,8 +477,9 @@ pub(crate) fn stored_entries(
     let capacity =
         usize::try_from(high.saturating_sub(low).saturating_add(1)).unwrap_or(usize::MAX).min(4096);
     let mut found = Vec::with_capacity(capacity);
+    let mut names = codec::Names::default();
     let mut add = |first: u64, value: sled::IVec| -> Result<(), StoreError> {
-        found.extend(codec::decode_entries_within(codec::shared(value), first, low, high)?);
+        found.extend(codec::decode_entries_within(codec::shared(value), first, low, high, &mut names)?);
         Ok(())
     };
     let mut items = db.range(keys::event(stream, low)..=keys::event(stream, high)).peekable();
@@ -597,6 +598,9 @@ fn event_key_number(key: &[u8]) -> Result<u64, StoreError> {
     keys::event_number(key).ok_or_else(|| StoreError::Corrupt("event key is malformed".into()))
 }
 
+/// The type of every `$>` event, shared.
+static LINK_TYPE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(LINK_EVENT_TYPE));
+
 /// The `$>` event a system-stream index entry stands for.
 fn link_event(
     stream: &str,
@@ -607,11 +611,11 @@ fn link_event(
     target_stream: &str,
 ) -> RecordedEvent {
     RecordedEvent {
-        stream: stream.to_owned(),
+        stream: stream.into(),
         number,
         position: target_position,
         id: link_id(target_position, stream),
-        event_type: LINK_EVENT_TYPE.to_owned(),
+        event_type: LINK_TYPE.clone(),
         created_micros,
         is_json: false,
         metadata_is_json: false,

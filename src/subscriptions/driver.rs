@@ -346,7 +346,7 @@ async fn read_all(store: &dyn Store, request: ReadRequest) -> Result<SourceRead,
         .map(|event| Message {
             id: event.id,
             position: event.position,
-            pin: event.stream.clone(),
+            pin: event.stream.to_string(),
             origin: Origin::Source,
             event: crate::store::ReadEvent { event, link: None },
         })

@@ -173,7 +173,7 @@ pub fn pin_of(read: &ReadEvent) -> String {
             return stream;
         }
     }
-    read.event.stream.clone()
+    read.event.stream.to_string()
 }
 
 fn event(event_type: &str, is_json: bool, data: Bytes, metadata: Bytes) -> ProposedEvent {
@@ -269,7 +269,7 @@ pub async fn park(
             let original = request.message.event.original();
             let metadata = json!({
                 "reason": request.reason,
-                "eventStreamId": request.message.event.event.stream,
+                "eventStreamId": &*request.message.event.event.stream,
                 "eventNumber": request.message.event.event.number,
                 "eventId": request.message.event.event.id.to_string(),
             });

@@ -929,7 +929,7 @@ mod tests {
             position,
             event: ReadEvent {
                 event: RecordedEvent {
-                    stream: stream.to_owned(),
+                    stream: stream.into(),
                     number: position,
                     position,
                     id: Uuid::from_u128(u128::from(position) + 1),

@@ -118,8 +118,8 @@ fn decode_event_within(value: &Bytes, record: &[u8], names: &mut Names) -> Resul
     let position = reader.u64()?;
     let created_micros = reader.u64()? as i64;
     let id = Uuid::from_bytes(reader.take(16)?.try_into().map_err(|_| reader.short())?);
-    let stream = Names::share(&mut names.stream, reader.short_str()?);
-    let event_type = Names::share(&mut names.event_type, reader.short_str()?);
+    let stream = Names::share(&mut names.stream, reader.short_bytes()?)?;
+    let event_type = Names::share(&mut names.event_type, reader.short_bytes()?)?;
     let data = value.slice_ref(reader.long_bytes()?);
     let metadata = value.slice_ref(reader.long_bytes()?);
     Ok(RecordedEvent {
@@ -148,11 +148,17 @@ pub struct Names {
 }
 
 impl Names {
-    fn share(last: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
-        match last {
-            Some(shared) if **shared == *text => Arc::clone(shared),
-            _ => Arc::clone(last.insert(Arc::from(text))),
+    /// The name stored as `bytes`: the last one when equal (it was
+    /// checked to be UTF-8 then), else a new one.
+    fn share(last: &mut Option<Arc<str>>, bytes: &[u8]) -> Result<Arc<str>, StoreError> {
+        if let Some(shared) = last {
+            if shared.as_bytes() == bytes {
+                return Ok(Arc::clone(shared));
+            }
         }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| StoreError::Corrupt("record holds a non-UTF-8 name".into()))?;
+        Ok(Arc::clone(last.insert(Arc::from(text))))
     }
 }
 
@@ -490,38 +496,53 @@ pub fn decode_entries(value: Bytes) -> Result<Vec<Entry>, StoreError> {
 /// Decodes the entries numbered `low..=high` from the value stored under
 /// the key of number `first`, with their numbers: the value itself, or the
 /// items of a run within that range (only those are decoded).
+///
+/// Appends them to `out`, where the caller collects a page: entries are
+/// moved as few times as can be (moving them was a sixth of the CPU of
+/// reading a page from the store).
 pub fn decode_entries_within(
     value: Bytes,
     first: u64,
     low: u64,
     high: u64,
     names: &mut Names,
-) -> Result<Vec<(u64, Entry)>, StoreError> {
+    out: &mut Vec<(u64, Entry)>,
+) -> Result<(), StoreError> {
     if !is_run(&value) {
-        if !(low..=high).contains(&first) {
-            return Ok(Vec::new());
+        if (low..=high).contains(&first) {
+            let entry = match is_link_entry(&value) {
+                false => Entry::Event(decode_event_within(&value, &value, names)?),
+                true => decode_entry(value)?,
+            };
+            out.push((first, entry));
         }
-        let entry = match is_link_entry(&value) {
-            false => Entry::Event(decode_event_within(&value, &value, names)?),
-            true => decode_entry(value)?,
-        };
-        return Ok(vec![(first, entry)]);
+        return Ok(());
     }
-    let items = run_items(&value)?;
-    (first..)
-        .zip(items)
-        .filter(|(number, _)| (low..=high).contains(number))
-        .map(|(number, item)| Ok((number, decode_item(&value, item, names)?)))
-        .collect()
+    if value.first() == Some(&RECORD_RUN_V1) {
+        // The table of record ends locates the records wanted directly.
+        let table = RecordTable::read(&value)?;
+        let wanted = low.max(first)..=high.min(first.saturating_add(table.count.saturating_sub(1)));
+        for number in wanted {
+            let item = table.item(usize::try_from(number - first).unwrap_or(usize::MAX))?;
+            out.push((number, Entry::Event(decode_event_within(&value, &value[item], names)?)));
+        }
+        return Ok(());
+    }
+    for (number, item) in (first..).zip(run_items(&value)?) {
+        if (low..=high).contains(&number) {
+            out.push((number, decode_item(&value, item, names)?));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes entry `number` from the value stored under the key of number
 /// `first`: the value itself, or one item of a run (only that one is
 /// decoded). `None` when the value does not cover `number`.
 pub fn decode_entry_at(value: Bytes, first: u64, number: u64) -> Result<Option<Entry>, StoreError> {
-    Ok(decode_entries_within(value, first, number, number, &mut Names::default())?
-        .pop()
-        .map(|(_, entry)| entry))
+    let mut found = Vec::with_capacity(1);
+    decode_entries_within(value, first, number, number, &mut Names::default(), &mut found)?;
+    Ok(found.pop().map(|(_, entry)| entry))
 }
 
 /// The value of a run without its first `skip` entries (what scavenging
@@ -550,6 +571,53 @@ pub fn run_tail(value: &Bytes, skip: usize) -> Result<Vec<u8>, StoreError> {
             Ok(out)
         }
         _ => Err(StoreError::Corrupt(format!("a run of {} cannot lose {skip} entries", items.len()))),
+    }
+}
+
+/// A run of records' table of record ends (`u8 tag | u32 count | u32 end
+/// per record | records`, each end counted from the first record).
+struct RecordTable<'a> {
+    value: &'a [u8],
+    count: u64,
+    ends: &'a [u8],
+    /// Where the first record starts.
+    base: usize,
+}
+
+impl<'a> RecordTable<'a> {
+    fn read(value: &'a [u8]) -> Result<Self, StoreError> {
+        let mut reader = Reader::new(value);
+        reader.u8()?;
+        let count = reader.u32()?;
+        let ends = reader.take(usize::try_from(count).unwrap_or(usize::MAX).saturating_mul(4))?;
+        let base = value.len() - reader.bytes.len();
+        let table = Self { value, count: u64::from(count), ends, base };
+        if count == 0 || table.end(count as usize - 1)? != value.len() {
+            return Err(StoreError::Corrupt("a run has bytes after its last entry".into()));
+        }
+        Ok(table)
+    }
+
+    fn end(&self, index: usize) -> Result<usize, StoreError> {
+        let end = self.ends.get(index * 4..index * 4 + 4).ok_or_else(|| self.bad())?;
+        Ok(self.base + u32::from_be_bytes([end[0], end[1], end[2], end[3]]) as usize)
+    }
+
+    /// The byte range of record `index`.
+    fn item(&self, index: usize) -> Result<std::ops::Range<usize>, StoreError> {
+        let start = match index {
+            0 => self.base,
+            _ => self.end(index - 1)?,
+        };
+        let end = self.end(index)?;
+        if end < start || end > self.value.len() {
+            return Err(self.bad());
+        }
+        Ok(start..end)
+    }
+
+    fn bad(&self) -> StoreError {
+        StoreError::Corrupt("a run of records has a bad table of ends".into())
     }
 }
 
@@ -658,10 +726,14 @@ impl<'a> Reader<'a> {
     }
 
     fn short_str(&mut self) -> Result<&'a str, StoreError> {
+        std::str::from_utf8(self.short_bytes()?)
+            .map_err(|_| StoreError::Corrupt("record holds a non-UTF-8 name".into()))
+    }
+
+    fn short_bytes(&mut self) -> Result<&'a [u8], StoreError> {
         let len = self.take(2)?;
         let len = u16::from_be_bytes([len[0], len[1]]);
-        std::str::from_utf8(self.take(usize::from(len))?)
-            .map_err(|_| StoreError::Corrupt("record holds a non-UTF-8 name".into()))
+        self.take(usize::from(len))
     }
 
     fn long_bytes(&mut self) -> Result<&'a [u8], StoreError> {
@@ -841,6 +913,7 @@ mod tests {
         assert!(decode_entry(run.clone()).is_err(), "a run is not one entry");
         for cut in [3, 10, run.len() - 1] {
             assert!(decode_entries(run.slice(..cut)).is_err(), "cut at {cut}");
+            assert!(decode_entry_at(run.slice(..cut), 7, 8).is_err(), "cut at {cut}");
         }
         // A lone record is stored as it is.
         assert_eq!(encode_records(records[..1].to_vec()), records[0]);
@@ -856,7 +929,8 @@ mod tests {
         let at = other.windows(6).position(|w| w == b"Placed").expect("holds its type");
         other[at..at + 6].copy_from_slice(b"Shiped");
         let run = Bytes::from(encode_records(vec![record(7, b"{}"), record(8, b"{}"), other]));
-        let decoded = decode_entries_within(run, 7, 7, 9, &mut Names::default()).expect("decodes");
+        let mut decoded = Vec::new();
+        decode_entries_within(run, 7, 7, 9, &mut Names::default(), &mut decoded).expect("decodes");
         let events: Vec<&RecordedEvent> = decoded
             .iter()
             .map(|(_, entry)| match entry {

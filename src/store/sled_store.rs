@@ -479,8 +479,7 @@ pub(crate) fn stored_entries(
     let mut found = Vec::with_capacity(capacity);
     let mut names = codec::Names::default();
     let mut add = |first: u64, value: sled::IVec| -> Result<(), StoreError> {
-        found.extend(codec::decode_entries_within(codec::shared(value), first, low, high, &mut names)?);
-        Ok(())
+        codec::decode_entries_within(codec::shared(value), first, low, high, &mut names, &mut found)
     };
     let mut items = db.range(keys::event(stream, low)..=keys::event(stream, high)).peekable();
     // A run that starts below `low` may hold it, unless `low` has a key of

@@ -220,20 +220,19 @@ fn escape_into(out: &mut Vec<u8>, text: &str, quotes: Quotes) {
     });
 }
 
-/// Whether any of eight bytes may need attention from [`escape_into`]: a
-/// byte below 0x20, DEL, any byte of a non-ASCII character, or one of
-/// `& < > "`. False positives only cost the byte-by-byte path; there are no
-/// false negatives.
-fn may_need_escaping(chunk: u64) -> bool {
-    use swar::{has_below, has_byte, has_non_ascii};
-    // `|`, not `||`: one branch for the word, not one per test.
-    has_non_ascii(chunk)
-        | has_below(chunk, 0x20)
-        | has_byte(chunk, b'&')
-        | has_byte(chunk, b'<')
-        | has_byte(chunk, b'>')
-        | has_byte(chunk, b'"')
-        | has_byte(chunk, 0x7F)
+/// Flags the bytes of a word that may need attention from
+/// [`escape_into`] (see [`swar::matching`]): bytes below 0x20, DEL, every
+/// byte of a non-ASCII character, and `& < > "`. A flagged byte that needs
+/// nothing costs only a look; none that needs something goes unflagged.
+fn may_need_escaping(chunk: u64) -> u64 {
+    use swar::{below, matching, non_ascii};
+    non_ascii(chunk)
+        | below(chunk, 0x20)
+        | matching(chunk, b'&')
+        | matching(chunk, b'<')
+        | matching(chunk, b'>')
+        | matching(chunk, b'"')
+        | matching(chunk, 0x7F)
 }
 
 #[cfg(test)]

@@ -38,7 +38,12 @@ pub fn body_text(bytes: &[u8], is_json: bool, embed: Embed) -> Option<Cow<'_, st
     }
     let reindent = matches!(embed, Embed::Pretty | Embed::TryHarder);
     if is_json {
-        let text = String::from_utf8_lossy(bytes);
+        // `from_utf8` first: its check runs a word at a time over ASCII,
+        // the lossy conversion's a character at a time.
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(bytes),
+        };
         if reindent {
             if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
                 if let Ok(pretty) = serde_json::to_string_pretty(&value) {

@@ -370,10 +370,10 @@ static UNICODE_ESCAPES: [[u8; 6]; 32] = {
     table
 };
 
-/// Whether any of eight bytes is a control character, `"` or `\`.
-fn may_need_escaping(chunk: u64) -> bool {
-    // `|`, not `||`: one branch for the word, not one per test.
-    swar::has_below(chunk, 0x20) | swar::has_byte(chunk, b'"') | swar::has_byte(chunk, b'\\')
+/// Flags the bytes of a word that are control characters, `"` or `\\`
+/// (see [`swar::matching`]).
+fn may_need_escaping(chunk: u64) -> u64 {
+    swar::below(chunk, 0x20) | swar::matching(chunk, b'"') | swar::matching(chunk, b'\\')
 }
 
 #[cfg(test)]

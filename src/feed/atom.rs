@@ -139,19 +139,14 @@ fn write_entry(
     escape_into(out, &original.event_type, Quotes::Kept);
     out.extend_from_slice(b"</summary>");
     // The URL appears three times. Escaped as text it is also escaped as
-    // an attribute value unless it holds a quote: then copy the bytes
-    // already written (a URL's escaping was a third of a page's).
-    if url.contains('"') {
-        link_element(out, &url, "edit");
-        link_element(out, &url, "alternate");
-    } else {
-        for relation in [&b"edit"[..], b"alternate"] {
-            out.extend_from_slice(b"<link href=\"");
-            out.extend_from_within(escaped_url.clone());
-            out.extend_from_slice(b"\" rel=\"");
-            out.extend_from_slice(relation);
-            out.extend_from_slice(b"\"/>");
-        }
+    // an attribute value unless it holds a quote: then the links copy the
+    // bytes already written (a URL's escaping was a third of a page's).
+    let quoted = url.contains('"');
+    for relation in ["edit", "alternate"] {
+        link_with(out, relation, |out| match quoted {
+            true => escape_into(out, &url, Quotes::Escaped),
+            false => out.extend_from_within(escaped_url.clone()),
+        });
     }
     for link in extra_links {
         link_element(out, &link.uri, link.relation);
@@ -174,11 +169,18 @@ fn text_element(out: &mut Vec<u8>, name: &str, text: &str) {
     out.push(b'>');
 }
 
-fn link_element(out: &mut Vec<u8>, href: &str, relation: &str) {
+fn link_element(out: &mut Vec<u8>, href: &str, relation: &'static str) {
+    link_with(out, relation, |out| escape_into(out, href, Quotes::Escaped));
+}
+
+/// A link whose `href` value `write_href` writes, escaped. Relations are
+/// this crate's own words (`edit`, `next`, `ack`, …), which need no
+/// escaping.
+fn link_with(out: &mut Vec<u8>, relation: &'static str, write_href: impl FnOnce(&mut Vec<u8>)) {
     out.extend_from_slice(b"<link href=\"");
-    escape_into(out, href, Quotes::Escaped);
+    write_href(out);
     out.extend_from_slice(b"\" rel=\"");
-    escape_into(out, relation, Quotes::Escaped);
+    out.extend_from_slice(relation.as_bytes());
     out.extend_from_slice(b"\"/>");
 }
 

@@ -316,21 +316,24 @@ impl JsonWriter {
 
     /// A link as an array item: `{"uri": ..., "relation": ...}`.
     fn link(&mut self, uri: &str, relation: &str) {
-        self.next();
-        self.open(b'{');
-        self.string_field("uri", uri);
-        self.string_field("relation", relation);
-        self.close(b'}');
+        self.link_with(relation, |json| json.string(uri));
     }
 
     /// A link whose URI is already written, escaped, at `escaped`.
     fn link_copied(&mut self, escaped: std::ops::Range<usize>, relation: &str) {
+        self.link_with(relation, |json| {
+            json.out.push(b'"');
+            json.out.extend_from_within(escaped);
+            json.out.push(b'"');
+        });
+    }
+
+    /// A link whose URI value `write_uri` writes.
+    fn link_with(&mut self, relation: &str, write_uri: impl FnOnce(&mut Self)) {
         self.next();
         self.open(b'{');
         self.key("uri");
-        self.out.push(b'"');
-        self.out.extend_from_within(escaped);
-        self.out.push(b'"');
+        write_uri(self);
         self.string_field("relation", relation);
         self.close(b'}');
     }

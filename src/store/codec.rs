@@ -469,11 +469,15 @@ pub fn entry_count(value: &[u8]) -> Result<u64, StoreError> {
 
 /// Decodes the value under an event key that is not a run.
 pub fn decode_entry(value: Bytes) -> Result<Entry, StoreError> {
+    decode_entry_with(value, &mut Names::default())
+}
+
+fn decode_entry_with(value: Bytes, names: &mut Names) -> Result<Entry, StoreError> {
     if is_run(&value) {
         return Err(StoreError::Corrupt("a run where one entry was expected".into()));
     }
     if !is_link_entry(&value) {
-        return decode_event(value).map(Entry::Event);
+        return decode_event_within(&value, &value, names).map(Entry::Event);
     }
     let mut reader = Reader::new(&value[1..]);
     let position = reader.u64()?;
@@ -510,19 +514,15 @@ pub fn decode_entries_within(
 ) -> Result<(), StoreError> {
     if !is_run(&value) {
         if (low..=high).contains(&first) {
-            let entry = match is_link_entry(&value) {
-                false => Entry::Event(decode_event_within(&value, &value, names)?),
-                true => decode_entry(value)?,
-            };
-            out.push((first, entry));
+            out.push((first, decode_entry_with(value, names)?));
         }
         return Ok(());
     }
     if value.first() == Some(&RECORD_RUN_V1) {
         // The table of record ends locates the records wanted directly.
         let table = RecordTable::read(&value)?;
-        let wanted = low.max(first)..=high.min(first.saturating_add(table.count.saturating_sub(1)));
-        for number in wanted {
+        let Some(last) = table.count.checked_sub(1) else { return Ok(()) };
+        for number in low.max(first)..=high.min(first.saturating_add(last)) {
             let item = table.item(usize::try_from(number - first).unwrap_or(usize::MAX))?;
             out.push((number, Entry::Event(decode_event_within(&value, &value[item], names)?)));
         }
@@ -592,7 +592,11 @@ impl<'a> RecordTable<'a> {
         let ends = reader.take(usize::try_from(count).unwrap_or(usize::MAX).saturating_mul(4))?;
         let base = value.len() - reader.bytes.len();
         let table = Self { value, count: u64::from(count), ends, base };
-        if count == 0 || table.end(count as usize - 1)? != value.len() {
+        let last_end = match count.checked_sub(1) {
+            Some(last) => table.end(last as usize)?,
+            None => base,
+        };
+        if last_end != value.len() {
             return Err(StoreError::Corrupt("a run has bytes after its last entry".into()));
         }
         Ok(table)
@@ -625,27 +629,15 @@ impl<'a> RecordTable<'a> {
 /// table of record ends, without reading the records), or a link with its
 /// framing, `u64 | i64 | u64 | u16 len | stream`.
 fn run_items(value: &[u8]) -> Result<Vec<std::ops::Range<usize>>, StoreError> {
+    if value.first() == Some(&RECORD_RUN_V1) {
+        let table = RecordTable::read(value)?;
+        let count = usize::try_from(table.count).unwrap_or(usize::MAX);
+        return (0..count).map(|index| table.item(index)).collect();
+    }
     let mut reader = Reader::new(value);
-    let tag = reader.u8()?;
+    reader.u8()?;
     let count = reader.u32()?;
     let mut items = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(4096));
-    if tag == RECORD_RUN_V1 {
-        let table = reader.take(usize::try_from(count).unwrap_or(usize::MAX).saturating_mul(4))?;
-        let base = value.len() - reader.bytes.len();
-        let mut start = base;
-        for end in table.chunks_exact(4) {
-            let end = base + u32::from_be_bytes([end[0], end[1], end[2], end[3]]) as usize;
-            if end < start || end > value.len() {
-                return Err(StoreError::Corrupt("a run of records has a bad table of ends".into()));
-            }
-            items.push(start..end);
-            start = end;
-        }
-        if start != value.len() {
-            return Err(StoreError::Corrupt("a run has bytes after its last entry".into()));
-        }
-        return Ok(items);
-    }
     for _ in 0..count {
         let start = value.len() - reader.bytes.len();
         reader.take(24)?;

@@ -346,13 +346,42 @@ async fn idempotency_survives_a_restart() {
     let first = server.post_events("durable-ids", &batch).await;
     let location = header(&first, "location").unwrap();
     assert!(location.ends_with("/streams/durable-ids/0"));
+    // More ids, so that the restarted server takes a moment to load them.
+    let batches: Vec<Value> =
+        (0..20).map(|_| Value::Array((0..100).map(|i| event("C", json!({ "i": i }))).collect())).collect();
+    for (index, more) in batches.iter().enumerate() {
+        let response = server.post_events("durable-ids", more).await;
+        assert_eq!(
+            header(&response, "location").unwrap(),
+            server.url(&format!("/streams/durable-ids/{}", 2 + index * 100))
+        );
+    }
 
     let server = server.restart().await;
     let again = server.post_events("durable-ids", &batch).await;
     assert_eq!(again.status(), 201);
     assert_eq!(header(&again, "location").unwrap(), server.url("/streams/durable-ids/0"));
+    // Later too: the server keeps the ids it holds in memory once it has
+    // read them, and must still find every one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (index, more) in batches.iter().enumerate() {
+        let retry = server.post_events("durable-ids", more).await;
+        assert_eq!(retry.status(), 201);
+        assert_eq!(
+            header(&retry, "location").unwrap(),
+            server.url(&format!("/streams/durable-ids/{}", 2 + index * 100))
+        );
+    }
+    let old = batches[7][42].clone();
+    let partial = json!([old.clone(), event("D", json!({}))]);
+    assert_eq!(server.post_events("durable-ids", &partial).await.status(), 400, "a partial match");
+    assert_eq!(
+        server.post_events("elsewhere", &json!([old])).await.status(),
+        400,
+        "an id used in another stream"
+    );
     let head = server.get_json("/streams/durable-ids").await;
-    assert_eq!(head["entries"].as_array().unwrap().len(), 2);
+    assert_eq!(head["entries"][0]["title"], "2001@durable-ids", "nothing was written twice");
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 -- `events_per_request` events, each with a fresh event id, to a stream
 -- picked at random among `streams`.
 -- Arguments: run_nonce (8 hex digits), streams, events_per_request, and
--- optionally categories and event_types (both default 0).
+-- optionally categories and event_types (both default 0) and ids
+-- ("ordered", the default, or "random").
 --
 -- By default every stream is `bench-{nonce}-{n}` (one category) and every
 -- event an `OrderPlaced`. With `categories` > 0, stream n is
@@ -10,6 +11,11 @@
 -- payment, ...), so that `$ce-` has that many streams to maintain; with
 -- `event_types` > 0, each event's type is picked at random among that many
 -- (OrderPlaced, PaymentReceived, ...), so that `$et-` has as many.
+--
+-- Event ids are "ordered" by default: each later than the last, as
+-- time-ordered ids (UUIDv7) are, so the store's id index grows at one end.
+-- "random" ids are spread over the whole index, as random ids (UUIDv4,
+-- what most clients generate) are.
 
 local counter = 0
 local headers = { ["Content-Type"] = "application/vnd.eventstore.events+json" }
@@ -31,12 +37,18 @@ function init(args)
   events_per_request = tonumber(args[3])
   categories = tonumber(args[4] or "0")
   event_types = tonumber(args[5] or "0")
+  random_ids = args[6] == "random"
   math.randomseed(tonumber(nonce, 16) + thread_index * 7919)
 end
 
--- Unique by construction (run, thread, counter), in UUID v4 layout.
+-- Unique by construction (run, thread, counter), in UUID layout; random
+-- ids start with 76 random bits and keep the thread and counter after them.
 local function event_id()
   counter = counter + 1
+  if random_ids then
+    return string.format("%08x-%04x-4%03x-%04x-%04x%08x", math.random(0, 0xffffffff), math.random(0, 0xffff),
+      math.random(0, 0xfff), 0x8000 + math.random(0, 0x3fff), thread_index, counter)
+  end
   return string.format("%s-%04x-4000-8000-%012x", nonce, thread_index, counter)
 end
 

@@ -18,6 +18,7 @@
 pub mod codec;
 mod compact;
 mod generation;
+mod id_filter;
 pub mod keys;
 pub mod metadata;
 pub mod notify;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use super::codec::{self, Entry, StreamState};
 use super::generation::{self, DbCell, LogSinceOpen};
+use super::id_filter::IdFilter;
 use super::projections::Projections;
 use super::rebuild;
 use super::scavenge::{ScavengeReport, ScavengeStarted, Scavenger};
@@ -70,7 +72,51 @@ pub struct SledStore {
     scavenger: Scavenger,
     /// Joined at close, so that `close` returns only once sled is flushed.
     writer_thread: Mutex<Option<JoinHandle<()>>>,
+    id_scan: IdScan,
     written: Arc<LogSinceOpen>,
+}
+
+/// The thread that adds the id index to the writer's [`IdFilter`] after
+/// start-up. Stopped at close: it holds a handle of the database, and the
+/// directory's lock is only released once every handle is dropped.
+#[derive(Debug)]
+struct IdScan {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl IdScan {
+    fn start(ids: Arc<IdFilter>, db: sled::Db) -> Result<Self, StoreError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("eventfeed-ids".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                match ids.fill(&db, &stopped) {
+                    // Until it is complete, every id is looked up in sled.
+                    Err(error) => {
+                        tracing::warn!(%error, "reading the event id index failed; ids are looked up")
+                    }
+                    Ok(()) if stopped.load(Ordering::Relaxed) => {}
+                    Ok(()) => tracing::debug!(
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "event id filter complete"
+                    ),
+                }
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the id index reader: {e}")))?;
+        Ok(Self { stop, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Stops the scan and waits for its thread to let go of the database.
+    async fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
 }
 
 impl SledStore {
@@ -125,7 +171,14 @@ impl SledStore {
         let (active, to_build) = rebuild::plan(&db, options.projections, head.next_position)?;
         db.flush()?;
         let notifier = Arc::new(Notifier::new(head));
-        let start = Start { projections: active, to_build: to_build.clone(), head, last_created_micros };
+        let ids = Arc::new(IdFilter::new(head.next_position));
+        let start = Start {
+            projections: active,
+            to_build: to_build.clone(),
+            head,
+            last_created_micros,
+            ids: Arc::clone(&ids),
+        };
         let cell = DbCell::new(db.clone());
         let written = Arc::new(LogSinceOpen::default());
         let files = Files {
@@ -141,6 +194,7 @@ impl SledStore {
             .name("eventfeed-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Io(format!("cannot start the writer thread: {e}")))?;
+        let id_scan = IdScan::start(ids, db.clone())?;
         let building: rebuild::Building = Arc::new(Mutex::new(to_build.clone()));
         if !to_build.is_empty() {
             let (commands, building) = (commands.clone(), Arc::clone(&building));
@@ -165,6 +219,7 @@ impl SledStore {
             building,
             scavenger,
             writer_thread: Mutex::new(Some(writer_thread)),
+            id_scan,
             written,
         })
     }
@@ -713,6 +768,7 @@ impl Store for SledStore {
                 .map_err(|_| StoreError::Io("the writer thread panicked".into()))?;
         }
         self.scavenger.finish().await;
+        self.id_scan.stop().await;
         match result {
             // Already closed by an earlier call: nothing left to flush.
             Err(StoreError::Unavailable) => Ok(()),

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use super::codec::{self, EventFields, StreamState};
 use super::compact::{CompactProgress, Compaction, Retired};
 use super::generation::{self, DbCell, LogSinceOpen};
+use super::id_filter::IdFilter;
 use super::projections::{Projection, Projections};
 use super::rebuild::{self, Phase, Progress};
 use super::scavenge;
@@ -148,6 +149,8 @@ pub(crate) struct Start {
     pub head: Head,
     /// The creation time of the newest event.
     pub last_created_micros: i64,
+    /// The ids the store certainly does not hold (filled in the background).
+    pub ids: Arc<IdFilter>,
 }
 
 /// Where the store's files are, for syncing and for compaction.
@@ -176,6 +179,9 @@ pub(crate) struct Writer {
     projections: Projections,
     /// Committed stream states, so appends rarely read them from sled.
     states: StateCache,
+    /// The event ids the store certainly does not hold, so new ids are
+    /// rarely looked up in sled.
+    ids: Arc<IdFilter>,
     /// Projections being built from the log, and where each build is.
     builds: Vec<(Projection, Phase)>,
     next_position: u64,
@@ -194,7 +200,7 @@ impl Writer {
         notifier: Arc<Notifier>,
         start: Start,
     ) -> Result<Self, StoreError> {
-        let Start { projections, to_build, head, last_created_micros } = start;
+        let Start { projections, to_build, head, last_created_micros, ids } = start;
         let syncer = match durability {
             Durability::Fsync => Some(FileSyncer::open(&files.generation)?),
             Durability::Flush | Durability::None => None,
@@ -208,6 +214,7 @@ impl Writer {
             notifier,
             projections,
             states: StateCache::default(),
+            ids,
             builds: to_build.iter().map(|projection| (*projection, Phase::Clearing)).collect(),
             next_position: head.next_position,
             commit_seq: head.commit_seq,
@@ -255,8 +262,15 @@ impl Writer {
     fn commit(&mut self, mut batch: Vec<Command>) -> Flow {
         let now = now_micros().max(self.last_created_micros);
         let commit_seq = self.commit_seq + 1;
-        let mut staging =
-            Staging::new(&self.db, &self.states, self.projections, self.next_position, commit_seq, now);
+        let mut staging = Staging::new(
+            &self.db,
+            &self.states,
+            &self.ids,
+            self.projections,
+            self.next_position,
+            commit_seq,
+            now,
+        );
         let mut replies = Vec::with_capacity(batch.len());
         let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
         // A compaction step's reply and whether its copy is complete.
@@ -488,6 +502,9 @@ pub(crate) struct Staging<'a> {
     db: &'a sled::Db,
     /// Committed stream states the writer remembers.
     cache: &'a StateCache,
+    /// The ids the store certainly does not hold; this batch's are added
+    /// as it stages them.
+    held_ids: &'a IdFilter,
     /// The projections maintained live; a build may activate one mid-batch.
     projections: Projections,
     batch: sled::Batch,
@@ -516,6 +533,7 @@ impl<'a> Staging<'a> {
     fn new(
         db: &'a sled::Db,
         cache: &'a StateCache,
+        held_ids: &'a IdFilter,
         projections: Projections,
         next_position: u64,
         commit_seq: u64,
@@ -525,6 +543,7 @@ impl<'a> Staging<'a> {
             commit_seq,
             db,
             cache,
+            held_ids,
             projections,
             batch: sled::Batch::default(),
             writes: 0,
@@ -613,6 +632,9 @@ impl<'a> Staging<'a> {
         if let Some(owner) = self.ids.get(id) {
             return Ok(Some(owner.clone()));
         }
+        if !self.held_ids.may_hold(id) {
+            return Ok(None);
+        }
         match self.db.get(keys::event_id(id))? {
             Some(value) => codec::decode_event_ref(&value).map(Some),
             None => Ok(None),
@@ -677,6 +699,7 @@ impl<'a> Staging<'a> {
             self.stage_record(&append.stream, number, record);
             self.stage_log(position, &append.stream, number);
             self.put(&keys::event_id(&event.id)[..], codec::encode_event_ref(&append.stream, number));
+            self.held_ids.insert(&event.id);
             self.ids.insert(event.id, (append.stream.clone(), number));
             self.writes += 3;
             self.next_position += 1;

@@ -1,5 +1,6 @@
-//! Stable, non-cryptographic hashes (FNV-1a). Used where a value must be the
-//! same across restarts and on every node: ETags and derived link ids. The
+//! Stable, non-cryptographic hashes (FNV-1a, and a 64-bit mixer). Used where
+//! a value must be the same across restarts and on every node: ETags,
+//! derived link ids, consumer assignment; and to spread keys evenly. The
 //! standard library's hasher is randomly seeded per process, which is exactly
 //! what made EventStore v5's ETags change on every restart.
 
@@ -14,6 +15,16 @@ pub fn fnv1a_32(bytes: &[u8]) -> u32 {
 
 pub fn fnv1a_64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(FNV64_OFFSET, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(FNV64_PRIME))
+}
+
+/// splitmix64's finaliser: spreads every input bit over all 64 output bits
+/// (FNV mixes its high bits poorly; ordered ids differ in few bits).
+pub fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
 
 use super::{StoreError, keys};
+use crate::hash::mix64;
 
 /// Bits of filter per id it is sized for.
 const BITS_PER_ID: u64 = 16;
@@ -91,8 +92,8 @@ impl IdFilter {
     }
 
     fn insert_into(parts: &mut Vec<Part>, hash: u64) {
-        let total: u64 = parts.iter().map(|part| part.capacity).sum();
         if parts.last().is_none_or(|part| part.count >= part.capacity) {
+            let total: u64 = parts.iter().map(|part| part.capacity).sum();
             parts.push(Part::new(total.saturating_mul(2).max(MIN_CAPACITY)));
         }
         if let Some(part) = parts.last_mut() {
@@ -142,19 +143,11 @@ impl IdFilter {
     }
 }
 
-/// Mixes an id's 128 bits into 64 (the finaliser of MurmurHash3 on each
-/// half): ordered ids (UUIDv7) differ only in a few of their bits.
+/// Mixes an id's 128 bits into 64: ordered ids (UUIDv7) differ only in a
+/// few of their bits.
 fn hash(id: &Uuid) -> u64 {
     let (high, low) = id.as_u64_pair();
-    mix(low ^ mix(high))
-}
-
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^ (x >> 33)
+    mix64(low ^ mix64(high))
 }
 
 #[cfg(test)]

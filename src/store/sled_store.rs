@@ -171,13 +171,13 @@ impl SledStore {
         let (active, to_build) = rebuild::plan(&db, options.projections, head.next_position)?;
         db.flush()?;
         let notifier = Arc::new(Notifier::new(head));
-        let ids = Arc::new(IdFilter::new(head.next_position));
+        let held_ids = Arc::new(IdFilter::new(head.next_position));
         let start = Start {
             projections: active,
             to_build: to_build.clone(),
             head,
             last_created_micros,
-            ids: Arc::clone(&ids),
+            held_ids: Arc::clone(&held_ids),
         };
         let cell = DbCell::new(db.clone());
         let written = Arc::new(LogSinceOpen::default());
@@ -194,7 +194,7 @@ impl SledStore {
             .name("eventfeed-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Io(format!("cannot start the writer thread: {e}")))?;
-        let id_scan = IdScan::start(ids, db.clone())?;
+        let id_scan = IdScan::start(held_ids, db.clone())?;
         let building: rebuild::Building = Arc::new(Mutex::new(to_build.clone()));
         if !to_build.is_empty() {
             let (commands, building) = (commands.clone(), Arc::clone(&building));

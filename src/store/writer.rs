@@ -149,8 +149,8 @@ pub(crate) struct Start {
     pub head: Head,
     /// The creation time of the newest event.
     pub last_created_micros: i64,
-    /// The ids the store certainly does not hold (filled in the background).
-    pub ids: Arc<IdFilter>,
+    /// The filter of the ids the store holds (filled in the background).
+    pub held_ids: Arc<IdFilter>,
 }
 
 /// Where the store's files are, for syncing and for compaction.
@@ -179,9 +179,9 @@ pub(crate) struct Writer {
     projections: Projections,
     /// Committed stream states, so appends rarely read them from sled.
     states: StateCache,
-    /// The event ids the store certainly does not hold, so new ids are
-    /// rarely looked up in sled.
-    ids: Arc<IdFilter>,
+    /// The filter of the ids the store holds, so new ids are rarely
+    /// looked up in sled.
+    held_ids: Arc<IdFilter>,
     /// Projections being built from the log, and where each build is.
     builds: Vec<(Projection, Phase)>,
     next_position: u64,
@@ -200,7 +200,7 @@ impl Writer {
         notifier: Arc<Notifier>,
         start: Start,
     ) -> Result<Self, StoreError> {
-        let Start { projections, to_build, head, last_created_micros, ids } = start;
+        let Start { projections, to_build, head, last_created_micros, held_ids } = start;
         let syncer = match durability {
             Durability::Fsync => Some(FileSyncer::open(&files.generation)?),
             Durability::Flush | Durability::None => None,
@@ -214,7 +214,7 @@ impl Writer {
             notifier,
             projections,
             states: StateCache::default(),
-            ids,
+            held_ids,
             builds: to_build.iter().map(|projection| (*projection, Phase::Clearing)).collect(),
             next_position: head.next_position,
             commit_seq: head.commit_seq,
@@ -265,7 +265,7 @@ impl Writer {
         let mut staging = Staging::new(
             &self.db,
             &self.states,
-            &self.ids,
+            &self.held_ids,
             self.projections,
             self.next_position,
             commit_seq,
@@ -502,8 +502,8 @@ pub(crate) struct Staging<'a> {
     db: &'a sled::Db,
     /// Committed stream states the writer remembers.
     cache: &'a StateCache,
-    /// The ids the store certainly does not hold; this batch's are added
-    /// as it stages them.
+    /// The filter of the ids the store holds; this batch's are added as
+    /// it stages them.
     held_ids: &'a IdFilter,
     /// The projections maintained live; a build may activate one mid-batch.
     projections: Projections,

@@ -213,18 +213,9 @@ impl Consumers {
 pub fn rendezvous<'a>(pin: &str, consumers: &[&'a str]) -> Option<&'a str> {
     let pin_hash = crate::hash::fnv1a_64(pin.as_bytes());
     consumers.iter().copied().max_by_key(|consumer| {
-        let score = mix(pin_hash ^ crate::hash::fnv1a_64(consumer.as_bytes()).rotate_left(29));
+        let score = crate::hash::mix64(pin_hash ^ crate::hash::fnv1a_64(consumer.as_bytes()).rotate_left(29));
         (score, *consumer)
     })
-}
-
-/// splitmix64's finaliser: FNV alone mixes the high bits poorly.
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 #[cfg(test)]

@@ -242,6 +242,74 @@ async fn one_store_per_directory_and_reopening_at_once() {
     }
 }
 
+/// The id index gathers ids in memory and per-commit segments, sorts them
+/// into runs every 32,768 and merges runs of similar size: a retry is
+/// recognised wherever its ids are by then, after a restart too, and a
+/// partial match or an id spent in another stream is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
+    use eventfeed::store::{
+        Append, ExpectedVersion, ProposedEvent, SledStore, SledStoreOptions, Store, StoreError,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let open = |path: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || SledStore::open(SledStoreOptions::new(path)))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let append = |stream: &str, ids: &[Uuid]| Append {
+        stream: stream.to_owned(),
+        expected: ExpectedVersion::Any,
+        events: ids
+            .iter()
+            .map(|id| ProposedEvent {
+                id: *id,
+                event_type: "Counted".into(),
+                is_json: true,
+                data: bytes::Bytes::from_static(b"{}"),
+                metadata_is_json: false,
+                metadata: bytes::Bytes::new(),
+            })
+            .collect(),
+    };
+
+    // 160 appends of 500 random ids: two runs, then their merge, then more
+    // ids in segments.
+    let store = open(data_dir.clone()).await;
+    let mut written = Vec::new();
+    for i in 0..160 {
+        let stream = format!("ids-{}", i % 7);
+        let ids: Vec<Uuid> = (0..500).map(|_| Uuid::new_v4()).collect();
+        let outcome = store.append(append(&stream, &ids)).await.unwrap();
+        written.push((stream, ids, outcome));
+    }
+    let retry_all = |store: Arc<SledStore>,
+                     written: Vec<(String, Vec<Uuid>, eventfeed::store::AppendOutcome)>| async move {
+        for (stream, ids, outcome) in written.iter().step_by(3) {
+            let again = store.append(append(stream, ids)).await.unwrap();
+            assert!(again.idempotent, "a retry of {stream} {}..", outcome.first_number);
+            assert_eq!((again.first_number, again.last_number), (outcome.first_number, outcome.last_number));
+        }
+    };
+    let store = Arc::new(store);
+    retry_all(Arc::clone(&store), written.clone()).await;
+    store.close().await.unwrap();
+    tokio::task::spawn_blocking(move || drop(store)).await.unwrap();
+
+    let store = Arc::new(open(data_dir.clone()).await);
+    retry_all(Arc::clone(&store), written.clone()).await;
+    let (stream, ids, _) = &written[2];
+    let mut partial = ids[..250].to_vec();
+    partial.push(Uuid::new_v4());
+    let refused = store.append(append(stream, &partial)).await.unwrap_err();
+    assert!(matches!(refused, StoreError::WrongExpectedVersion { .. }), "{refused}");
+    let elsewhere = store.append(append("another-stream", &written[100].1[..1])).await.unwrap_err();
+    assert!(matches!(elsewhere, StoreError::WrongExpectedVersion { .. }), "{elsewhere}");
+    store.close().await.unwrap();
+}
+
 /// The newest snapshot sled has written in the store's generation
 /// directory: the log position it covers (sled names it `snap.{position}`).
 /// sled 0.34 writes one only when it opens a store, and replays the log

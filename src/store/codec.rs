@@ -26,6 +26,14 @@
 //! A record run's table holds where each record ends, counted from the
 //! first record, so that a read takes the records it wants without walking
 //! the others.
+//!
+//! The id index (see `id_index`) stores ids as id tables, each naming its
+//! streams once; a run's tables are sorted by id:
+//!
+//! ```text
+//! id table:    u8 1 | u32 streams | streams × (u16 len | stream)
+//!              | u32 count | count × ([16] id | u32 stream index | u64 number)
+//! ```
 
 use std::sync::Arc;
 
@@ -44,6 +52,9 @@ const RECORD_RUN_V1: u8 = 0x83;
 /// The first byte of a log entry for several positions.
 const LOG_RUN_V1: u8 = 0xFF;
 const STATE_V1: u8 = 1;
+const ID_TABLE_V1: u8 = 1;
+/// Bytes of one id table entry: id, stream index, event number.
+const ID_ENTRY: usize = 16 + 4 + 8;
 
 const FLAG_DATA_JSON: u8 = 0b01;
 const FLAG_METADATA_JSON: u8 = 0b10;
@@ -663,6 +674,109 @@ fn decode_item(value: &Bytes, item: std::ops::Range<usize>, names: &mut Names) -
     Ok(Entry::Link { position, created_micros, number, stream })
 }
 
+/// Encodes an id table of `entries` (id, stream, event number), in the
+/// order given.
+pub fn encode_id_table<'s, I>(entries: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = (Uuid, &'s str, u64)>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let entries = entries.into_iter();
+    let mut table = Vec::with_capacity(entries.len() * ID_ENTRY);
+    let mut streams: Vec<&str> = Vec::new();
+    let mut indexes: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    for (id, stream, number) in entries {
+        let index = *indexes.entry(stream).or_insert_with(|| {
+            streams.push(stream);
+            (streams.len() - 1) as u32
+        });
+        table.extend_from_slice(id.as_bytes());
+        table.extend_from_slice(&index.to_be_bytes());
+        table.extend_from_slice(&number.to_be_bytes());
+    }
+    let names: usize = streams.iter().map(|s| 2 + s.len()).sum();
+    let mut out = Vec::with_capacity(9 + names + table.len());
+    out.push(ID_TABLE_V1);
+    out.extend_from_slice(&(streams.len() as u32).to_be_bytes());
+    for stream in streams {
+        put_short(&mut out, stream.as_bytes());
+    }
+    out.extend_from_slice(&((table.len() / ID_ENTRY) as u32).to_be_bytes());
+    out.extend_from_slice(&table);
+    out
+}
+
+/// A decoded view of an id table.
+#[derive(Debug)]
+pub struct IdTable<'a> {
+    streams: Vec<&'a str>,
+    entries: &'a [u8],
+}
+
+pub fn decode_id_table(value: &[u8]) -> Result<IdTable<'_>, StoreError> {
+    let mut reader = Reader::new(value);
+    let version = reader.u8()?;
+    if version != ID_TABLE_V1 {
+        return Err(StoreError::Corrupt(format!("unknown id table version {version}")));
+    }
+    let stream_count = reader.u32()? as usize;
+    let mut streams = Vec::with_capacity(stream_count.min(value.len() / 2));
+    for _ in 0..stream_count {
+        streams.push(reader.short_str()?);
+    }
+    let count = reader.u32()? as usize;
+    let entries = reader.take(count.checked_mul(ID_ENTRY).ok_or_else(|| reader.short())?)?;
+    Ok(IdTable { streams, entries })
+}
+
+impl<'a> IdTable<'a> {
+    pub fn len(&self) -> usize {
+        self.entries.len() / ID_ENTRY
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn id(&self, index: usize) -> Uuid {
+        let at = index * ID_ENTRY;
+        Uuid::from_slice(&self.entries[at..at + 16]).unwrap_or_default()
+    }
+
+    /// Entry `index`: its id, stream and event number.
+    pub fn get(&self, index: usize) -> Result<(Uuid, &'a str, u64), StoreError> {
+        let entry = &self.entries[index * ID_ENTRY..(index + 1) * ID_ENTRY];
+        let stream = u32::from_be_bytes(entry[16..20].try_into().unwrap_or_default()) as usize;
+        let stream = *self
+            .streams
+            .get(stream)
+            .ok_or_else(|| StoreError::Corrupt("an id table entry names a stream it lacks".into()))?;
+        let number = u64::from_be_bytes(entry[20..28].try_into().unwrap_or_default());
+        Ok((self.id(index), stream, number))
+    }
+
+    /// The stream and number of `id`, in a table sorted by id.
+    pub fn find(&self, id: &Uuid) -> Result<Option<(&'a str, u64)>, StoreError> {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            match self.id(middle).cmp(id) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => {
+                    let (_, stream, number) = self.get(middle)?;
+                    return Ok(Some((stream, number)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        (0..self.len()).map(|index| self.id(index))
+    }
+}
+
 fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
     // Stream names and event types are bounded at the edge far below 64 KiB.
     let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
@@ -972,5 +1086,40 @@ mod tests {
         // The largest number a reference can hold still reads as a reference.
         let highest = encode_event_ref("s", i64::MAX as u64);
         assert_eq!(decode_log_entry(&highest).expect("decodes"), ("s".to_owned(), i64::MAX as u64, 1));
+    }
+
+    #[test]
+    fn id_tables_name_each_stream_once_and_find_ids() {
+        let mut ids: Vec<Uuid> = (0..50u128).map(|i| Uuid::from_u128(i * 7919 + 3)).collect();
+        ids.sort();
+        let entries: Vec<(Uuid, &str, u64)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, if i % 2 == 0 { "order-1" } else { "user-7" }, i as u64))
+            .collect();
+        let value = encode_id_table(entries.iter().copied());
+        assert_eq!(value.len(), 1 + 4 + 2 * 2 + 7 + 6 + 4 + 50 * ID_ENTRY);
+        let table = decode_id_table(&value).unwrap();
+        assert_eq!(table.len(), 50);
+        for (i, (id, stream, number)) in entries.iter().enumerate() {
+            assert_eq!(table.get(i).unwrap(), (*id, *stream, *number));
+            assert_eq!(table.find(id).unwrap(), Some((*stream, *number)));
+        }
+        assert_eq!(table.find(&Uuid::from_u128(4)).unwrap(), None);
+        assert_eq!(table.find(&Uuid::max()).unwrap(), None);
+        assert_eq!(table.ids().collect::<Vec<_>>(), ids);
+    }
+
+    #[test]
+    fn damaged_id_tables_are_refused() {
+        let value = encode_id_table([(Uuid::from_u128(1), "s", 0)]);
+        assert!(decode_id_table(&value[..value.len() - 1]).is_err());
+        let mut version = value.clone();
+        version[0] = 9;
+        assert!(decode_id_table(&version).is_err());
+        let mut index = value;
+        let at = index.len() - 12;
+        index[at..at + 4].copy_from_slice(&5u32.to_be_bytes());
+        assert!(decode_id_table(&index).unwrap().get(0).is_err());
     }
 }

@@ -1,13 +1,14 @@
 //! Which event ids the store certainly does not hold: a Bloom filter over
-//! the permanent id index, so that an append of new ids (nearly every
-//! append) need not look each one up in sled.
+//! the permanent id index (see `id_index`), so that an append of new ids
+//! (nearly every append) need not look each one up in sled.
 //!
-//! Looking an id up is a walk down sled's tree to the leaf it would be in;
-//! for random ids (UUIDv4, what most clients send) every walk goes
-//! somewhere else, and the walks were a fifth of the CPU of 20-event
-//! appends (profiled). The filter answers "not held" for almost every new
-//! id from memory; "maybe held" (a held id, or one false positive in a few
-//! hundred) still goes to sled, so a retry is found exactly as before.
+//! Looking an id up in the index's runs is a walk down sled's tree for each
+//! run; for random ids (UUIDv4, what most clients send) every walk goes
+//! somewhere else, and with one key per id the walks were a fifth of the
+//! CPU of 20-event appends (profiled). The filter answers "not held" for
+//! almost every new id from memory; "maybe held" (a held id, or one false
+//! positive in a few hundred) still goes to the index, so a retry is found
+//! exactly as before.
 //!
 //! Nothing is read at start-up: the filter starts empty and incomplete,
 //! answering "maybe held" for everything, while a thread of its own adds
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use uuid::Uuid;
 
-use super::{StoreError, keys};
+use super::{StoreError, codec, keys};
 use crate::hash::mix64;
 
 /// Bits of filter per id it is sized for.
@@ -112,29 +113,46 @@ impl IdFilter {
 
     /// Adds every id of the index in `db`, then marks the filter complete.
     /// Returns early, leaving it incomplete, when `stop` is set.
+    ///
+    /// IMPORTANT: the keyspaces are read in key order (per-id keys of old
+    /// layouts, segments, runs), the order in which the id index moves ids,
+    /// so that the scan meets every id even while the index is merging.
     pub(crate) fn fill(&self, db: &sled::Db, stop: &AtomicBool) -> Result<(), StoreError> {
-        let mut ids = db.scan_prefix([keys::EVENT_ID]).keys();
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            let mut chunk = Vec::with_capacity(SCAN_CHUNK);
-            for key in ids.by_ref().take(SCAN_CHUNK) {
-                let key = key?;
-                let id = key.get(1..).and_then(|bytes| Uuid::from_slice(bytes).ok());
-                let id = id.ok_or_else(|| StoreError::Corrupt("an event id key is malformed".into()))?;
-                chunk.push(hash(&id));
-            }
-            let done = chunk.len() < SCAN_CHUNK;
-            let mut parts = self.parts();
-            for hash in chunk {
-                Self::insert_into(&mut parts, hash);
-            }
-            if done {
-                self.complete.store(true, Ordering::Release);
+        let mut hashes = Vec::with_capacity(SCAN_CHUNK);
+        for key in db.scan_prefix([keys::EVENT_ID]).keys() {
+            let key = key?;
+            let id = key.get(1..).and_then(|bytes| Uuid::from_slice(bytes).ok());
+            let id = id.ok_or_else(|| StoreError::Corrupt("an event id key is malformed".into()))?;
+            hashes.push(hash(&id));
+            if hashes.len() >= SCAN_CHUNK && !self.add_scanned(&mut hashes, stop) {
                 return Ok(());
             }
         }
+        for keyspace in [keys::ID_SEGMENT, keys::ID_RUN] {
+            for value in db.scan_prefix([keyspace]).values() {
+                hashes.extend(codec::decode_id_table(&value?)?.ids().map(|id| hash(&id)));
+                if hashes.len() >= SCAN_CHUNK && !self.add_scanned(&mut hashes, stop) {
+                    return Ok(());
+                }
+            }
+        }
+        if self.add_scanned(&mut hashes, stop) {
+            self.complete.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Adds ids the scan read, under one taking of the lock; false when
+    /// the scan is to stop.
+    fn add_scanned(&self, hashes: &mut Vec<u64>, stop: &AtomicBool) -> bool {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut parts = self.parts();
+        for hash in hashes.drain(..) {
+            Self::insert_into(&mut parts, hash);
+        }
+        true
     }
 
     fn parts(&self) -> std::sync::MutexGuard<'_, Vec<Part>> {

@@ -30,7 +30,9 @@ pub const STREAM: u8 = 0x02;
 /// 20-key range in an eighth of the time of 20 scattered point reads
 /// (measured), and stream pages are what readers read most.
 pub const EVENT: u8 = 0x03;
-/// Permanent idempotency index: event id → event number ‖ stream name.
+/// Permanent idempotency index of layout 4 and earlier, one key per id:
+/// event id → event number ‖ stream name. Read, never written (see
+/// `id_index`, which replaced it).
 pub const EVENT_ID: u8 = 0x04;
 /// Small named counters (next global position, format version).
 pub const COUNTER: u8 = 0x05;
@@ -38,6 +40,11 @@ pub const COUNTER: u8 = 0x05;
 pub const SUBSCRIPTION: u8 = 0x06;
 /// Scavenge progress records.
 pub const SCAVENGE: u8 = 0x07;
+/// The event ids one commit wrote: commit sequence → id table (see
+/// `id_index`).
+pub const ID_SEGMENT: u8 = 0x08;
+/// Sorted runs of event ids: run ‖ first id of a chunk → id table.
+pub const ID_RUN: u8 = 0x09;
 
 /// The next global position to assign. Stored rather than derived from the
 /// last log key, because scavenging may delete the newest record and
@@ -47,6 +54,8 @@ pub const NEXT_POSITION: &[u8] = b"next_position";
 pub const COMMIT_SEQ: &[u8] = b"commit_seq";
 /// The on-disk layout version of this store.
 pub const LAYOUT_VERSION: &[u8] = b"layout_version";
+/// The id index's manifest: its live runs, and what is left to remove.
+pub const ID_INDEX: &[u8] = b"id_index";
 
 pub fn log(position: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -123,6 +132,37 @@ pub fn event_id(id: &Uuid) -> [u8; 17] {
     let mut key = [0u8; 17];
     key[0] = EVENT_ID;
     key[1..].copy_from_slice(id.as_bytes());
+    key
+}
+
+pub fn id_segment(commit_seq: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = ID_SEGMENT;
+    key[1..].copy_from_slice(&commit_seq.to_be_bytes());
+    key
+}
+
+/// Decodes the commit sequence from a key made by [`id_segment`].
+pub fn id_segment_seq(key: &[u8]) -> Option<u64> {
+    match key {
+        [ID_SEGMENT, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The prefix of every chunk of one run of the id index.
+pub fn id_run(run: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = ID_RUN;
+    key[1..].copy_from_slice(&run.to_be_bytes());
+    key
+}
+
+/// The key of the chunk of `run` whose first id is `first`.
+pub fn id_run_chunk(run: u64, first: &Uuid) -> [u8; 25] {
+    let mut key = [0u8; 25];
+    key[..9].copy_from_slice(&id_run(run));
+    key[9..].copy_from_slice(first.as_bytes());
     key
 }
 
@@ -204,10 +244,24 @@ mod tests {
             counter(NEXT_POSITION),
             subscription("x", "g"),
             scavenge(&Uuid::nil()).to_vec(),
+            id_segment(u64::MAX).to_vec(),
+            id_run_chunk(0, &Uuid::nil()).to_vec(),
         ];
         for window in keys.windows(2) {
             assert!(window[0] < window[1]);
         }
         assert_eq!(stream_name(&stream("Order-1")), Some("Order-1"));
+    }
+
+    #[test]
+    fn id_index_keys_sort_by_run_then_id() {
+        let low = Uuid::from_u128(1);
+        let high = Uuid::from_u128(u128::MAX);
+        assert!(id_run_chunk(1, &low) < id_run_chunk(1, &high));
+        assert!(id_run_chunk(1, &high) < id_run_chunk(2, &low));
+        assert!(id_run_chunk(1, &high)[..] < id_run(2)[..]);
+        assert!(id_run_chunk(1, &low).starts_with(&id_run(1)));
+        assert!(id_segment(255) < id_segment(256));
+        assert_eq!(id_segment_seq(&id_segment(256)), Some(256));
     }
 }

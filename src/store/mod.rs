@@ -19,6 +19,7 @@ pub mod codec;
 mod compact;
 mod generation;
 mod id_filter;
+mod id_index;
 pub mod keys;
 pub mod metadata;
 pub mod notify;

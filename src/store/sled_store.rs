@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::codec::{self, Entry, StreamState};
 use super::generation::{self, DbCell, LogSinceOpen};
 use super::id_filter::IdFilter;
+use super::id_index::IdIndex;
 use super::projections::Projections;
 use super::rebuild;
 use super::scavenge::{ScavengeReport, ScavengeStarted, Scavenger};
@@ -28,12 +29,14 @@ use super::{
 
 /// The layout this build reads and writes. A store written by another
 /// layout is refused at open rather than misread. Layout 3 added runs of
-/// links, layout 4 runs of records (see [`codec`]); each older layout is a
-/// valid newer one, so such a store is upgraded in place at open, after
-/// which older builds refuse it.
-const LAYOUT_VERSION: u64 = 4;
+/// links, layout 4 runs of records (see [`codec`]), layout 5 the id index
+/// of segments and runs (see [`super::id_index`]; the per-id keys of
+/// earlier layouts are still read). Each older layout is a valid newer one,
+/// so such a store is upgraded in place at open, after which older builds
+/// refuse it.
+const LAYOUT_VERSION: u64 = 5;
 /// The older layouts this build upgrades at open.
-const UPGRADABLE_LAYOUTS: [u64; 2] = [2, 3];
+const UPGRADABLE_LAYOUTS: [u64; 3] = [2, 3, 4];
 
 /// How many commands may queue for the writer before senders wait. Large
 /// enough that the writer always finds a full batch under load; bounded so a
@@ -120,7 +123,9 @@ impl IdScan {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store. Reads a few counters; never scans.
+    /// Opens (or creates) the store. Reads a few counters and the id
+    /// index's live segments (at most 32,768 ids and one commit's); never
+    /// scans the log.
     pub fn open(options: SledStoreOptions) -> Result<Self, StoreError> {
         let generation = generation::current(&options.path)?;
         let db = generation::open(&generation, options.cache_capacity)?;
@@ -177,7 +182,7 @@ impl SledStore {
             to_build: to_build.clone(),
             head,
             last_created_micros,
-            held_ids: Arc::clone(&held_ids),
+            id_index: IdIndex::open(&db, Arc::clone(&held_ids))?,
         };
         let cell = DbCell::new(db.clone());
         let written = Arc::new(LogSinceOpen::default());

@@ -16,13 +16,14 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::codec::{self, EventFields, StreamState};
 use super::compact::{CompactProgress, Compaction, Retired};
 use super::generation::{self, DbCell, LogSinceOpen};
-use super::id_filter::IdFilter;
+use super::id_index::IdIndex;
 use super::projections::{Projection, Projections};
 use super::rebuild::{self, Phase, Progress};
 use super::scavenge;
@@ -149,8 +150,7 @@ pub(crate) struct Start {
     pub head: Head,
     /// The creation time of the newest event.
     pub last_created_micros: i64,
-    /// The filter of the ids the store holds (filled in the background).
-    pub held_ids: Arc<IdFilter>,
+    pub id_index: IdIndex,
 }
 
 /// Where the store's files are, for syncing and for compaction.
@@ -179,9 +179,8 @@ pub(crate) struct Writer {
     projections: Projections,
     /// Committed stream states, so appends rarely read them from sled.
     states: StateCache,
-    /// The filter of the ids the store holds, so new ids are rarely
-    /// looked up in sled.
-    held_ids: Arc<IdFilter>,
+    /// Which stream and number each event id was written as.
+    id_index: IdIndex,
     /// Projections being built from the log, and where each build is.
     builds: Vec<(Projection, Phase)>,
     next_position: u64,
@@ -200,7 +199,7 @@ impl Writer {
         notifier: Arc<Notifier>,
         start: Start,
     ) -> Result<Self, StoreError> {
-        let Start { projections, to_build, head, last_created_micros, held_ids } = start;
+        let Start { projections, to_build, head, last_created_micros, id_index } = start;
         let syncer = match durability {
             Durability::Fsync => Some(FileSyncer::open(&files.generation)?),
             Durability::Flush | Durability::None => None,
@@ -214,7 +213,7 @@ impl Writer {
             notifier,
             projections,
             states: StateCache::default(),
-            held_ids,
+            id_index,
             builds: to_build.iter().map(|projection| (*projection, Phase::Clearing)).collect(),
             next_position: head.next_position,
             commit_seq: head.commit_seq,
@@ -228,9 +227,19 @@ impl Writer {
         loop {
             let first = match carried.take() {
                 Some(command) => command,
-                None => match commands.blocking_recv() {
-                    Some(command) => command,
-                    None => break,
+                None => match commands.try_recv() {
+                    Ok(command) => command,
+                    // Idle: the id index's merges and garbage, a step at a
+                    // time, then sleep until a command comes.
+                    Err(TryRecvError::Empty) if self.id_index.has_upkeep() => match self.upkeep() {
+                        Flow::Continue => continue,
+                        Flow::Stop => break,
+                    },
+                    Err(TryRecvError::Empty) => match commands.blocking_recv() {
+                        Some(command) => command,
+                        None => break,
+                    },
+                    Err(TryRecvError::Disconnected) => break,
                 },
             };
             let mut batch_bytes = first.payload_bytes();
@@ -265,7 +274,7 @@ impl Writer {
         let mut staging = Staging::new(
             &self.db,
             &self.states,
-            &self.held_ids,
+            &self.id_index,
             self.projections,
             self.next_position,
             commit_seq,
@@ -335,8 +344,13 @@ impl Writer {
             let next_position = staging.next_position;
             let touched = staging.touched_streams();
             let projections = staging.projections;
-            let Finished { batch, bytes, states, removed } = staging.finish();
-            match self.write(batch, bytes) {
+            let Finished { mut batch, mut bytes, states, removed, ids } = staging.finish();
+            let staged = self.id_index.stage(&self.db, commit_seq, &ids, &mut batch);
+            let written = staged.and_then(|index_bytes| {
+                bytes += index_bytes;
+                self.write(batch, bytes)
+            });
+            match written {
                 Ok(()) => {
                     self.states.committed(states, removed);
                     self.projections = projections;
@@ -401,6 +415,21 @@ impl Writer {
             flow = Flow::Stop;
         }
         flow
+    }
+
+    /// One step of the id index's upkeep, in a batch of its own.
+    fn upkeep(&mut self) -> Flow {
+        let mut batch = sled::Batch::default();
+        let written = self.id_index.upkeep(&self.db, &mut batch).and_then(|bytes| self.write(batch, bytes));
+        match written {
+            Ok(()) => Flow::Continue,
+            Err(error) => {
+                // As for a failed commit: what is on disk is unknown.
+                tracing::error!(%error, "writer failed to maintain the id index; refusing further writes");
+                self.states = StateCache::default();
+                Flow::Stop
+            }
+        }
     }
 
     fn write(&mut self, batch: sled::Batch, bytes: u64) -> Result<(), StoreError> {
@@ -502,9 +531,8 @@ pub(crate) struct Staging<'a> {
     db: &'a sled::Db,
     /// Committed stream states the writer remembers.
     cache: &'a StateCache,
-    /// The filter of the ids the store holds; this batch's are added as
-    /// it stages them.
-    held_ids: &'a IdFilter,
+    /// Which stream and number each committed event id was written as.
+    id_index: &'a IdIndex,
     /// The projections maintained live; a build may activate one mid-batch.
     projections: Projections,
     batch: sled::Batch,
@@ -533,7 +561,7 @@ impl<'a> Staging<'a> {
     fn new(
         db: &'a sled::Db,
         cache: &'a StateCache,
-        held_ids: &'a IdFilter,
+        id_index: &'a IdIndex,
         projections: Projections,
         next_position: u64,
         commit_seq: u64,
@@ -543,7 +571,7 @@ impl<'a> Staging<'a> {
             commit_seq,
             db,
             cache,
-            held_ids,
+            id_index,
             projections,
             batch: sled::Batch::default(),
             writes: 0,
@@ -632,13 +660,7 @@ impl<'a> Staging<'a> {
         if let Some(owner) = self.ids.get(id) {
             return Ok(Some(owner.clone()));
         }
-        if !self.held_ids.may_hold(id) {
-            return Ok(None);
-        }
-        match self.db.get(keys::event_id(id))? {
-            Some(value) => codec::decode_event_ref(&value).map(Some),
-            None => Ok(None),
-        }
+        self.id_index.owner(self.db, id)
     }
 
     fn append(&mut self, append: &Append) -> Result<AppendOutcome, StoreError> {
@@ -698,10 +720,8 @@ impl<'a> Staging<'a> {
             });
             self.stage_record(&append.stream, number, record);
             self.stage_log(position, &append.stream, number);
-            self.put(&keys::event_id(&event.id)[..], codec::encode_event_ref(&append.stream, number));
-            self.held_ids.insert(&event.id);
             self.ids.insert(event.id, (append.stream.clone(), number));
-            self.writes += 3;
+            self.writes += 2;
             self.next_position += 1;
             state.next_number += 1;
             let target =
@@ -867,7 +887,7 @@ impl<'a> Staging<'a> {
         }
         self.put(keys::counter(keys::COMMIT_SEQ), &keys::u64_value(self.commit_seq)[..]);
         self.put(keys::counter(keys::NEXT_POSITION), &keys::u64_value(self.next_position)[..]);
-        Finished { batch: self.batch, bytes: self.bytes, states, removed: self.removed }
+        Finished { batch: self.batch, bytes: self.bytes, states, removed: self.removed, ids: self.ids }
     }
 }
 
@@ -878,6 +898,8 @@ struct Finished {
     bytes: u64,
     states: HashMap<String, StreamState>,
     removed: HashSet<String>,
+    /// The event ids the batch adds, for the id index.
+    ids: HashMap<Uuid, (String, u64)>,
 }
 
 /// The committed states of the streams the writer touched lately, so an

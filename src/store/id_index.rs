@@ -1,0 +1,713 @@
+//! The permanent event-id index: which stream and event number each id was
+//! written as, so that a retried append is recognised however late it comes.
+//!
+//! One sled key per id made every event cost a sled insert of its own, and
+//! sled's cost is per key: an insert copies the leaf it lands in, and a
+//! random id (UUIDv4, what most clients send) lands in a different, cold
+//! leaf each time. With a 20-event append writing 20 id keys beside its 7
+//! others, the id keys were two thirds of the writer's work: the same load
+//! without them went from 50-65k to 140-160k events/s (measured, random
+//! ids). So the index is kept the way a log-structured tree keeps its keys,
+//! in sorted runs that are written in bulk:
+//!
+//! - **Segments.** Each commit writes the ids it added as one key, an id
+//!   table under the commit's sequence number, in the commit's own batch.
+//!   The writer also keeps them in memory (`recent`), and at start-up reads
+//!   the live segments back: at most [`Limits::convert_at`] ids and one
+//!   commit, never the log.
+//! - **Runs.** Once the segments hold `convert_at` ids, they are sorted into
+//!   a new run: chunks of [`Limits::chunk`] ids, each an id table keyed by
+//!   run and first id, so that finding an id in a run is one range lookup.
+//! - **Merges.** Like the carries of a binary counter, two adjacent runs of
+//!   similar size are merged into one, a bounded number of ids per commit,
+//!   so that there are only about log2(ids / convert_at) runs to look in.
+//! - **The manifest** (one counter key) lists the live runs, oldest first,
+//!   and the runs and segments that are garbage, to be removed a few
+//!   hundred keys per commit.
+//!
+//! Every change is staged into a commit's batch, so it is as atomic and as
+//! durable as the appends beside it; a merge interrupted by a crash leaves
+//! chunks of a run the manifest does not list, which become garbage.
+//!
+//! IMPORTANT: an id only ever moves to a greater key (segment → run, run →
+//! the merged run, which is numbered after every run before it), and the
+//! keys it leaves are removed only in a later commit than the one that wrote
+//! its new key. A forward scan of the keyspaces, in key order, therefore
+//! meets every id the store held when it began, even while merges go on
+//! (see `IdFilter::fill`, which depends on it).
+//!
+//! Stores written before this index (layout 4 and earlier) kept one key per
+//! id under [`keys::EVENT_ID`]; those keys are still read, never written.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::id_filter::IdFilter;
+use super::{StoreError, codec, keys};
+
+/// How the index is shaped; fixed in production, small in tests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// The ids the segments gather before they become a run.
+    pub convert_at: usize,
+    /// The ids per chunk of a run.
+    pub chunk: usize,
+    /// The fewest ids a commit merges, while a merge is under way; a
+    /// commit of many ids merges [`MERGE_PER_ID`] times as many.
+    pub merge_step: usize,
+    /// The most garbage keys one commit removes.
+    pub garbage_step: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // 32,768 ids in memory are about 2 MB; 128 ids make a chunk of
+        // about 4 KB, a few of which fit a sled leaf.
+        Self { convert_at: 32 * 1024, chunk: 128, merge_step: 4096, garbage_step: 256 }
+    }
+}
+
+/// Ids merged per id a commit adds, while a merge is under way. Each id is
+/// merged about log2(ids / convert_at) times in all, so merges keep up as
+/// long as that stays below this.
+const MERGE_PER_ID: usize = 16;
+
+/// How many commits' worth of upkeep one idle step does.
+const UPKEEP_STEPS: usize = 4;
+
+/// Where an id was written: its stream and event number.
+type Owner = (Arc<str>, u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    id: u64,
+    count: u64,
+}
+
+/// What the index consists of, as stored under [`keys::ID_INDEX`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Manifest {
+    /// The number the next run gets; runs are numbered in order of creation.
+    next_run: u64,
+    /// The first live segment; those before it are garbage.
+    segments_from: u64,
+    /// The run a merge is writing, not yet live.
+    merging: Option<u64>,
+    /// The live runs, oldest first.
+    runs: Vec<Run>,
+    /// Runs whose chunks are still to be removed.
+    garbage: Vec<u64>,
+}
+
+const MANIFEST_V1: u64 = 1;
+
+impl Manifest {
+    fn new() -> Self {
+        Self { next_run: 1, segments_from: 0, merging: None, runs: Vec::new(), garbage: Vec::new() }
+    }
+
+    /// A sequence of big-endian u64s: version, next run, first live
+    /// segment, the run being merged (0 for none), the count of runs and
+    /// each run's number and size, the count of garbage runs and each.
+    fn encode(&self) -> Vec<u8> {
+        let mut words = vec![MANIFEST_V1, self.next_run, self.segments_from, self.merging.unwrap_or(0)];
+        words.push(self.runs.len() as u64);
+        words.extend(self.runs.iter().flat_map(|run| [run.id, run.count]));
+        words.push(self.garbage.len() as u64);
+        words.extend(&self.garbage);
+        words.iter().flat_map(|word| word.to_be_bytes()).collect()
+    }
+
+    fn decode(value: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt("the id index manifest is malformed".into());
+        if value.len() % 8 != 0 {
+            return Err(corrupt());
+        }
+        let mut words =
+            value.chunks_exact(8).map(|word| u64::from_be_bytes(word.try_into().unwrap_or_default()));
+        let mut next = || words.next().ok_or_else(corrupt);
+        if next()? != MANIFEST_V1 {
+            return Err(StoreError::Corrupt("the id index manifest has an unknown version".into()));
+        }
+        let (next_run, segments_from, merging) = (next()?, next()?, next()?);
+        let mut runs = Vec::new();
+        for _ in 0..next()? {
+            runs.push(Run { id: next()?, count: next()? });
+        }
+        let mut garbage = Vec::new();
+        for _ in 0..next()? {
+            garbage.push(next()?);
+        }
+        Ok(Self { next_run, segments_from, merging: (merging != 0).then_some(merging), runs, garbage })
+    }
+}
+
+/// The writer's handle on the index. Only the writer reads it (to tell a
+/// retry from a new append) and only the writer changes it.
+#[derive(Debug)]
+pub(crate) struct IdIndex {
+    manifest: Manifest,
+    /// Whether the manifest changed since it was last staged.
+    dirty: bool,
+    /// The ids of the live segments.
+    recent: HashMap<Uuid, Owner>,
+    /// Whether the store holds ids in the per-id layout of layout 4.
+    legacy: bool,
+    merge: Option<Merge>,
+    /// Where garbage segments may start, while there may be some.
+    segment_garbage: Option<u64>,
+    /// Which ids the store certainly does not hold, so that looking a new
+    /// id up rarely reaches the runs. Shared with the thread that fills it.
+    filter: Arc<IdFilter>,
+    limits: Limits,
+}
+
+impl IdIndex {
+    /// Reads the manifest and the live segments. `filter` is to hold every
+    /// id the store holds once filled; the index adds each id it stages.
+    pub(crate) fn open(db: &sled::Db, filter: Arc<IdFilter>) -> Result<Self, StoreError> {
+        Self::open_with(db, filter, Limits::default())
+    }
+
+    pub(crate) fn open_with(
+        db: &sled::Db,
+        filter: Arc<IdFilter>,
+        limits: Limits,
+    ) -> Result<Self, StoreError> {
+        let mut manifest = match db.get(keys::counter(keys::ID_INDEX))? {
+            Some(value) => Manifest::decode(&value)?,
+            None => Manifest::new(),
+        };
+        let mut dirty = false;
+        if let Some(run) = manifest.merging.take() {
+            // A merge the last process did not finish: its chunks so far
+            // are removed, and the merge starts again when next due.
+            manifest.garbage.push(run);
+            dirty = true;
+        }
+        let mut recent = HashMap::new();
+        let from = keys::id_segment(manifest.segments_from).to_vec();
+        for item in db.range(from..vec![keys::ID_SEGMENT + 1]) {
+            let (_, value) = item?;
+            recent.extend(decode_owners(&value)?);
+        }
+        let legacy = db.scan_prefix([keys::EVENT_ID]).next().transpose()?.is_some();
+        Ok(Self { manifest, dirty, recent, legacy, merge: None, segment_garbage: Some(0), filter, limits })
+    }
+
+    /// The stream and event number `id` was written as, if it was.
+    pub(crate) fn owner(&self, db: &sled::Db, id: &Uuid) -> Result<Option<(String, u64)>, StoreError> {
+        if !self.filter.may_hold(id) {
+            return Ok(None);
+        }
+        if let Some((stream, number)) = self.recent.get(id) {
+            return Ok(Some((stream.to_string(), *number)));
+        }
+        for run in self.manifest.runs.iter().rev() {
+            let chunk = db
+                .range(keys::id_run(run.id).to_vec()..=keys::id_run_chunk(run.id, id).to_vec())
+                .next_back()
+                .transpose()?;
+            if let Some((_, value)) = chunk {
+                if let Some((stream, number)) = codec::decode_id_table(&value)?.find(id)? {
+                    return Ok(Some((stream.to_owned(), number)));
+                }
+            }
+        }
+        if self.legacy {
+            if let Some(value) = db.get(keys::event_id(id))? {
+                return codec::decode_event_ref(&value).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stages into `batch` the segment of commit `commit_seq`, holding
+    /// `ids` (the ids it adds, with their owners), and a bounded share of
+    /// the index's upkeep. Returns the bytes staged.
+    ///
+    /// The changes take effect in memory at once: the writer stops at the
+    /// first batch that fails to commit, so nothing reads them otherwise.
+    pub(crate) fn stage(
+        &mut self,
+        db: &sled::Db,
+        commit_seq: u64,
+        ids: &HashMap<Uuid, (String, u64)>,
+        batch: &mut sled::Batch,
+    ) -> Result<u64, StoreError> {
+        let mut writes = Writes { batch, bytes: 0 };
+        let merge_budget = self.limits.merge_step.max(ids.len().saturating_mul(MERGE_PER_ID));
+        // IMPORTANT: garbage goes first, so that keys that became garbage
+        // in this commit are removed in a later one (see the module notes).
+        self.collect_garbage(db, self.garbage_budget(merge_budget), &mut writes)?;
+        // IMPORTANT: a run is merged only once it is committed: merges
+        // read their inputs from sled, and a new run is only in the batch.
+        let converted = self.recent.len() >= self.limits.convert_at;
+        if converted {
+            self.convert(commit_seq, &mut writes);
+        }
+        if !ids.is_empty() {
+            writes.put(
+                &keys::id_segment(commit_seq)[..],
+                codec::encode_id_table(
+                    ids.iter().map(|(id, (stream, number))| (*id, stream.as_str(), *number)),
+                ),
+            );
+            let mut names: HashMap<&str, Arc<str>> = HashMap::new();
+            for (id, (stream, number)) in ids {
+                self.filter.insert(id);
+                let name = names.entry(stream).or_insert_with(|| Arc::from(stream.as_str()));
+                self.recent.insert(*id, (Arc::clone(name), *number));
+            }
+        }
+        if !converted {
+            self.merge_step(db, merge_budget, &mut writes)?;
+        }
+        self.stage_manifest(&mut writes);
+        Ok(writes.bytes)
+    }
+
+    /// Whether merges or garbage are waiting for [`Self::upkeep`].
+    pub(crate) fn has_upkeep(&self) -> bool {
+        self.dirty
+            || self.merge.is_some()
+            || self.due_pair().is_some()
+            || !self.manifest.garbage.is_empty()
+            || self.segment_garbage.is_some()
+    }
+
+    /// Stages a step of upkeep alone, for a writer with nothing else to
+    /// do: [`UPKEEP_STEPS`] commits' worth, so that an append arriving
+    /// meanwhile waits a few milliseconds at most. Returns the bytes staged.
+    pub(crate) fn upkeep(&mut self, db: &sled::Db, batch: &mut sled::Batch) -> Result<u64, StoreError> {
+        let mut writes = Writes { batch, bytes: 0 };
+        let merge_budget = self.limits.merge_step * UPKEEP_STEPS;
+        self.collect_garbage(db, self.garbage_budget(merge_budget), &mut writes)?;
+        self.merge_step(db, merge_budget, &mut writes)?;
+        self.stage_manifest(&mut writes);
+        Ok(writes.bytes)
+    }
+
+    /// Garbage keys a step removes when it merges `merge_budget` ids: twice
+    /// the chunks those ids fill, so that removal keeps up with merging.
+    fn garbage_budget(&self, merge_budget: usize) -> usize {
+        self.limits.garbage_step.max(2 * merge_budget / self.limits.chunk)
+    }
+
+    fn stage_manifest(&mut self, writes: &mut Writes<'_>) {
+        if self.dirty {
+            writes.put(keys::counter(keys::ID_INDEX), self.manifest.encode());
+            self.dirty = false;
+        }
+    }
+
+    /// Sorts the ids of the live segments into a new run; this commit's
+    /// segment is the first live one after it.
+    fn convert(&mut self, commit_seq: u64, writes: &mut Writes<'_>) {
+        let mut entries: Vec<(Uuid, Owner)> = self.recent.drain().collect();
+        entries.sort_unstable_by_key(|(id, _)| *id);
+        let run = self.manifest.next_run;
+        for chunk in entries.chunks(self.limits.chunk) {
+            write_chunk(writes, run, chunk.iter().map(|(id, (stream, number))| (*id, &**stream, *number)));
+        }
+        let old_from = std::mem::replace(&mut self.manifest.segments_from, commit_seq);
+        self.segment_garbage = Some(self.segment_garbage.unwrap_or(old_from).min(old_from));
+        self.manifest.next_run += 1;
+        self.manifest.runs.push(Run { id: run, count: entries.len() as u64 });
+        self.dirty = true;
+        tracing::debug!(run, ids = entries.len(), runs = self.manifest.runs.len(), "id index sorted a run");
+    }
+
+    /// Merges up to `budget` ids, starting a merge if two runs are due.
+    fn merge_step(
+        &mut self,
+        db: &sled::Db,
+        budget: usize,
+        writes: &mut Writes<'_>,
+    ) -> Result<(), StoreError> {
+        if self.merge.is_none() {
+            let Some(pair) = self.due_pair() else { return Ok(()) };
+            let output = self.manifest.next_run;
+            self.manifest.next_run += 1;
+            self.manifest.merging = Some(output);
+            self.dirty = true;
+            self.merge = Some(Merge::new(pair, output));
+        }
+        let Some(merge) = self.merge.as_mut() else { return Ok(()) };
+        if !merge.step(db, budget, self.limits.chunk, writes)? {
+            return Ok(());
+        }
+        let Merge { inputs: [older, newer], output, written, .. } = *merge;
+        self.merge = None;
+        let runs = &mut self.manifest.runs;
+        runs.retain(|run| run.id != newer);
+        if let Some(run) = runs.iter_mut().find(|run| run.id == older) {
+            *run = Run { id: output, count: written };
+        }
+        self.manifest.garbage.extend([older, newer]);
+        self.manifest.merging = None;
+        self.dirty = true;
+        tracing::debug!(
+            run = output,
+            ids = written,
+            runs = self.manifest.runs.len(),
+            "id index merged two runs"
+        );
+        Ok(())
+    }
+
+    /// The newest two adjacent runs the older of which is at most half as
+    /// large again as the newer, as a binary counter carries.
+    fn due_pair(&self) -> Option<[u64; 2]> {
+        self.manifest
+            .runs
+            .windows(2)
+            .rev()
+            .find(|pair| pair[0].count <= pair[1].count + pair[1].count / 2)
+            .map(|pair| [pair[0].id, pair[1].id])
+    }
+
+    /// Removes up to a step's worth of garbage keys: segments before the
+    /// first live one, then the chunks of garbage runs.
+    fn collect_garbage(
+        &mut self,
+        db: &sled::Db,
+        mut budget: usize,
+        writes: &mut Writes<'_>,
+    ) -> Result<(), StoreError> {
+        if let Some(from) = self.segment_garbage {
+            let range =
+                keys::id_segment(from).to_vec()..keys::id_segment(self.manifest.segments_from).to_vec();
+            let found = db.range(range).keys().take(budget).collect::<Result<Vec<_>, _>>()?;
+            self.segment_garbage = match found.last().and_then(|key| keys::id_segment_seq(key)) {
+                Some(last) if found.len() == budget => Some(last + 1),
+                _ => None,
+            };
+            budget -= found.len();
+            for key in found {
+                writes.remove(key);
+            }
+        }
+        while budget > 0 {
+            let Some(&run) = self.manifest.garbage.first() else { break };
+            let found =
+                db.scan_prefix(keys::id_run(run)).keys().take(budget).collect::<Result<Vec<_>, _>>()?;
+            let finished = found.len() < budget;
+            budget -= found.len();
+            for key in found {
+                writes.remove(key);
+            }
+            if !finished {
+                break;
+            }
+            self.manifest.garbage.remove(0);
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// How many runs the index has (for tests and logs).
+    #[cfg(test)]
+    fn run_count(&self) -> usize {
+        self.manifest.runs.len()
+    }
+}
+
+/// The writes the index stages, and their bytes.
+struct Writes<'a> {
+    batch: &'a mut sled::Batch,
+    bytes: u64,
+}
+
+impl Writes<'_> {
+    fn put(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        let (key, value) = (key.into(), value.into());
+        self.bytes += (key.len() + value.len()) as u64;
+        self.batch.insert(key, value);
+    }
+
+    fn remove(&mut self, key: sled::IVec) {
+        self.bytes += key.len() as u64;
+        self.batch.remove(key);
+    }
+}
+
+fn write_chunk<'s>(
+    writes: &mut Writes<'_>,
+    run: u64,
+    chunk: impl ExactSizeIterator<Item = (Uuid, &'s str, u64)>,
+) {
+    let mut chunk = chunk.peekable();
+    let Some(&(first, _, _)) = chunk.peek() else { return };
+    writes.put(&keys::id_run_chunk(run, &first)[..], codec::encode_id_table(chunk));
+}
+
+/// The entries of a stored id table, each stream's name shared.
+fn decode_owners(value: &[u8]) -> Result<Vec<(Uuid, Owner)>, StoreError> {
+    let table = codec::decode_id_table(value)?;
+    let mut names: HashMap<&str, Arc<str>> = HashMap::new();
+    (0..table.len())
+        .map(|index| {
+            let (id, stream, number) = table.get(index)?;
+            let name = names.entry(stream).or_insert_with(|| Arc::from(stream));
+            Ok((id, (Arc::clone(name), number)))
+        })
+        .collect()
+}
+
+/// Two runs being merged into a third.
+#[derive(Debug)]
+struct Merge {
+    /// The older and the newer run.
+    inputs: [u64; 2],
+    output: u64,
+    sources: [Source; 2],
+    /// Merged ids not yet written, fewer than a chunk.
+    pending: Vec<(Uuid, Owner)>,
+    /// Ids written to the output so far.
+    written: u64,
+}
+
+impl Merge {
+    fn new(inputs: [u64; 2], output: u64) -> Self {
+        Self { inputs, output, sources: inputs.map(Source::new), pending: Vec::new(), written: 0 }
+    }
+
+    /// Merges up to `budget` ids into the output; true once all are.
+    fn step(
+        &mut self,
+        db: &sled::Db,
+        budget: usize,
+        chunk: usize,
+        writes: &mut Writes<'_>,
+    ) -> Result<bool, StoreError> {
+        for _ in 0..budget {
+            let older = self.sources[0].head(db)?;
+            let newer = self.sources[1].head(db)?;
+            let from = match (older, newer) {
+                (None, None) => {
+                    self.flush(writes);
+                    return Ok(true);
+                }
+                (Some(_), None) => 0,
+                (None, Some(_)) => 1,
+                (Some(a), Some(b)) => usize::from(b < a),
+            };
+            if let Some(entry) = self.sources[from].entries.pop_front() {
+                self.pending.push(entry);
+            }
+            if self.pending.len() >= chunk {
+                self.flush(writes);
+            }
+        }
+        Ok(false)
+    }
+
+    fn flush(&mut self, writes: &mut Writes<'_>) {
+        self.written += self.pending.len() as u64;
+        let pending = std::mem::take(&mut self.pending);
+        write_chunk(
+            writes,
+            self.output,
+            pending.iter().map(|(id, (stream, number))| (*id, &**stream, *number)),
+        );
+    }
+}
+
+/// One input of a merge, read a chunk at a time.
+#[derive(Debug)]
+struct Source {
+    run: u64,
+    /// The key of the last chunk read.
+    after: Option<sled::IVec>,
+    entries: VecDeque<(Uuid, Owner)>,
+    exhausted: bool,
+}
+
+impl Source {
+    fn new(run: u64) -> Self {
+        Self { run, after: None, entries: VecDeque::new(), exhausted: false }
+    }
+
+    /// The smallest id not yet merged, reading the next chunk if needed.
+    fn head(&mut self, db: &sled::Db) -> Result<Option<Uuid>, StoreError> {
+        while self.entries.is_empty() && !self.exhausted {
+            let start = match &self.after {
+                Some(key) => Bound::Excluded(key.to_vec()),
+                None => Bound::Included(keys::id_run(self.run).to_vec()),
+            };
+            let end = Bound::Excluded(keys::id_run(self.run + 1).to_vec());
+            match db.range::<Vec<u8>, _>((start, end)).next().transpose()? {
+                Some((key, value)) => {
+                    self.entries.extend(decode_owners(&value)?);
+                    self.after = Some(key);
+                }
+                None => self.exhausted = true,
+            }
+        }
+        Ok(self.entries.front().map(|(id, _)| *id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    /// Small enough that a few thousand ids make many runs and merges.
+    const SMALL: Limits = Limits { convert_at: 40, chunk: 8, merge_step: 12, garbage_step: 6 };
+
+    fn temporary() -> sled::Db {
+        sled::Config::new().temporary(true).open().expect("a temporary sled")
+    }
+
+    /// Commits `ids` as commit `seq`, the way the writer does.
+    fn commit(index: &mut IdIndex, db: &sled::Db, seq: u64, ids: &HashMap<Uuid, (String, u64)>) {
+        let mut batch = sled::Batch::default();
+        index.stage(db, seq, ids, &mut batch).expect("stage");
+        db.apply_batch(batch).expect("apply");
+    }
+
+    /// Commits 1..=`commits`, each of 0 to 6 ids (random and ordered ones)
+    /// in three streams; returns every id with its owner.
+    fn fill(
+        index: &mut IdIndex,
+        db: &sled::Db,
+        first_seq: u64,
+        commits: u64,
+    ) -> HashMap<Uuid, (String, u64)> {
+        let mut all = HashMap::new();
+        for seq in first_seq..first_seq + commits {
+            let ids: HashMap<Uuid, (String, u64)> = (0..seq % 7)
+                .map(|i| {
+                    let id = if i % 2 == 0 { Uuid::new_v4() } else { Uuid::from_u64_pair(seq, i) };
+                    (id, (format!("stream-{}", i % 3), seq * 10 + i))
+                })
+                .collect();
+            commit(index, db, seq, &ids);
+            all.extend(ids);
+        }
+        all
+    }
+
+    fn assert_all_found(index: &IdIndex, db: &sled::Db, all: &HashMap<Uuid, (String, u64)>) {
+        for (id, owner) in all {
+            assert_eq!(index.owner(db, id).expect("lookup").as_ref(), Some(owner), "id {id}");
+        }
+        for _ in 0..200 {
+            assert_eq!(index.owner(db, &Uuid::new_v4()).expect("lookup"), None);
+        }
+    }
+
+    /// Does upkeep, as an idle writer would, until none is left.
+    fn settle(index: &mut IdIndex, db: &sled::Db) {
+        let mut steps = 0;
+        while index.has_upkeep() {
+            let mut batch = sled::Batch::default();
+            index.upkeep(db, &mut batch).expect("upkeep");
+            db.apply_batch(batch).expect("apply");
+            steps += 1;
+            assert!(steps < 10_000, "upkeep never ends");
+        }
+    }
+
+    /// Every stored chunk belongs to a live run and every segment is live;
+    /// the runs hold exactly the ids the manifest says.
+    fn assert_no_garbage_left(index: &IdIndex, db: &sled::Db) {
+        let live: HashMap<u64, u64> = index.manifest.runs.iter().map(|run| (run.id, run.count)).collect();
+        let mut counted: HashMap<u64, u64> = HashMap::new();
+        for item in db.scan_prefix([keys::ID_RUN]) {
+            let (key, value) = item.expect("scan");
+            let run = u64::from_be_bytes(key[1..9].try_into().unwrap());
+            assert!(live.contains_key(&run), "chunk of run {run}, which is not live");
+            *counted.entry(run).or_default() += codec::decode_id_table(&value).unwrap().len() as u64;
+        }
+        assert_eq!(counted, live);
+        for key in db.scan_prefix([keys::ID_SEGMENT]).keys() {
+            let seq = keys::id_segment_seq(&key.unwrap()).unwrap();
+            assert!(seq >= index.manifest.segments_from, "segment {seq} is garbage");
+        }
+    }
+
+    #[test]
+    fn every_id_is_found_through_conversions_merges_and_a_reopen() {
+        let db = temporary();
+        let mut index = IdIndex::open_with(&db, Arc::new(IdFilter::new(0)), SMALL).unwrap();
+        let mut all = HashMap::new();
+        for round in 0..6 {
+            all.extend(fill(&mut index, &db, 1 + round * 200, 200));
+            assert_all_found(&index, &db, &all);
+        }
+        // About 3,600 ids in runs of 40 and up: merged down to a handful.
+        assert!(index.run_count() <= 12, "{} runs", index.run_count());
+        settle(&mut index, &db);
+        assert_no_garbage_left(&index, &db);
+        assert_eq!(
+            index.manifest.runs.iter().map(|run| run.count).sum::<u64>() + index.recent.len() as u64,
+            all.len() as u64
+        );
+
+        let reopened = IdIndex::open_with(&db, Arc::new(IdFilter::new(0)), SMALL).unwrap();
+        assert_eq!(reopened.manifest, index.manifest);
+        assert_eq!(reopened.recent, index.recent);
+        assert_all_found(&reopened, &db, &all);
+    }
+
+    #[test]
+    fn a_merge_cut_short_by_a_crash_becomes_garbage_and_is_done_again() {
+        let db = temporary();
+        let mut index = IdIndex::open_with(&db, Arc::new(IdFilter::new(0)), SMALL).unwrap();
+        let mut all = HashMap::new();
+        let mut seq = 0;
+        while index.merge.as_ref().is_none_or(|merge| merge.written == 0) {
+            seq += 1;
+            all.extend(fill(&mut index, &db, seq, 1));
+        }
+        let cut = index.merge.as_ref().unwrap().output;
+        // The process dies here: what was applied is all there is.
+        drop(index);
+        let mut index = IdIndex::open_with(&db, Arc::new(IdFilter::new(0)), SMALL).unwrap();
+        assert!(index.manifest.garbage.contains(&cut), "{:?}", index.manifest);
+        assert_all_found(&index, &db, &all);
+        all.extend(fill(&mut index, &db, seq + 1, 300));
+        settle(&mut index, &db);
+        assert_all_found(&index, &db, &all);
+        assert_no_garbage_left(&index, &db);
+        assert!(index.manifest.runs.iter().all(|run| run.id != cut));
+    }
+
+    #[test]
+    fn ids_of_the_old_per_id_layout_are_still_found() {
+        let db = temporary();
+        let id = Uuid::new_v4();
+        db.insert(keys::event_id(&id), codec::encode_event_ref("old-stream", 41)).unwrap();
+        let mut index = IdIndex::open_with(&db, Arc::new(IdFilter::new(0)), SMALL).unwrap();
+        fill(&mut index, &db, 1, 100);
+        assert_eq!(index.owner(&db, &id).unwrap(), Some(("old-stream".to_owned(), 41)));
+    }
+
+    #[test]
+    fn the_filter_scan_meets_every_id_while_the_index_merges() {
+        let db = temporary();
+        let mut index = IdIndex::open_with(&db, Arc::new(IdFilter::new(0)), SMALL).unwrap();
+        let before = fill(&mut index, &db, 1, 2000);
+        // The scan runs beside commits that convert and merge and remove
+        // what they replaced, moving ids under it.
+        let filter = Arc::new(IdFilter::new(0));
+        let scan = {
+            let (filter, db) = (Arc::clone(&filter), db.clone());
+            std::thread::spawn(move || filter.fill(&db, &AtomicBool::new(false)))
+        };
+        let mut seq = 2000;
+        while !scan.is_finished() || seq < 2600 {
+            seq += 1;
+            fill(&mut index, &db, seq, 1);
+        }
+        scan.join().unwrap().expect("scan");
+        assert!(before.keys().all(|id| filter.may_hold(id)), "the scan missed an id");
+    }
+}

@@ -122,9 +122,33 @@ impl IdScan {
     }
 }
 
+/// How often the writer is offered a moment for upkeep (see
+/// [`Command::Upkeep`]).
+const UPKEEP_TICK: Duration = Duration::from_millis(20);
+
+/// Starts the thread that sends the writer its upkeep ticks. It holds only
+/// a weak sender, so it ends once the store is closed or dropped.
+fn start_upkeep_ticks(commands: &mpsc::Sender<Command>) -> Result<(), StoreError> {
+    let commands = commands.downgrade();
+    std::thread::Builder::new()
+        .name("eventfeed-upkeep".into())
+        .spawn(move || {
+            while let Some(sender) = commands.upgrade() {
+                // A full queue needs no tick: the writer is busy.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(Command::Upkeep) {
+                    return;
+                }
+                drop(sender);
+                std::thread::sleep(UPKEEP_TICK);
+            }
+        })
+        .map(drop)
+        .map_err(|e| StoreError::Io(format!("cannot start the upkeep ticks: {e}")))
+}
+
 impl SledStore {
     /// Opens (or creates) the store. Reads a few counters and the id
-    /// index's live segments (at most 32,768 ids and one commit's); never
+    /// index's live segments (at most 8,192 ids and one commit's); never
     /// scans the log.
     pub fn open(options: SledStoreOptions) -> Result<Self, StoreError> {
         let generation = generation::current(&options.path)?;
@@ -200,6 +224,7 @@ impl SledStore {
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Io(format!("cannot start the writer thread: {e}")))?;
         let id_scan = IdScan::start(held_ids, db.clone())?;
+        start_upkeep_ticks(&commands)?;
         let building: rebuild::Building = Arc::new(Mutex::new(to_build.clone()));
         if !to_build.is_empty() {
             let (commands, building) = (commands.clone(), Arc::clone(&building));

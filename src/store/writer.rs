@@ -15,8 +15,8 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -40,6 +40,12 @@ const MAX_COMMANDS_PER_BATCH: usize = 4096;
 /// goes through, alone). Bounds the writer's memory and the time one fsync
 /// covers, so a burst of large events cannot starve small ones for long.
 const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+
+/// How long the writer must have had nothing to write before an upkeep
+/// tick makes it maintain the id index: long enough that a pause between
+/// a load's requests never counts (each step delays a request arriving
+/// meanwhile by a few milliseconds).
+const IDLE_BEFORE_UPKEEP: Duration = Duration::from_millis(50);
 
 /// A request to the writer.
 pub(crate) enum Command {
@@ -68,6 +74,9 @@ pub(crate) enum Command {
         cursor: scavenge::Cursor,
         reply: oneshot::Sender<Result<scavenge::StepOutcome, StoreError>>,
     },
+    /// A tick, a few times a second: a writer that has had nothing else to
+    /// do for a while maintains the id index (see [`Writer::upkeep`]).
+    Upkeep,
     /// Flush everything and stop.
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -89,6 +98,7 @@ impl std::fmt::Debug for Command {
             }
             Self::Scavenge { cursor, .. } => f.debug_struct("Scavenge").field("cursor", cursor).finish(),
             Self::Compact { .. } => f.write_str("Compact"),
+            Self::Upkeep => f.write_str("Upkeep"),
             Self::Close { .. } => f.write_str("Close"),
         }
     }
@@ -189,6 +199,8 @@ pub(crate) struct Writer {
     /// Timestamps never go backwards along the log, even if the clock does,
     /// so `$maxAge` can binary-search a stream by time.
     last_created_micros: i64,
+    /// When the last batch with writes committed.
+    last_write: Instant,
 }
 
 impl Writer {
@@ -218,6 +230,7 @@ impl Writer {
             next_position: head.next_position,
             commit_seq: head.commit_seq,
             last_created_micros,
+            last_write: Instant::now(),
         })
     }
 
@@ -227,19 +240,9 @@ impl Writer {
         loop {
             let first = match carried.take() {
                 Some(command) => command,
-                None => match commands.try_recv() {
-                    Ok(command) => command,
-                    // Idle: the id index's merges and garbage, a step at a
-                    // time, then sleep until a command comes.
-                    Err(TryRecvError::Empty) if self.id_index.has_upkeep() => match self.upkeep() {
-                        Flow::Continue => continue,
-                        Flow::Stop => break,
-                    },
-                    Err(TryRecvError::Empty) => match commands.blocking_recv() {
-                        Some(command) => command,
-                        None => break,
-                    },
-                    Err(TryRecvError::Disconnected) => break,
+                None => match commands.blocking_recv() {
+                    Some(command) => command,
+                    None => break,
                 },
             };
             let mut batch_bytes = first.payload_bytes();
@@ -253,9 +256,14 @@ impl Writer {
                 }
                 batch.push(next);
             }
-            match self.commit(batch) {
-                Flow::Continue => {}
-                Flow::Stop => break,
+            let ticks_only = batch.iter().all(|command| matches!(command, Command::Upkeep));
+            if let Flow::Stop = self.commit(batch) {
+                break;
+            }
+            if ticks_only && self.last_write.elapsed() >= IDLE_BEFORE_UPKEEP {
+                if let Flow::Stop = self.upkeep(&commands) {
+                    break;
+                }
             }
         }
         // Anything still queued is answered, never silently dropped.
@@ -334,6 +342,7 @@ impl Writer {
                     };
                     compacting = Some((reply, copied));
                 }
+                Command::Upkeep => {}
                 Command::Close { reply } => close = Some(reply),
             }
         }
@@ -357,6 +366,7 @@ impl Writer {
                     self.next_position = next_position;
                     self.commit_seq = commit_seq;
                     self.last_created_micros = now;
+                    self.last_write = Instant::now();
                     published = Some((Head { next_position, commit_seq }, touched));
                 }
                 Err(error) => {
@@ -417,19 +427,24 @@ impl Writer {
         flow
     }
 
-    /// One step of the id index's upkeep, in a batch of its own.
-    fn upkeep(&mut self) -> Flow {
-        let mut batch = sled::Batch::default();
-        let written = self.id_index.upkeep(&self.db, &mut batch).and_then(|bytes| self.write(batch, bytes));
-        match written {
-            Ok(()) => Flow::Continue,
-            Err(error) => {
+    /// Maintains the id index (its merges and garbage), a bounded step
+    /// at a time in batches of their own, until it is done or a command
+    /// is waiting. Under load commits do it instead, a share each; this is
+    /// for what is left when the load stops (without it, the garbage of the
+    /// last merges would stay until the next append).
+    fn upkeep(&mut self, commands: &mpsc::Receiver<Command>) -> Flow {
+        while self.id_index.has_upkeep() && commands.is_empty() {
+            let mut batch = sled::Batch::default();
+            let written =
+                self.id_index.upkeep(&self.db, &mut batch).and_then(|bytes| self.write(batch, bytes));
+            if let Err(error) = written {
                 // As for a failed commit: what is on disk is unknown.
                 tracing::error!(%error, "writer failed to maintain the id index; refusing further writes");
                 self.states = StateCache::default();
-                Flow::Stop
+                return Flow::Stop;
             }
         }
+        Flow::Continue
     }
 
     fn write(&mut self, batch: sled::Batch, bytes: u64) -> Result<(), StoreError> {
@@ -521,6 +536,7 @@ fn refuse(command: Command) {
         Command::BuildProjection { reply, .. } => drop(reply.send(Err(StoreError::Unavailable))),
         Command::Scavenge { reply, .. } => drop(reply.send(Err(StoreError::Unavailable))),
         Command::Compact { reply } => drop(reply.send(Err(StoreError::Unavailable))),
+        Command::Upkeep => {}
     }
 }
 

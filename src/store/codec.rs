@@ -743,16 +743,27 @@ impl<'a> IdTable<'a> {
         Uuid::from_slice(&self.entries[at..at + 16]).unwrap_or_default()
     }
 
-    /// Entry `index`: its id, stream and event number.
-    pub fn get(&self, index: usize) -> Result<(Uuid, &'a str, u64), StoreError> {
+    /// The table's streams, each once, in the order entries refer to them.
+    pub fn streams(&self) -> &[&'a str] {
+        &self.streams
+    }
+
+    /// Entry `index`: its id, the place of its stream in [`Self::streams`],
+    /// and its event number.
+    pub fn entry(&self, index: usize) -> Result<(Uuid, usize, u64), StoreError> {
         let entry = &self.entries[index * ID_ENTRY..(index + 1) * ID_ENTRY];
         let stream = u32::from_be_bytes(entry[16..20].try_into().unwrap_or_default()) as usize;
-        let stream = *self
-            .streams
-            .get(stream)
-            .ok_or_else(|| StoreError::Corrupt("an id table entry names a stream it lacks".into()))?;
+        if stream >= self.streams.len() {
+            return Err(StoreError::Corrupt("an id table entry names a stream it lacks".into()));
+        }
         let number = u64::from_be_bytes(entry[20..28].try_into().unwrap_or_default());
         Ok((self.id(index), stream, number))
+    }
+
+    /// Entry `index`: its id, stream and event number.
+    pub fn get(&self, index: usize) -> Result<(Uuid, &'a str, u64), StoreError> {
+        let (id, stream, number) = self.entry(index)?;
+        Ok((id, self.streams[stream], number))
     }
 
     /// The stream and number of `id`, in a table sorted by id.

@@ -322,7 +322,7 @@ impl IdIndex {
         entries.sort_unstable_by_key(|(id, _)| *id);
         let run = self.manifest.next_run;
         for chunk in entries.chunks(self.limits.chunk) {
-            write_chunk(writes, run, chunk.iter().map(|(id, (stream, number))| (*id, &**stream, *number)));
+            write_chunk(writes, run, chunk);
         }
         let old_from = std::mem::replace(&mut self.manifest.segments_from, commit_seq);
         self.segment_garbage = Some(self.segment_garbage.unwrap_or(old_from).min(old_from));
@@ -447,25 +447,21 @@ impl Writes<'_> {
     }
 }
 
-fn write_chunk<'s>(
-    writes: &mut Writes<'_>,
-    run: u64,
-    chunk: impl ExactSizeIterator<Item = (Uuid, &'s str, u64)>,
-) {
-    let mut chunk = chunk.peekable();
-    let Some(&(first, _, _)) = chunk.peek() else { return };
-    writes.put(&keys::id_run_chunk(run, &first)[..], codec::encode_id_table(chunk));
+/// Writes `chunk` (sorted, not empty) as a chunk of `run`.
+fn write_chunk(writes: &mut Writes<'_>, run: u64, chunk: &[(Uuid, Owner)]) {
+    let Some((first, _)) = chunk.first() else { return };
+    let entries = chunk.iter().map(|(id, (stream, number))| (*id, &**stream, *number));
+    writes.put(&keys::id_run_chunk(run, first)[..], codec::encode_id_table(entries));
 }
 
 /// The entries of a stored id table, each stream's name shared.
 fn decode_owners(value: &[u8]) -> Result<Vec<(Uuid, Owner)>, StoreError> {
     let table = codec::decode_id_table(value)?;
-    let mut names: HashMap<&str, Arc<str>> = HashMap::new();
+    let names: Vec<Arc<str>> = table.streams().iter().map(|stream| Arc::from(*stream)).collect();
     (0..table.len())
         .map(|index| {
-            let (id, stream, number) = table.get(index)?;
-            let name = names.entry(stream).or_insert_with(|| Arc::from(stream));
-            Ok((id, (Arc::clone(name), number)))
+            let (id, stream, number) = table.entry(index)?;
+            Ok((id, (Arc::clone(&names[stream]), number)))
         })
         .collect()
 }
@@ -523,12 +519,8 @@ impl Merge {
 
     fn flush(&mut self, writes: &mut Writes<'_>) {
         self.written += self.pending.len() as u64;
-        let pending = std::mem::take(&mut self.pending);
-        write_chunk(
-            writes,
-            self.output,
-            pending.iter().map(|(id, (stream, number))| (*id, &**stream, *number)),
-        );
+        write_chunk(writes, self.output, &self.pending);
+        self.pending.clear();
     }
 }
 

@@ -57,19 +57,29 @@ pub const LAYOUT_VERSION: &[u8] = b"layout_version";
 /// The id index's manifest: its live runs, and what is left to remove.
 pub const ID_INDEX: &[u8] = b"id_index";
 
-pub fn log(position: u64) -> [u8; 9] {
+/// A key of `keyspace` for a number: the keyspace byte, then the number.
+fn numbered(keyspace: u8, number: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
-    key[0] = LOG;
-    key[1..].copy_from_slice(&position.to_be_bytes());
+    key[0] = keyspace;
+    key[1..].copy_from_slice(&number.to_be_bytes());
     key
+}
+
+/// Decodes the number from a key made by [`numbered`] for `keyspace`.
+fn number_in(keyspace: u8, key: &[u8]) -> Option<u64> {
+    match key {
+        [first, rest @ ..] if *first == keyspace => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+pub fn log(position: u64) -> [u8; 9] {
+    numbered(LOG, position)
 }
 
 /// Decodes the position from a key made by [`log`].
 pub fn log_position(key: &[u8]) -> Option<u64> {
-    match key {
-        [LOG, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
-        _ => None,
-    }
+    number_in(LOG, key)
 }
 
 pub fn stream(name: &str) -> Vec<u8> {
@@ -136,26 +146,17 @@ pub fn event_id(id: &Uuid) -> [u8; 17] {
 }
 
 pub fn id_segment(commit_seq: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = ID_SEGMENT;
-    key[1..].copy_from_slice(&commit_seq.to_be_bytes());
-    key
+    numbered(ID_SEGMENT, commit_seq)
 }
 
 /// Decodes the commit sequence from a key made by [`id_segment`].
 pub fn id_segment_seq(key: &[u8]) -> Option<u64> {
-    match key {
-        [ID_SEGMENT, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
-        _ => None,
-    }
+    number_in(ID_SEGMENT, key)
 }
 
 /// The prefix of every chunk of one run of the id index.
 pub fn id_run(run: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = ID_RUN;
-    key[1..].copy_from_slice(&run.to_be_bytes());
-    key
+    numbered(ID_RUN, run)
 }
 
 /// The key of the chunk of `run` whose first id is `first`.

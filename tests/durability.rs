@@ -310,6 +310,53 @@ async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
     store.close().await.unwrap();
 }
 
+/// Read-your-writes for `$all`: by the time an append is acknowledged, the
+/// head every `$all` read and every "start from now" starts from already
+/// covers it. The writer used to move the head only after answering, so a
+/// client quick enough read a head without its own event (seen in CI: a
+/// persistent subscription started "from the last position" began one
+/// event early). Many single-event appends, each checked the moment its
+/// answer arrives, on both worker threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_append_is_already_behind_the_head() {
+    use eventfeed::store::{Append, ExpectedVersion, ProposedEvent, SledStore, SledStoreOptions, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    let mut options = SledStoreOptions::new(path);
+    options.durability = eventfeed::store::Durability::None;
+    let store =
+        Arc::new(tokio::task::spawn_blocking(move || SledStore::open(options)).await.unwrap().unwrap());
+    let tasks: Vec<_> = (0..4)
+        .map(|task| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for _ in 0..1000 {
+                    let append = Append {
+                        stream: format!("head-{task}"),
+                        expected: ExpectedVersion::Any,
+                        events: vec![ProposedEvent {
+                            id: Uuid::new_v4(),
+                            event_type: "Counted".into(),
+                            is_json: true,
+                            data: bytes::Bytes::from_static(b"{}"),
+                            metadata_is_json: false,
+                            metadata: bytes::Bytes::new(),
+                        }],
+                    };
+                    let outcome = store.append(append).await.unwrap();
+                    let position = outcome.position.unwrap();
+                    let head = store.notifier().next_position();
+                    assert!(head > position, "acknowledged at position {position}, head still {head}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    store.close().await.unwrap();
+}
+
 /// The newest snapshot sled has written in the store's generation
 /// directory: the log position it covers (sled names it `snap.{position}`).
 /// sled 0.34 writes one only when it opens a store, and replays the log

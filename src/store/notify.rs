@@ -13,6 +13,7 @@
 //! their entries are dropped as soon as the last waiter goes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::watch;
@@ -33,8 +34,14 @@ pub struct Head {
 
 #[derive(Debug)]
 pub struct Notifier {
-    /// Moves after every durable batch.
+    /// Moves after every durable batch, and wakes whoever waits on it.
     head: watch::Sender<Head>,
+    /// The head as reads see it: moved by [`Notifier::advance`] before the
+    /// batch's requests are answered, without waking anybody, so that a
+    /// client's read after its own acknowledged append finds the head past
+    /// it. `head` and the waiters follow just after.
+    next_position: AtomicU64,
+    commit_seq: AtomicU64,
     /// Per-stream signals, held weakly so that a stream's entry lives only as
     /// long as somebody waits on it. The value is a change counter.
     streams: Mutex<Registry>,
@@ -89,7 +96,12 @@ impl AppendWatch {
 
 impl Notifier {
     pub fn new(head: Head) -> Self {
-        Self { head: watch::Sender::new(head), streams: Mutex::new(Registry::default()) }
+        Self {
+            head: watch::Sender::new(head),
+            next_position: AtomicU64::new(head.next_position),
+            commit_seq: AtomicU64::new(head.commit_seq),
+            streams: Mutex::new(Registry::default()),
+        }
     }
 
     /// A receiver of the head, for waiting on new events anywhere.
@@ -99,12 +111,21 @@ impl Notifier {
 
     /// The next global position right now.
     pub fn next_position(&self) -> u64 {
-        self.head.borrow().next_position
+        self.next_position.load(Ordering::Acquire)
     }
 
     /// The sequence number of the last durable batch right now.
     pub fn commit_seq(&self) -> u64 {
-        self.head.borrow().commit_seq
+        self.commit_seq.load(Ordering::Acquire)
+    }
+
+    /// Called by the writer once a batch is durable, before it answers the
+    /// batch's requests: moves the head reads see, waking nobody (waking
+    /// a thousand long-polls first would put every 201 behind their
+    /// renders; [`Notifier::publish`] does that after the answers).
+    pub fn advance(&self, head: Head) {
+        self.next_position.fetch_max(head.next_position, Ordering::AcqRel);
+        self.commit_seq.fetch_max(head.commit_seq, Ordering::AcqRel);
     }
 
     /// Waits until batch `commit_seq` is durable; `false` on timeout.
@@ -147,6 +168,7 @@ impl Notifier {
     /// so that a woken waiter finds the head at or past the batch that woke
     /// it (long-polls woken together share a rendering on that basis).
     pub fn publish<'a>(&self, head: Head, streams: impl IntoIterator<Item = &'a str>) {
+        self.advance(head);
         self.head.send_replace(head);
         {
             let mut registry = self.lock();
@@ -253,6 +275,24 @@ mod tests {
         let publisher = std::sync::Arc::clone(&notifier);
         tokio::spawn(async move { publisher.publish(head(1), []) });
         assert!(notifier.wait_for_commit(1, Duration::from_secs(5)).await);
+    }
+
+    #[test]
+    fn advancing_moves_the_head_reads_see_and_wakes_nobody() {
+        let notifier = Notifier::new(head(1));
+        let all = notifier.head();
+        let stream = notifier.watch_stream("a");
+        notifier.advance(head(3));
+        assert_eq!((notifier.next_position(), notifier.commit_seq()), (3, 3));
+        assert!(!all.has_changed().unwrap(), "no waiter on the head is woken");
+        assert!(!stream.receiver.has_changed().unwrap(), "no stream waiter is woken");
+        // The head never goes back, whatever order the calls come in.
+        notifier.advance(head(2));
+        notifier.publish(head(2), ["a"]);
+        assert_eq!((notifier.next_position(), notifier.commit_seq()), (3, 3));
+        notifier.publish(head(4), ["a"]);
+        assert!(all.has_changed().unwrap() && stream.receiver.has_changed().unwrap());
+        assert_eq!(all.borrow().commit_seq, 4);
     }
 
     fn head(n: u64) -> Head {

@@ -381,6 +381,11 @@ impl Writer {
                 }
             }
         }
+        // IMPORTANT: the head reads see moves before anybody is answered, so
+        // that a client reading `$all` after its 201 finds its own events.
+        if let Some((head, _)) = &published {
+            self.notifier.advance(*head);
+        }
         for reply in replies {
             reply.send();
         }

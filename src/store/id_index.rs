@@ -209,6 +209,12 @@ impl IdIndex {
         Ok(Self { manifest, dirty, recent, legacy, merge: None, segment_garbage: Some(0), filter, limits })
     }
 
+    /// False only when none of `ids` was written (nearly every append of
+    /// new events, answered from memory).
+    pub(crate) fn may_hold_any<'a>(&self, ids: impl IntoIterator<Item = &'a Uuid>) -> bool {
+        self.filter.may_hold_any(ids)
+    }
+
     /// The stream and event number `id` was written as, if it was.
     pub(crate) fn owner(&self, db: &sled::Db, id: &Uuid) -> Result<Option<(String, u64)>, StoreError> {
         if !self.filter.may_hold(id) {
@@ -267,9 +273,9 @@ impl IdIndex {
                     ids.iter().map(|(id, (stream, number))| (*id, stream.as_str(), *number)),
                 ),
             );
+            self.filter.insert_all(ids.keys());
             let mut names: HashMap<&str, Arc<str>> = HashMap::new();
             for (id, (stream, number)) in ids {
-                self.filter.insert(id);
                 let name = names.entry(stream).or_insert_with(|| Arc::from(stream.as_str()));
                 self.recent.insert(*id, (Arc::clone(name), *number));
             }

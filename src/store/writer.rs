@@ -775,6 +775,10 @@ impl<'a> Staging<'a> {
     /// consecutive run in the same order; fails when only some ids match (or
     /// they belong elsewhere); `None` when none was written before.
     fn retry_outcome(&self, append: &Append, current: i64) -> Result<Option<AppendOutcome>, StoreError> {
+        let ids = || append.events.iter().map(|event| &event.id);
+        if !ids().any(|id| self.ids.contains_key(id)) && !self.id_index.may_hold_any(ids()) {
+            return Ok(None);
+        }
         let mut owners = Vec::with_capacity(append.events.len());
         for event in &append.events {
             owners.push(self.id_owner(&event.id)?);

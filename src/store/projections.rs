@@ -99,22 +99,26 @@ impl Projections {
     /// The system streams an event of `event_type` in `stream` is linked
     /// into; `creates_stream` when it is the stream's event 0.
     pub fn links_for(&self, stream: &str, event_type: &str, creates_stream: bool) -> Vec<String> {
-        let mut links = Vec::new();
+        self.links(stream, event_type, creates_stream).into_iter().flatten().map(|link| link.name()).collect()
+    }
+
+    /// [`Self::links_for`] without building the names: the writer meets
+    /// the same few system streams for every event of an append.
+    pub fn links<'a>(
+        &self,
+        stream: &'a str,
+        event_type: &'a str,
+        creates_stream: bool,
+    ) -> [Option<Link<'a>>; 3] {
         if is_system_stream(stream) {
-            return links;
+            return [None, None, None];
         }
-        if self.by_category {
-            if let Some(category) = category(stream) {
-                links.push(format!("{CATEGORY_PREFIX}{category}"));
-            }
-        }
-        if self.by_event_type && event_type != super::LINK_EVENT_TYPE {
-            links.push(format!("{EVENT_TYPE_PREFIX}{event_type}"));
-        }
-        if self.streams && creates_stream {
-            links.push(STREAMS_STREAM.to_owned());
-        }
-        links
+        [
+            category(stream).filter(|_| self.by_category).map(Link::Category),
+            (self.by_event_type && event_type != super::LINK_EVENT_TYPE)
+                .then_some(Link::EventType(event_type)),
+            (self.streams && creates_stream).then_some(Link::Streams),
+        ]
     }
 
     /// Like [`Self::links_for`], restricted to one projection (rebuilds).
@@ -127,6 +131,37 @@ impl Projections {
         let mut only = Projections::NONE;
         only.set(projection, true);
         only.links_for(stream, event_type, creates_stream)
+    }
+}
+
+/// A system stream an event is linked into, named by what it is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link<'a> {
+    /// `$ce-{category}`.
+    Category(&'a str),
+    /// `$et-{type}`.
+    EventType(&'a str),
+    /// `$streams`.
+    Streams,
+}
+
+impl Link<'_> {
+    /// The system stream's name.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Category(category) => format!("{CATEGORY_PREFIX}{category}"),
+            Self::EventType(event_type) => format!("{EVENT_TYPE_PREFIX}{event_type}"),
+            Self::Streams => STREAMS_STREAM.to_owned(),
+        }
+    }
+
+    /// Whether `name` is this system stream's name (without building it).
+    pub fn is(&self, name: &str) -> bool {
+        match self {
+            Self::Category(category) => name.strip_prefix(CATEGORY_PREFIX) == Some(*category),
+            Self::EventType(event_type) => name.strip_prefix(EVENT_TYPE_PREFIX) == Some(*event_type),
+            Self::Streams => name == STREAMS_STREAM,
+        }
     }
 }
 
@@ -174,6 +209,14 @@ mod tests {
         assert!(all.links_for("$$Order-1", "$metadata", true).is_empty());
         assert_eq!(all.links_for("Order-1", "$>", false), ["$ce-Order"]);
         assert!(Projections::NONE.links_for("Order-1", "Placed", true).is_empty());
+        // A link knows its system stream's name without building it.
+        let links: Vec<Link<'_>> = all.links("Order-1", "Placed", true).into_iter().flatten().collect();
+        assert_eq!(links, [Link::Category("Order"), Link::EventType("Placed"), Link::Streams]);
+        for link in &links {
+            assert!(link.is(&link.name()), "{link:?}");
+        }
+        assert!(!Link::Category("Order").is("$et-Order") && !Link::EventType("Order").is("$ce-Order"));
+        assert!(!Link::Category("Order").is("$ce-Orders") && !Link::Streams.is("$streams2"));
         assert_eq!(Projections::links_of(Projection::Streams, "Order-1", "Placed", true), ["$streams"]);
     }
 }

@@ -724,6 +724,10 @@ impl<'a> Staging<'a> {
         let first_number = state.next_number;
         let first_position = self.next_position;
         let is_new_stream = state.next_number == 0;
+        // The append's links, per system stream in the order first met, are
+        // staged after its events: one state per system stream, not one per
+        // link (an append's events mostly share their category and type).
+        let mut linked: Vec<(String, Vec<LinkTarget<'_>>)> = Vec::new();
         for event in &append.events {
             let position = self.next_position;
             let number = state.next_number;
@@ -747,11 +751,17 @@ impl<'a> Staging<'a> {
             state.next_number += 1;
             let target =
                 LinkTarget { position, created_micros: self.created_micros, number, stream: &append.stream };
-            for system_stream in
-                self.projections.links_for(&append.stream, &event.event_type, is_new_stream && number == 0)
-            {
-                self.link(&system_stream, &target)?;
+            let links =
+                self.projections.links(&append.stream, &event.event_type, is_new_stream && number == 0);
+            for link in links.into_iter().flatten() {
+                match linked.iter_mut().find(|(name, _)| link.is(name)) {
+                    Some((_, targets)) => targets.push(target),
+                    None => linked.push((link.name(), vec![target])),
+                }
             }
+        }
+        for (system_stream, targets) in &linked {
+            self.link_all(system_stream, targets)?;
         }
         if is_new_stream {
             state.created_position = first_position;
@@ -851,23 +861,30 @@ impl<'a> Staging<'a> {
     /// Appends a link to the event at `position` to a system stream. The
     /// links a batch adds to one stream are written together, as runs.
     pub(crate) fn link(&mut self, system_stream: &str, target: &LinkTarget<'_>) -> Result<(), StoreError> {
+        self.link_all(system_stream, std::slice::from_ref(target))
+    }
+
+    /// Appends links to `targets`, in order, to a system stream.
+    fn link_all(&mut self, system_stream: &str, targets: &[LinkTarget<'_>]) -> Result<(), StoreError> {
         let mut state = self.state(system_stream)?;
-        let number = state.next_number;
-        if number == 0 {
-            state.created_position = target.position;
-        }
-        let link = (target.position, target.created_micros, target.number, target.stream.to_owned());
-        match self.links.get_mut(system_stream) {
-            Some(run) if run.next() == number && run.links.len() < MAX_LINK_RUN => run.links.push(link),
-            _ => {
-                let run = PendingLinks { first: number, links: vec![link] };
-                if let Some(full) = self.links.insert(system_stream.to_owned(), run) {
-                    self.put(keys::event(system_stream, full.first), full.encode());
+        for target in targets {
+            let number = state.next_number;
+            if number == 0 {
+                state.created_position = target.position;
+            }
+            let link = (target.position, target.created_micros, target.number, target.stream.to_owned());
+            match self.links.get_mut(system_stream) {
+                Some(run) if run.next() == number && run.links.len() < MAX_LINK_RUN => run.links.push(link),
+                _ => {
+                    let run = PendingLinks { first: number, links: vec![link] };
+                    if let Some(full) = self.links.insert(system_stream.to_owned(), run) {
+                        self.put(keys::event(system_stream, full.first), full.encode());
+                    }
                 }
             }
+            self.writes += 1;
+            state.next_number += 1;
         }
-        self.writes += 1;
-        state.next_number += 1;
         self.set_state(system_stream, state);
         Ok(())
     }

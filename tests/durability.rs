@@ -243,7 +243,7 @@ async fn one_store_per_directory_and_reopening_at_once() {
 }
 
 /// The id index gathers ids in memory and per-commit segments, sorts them
-/// into runs every 8,192 and merges runs four at a time: a retry is
+/// into runs every 8,192 and merges runs eight at a time: a retry is
 /// recognised wherever its ids are by then, after a restart too, and a
 /// partial match or an id spent in another stream is still refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +275,7 @@ async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
             .collect(),
     };
 
-    // 160 appends of 500 random ids: nine runs, two merges of four, and
+    // 160 appends of 500 random ids: nine runs, a merge of eight, and
     // more ids in segments.
     let store = open(data_dir.clone()).await;
     let mut written = Vec::new();

@@ -94,8 +94,9 @@ const FAN_IN: usize = 8;
 /// How many commits' worth of upkeep one idle step does.
 const UPKEEP_STEPS: usize = 4;
 
-/// Where an id was written: its stream and event number.
-type Owner = (Arc<str>, u64);
+/// Where an id was written: its stream and event number. The writer names
+/// an append's stream once for all its ids.
+pub(crate) type Owner = (Arc<str>, u64);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Run {
@@ -257,7 +258,7 @@ impl IdIndex {
         &mut self,
         db: &sled::Db,
         commit_seq: u64,
-        ids: &HashMap<Uuid, (String, u64)>,
+        ids: &HashMap<Uuid, Owner>,
         batch: &mut sled::Batch,
     ) -> Result<u64, StoreError> {
         let mut writes = Writes { batch, bytes: 0 };
@@ -274,16 +275,10 @@ impl IdIndex {
         if !ids.is_empty() {
             writes.put(
                 &keys::id_segment(commit_seq)[..],
-                codec::encode_id_table(
-                    ids.iter().map(|(id, (stream, number))| (*id, stream.as_str(), *number)),
-                ),
+                codec::encode_id_table(ids.iter().map(|(id, (stream, number))| (*id, &**stream, *number))),
             );
             self.filter.insert_all(ids.keys());
-            let mut names: HashMap<&str, Arc<str>> = HashMap::new();
-            for (id, (stream, number)) in ids {
-                let name = names.entry(stream).or_insert_with(|| Arc::from(stream.as_str()));
-                self.recent.insert(*id, (Arc::clone(name), *number));
-            }
+            self.recent.extend(ids.iter().map(|(id, owner)| (*id, owner.clone())));
         }
         if !converted {
             self.merge_step(db, merge_budget, &mut writes)?;
@@ -585,8 +580,10 @@ mod tests {
 
     /// Commits `ids` as commit `seq`, the way the writer does.
     fn commit(index: &mut IdIndex, db: &sled::Db, seq: u64, ids: &HashMap<Uuid, (String, u64)>) {
+        let owners: HashMap<Uuid, Owner> =
+            ids.iter().map(|(id, (stream, number))| (*id, (Arc::from(stream.as_str()), *number))).collect();
         let mut batch = sled::Batch::default();
-        index.stage(db, seq, ids, &mut batch).expect("stage");
+        index.stage(db, seq, &owners, &mut batch).expect("stage");
         db.apply_batch(batch).expect("apply");
     }
 

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::codec::{self, EventFields, StreamState};
 use super::compact::{CompactProgress, Compaction, Retired};
 use super::generation::{self, DbCell, LogSinceOpen};
-use super::id_index::IdIndex;
+use super::id_index::{IdIndex, Owner};
 use super::projections::{Projection, Projections};
 use super::rebuild::{self, Phase, Progress};
 use super::scavenge;
@@ -563,7 +563,7 @@ pub(crate) struct Staging<'a> {
     /// Streams whose state this batch removes.
     removed: HashSet<String>,
     /// Event ids this batch wrote, with their owner.
-    ids: HashMap<Uuid, (String, u64)>,
+    ids: HashMap<Uuid, Owner>,
     /// Links this batch adds, by system stream, written as runs at the end.
     links: HashMap<String, PendingLinks>,
     /// Records this batch adds, by stream, written as runs at the end.
@@ -678,8 +678,8 @@ impl<'a> Staging<'a> {
     }
 
     fn id_owner(&self, id: &Uuid) -> Result<Option<(String, u64)>, StoreError> {
-        if let Some(owner) = self.ids.get(id) {
-            return Ok(Some(owner.clone()));
+        if let Some((stream, number)) = self.ids.get(id) {
+            return Ok(Some((stream.to_string(), *number)));
         }
         self.id_index.owner(self.db, id)
     }
@@ -728,6 +728,8 @@ impl<'a> Staging<'a> {
         // staged after its events: one state per system stream, not one per
         // link (an append's events mostly share their category and type).
         let mut linked: Vec<(String, Vec<LinkTarget<'_>>)> = Vec::new();
+        // The name every id of the append is owned by, made once.
+        let name: Arc<str> = Arc::from(append.stream.as_str());
         for event in &append.events {
             let position = self.next_position;
             let number = state.next_number;
@@ -745,7 +747,7 @@ impl<'a> Staging<'a> {
             });
             self.stage_record(&append.stream, number, record);
             self.stage_log(position, &append.stream, number);
-            self.ids.insert(event.id, (append.stream.clone(), number));
+            self.ids.insert(event.id, (Arc::clone(&name), number));
             self.writes += 2;
             self.next_position += 1;
             state.next_number += 1;
@@ -941,7 +943,7 @@ struct Finished {
     states: HashMap<String, StreamState>,
     removed: HashSet<String>,
     /// The event ids the batch adds, for the id index.
-    ids: HashMap<Uuid, (String, u64)>,
+    ids: HashMap<Uuid, Owner>,
 }
 
 /// The committed states of the streams the writer touched lately, so an

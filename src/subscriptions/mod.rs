@@ -42,9 +42,10 @@ pub use settings::{InvalidSetting, Settings, StartFrom, Strategy};
 use state::GroupState;
 pub use state::{Checkpoint, ConnectionStats, Delivered, Message, NackAction, Stats};
 
-/// The longest a request that found nothing waits for the group to read
-/// what was appended before it (one store read; longer only if the store
-/// is failing, and then an empty answer is right).
+/// The longest a request that found fewer messages than it asked for waits
+/// for the group to read what was appended before it (usually one store
+/// read; longer only if the store is failing, and then answering with what
+/// there is is right).
 pub const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest group name accepted, in bytes.
@@ -383,11 +384,15 @@ impl Subscriptions {
         Ok(delivered)
     }
 
-    /// Like [`Self::take`], but when nothing is available it first makes
-    /// sure the group has read every event acknowledged before the call
-    /// (the driver reads asynchronously), so a consumer that asks right
-    /// after an append is not told there is nothing. The wait is one read
-    /// of the store, bounded by [`READ_BARRIER_TIMEOUT`].
+    /// Like [`Self::take`], but when fewer than `count` messages are
+    /// available it first lets the group read what was acknowledged before
+    /// the call (the driver reads asynchronously), taking again after each
+    /// read, until `count` is met, a read started after the call reaches
+    /// the end of the source, or the read-ahead buffer is full. So a
+    /// consumer that asks right after an append gets that event: not
+    /// nothing, and not only the part an earlier read already brought in.
+    /// The wait is usually one read of the store; all of it is bounded by
+    /// [`READ_BARRIER_TIMEOUT`].
     pub async fn take_fresh(
         &self,
         stream: &str,
@@ -395,26 +400,38 @@ impl Subscriptions {
         consumer: &str,
         count: usize,
     ) -> Result<Vec<Delivered>, SubscriptionError> {
-        let delivered = self.take(stream, group, consumer, count)?;
-        if !delivered.is_empty() {
+        let mut delivered = self.take(stream, group, consumer, count)?;
+        if delivered.len() >= count {
             return Ok(delivered);
         }
         let handle = self.get(stream, group)?;
         let mut changes = handle.changes.subscribe();
-        let Some(ticket) = handle.lock().request_read() else { return Ok(delivered) };
-        handle.kick();
         let deadline = Instant::now() + READ_BARRIER_TIMEOUT;
-        while !handle.lock().is_served(ticket) {
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        break;
+        while delivered.len() < count {
+            // `None`: the read-ahead buffer is full, so no read would add to it.
+            let Some(ticket) = handle.lock().request_read() else { break };
+            handle.kick();
+            while !handle.lock().is_served(ticket) {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return Ok(delivered);
+                        }
                     }
+                    () = tokio::time::sleep_until(deadline) => return Ok(delivered),
                 }
-                () = tokio::time::sleep_until(deadline) => break,
+            }
+            match self.take(stream, group, consumer, count - delivered.len()) {
+                Ok(more) => delivered.extend(more),
+                // What was taken first is the consumer's now: hand it over.
+                Err(_) if !delivered.is_empty() => break,
+                Err(error) => return Err(error),
+            }
+            if handle.lock().is_caught_up() {
+                break;
             }
         }
-        self.take(stream, group, consumer, count)
+        Ok(delivered)
     }
 
     /// A receiver that changes whenever a consumer waiting on the group

@@ -119,15 +119,23 @@ async fn a_million_events_ninety_percent_expired() {
     );
     assert_eq!(report(&client, &server.base, &id).await["status"], "interrupted");
 
-    // Killed while it copies the store into a new generation.
+    // Killed while it copies the store into a new generation. The report
+    // shows progress live, so the kill lands within a poll of the copy's
+    // first step; the copy takes seconds.
     let id = start_scavenge(&client, &server.base).await;
-    wait_for(&client, &server.base, &id, |r| r["keysCopied"].as_u64().unwrap() > 0).await;
+    let copying = wait_for(&client, &server.base, &id, |r| r["keysCopied"].as_u64().unwrap() > 0).await;
     server.kill9();
+    println!("killed after {} keys copied", copying["keysCopied"]);
     let server = BinaryServer::start(&data_dir, &[]);
     assert_eq!(
         readable_pages(&client, &server.base).await,
         expected,
         "nothing readable lost (killed compacting)"
+    );
+    assert_eq!(
+        report(&client, &server.base, &id).await["status"],
+        "interrupted",
+        "killed before it finished"
     );
     let generations =
         std::fs::read_dir(&data_dir).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();

@@ -233,15 +233,18 @@ pub(crate) struct Scavenger {
     pub db: super::generation::DbCell,
     pub path: std::path::PathBuf,
     pub commands: tokio::sync::mpsc::Sender<super::writer::Command>,
-    /// The scavenge running now, if any.
-    pub running: std::sync::Arc<std::sync::Mutex<Option<Uuid>>>,
+    /// The report of the scavenge running now, if any, updated after every
+    /// step: what `report` shows for it, so progress is current, not as
+    /// of the last save.
+    pub running: std::sync::Arc<std::sync::Mutex<Option<ScavengeReport>>>,
     /// The task of the last scavenge started. The task holds the store's
     /// files open (through `db`), so closing the store waits for it: a
     /// restart in the same process must not find the files still locked.
     pub task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
-/// How often a running scavenge saves its report.
+/// How often a running scavenge saves its report (so that a kill leaves a
+/// recent one; while it runs, `report` shows the live one).
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Scavenger {
@@ -261,9 +264,9 @@ impl Scavenger {
     }
 
     pub fn start(&self) -> Result<ScavengeStarted, StoreError> {
-        let mut running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(id) = *running {
-            return Ok(ScavengeStarted::AlreadyRunning(id));
+        let mut running = self.lock_running();
+        if let Some(report) = &*running {
+            return Ok(ScavengeStarted::AlreadyRunning(report.scavenge_id));
         }
         let id = Uuid::new_v4();
         let report = ScavengeReport {
@@ -280,7 +283,7 @@ impl Scavenger {
             error: None,
         };
         self.save(&report)?;
-        *running = Some(id);
+        *running = Some(report.clone());
         drop(running);
         tracing::info!(scavenge_id = %id, bytes = report.bytes_before, "scavenge started");
         let scavenger = self.clone();
@@ -303,11 +306,26 @@ impl Scavenger {
     }
 
     pub fn report(&self, id: &Uuid) -> Result<Option<ScavengeReport>, StoreError> {
+        if let Some(report) = self.lock_running().as_ref().filter(|report| report.scavenge_id == *id) {
+            return Ok(Some(report.clone()));
+        }
         match self.db.get().get(keys::scavenge(id))? {
             Some(value) => serde_json::from_slice(&value)
                 .map(Some)
                 .map_err(|e| StoreError::Corrupt(format!("scavenge report: {e}"))),
             None => Ok(None),
+        }
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, Option<ScavengeReport>> {
+        // Every write is one assignment: a poisoned lock holds a whole value.
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Shows the running scavenge's progress to `report`.
+    fn publish(&self, report: &ScavengeReport) {
+        if let Some(running) = self.lock_running().as_mut() {
+            running.clone_from(report);
         }
     }
 
@@ -331,6 +349,7 @@ impl Scavenger {
                     report.streams_scanned += step.streams;
                     report.events_removed += step.events_removed;
                     report.links_removed += step.links_removed;
+                    self.publish(&report);
                     match step.next {
                         Some(next) => cursor = next,
                         None => break ScavengeStatus::Completed,
@@ -362,6 +381,7 @@ impl Scavenger {
         report.status = status;
         report.finished_micros = Some(visibility::now_micros());
         report.bytes_after = Some(directory_bytes(&self.path));
+        self.publish(&report);
         if let Err(error) = self.save(&report) {
             tracing::warn!(%error, "could not save the scavenge report");
         }
@@ -373,7 +393,7 @@ impl Scavenger {
             bytes_after = report.bytes_after,
             "scavenge finished"
         );
-        *self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        *self.lock_running() = None;
     }
 }
 
@@ -392,6 +412,7 @@ impl Scavenger {
                 .map_err(|_| StoreError::Unavailable)?;
             let progress = answer.await.map_err(|_| StoreError::Unavailable)??;
             report.keys_copied = progress.copied;
+            self.publish(report);
             if let Some(retired) = progress.retired {
                 // Readers that took the old handle just before the switch
                 // finish within milliseconds; give them ample time, then let

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{ATOM_JSON, BinaryServer, EVENTS_JSON, TestServer, client, link, read_all_events};
@@ -32,11 +32,13 @@ async fn every_acknowledged_event_survives_kill_9() {
     let mut server = BinaryServer::start(&data_dir, &[]);
     let base = server.base.clone();
     let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
 
     let mut writers = Vec::new();
     for writer in 0..16 {
         let base = base.clone();
         let stop = Arc::clone(&stop);
+        let acknowledged = Arc::clone(&acknowledged);
         writers.push(tokio::spawn(async move {
             let client = client();
             let mut acked = Vec::new();
@@ -63,6 +65,7 @@ async fn every_acknowledged_event_survives_kill_9() {
                         let location = response.headers()["location"].to_str().unwrap().to_owned();
                         let first_number = location.rsplit('/').next().unwrap().parse().unwrap();
                         acked.push(Acked { stream, first_number, ids });
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
                     }
                     // The server died mid-request: not acknowledged.
                     _ => break,
@@ -72,7 +75,12 @@ async fn every_acknowledged_event_survives_kill_9() {
         }));
     }
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed mid-load: once a few hundred batches are in, however long a
+    // slow disk takes to get there (a fixed sleep counted on its speed).
+    common::wait_until("300 acknowledged batches", Duration::from_secs(60), || {
+        acknowledged.load(Ordering::Relaxed) >= 300
+    })
+    .await;
     server.kill9();
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();

@@ -230,9 +230,10 @@ async fn after_kill_9_every_system_stream_agrees_with_all() {
     let mut server = BinaryServer::start(&data_dir, &[]);
     let base = server.base.clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acknowledged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writers = Vec::new();
     for writer in 0..16u32 {
-        let (base, stop) = (base.clone(), Arc::clone(&stop));
+        let (base, stop, acknowledged) = (base.clone(), Arc::clone(&stop), Arc::clone(&acknowledged));
         writers.push(tokio::spawn(async move {
             let client = client();
             let mut round = 0u32;
@@ -253,10 +254,15 @@ async fn after_kill_9_every_system_stream_agrees_with_all() {
                 if !matches!(sent, Ok(ref r) if r.status() == 201) {
                     break;
                 }
+                acknowledged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // Killed mid-load, once enough is in whatever the disk's speed.
+    common::wait_until("200 acknowledged appends", std::time::Duration::from_secs(60), || {
+        acknowledged.load(std::sync::atomic::Ordering::Relaxed) >= 200
+    })
+    .await;
     server.kill9();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for writer in writers {

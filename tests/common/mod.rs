@@ -347,6 +347,16 @@ pub async fn wait_for_projections(client: &Client, base: &str) {
     }
 }
 
+/// Polls `done` every 10 ms until it holds; fails the test, naming `what`,
+/// if it does not within `limit`.
+pub async fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "not reached within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits (up to 30 s) until the server reports at least `count` waiters
 /// (long-polls and SSE streams), so a test acts only once they all wait.
 pub async fn wait_for_waiters(client: &Client, base: &str, count: u64) {

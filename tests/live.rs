@@ -455,10 +455,9 @@ async fn shutdown_with_a_thousand_waiters_is_prompt_and_loses_nothing() {
     .await
     .unwrap();
     let (took, _server) = took;
-    // Under the 5 s grace that open requests get: waiters that were not
-    // answered at once would hold shutdown for all of it. (Not tighter:
-    // the final fsyncs and a thousand answers take what the machine takes.)
-    assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    // The bound the live-reading issue sets, well under the 5 s grace that
+    // waiters not answered at once would hold shutdown for.
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
 
     for waiter in waiters {
         let (status, page, _) = waiter.await.unwrap();

@@ -152,12 +152,12 @@ async fn a_million_events_ninety_percent_expired() {
     // spent (the id index keeps all million) and so do the log's
     // positions. What the store takes to hold them depends on how tightly
     // the fill wrote them (merging the id index eight runs at a time
-    // instead of four took the fill from 393 to 334 MB, the compacted
-    // store staying at about 172), so the bounds are loose: the store
-    // keeps at most three fifths, on disk as in the report.
-    assert!(after < before / 5 * 3, "the data directory shrinks ({before} → {after} bytes)");
+    // instead of four took the fill from 393 to 334-342 MB, the compacted
+    // store staying at 170-173), so the bounds are loose: the store keeps
+    // at most two thirds, on disk as in the report.
+    assert!(after < before / 3 * 2, "the data directory shrinks ({before} → {after} bytes)");
     let left = directory_bytes(&data_dir);
-    assert!(left < bytes_filled / 5 * 3, "{left} bytes left of {bytes_filled} filled");
+    assert!(left < bytes_filled / 3 * 2, "{left} bytes left of {bytes_filled} filled");
     assert_eq!(
         readable_pages(&client, &server.base).await,
         expected,

@@ -113,7 +113,7 @@ fn write_entry(
     let rich = embed >= Embed::Rich;
     json.open(b'{');
     if rich {
-        json.string_field("eventId", event.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+        json.plain_field("eventId", event.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
         json.string_field("eventType", &event.event_type);
         json.number_field("eventNumber", event.number);
     }
@@ -175,7 +175,7 @@ fn write_event_object(json: &mut JsonWriter, event: &RecordedEvent) {
     json.string_field("eventStreamId", &event.stream);
     json.number_field("eventNumber", event.number);
     json.string_field("eventType", &event.event_type);
-    json.string_field("eventId", event.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+    json.plain_field("eventId", event.id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
     json.key("data");
     json.out.extend_from_slice(embedded(&event.data, event.is_json).get().as_bytes());
     json.key("metadata");
@@ -294,6 +294,17 @@ impl JsonWriter {
         self.string(text);
     }
 
+    /// A string field whose text needs no escaping (hex ids, this crate's
+    /// own literals): copied as it is, not looked through.
+    #[inline(always)]
+    fn plain_field(&mut self, name: &str, text: &str) {
+        debug_assert!(!text.bytes().any(|byte| byte < 0x20 || byte == b'"' || byte == b'\\'), "{text:?}");
+        self.key(name);
+        self.out.push(b'"');
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.push(b'"');
+    }
+
     #[inline(always)]
     fn number_field(&mut self, name: &str, number: u64) {
         self.key(name);
@@ -310,7 +321,7 @@ impl JsonWriter {
     fn author(&mut self) {
         self.key("author");
         self.open(b'{');
-        self.string_field("name", AUTHOR);
+        self.plain_field("name", AUTHOR);
         self.close(b'}');
     }
 
@@ -334,7 +345,8 @@ impl JsonWriter {
         self.open(b'{');
         self.key("uri");
         write_uri(self);
-        self.string_field("relation", relation);
+        // Relations are this crate's literals (`edit`, `ack`, ...).
+        self.plain_field("relation", relation);
         self.close(b'}');
     }
 }

@@ -170,6 +170,9 @@ async fn a_thousand_waiters_wake_for_one_append_and_others_do_not() {
         let (client, url) = (client.clone(), server.url("/streams/crowd/1/forward/20"));
         crowd.push(tokio::spawn(async move { long_poll(&client, &url, 30).await }));
     }
+    // The others' 4 s start once the crowd waits, however long its
+    // thousand connections took to set up.
+    common::wait_for_waiters(&server.client, &server.base, 1000).await;
     let mut others = Vec::new();
     for _ in 0..20 {
         let (client, url) = (client.clone(), server.url("/streams/elsewhere/1/forward/20"));
@@ -255,8 +258,10 @@ async fn beyond_the_waiter_cap_the_answer_is_503_and_the_server_stays_healthy() 
     server.append_n("capped", 1).await;
     let mut waiters = Vec::new();
     for _ in 0..5 {
+        // Long enough to be still waiting at the append below, however
+        // slow the requests before it; the append ends the wait anyway.
         let (client, url) = (server.client.clone(), server.url("/streams/capped/1/forward/20"));
-        waiters.push(tokio::spawn(async move { long_poll(&client, &url, 3).await }));
+        waiters.push(tokio::spawn(async move { long_poll(&client, &url, 30).await }));
     }
     common::wait_for_waiters(&server.client, &server.base, 5).await;
     let response = server

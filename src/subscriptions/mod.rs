@@ -132,6 +132,22 @@ struct Group {
 }
 
 impl Group {
+    /// Waits until the driver has served read ticket `ticket`; `false` if
+    /// the deadline passed or the group was deleted first.
+    async fn read_served(&self, ticket: u64, changes: &mut watch::Receiver<u64>, deadline: Instant) -> bool {
+        while !self.lock().is_served(ticket) {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+        true
+    }
+
     fn lock(&self) -> MutexGuard<'_, GroupState> {
         // Every state operation leaves the state consistent before any
         // point that could panic, so a poisoned lock is still usable.
@@ -411,15 +427,8 @@ impl Subscriptions {
             // `None`: the read-ahead buffer is full, so no read would add to it.
             let Some(ticket) = handle.lock().request_read() else { break };
             handle.kick();
-            while !handle.lock().is_served(ticket) {
-                tokio::select! {
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            return Ok(delivered);
-                        }
-                    }
-                    () = tokio::time::sleep_until(deadline) => return Ok(delivered),
-                }
+            if !handle.read_served(ticket, &mut changes, deadline).await {
+                break;
             }
             match self.take(stream, group, consumer, count - delivered.len()) {
                 Ok(more) => delivered.extend(more),

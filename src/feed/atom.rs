@@ -178,7 +178,7 @@ impl<'a> EntryStreams<'a> {
     }
 
     fn escaped(&mut self, stream: &std::sync::Arc<str>) -> &EscapedStream {
-        if self.last.as_ref().is_some_and(|last| *last.name != **stream) {
+        if self.last.as_ref().is_some_and(|last| !super::same_name(&last.name, stream)) {
             self.last = None;
         }
         self.last.get_or_insert_with(|| {

@@ -193,7 +193,7 @@ impl<'a> PageEntries<'a> {
             out.extend_from_slice(b",\n      \"isLinkMetaData\": false,\n      \"positionEventNumber\": ");
             out.extend_from_slice(super::decimal(original.number, &mut [0; 20]).as_bytes());
             out.extend_from_slice(b",\n      \"positionStreamId\": \"");
-            match *original.stream == *event.stream {
+            match super::same_name(&original.stream, &event.stream) {
                 true => out.extend_from_slice(&stream.escaped),
                 false => escape_into(out, &original.stream),
             }
@@ -215,7 +215,9 @@ impl<'a> PageEntries<'a> {
         out.extend_from_slice(AUTHOR.as_bytes());
         out.extend_from_slice(b"\"\n      },\n      \"summary\": \"");
         match event_type {
-            Some(escaped) if *original.event_type == *event.event_type => out.extend_from_within(escaped),
+            Some(escaped) if super::same_name(&original.event_type, &event.event_type) => {
+                out.extend_from_within(escaped)
+            }
             _ => escape_into(out, &original.event_type),
         }
         out.extend_from_slice(b"\",\n      \"links\": [\n        {\n          \"uri\": \"");
@@ -237,7 +239,7 @@ impl<'a> PageEntries<'a> {
 
     /// `stream` escaped, from the last entry when it is the same stream.
     fn stream_of(&mut self, stream: &std::sync::Arc<str>) -> &EscapedStream {
-        if self.stream.as_ref().is_some_and(|last| *last.name != **stream) {
+        if self.stream.as_ref().is_some_and(|last| !super::same_name(&last.name, stream)) {
             self.stream = None;
         }
         self.stream.get_or_insert_with(|| {

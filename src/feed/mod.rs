@@ -199,6 +199,13 @@ pub fn stream_feed(urls: &Urls, stream: &str, request: PageRequest, slice: Strea
     }
 }
 
+/// Whether two names read from the store are the same text: the same
+/// allocation mostly (a read shares one copy of each name among its
+/// events), which is a pointer comparison, not a `memcmp`.
+pub(crate) fn same_name(a: &std::sync::Arc<str>, b: &std::sync::Arc<str>) -> bool {
+    std::sync::Arc::ptr_eq(a, b) || a == b
+}
+
 /// Formats `number` in decimal into `buffer`, without going through `fmt`
 /// (renderers do this for every entry).
 pub(crate) fn decimal(number: u64, buffer: &mut [u8; 20]) -> &str {

@@ -379,11 +379,16 @@ impl ReadContext {
         high: u64,
         resolve_links: bool,
     ) -> Result<Vec<ReadEvent>, StoreError> {
-        let stored = stored_entries(self.db(), stream, low, high)?;
-        let mut events = Vec::with_capacity(stored.len());
-        for (number, entry) in stored {
+        let capacity =
+            usize::try_from(high.saturating_sub(low).saturating_add(1)).unwrap_or(usize::MAX).min(4096);
+        let mut events = Vec::with_capacity(capacity);
+        // A handle of its own (a reference count): the entries are
+        // materialised as they are decoded, which needs `self`.
+        let db = self.db.clone();
+        visit_stored_entries(&db, stream, low, high, |number, entry| {
             events.push(self.materialise(stream, number, entry, resolve_links)?);
-        }
+            Ok(())
+        })?;
         Ok(events)
     }
 
@@ -570,6 +575,22 @@ pub(crate) fn stored_entries(
     let capacity =
         usize::try_from(high.saturating_sub(low).saturating_add(1)).unwrap_or(usize::MAX).min(4096);
     let mut found = Vec::with_capacity(capacity);
+    visit_stored_entries(db, stream, low, high, |number, entry| {
+        found.push((number, entry));
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// Hands what [`stored_entries`] returns to `found`, in order, without
+/// collecting it first.
+pub(crate) fn visit_stored_entries(
+    db: &sled::Db,
+    stream: &str,
+    low: u64,
+    high: u64,
+    mut found: impl FnMut(u64, Entry) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let mut names = codec::Names::default();
     let mut add = |first: u64, value: sled::IVec| -> Result<(), StoreError> {
         codec::decode_entries_within(codec::shared(value), first, low, high, &mut names, &mut found)
@@ -586,7 +607,7 @@ pub(crate) fn stored_entries(
             add(event_key_number(&key)?, value)?;
         }
     }
-    Ok(found)
+    Ok(())
 }
 
 /// What is stored for number `number` of `stream`: an entry of its own, or

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::{RecordedEvent, StoreError};
+use super::{ReadEvent, RecordedEvent, StoreError};
 
 const EVENT_V1: u8 = 1;
 /// The first byte of a link entry; distinct from every record version.
@@ -117,7 +117,10 @@ pub fn decode_event(record: Bytes) -> Result<RecordedEvent, StoreError> {
 }
 
 /// Decodes the record `record`, a part of `value`, with slices of `value`
-/// for its payloads and `names` for its stream and type.
+/// for its payloads and `names` for its stream and type. Inlined, so that
+/// the event is written straight where the caller keeps it, not returned
+/// and then copied (see [`decode_events_within`]).
+#[inline(always)]
 fn decode_event_within(value: &Bytes, record: &[u8], names: &mut Names) -> Result<RecordedEvent, StoreError> {
     let mut reader = Reader::new(record);
     let version = reader.u8()?;
@@ -545,6 +548,42 @@ pub fn decode_entries_within(
         }
     }
     Ok(())
+}
+
+/// Decodes the events numbered `low..=high` from the value stored under
+/// the key of number `first` straight into a page, when the value holds
+/// events (an event, or a run of them); `false`, with nothing decoded, when
+/// it holds links, which the caller resolves through
+/// [`decode_entries_within`]. Each event is built where the page keeps it
+/// (with [`decode_event_within`] inlined): passed on as an [`Entry`], then
+/// materialised, each event of a page was copied four times, and a
+/// 20-event page took 3.4 µs to read from the store instead of 2.9.
+pub fn decode_events_within(
+    value: &Bytes,
+    first: u64,
+    low: u64,
+    high: u64,
+    names: &mut Names,
+    page: &mut Vec<ReadEvent>,
+) -> Result<bool, StoreError> {
+    match value.first() {
+        Some(&RECORD_RUN_V1) => {
+            let table = RecordTable::read(value)?;
+            let Some(last) = table.count.checked_sub(1) else { return Ok(true) };
+            for number in low.max(first)..=high.min(first.saturating_add(last)) {
+                let item = table.item(usize::try_from(number - first).unwrap_or(usize::MAX))?;
+                page.push(ReadEvent { event: decode_event_within(value, &value[item], names)?, link: None });
+            }
+            Ok(true)
+        }
+        Some(&EVENT_V1) => {
+            if (low..=high).contains(&first) {
+                page.push(ReadEvent { event: decode_event_within(value, value, names)?, link: None });
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Decodes entry `number` from the value stored under the key of number

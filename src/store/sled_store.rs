@@ -382,12 +382,18 @@ impl ReadContext {
         let capacity =
             usize::try_from(high.saturating_sub(low).saturating_add(1)).unwrap_or(usize::MAX).min(4096);
         let mut events = Vec::with_capacity(capacity);
-        // A handle of its own (a reference count): the entries are
-        // materialised as they are decoded, which needs `self`.
+        let mut names = codec::Names::default();
+        // A handle of its own (a reference count): links are materialised
+        // as they are decoded, which needs `self`.
         let db = self.db.clone();
-        visit_stored_entries(&db, stream, low, high, |number, entry| {
-            events.push(self.materialise(stream, number, entry, resolve_links)?);
-            Ok(())
+        visit_stored_values(&db, stream, low, high, |first, value| {
+            if codec::decode_events_within(&value, first, low, high, &mut names, &mut events)? {
+                return Ok(());
+            }
+            codec::decode_entries_within(value, first, low, high, &mut names, &mut |number, entry| {
+                events.push(self.materialise(stream, number, entry, resolve_links)?);
+                Ok(())
+            })
         })?;
         Ok(events)
     }
@@ -592,19 +598,30 @@ pub(crate) fn visit_stored_entries(
     mut found: impl FnMut(u64, Entry) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let mut names = codec::Names::default();
-    let mut add = |first: u64, value: sled::IVec| -> Result<(), StoreError> {
-        codec::decode_entries_within(codec::shared(value), first, low, high, &mut names, &mut found)
-    };
+    visit_stored_values(db, stream, low, high, |first, value| {
+        codec::decode_entries_within(value, first, low, high, &mut names, &mut found)
+    })
+}
+
+/// Hands each value that holds numbers `low..=high` of `stream` to
+/// `found`, in order, with the number of its key (see [`stored_entries`]).
+fn visit_stored_values(
+    db: &sled::Db,
+    stream: &str,
+    low: u64,
+    high: u64,
+    mut found: impl FnMut(u64, Bytes) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     // The lowest number whose key the range below still has to visit.
     let mut rest = low;
     if let Some((first, value)) = value_holding(db, stream, low)? {
         rest = first.saturating_add(codec::entry_count(&value)?).max(low);
-        add(first, value)?;
+        found(first, codec::shared(value))?;
     }
     if rest <= high {
         for item in db.range(keys::event(stream, rest)..=keys::event(stream, high)) {
             let (key, value) = item?;
-            add(event_key_number(&key)?, value)?;
+            found(event_key_number(&key)?, codec::shared(value))?;
         }
     }
     Ok(())

@@ -379,9 +379,7 @@ impl ReadContext {
         high: u64,
         resolve_links: bool,
     ) -> Result<Vec<ReadEvent>, StoreError> {
-        let capacity =
-            usize::try_from(high.saturating_sub(low).saturating_add(1)).unwrap_or(usize::MAX).min(4096);
-        let mut events = Vec::with_capacity(capacity);
+        let mut events = Vec::with_capacity(span_capacity(low, high));
         let mut names = codec::Names::default();
         // A handle of its own (a reference count): links are materialised
         // as they are decoded, which needs `self`.
@@ -578,29 +576,20 @@ pub(crate) fn stored_entries(
     low: u64,
     high: u64,
 ) -> Result<Vec<(u64, Entry)>, StoreError> {
-    let capacity =
-        usize::try_from(high.saturating_sub(low).saturating_add(1)).unwrap_or(usize::MAX).min(4096);
-    let mut found = Vec::with_capacity(capacity);
-    visit_stored_entries(db, stream, low, high, |number, entry| {
-        found.push((number, entry));
-        Ok(())
+    let mut found = Vec::with_capacity(span_capacity(low, high));
+    let mut names = codec::Names::default();
+    visit_stored_values(db, stream, low, high, |first, value| {
+        codec::decode_entries_within(value, first, low, high, &mut names, &mut |number, entry| {
+            found.push((number, entry));
+            Ok(())
+        })
     })?;
     Ok(found)
 }
 
-/// Hands what [`stored_entries`] returns to `found`, in order, without
-/// collecting it first.
-pub(crate) fn visit_stored_entries(
-    db: &sled::Db,
-    stream: &str,
-    low: u64,
-    high: u64,
-    mut found: impl FnMut(u64, Entry) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    let mut names = codec::Names::default();
-    visit_stored_values(db, stream, low, high, |first, value| {
-        codec::decode_entries_within(value, first, low, high, &mut names, &mut found)
-    })
+/// Room for the entries `low..=high`, up to a page's most.
+fn span_capacity(low: u64, high: u64) -> usize {
+    usize::try_from(high.saturating_sub(low).saturating_add(1)).unwrap_or(usize::MAX).min(4096)
 }
 
 /// Hands each value that holds numbers `low..=high` of `stream` to

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::event::{body_text, embedded};
 use super::time::{EMPTY_FEED_UPDATED, Timestamps};
-use super::{AUTHOR, Embed, EventUrls, Feed, Link, Urls, swar};
+use super::{AUTHOR, Embed, EventUrls, Feed, Link, PerStream, Urls, swar};
 use crate::store::metadata::described_stream;
 use crate::store::{ReadEvent, RecordedEvent};
 
@@ -119,22 +119,31 @@ fn render_page(
 struct PageEntries<'a> {
     urls: &'a Urls,
     embed: Embed,
-    /// The stream of the entry written last, with its name and the prefix
-    /// of its entries' URLs escaped: a page's entries mostly share one.
-    stream: Option<EscapedStream>,
+    /// The escaped names and URL prefixes of the page's streams.
+    streams: PerStream<EscapedStream>,
 }
 
+/// A stream's name, escaped, and `{stream URL}/`, escaped: an entry's URL
+/// is this and its number.
 struct EscapedStream {
-    name: std::sync::Arc<str>,
-    /// The name, escaped.
-    escaped: Vec<u8>,
-    /// `{stream URL}/`, escaped: an entry's URL is this and its number.
+    name: Vec<u8>,
     url_prefix: Vec<u8>,
+}
+
+impl EscapedStream {
+    fn new(urls: &Urls, stream: &str) -> Self {
+        let mut name = Vec::with_capacity(stream.len());
+        escape_into(&mut name, stream);
+        let mut url_prefix = Vec::with_capacity(64);
+        escape_into(&mut url_prefix, &urls.stream(stream));
+        url_prefix.push(b'/');
+        Self { name, url_prefix }
+    }
 }
 
 impl<'a> PageEntries<'a> {
     fn new(urls: &'a Urls, embed: Embed) -> Self {
-        Self { urls, embed, stream: None }
+        Self { urls, embed, streams: PerStream::default() }
     }
 
     /// Writes `read` as an entry, from the indent before its `{` to its `}`.
@@ -144,7 +153,8 @@ impl<'a> PageEntries<'a> {
         let original = read.original();
         let embed = self.embed;
         let rich = embed >= Embed::Rich;
-        let stream = self.stream_of(&event.stream);
+        let urls = self.urls;
+        let stream = self.streams.get(&event.stream, |stream| EscapedStream::new(urls, stream));
         let mut digits = [0; 20];
         let number = super::decimal(event.number, &mut digits).as_bytes();
         // `eventType` and `summary` are the same text unless this is a
@@ -181,7 +191,7 @@ impl<'a> PageEntries<'a> {
         }
         if rich {
             out.extend_from_slice(b",\n      \"streamId\": \"");
-            out.extend_from_slice(&stream.escaped);
+            out.extend_from_slice(&stream.name);
             out.extend_from_slice(match event.is_json {
                 true => b"\",\n      \"isJson\": true",
                 false => b"\",\n      \"isJson\": false",
@@ -194,7 +204,7 @@ impl<'a> PageEntries<'a> {
             out.extend_from_slice(super::decimal(original.number, &mut [0; 20]).as_bytes());
             out.extend_from_slice(b",\n      \"positionStreamId\": \"");
             match super::same_name(&original.stream, &event.stream) {
-                true => out.extend_from_slice(&stream.escaped),
+                true => out.extend_from_slice(&stream.name),
                 false => escape_into(out, &original.stream),
             }
             out.extend_from_slice(b"\",\n      \"title\": \"");
@@ -203,7 +213,7 @@ impl<'a> PageEntries<'a> {
         }
         out.extend_from_slice(number);
         out.push(b'@');
-        out.extend_from_slice(&stream.escaped);
+        out.extend_from_slice(&stream.name);
         out.extend_from_slice(b"\",\n      \"id\": \"");
         let url_start = out.len();
         out.extend_from_slice(&stream.url_prefix);
@@ -231,25 +241,11 @@ impl<'a> PageEntries<'a> {
             out.extend_from_slice(b",\n        {\n          \"uri\": \"");
             escape_into(out, &link.uri);
             out.extend_from_slice(b"\",\n          \"relation\": \"");
-            escape_into(out, link.relation);
+            // Relations are this crate's literals (`ack`, `nack`).
+            out.extend_from_slice(link.relation.as_bytes());
             out.extend_from_slice(b"\"\n        }");
         }
         out.extend_from_slice(b"\n      ]\n    }");
-    }
-
-    /// `stream` escaped, from the last entry when it is the same stream.
-    fn stream_of(&mut self, stream: &std::sync::Arc<str>) -> &EscapedStream {
-        if self.stream.as_ref().is_some_and(|last| !super::same_name(&last.name, stream)) {
-            self.stream = None;
-        }
-        self.stream.get_or_insert_with(|| {
-            let mut escaped = Vec::with_capacity(stream.len());
-            escape_into(&mut escaped, stream);
-            let mut url_prefix = Vec::with_capacity(64);
-            escape_into(&mut url_prefix, &self.urls.stream(stream));
-            url_prefix.push(b'/');
-            EscapedStream { name: std::sync::Arc::clone(stream), escaped, url_prefix }
-        })
     }
 }
 

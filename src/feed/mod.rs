@@ -16,6 +16,7 @@ mod swar;
 pub mod time;
 mod urls;
 
+pub(crate) use urls::PerStream;
 pub use urls::{EventUrls, Urls};
 
 use crate::store::{AllSlice, Direction, ReadEvent, StreamSlice};

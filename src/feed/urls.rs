@@ -8,6 +8,8 @@
 //! Metadata streams (`$${s}`) are addressed under their stream, at
 //! `/streams/{s}/metadata`, as v5 does.
 
+use std::sync::Arc;
+
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::PageStart;
@@ -17,28 +19,48 @@ use crate::store::metadata::described_stream;
 /// Characters escaped in a stream-name path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'$');
 
+/// Something derived from a stream's name (its URL, its escaped forms),
+/// kept for the next entry: a page's entries nearly always share one or a
+/// few streams, and a read shares one allocation per name among its
+/// events, so a hit is mostly a pointer comparison.
+#[derive(Debug)]
+pub(crate) struct PerStream<T> {
+    last: Option<(Arc<str>, T)>,
+}
+
+impl<T> Default for PerStream<T> {
+    fn default() -> Self {
+        Self { last: None }
+    }
+}
+
+impl<T> PerStream<T> {
+    /// What `derive` makes of `stream`, made again only when the stream
+    /// is not the last one's.
+    pub(crate) fn get(&mut self, stream: &Arc<str>, derive: impl FnOnce(&str) -> T) -> &T {
+        if self.last.as_ref().is_some_and(|(last, _)| !super::same_name(last, stream)) {
+            self.last = None;
+        }
+        &self.last.get_or_insert_with(|| (Arc::clone(stream), derive(stream))).1
+    }
+}
+
 /// Builds event URLs for one page, percent-encoding each stream's name
-/// once: a page's entries nearly always share one or a few streams.
+/// once.
 #[derive(Debug)]
 pub struct EventUrls<'a> {
     urls: &'a Urls,
-    /// The last stream seen and its URL.
-    last: Option<(String, String)>,
+    /// Stream URLs.
+    streams: PerStream<String>,
 }
 
 impl<'a> EventUrls<'a> {
     pub fn new(urls: &'a Urls) -> Self {
-        Self { urls, last: None }
+        Self { urls, streams: PerStream::default() }
     }
 
-    pub fn event(&mut self, stream: &str, number: u64) -> String {
-        let prefix = match &self.last {
-            Some((name, prefix)) if name == stream => prefix,
-            _ => {
-                let prefix = self.urls.stream(stream);
-                &self.last.insert((stream.to_owned(), prefix)).1
-            }
-        };
+    pub fn event(&mut self, stream: &Arc<str>, number: u64) -> String {
+        let prefix = self.streams.get(stream, |stream| self.urls.stream(stream));
         let mut url = String::with_capacity(prefix.len() + 21);
         url.push_str(prefix);
         url.push('/');
@@ -149,10 +171,13 @@ mod tests {
     fn event_urls_reuse_the_stream_prefix() {
         let urls = Urls::new("http://h".into());
         let mut events = EventUrls::new(&urls);
-        assert_eq!(events.event("a b", 0), "http://h/streams/a%20b/0");
-        assert_eq!(events.event("a b", 18446744073709551615), "http://h/streams/a%20b/18446744073709551615");
-        assert_eq!(events.event("c", 42), urls.event("c", 42));
-        assert_eq!(events.event("$$m", 7), "http://h/streams/m/metadata/7");
+        assert_eq!(events.event(&"a b".into(), 0), "http://h/streams/a%20b/0");
+        assert_eq!(
+            events.event(&"a b".into(), 18446744073709551615),
+            "http://h/streams/a%20b/18446744073709551615"
+        );
+        assert_eq!(events.event(&"c".into(), 42), urls.event("c", 42));
+        assert_eq!(events.event(&"$$m".into(), 7), "http://h/streams/m/metadata/7");
     }
 
     #[test]

@@ -533,10 +533,8 @@ pub fn decode_entries_within(
     }
     if value.first() == Some(&RECORD_RUN_V1) {
         // The table of record ends locates the records wanted directly.
-        let table = RecordTable::read(&value)?;
-        let Some(last) = table.count.checked_sub(1) else { return Ok(()) };
-        for number in low.max(first)..=high.min(first.saturating_add(last)) {
-            let item = table.item(usize::try_from(number - first).unwrap_or(usize::MAX))?;
+        for record in RecordTable::read(&value)?.within(first, low, high) {
+            let (number, item) = record?;
             found(number, Entry::Event(decode_event_within(&value, &value[item], names)?))?;
         }
         return Ok(());
@@ -567,10 +565,8 @@ pub fn decode_events_within(
 ) -> Result<bool, StoreError> {
     match value.first() {
         Some(&RECORD_RUN_V1) => {
-            let table = RecordTable::read(value)?;
-            let Some(last) = table.count.checked_sub(1) else { return Ok(true) };
-            for number in low.max(first)..=high.min(first.saturating_add(last)) {
-                let item = table.item(usize::try_from(number - first).unwrap_or(usize::MAX))?;
+            for record in RecordTable::read(value)?.within(first, low, high) {
+                let (_, item) = record?;
                 page.push(ReadEvent { event: decode_event_within(value, &value[item], names)?, link: None });
             }
             Ok(true)
@@ -657,6 +653,19 @@ impl<'a> RecordTable<'a> {
     fn end(&self, index: usize) -> Result<usize, StoreError> {
         let end = self.ends.get(index * 4..index * 4 + 4).ok_or_else(|| self.bad())?;
         Ok(self.base + u32::from_be_bytes([end[0], end[1], end[2], end[3]]) as usize)
+    }
+
+    /// The records numbered `low..=high` of a run whose first is numbered
+    /// `first` (those it holds), with their byte ranges.
+    fn within(
+        &self,
+        first: u64,
+        low: u64,
+        high: u64,
+    ) -> impl Iterator<Item = Result<(u64, std::ops::Range<usize>), StoreError>> + '_ {
+        (low.max(first)..=high).take_while(move |number| number - first < self.count).map(move |number| {
+            Ok((number, self.item(usize::try_from(number - first).unwrap_or(usize::MAX))?))
+        })
     }
 
     /// The byte range of record `index`.

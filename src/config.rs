@@ -5,9 +5,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::store::Durability;
+use crate::store::projections::Projections;
+use crate::store::{Durability, SledStoreOptions, StoreConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,7 +49,7 @@ pub struct ServeConfig {
     /// What an acknowledged append survives: `fsync` a process crash and
     /// power loss; `flush` a process crash; `none` neither (the last ~0.5 s
     /// of appends can be lost; benchmarks and throwaway stores only).
-    #[arg(long, env = "EVENTFEED_DURABILITY", value_enum, default_value_t = Durability::Fsync)]
+    #[arg(long, env = "EVENTFEED_DURABILITY", default_value = "fsync", value_parser = durability())]
     pub durability: Durability,
 
     /// Log filter: a level (error, warn, info, debug, trace) or tracing
@@ -115,6 +117,16 @@ pub struct ServeConfig {
     pub shutdown_grace_secs: u64,
 }
 
+/// The `--durability` values. The store's [`Durability`] knows nothing of
+/// the command line; this maps the words to it, and lists them in `--help`.
+fn durability() -> impl TypedValueParser<Value = Durability> {
+    clap::builder::PossibleValuesParser::new(["fsync", "flush", "none"]).map(|word| match word.as_str() {
+        "flush" => Durability::Flush,
+        "none" => Durability::None,
+        _ => Durability::Fsync,
+    })
+}
+
 /// Checks a `--log` value, so that a mistyped filter stops the start with
 /// the reason instead of quietly logging at another level.
 fn log_filter(text: &str) -> Result<String, String> {
@@ -124,6 +136,21 @@ fn log_filter(text: &str) -> Result<String, String> {
 }
 
 impl ServeConfig {
+    /// The store these options describe.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig::Sled(SledStoreOptions {
+            path: self.data_dir.clone(),
+            durability: self.durability,
+            projections: Projections {
+                by_category: self.projection_by_category,
+                by_event_type: self.projection_by_event_type,
+                streams: self.projection_streams,
+            },
+            cache_capacity: self.cache_mb.saturating_mul(1024 * 1024),
+            checkpoint_after_bytes: self.checkpoint_after_mb.saturating_mul(1024 * 1024),
+        })
+    }
+
     /// The defaults, with the store in `data_dir` and an ephemeral port on
     /// loopback (for tests and embedding).
     pub fn for_dir(data_dir: impl Into<PathBuf>) -> Self {
@@ -147,5 +174,20 @@ mod tests {
         let Command::Serve(config) =
             Cli::try_parse_from(["eventfeed", "serve", "--log", "warn,eventfeed=debug"]).unwrap().command;
         assert_eq!(config.log_filter, "warn,eventfeed=debug");
+    }
+
+    #[test]
+    fn durability_words_map_to_the_modes() {
+        for (word, mode) in
+            [("fsync", Durability::Fsync), ("flush", Durability::Flush), ("none", Durability::None)]
+        {
+            let Command::Serve(config) =
+                Cli::try_parse_from(["eventfeed", "serve", "--durability", word]).unwrap().command;
+            assert_eq!(config.durability, mode);
+        }
+        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command;
+        assert_eq!(config.durability, Durability::Fsync);
+        let error = Cli::try_parse_from(["eventfeed", "serve", "--durability", "sometimes"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue);
     }
 }

@@ -5,9 +5,10 @@
 //! watch [`Shared::shutdown`]); open requests then get a grace period;
 //! then persistent subscriptions stop, writing their final checkpoints;
 //! finally the store is closed, which makes every acknowledged append
-//! durable before the process exits. If much was written since the start,
-//! the closed store is then checkpointed (opened once more, see
-//! [`SledStore::checkpoint`]) so that the next start is quick.
+//! durable before the process exits. Once its last handle is dropped, the
+//! store may ask for a last piece of work (see [`Store::after_release`]:
+//! the sled store checkpoints itself when much was written, so that the
+//! next start is quick); a second signal skips it.
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -20,8 +21,7 @@ use tokio::sync::watch;
 
 use crate::config::ServeConfig;
 use crate::http::{AppState, Limits, Shared};
-use crate::store::projections::Projections;
-use crate::store::{SledStore, SledStoreOptions, Store, StoreError};
+use crate::store::{self, AfterRelease, Store, StoreError};
 use crate::subscriptions::Subscriptions;
 
 /// Why the server could not start or stopped badly.
@@ -49,56 +49,23 @@ impl std::error::Error for ServerError {}
 pub struct Server {
     listener: TcpListener,
     state: AppState,
-    /// The concrete store, closed at the end of [`Server::run`].
-    store: Arc<SledStore>,
+    /// Closed at the end of [`Server::run`].
+    store: Arc<dyn Store>,
     /// Stopped (final checkpoints written) before the store closes.
     subscriptions: Arc<Subscriptions>,
     shutdown: watch::Sender<bool>,
     grace: Duration,
     /// Between background scavenges; `None`: none.
     scavenge_interval: Option<Duration>,
-    checkpoint: Checkpoint,
 }
-
-/// When and how to checkpoint the store after it is closed.
-#[derive(Debug)]
-struct Checkpoint {
-    data_dir: std::path::PathBuf,
-    cache_capacity: u64,
-    /// Checkpoint once this much was written since the start (and anything
-    /// was).
-    after_bytes: u64,
-}
-
-/// An open slower than this gets a line in the log saying why.
-const SLOW_OPEN: Duration = Duration::from_secs(2);
 
 impl Server {
     /// Opens the store and binds the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Self, ServerError> {
         raise_open_file_limit();
-        let options = SledStoreOptions {
-            path: config.data_dir.clone(),
-            durability: config.durability,
-            projections: Projections {
-                by_category: config.projection_by_category,
-                by_event_type: config.projection_by_event_type,
-                streams: config.projection_streams,
-            },
-            cache_capacity: config.cache_mb.saturating_mul(1024 * 1024),
-        };
-        let checkpoint = Checkpoint {
-            data_dir: config.data_dir.clone(),
-            cache_capacity: options.cache_capacity,
-            after_bytes: config.checkpoint_after_mb.saturating_mul(1024 * 1024),
-        };
         tracing::info!(data_dir = %config.data_dir.display(), "opening the store");
         let opening = std::time::Instant::now();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(options))
-            .await
-            .map_err(|e| ServerError::Store(StoreError::Io(format!("store open panicked: {e}"))))?
-            .map_err(ServerError::Store)?;
-        let store = Arc::new(store);
+        let store = store::open(&config.store_config()).await.map_err(ServerError::Store)?;
         let opened_in = opening.elapsed();
         tracing::info!(
             data_dir = %config.data_dir.display(),
@@ -107,23 +74,14 @@ impl Server {
             opened_in_ms = u64::try_from(opened_in.as_millis()).unwrap_or(u64::MAX),
             "store open"
         );
-        if opened_in > SLOW_OPEN {
-            // sled 0.34 records where its log stands only when it opens a
-            // store (or a clean stop checkpoints it), so the first open after
-            // a crash that followed many writes replays them all.
-            tracing::info!(
-                "the store's log was replayed from its last snapshot, taken at the last start or clean stop; a clean stop checkpoints it again"
-            );
-        }
 
         let listener = listen(config.bind).map_err(|e| ServerError::Bind(config.bind, e))?;
         // After the bind, so a server that cannot listen starts no
         // subscription drivers.
-        let subscriptions =
-            Subscriptions::load(Arc::clone(&store) as Arc<dyn Store>).await.map_err(ServerError::Store)?;
+        let subscriptions = Subscriptions::load(Arc::clone(&store)).await.map_err(ServerError::Store)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = AppState::new(Shared {
-            store: Arc::clone(&store) as Arc<dyn Store>,
+            store: Arc::clone(&store),
             limits: Arc::new(Limits {
                 max_event_bytes: config.max_event_bytes,
                 max_request_bytes: config.max_request_bytes,
@@ -144,7 +102,6 @@ impl Server {
             grace: Duration::from_secs(config.shutdown_grace_secs),
             scavenge_interval: (config.scavenge_interval_secs > 0)
                 .then(|| Duration::from_secs(config.scavenge_interval_secs)),
-            checkpoint,
         })
     }
 
@@ -155,8 +112,7 @@ impl Server {
 
     /// Serves until `signal` resolves, then shuts down (see the module doc).
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let Self { listener, state, store, subscriptions, shutdown, grace, scavenge_interval, checkpoint } =
-            self;
+        let Self { listener, state, store, subscriptions, shutdown, grace, scavenge_interval } = self;
         let address = listener.local_addr().map_err(ServerError::Serve)?;
         tracing::info!("eventfeed listening on http://{address}");
         if let Some(interval) = scavenge_interval {
@@ -198,13 +154,16 @@ impl Server {
         drop(subscriptions);
         store.close().await.map_err(ServerError::Store)?;
         tracing::info!("store flushed");
-        let written = store.written_since_open();
+        let after_release = store.after_release();
         let released = release(store).await;
-        if written > 0 && written >= checkpoint.after_bytes {
+        if let Some(job) = after_release {
             if released {
-                checkpoint.run(written).await;
+                run_after_release(job).await;
             } else {
-                tracing::info!("no checkpoint: the store is still in use; the next start replays its log");
+                tracing::info!(
+                    skipped = job.what,
+                    "the store is still in use; skipping the work after its release"
+                );
             }
         }
         tracing::info!("bye");
@@ -212,38 +171,33 @@ impl Server {
     }
 }
 
-impl Checkpoint {
-    /// Reopens the closed store so that the next start need not replay
-    /// what this process wrote (see [`SledStore::checkpoint`]), unless a
-    /// second signal asks to stop at once.
-    async fn run(self, written: u64) {
-        tracing::info!(
-            written_mb = written / (1024 * 1024),
-            "checkpointing the store, so that the next start need not replay what was written since this one; a second SIGINT or SIGTERM skips it, safely"
-        );
-        let started = std::time::Instant::now();
-        let (done, finished) = tokio::sync::oneshot::channel();
-        // A thread of its own, not `spawn_blocking`: when a second signal
-        // skips the checkpoint, the runtime must not wait for it at exit.
-        let Self { data_dir, cache_capacity, .. } = self;
-        let spawned = std::thread::Builder::new().name("eventfeed-checkpoint".into()).spawn(move || {
-            let _ = done.send(SledStore::checkpoint(&data_dir, cache_capacity));
-        });
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "could not start the checkpoint");
-            return;
-        }
-        tokio::select! {
-            result = finished => match result {
-                Ok(Ok(())) => tracing::info!(
-                    checkpointed_in_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    "store checkpointed"
-                ),
-                Ok(Err(error)) => tracing::warn!(%error, "checkpoint failed; the next start replays the store's log"),
-                Err(_) => tracing::warn!("the checkpoint panicked; the next start replays the store's log"),
-            },
-            () = shutdown_signal() => tracing::warn!("checkpoint skipped; the next start replays the store's log"),
-        }
+/// Runs the store's work after its release (see [`Store::after_release`])
+/// on a thread of its own, unless a second signal asks to stop at once.
+async fn run_after_release(job: AfterRelease) {
+    let AfterRelease { what, run } = job;
+    tracing::info!(what, "after closing the store; a second SIGINT or SIGTERM skips it, safely");
+    let started = std::time::Instant::now();
+    let (done, finished) = tokio::sync::oneshot::channel();
+    // A thread of its own, not `spawn_blocking`: when a second signal
+    // skips the work, the runtime must not wait for it at exit.
+    let spawned = std::thread::Builder::new().name("eventfeed-after-close".into()).spawn(move || {
+        let _ = done.send(run());
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, what, "could not start");
+        return;
+    }
+    tokio::select! {
+        result = finished => match result {
+            Ok(Ok(())) => tracing::info!(
+                what,
+                took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "done"
+            ),
+            Ok(Err(error)) => tracing::warn!(%error, what, "failed"),
+            Err(_) => tracing::warn!(what, "panicked"),
+        },
+        () = shutdown_signal() => tracing::warn!(what, "skipped"),
     }
 }
 
@@ -275,7 +229,7 @@ const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// scavenge, a request finishing) let go within moments of shutdown.
 /// Returns whether it was the last handle (if not, the files stay open
 /// until the others are dropped).
-async fn release(store: Arc<SledStore>) -> bool {
+async fn release(store: Arc<dyn Store>) -> bool {
     let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
     while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -284,8 +238,8 @@ async fn release(store: Arc<SledStore>) -> bool {
     if !last {
         tracing::debug!(holders = Arc::strong_count(&store) - 1, "store still referenced at exit");
     }
-    // sled's last handle flushes and joins its threads on drop: off the
-    // async runtime.
+    // A store's last handle may block as it lets go (sled flushes and joins
+    // its threads on drop): off the async runtime.
     let _ = tokio::task::spawn_blocking(move || drop(store)).await;
     last
 }
@@ -294,7 +248,7 @@ async fn release(store: Arc<SledStore>) -> bool {
 /// interval after start-up, not at once: a restart loop should not turn
 /// into a scavenge loop).
 async fn scavenge_periodically(
-    store: Arc<SledStore>,
+    store: Arc<dyn Store>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {

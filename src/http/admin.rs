@@ -14,7 +14,7 @@ use super::caching::header_value;
 use super::error::HttpError;
 use super::params::Segments;
 use crate::feed::time::rfc3339;
-use crate::store::scavenge::{ScavengeReport, ScavengeStarted};
+use crate::store::{ScavengeReport, ScavengeStarted};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()

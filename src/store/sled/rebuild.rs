@@ -14,16 +14,11 @@
 //! A projection turned off loses the marker, so turning it on again
 //! rebuilds it: the events written meanwhile were never linked.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use tokio::sync::{mpsc, oneshot};
-
-use super::StoreError;
+use super::entries::{log_spans, stored_entries};
 use super::keys;
-use super::projections::{Projection, Projections};
-use super::sled_store::{log_spans, stored_entries};
-use super::writer::{Command, LinkTarget, Staging};
+use super::staging::{LinkTarget, Staging};
+use crate::store::StoreError;
+use crate::store::projections::{Projection, Projections};
 
 /// Marker values.
 pub(crate) const MAINTAINED: &[u8] = b"maintained";
@@ -33,9 +28,6 @@ pub(crate) const INCOMPLETE: &[u8] = b"incomplete";
 /// enough that a build of millions of events takes few steps, small enough
 /// that one step holds up appends for milliseconds, not seconds.
 const STEP: usize = 10_000;
-
-/// How often the build logs its progress.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Where a build is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,56 +155,6 @@ pub(crate) fn step(
             }
             *phase = Phase::Linking { next: linked_to };
             Ok(Progress { next: linked_to, head, done })
-        }
-    }
-}
-
-/// The projections whose build has not finished, shared with readers.
-pub(crate) type Building = Arc<Mutex<Vec<Projection>>>;
-
-/// Drives the builds of `projections` one after the other, from a thread of
-/// its own, logging progress. Ends early if the writer stops.
-pub(crate) fn drive(commands: mpsc::Sender<Command>, projections: Vec<Projection>, building: Building) {
-    let finish = |projection: Projection| {
-        building.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|p| *p != projection);
-    };
-    for projection in projections {
-        let started = Instant::now();
-        let mut last_report = Instant::now();
-        tracing::info!(projection = projection.name(), "building projection from the log");
-        loop {
-            let (reply, answer) = oneshot::channel();
-            if commands.blocking_send(Command::BuildProjection { projection, reply }).is_err() {
-                return;
-            }
-            match answer.blocking_recv() {
-                Ok(Ok(progress)) if progress.done => {
-                    tracing::info!(
-                        projection = projection.name(),
-                        events = progress.head,
-                        seconds = started.elapsed().as_secs_f64(),
-                        "projection built; maintained live from now on"
-                    );
-                    finish(projection);
-                    break;
-                }
-                Ok(Ok(progress)) => {
-                    if last_report.elapsed() >= PROGRESS_EVERY {
-                        tracing::info!(
-                            projection = projection.name(),
-                            linked = progress.next,
-                            of = progress.head,
-                            "building projection"
-                        );
-                        last_report = Instant::now();
-                    }
-                }
-                Ok(Err(error)) => {
-                    tracing::error!(projection = projection.name(), %error, "building the projection failed");
-                    return;
-                }
-                Err(_) => return,
-            }
         }
     }
 }

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::{ReadEvent, RecordedEvent, StoreError};
+use crate::store::{ReadEvent, RecordedEvent, StoreError, StreamSettings, StreamState};
 
 const EVENT_V1: u8 = 1;
 /// The first byte of a link entry; distinct from every record version.
@@ -209,70 +209,20 @@ pub fn entry_time_and_position(value: &[u8]) -> Result<(i64, u64), StoreError> {
     }
 }
 
-/// Everything the store keeps about one stream besides its events.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StreamState {
-    /// The number the next event will get; the last event is `next_number - 1`.
-    /// Numbering continues across a soft delete, so this never goes down.
-    pub next_number: u64,
-    /// Global position of the append that created the stream.
-    pub created_position: u64,
-    /// Events numbered below this were soft-deleted and are gone for good.
-    pub deleted_before: u64,
-    /// The stream was soft-deleted and has not been appended to since.
-    pub soft_deleted: bool,
-    /// The stream was hard-deleted: it can never be read or written again.
-    pub tombstoned: bool,
-    /// Retention and caching settings from the stream's metadata.
-    pub settings: StreamSettings,
-    /// The commit sequence number of the batch that last wrote this state.
-    /// Readers that find it above the published (durable) sequence wait for
-    /// that batch to become durable before using it, so a read never shows
-    /// an append that was not yet acknowledged (and could vanish in a crash
-    /// after a cache stored it as immutable).
-    pub commit_seq: u64,
-}
-
-/// The parts of a stream's metadata that the store enforces on every read.
-/// The raw metadata document itself lives in the `$${stream}` stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StreamSettings {
-    /// `$maxCount`: only the newest N events are visible.
-    pub max_count: Option<u64>,
-    /// `$maxAge` in seconds: older events are invisible.
-    pub max_age_secs: Option<u64>,
-    /// `$tb`: events numbered below it are invisible.
-    pub truncate_before: Option<u64>,
-    /// `$cacheControl` in seconds for head-like responses.
-    pub cache_control_secs: Option<u64>,
-    /// The event number of the metadata event these settings came from, so
-    /// that ETags change when the settings (and so the visible events) do.
-    pub metadata_number: Option<u64>,
-    /// The stream's `$acl` allows reading by everyone (`$r` absent or `$all`).
-    /// Pages of streams that are not public are cached `private`.
-    pub not_public: bool,
-}
-
-impl StreamState {
-    /// The last event number, or `None` when nothing was ever written.
-    pub fn last_number(&self) -> Option<u64> {
-        self.next_number.checked_sub(1)
-    }
-
-    /// Whether the stream exists for reads and for expected-version checks.
-    pub fn exists(&self) -> bool {
-        self.next_number > 0 && !self.soft_deleted && !self.tombstoned
-    }
-}
-
-pub fn encode_state(state: &StreamState) -> Vec<u8> {
+/// A stream's state as stored, stamped with `commit_seq`, the sequence
+/// number of the batch that writes it. Readers that find it above the
+/// published (durable) sequence wait for that batch to become durable
+/// before using it, so a read never shows an append that was not yet
+/// acknowledged (and could vanish in a crash after a cache stored it as
+/// immutable).
+pub fn encode_state(state: &StreamState, commit_seq: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     out.push(STATE_V1);
     out.push(u8::from(state.soft_deleted) | (u8::from(state.tombstoned) << 1));
     out.extend_from_slice(&state.next_number.to_be_bytes());
     out.extend_from_slice(&state.created_position.to_be_bytes());
     out.extend_from_slice(&state.deleted_before.to_be_bytes());
-    out.extend_from_slice(&state.commit_seq.to_be_bytes());
+    out.extend_from_slice(&commit_seq.to_be_bytes());
     let settings = &state.settings;
     let optional = [
         settings.max_count,
@@ -297,7 +247,8 @@ pub fn encode_state(state: &StreamState) -> Vec<u8> {
     out
 }
 
-pub fn decode_state(record: &[u8]) -> Result<StreamState, StoreError> {
+/// A stored state and the commit sequence number it was stamped with.
+pub fn decode_state(record: &[u8]) -> Result<(StreamState, u64), StoreError> {
     let mut reader = Reader::new(record);
     let version = reader.u8()?;
     if version != STATE_V1 {
@@ -316,13 +267,12 @@ pub fn decode_state(record: &[u8]) -> Result<StreamState, StoreError> {
         }
     }
     let [max_count, max_age_secs, truncate_before, cache_control_secs, metadata_number] = optional;
-    Ok(StreamState {
+    let state = StreamState {
         next_number,
         created_position,
         deleted_before,
         soft_deleted: flags & 0b01 != 0,
         tombstoned: flags & 0b10 != 0,
-        commit_seq,
         settings: StreamSettings {
             max_count,
             max_age_secs,
@@ -331,7 +281,8 @@ pub fn decode_state(record: &[u8]) -> Result<StreamState, StoreError> {
             metadata_number,
             not_public: present & (1 << 7) != 0,
         },
-    })
+    };
+    Ok((state, commit_seq))
 }
 
 /// A reference to an event by stream and number: the value of an event-id
@@ -970,7 +921,7 @@ mod tests {
     #[test]
     fn state_round_trip_with_and_without_settings() {
         let plain = StreamState { next_number: 5, created_position: 10, ..StreamState::default() };
-        assert_eq!(decode_state(&encode_state(&plain)).expect("decodes"), plain);
+        assert_eq!(decode_state(&encode_state(&plain, 0)).expect("decodes"), (plain, 0));
 
         let full = StreamState {
             next_number: 100,
@@ -978,7 +929,6 @@ mod tests {
             deleted_before: 40,
             soft_deleted: true,
             tombstoned: false,
-            commit_seq: 77,
             settings: StreamSettings {
                 max_count: Some(10),
                 max_age_secs: None,
@@ -988,7 +938,7 @@ mod tests {
                 not_public: true,
             },
         };
-        assert_eq!(decode_state(&encode_state(&full)).expect("decodes"), full);
+        assert_eq!(decode_state(&encode_state(&full, 77)).expect("decodes"), (full, 77));
     }
 
     #[test]

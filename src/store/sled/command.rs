@@ -1,0 +1,77 @@
+//! What the writer is asked to do: the one channel every mutation of the
+//! sled store goes through, from request handlers and from the background
+//! threads alike.
+
+use tokio::sync::oneshot;
+
+use super::compact::CompactProgress;
+use super::rebuild::Progress;
+use super::scavenge;
+use crate::store::projections::Projection;
+use crate::store::{Append, AppendOutcome, ExpectedVersion, StoreError};
+
+/// A request to the writer.
+pub(super) enum Command {
+    Append {
+        append: Append,
+        reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    },
+    Delete {
+        stream: String,
+        expected: ExpectedVersion,
+        hard: bool,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// One step of building a projection from the log (see [`rebuild`]).
+    BuildProjection {
+        projection: Projection,
+        reply: oneshot::Sender<Result<Progress, StoreError>>,
+    },
+    /// One step of compacting the store into a new generation (see
+    /// [`compact`]); the first step begins it.
+    Compact {
+        reply: oneshot::Sender<Result<CompactProgress, StoreError>>,
+    },
+    /// One step of a scavenge (see [`scavenge`]).
+    Scavenge {
+        cursor: scavenge::Cursor,
+        reply: oneshot::Sender<Result<scavenge::StepOutcome, StoreError>>,
+    },
+    /// A tick, a few times a second: a writer that has had nothing else to
+    /// do for a while maintains the id index (see [`Writer::upkeep`]).
+    Upkeep,
+    /// Flush everything and stop.
+    Close {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Append { append, .. } => f.debug_struct("Append").field("append", append).finish(),
+            Self::Delete { stream, expected, hard, .. } => f
+                .debug_struct("Delete")
+                .field("stream", stream)
+                .field("expected", expected)
+                .field("hard", hard)
+                .finish(),
+            Self::BuildProjection { projection, .. } => {
+                f.debug_struct("BuildProjection").field("projection", projection).finish()
+            }
+            Self::Scavenge { cursor, .. } => f.debug_struct("Scavenge").field("cursor", cursor).finish(),
+            Self::Compact { .. } => f.write_str("Compact"),
+            Self::Upkeep => f.write_str("Upkeep"),
+            Self::Close { .. } => f.write_str("Close"),
+        }
+    }
+}
+
+impl Command {
+    pub(super) fn payload_bytes(&self) -> usize {
+        match self {
+            Self::Append { append, .. } => append.events.iter().map(|e| e.size()).sum(),
+            _ => 0,
+        }
+    }
+}

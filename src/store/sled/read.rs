@@ -1,0 +1,301 @@
+//! The read path: stream ranges, single events and `$all` ranges, with
+//! links materialised (and, when asked, resolved) and retention applied.
+//! Reads run on the caller's task; [`super::SledStore::read_durable`] wraps
+//! each one so it never shows a batch before it is durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::codec::{self, Entry};
+use super::entries::{
+    LogSpan, first_visible, load_state, log_spans, span_capacity, stored_entries, stored_entry,
+    visit_stored_values,
+};
+use crate::store::retention::now_micros;
+use crate::store::{
+    AllRead, AllSlice, Direction, LINK_EVENT_TYPE, ReadEvent, RecordedEvent, StoreError, StreamRead,
+    StreamSlice, StreamState, StreamView,
+};
+
+/// How many positions one `$all` read examines at most, whatever it finds.
+/// Bounds the work of a read across a long run of hidden (deleted or
+/// expired, not yet scavenged) events; the page then simply holds fewer.
+const MAX_ALL_SCAN: usize = 100_000;
+
+/// One read's access to the store: it memoises the stream states it loads
+/// and remembers the newest commit among them (see
+/// [`super::SledStore::read_durable`]).
+pub(super) struct ReadContext {
+    /// The generation this read uses from start to end, even if a
+    /// compaction switches generations meanwhile.
+    db: sled::Db,
+    /// Per stream touched (link targets, `$all` entries): the first visible
+    /// event number, `None` when nothing is visible.
+    first_visible: HashMap<String, Option<u64>>,
+    newest_commit: u64,
+}
+
+impl ReadContext {
+    pub(super) fn new(db: sled::Db) -> Self {
+        Self { db, first_visible: HashMap::new(), newest_commit: 0 }
+    }
+
+    /// The newest commit among the states this read used.
+    pub(super) fn newest_commit(&self) -> u64 {
+        self.newest_commit
+    }
+
+    fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    pub(super) fn state(&mut self, stream: &str) -> Result<Option<StreamState>, StoreError> {
+        let Some((state, commit_seq)) = load_state(&self.db, stream)? else { return Ok(None) };
+        self.newest_commit = self.newest_commit.max(commit_seq);
+        Ok(Some(state))
+    }
+
+    /// The state of a readable stream, or why it cannot be read.
+    fn readable_state(&mut self, stream: &str) -> Result<StreamState, StoreError> {
+        match self.state(stream)? {
+            Some(state) if state.tombstoned => Err(StoreError::StreamDeleted),
+            Some(state) if state.exists() => Ok(state),
+            _ => Err(StoreError::StreamNotFound),
+        }
+    }
+
+    /// The stream's state as reads see it.
+    fn view(&self, stream: &str, state: &StreamState) -> Result<StreamView, StoreError> {
+        Ok(StreamView {
+            last_number: state.next_number.saturating_sub(1),
+            first_visible: first_visible(self.db(), stream, state, now_micros())?,
+            settings: state.settings,
+        })
+    }
+
+    /// Reads numbers `low..=high` of a stream, skipping scavenged records.
+    fn read_range(
+        &mut self,
+        stream: &str,
+        low: u64,
+        high: u64,
+        resolve_links: bool,
+    ) -> Result<Vec<ReadEvent>, StoreError> {
+        let mut events = Vec::with_capacity(span_capacity(low, high));
+        let mut names = codec::Names::default();
+        // A handle of its own (a reference count): links are materialised
+        // as they are decoded, which needs `self`.
+        let db = self.db.clone();
+        visit_stored_values(&db, stream, low, high, |first, value| {
+            if codec::decode_events_within(&value, first, low, high, &mut names, &mut events)? {
+                return Ok(());
+            }
+            codec::decode_entries_within(value, first, low, high, &mut names, &mut |number, entry| {
+                events.push(self.materialise(stream, number, entry, resolve_links)?);
+                Ok(())
+            })
+        })?;
+        Ok(events)
+    }
+
+    /// Turns what is stored under an event key into what a read returns.
+    fn materialise(
+        &mut self,
+        stream: &str,
+        number: u64,
+        entry: Entry,
+        resolve_links: bool,
+    ) -> Result<ReadEvent, StoreError> {
+        match entry {
+            Entry::Event(event) => Ok(ReadEvent { event, link: None }),
+            Entry::Link { position, created_micros, number: target_number, stream: target } => {
+                let link = link_event(stream, number, position, created_micros, target_number, &target);
+                if resolve_links {
+                    if let Some(event) = self.visible_event(&target, target_number)? {
+                        return Ok(ReadEvent { event, link: Some(Box::new(link)) });
+                    }
+                }
+                Ok(ReadEvent { event: link, link: None })
+            }
+        }
+    }
+
+    /// Event `number` of user stream `stream`, if it is still visible.
+    fn visible_event(&mut self, stream: &str, number: u64) -> Result<Option<RecordedEvent>, StoreError> {
+        if self.visible_from(stream)?.is_none_or(|first| number < first) {
+            return Ok(None);
+        }
+        stored_entry(self.db(), stream, number)?.map(|entry| entry.into_event(stream, number)).transpose()
+    }
+
+    /// The events of a span of the log that reads can see, oldest first.
+    fn visible_events(&mut self, span: &LogSpan) -> Result<Vec<RecordedEvent>, StoreError> {
+        let Some(first) = self.visible_from(&span.stream)? else { return Ok(Vec::new()) };
+        let (low, high) = (first.max(span.number), span.last_number());
+        if low > high {
+            return Ok(Vec::new());
+        }
+        stored_entries(self.db(), &span.stream, low, high)?
+            .into_iter()
+            .map(|(number, entry)| entry.into_event(&span.stream, number))
+            .collect()
+    }
+
+    /// The lowest event number of `stream` reads can see (retention, soft
+    /// delete), or `None` when none can be (deleted, tombstoned, missing).
+    /// Memoised for the read.
+    fn visible_from(&mut self, stream: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(first) = self.first_visible.get(stream) {
+            return Ok(*first);
+        }
+        let first = match self.state(stream)? {
+            Some(state) if !state.tombstoned && !state.soft_deleted => {
+                Some(self.view(stream, &state)?.first_visible)
+            }
+            _ => None,
+        };
+        self.first_visible.insert(stream.to_owned(), first);
+        Ok(first)
+    }
+
+    pub(super) fn read_stream(&mut self, read: &StreamRead) -> Result<StreamSlice, StoreError> {
+        let state = self.readable_state(&read.stream)?;
+        let view = self.view(&read.stream, &state)?;
+        let Some(last) = state.last_number() else {
+            return Ok(StreamSlice { view, events: Vec::new() });
+        };
+        let count = read.count.max(1);
+        let from = read.from.unwrap_or(last);
+        let (low, high) = match read.direction {
+            Direction::Forward => (from, from.saturating_add(count - 1)),
+            Direction::Backward => (from.saturating_sub(count - 1), from),
+        };
+        let (low, high) = (low.max(view.first_visible), high.min(last));
+        let events = if low > high {
+            Vec::new()
+        } else {
+            self.read_range(&read.stream, low, high, read.resolve_links)?
+        };
+        Ok(StreamSlice { view, events })
+    }
+
+    pub(super) fn read_event(
+        &mut self,
+        stream: &str,
+        number: u64,
+        resolve_links: bool,
+    ) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
+        let state = self.readable_state(stream)?;
+        let view = self.view(stream, &state)?;
+        if number < view.first_visible || number >= state.next_number {
+            return Ok((view, None));
+        }
+        let Some((_, entry)) = stored_entries(self.db(), stream, number, number)?.pop() else {
+            return Ok((view, None));
+        };
+        let is_link = matches!(entry, Entry::Link { .. });
+        let event = self.materialise(stream, number, entry, resolve_links)?;
+        // v5: a resolved read of a link whose target is gone is a 404.
+        let gone = is_link && resolve_links && event.link.is_none();
+        Ok((view, (!gone).then_some(event)))
+    }
+
+    pub(super) fn read_all(&mut self, read: AllRead, next_position: u64) -> Result<AllSlice, StoreError> {
+        let count = usize::try_from(read.count.max(1)).unwrap_or(usize::MAX);
+        let mut events = Vec::with_capacity(count.min(4096));
+        let mut scanned: Option<(u64, u64)> = None;
+        // Only positions below `next_position` are acknowledged; a batch
+        // being applied right now is not.
+        let Some(last) = next_position.checked_sub(1) else {
+            return Ok(AllSlice { next_position, scanned, events });
+        };
+        let (low, high, backward) = match read.direction {
+            Direction::Forward => {
+                let from = read.from.unwrap_or(last);
+                if from > last {
+                    return Ok(AllSlice { next_position, scanned, events });
+                }
+                (from, last, false)
+            }
+            Direction::Backward => (0, read.from.unwrap_or(last).min(last), true),
+        };
+        let mut budget = MAX_ALL_SCAN as u64;
+        'spans: for span in log_spans(self.db(), low, high, backward)? {
+            if budget == 0 {
+                break;
+            }
+            // Within the budget: a span's start going forward, its end
+            // going backward.
+            let span = span?.part(budget, backward);
+            budget = budget.saturating_sub(span.count);
+            let mut found = self.visible_events(&span)?;
+            if backward {
+                found.reverse();
+            }
+            for event in found {
+                let position = event.position;
+                events.push(event);
+                if events.len() >= count {
+                    widen(
+                        &mut scanned,
+                        if backward { (position, span.last()) } else { (span.position, position) },
+                    );
+                    break 'spans;
+                }
+            }
+            widen(&mut scanned, (span.position, span.last()));
+        }
+        if backward {
+            events.reverse();
+        }
+        Ok(AllSlice { next_position, scanned, events })
+    }
+}
+
+/// Extends a read's range of examined positions.
+fn widen(scanned: &mut Option<(u64, u64)>, (low, high): (u64, u64)) {
+    *scanned = Some(match *scanned {
+        None => (low, high),
+        Some((lowest, highest)) => (lowest.min(low), highest.max(high)),
+    });
+}
+
+/// The type of every `$>` event, shared.
+static LINK_TYPE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(LINK_EVENT_TYPE));
+
+/// The `$>` event a system-stream index entry stands for.
+fn link_event(
+    stream: &str,
+    number: u64,
+    target_position: u64,
+    created_micros: i64,
+    target_number: u64,
+    target_stream: &str,
+) -> RecordedEvent {
+    RecordedEvent {
+        stream: stream.into(),
+        number,
+        position: target_position,
+        id: link_id(target_position, stream),
+        event_type: LINK_TYPE.clone(),
+        created_micros,
+        is_json: false,
+        metadata_is_json: false,
+        data: Bytes::from(format!("{target_number}@{target_stream}")),
+        metadata: Bytes::new(),
+    }
+}
+
+/// A stable id for a link: links are not stored as records, so their id is
+/// derived from what identifies them (the target position and the system
+/// stream) as a version-8 (custom) UUID. The same link has the same id on
+/// every read, every node and every restart.
+fn link_id(target_position: u64, stream: &str) -> Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&target_position.to_be_bytes());
+    bytes[8..].copy_from_slice(&crate::hash::fnv1a_64(stream.as_bytes()).to_be_bytes());
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}

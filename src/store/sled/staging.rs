@@ -1,0 +1,559 @@
+//! Staging: the rules of every write, checked and applied against one
+//! batch's overlay. The writer builds one [`Staging`] per batch; each
+//! request is validated against the committed state plus the batch so far,
+//! and only a request that passes every check stages anything.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::codec::{self, EventFields};
+use super::entries::{LogSpan, load_state};
+use super::id_index::{IdIndex, Owner};
+use super::keys;
+use crate::store::projections::{Projection, Projections};
+use crate::store::{Append, AppendOutcome, ExpectedVersion, StoreError, StreamState, metadata};
+
+/// The writes of one batch, and the state they produce, before they commit.
+/// Every validation reads through this overlay, so requests in the same
+/// batch see each other's effects.
+pub(crate) struct Staging<'a> {
+    db: &'a sled::Db,
+    /// Committed stream states the writer remembers.
+    cache: &'a StateCache,
+    /// Which stream and number each committed event id was written as.
+    id_index: &'a IdIndex,
+    /// The projections maintained live; a build may activate one mid-batch.
+    pub(super) projections: Projections,
+    batch: sled::Batch,
+    writes: usize,
+    /// Streams this batch changed, with their new state.
+    states: HashMap<String, StreamState>,
+    /// Streams whose state this batch removes.
+    removed: HashSet<String>,
+    /// Event ids this batch wrote, with their owner.
+    ids: HashMap<Uuid, Owner>,
+    /// Links this batch adds, by system stream, written as runs at the end.
+    links: HashMap<String, PendingLinks>,
+    /// Records this batch adds, by stream, written as runs at the end.
+    records: HashMap<String, PendingRecords>,
+    /// The log entry being extended: positions one append wrote.
+    log: Option<LogSpan>,
+    /// Bytes of keys and values staged so far.
+    bytes: u64,
+    pub(crate) next_position: u64,
+    /// The sequence number this batch will have.
+    commit_seq: u64,
+    created_micros: i64,
+}
+
+impl<'a> Staging<'a> {
+    pub(super) fn new(
+        db: &'a sled::Db,
+        cache: &'a StateCache,
+        id_index: &'a IdIndex,
+        projections: Projections,
+        next_position: u64,
+        commit_seq: u64,
+        created_micros: i64,
+    ) -> Self {
+        Self {
+            commit_seq,
+            db,
+            cache,
+            id_index,
+            projections,
+            batch: sled::Batch::default(),
+            writes: 0,
+            states: HashMap::new(),
+            removed: HashSet::new(),
+            ids: HashMap::new(),
+            links: HashMap::new(),
+            records: HashMap::new(),
+            log: None,
+            bytes: 0,
+            next_position,
+            created_micros,
+        }
+    }
+
+    pub(super) fn has_writes(&self) -> bool {
+        self.writes > 0
+    }
+
+    pub(crate) fn db(&self) -> &sled::Db {
+        self.db
+    }
+
+    /// Adds a raw write to the batch (maintenance work).
+    pub(crate) fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        self.put(key, value);
+        self.writes += 1;
+    }
+
+    /// Stages a key's new value. Every write of a batch goes through here
+    /// or [`Self::remove`], so the batch knows how much it adds to sled's
+    /// log (see [`LogSinceOpen`]).
+    fn put(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        let (key, value) = (key.into(), value.into());
+        self.bytes += (key.len() + value.len()) as u64;
+        self.batch.insert(key, value);
+    }
+
+    /// Adds a raw removal to the batch (maintenance work). Removing a
+    /// stream's state also drops any change this batch staged for it.
+    pub(crate) fn remove(&mut self, key: impl Into<sled::IVec>) {
+        let key = key.into();
+        if let Some(stream) = keys::stream_name(&key) {
+            self.states.remove(stream);
+            self.removed.insert(stream.to_owned());
+        }
+        self.bytes += key.len() as u64;
+        self.batch.remove(key);
+        self.writes += 1;
+    }
+
+    /// Starts maintaining `projection` live, from the next append on.
+    pub(crate) fn activate(&mut self, projection: Projection) {
+        self.projections.set(projection, true);
+    }
+
+    pub(super) fn touched_streams(&self) -> Vec<String> {
+        self.states.keys().cloned().collect()
+    }
+
+    /// The state of a stream including this batch's changes.
+    pub(crate) fn state(&self, stream: &str) -> Result<StreamState, StoreError> {
+        if let Some(state) = self.states.get(stream) {
+            return Ok(state.clone());
+        }
+        if self.removed.contains(stream) {
+            return Ok(StreamState::default());
+        }
+        if let Some(state) = self.cache.get(stream) {
+            return Ok(state.clone());
+        }
+        Ok(load_state(self.db, stream)?.map(|(state, _)| state).unwrap_or_default())
+    }
+
+    /// Records a stream's new state; written once when the batch finishes.
+    pub(crate) fn set_state(&mut self, stream: &str, state: StreamState) {
+        self.removed.remove(stream);
+        self.states.insert(stream.to_owned(), state);
+        self.writes += 1;
+    }
+
+    fn id_owner(&self, id: &Uuid) -> Result<Option<(String, u64)>, StoreError> {
+        if let Some((stream, number)) = self.ids.get(id) {
+            return Ok(Some((stream.to_string(), *number)));
+        }
+        self.id_index.owner(self.db, id)
+    }
+
+    pub(super) fn append(&mut self, append: &Append) -> Result<AppendOutcome, StoreError> {
+        if append.events.is_empty() {
+            return Err(StoreError::Invalid("the request holds no events".into()));
+        }
+        let mut seen = HashSet::with_capacity(append.events.len());
+        for event in &append.events {
+            if !seen.insert(event.id) {
+                return Err(StoreError::Invalid(format!(
+                    "event id {} appears twice in one request",
+                    event.id
+                )));
+            }
+        }
+
+        let mut state = self.state(&append.stream)?;
+        if state.tombstoned {
+            return Err(StoreError::StreamDeleted);
+        }
+        let current = current_version(&state);
+
+        if let Some(outcome) = self.retry_outcome(append, current)? {
+            return Ok(outcome);
+        }
+
+        check_expected(append.expected, current)?;
+
+        let settings_update = match metadata::described_stream(&append.stream) {
+            Some(described) => match append.events.last() {
+                Some(event) => Some((
+                    described.to_owned(),
+                    metadata::parse(&event.data).map_err(|error| StoreError::Invalid(error.to_string()))?,
+                )),
+                None => None,
+            },
+            None => None,
+        };
+
+        let first_number = state.next_number;
+        let first_position = self.next_position;
+        let is_new_stream = state.next_number == 0;
+        // The append's links, per system stream in the order first met, are
+        // staged after its events: one state per system stream, not one per
+        // link (an append's events mostly share their category and type).
+        let mut linked: Vec<(String, Vec<LinkTarget<'_>>)> = Vec::new();
+        // The name every id of the append is owned by, made once.
+        let name: Arc<str> = Arc::from(append.stream.as_str());
+        for event in &append.events {
+            let position = self.next_position;
+            let number = state.next_number;
+            let record = codec::encode_event(&EventFields {
+                stream: &append.stream,
+                number,
+                position,
+                id: &event.id,
+                event_type: &event.event_type,
+                created_micros: self.created_micros,
+                is_json: event.is_json,
+                metadata_is_json: event.metadata_is_json,
+                data: &event.data,
+                metadata: &event.metadata,
+            });
+            self.stage_record(&append.stream, number, record);
+            self.stage_log(position, &append.stream, number);
+            self.ids.insert(event.id, (Arc::clone(&name), number));
+            self.writes += 2;
+            self.next_position += 1;
+            state.next_number += 1;
+            let target =
+                LinkTarget { position, created_micros: self.created_micros, number, stream: &append.stream };
+            let links =
+                self.projections.links(&append.stream, &event.event_type, is_new_stream && number == 0);
+            for link in links.into_iter().flatten() {
+                match linked.iter_mut().find(|(name, _)| link.is(name)) {
+                    Some((_, targets)) => targets.push(target),
+                    None => linked.push((link.name(), vec![target])),
+                }
+            }
+        }
+        for (system_stream, targets) in &linked {
+            self.link_all(system_stream, targets)?;
+        }
+        if is_new_stream {
+            state.created_position = first_position;
+        }
+        state.soft_deleted = false;
+        let last_number = state.next_number - 1;
+        self.set_state(&append.stream, state);
+
+        if let Some((described, mut settings)) = settings_update {
+            let mut target = self.state(&described)?;
+            settings.metadata_number = Some(last_number);
+            target.settings = settings;
+            self.set_state(&described, target);
+        }
+
+        Ok(AppendOutcome { first_number, last_number, position: Some(first_position), idempotent: false })
+    }
+
+    /// Decides whether `append` repeats an earlier write. Returns the
+    /// original outcome when every id was written to this stream as one
+    /// consecutive run in the same order; fails when only some ids match (or
+    /// they belong elsewhere); `None` when none was written before.
+    fn retry_outcome(&self, append: &Append, current: i64) -> Result<Option<AppendOutcome>, StoreError> {
+        let ids = || append.events.iter().map(|event| &event.id);
+        if !ids().any(|id| self.ids.contains_key(id)) && !self.id_index.may_hold_any(ids()) {
+            return Ok(None);
+        }
+        let mut owners = Vec::with_capacity(append.events.len());
+        for event in &append.events {
+            owners.push(self.id_owner(&event.id)?);
+        }
+        if owners.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let Some(Some((_, first_number))) = owners.first() else {
+            return Err(partial_match(append, current, &owners));
+        };
+        let is_same_run = owners.iter().enumerate().all(|(i, owner)| {
+            owner.as_ref().is_some_and(|(stream, number)| {
+                *stream == append.stream && *number == first_number + i as u64
+            })
+        });
+        if !is_same_run {
+            return Err(partial_match(append, current, &owners));
+        }
+        Ok(Some(AppendOutcome {
+            first_number: *first_number,
+            last_number: first_number + owners.len() as u64 - 1,
+            position: None,
+            idempotent: true,
+        }))
+    }
+
+    /// Adds event `number`'s record to `stream`. The records a batch adds
+    /// to one stream are written together, as runs.
+    fn stage_record(&mut self, stream: &str, number: u64, record: Vec<u8>) {
+        match self.records.get_mut(stream) {
+            Some(run) if run.takes(number, &record) => {
+                run.bytes += record.len();
+                run.records.push(record);
+            }
+            _ => {
+                let run = PendingRecords { first: number, bytes: record.len(), records: vec![record] };
+                if let Some(full) = self.records.insert(stream.to_owned(), run) {
+                    self.put(keys::event(stream, full.first), codec::encode_records(full.records));
+                }
+            }
+        }
+    }
+
+    /// Logs event `number` of `stream` at `position`. Consecutive positions
+    /// holding consecutive events of one stream share one log entry.
+    fn stage_log(&mut self, position: u64, stream: &str, number: u64) {
+        if let Some(span) = &mut self.log {
+            let extends = span.stream == stream
+                && span.position + span.count == position
+                && span.number + span.count == number
+                && span.count < MAX_LOG_RUN;
+            if extends {
+                span.count += 1;
+                return;
+            }
+        }
+        let span = LogSpan { position, stream: stream.to_owned(), number, count: 1 };
+        if let Some(full) = self.log.replace(span) {
+            self.write_log(&full);
+        }
+    }
+
+    fn write_log(&mut self, span: &LogSpan) {
+        self.put(
+            &keys::log(span.position)[..],
+            codec::encode_log_entry(&span.stream, span.number, span.count),
+        );
+    }
+
+    /// Appends a link to the event at `position` to a system stream. The
+    /// links a batch adds to one stream are written together, as runs.
+    pub(crate) fn link(&mut self, system_stream: &str, target: &LinkTarget<'_>) -> Result<(), StoreError> {
+        self.link_all(system_stream, std::slice::from_ref(target))
+    }
+
+    /// Appends links to `targets`, in order, to a system stream.
+    fn link_all(&mut self, system_stream: &str, targets: &[LinkTarget<'_>]) -> Result<(), StoreError> {
+        let mut state = self.state(system_stream)?;
+        for target in targets {
+            let number = state.next_number;
+            if number == 0 {
+                state.created_position = target.position;
+            }
+            let link = (target.position, target.created_micros, target.number, target.stream.to_owned());
+            match self.links.get_mut(system_stream) {
+                Some(run) if run.next() == number && run.links.len() < MAX_LINK_RUN => run.links.push(link),
+                _ => {
+                    let run = PendingLinks { first: number, links: vec![link] };
+                    if let Some(full) = self.links.insert(system_stream.to_owned(), run) {
+                        self.put(keys::event(system_stream, full.first), full.encode());
+                    }
+                }
+            }
+            self.writes += 1;
+            state.next_number += 1;
+        }
+        self.set_state(system_stream, state);
+        Ok(())
+    }
+
+    pub(super) fn delete(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        hard: bool,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state(stream)?;
+        if state.tombstoned {
+            return Err(StoreError::StreamDeleted);
+        }
+        let current = current_version(&state);
+        check_expected(expected, current)?;
+        if hard {
+            // A tombstone may be placed on a stream that never existed, so
+            // that its name can never be used (as v5 allows).
+            state.tombstoned = true;
+        } else {
+            if current == -1 {
+                return Err(StoreError::StreamNotFound);
+            }
+            state.soft_deleted = true;
+            state.deleted_before = state.next_number;
+        }
+        self.set_state(stream, state);
+        Ok(())
+    }
+
+    /// Writes the final stream states and returns the batch to apply.
+    pub(super) fn finish(mut self) -> Finished {
+        for (stream, run) in std::mem::take(&mut self.links) {
+            self.put(keys::event(&stream, run.first), run.encode());
+        }
+        for (stream, run) in std::mem::take(&mut self.records) {
+            self.put(keys::event(&stream, run.first), codec::encode_records(run.records));
+        }
+        if let Some(span) = self.log.take() {
+            self.write_log(&span);
+        }
+        let states = std::mem::take(&mut self.states);
+        for (stream, state) in &states {
+            self.put(keys::stream(stream), codec::encode_state(state, self.commit_seq));
+        }
+        self.put(keys::counter(keys::COMMIT_SEQ), &keys::u64_value(self.commit_seq)[..]);
+        self.put(keys::counter(keys::NEXT_POSITION), &keys::u64_value(self.next_position)[..]);
+        Finished { batch: self.batch, bytes: self.bytes, states, removed: self.removed, ids: self.ids }
+    }
+}
+
+/// A batch ready to apply, and the stream states it leaves.
+pub(super) struct Finished {
+    pub batch: sled::Batch,
+    /// Bytes of keys and values in `batch`.
+    pub bytes: u64,
+    pub states: HashMap<String, StreamState>,
+    pub removed: HashSet<String>,
+    /// The event ids the batch adds, for the id index.
+    pub ids: HashMap<Uuid, Owner>,
+}
+
+/// The committed states of the streams the writer touched lately, so an
+/// append need not read its stream's state (and its system streams')
+/// from sled. Only the writer changes states, and it updates this after
+/// each commit, so an entry is never stale. Bounded: emptied when full.
+#[derive(Default)]
+pub(super) struct StateCache {
+    states: HashMap<String, StreamState>,
+}
+
+/// How many stream states [`StateCache`] holds at most (a few MB).
+const STATE_CACHE_ENTRIES: usize = 65_536;
+
+impl StateCache {
+    fn get(&self, stream: &str) -> Option<&StreamState> {
+        self.states.get(stream)
+    }
+
+    /// Takes in what a committed batch wrote and removed.
+    pub(super) fn committed(&mut self, states: HashMap<String, StreamState>, removed: HashSet<String>) {
+        for stream in removed {
+            self.states.remove(&stream);
+        }
+        if self.states.len() + states.len() > STATE_CACHE_ENTRIES {
+            self.states.clear();
+        }
+        self.states.extend(states);
+    }
+}
+
+/// The most links one run holds. Reading a link walks its run's items (they
+/// vary in size), so runs stay short enough for that to cost little (a
+/// projection built from the log would otherwise put thousands in one).
+const MAX_LINK_RUN: usize = 64;
+
+/// Consecutive links to one system stream, staged by one batch.
+struct PendingLinks {
+    /// The number of the first.
+    first: u64,
+    /// (target position, created µs, target number, target stream).
+    links: Vec<(u64, i64, u64, String)>,
+}
+
+impl PendingLinks {
+    fn next(&self) -> u64 {
+        self.first + self.links.len() as u64
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let links: Vec<(u64, i64, u64, &str)> = self
+            .links
+            .iter()
+            .map(|(position, created, number, stream)| (*position, *created, *number, stream.as_str()))
+            .collect();
+        codec::encode_links(&links)
+    }
+}
+
+/// Runs of records start at multiples of this (the default page size) and
+/// never cross one, so a page that starts at such a number, as a forward
+/// walk from the start of a stream does, is read from the key it starts at:
+/// one key, no look back for a run that started earlier.
+const RECORD_RUN_ALIGN: u64 = 20;
+
+/// The most bytes of records one run holds: sled rewrites a leaf's values
+/// when it consolidates it, so a run of large events stays small. A record
+/// larger than this is stored alone.
+const MAX_RECORD_RUN_BYTES: usize = 32 * 1024;
+
+/// Consecutive records of one stream, staged by one batch.
+struct PendingRecords {
+    /// The number of the first.
+    first: u64,
+    records: Vec<Vec<u8>>,
+    /// The records' total size.
+    bytes: usize,
+}
+
+impl PendingRecords {
+    /// Whether `record`, numbered `number`, extends this run.
+    fn takes(&self, number: u64, record: &[u8]) -> bool {
+        self.first + self.records.len() as u64 == number
+            && number % RECORD_RUN_ALIGN != 0
+            && self.bytes + record.len() <= MAX_RECORD_RUN_BYTES
+    }
+}
+
+/// The most positions one log entry covers. `$all` pages and projection
+/// builds read a log entry with one range read of its stream.
+const MAX_LOG_RUN: u64 = 64;
+
+/// The event a system-stream link points at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkTarget<'a> {
+    pub position: u64,
+    pub created_micros: i64,
+    pub number: u64,
+    pub stream: &'a str,
+}
+
+/// The version an expected-version check compares against: the last event
+/// number, or -1 when the stream does not exist (never written or deleted).
+fn current_version(state: &StreamState) -> i64 {
+    match state.last_number() {
+        Some(last) if state.exists() => i64::try_from(last).unwrap_or(i64::MAX),
+        _ => -1,
+    }
+}
+
+/// Checks `ES-ExpectedVersion` against the stream's current version.
+fn check_expected(expected: ExpectedVersion, current: i64) -> Result<(), StoreError> {
+    let matches = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => current == -1,
+        ExpectedVersion::StreamExists => current >= 0,
+        ExpectedVersion::Exact(n) => i64::try_from(n).is_ok_and(|n| n == current),
+    };
+    if matches {
+        return Ok(());
+    }
+    Err(StoreError::WrongExpectedVersion {
+        current,
+        detail: format!("Expected version {expected}, but the stream is at {current}."),
+    })
+}
+
+fn partial_match(append: &Append, current: i64, owners: &[Option<(String, u64)>]) -> StoreError {
+    let taken = append
+        .events
+        .iter()
+        .zip(owners)
+        .find_map(|(event, owner)| owner.as_ref().map(|(s, n)| (event.id, s, n)));
+    let detail = match taken {
+        Some((id, stream, number)) => format!(
+            "event id {id} was already written as event {number} of stream '{stream}', \
+             and the request does not repeat that write exactly"
+        ),
+        None => "the request's event ids only partly match an earlier write".into(),
+    };
+    StoreError::WrongExpectedVersion { current, detail }
+}

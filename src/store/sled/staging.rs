@@ -13,7 +13,9 @@ use super::entries::{LogSpan, load_state};
 use super::id_index::{IdIndex, Owner};
 use super::keys;
 use crate::store::projections::{Projection, Projections};
-use crate::store::{Append, AppendOutcome, ExpectedVersion, StoreError, StreamState, metadata};
+use crate::store::{
+    Append, AppendOutcome, ExpectedVersion, StoreError, StreamSettings, StreamState, metadata,
+};
 
 /// The writes of one batch, and the state they produce, before they commit.
 /// Every validation reads through this overlay, so requests in the same
@@ -151,7 +153,21 @@ impl<'a> Staging<'a> {
         self.id_index.owner(self.db, id)
     }
 
+    /// Appends `append` to the batch, or fails and stages nothing of it: a
+    /// pure [`Self::plan_append`] checks everything and reads every state
+    /// the append touches, then an infallible [`Self::apply_append`] stages
+    /// the plan.
     pub(super) fn append(&mut self, append: &Append) -> Result<AppendOutcome, StoreError> {
+        match self.plan_append(append)? {
+            Planned::Retry(outcome) => Ok(outcome),
+            Planned::Write(plan) => Ok(self.apply_append(append, plan)),
+        }
+    }
+
+    /// Every check of an append and every state it will change, read
+    /// through the batch's overlay. Stages nothing, so whatever fails here
+    /// (a rule, a read, a decode) leaves the batch as it was.
+    fn plan_append(&self, append: &Append) -> Result<Planned, StoreError> {
         if append.events.is_empty() {
             return Err(StoreError::Invalid("the request holds no events".into()));
         }
@@ -165,36 +181,59 @@ impl<'a> Staging<'a> {
             }
         }
 
-        let mut state = self.state(&append.stream)?;
+        let state = self.state(&append.stream)?;
         if state.tombstoned {
             return Err(StoreError::StreamDeleted);
         }
         let current = current_version(&state);
 
         if let Some(outcome) = self.retry_outcome(append, current)? {
-            return Ok(outcome);
+            return Ok(Planned::Retry(outcome));
         }
 
         check_expected(append.expected, current)?;
 
-        let settings_update = match metadata::described_stream(&append.stream) {
-            Some(described) => match append.events.last() {
-                Some(event) => Some((
-                    described.to_owned(),
-                    metadata::parse(&event.data).map_err(|error| StoreError::Invalid(error.to_string()))?,
-                )),
-                None => None,
-            },
-            None => None,
+        let described = match (metadata::described_stream(&append.stream), append.events.last()) {
+            (Some(described), Some(event)) => {
+                let settings =
+                    metadata::parse(&event.data).map_err(|error| StoreError::Invalid(error.to_string()))?;
+                Some((described.to_owned(), self.state(described)?, settings))
+            }
+            _ => None,
         };
 
+        // The append's links, per system stream in the order first met:
+        // one state per system stream, not one per link (an append's events
+        // mostly share their category and type).
+        let mut links: Vec<PlannedLinks> = Vec::new();
+        for (index, event) in append.events.iter().enumerate() {
+            let creates_stream = state.next_number == 0 && index == 0;
+            for link in self
+                .projections
+                .links(&append.stream, &event.event_type, creates_stream)
+                .into_iter()
+                .flatten()
+            {
+                match links.iter_mut().find(|planned| link.is(&planned.stream)) {
+                    Some(planned) => planned.events.push(index),
+                    None => {
+                        let stream = link.name();
+                        let state = self.state(&stream)?;
+                        links.push(PlannedLinks { stream, state, events: vec![index] });
+                    }
+                }
+            }
+        }
+        Ok(Planned::Write(AppendPlan { state, described, links }))
+    }
+
+    /// Stages a planned append: its records, log entries, ids, links and
+    /// states. Nothing here can fail.
+    fn apply_append(&mut self, append: &Append, plan: AppendPlan) -> AppendOutcome {
+        let AppendPlan { mut state, described, links } = plan;
         let first_number = state.next_number;
         let first_position = self.next_position;
         let is_new_stream = state.next_number == 0;
-        // The append's links, per system stream in the order first met, are
-        // staged after its events: one state per system stream, not one per
-        // link (an append's events mostly share their category and type).
-        let mut linked: Vec<(String, Vec<LinkTarget<'_>>)> = Vec::new();
         // The name every id of the append is owned by, made once.
         let name: Arc<str> = Arc::from(append.stream.as_str());
         for event in &append.events {
@@ -218,19 +257,18 @@ impl<'a> Staging<'a> {
             self.writes += 2;
             self.next_position += 1;
             state.next_number += 1;
-            let target =
-                LinkTarget { position, created_micros: self.created_micros, number, stream: &append.stream };
-            let links =
-                self.projections.links(&append.stream, &event.event_type, is_new_stream && number == 0);
-            for link in links.into_iter().flatten() {
-                match linked.iter_mut().find(|(name, _)| link.is(name)) {
-                    Some((_, targets)) => targets.push(target),
-                    None => linked.push((link.name(), vec![target])),
-                }
-            }
         }
-        for (system_stream, targets) in &linked {
-            self.link_all(system_stream, targets)?;
+        for PlannedLinks { stream, state: link_state, events } in links {
+            let targets: Vec<LinkTarget<'_>> = events
+                .into_iter()
+                .map(|index| LinkTarget {
+                    position: first_position + index as u64,
+                    created_micros: self.created_micros,
+                    number: first_number + index as u64,
+                    stream: &append.stream,
+                })
+                .collect();
+            self.stage_links(&stream, link_state, &targets);
         }
         if is_new_stream {
             state.created_position = first_position;
@@ -239,14 +277,13 @@ impl<'a> Staging<'a> {
         let last_number = state.next_number - 1;
         self.set_state(&append.stream, state);
 
-        if let Some((described, mut settings)) = settings_update {
-            let mut target = self.state(&described)?;
+        if let Some((described, mut target, mut settings)) = described {
             settings.metadata_number = Some(last_number);
             target.settings = settings;
             self.set_state(&described, target);
         }
 
-        Ok(AppendOutcome { first_number, last_number, position: Some(first_position), idempotent: false })
+        AppendOutcome { first_number, last_number, position: Some(first_position), idempotent: false }
     }
 
     /// Decides whether `append` repeats an earlier write. Returns the
@@ -335,7 +372,14 @@ impl<'a> Staging<'a> {
 
     /// Appends links to `targets`, in order, to a system stream.
     fn link_all(&mut self, system_stream: &str, targets: &[LinkTarget<'_>]) -> Result<(), StoreError> {
-        let mut state = self.state(system_stream)?;
+        let state = self.state(system_stream)?;
+        self.stage_links(system_stream, state, targets);
+        Ok(())
+    }
+
+    /// Stages links to `targets`, in order, to a system stream whose state
+    /// (read beforehand) is `state`.
+    fn stage_links(&mut self, system_stream: &str, mut state: StreamState, targets: &[LinkTarget<'_>]) {
         for target in targets {
             let number = state.next_number;
             if number == 0 {
@@ -355,7 +399,6 @@ impl<'a> Staging<'a> {
             state.next_number += 1;
         }
         self.set_state(system_stream, state);
-        Ok(())
     }
 
     pub(super) fn delete(
@@ -404,6 +447,36 @@ impl<'a> Staging<'a> {
         self.put(keys::counter(keys::NEXT_POSITION), &keys::u64_value(self.next_position)[..]);
         Finished { batch: self.batch, bytes: self.bytes, states, removed: self.removed, ids: self.ids }
     }
+}
+
+/// What [`Staging::plan_append`] decided.
+// One lives on the stack for a moment per append and is never stored or
+// moved in bulk: boxing the plan would only add an allocation per append.
+#[allow(clippy::large_enum_variant)]
+enum Planned {
+    /// Every id was written before, by this very request: nothing to write.
+    Retry(AppendOutcome),
+    Write(AppendPlan),
+}
+
+/// An append that passed every check, with every state it changes.
+struct AppendPlan {
+    /// The stream's state before the append.
+    state: StreamState,
+    /// For a metadata append: the described stream, its state and its new
+    /// settings.
+    described: Option<(String, StreamState, StreamSettings)>,
+    /// The system streams the append links into, in the order first met.
+    links: Vec<PlannedLinks>,
+}
+
+/// The links an append adds to one system stream.
+struct PlannedLinks {
+    stream: String,
+    /// The system stream's state before the append.
+    state: StreamState,
+    /// The indexes, in the append, of the events linked.
+    events: Vec<usize>,
 }
 
 /// A batch ready to apply, and the stream states it leaves.
@@ -557,3 +630,6 @@ fn partial_match(append: &Append, current: i64, owners: &[Option<(String, u64)>]
     };
     StoreError::WrongExpectedVersion { current, detail }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,14 +7,13 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::ext::ReasonPhrase;
 use uuid::Uuid;
 
 use super::base_url::RequestUrls;
 use super::caching::{Caching, content_type, header_value, respond};
 use super::error::HttpError;
-use super::events_body::{self, APPEND_TYPES, BodyKind};
+use super::events_body::{self, APPEND_TYPES, BodyKind, read_body};
 use super::live::{self, Rendered, Watched};
 use super::negotiate::{self, *};
 use super::params::{self, Query, ReadQuery, Segments};
@@ -380,19 +379,6 @@ fn check_event_sizes(events: &[ProposedEvent], max_event_bytes: usize) -> Result
             event.size()
         ))),
         None => Ok(()),
-    }
-}
-
-/// Reads a request body of at most `limit` bytes.
-pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, HttpError> {
-    let too_large =
-        || HttpError::payload_too_large(format!("The request body is larger than {limit} bytes."));
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(error) => {
-            Err(HttpError::bad_request("Could not read the request body.").with_detail(error.to_string()))
-        }
     }
 }
 

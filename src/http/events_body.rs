@@ -1,8 +1,10 @@
-//! Parsing append bodies into proposed events: the events array as JSON or
-//! XML, and the single-event bodies (JSON, XML, raw bytes) whose id and
-//! type come from headers.
+//! Reading append bodies (within a size limit) and parsing them into
+//! proposed events: the events array as JSON or XML, and the single-event
+//! bodies (JSON, XML, raw bytes) whose id and type come from headers.
 
+use axum::body::Body;
 use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use quick_xml::Reader;
 use quick_xml::events::Event;
 use serde::Deserialize;
@@ -53,6 +55,19 @@ impl BodyKind {
             OCTET_STREAM => Self::Single(SingleFormat::Bytes),
             _ => return None,
         })
+    }
+}
+
+/// Reads a request body of at most `limit` bytes.
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, HttpError> {
+    let too_large =
+        || HttpError::payload_too_large(format!("The request body is larger than {limit} bytes."));
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) => {
+            Err(HttpError::bad_request("Could not read the request body.").with_detail(error.to_string()))
+        }
     }
 }
 

@@ -1,9 +1,16 @@
 //! The HTTP layer: one module per resource, each with its own `router()`,
 //! merged here, with every layer applied in one place ([`router`]). Only
 //! this module knows about headers and status codes.
+//!
+//! The resources share a few modules below them: `pages` is the one
+//! page-read pipeline (stream, `$all` and metadata pages, single events),
+//! `live` the long-polls and Server-Sent Events, `events_body` reading and
+//! parsing request bodies, and `negotiate`, `params`, `caching`,
+//! `base_url` and `error` the pieces every handler uses. Resource modules
+//! import shared ones, never each other; only this file names them, to
+//! merge their routers.
 
 mod admin;
-mod all;
 pub mod base_url;
 pub mod caching;
 pub mod error;
@@ -11,6 +18,7 @@ pub mod events_body;
 pub mod live;
 mod metadata;
 pub mod negotiate;
+mod pages;
 mod params;
 mod streams;
 mod subscriptions;

@@ -1,5 +1,6 @@
-//! `/streams/{stream}`: appending events, reading pages and single events,
-//! and deleting streams.
+//! `/streams/{stream}` (and `$all`): the routes that append events, read
+//! pages and single events (through `pages`, the read pipeline shared with
+//! the metadata routes), delete streams, and redirect.
 
 use axum::Router;
 use axum::body::Body;
@@ -7,20 +8,20 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::ext::ReasonPhrase;
 use uuid::Uuid;
 
+use super::AppState;
 use super::base_url::RequestUrls;
-use super::caching::{Caching, content_type, header_value, respond};
+use super::caching::{content_type, header_value};
 use super::error::HttpError;
-use super::events_body::{self, APPEND_TYPES, BodyKind};
-use super::live::{self, Rendered, Watched};
+use super::events_body::{self, APPEND_TYPES, BodyKind, read_body};
+use super::live;
 use super::negotiate::{self, *};
+use super::pages::{PAGE_TYPES, page_request, read_page, single_event};
 use super::params::{self, Query, ReadQuery, Segments};
-use super::{AppState, all};
-use crate::feed::{self, Feed, Freshness, PageRequest, PageStart, Urls};
-use crate::store::{Append, Direction, ProposedEvent, ReadEvent, StoreError, StreamRead, StreamSettings};
+use crate::feed::{self, PageRequest, PageStart, Urls};
+use crate::store::{Append, Direction, ProposedEvent};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -31,10 +32,6 @@ pub(super) fn router() -> Router<AppState> {
         .route("/streams/{stream}/{event}/{count}", get(backward_page))
         .route("/streams/{stream}/{event}/{direction}/{count}", get(directed_page))
 }
-
-/// The types a page route offers (the stream route adds the description
-/// document and Server-Sent Events).
-pub(super) const PAGE_TYPES: &[&str] = &[ATOM_XML, ATOM_JSON, JSON, TEXT_XML, APPLICATION_XML, HTML];
 
 async fn head_page(
     State(state): State<AppState>,
@@ -85,130 +82,6 @@ async fn directed_page(
     read_page(&state, &urls, &stream, request, &query, &headers, media).await
 }
 
-/// Parses a page route's segments (`$all` takes positions, not numbers).
-pub(super) fn page_request(
-    stream: &str,
-    start: &str,
-    direction: &str,
-    count: &str,
-) -> Result<PageRequest, HttpError> {
-    params::stream_name(stream)?;
-    let direction = match direction {
-        "backward" => Direction::Backward,
-        "forward" => Direction::Forward,
-        _ => {
-            return Err(HttpError::not_found(
-                "Pages are /{event}/backward/{count} or /{event}/forward/{count}.",
-            ));
-        }
-    };
-    let start = if stream == feed::ALL_STREAM { all::page_start(start)? } else { params::page_start(start)? };
-    Ok(PageRequest { start, direction, count: params::count(count)? })
-}
-
-/// Reads and renders one page of a stream or of `$all`; forward pages
-/// honour `ES-LongPoll`.
-pub(super) async fn read_page(
-    state: &AppState,
-    urls: &Urls,
-    stream: &str,
-    request: PageRequest,
-    query: &ReadQuery,
-    headers: &HeaderMap,
-    media: &'static str,
-) -> Result<Response, HttpError> {
-    let is_all = stream == feed::ALL_STREAM;
-    let read = || async {
-        if is_all {
-            all::page(state, urls, request, query, headers, media).await
-        } else {
-            page(state, urls, stream, request, query, headers, media).await
-        }
-    };
-    if request.direction == Direction::Backward {
-        return read().await.map(|rendered| rendered.response);
-    }
-    let watched = if is_all { Watched::All } else { Watched::Stream(stream) };
-    // A malformed ES-ResolveLinkTos fails the read itself; nothing to share.
-    // Only a long-poll needs the key (built lazily: most reads are not).
-    let page = || {
-        params::resolve_link_tos(headers).ok().map(|resolve_links| live::PageKey {
-            stream: stream.to_owned(),
-            request,
-            resolve_links,
-            media,
-            embed: query.embed(),
-            base: urls.base().to_owned(),
-            if_none_match: headers.get_all(header::IF_NONE_MATCH).iter().cloned().collect(),
-        })
-    };
-    live::long_poll(state, headers, watched, page, read).await
-}
-
-/// Reads and renders one page of a stream.
-pub(super) async fn page(
-    state: &AppState,
-    urls: &Urls,
-    stream: &str,
-    request: PageRequest,
-    query: &ReadQuery,
-    headers: &HeaderMap,
-    media: &'static str,
-) -> Result<Rendered, HttpError> {
-    let read = StreamRead {
-        stream: stream.to_owned(),
-        from: match request.start {
-            PageStart::Head => None,
-            PageStart::Number(number) => Some(number),
-        },
-        direction: request.direction,
-        count: request.count,
-        resolve_links: params::resolve_link_tos(headers)?,
-    };
-    let slice = state.store.read_stream(read).await.map_err(read_error)?;
-    let settings = slice.view.settings;
-    let feed = feed::stream_feed(urls, stream, request, slice);
-    Ok(render_feed(headers, urls, feed, &settings, media, query.embed()))
-}
-
-/// Renders a feed in the negotiated representation with its cache headers.
-pub(super) fn render_feed(
-    headers: &HeaderMap,
-    urls: &Urls,
-    mut feed: Feed,
-    settings: &StreamSettings,
-    media: &'static str,
-    embed: feed::Embed,
-) -> Rendered {
-    let freshness = feed.freshness.clone();
-    let caching = Caching { freshness: &freshness, settings };
-    let has_events = !feed.entries.is_empty();
-    let response = respond(headers, &caching, media, |etag| {
-        if feed.is_head {
-            feed.etag = etag.map(str::to_owned);
-        }
-        match media {
-            ATOM_JSON | JSON => feed::json::render_feed(&feed, urls, embed),
-            HTML => feed::html::render_feed(&feed, urls),
-            _ => feed::atom::render_feed(&feed, urls, embed),
-        }
-    });
-    // A 304 tells the client nothing new: a long-poll keeps waiting.
-    let has_events = has_events && response.status() != StatusCode::NOT_MODIFIED;
-    Rendered { response, has_events }
-}
-
-/// Read failures: a hard-deleted stream reads as `410 Deleted` (appends
-/// say "Stream deleted"; v5 words them differently).
-pub(super) fn read_error(error: StoreError) -> HttpError {
-    match error {
-        StoreError::StreamDeleted => {
-            HttpError::new(StatusCode::GONE, "Deleted").with_detail("The stream was hard-deleted.")
-        }
-        other => other.into(),
-    }
-}
-
 /// `GET /streams/{stream}/{event}`: one event, or the last one for `head`.
 async fn event(
     State(state): State<AppState>,
@@ -225,54 +98,6 @@ async fn event(
     let media = negotiate::choose(&headers, query.format.as_deref(), EVENT_TYPES)?;
     let resolve_links = params::resolve_link_tos(&headers)?;
     single_event(&state, &urls, &stream, start, resolve_links, &headers, media).await
-}
-
-/// Reads one event (`PageStart::Head`: the last) and renders it.
-pub(super) async fn single_event(
-    state: &AppState,
-    urls: &Urls,
-    stream: &str,
-    start: PageStart,
-    resolve_links: bool,
-    headers: &HeaderMap,
-    media: &'static str,
-) -> Result<Response, HttpError> {
-    let (freshness, settings, read) = match start {
-        PageStart::Head => {
-            let read = StreamRead {
-                stream: stream.to_owned(),
-                from: None,
-                direction: Direction::Backward,
-                count: 1,
-                resolve_links,
-            };
-            let mut slice = state.store.read_stream(read).await.map_err(read_error)?;
-            let version = slice.view.last_number.to_string();
-            (Freshness::Live { version }, slice.view.settings, slice.events.pop())
-        }
-        PageStart::Number(number) => {
-            let (view, read) =
-                state.store.read_event(stream, number, resolve_links).await.map_err(read_error)?;
-            (Freshness::Immutable, view.settings, read)
-        }
-    };
-    let read = read.ok_or_else(|| HttpError::not_found("The event does not exist."))?;
-    // A client asking for JSON data gets the bytes it stored; when they are
-    // not JSON, the Content-Type says so instead of claiming JSON.
-    let media = if media == JSON && !read.event.is_json { OCTET_STREAM } else { media };
-    let caching = Caching { freshness: &freshness, settings: &settings };
-    Ok(respond(headers, &caching, media, |_| render_event(&read, urls, media)))
-}
-
-fn render_event(read: &ReadEvent, urls: &Urls, media: &'static str) -> Vec<u8> {
-    match media {
-        ATOM_JSON => feed::json::render_entry(read, urls),
-        EVENT_JSON => feed::json::render_event_object(read),
-        JSON | OCTET_STREAM => read.event.data.to_vec(),
-        TEXT_XML | APPLICATION_XML => feed::event::xml_payload(&read.event),
-        HTML => feed::html::render_event(read, urls),
-        _ => feed::atom::render_entry(read, urls),
-    }
 }
 
 /// v5's description document, served when a client asks for it by name.
@@ -380,19 +205,6 @@ fn check_event_sizes(events: &[ProposedEvent], max_event_bytes: usize) -> Result
             event.size()
         ))),
         None => Ok(()),
-    }
-}
-
-/// Reads a request body of at most `limit` bytes.
-pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, HttpError> {
-    let too_large =
-        || HttpError::payload_too_large(format!("The request body is larger than {limit} bytes."));
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(error) => {
-            Err(HttpError::bad_request("Could not read the request body.").with_detail(error.to_string()))
-        }
     }
 }
 

@@ -1,0 +1,234 @@
+//! The one page-read pipeline, shared by every feed route: pages of a
+//! stream, of `$all` and of a metadata stream, and single events. The
+//! routes (`streams`, `metadata`) check names and negotiate the media
+//! type; this module parses the page segments, reads the store, builds the
+//! feed and renders it with its cache headers. Forward pages go through
+//! `live` for `ES-LongPoll`.
+//!
+//! `$all` (also `/streams/%24all`) is every event in commit order, paged by
+//! global position (32 hex digits) instead of event number. It is read
+//! here like any stream, and never written.
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+
+use super::AppState;
+use super::caching::{Caching, respond};
+use super::error::HttpError;
+use super::live::{self, Rendered, Watched};
+use super::negotiate::{
+    APPLICATION_XML, ATOM_JSON, ATOM_XML, EVENT_JSON, HTML, JSON, OCTET_STREAM, TEXT_XML,
+};
+use super::params::{self, ReadQuery};
+use crate::feed::{self, Feed, Freshness, PageRequest, PageStart, Urls};
+use crate::store::{AllRead, Direction, ReadEvent, StoreError, StreamRead, StreamSettings};
+
+/// The types a page route offers (the stream route adds the description
+/// document and Server-Sent Events).
+pub(super) const PAGE_TYPES: &[&str] = &[ATOM_XML, ATOM_JSON, JSON, TEXT_XML, APPLICATION_XML, HTML];
+
+/// Parses a page route's segments (`$all` takes positions, not numbers).
+pub(super) fn page_request(
+    stream: &str,
+    start: &str,
+    direction: &str,
+    count: &str,
+) -> Result<PageRequest, HttpError> {
+    params::stream_name(stream)?;
+    let direction = match direction {
+        "backward" => Direction::Backward,
+        "forward" => Direction::Forward,
+        _ => {
+            return Err(HttpError::not_found(
+                "Pages are /{event}/backward/{count} or /{event}/forward/{count}.",
+            ));
+        }
+    };
+    let start = if stream == feed::ALL_STREAM { all_page_start(start)? } else { params::page_start(start)? };
+    Ok(PageRequest { start, direction, count: params::count(count)? })
+}
+
+/// `{position}` of an `$all` page route: `head` or 32 hex digits.
+fn all_page_start(text: &str) -> Result<PageStart, HttpError> {
+    if text.eq_ignore_ascii_case("head") {
+        return Ok(PageStart::Head);
+    }
+    feed::parse_position(text).map(PageStart::Number).ok_or_else(|| {
+        HttpError::bad_request(format!("'{text}' is not valid position"))
+            .with_detail("Positions in $all are 32 hex digits, as in the links of its pages, or 'head'.")
+    })
+}
+
+/// Reads and renders one page of a stream or of `$all`; forward pages
+/// honour `ES-LongPoll`.
+pub(super) async fn read_page(
+    state: &AppState,
+    urls: &Urls,
+    stream: &str,
+    request: PageRequest,
+    query: &ReadQuery,
+    headers: &HeaderMap,
+    media: &'static str,
+) -> Result<Response, HttpError> {
+    let is_all = stream == feed::ALL_STREAM;
+    let read = || async {
+        if is_all {
+            all_page(state, urls, request, query, headers, media).await
+        } else {
+            stream_page(state, urls, stream, request, query, headers, media).await
+        }
+    };
+    if request.direction == Direction::Backward {
+        return read().await.map(|rendered| rendered.response);
+    }
+    let watched = if is_all { Watched::All } else { Watched::Stream(stream) };
+    // A malformed ES-ResolveLinkTos fails the read itself; nothing to share.
+    // Only a long-poll needs the key (built lazily: most reads are not).
+    let page = || {
+        params::resolve_link_tos(headers).ok().map(|resolve_links| live::PageKey {
+            stream: stream.to_owned(),
+            request,
+            resolve_links,
+            media,
+            embed: query.embed(),
+            base: urls.base().to_owned(),
+            if_none_match: headers.get_all(header::IF_NONE_MATCH).iter().cloned().collect(),
+        })
+    };
+    live::long_poll(state, headers, watched, page, read).await
+}
+
+/// Reads and renders one page of a stream.
+async fn stream_page(
+    state: &AppState,
+    urls: &Urls,
+    stream: &str,
+    request: PageRequest,
+    query: &ReadQuery,
+    headers: &HeaderMap,
+    media: &'static str,
+) -> Result<Rendered, HttpError> {
+    let read = StreamRead {
+        stream: stream.to_owned(),
+        from: match request.start {
+            PageStart::Head => None,
+            PageStart::Number(number) => Some(number),
+        },
+        direction: request.direction,
+        count: request.count,
+        resolve_links: params::resolve_link_tos(headers)?,
+    };
+    let slice = state.store.read_stream(read).await.map_err(read_error)?;
+    let settings = slice.view.settings;
+    let feed = feed::stream_feed(urls, stream, request, slice);
+    Ok(render_feed(headers, urls, feed, &settings, media, query.embed()))
+}
+
+/// Reads and renders one page of `$all`.
+async fn all_page(
+    state: &AppState,
+    urls: &Urls,
+    request: PageRequest,
+    query: &ReadQuery,
+    headers: &HeaderMap,
+    media: &'static str,
+) -> Result<Rendered, HttpError> {
+    let read = AllRead {
+        from: match request.start {
+            PageStart::Head => None,
+            PageStart::Number(position) => Some(position),
+        },
+        direction: request.direction,
+        count: request.count,
+    };
+    let slice = state.store.read_all(read).await?;
+    let feed = feed::all_feed(urls, request, slice);
+    Ok(render_feed(headers, urls, feed, &StreamSettings::default(), media, query.embed()))
+}
+
+/// Renders a feed in the negotiated representation with its cache headers.
+fn render_feed(
+    headers: &HeaderMap,
+    urls: &Urls,
+    mut feed: Feed,
+    settings: &StreamSettings,
+    media: &'static str,
+    embed: feed::Embed,
+) -> Rendered {
+    let freshness = feed.freshness.clone();
+    let caching = Caching { freshness: &freshness, settings };
+    let has_events = !feed.entries.is_empty();
+    let response = respond(headers, &caching, media, |etag| {
+        if feed.is_head {
+            feed.etag = etag.map(str::to_owned);
+        }
+        match media {
+            ATOM_JSON | JSON => feed::json::render_feed(&feed, urls, embed),
+            HTML => feed::html::render_feed(&feed, urls),
+            _ => feed::atom::render_feed(&feed, urls, embed),
+        }
+    });
+    // A 304 tells the client nothing new: a long-poll keeps waiting.
+    let has_events = has_events && response.status() != StatusCode::NOT_MODIFIED;
+    Rendered { response, has_events }
+}
+
+/// Read failures: a hard-deleted stream reads as `410 Deleted` (appends
+/// say "Stream deleted"; v5 words them differently).
+pub(super) fn read_error(error: StoreError) -> HttpError {
+    match error {
+        StoreError::StreamDeleted => {
+            HttpError::new(StatusCode::GONE, "Deleted").with_detail("The stream was hard-deleted.")
+        }
+        other => other.into(),
+    }
+}
+
+/// Reads one event (`PageStart::Head`: the last) and renders it.
+pub(super) async fn single_event(
+    state: &AppState,
+    urls: &Urls,
+    stream: &str,
+    start: PageStart,
+    resolve_links: bool,
+    headers: &HeaderMap,
+    media: &'static str,
+) -> Result<Response, HttpError> {
+    let (freshness, settings, read) = match start {
+        PageStart::Head => {
+            let read = StreamRead {
+                stream: stream.to_owned(),
+                from: None,
+                direction: Direction::Backward,
+                count: 1,
+                resolve_links,
+            };
+            let mut slice = state.store.read_stream(read).await.map_err(read_error)?;
+            let version = slice.view.last_number.to_string();
+            (Freshness::Live { version }, slice.view.settings, slice.events.pop())
+        }
+        PageStart::Number(number) => {
+            let (view, read) =
+                state.store.read_event(stream, number, resolve_links).await.map_err(read_error)?;
+            (Freshness::Immutable, view.settings, read)
+        }
+    };
+    let read = read.ok_or_else(|| HttpError::not_found("The event does not exist."))?;
+    // A client asking for JSON data gets the bytes it stored; when they are
+    // not JSON, the Content-Type says so instead of claiming JSON.
+    let media = if media == JSON && !read.event.is_json { OCTET_STREAM } else { media };
+    let caching = Caching { freshness: &freshness, settings: &settings };
+    Ok(respond(headers, &caching, media, |_| render_event(&read, urls, media)))
+}
+
+/// One event's body in the negotiated representation.
+fn render_event(read: &ReadEvent, urls: &Urls, media: &'static str) -> Vec<u8> {
+    match media {
+        ATOM_JSON => feed::json::render_entry(read, urls),
+        EVENT_JSON => feed::json::render_event_object(read),
+        JSON | OCTET_STREAM => read.event.data.to_vec(),
+        TEXT_XML | APPLICATION_XML => feed::event::xml_payload(&read.event),
+        HTML => feed::html::render_event(read, urls),
+        _ => feed::atom::render_entry(read, urls),
+    }
+}

@@ -1,7 +1,7 @@
 //! Every key the sled store writes is built here, and only here.
 //!
 //! All keyspaces live in one sled tree, separated by a leading keyspace byte.
-//! design.md sketches one tree per keyspace; we use one tree because sled
+//! One tree per keyspace would read more simply; we use one tree because sled
 //! 0.34 applies a `Batch` atomically only within a single tree, and every
 //! append must write its log record, index entries, id entries, stream state
 //! and counters as one atomic unit. Multi-tree transactions would also be

@@ -332,10 +332,12 @@ pub struct ScavengeReport {
     pub streams_scanned: u64,
     pub events_removed: u64,
     pub links_removed: u64,
-    /// Keys copied into the compacted generation.
+    /// Records the backend rewrote to return the space (the sled store
+    /// copies its live keys into a new generation); 0 where space comes
+    /// back without a rewrite.
     #[serde(default)]
     pub keys_copied: u64,
-    /// Bytes in the data directory when it started and when it finished.
+    /// The store's size on disk when it started and when it finished.
     pub bytes_before: u64,
     pub bytes_after: Option<u64>,
     pub error: Option<String>,

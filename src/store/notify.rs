@@ -1,4 +1,7 @@
-//! Wake-ups for live readers, fed by the writer after each durable batch.
+//! Wake-ups for live readers, fed by a store's writer after each durable
+//! commit. Backend-neutral: every backend owns one `Notifier` and moves it
+//! the same way (`advance` before the commit's requests are answered,
+//! `publish` after).
 //!
 //! Two kinds of signal: the global [`Head`] (the next global position, for
 //! `$all` readers, and the commit sequence of the last durable batch, for
@@ -28,7 +31,9 @@ const SWEEP_EVERY: usize = 1024;
 pub struct Head {
     /// The next global position: every position below it is acknowledged.
     pub next_position: u64,
-    /// The sequence number of the last durable batch.
+    /// The sequence number of the last durable commit: a token that grows
+    /// by one per commit of this store, whatever its backend. Shared
+    /// renders and long-polls compare it to know whether anything changed.
     pub commit_seq: u64,
 }
 

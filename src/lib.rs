@@ -11,14 +11,17 @@
 //! - [`http`]: one module per resource, negotiation, caching headers, errors.
 //!   The only place that knows about HTTP.
 //! - [`feed`]: the page model and paging math; Atom, JSON and HTML renderers.
-//! - [`store`]: the `Store` seam, the sled implementation, its keys and record
-//!   codec, the group-commit writer, and the notifier live readers wait on.
+//! - [`store`]: the `Store` seam and the values that cross it, the rules
+//!   every backend shares (retention, metadata, projections, wake-ups), and
+//!   the backends: [`store::sled`], the embedded default, and a reference
+//!   store in memory for tests.
 //! - [`subscriptions`]: persistent subscriptions (competing consumers): the
 //!   group state machine, strategies, checkpoints and parking.
 //! - [`hash`]: stable hashes for ETags and derived ids.
 //!
 //! Start at [`app`], the whole HTTP application, which tests and the binary
-//! share.
+//! share; `ARCHITECTURE.md` follows an append and a page read through
+//! these modules.
 
 pub mod config;
 pub mod feed;

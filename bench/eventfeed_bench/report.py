@@ -81,11 +81,8 @@ def render_runs(used):
             "- *Others on server CPU*: the share of the server CPUs used during a measurement by anything but the "
             "server measured (other builds and servers on a shared machine): the higher, the less that figure means.",
             ""]
-    for name, run in sorted(used.items()):
-        for note in run.get("notes", []):
-            out.append(f"- `{name}`: {note}")
-    out.append("")
-    return out
+    notes = [f"- `{name}`: {note}" for name, run in sorted(used.items()) for note in run.get("notes", [])]
+    return out + (notes + [""] if notes else [])
 
 
 def render_missing(chosen):

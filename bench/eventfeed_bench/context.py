@@ -142,8 +142,6 @@ class Context:
             f"errors {figures['errors']}, others on the server CPU {fmt_share(figures.get('others_cpu_share'))}")
         return figures
 
-    # -- uncached reads --------------------------------------------------------
-
     def close(self):
         if self.nginx:
             self.nginx.stop()

@@ -49,7 +49,6 @@ class Pinning:
         return f"servers pinned to CPU {self.server_cpus}, load generators to CPU {self.load_cpus} (taskset)"
 
 
-
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -61,21 +61,20 @@ def render_runs(used):
     for name, run in sorted(used.items(), key=lambda item: item[1]["started"]):
         m = run.get("machine", {})
         load = run.get("load_average", {})
+        settings = run.get("settings", {})
         rows.append([f"`{name}`", when(run["started"]), run["revision"], f"`{run.get('command', 'bench/run')}`",
                      f"{m.get('cores', '?')} cores ({m.get('cpu', '?')}), {m.get('memory_gib', 0):.0f} GiB, Linux "
                      f"{m.get('kernel', '?')}; data on {m.get('disk', '?')}",
                      run.get("pinning", {}).get("description", "—"),
+                     f"{settings.get('duration', '?')} s / {settings.get('warmup', '?')} s",
                      f"{load.get('before') or '—'} → {load.get('after') or '—'}"])
-    out.append(table(["results", "run", "revision", "command", "machine", "pinning", "load average before → after"],
-                     rows))
-    durations = sorted({(run["settings"].get("duration"), run["settings"].get("warmup")) for run in used.values()
-                        if run.get("settings")})
-    seconds = ", ".join(f"{d} s per measurement (reads after {w} s of unrecorded warm-up)" for d, w in durations)
+    out.append(table(["results", "run", "revision", "command", "machine", "pinning", "measurement / read warm-up",
+                      "load average before → after"], rows))
     out += ["",
             "- Load and servers on the same machine, over loopback; with pinning, servers on the first half of the "
             "cores and load generators on the other (`taskset`).",
-            f"- Load: `wrk -t1` with the Lua scripts in `bench/wrk/`, {seconds or 'durations as recorded'}; latencies "
-            "are wrk's exact percentiles. Errors = socket errors, wrk's 10 s timeouts and non-2xx answers.",
+            "- Load: `wrk -t1` with the Lua scripts in `bench/wrk/`, for the seconds per measurement given above (reads "
+            "after the unrecorded warm-up given above); latencies are wrk's exact percentiles. Errors = socket errors, wrk's 10 s timeouts and non-2xx answers.",
             "- eventfeed: the release build, one process, default settings except `--durability` (and the projection "
             "options where the projections section says so).",
             "- *Others on server CPU*: the share of the server CPUs used during a measurement by anything but the "

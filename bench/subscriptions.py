@@ -37,7 +37,7 @@ import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET_MESSAGES_PER_SECOND = 10_000
+TARGET_MESSAGES_PER_SECOND = 100_000  # the project target, as in eventfeed_bench/targets.py
 COMPETING_JSON = "application/vnd.eventstore.competingatom+json"
 EVENTS_JSON = "application/vnd.eventstore.events+json"
 STREAM = "bench-orders"

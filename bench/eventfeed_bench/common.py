@@ -1,0 +1,95 @@
+"""Paths, constants and the small helpers every other module uses: logging,
+free ports, waiting for a condition, one-shot HTTP requests, server logs."""
+
+import datetime
+import http.client
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+BENCH = PACKAGE.parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+EVENTFEED = ROOT / "target" / "release" / "eventfeed"
+VCL = ROOT / "deploy" / "varnish" / "eventfeed.vcl"
+ATOM_XML = "application/atom+xml"
+ATOM_JSON = "application/vnd.eventstore.atom+json"
+PAGE_SIZE = 20
+EVENTS_PER_READ_STREAM = 100
+PAGES_PER_READ_STREAM = EVENTS_PER_READ_STREAM // PAGE_SIZE
+READ_STREAM_PREFIX = "bench-read-"
+# ES-LongPoll of the wake-up rounds, and of the idle round: that one must
+# outlast opening 10,000 connections, settling and reading the RSS, so that
+# no waiter is answered (empty) before the append (the server's default cap
+# is 300 s).
+LONG_POLL_SECS = 30
+IDLE_LONG_POLL_SECS = 240
+# The server's options that turn every system projection off.
+PROJECTIONS_OFF = ["--projection-by-category", "false", "--projection-by-event-type", "false",
+                   "--projection-streams", "false"]
+SCAVENGE_STREAM_PREFIX = "scavenge-"
+# eventfeed logs its listening address at info; everything else at warn.
+SERVER_LOG = "warn,eventfeed::server=info"
+
+# bench/longpoll.py, the long-poll client (a script too: its send-floor
+# sender runs as a process of its own), lives beside the package.
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+import longpoll  # noqa: E402
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def logged_number(path, field):
+    """The last `field=N` in a server's log (text format), or None."""
+    found = re.findall(rf"\b{re.escape(field)}=(\d+)", Path(path).read_text(errors="replace"))
+    return int(found[-1]) if found else None
+
+
+def http_request(port, method, path, headers=None, body=None, timeout=60):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def format_position(position):
+    """A position in $all as eventfeed writes it: 32 hex digits."""
+    return f"{position:016X}{position:016X}"
+
+
+def rfc3339_seconds(text):
+    """`2026-01-02T03:04:05.123456Z` → seconds since the epoch."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def event_data(stream, number):
+    """The payload of every event the suite writes to fill a store."""
+    return {"orderId": f"order-{stream}-{number}", "amount": number + 0.5, "currency": "EUR",
+            "lines": [{"sku": f"SKU-{number % 97}", "quantity": 1 + number % 3}], "note": "benchmark event"}

@@ -1,0 +1,149 @@
+"""What the sections of one run share: settings, pinning, the work
+directory, wrk, the disk probes (measured once per run), the read store (a
+100,000-event store served by one eventfeed), nginx serving copies of its
+pages, and the figures already measured, which later sections reuse instead
+of measuring again (AtomBus compares with the appends and reads)."""
+
+import gzip
+import json
+import os
+import random
+import statistics
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from . import probes
+from .common import (ATOM_JSON, ATOM_XML, EVENTS_PER_READ_STREAM, PAGE_SIZE, PAGES_PER_READ_STREAM,
+                     READ_STREAM_PREFIX, event_data, http_request, log)
+from .fmt import fmt_share
+from .load import Wrk
+from .servers import Eventfeed, Nginx
+
+
+class Context:
+    def __init__(self, settings, pinning, workdir, sections):
+        self.settings = settings
+        self.pinning = pinning
+        self.workdir = workdir
+        self.sections = sections
+        self.wrk = Wrk(workdir, pinning, settings)
+        # Figures measured so far, keyed as the sections key them.
+        self.cache = {}
+        self.read_server = None
+        self.read_store_restart = None
+        self.nginx = None
+        self.page_sizes = None
+
+    def fsync_probe(self):
+        if "fsync" not in self.cache:
+            self.cache["fsync"] = probes.fsync_probe(self.workdir, self.settings)
+        return self.cache["fsync"]
+
+    def page_probe(self):
+        if "pages" not in self.cache:
+            self.cache["pages"] = probes.page_probe(self.workdir, self.settings)
+        return self.cache["pages"]
+
+    # -- the read store ------------------------------------------------------
+
+    def ensure_read_server(self):
+        """A store of read_streams x 100 events, filled with --durability none
+        (quick), then served by a server restarted in the default mode."""
+        if self.read_server:
+            return self.read_server
+        data_dir = self.workdir / "reads"
+        streams = self.settings.read_streams
+        log(f"filling the read store: {streams} streams x {EVENTS_PER_READ_STREAM} events")
+        filler = Eventfeed(self.workdir, self.pinning, data_dir, "none")
+        started = time.monotonic()
+        try:
+            def fill(stream_index):
+                events = [{"eventId": str(uuid.uuid4()), "eventType": "OrderPlaced",
+                           "data": event_data(stream_index, n)} for n in range(EVENTS_PER_READ_STREAM)]
+                status, _, body = http_request(filler.port, "POST", f"/streams/{READ_STREAM_PREFIX}{stream_index}",
+                                               {"Content-Type": "application/vnd.eventstore.events+json"},
+                                               json.dumps(events).encode())
+                if status != 201:
+                    raise RuntimeError(f"fill append answered {status}: {body[:200]!r}")
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(fill, range(streams)))
+        finally:
+            filler.stop()
+        self.cache["fill_seconds"] = time.monotonic() - started
+        self.read_server = Eventfeed(self.workdir, self.pinning, data_dir, "fsync")
+        self.read_store_restart = {"events": streams * EVENTS_PER_READ_STREAM,
+                                   "seconds": self.read_server.startup_seconds}
+        log(f"read store ready ({streams * EVENTS_PER_READ_STREAM} events); restart took "
+            f"{self.read_server.startup_seconds:.2f} s")
+        return self.read_server
+
+    def page_path(self, representation, stream, page):
+        query = "?embed=body" if representation == "json" else ""
+        return f"/streams/{READ_STREAM_PREFIX}{stream}/{page * PAGE_SIZE}/forward/{PAGE_SIZE}{query}"
+
+    def ensure_nginx(self):
+        """nginx serving the exact bytes of a sample of pages, identity and
+        gzip, per representation."""
+        if self.nginx:
+            return self.nginx
+        server = self.ensure_read_server()
+        root = self.workdir / "nginx"
+        www = root / "www"
+        sizes = {"atom": [], "json": []}
+        for representation, accept in (("atom", ATOM_XML), ("json", ATOM_JSON)):
+            for stream in range(self.settings.sample_streams):
+                for page in range(PAGES_PER_READ_STREAM):
+                    path = self.page_path(representation, stream, page)
+                    status, headers, body = http_request(server.port, "GET", path, {"Accept": accept})
+                    if status != 200:
+                        raise RuntimeError(f"GET {path} answered {status}")
+                    status, headers, zipped = http_request(server.port, "GET", path,
+                                                           {"Accept": accept, "Accept-Encoding": "gzip"})
+                    if headers.get("content-encoding", headers.get("Content-Encoding")) != "gzip":
+                        zipped = gzip.compress(body)  # eventfeed without compression: gzip it here
+                    file_path = path.split("?")[0]
+                    for prefix, content in ((representation, body), (f"{representation}-gzip", zipped)):
+                        target = www / prefix / file_path.lstrip("/")
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_bytes(content)
+                    sizes[representation].append((len(body), len(zipped)))
+        self.page_sizes = {
+            rep: (statistics.mean(s[0] for s in values), statistics.mean(s[1] for s in values))
+            for rep, values in sizes.items()
+        }
+        for directory in [root, *root.rglob("*")]:
+            if directory.is_dir():
+                directory.chmod(0o755)
+        os.chmod(self.workdir, 0o755)
+        self.nginx = Nginx(root, self.pinning)
+        return self.nginx
+
+    def read_run(self, port, representation, streams, prefix="-", encoding="-", label="", server=None):
+        accept = ATOM_JSON if representation == "json" else ATOM_XML
+        query = "?embed=body" if representation == "json" else "-"
+        args = [prefix, READ_STREAM_PREFIX, streams, PAGES_PER_READ_STREAM, PAGE_SIZE, query, accept, encoding]
+        self.wrk.run(port, "read_pages", args, self.settings.read_connections, duration=self.settings.warmup)
+        figures = self.wrk.run(port, "read_pages", args, self.settings.read_connections, server=server)
+        log(f"{label} {representation}: {figures['rps']:.0f} req/s, p99 {figures['p99_us'] / 1000:.2f} ms, "
+            f"errors {figures['errors']}, others on the server CPU {fmt_share(figures.get('others_cpu_share'))}")
+        return figures
+
+    def list_run(self, port, paths, accept, label="", server=None):
+        """Like read_run, for GETs of the given paths picked at random."""
+        paths_file = self.workdir / f"paths-{random.getrandbits(32):08x}.txt"
+        paths_file.write_text("\n".join(paths) + "\n")
+        self.wrk.run(port, "read_list", [paths_file, accept], self.settings.read_connections,
+                     duration=self.settings.warmup)
+        figures = self.wrk.run(port, "read_list", [paths_file, accept], self.settings.read_connections,
+                               server=server)
+        log(f"{label}: {figures['rps']:.0f} req/s, p99 {figures['p99_us'] / 1000:.2f} ms, "
+            f"errors {figures['errors']}, others on the server CPU {fmt_share(figures.get('others_cpu_share'))}")
+        return figures
+
+    def close(self):
+        if self.nginx:
+            self.nginx.stop()
+        if self.read_server:
+            self.read_server.stop()

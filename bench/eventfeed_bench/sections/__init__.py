@@ -1,0 +1,24 @@
+"""The sections, in the order a run measures them and the report shows
+them. Each module has TITLE, `measure(ctx, result)`, which runs the section's
+workload and fills `result` (a JSON-ready dict: every figure the report
+shows, with its reference figures and the ratios between them), and
+`render(result, settings)`, which returns the section's Markdown: tables
+first, then a short method paragraph."""
+
+from . import appends, atombus, longpoll, projections, reads, scavenge, startup, subscriptions, varnish
+
+MODULES = {
+    "appends": appends,
+    "reads": reads,
+    "varnish": varnish,
+    "projections": projections,
+    "scavenge": scavenge,
+    "longpoll": longpoll,
+    "subscriptions": subscriptions,
+    "atombus": atombus,
+    "startup": startup,
+}
+SECTIONS = list(MODULES)
+# Run only when named: `startup` writes a 10M-event store (about 7 GB and
+# five minutes).
+OPT_IN = {"startup"}

@@ -1,0 +1,147 @@
+"""Durable appends over HTTP in each durability mode (1/16/64 clients with
+one event per request, 16 clients with 20-event batches; with fsync, the
+rows with targets again with random event ids), next to the disk's
+fdatasync rate and the cost of new file pages, probed in the same run."""
+
+import random
+import shutil
+
+from .. import targets
+from ..common import log
+from ..fmt import errors, fmt, fmt_share, ms, table, verdict
+from ..servers import Eventfeed
+
+TITLE = "Durable appends over HTTP"
+MODES = ("fsync", "flush", "none")
+
+
+def append_workloads(settings):
+    workloads = [(clients, 1) for clients in settings.append_clients]
+    workloads.append((settings.batch_clients, settings.batch_size))
+    return workloads
+
+
+def random_id_workloads(settings):
+    """The workloads with targets, again with random event ids (fsync
+    only): ids are ordered otherwise, which keeps the id index's
+    inserts at one end of it."""
+    return [(max(settings.append_clients), 1), (settings.batch_clients, settings.batch_size)]
+
+
+def measure_rows(ctx, modes=MODES, workloads=None):
+    """Measures the append rows not measured yet in this run, into ctx.cache
+    (keyed ("append", mode, clients, batch) and ("append_random", clients,
+    batch)); AtomBus asks for some of them too."""
+    settings = ctx.settings
+    ctx.fsync_probe()
+    ctx.page_probe()
+    # Each kind of id gets a store of its own, so that the two batch rows
+    # meet stores the rows before them grew to about one size (330,000
+    # and 185,000 events): on a shared one the random rows came last, on
+    # twice the events, and the comparison of ids measured store growth.
+    stores = [(mode, kind) for mode in modes
+              for kind in (("ordered", "random") if mode == "fsync" and workloads is None else ("ordered",))]
+    for mode, kind in stores:
+        if kind == "ordered":
+            todo = [(clients, batch, "ordered") for clients, batch in (workloads or append_workloads(settings))
+                    if ("append", mode, clients, batch) not in ctx.cache]
+        else:
+            todo = [(clients, batch, "random") for clients, batch in random_id_workloads(settings)
+                    if ("append_random", clients, batch) not in ctx.cache]
+        if not todo:
+            continue
+        server = Eventfeed(ctx.workdir, ctx.pinning, ctx.workdir / f"appends-{mode}-{kind}", mode)
+        try:
+            for clients, batch, ids in todo:
+                nonce = f"{random.getrandbits(32):08x}"
+                figures = ctx.wrk.run(server.port, "append", [nonce, settings.append_streams, batch, 0, 0, ids],
+                                      clients, server=server.process.pid)
+                figures["events_per_request"] = batch
+                figures["events_per_second"] = (figures["requests"] - figures["errors"]) * batch / figures["seconds"]
+                key = ("append", mode, clients, batch) if ids == "ordered" else ("append_random", clients, batch)
+                ctx.cache[key] = figures
+                log(f"appends {mode} {clients} clients x{batch}, {ids} ids: {figures['rps']:.0f} req/s, "
+                    f"p99 {figures['p99_us'] / 1000:.2f} ms, errors {figures['errors']}, "
+                    f"others on the server CPU {fmt_share(figures.get('others_cpu_share'))}")
+        finally:
+            server.stop()
+            shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+def per_event(figures, field, scale):
+    """`figures[field]` per event appended, scaled, or None."""
+    events = figures["events_per_second"] * figures["seconds"]
+    if figures.get(field) is None or not events:
+        return None
+    return figures[field] * scale / events
+
+
+def measure(ctx, result):
+    measure_rows(ctx)
+    probe = ctx.cache["fsync"]
+    result["fsync_probe"] = probe
+    result["new_pages"] = ctx.cache.get("pages")
+    rows = result["rows"] = []
+    for mode in MODES:
+        keys = [(mode, "ordered", clients, batch, ("append", mode, clients, batch))
+                for clients, batch in append_workloads(ctx.settings)]
+        if mode == "fsync":
+            keys += [(mode, "random", clients, batch, ("append_random", clients, batch))
+                     for clients, batch in random_id_workloads(ctx.settings)]
+        for durability, ids, clients, batch, key in keys:
+            load = ctx.cache.get(key)
+            if not load:
+                continue
+            rows.append({
+                "durability": durability, "ids": ids, "clients": clients, "events_per_request": batch,
+                "load": load, "events_per_second": load["events_per_second"],
+                "events_per_fsync": load["events_per_second"] / probe["per_second"] if durability == "fsync" else None,
+                "server_cpu_us_per_event": per_event(load, "server_cpu_seconds", 1e6),
+                "written_kib_per_event": per_event(load, "server_written_bytes", 1 / 1024),
+            })
+
+
+def target_cell(row):
+    load = row["load"]
+    if row["durability"] != "fsync":
+        return ""
+    if row["events_per_request"] == 1 and row["clients"] == 64:
+        met = (load["rps"] >= targets.APPENDS_64_PER_SECOND and load["p99_us"] <= targets.APPENDS_64_P99_US
+               and load["errors"] == 0)
+        return f"{targets.target('appends_64')}: {verdict(met)}"
+    if row["events_per_request"] > 1:
+        met = row["events_per_second"] >= targets.BATCH_EVENTS_PER_SECOND
+        return f"{targets.target('batches')}: {verdict(met)}"
+    if row["clients"] == 1:
+        return f"{targets.target('single_client')}: {verdict(load['p50_us'] <= targets.SINGLE_CLIENT_P50_US)}"
+    return ""
+
+
+def render(result, settings):
+    rows = [[row["durability"], row["ids"], row["clients"], row["events_per_request"], fmt(row["load"]["rps"]),
+             fmt(row["events_per_second"]), ms(row["load"], "p50_us"), ms(row["load"], "p99_us"),
+             errors(row["load"]), fmt(row["events_per_fsync"], 1), fmt(row["server_cpu_us_per_event"], 1),
+             fmt(row["written_kib_per_event"], 2), fmt_share(row["load"].get("others_cpu_share")), target_cell(row)]
+            for row in result["rows"]]
+    out = [table(["durability", "event ids", "clients", "events/request", "requests/s", "events/s", "p50 ms",
+                  "p99 ms", "errors", "events per fsync", "server CPU µs/event", "written KiB/event",
+                  "others on server CPU", "target"], rows), ""]
+    probe, pages = result.get("fsync_probe"), result.get("new_pages")
+    if probe:
+        out.append(f"**The disk**, probed in the same run: pwrite 4 KiB + fdatasync in a loop ({probe['count']} "
+                   f"times, on the data disk): **{fmt(probe['per_second'])}/s**, p50 {fmt(probe['p50_us'])} µs, "
+                   f"p99 {fmt(probe['p99_us'])} µs."
+                   + (f" New file pages (a new {fmt(pages['mib'])} MiB file written in 1 MiB pwrites, no sync, then "
+                      f"the same range again): **{fmt(pages['first_mib_s'])} MiB/s** the first time "
+                      f"({fmt(pages['first_us_per_kib'], 2)} µs of kernel time per KiB), "
+                      f"{fmt(pages['again_mib_s'])} MiB/s again." if pages else "") + "\n")
+    out.append(f"Method: POST events+json to one of {settings.append_streams} streams at random, a fresh event id "
+               "per event, one wrk connection per client. *Event ids*: *ordered*, each later than the last (as "
+               "UUIDv7 are); *random*, spread over the whole id space (as UUIDv4 are), so the store's id index takes "
+               "its inserts all over. *Events per fsync* = events/s ÷ the probe's fdatasyncs/s (1.0 = one fsync "
+               "per event). Each durability mode, and with `fsync` each kind of id, runs its rows in the order "
+               "shown on a store of its own. *Server CPU* and *written*: the server's CPU time (all threads) and "
+               "the bytes of file pages it dirtied, per event appended. Each KiB a store's files grow by costs "
+               "the new-file-pages figure: where it is far below the again figure (memory the host backs on first "
+               "touch), appends slow down as their store grows.")
+    return out

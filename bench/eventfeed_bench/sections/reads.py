@@ -1,0 +1,102 @@
+"""Uncached 20-entry stream pages from the read store (Atom, and JSON with
+embed=body) against nginx serving the same bytes from files, and the HTTP
+floor: `GET /ping` against nginx sending the same bytes."""
+
+from .. import targets
+from ..common import EVENTS_PER_READ_STREAM, PAGES_PER_READ_STREAM, http_request
+from ..fmt import errors, fmt, ms, others, ratio, table, times, verdict
+
+TITLE = "Uncached page reads"
+LABELS = {"atom": "Atom (`application/atom+xml`)", "json": "JSON (`vnd.eventstore.atom+json`, `embed=body`)"}
+SHARES = {"atom": ("uncached_atom", targets.UNCACHED_ATOM_SHARE), "json": ("uncached_json", targets.UNCACHED_JSON_SHARE)}
+
+
+def measure(ctx, result):
+    settings = ctx.settings
+    server = ctx.ensure_read_server()
+    nginx = ctx.ensure_nginx()
+    result.update(events=settings.read_streams * EVENTS_PER_READ_STREAM, streams=settings.read_streams,
+                  sample_pages=settings.sample_streams * PAGES_PER_READ_STREAM,
+                  page_sizes={rep: {"identity": sizes[0], "gzip": sizes[1]} for rep, sizes in ctx.page_sizes.items()},
+                  rows=[])
+    for representation in ("atom", "json"):
+        if ("read", "eventfeed", representation) not in ctx.cache:
+            ctx.cache[("read", "eventfeed", representation)] = ctx.read_run(
+                server.port, representation, settings.read_streams, label="eventfeed uncached",
+                server=server.process.pid)
+        ctx.cache[("read", "nginx", representation)] = ctx.read_run(
+            nginx.port, representation, settings.sample_streams, prefix=f"/{representation}",
+            label="nginx static", server=nginx.process.pid)
+        mine, reference = ctx.cache[("read", "eventfeed", representation)], ctx.cache[("read", "nginx", representation)]
+        result["rows"].append({"representation": representation, "eventfeed": mine, "nginx": reference,
+                               "eventfeed_over_nginx": ratio(mine["rps"], reference["rps"])})
+    # The floor: what answering any request costs eventfeed's HTTP stack
+    # (hyper, axum, tower-http's layers) with no store read and no
+    # rendering, against nginx sending the same bytes from a file.
+    status, _, ping = http_request(server.port, "GET", "/ping", {"Accept": "application/json"})
+    if status != 200:
+        raise RuntimeError(f"GET /ping answered {status}")
+    floor_file = nginx.dir / "www" / "floor" / "ping"
+    floor_file.parent.mkdir(parents=True, exist_ok=True)
+    floor_file.write_bytes(ping)
+    floor_file.chmod(0o644)
+    floor_file.parent.chmod(0o755)
+    floor = ctx.list_run(server.port, ["/ping"], "application/json", label="eventfeed /ping",
+                         server=server.process.pid)
+    floor_nginx = ctx.list_run(nginx.port, ["/floor/ping"], "application/json", label="nginx the same bytes",
+                               server=nginx.process.pid)
+    result["floor"] = {"bytes": len(ping), "eventfeed": floor, "nginx": floor_nginx,
+                       "eventfeed_over_nginx": ratio(floor["rps"], floor_nginx["rps"])}
+    result["read_store_restart"] = ctx.read_store_restart
+
+
+def target_cell(row):
+    key, share = SHARES[row["representation"]]
+    measured = row.get("eventfeed_over_nginx")
+    return f"{targets.target(key)}: {verdict(measured is not None and measured >= share)}"
+
+
+def render(result, settings):
+    rows = []
+    for row in result["rows"]:
+        mine, reference = row["eventfeed"], row.get("nginx") or {}
+        rows.append([LABELS[row["representation"]], fmt(mine["rps"]), ms(mine, "p99_us"), errors(mine),
+                     fmt(reference.get("rps")), ms(reference, "p99_us"),
+                     times(row.get("eventfeed_over_nginx"), "nginx"), others(mine, reference), target_cell(row)])
+    out = [table(["representation", "eventfeed req/s", "p99 ms", "errors", "nginx req/s", "nginx p99 ms",
+                  "eventfeed ÷ nginx", "others on server CPU (eventfeed / nginx)", "target"], rows), ""]
+    floor = result.get("floor")
+    if floor:
+        parts = [f"**The HTTP floor.** `GET /ping` ({floor['bytes']} bytes; no store read, no rendering) on the same "
+                 f"server: {fmt(floor['eventfeed']['rps'])} req/s (p99 {ms(floor['eventfeed'], 'p99_us')} ms); nginx "
+                 f"sending the same bytes from a file: {fmt(floor['nginx']['rps'])} req/s."]
+        for row in result["rows"]:
+            mine, reference = row["eventfeed"], row.get("nginx")
+            if not reference:
+                continue
+            # Per request on one core: a target of s × nginx's rate allows
+            # 1/s times nginx's time per page; eventfeed's HTTP stack takes
+            # its floor out of that before anything is read or rendered.
+            share = SHARES[row["representation"]][1]
+            floor_us, allowed_us = 1e6 / floor["eventfeed"]["rps"], 1e6 / (share * reference["rps"])
+            took_us = 1e6 / mine["rps"]
+            name = "Atom" if row["representation"] == "atom" else "JSON"
+            parts.append(f"{fmt(share, 1)} × nginx on {name} pages allows {fmt(allowed_us, 1)} µs per page, "
+                         f"{fmt(allowed_us - floor_us, 1)} µs above the floor ({fmt(floor_us, 1)} µs) to read 20 "
+                         f"events, render them and send the larger body; eventfeed took {fmt(took_us, 1)} µs, "
+                         f"{fmt(took_us - floor_us, 1)} µs above it.")
+        out += [" ".join(parts), ""]
+    restart = result.get("read_store_restart")
+    if restart:
+        out += [f"Restarting the server on this store ({fmt(restart['events'])} events) took "
+                f"{fmt(restart['seconds'], 2)} s to the first answered /ping (the start-up target is for 10M events: "
+                "see the start-up section).", ""]
+    sizes = result.get("page_sizes")
+    size_note = (f" Pages average {fmt(sizes['atom']['identity'] / 1024, 1)} KiB (Atom) and "
+                 f"{fmt(sizes['json']['identity'] / 1024, 1)} KiB (JSON)." if sizes else "")
+    out.append(f"Method: full 20-entry forward pages picked at random from a store of {fmt(result['events'])} events "
+               f"({result['streams']} streams × {EVENTS_PER_READ_STREAM}), {settings.read_connections} connections, "
+               f"no compression, after {settings.warmup} s of unrecorded warm-up. Reference: nginx (one worker) "
+               f"serving the same bytes from files, for a sample of {result['sample_pages']} pages, with the same "
+               f"Content-Type.{size_note}")
+    return out

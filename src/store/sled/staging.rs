@@ -3,11 +3,14 @@
 //! request is validated against the committed state plus the batch so far,
 //! and only a request that passes every check stages anything.
 
+mod runs;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use uuid::Uuid;
 
+use self::runs::{MAX_LINK_RUN, MAX_LOG_RUN, PendingLinks, PendingRecords};
 use super::codec::{self, EventFields};
 use super::entries::{LogSpan, load_state};
 use super::id_index::{IdIndex, Owner};
@@ -518,67 +521,6 @@ impl StateCache {
         self.states.extend(states);
     }
 }
-
-/// The most links one run holds. Reading a link walks its run's items (they
-/// vary in size), so runs stay short enough for that to cost little (a
-/// projection built from the log would otherwise put thousands in one).
-const MAX_LINK_RUN: usize = 64;
-
-/// Consecutive links to one system stream, staged by one batch.
-struct PendingLinks {
-    /// The number of the first.
-    first: u64,
-    /// (target position, created µs, target number, target stream).
-    links: Vec<(u64, i64, u64, String)>,
-}
-
-impl PendingLinks {
-    fn next(&self) -> u64 {
-        self.first + self.links.len() as u64
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let links: Vec<(u64, i64, u64, &str)> = self
-            .links
-            .iter()
-            .map(|(position, created, number, stream)| (*position, *created, *number, stream.as_str()))
-            .collect();
-        codec::encode_links(&links)
-    }
-}
-
-/// Runs of records start at multiples of this (the default page size) and
-/// never cross one, so a page that starts at such a number, as a forward
-/// walk from the start of a stream does, is read from the key it starts at:
-/// one key, no look back for a run that started earlier.
-const RECORD_RUN_ALIGN: u64 = 20;
-
-/// The most bytes of records one run holds: sled rewrites a leaf's values
-/// when it consolidates it, so a run of large events stays small. A record
-/// larger than this is stored alone.
-const MAX_RECORD_RUN_BYTES: usize = 32 * 1024;
-
-/// Consecutive records of one stream, staged by one batch.
-struct PendingRecords {
-    /// The number of the first.
-    first: u64,
-    records: Vec<Vec<u8>>,
-    /// The records' total size.
-    bytes: usize,
-}
-
-impl PendingRecords {
-    /// Whether `record`, numbered `number`, extends this run.
-    fn takes(&self, number: u64, record: &[u8]) -> bool {
-        self.first + self.records.len() as u64 == number
-            && number % RECORD_RUN_ALIGN != 0
-            && self.bytes + record.len() <= MAX_RECORD_RUN_BYTES
-    }
-}
-
-/// The most positions one log entry covers. `$all` pages and projection
-/// builds read a log entry with one range read of its stream.
-const MAX_LOG_RUN: u64 = 64;
 
 /// The event a system-stream link points at.
 #[derive(Debug, Clone, Copy)]

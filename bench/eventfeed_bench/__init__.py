@@ -11,7 +11,7 @@
     sections/     one module per section: its workload and its measurement,
                   and how its results read as Markdown
     results.py    the machine-readable results: one JSON file per run
-    report.py     BENCHMARKS.md, rendered from the newest results per section
+    report.py     BENCHMARKS.md and README's summary, rendered from the newest results per section
     fmt.py        number and table formatting for the report
     targets.py    the performance targets the report holds figures to
 """

@@ -1,8 +1,8 @@
 """The command line: parses it, installs and builds what the chosen sections
 need, runs each section on loopback servers with a reference measured next
 to it, writes the run's results file after every section, then renders
-BENCHMARKS.md from all results files. Every server started is stopped when
-it ends, also on error or Ctrl-C."""
+BENCHMARKS.md and README.md's summary table from all results files. Every
+server started is stopped when it ends, also on error or Ctrl-C."""
 
 import argparse
 import datetime
@@ -41,7 +41,7 @@ def parse(argv, description):
     parser.add_argument("--no-build", action="store_true", help="use the existing release binary")
     parser.add_argument("--keep", action="store_true", help="keep bench/work/ (logs, data) after the run")
     parser.add_argument("--report-only", action="store_true",
-                        help="measure nothing: render the report again from bench/results/")
+                        help="measure nothing: render the report and README.md's summary again from bench/results/")
     parser.add_argument("--results", default=str(RESULTS), help="the directory of results files (bench/results/)")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="where to write the report")
     args = parser.parse_args(argv)

@@ -2,11 +2,18 @@
 the newest run that holds it (full runs before --quick ones), under a line
 naming that run's date, time and revision; then the targets, the runs and
 the method they share. Nothing in it is written by hand: findings and the
-history of the figures live in bench/HISTORY.md."""
+history of the figures live in bench/HISTORY.md.
+
+Also the README's summary table, between its `<!-- bench-summary:start -->`
+and `<!-- bench-summary:end -->` markers: the rows of each section module
+that has a `summary(figures)` function, from the same runs as BENCHMARKS.md,
+under a line naming those runs. `write` replaces only the text between the
+markers and fails when they are missing."""
 
 from pathlib import Path
 
 from . import results
+from .common import ROOT
 from .fmt import table
 from .sections import MODULES, SECTIONS
 from .settings import Recorded
@@ -92,7 +99,54 @@ def render_missing(chosen):
     return ["## Not measured here\n", *lines, ""] if lines else []
 
 
-def write(output, directory=results.RESULTS):
-    markdown = render(results.load_runs(directory))
+SUMMARY_START = "<!-- bench-summary:start -->"
+SUMMARY_END = "<!-- bench-summary:end -->"
+README = ROOT / "README.md"
+
+
+def render_summary(runs):
+    """The README's summary: a row or a few per section, each from the
+    newest run that holds the section (the run BENCHMARKS.md shows), then a
+    line naming the runs and revisions used."""
+    chosen = results.newest_per_section(runs, SECTIONS)
+    rows, used = [], {}
+    for section in SECTIONS:
+        summary = getattr(MODULES[section], "summary", None)
+        if summary is None or section not in chosen:
+            continue
+        name, run, record = chosen[section]
+        section_rows = summary(record["figures"])
+        if not section_rows:
+            continue
+        rows += section_rows
+        revision = record.get("revision", run["revision"])
+        quick = ", a --quick run" if run.get("quick") else ""
+        used.setdefault((record["started"], name, revision, quick), []).append(section)
+    if not rows:
+        return "No results yet: `bench/run` measures them.\n"
+    runs_line = "; ".join(f"{', '.join(titles)}: {when(started)}, eventfeed {revision}{quick}"
+                          for (started, _, revision, quick), titles in sorted(used.items()))
+    return (table(["what", "figure", "reference, same run", "target"], rows) + "\n\n"
+            f"Each row from the newest run that measured its section ({runs_line}). Every figure, its method, the "
+            "machine and the other sections: [BENCHMARKS.md](BENCHMARKS.md).\n")
+
+
+def replace_summary(text, summary):
+    """`text` with what stands between the summary markers replaced."""
+    start, end = text.find(SUMMARY_START), text.find(SUMMARY_END)
+    if start < 0 or end < 0 or end < start or text.count(SUMMARY_START) != 1 or text.count(SUMMARY_END) != 1:
+        raise RuntimeError(f"README.md must hold {SUMMARY_START} and then {SUMMARY_END}, once each: "
+                           "the benchmark summary is written between them")
+    return text[:start + len(SUMMARY_START)] + "\n" + summary + text[end:]
+
+
+def write(output, directory=results.RESULTS, readme=README):
+    """Renders BENCHMARKS.md to `output` and the summary into `readme`
+    (between its markers; checked before anything is written)."""
+    runs = results.load_runs(directory)
+    markdown = render(runs)
+    readme = Path(readme)
+    updated = replace_summary(readme.read_text(), render_summary(runs))
     Path(output).write_text(markdown)
+    readme.write_text(updated)
     return markdown

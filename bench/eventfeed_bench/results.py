@@ -39,11 +39,12 @@ def parse_iso(text):
 
 def revision():
     """The short git revision of the working tree, `-dirty` if tracked files
-    differ from it (results files and the report left out)."""
+    differ from it (results files, the report and the README, whose
+    summary table the report rewrites, left out)."""
     short = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip() or "unknown"
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                            ":(exclude)bench/results", ":(exclude)BENCHMARKS.md"],
+                            ":(exclude)bench/results", ":(exclude)BENCHMARKS.md", ":(exclude)README.md"],
                            cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return short + ("-dirty" if dirty else "")
 

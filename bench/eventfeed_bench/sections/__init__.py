@@ -3,7 +3,10 @@ them. Each module has TITLE, `measure(ctx, result)`, which runs the section's
 workload and fills `result` (a JSON-ready dict: every figure the report
 shows, with its reference figures and the ratios between them), and
 `render(result, settings)`, which returns the section's Markdown: tables
-first, then a short method paragraph."""
+first, then a short method paragraph. A module may also have
+`summary(result)`, which returns its rows of the README's summary table
+([what, figure, reference in the same run, target and verdict]); the
+sections without one are left out of it."""
 
 from . import appends, atombus, longpoll, projections, reads, scavenge, startup, subscriptions, varnish
 

@@ -117,6 +117,30 @@ def target_cell(row):
     return ""
 
 
+def summary(result):
+    """The README's rows: the lone client's p50 against one fdatasync, 64
+    clients and the 20-event batches against the disk's fdatasyncs/s (with
+    fsync, ordered ids)."""
+    probe = result.get("fsync_probe") or {}
+    rows = []
+    for row in result.get("rows", []):
+        if row["durability"] != "fsync" or row["ids"] != "ordered":
+            continue
+        load, clients, batch = row["load"], row["clients"], row["events_per_request"]
+        fsyncs = f"{fmt(probe.get('per_second'))} fdatasyncs/s ({fmt(row['events_per_fsync'], 1)} events per fsync)"
+        if clients == 1 and batch == 1:
+            rows.append(["lone client, durable append", f"p50 {ms(load, 'p50_us')} ms",
+                         f"one fdatasync: p50 {ms(probe, 'p50_us')} ms", target_cell(row)])
+        elif clients == 64 and batch == 1:
+            rows.append(["64 clients, durable single-event appends",
+                         f"{fmt(row['events_per_second'])} events/s, p99 {ms(load, 'p99_us', 1)} ms", fsyncs,
+                         target_cell(row)])
+        elif batch > 1:
+            rows.append([f"{clients} clients, durable {batch}-event batches",
+                         f"{fmt(row['events_per_second'])} events/s", fsyncs, target_cell(row)])
+    return rows
+
+
 def render(result, settings):
     rows = [[row["durability"], row["ids"], row["clients"], row["events_per_request"], fmt(row["load"]["rps"]),
              fmt(row["events_per_second"]), ms(row["load"], "p50_us"), ms(row["load"], "p99_us"),

@@ -73,6 +73,21 @@ def measure(ctx, result):
 # -- persistent subscriptions -----------------------------------------------
 
 
+def summary(result):
+    """The README's row: 1,000 waiters' wake-up against the floor."""
+    rows = []
+    for figures in result.get("wakeup", []):
+        if figures["waiters"] != 1000:
+            continue
+        met = figures.get("over_floor") is not None and figures["over_floor"] <= targets.WAKEUP_OVER_FLOOR
+        floor = figures.get("floor") or {}
+        rows.append(["long-poll wake-up, 1,000 waiters", f"p99 {fmt(figures['p99_ms'], 1)} ms after the 201",
+                     f"floor (the same answer to 1,000 sockets from a bare loop): p99 {fmt(floor.get('p99_ms'), 1)} ms "
+                     f"({times(figures.get('over_floor'), 'floor', 1)})",
+                     f"{targets.target('wakeup_1000')}: {verdict(met)}"])
+    return rows
+
+
 def render(result, settings):
     out = []
     wake_rows = []

@@ -56,6 +56,18 @@ def target_cell(row):
     return f"{targets.target(key)}: {verdict(measured is not None and measured >= share)}"
 
 
+def summary(result):
+    """The README's rows: each representation against nginx."""
+    names = {"atom": "uncached 20-entry Atom page", "json": "uncached 20-entry JSON page, `embed=body`"}
+    rows = []
+    for row in result.get("rows", []):
+        reference = row.get("nginx") or {}
+        rows.append([names[row["representation"]], f"{fmt(row['eventfeed']['rps'])} req/s",
+                     f"nginx, same bytes: {fmt(reference.get('rps'))} req/s "
+                     f"({times(row.get('eventfeed_over_nginx'), 'nginx')})", target_cell(row)])
+    return rows
+
+
 def render(result, settings):
     rows = []
     for row in result["rows"]:

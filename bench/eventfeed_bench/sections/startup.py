@@ -90,6 +90,21 @@ def measure(ctx, result):
 # -- appends during a scavenge ----------------------------------------------
 
 
+def summary(figures):
+    """The README's row: the first start after a clean stop and the start
+    after a kill -9, each against its target."""
+    starts = [("first", "after a clean stop", "startup_clean", targets.STARTUP_CLEAN_SECONDS),
+              ("after_kill", "after a `kill -9`", "startup_kill", targets.STARTUP_KILL_SECONDS)]
+    starts = [start for start in starts if start[0] in figures]
+    if not starts:
+        return []
+    crash = f" ({fmt(figures.get('crash_events', 0))} events after the last start)" if "after_kill" in figures else ""
+    return [[f"start-up, {fmt(figures['events'] / 1e6)}M events",
+             "; ".join(f"{fmt(figures[start], 2)} s {label}" for start, label, _, _ in starts) + crash, "—",
+             "; ".join(f"{targets.target(key)} {label}: {verdict(figures[start] <= limit)}"
+                       for start, label, key, limit in starts)]]
+
+
 def render(figures, settings):
     crash = fmt(figures.get("crash_events", 0))
     labels = dict(LABELS, after_kill=f"start after {crash} more events and a kill -9 (sled replays them)")

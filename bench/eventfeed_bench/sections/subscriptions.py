@@ -50,6 +50,15 @@ def measure(ctx, result):
         f"{figures['append_events_per_second']:.0f} events/s appended")
 
 
+def summary(figures):
+    """The README's row: consumed messages/s against the append rate."""
+    met = figures["messages_per_second"] >= targets.SUBSCRIPTIONS_PER_SECOND
+    return [["persistent subscription, 4 consumers", f"{fmt(figures['messages_per_second'])} messages/s",
+             f"appends: {fmt(figures['append_events_per_second'])} events/s "
+             f"({times(figures.get('consumed_over_appended'), 'appended')})",
+             f"{targets.target('subscriptions')}: {verdict(met)}"]]
+
+
 def render(figures, settings):
     met = figures["messages_per_second"] >= targets.SUBSCRIPTIONS_PER_SECOND
     share = figures.get("consumed_over_appended")

@@ -14,11 +14,13 @@
 //! A projection turned off loses the marker, so turning it on again
 //! rebuilds it: the events written meanwhile were never linked.
 
+use std::collections::HashMap;
+
 use super::entries::{log_spans, stored_entries};
 use super::keys;
 use super::staging::{LinkTarget, Staging};
-use crate::store::StoreError;
 use crate::store::projections::{Projection, Projections};
+use crate::store::{StoreError, StreamState};
 
 /// Marker values.
 pub(crate) const MAINTAINED: &[u8] = b"maintained";
@@ -131,7 +133,11 @@ pub(crate) fn step(
                         events.push(entry.into_event(&span.stream, number)?);
                     }
                 }
-                for event in events {
+                // Every system stream's state is read before anything is
+                // staged, so a failing read leaves the batch untouched.
+                let mut planned: Vec<(String, StreamState, Vec<LinkTarget<'_>>)> = Vec::new();
+                let mut index: HashMap<String, usize> = HashMap::new();
+                for event in &events {
                     let target = LinkTarget {
                         position: event.position,
                         created_micros: event.created_micros,
@@ -143,8 +149,18 @@ pub(crate) fn step(
                     for stream in
                         Projections::links_of(projection, &event.stream, &event.event_type, event.number == 0)
                     {
-                        staging.link(&stream, &target)?;
+                        match index.get(&stream) {
+                            Some(&at) => planned[at].2.push(target),
+                            None => {
+                                let state = staging.state(&stream)?;
+                                index.insert(stream.clone(), planned.len());
+                                planned.push((stream, state, vec![target]));
+                            }
+                        }
                     }
+                }
+                for (stream, state, targets) in planned {
+                    staging.stage_links(&stream, state, &targets);
                 }
                 linked_to = end;
             }

@@ -367,22 +367,15 @@ impl<'a> Staging<'a> {
         );
     }
 
-    /// Appends a link to the event at `position` to a system stream. The
-    /// links a batch adds to one stream are written together, as runs.
-    pub(crate) fn link(&mut self, system_stream: &str, target: &LinkTarget<'_>) -> Result<(), StoreError> {
-        self.link_all(system_stream, std::slice::from_ref(target))
-    }
-
-    /// Appends links to `targets`, in order, to a system stream.
-    fn link_all(&mut self, system_stream: &str, targets: &[LinkTarget<'_>]) -> Result<(), StoreError> {
-        let state = self.state(system_stream)?;
-        self.stage_links(system_stream, state, targets);
-        Ok(())
-    }
-
     /// Stages links to `targets`, in order, to a system stream whose state
-    /// (read beforehand) is `state`.
-    fn stage_links(&mut self, system_stream: &str, mut state: StreamState, targets: &[LinkTarget<'_>]) {
+    /// (read beforehand, so that staging cannot fail) is `state`. The links
+    /// a batch adds to one stream are written together, as runs.
+    pub(crate) fn stage_links(
+        &mut self,
+        system_stream: &str,
+        mut state: StreamState,
+        targets: &[LinkTarget<'_>],
+    ) {
         for target in targets {
             let number = state.next_number;
             if number == 0 {

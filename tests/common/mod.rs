@@ -7,6 +7,7 @@
 //! - [`http`]: media types, the client, event bodies, headers, raw requests.
 //! - [`admin`]: waiting for projections, waiters and scavenges.
 //! - [`pages`]: walking a feed page by page.
+//! - [`subscriptions`]: a client for persistent subscriptions.
 //! - [`varnish`]: eventfeed behind a real Varnish, through a recording proxy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,6 +16,7 @@ pub mod admin;
 pub mod http;
 pub mod pages;
 pub mod server;
+pub mod subscriptions;
 pub mod varnish;
 
 // Each test binary uses some of these, and a re-export it leaves unused

@@ -38,13 +38,22 @@ pub async fn read_all_events(client: &Client, base: &str, stream: &str) -> Vec<V
 #[derive(Debug)]
 pub struct Walk<'a> {
     client: &'a Client,
+    /// The first page's address.
     start: String,
+    /// `previous` (forward) or `next` (backward).
     relation: &'static str,
+    /// Appended to every address, since links drop the query.
     query: &'a str,
+    /// Sent with every request besides `Accept`.
     headers: Vec<(&'a str, &'a str)>,
+    /// The `Host` the pages are read with, and the base URL to read its
+    /// links from instead.
     host: Option<(&'a str, &'a str)>,
+    /// A 404 ends the walk instead of failing it.
     until_missing: bool,
+    /// An empty page ends the walk even if it links onwards.
     until_empty: bool,
+    /// A guard against a walk that never ends.
     max_pages: usize,
 }
 
@@ -179,6 +188,7 @@ impl Page {
 #[derive(Debug)]
 pub struct Pages {
     pages: Vec<Page>,
+    /// Whether the walk went forward (oldest page first).
     forward: bool,
 }
 

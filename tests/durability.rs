@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{ATOM_JSON, BinaryServer, EVENTS_JSON, TestServer, client, link, read_all_events};
+use common::pages::Walk;
+use common::{BinaryServer, EVENTS_JSON, TestServer, client, read_all_events};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -127,21 +128,15 @@ async fn every_acknowledged_event_survives_kill_9() {
     }
 
     // $all: positions dense from 0 and holding exactly the streams' events.
-    let mut url = server.url("/streams/$all/00000000000000000000000000000000/forward/250");
+    let start = server.url("/streams/$all/00000000000000000000000000000000/forward/250");
     let mut in_all = 0;
-    loop {
-        let page: Value =
-            client.get(&url).header("accept", ATOM_JSON).send().await.unwrap().json().await.unwrap();
-        let entries = page["entries"].as_array().unwrap().len();
+    for page in Walk::forward(&client, start).until_empty().pages().await.iter() {
+        let entries = page.entries().len();
         in_all += entries;
-        let Some(previous) = link(&page, "previous") else { break };
-        let from = position_in(&url);
+        let Some(previous) = page.link("previous") else { break };
+        let from = position_in(&page.url);
         let to = position_in(&previous);
         assert_eq!(to - from, entries as u64, "no position between {from} and {to} is missing");
-        if entries == 0 {
-            break;
-        }
-        url = previous;
     }
     assert_eq!(in_all, total_events, "$all holds every event once");
 }

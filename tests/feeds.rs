@@ -7,6 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::pages::Walk;
 use common::{ATOM_JSON, ATOM_XML, EVENTS_JSON, TestServer, link};
 use quick_xml::events::Event;
 use reqwest::Response;
@@ -130,50 +131,22 @@ async fn walk_forward(server: &TestServer, stream: &str, count: u64) -> Vec<u64>
         .json()
         .await
         .unwrap();
-    let mut url =
+    let last =
         link(&head, "last").unwrap_or_else(|| format!("http://{HOST}/streams/{stream}/0/forward/{count}"));
-    let mut numbers = Vec::new();
-    for _ in 0..10_000 {
-        let path = url.strip_prefix(&format!("http://{HOST}")).unwrap().to_owned();
-        let page: Value = get(server, &path, ATOM_JSON).await.json().await.unwrap();
-        let entries = page["entries"].as_array().unwrap();
-        assert!(entries.len() as u64 <= count);
-        numbers.extend(
-            entries
-                .iter()
-                .rev()
-                .map(|e| e["title"].as_str().unwrap().split('@').next().unwrap().parse::<u64>().unwrap()),
-        );
-        match link(&page, "previous") {
-            Some(previous) => url = previous,
-            None => {
-                assert_eq!(page["headOfStream"], true, "the walk ends at the head");
-                return numbers;
-            }
-        }
+    let pages = Walk::forward(&server.client, last).host(HOST, &server.base).pages().await;
+    for page in pages.iter() {
+        assert!(page.entries().len() as u64 <= count);
     }
-    panic!("the forward walk did not terminate");
+    assert_eq!(pages.last().unwrap().body["headOfStream"], true, "the walk ends at the head");
+    pages.numbers()
 }
 
-/// Walks backward from the head along `next` links.
+/// Walks backward from the head along `next` links; newest first.
 async fn walk_backward(server: &TestServer, stream: &str, count: u64) -> Vec<u64> {
-    let mut path = format!("/streams/{stream}/head/backward/{count}");
-    let mut numbers = Vec::new();
-    for _ in 0..10_000 {
-        let page: Value = get(server, &path, ATOM_JSON).await.json().await.unwrap();
-        numbers.extend(
-            page["entries"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["title"].as_str().unwrap().split('@').next().unwrap().parse::<u64>().unwrap()),
-        );
-        match link(&page, "next") {
-            Some(next) => path = next.strip_prefix(&format!("http://{HOST}")).unwrap().to_owned(),
-            None => return numbers,
-        }
-    }
-    panic!("the backward walk did not terminate");
+    let head = format!("http://{HOST}/streams/{stream}/head/backward/{count}");
+    let mut numbers = Walk::backward(&server.client, head).host(HOST, &server.base).pages().await.numbers();
+    numbers.reverse();
+    numbers
 }
 
 #[tokio::test]

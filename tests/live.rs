@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{ATOM_JSON, BinaryServer, EVENTS_JSON, TestServer, client, event, read_all_events};
-use reqwest::Client;
+use reqwest::{Client, Response};
 use serde_json::{Value, json};
 
 async fn long_poll(client: &Client, url: &str, seconds: u64) -> (u16, Value, Duration) {
@@ -25,6 +25,20 @@ async fn long_poll(client: &Client, url: &str, seconds: u64) -> (u16, Value, Dur
     let status = response.status().as_u16();
     let body = if status == 200 { response.json().await.unwrap() } else { Value::Null };
     (status, body, started.elapsed())
+}
+
+/// A long-poll with `If-None-Match: etag`: it waits while the page still
+/// has that ETag.
+async fn long_poll_unless_changed(server: &TestServer, path: &str, etag: &str, seconds: u64) -> Response {
+    server
+        .client
+        .get(server.url(path))
+        .header("accept", ATOM_JSON)
+        .header("if-none-match", etag)
+        .header("es-longpoll", seconds.to_string())
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -103,15 +117,7 @@ async fn if_none_match_with_long_poll_waits_for_a_change() {
 
     // Nothing changes: 304 at the deadline.
     let started = Instant::now();
-    let response = server
-        .client
-        .get(server.url("/streams/etagged/0/forward/20"))
-        .header("accept", ATOM_JSON)
-        .header("if-none-match", &etag)
-        .header("es-longpoll", "1")
-        .send()
-        .await
-        .unwrap();
+    let response = long_poll_unless_changed(&server, "/streams/etagged/0/forward/20", &etag, 1).await;
     assert_eq!(response.status(), 304);
     assert!(started.elapsed() >= Duration::from_millis(900));
 
@@ -124,15 +130,7 @@ async fn if_none_match_with_long_poll_waits_for_a_change() {
         })
     };
     let started = Instant::now();
-    let response = server
-        .client
-        .get(server.url("/streams/etagged/0/forward/20"))
-        .header("accept", ATOM_JSON)
-        .header("if-none-match", &etag)
-        .header("es-longpoll", "10")
-        .send()
-        .await
-        .unwrap();
+    let response = long_poll_unless_changed(&server, "/streams/etagged/0/forward/20", &etag, 10).await;
     appender.await.unwrap();
     assert_eq!(response.status(), 200);
     assert_ne!(response.headers()["etag"].to_str().unwrap(), etag);

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::pages::Walk;
 use common::{ATOM_JSON, EVENTS_JSON, TestServer, event, link};
 use reqwest::Response;
 use serde_json::{Value, json};
@@ -13,43 +14,12 @@ use serde_json::{Value, json};
 /// The event numbers every read path shows: a forward walk from the head
 /// page's `last` link, a backward walk from the head, and the head page.
 async fn visible(server: &TestServer, stream: &str) -> Vec<u64> {
-    let number =
-        |entry: &Value| entry["title"].as_str().unwrap().split('@').next().unwrap().parse::<u64>().unwrap();
-    let head: Value =
-        server.get(&format!("/streams/{stream}/head/backward/3"), ATOM_JSON).await.json().await.unwrap();
-    let mut forward = Vec::new();
-    let mut url =
-        link(&head, "last").unwrap_or_else(|| server.url(&format!("/streams/{stream}/0/forward/3")));
-    for _ in 0..1000 {
-        let page: Value =
-            server.client.get(&url).header("accept", ATOM_JSON).send().await.unwrap().json().await.unwrap();
-        forward.extend(page["entries"].as_array().unwrap().iter().rev().map(number));
-        match link(&page, "previous") {
-            Some(previous) => url = previous,
-            None => break,
-        }
-    }
-    let mut backward = Vec::new();
-    let mut page = head;
-    for _ in 0..1000 {
-        backward.extend(page["entries"].as_array().unwrap().iter().map(number));
-        match link(&page, "next") {
-            Some(next) => {
-                page = server
-                    .client
-                    .get(&next)
-                    .header("accept", ATOM_JSON)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-            }
-            None => break,
-        }
-    }
-    backward.reverse();
+    let head_path = format!("/streams/{stream}/head/backward/3");
+    let head: Value = server.get(&head_path, ATOM_JSON).await.json().await.unwrap();
+    let last = link(&head, "last").unwrap_or_else(|| server.url(&format!("/streams/{stream}/0/forward/3")));
+    let forward = Walk::forward(&server.client, last).max_pages(1000).pages().await.numbers();
+    let backward =
+        Walk::backward(&server.client, server.url(&head_path)).max_pages(1000).pages().await.numbers();
     assert_eq!(forward, backward, "{stream}: both walks agree");
     forward
 }

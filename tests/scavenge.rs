@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::pages::{Pages, Walk};
 use common::{ATOM_JSON, BinaryServer, TestServer, client, event, report, start_scavenge, wait_for};
 use eventfeed::store::{
     Append, Durability, ExpectedVersion, ProposedEvent, SledStore, SledStoreOptions, Store,
@@ -363,51 +364,29 @@ fn data_i(entry: &Value) -> Option<u64> {
 /// `size` along `previous` links.
 async fn numbers_in_pages(server: &TestServer, stream: &str, from: u64, size: usize) -> Vec<u64> {
     let url = server.url(&format!("/streams/{stream}/{from}/forward/{size}"));
-    let mut seen = Vec::new();
-    for page in walk(server, url, "previous").await {
-        assert!(page.len() <= size, "pages of {size}");
-        seen.extend(page.iter().rev().map(data_number));
+    let pages = walk(Walk::forward(&server.client, url)).await;
+    for page in pages.iter() {
+        assert!(page.entries().len() <= size, "pages of {size}");
     }
-    seen
+    pages.entries().into_iter().map(data_number).collect()
 }
 
 /// The events of `$all` in pages of `size`, forward from the start along
 /// `previous` links or backward from the head along `next` links: the data
 /// numbers of user events, oldest first.
 async fn numbers_in_all(server: &TestServer, size: usize, forward: bool) -> Vec<u64> {
-    let (start, relation) = match forward {
-        true => (format!("00000000000000000000000000000000/forward/{size}"), "previous"),
-        false => (format!("head/backward/{size}"), "next"),
+    let walk_all = match forward {
+        true => Walk::forward(
+            &server.client,
+            server.url(&format!("/streams/$all/00000000000000000000000000000000/forward/{size}")),
+        ),
+        false => Walk::backward(&server.client, server.url(&format!("/streams/$all/head/backward/{size}"))),
     };
-    let pages = walk(server, server.url(&format!("/streams/$all/{start}")), relation).await;
-    // Entries are newest first in every page; forward pages come oldest
-    // first, backward ones newest first.
-    let mut numbers: Vec<u64> = match forward {
-        true => pages.iter().flat_map(|page| page.iter().rev()).filter_map(data_i).collect(),
-        false => pages.iter().flatten().filter_map(data_i).collect(),
-    };
-    if !forward {
-        numbers.reverse();
-    }
-    numbers
+    walk(walk_all).await.entries().into_iter().filter_map(data_i).collect()
 }
 
-/// The entries (`embed=body`) of every page from `url` along `relation`
-/// links, page by page, until a page is empty or has no such link.
-async fn walk(server: &TestServer, mut url: String, relation: &str) -> Vec<Vec<Value>> {
-    let mut pages = Vec::new();
-    for _ in 0..10_000 {
-        let response =
-            server.client.get(format!("{url}?embed=body")).header("accept", ATOM_JSON).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{url}");
-        let page: Value = response.json().await.unwrap();
-        let entries = page["entries"].as_array().unwrap().clone();
-        let empty = entries.is_empty();
-        pages.push(entries);
-        match common::link(&page, relation) {
-            Some(next) if !empty => url = next,
-            _ => return pages,
-        }
-    }
-    panic!("walking from {url} did not terminate");
+/// The pages (`embed=body`) of a walk, until a page is empty or has no link
+/// onwards.
+async fn walk(walk: Walk<'_>) -> Pages {
+    walk.query("?embed=body").until_empty().pages().await
 }

@@ -8,7 +8,8 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use common::{ATOM_JSON, ATOM_XML, BinaryServer, EVENTS_JSON, TestServer, client, event, link};
+use common::pages::{Walk, titles};
+use common::{ATOM_JSON, ATOM_XML, BinaryServer, EVENTS_JSON, TestServer, client, event};
 use reqwest::Client;
 use serde_json::{Value, json};
 
@@ -16,36 +17,14 @@ use serde_json::{Value, json};
 /// from the start; `resolve` sets `ES-ResolveLinkTos`.
 async fn entries(client: &Client, base: &str, stream: &str, resolve: bool) -> Vec<Value> {
     let start = if stream == "$all" { "00000000000000000000000000000000" } else { "0" };
-    let mut url = format!("{base}/streams/{stream}/{start}/forward/50?embed=body");
-    let mut all = Vec::new();
-    for _ in 0..100_000 {
-        let response = client
-            .get(&url)
-            .header("accept", ATOM_JSON)
-            .header("es-resolvelinktos", if resolve { "True" } else { "False" })
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 404 {
-            return all;
-        }
-        assert_eq!(response.status(), 200, "{url}");
-        let page: Value = response.json().await.unwrap();
-        let mut page_entries = page["entries"].as_array().unwrap().clone();
-        page_entries.reverse();
-        let empty = page_entries.is_empty();
-        all.extend(page_entries);
-        match link(&page, "previous") {
-            Some(previous) if !empty || stream != "$all" => url = format!("{previous}?embed=body"),
-            _ => return all,
-        }
-    }
-    panic!("walking {stream} did not terminate");
-}
-
-/// `n@stream` titles of entries.
-fn titles(entries: &[Value]) -> Vec<String> {
-    entries.iter().map(|e| e["title"].as_str().unwrap().to_owned()).collect()
+    let walk = Walk::forward(client, format!("{base}/streams/{stream}/{start}/forward/50"))
+        .query("?embed=body")
+        .header("es-resolvelinktos", if resolve { "True" } else { "False" })
+        .until_missing()
+        .max_pages(100_000);
+    // `$all`'s forward pages link onwards from the head too.
+    let walk = if stream == "$all" { walk.until_empty() } else { walk };
+    walk.pages().await.events()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,19 +55,12 @@ async fn all_holds_the_commit_order_of_32_concurrent_writers() {
         *expected += 1;
     }
 
-    // Backward from the head along `next` links: the same events reversed.
-    let mut backward = Vec::new();
-    let mut url = server.url("/streams/$all/head/backward/37?embed=body");
-    loop {
-        let page: Value =
-            server.client.get(&url).header("accept", ATOM_JSON).send().await.unwrap().json().await.unwrap();
-        backward.extend(page["entries"].as_array().unwrap().iter().cloned());
-        match link(&page, "next") {
-            Some(next) => url = next,
-            None => break,
-        }
-    }
-    backward.reverse();
+    // Backward from the head along `next` links: the same events.
+    let backward = Walk::backward(&server.client, server.url("/streams/$all/head/backward/37"))
+        .query("?embed=body")
+        .pages()
+        .await
+        .events();
     assert_eq!(titles(&backward), titles(&forward));
 }
 
@@ -387,33 +359,18 @@ async fn a_projection_built_later_is_byte_identical_to_one_maintained_throughout
 /// along `previous` links, or backward from the head along `next` links;
 /// oldest first either way.
 async fn titles_in_pages(server: &TestServer, stream: &str, size: usize, forward: bool) -> Vec<String> {
-    let mut url = if forward {
-        server.url(&format!("/streams/{stream}/0/forward/{size}"))
+    // Forward pages of a truncated stream start empty; the walk ends where
+    // the page has no link onwards.
+    let walk = if forward {
+        Walk::forward(&server.client, server.url(&format!("/streams/{stream}/0/forward/{size}")))
     } else {
-        server.url(&format!("/streams/{stream}/head/backward/{size}"))
+        Walk::backward(&server.client, server.url(&format!("/streams/{stream}/head/backward/{size}")))
     };
-    let mut seen = Vec::new();
-    for _ in 0..10_000 {
-        let response = server.client.get(&url).header("accept", ATOM_JSON).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{url}");
-        let page: Value = response.json().await.unwrap();
-        let mut page_titles = titles(page["entries"].as_array().unwrap());
-        assert!(page_titles.len() <= size, "{url}");
-        page_titles.reverse();
-        if forward {
-            seen.extend(page_titles);
-        } else {
-            page_titles.extend(seen);
-            seen = page_titles;
-        }
-        // Forward pages of a truncated stream start empty; the walk ends
-        // where the page has no link onwards.
-        match link(&page, if forward { "previous" } else { "next" }) {
-            Some(next) => url = next,
-            None => return seen,
-        }
+    let pages = walk.pages().await;
+    for page in pages.iter() {
+        assert!(page.entries().len() <= size, "{}", page.url);
     }
-    panic!("walking {stream} by {size} did not terminate");
+    pages.titles()
 }
 
 /// The links one batch adds to a system stream are stored together (as a

@@ -1,0 +1,96 @@
+//! Requests and responses: the media types, the HTTP client every test
+//! uses, event bodies, header and reason-phrase readers, and raw HTTP/1.1
+//! for paths a URL library would normalise.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use reqwest::{Client, Response};
+use serde_json::Value;
+
+pub const EVENTS_JSON: &str = "application/vnd.eventstore.events+json";
+pub const ATOM_JSON: &str = "application/vnd.eventstore.atom+json";
+pub const ATOM_XML: &str = "application/atom+xml";
+
+/// Tests that open a thousand client sockets need more than the common
+/// default soft limit of 1024 open files; raise it to the hard limit.
+pub fn raise_open_file_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
+/// A client that does not follow redirects (tests look at them).
+pub fn client() -> Client {
+    raise_open_file_limit();
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// One element of an events array with a fresh id.
+pub fn event(event_type: &str, data: Value) -> Value {
+    serde_json::json!({ "eventId": uuid::Uuid::new_v4().to_string(), "eventType": event_type, "data": data })
+}
+
+/// What carries response headers: a response, or headers kept from one.
+pub trait Headers {
+    fn header_map(&self) -> &HeaderMap;
+}
+
+impl Headers for Response {
+    fn header_map(&self) -> &HeaderMap {
+        self.headers()
+    }
+}
+
+impl Headers for HeaderMap {
+    fn header_map(&self) -> &HeaderMap {
+        self
+    }
+}
+
+/// A response header as text, if present.
+pub fn header(response: &impl Headers, name: &str) -> Option<String> {
+    response.header_map().get(name).map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// The HTTP reason phrase the server sent (our error format also repeats
+/// it as the first line of the body, which is what this checks when the
+/// client library does not expose non-canonical phrases).
+pub async fn reason(response: Response) -> String {
+    if let Some(phrase) = response.extensions().get::<hyper::ext::ReasonPhrase>() {
+        return String::from_utf8_lossy(phrase.as_bytes()).into_owned();
+    }
+    response.text().await.unwrap().lines().next().unwrap_or_default().to_owned()
+}
+
+/// Sends one raw HTTP/1.1 request (for paths a URL library would
+/// normalise) and returns the status code.
+pub async fn raw_status(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

@@ -9,7 +9,8 @@ use clap::builder::TypedValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::store::projections::Projections;
-use crate::store::{Durability, SledStoreOptions, StoreConfig};
+use crate::store::sled::SledStoreOptions;
+use crate::store::{Durability, StoreConfig};
 
 #[derive(Debug, Parser)]
 #[command(

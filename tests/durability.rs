@@ -223,11 +223,11 @@ async fn racing_writers_get_exactly_one_winner_per_version() {
 /// of its lock a moment after its last handle; opening waits for that).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_store_per_directory_and_reopening_at_once() {
-    use eventfeed::store::{SledStore, SledStoreOptions, Store};
+    use eventfeed::store::{self, StoreConfig, sled::SledStoreOptions};
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let open = |path: std::path::PathBuf| async move {
-        tokio::task::spawn_blocking(move || SledStore::open(SledStoreOptions::new(path))).await.unwrap()
+        store::open(&StoreConfig::Sled(SledStoreOptions::new(path))).await
     };
 
     let first = open(data_dir.clone()).await.expect("first open");
@@ -252,15 +252,12 @@ async fn one_store_per_directory_and_reopening_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
     use eventfeed::store::{
-        Append, ExpectedVersion, ProposedEvent, SledStore, SledStoreOptions, Store, StoreError,
+        self, Append, ExpectedVersion, ProposedEvent, Store, StoreConfig, StoreError, sled::SledStoreOptions,
     };
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let open = |path: std::path::PathBuf| async move {
-        tokio::task::spawn_blocking(move || SledStore::open(SledStoreOptions::new(path)))
-            .await
-            .unwrap()
-            .unwrap()
+        store::open(&StoreConfig::Sled(SledStoreOptions::new(path))).await.unwrap()
     };
     let append = |stream: &str, ids: &[Uuid]| Append {
         stream: stream.to_owned(),
@@ -288,7 +285,7 @@ async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
         let outcome = store.append(append(&stream, &ids)).await.unwrap();
         written.push((stream, ids, outcome));
     }
-    let retry_all = |store: Arc<SledStore>,
+    let retry_all = |store: Arc<dyn Store>,
                      written: Vec<(String, Vec<Uuid>, eventfeed::store::AppendOutcome)>| async move {
         for (stream, ids, outcome) in written.iter().step_by(3) {
             let again = store.append(append(stream, ids)).await.unwrap();
@@ -296,12 +293,11 @@ async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
             assert_eq!((again.first_number, again.last_number), (outcome.first_number, outcome.last_number));
         }
     };
-    let store = Arc::new(store);
     retry_all(Arc::clone(&store), written.clone()).await;
     store.close().await.unwrap();
     tokio::task::spawn_blocking(move || drop(store)).await.unwrap();
 
-    let store = Arc::new(open(data_dir.clone()).await);
+    let store = open(data_dir.clone()).await;
     retry_all(Arc::clone(&store), written.clone()).await;
     let (stream, ids, _) = &written[2];
     let mut partial = ids[..250].to_vec();
@@ -322,13 +318,14 @@ async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
 /// answer arrives, on both worker threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_append_is_already_behind_the_head() {
-    use eventfeed::store::{Append, ExpectedVersion, ProposedEvent, SledStore, SledStoreOptions, Store};
+    use eventfeed::store::{
+        self, Append, ExpectedVersion, ProposedEvent, StoreConfig, sled::SledStoreOptions,
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data");
     let mut options = SledStoreOptions::new(path);
     options.durability = eventfeed::store::Durability::None;
-    let store =
-        Arc::new(tokio::task::spawn_blocking(move || SledStore::open(options)).await.unwrap().unwrap());
+    let store = store::open(&StoreConfig::Sled(options)).await.unwrap();
     let tasks: Vec<_> = (0..4)
         .map(|task| {
             let store = Arc::clone(&store);

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::pages::{Pages, Walk};
 use common::{ATOM_JSON, BinaryServer, TestServer, client, event, report, start_scavenge, wait_for};
 use eventfeed::store::{
-    Append, Durability, ExpectedVersion, ProposedEvent, SledStore, SledStoreOptions, Store,
+    Append, Durability, ExpectedVersion, ProposedEvent, StoreConfig, sled::SledStoreOptions,
 };
 use reqwest::Client;
 use serde_json::{Value, json};
@@ -38,7 +38,7 @@ fn proposed(event_type: &str, data: Vec<u8>) -> ProposedEvent {
 async fn fill(data_dir: &Path) {
     let mut options = SledStoreOptions::new(data_dir);
     options.durability = Durability::None;
-    let store = Arc::new(SledStore::open(options).unwrap());
+    let store = eventfeed::store::open(&StoreConfig::Sled(options)).await.unwrap();
     let mut writers = Vec::new();
     for writer in 0..16 {
         let store = Arc::clone(&store);

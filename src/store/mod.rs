@@ -35,7 +35,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-pub use self::sled::{SledStore, SledStoreOptions};
 pub use model::*;
 pub use notify::{AppendWatch, Head, Notifier, StreamWatch};
 
@@ -43,7 +42,7 @@ pub use notify::{AppendWatch, Head, Notifier, StreamWatch};
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
     /// The embedded store in a data directory.
-    Sled(SledStoreOptions),
+    Sled(self::sled::SledStoreOptions),
 }
 
 /// Opens (or creates) the store `config` names.
@@ -51,7 +50,7 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     match config {
         StoreConfig::Sled(options) => {
             let options = options.clone();
-            let store = tokio::task::spawn_blocking(move || SledStore::open(options))
+            let store = tokio::task::spawn_blocking(move || self::sled::SledStore::open(options))
                 .await
                 .map_err(|e| StoreError::Io(format!("store open panicked: {e}")))??;
             Ok(Arc::new(store))

@@ -894,6 +894,23 @@ async fn a_closed_store_refuses_writes(backend: Backend) {
     store.store.close().await.unwrap();
     assert_eq!(append(&store, "s", ExpectedVersion::Any, fresh(1, "A")).await, Err(StoreError::Unavailable));
     assert_eq!(store.delete("s", ExpectedVersion::Any, true).await, Err(StoreError::Unavailable));
+    // Reads still answer, and a scavenge asked now, if it starts at all,
+    // does not run to completion and removes nothing.
+    assert_eq!(numbers(&read(&store, "s").await.unwrap()), [0]);
+    if let Ok(ScavengeStarted::Started(id)) = store.start_scavenge().await {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let report = store.scavenge_report(id).await.unwrap().expect("the scavenge has a report");
+            if report.status != ScavengeStatus::Running {
+                assert_ne!(report.status, ScavengeStatus::Completed, "{report:?}");
+                assert_eq!(report.events_removed, 0);
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the scavenge did not stop: {report:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(all(&store).await.len(), 1);
     // Closing twice is fine.
     store.close().await;
 }
@@ -995,6 +1012,7 @@ async fn ask(store: &Arc<dyn Store>, request: &Request) -> Answer {
 }
 
 const USER_STREAMS: [&str; 6] = ["Order-1", "Order-2", "Order-3", "Cart-1", "plain", "other"];
+const SYSTEM_STREAMS: [&str; 3] = ["$ce-Cart", "$et-Paid", "$streams"];
 const READABLE: [&str; 12] = [
     "Order-1",
     "Order-2",
@@ -1019,6 +1037,12 @@ const METADATA: [&str; 8] = [
     r#"{"$maxCount":0}"#,
     "not json",
 ];
+
+/// A stream to append to or delete: mostly a user stream, rarely a system
+/// stream (whose links and records then share its numbers).
+fn writable(rng: &mut Rng, system_percent: u64) -> String {
+    if rng.chance(system_percent) { rng.pick(&SYSTEM_STREAMS) } else { rng.pick(&USER_STREAMS) }.to_string()
+}
 
 /// The next request of a history. `written` holds the batches of ids
 /// appended so far (successful or not), for retries.
@@ -1046,7 +1070,7 @@ fn next_request(
     match rng.below(100) {
         // Appends of new events.
         0..=34 => {
-            let stream = rng.pick(&USER_STREAMS).to_string();
+            let stream = writable(rng, 5);
             let events: Vec<ProposedEvent> = (0..1 + rng.below(4)).map(|_| new_event(rng)).collect();
             written.push((stream.clone(), events.clone()));
             Request::Append(Append { stream, expected: expected(rng), events })
@@ -1076,17 +1100,15 @@ fn next_request(
         }
         // Metadata.
         47..=56 => {
-            let stream = format!("$${}", rng.pick(&USER_STREAMS));
+            let stream = format!("$${}", writable(rng, 20));
             let document = rng.pick(&METADATA);
             let events = vec![proposed(Uuid::from_u128(rng.next() as u128), "$metadata", document)];
             Request::Append(Append { stream, expected: ExpectedVersion::Any, events })
         }
         // Deletes, mostly soft.
-        57..=62 => Request::Delete {
-            stream: rng.pick(&USER_STREAMS).to_string(),
-            expected: expected(rng),
-            hard: rng.chance(15),
-        },
+        57..=62 => {
+            Request::Delete { stream: writable(rng, 20), expected: expected(rng), hard: rng.chance(15) }
+        }
         63..=63 => Request::Append(Append {
             stream: "plain".into(),
             expected: ExpectedVersion::Any,

@@ -183,6 +183,8 @@ impl Data {
         }
         check_expected(append.expected, current)?;
         // The last event of an append to `$$s` is `s`'s metadata from now on.
+        // Only it is checked, as the sled store does: earlier events of the
+        // same append are stored as they are.
         let settings = match (metadata::described_stream(&append.stream), append.events.last()) {
             (Some(described), Some(event)) => Some((
                 described.to_owned(),
@@ -220,6 +222,9 @@ impl Data {
             for link in
                 projections.links(&append.stream, &event.event_type, creates_stream).into_iter().flatten()
             {
+                // A link neither stops at its system stream's tombstone nor
+                // undoes its soft delete, as in the sled store (there,
+                // `Staging::link_all`): the stream goes on numbering unseen.
                 let system = self.streams.entry(link.name()).or_default();
                 if system.state.next_number == 0 {
                     system.state.created_position = position;
@@ -588,13 +593,12 @@ impl Store for MemoryStore {
     /// complete. Moves no head and wakes nobody, since no read changes.
     async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {
         let mut data = self.lock()?;
-        if data.closed {
-            return Err(StoreError::Unavailable);
-        }
         let id = Uuid::new_v4();
         let mut report = ScavengeReport {
             scavenge_id: id,
-            status: ScavengeStatus::Completed,
+            // As the sled store does: a scavenge asked of a closed store
+            // starts, removes nothing and is recorded as interrupted.
+            status: if data.closed { ScavengeStatus::Interrupted } else { ScavengeStatus::Completed },
             started_micros: now_micros(),
             finished_micros: None,
             streams_scanned: 0,
@@ -607,7 +611,8 @@ impl Store for MemoryStore {
             bytes_after: Some(0),
             error: None,
         };
-        if let Err(error) = data.scavenge(&mut report) {
+        let scavenged = if data.closed { Ok(()) } else { data.scavenge(&mut report) };
+        if let Err(error) = scavenged {
             report.status = ScavengeStatus::Failed;
             report.error = Some(error.to_string());
         }

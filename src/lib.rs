@@ -12,7 +12,8 @@
 //!   The only place that knows about HTTP.
 //! - [`feed`]: the page model and paging math; Atom, JSON and HTML renderers.
 //! - [`store`]: the `Store` seam, the sled implementation, its keys and record
-//!   codec, the group-commit writer, and the notifier live readers wait on.
+//!   codec, the group-commit writer, and the notifier live readers wait on;
+//!   and a reference store in memory that tests hold every backend to.
 //! - [`subscriptions`]: persistent subscriptions (competing consumers): the
 //!   group state machine, strategies, checkpoints and parking.
 //! - [`hash`]: stable hashes for ETags and derived ids.

@@ -6,10 +6,14 @@
 //! touching a handler. The values that cross the seam are in [`model`]; the
 //! rules every backend shares are here too: retention ([`retention`]),
 //! metadata ([`metadata`]), the system projections ([`projections`]) and
-//! the wake-ups ([`notify`]). Backends:
+//! how their links read ([`links`]), and the wake-ups ([`notify`]).
+//! Backends:
 //! - [`sled`](self::sled): the embedded store, the default. One writer
 //!   thread owns every mutation and commits whatever requests are waiting
 //!   as one atomic, durable batch (group commit).
+//! - [`memory`]: the reference store, for tests: the contract written
+//!   plainly, one mutex around plain collections. Nothing survives the
+//!   process.
 //!
 //! Invariants every backend keeps (`tests/store_contract.rs` checks them on
 //! each one):
@@ -22,6 +26,8 @@
 //! - an event id, once written, is spent forever: appending it again to the
 //!   same stream returns the original location (idempotent retry).
 
+pub mod links;
+pub mod memory;
 pub mod metadata;
 pub mod model;
 pub mod notify;
@@ -35,6 +41,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use self::projections::Projections;
 pub use model::*;
 pub use notify::{AppendWatch, Head, Notifier, StreamWatch};
 
@@ -43,6 +50,11 @@ pub use notify::{AppendWatch, Head, Notifier, StreamWatch};
 pub enum StoreConfig {
     /// The embedded store in a data directory.
     Sled(self::sled::SledStoreOptions),
+    /// The reference store in memory, for tests: nothing is durable.
+    Memory {
+        /// The system projections maintained (all of them by default).
+        projections: Projections,
+    },
 }
 
 /// Opens (or creates) the store `config` names.
@@ -55,6 +67,7 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
                 .map_err(|e| StoreError::Io(format!("store open panicked: {e}")))??;
             Ok(Arc::new(store))
         }
+        StoreConfig::Memory { projections } => Ok(Arc::new(memory::MemoryStore::new(*projections))),
     }
 }
 

@@ -4,20 +4,17 @@
 //! each one so it never shows a batch before it is durable.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use uuid::Uuid;
 
 use super::codec::{self, Entry};
 use super::entries::{
     LogSpan, first_visible, load_state, log_spans, span_capacity, stored_entries, stored_entry,
     visit_stored_values,
 };
+use crate::store::links::link_event;
 use crate::store::retention::now_micros;
 use crate::store::{
-    AllRead, AllSlice, Direction, LINK_EVENT_TYPE, ReadEvent, RecordedEvent, StoreError, StreamRead,
-    StreamSlice, StreamState, StreamView,
+    AllRead, AllSlice, Direction, ReadEvent, RecordedEvent, StoreError, StreamRead, StreamSlice, StreamState,
+    StreamView,
 };
 
 /// How many positions one `$all` read examines at most, whatever it finds.
@@ -261,41 +258,4 @@ fn widen(scanned: &mut Option<(u64, u64)>, (low, high): (u64, u64)) {
         None => (low, high),
         Some((lowest, highest)) => (lowest.min(low), highest.max(high)),
     });
-}
-
-/// The type of every `$>` event, shared.
-static LINK_TYPE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(LINK_EVENT_TYPE));
-
-/// The `$>` event a system-stream index entry stands for.
-fn link_event(
-    stream: &str,
-    number: u64,
-    target_position: u64,
-    created_micros: i64,
-    target_number: u64,
-    target_stream: &str,
-) -> RecordedEvent {
-    RecordedEvent {
-        stream: stream.into(),
-        number,
-        position: target_position,
-        id: link_id(target_position, stream),
-        event_type: LINK_TYPE.clone(),
-        created_micros,
-        is_json: false,
-        metadata_is_json: false,
-        data: Bytes::from(format!("{target_number}@{target_stream}")),
-        metadata: Bytes::new(),
-    }
-}
-
-/// A stable id for a link: links are not stored as records, so their id is
-/// derived from what identifies them (the target position and the system
-/// stream) as a version-8 (custom) UUID. The same link has the same id on
-/// every read, every node and every restart.
-fn link_id(target_position: u64, stream: &str) -> Uuid {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&target_position.to_be_bytes());
-    bytes[8..].copy_from_slice(&crate::hash::fnv1a_64(stream.as_bytes()).to_be_bytes());
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }

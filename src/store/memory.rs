@@ -1,0 +1,641 @@
+//! The reference store: every rule of the [`Store`] contract, written as
+//! plainly as it can be, in memory.
+//!
+//! It exists for tests. The contract suite (`tests/store_contract.rs`) runs
+//! against it and against every real backend, and a differential test
+//! replays one random history on it and on sled and demands the same
+//! answers; so where a backend's optimisations (group commit, runs of
+//! records, id filters) leave doubt about what the contract is, this file
+//! is the answer. It is also a store for tests that need one without files.
+//!
+//! One `std::sync::Mutex` guards everything; each operation takes it once,
+//! does all its work and releases it, never across an `.await`. A commit is
+//! one operation, so it is atomic and the single writer comes for free.
+//!
+//! What it does not promise: durability. Nothing survives the process,
+//! whatever a [`Durability`](super::Durability) mode says. Nor is it built
+//! for size or speed: every read copies what it returns under the lock.
+//!
+//! It is longer than most files here on purpose: its value is that the
+//! whole contract (appends, retries, deletes, metadata, links, retention,
+//! `$all`, scavenge, wake-ups) can be read top to bottom in one place.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::links::link_event;
+use super::projections::Projections;
+use super::retention::{self, now_micros};
+use super::{
+    AllRead, AllSlice, Append, AppendOutcome, Direction, ExpectedVersion, Head, Notifier, ReadEvent,
+    RecordedEvent, ScavengeReport, ScavengeStarted, ScavengeStatus, Store, StoreError, StreamRead,
+    StreamSlice, StreamState, StreamView, metadata,
+};
+
+/// How many positions one `$all` read examines at most, whatever it finds:
+/// the same bound as the sled store's, so a read across a long run of hidden
+/// events stops at the same place on both.
+const MAX_ALL_SCAN: u64 = 100_000;
+
+/// The store in memory. See the module documentation.
+#[derive(Debug)]
+pub struct MemoryStore {
+    /// Everything the store holds.
+    data: Mutex<Data>,
+    notifier: Notifier,
+    /// The system projections every append is linked into.
+    projections: Projections,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    /// Every stream ever written, deleted or described by metadata.
+    streams: HashMap<String, Stream>,
+    /// The log: by global position, the stream and number of the event
+    /// there. `None` once a scavenge removed it.
+    log: Vec<Option<(Arc<str>, u64)>>,
+    /// Every event id ever written, with its stream and number: ids are
+    /// spent forever, even after a delete or a scavenge.
+    ids: HashMap<Uuid, (Arc<str>, u64)>,
+    /// The sequence number of the last commit.
+    commit_seq: u64,
+    /// The creation time of the newest event: times never go backwards
+    /// along the log, even if the clock does, so `$maxAge` can
+    /// binary-search a stream by time.
+    last_created_micros: i64,
+    /// Every scavenge's report.
+    scavenges: HashMap<Uuid, ScavengeReport>,
+    /// Closed: writes are refused.
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    state: StreamState,
+    /// By event number; `None` once a scavenge removed it. Always
+    /// `state.next_number` long.
+    entries: Vec<Option<Entry>>,
+}
+
+/// What is stored as one event of a stream.
+#[derive(Debug, Clone)]
+enum Entry {
+    Event(RecordedEvent),
+    /// A system stream's link to event `number` of `stream`, at `position`.
+    Link {
+        position: u64,
+        created_micros: i64,
+        number: u64,
+        stream: Arc<str>,
+    },
+}
+
+impl Entry {
+    fn created_micros(&self) -> i64 {
+        match self {
+            Self::Event(event) => event.created_micros,
+            Self::Link { created_micros, .. } => *created_micros,
+        }
+    }
+}
+
+impl Stream {
+    fn entry(&self, number: u64) -> Option<&Entry> {
+        usize::try_from(number).ok().and_then(|index| self.entries.get(index)).and_then(Option::as_ref)
+    }
+
+    /// The lowest number reads can see, by the shared rule.
+    fn first_visible(&self, now_micros: i64) -> Result<u64, StoreError> {
+        retention::first_visible(&self.state, now_micros, |number| {
+            Ok(self.entry(number).map(Entry::created_micros))
+        })
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.entries.push(Some(entry));
+        self.state.next_number += 1;
+    }
+}
+
+impl MemoryStore {
+    /// An empty store maintaining `projections`.
+    pub fn new(projections: Projections) -> Self {
+        Self { data: Mutex::default(), notifier: Notifier::new(Head::default()), projections }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Data>, StoreError> {
+        // A panic while the lock was held may have left a commit half done;
+        // refuse to guess.
+        self.data.lock().map_err(|_| StoreError::Unavailable)
+    }
+
+    /// Ends a commit that wrote something: the new head is what reads see
+    /// before the caller is answered, and the waiters of every stream it
+    /// touched are woken.
+    ///
+    /// IMPORTANT: called with the lock held, so that heads are published in
+    /// commit order (a later head published first would move the watched
+    /// head backwards). Waking only schedules the waiters; none runs here.
+    fn commit(&self, data: &mut Data, touched: &HashSet<String>) {
+        data.commit_seq += 1;
+        let head = Head { next_position: data.log.len() as u64, commit_seq: data.commit_seq };
+        self.notifier.advance(head);
+        self.notifier.publish(head, touched.iter().map(String::as_str));
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(Projections::default())
+    }
+}
+
+impl Data {
+    /// A stream's state; the default (nothing written) for a stream never seen.
+    fn state(&self, stream: &str) -> StreamState {
+        self.streams.get(stream).map(|s| s.state.clone()).unwrap_or_default()
+    }
+
+    fn append(
+        &mut self,
+        projections: Projections,
+        append: &Append,
+        touched: &mut HashSet<String>,
+    ) -> Result<AppendOutcome, StoreError> {
+        if append.events.is_empty() {
+            return Err(StoreError::Invalid("the request holds no events".into()));
+        }
+        let mut seen = HashSet::new();
+        for event in &append.events {
+            if !seen.insert(event.id) {
+                return Err(StoreError::Invalid(format!(
+                    "event id {} appears twice in one request",
+                    event.id
+                )));
+            }
+        }
+        let state = self.state(&append.stream);
+        if state.tombstoned {
+            return Err(StoreError::StreamDeleted);
+        }
+        let current = current_version(&state);
+        if let Some(outcome) = self.retry_outcome(append, current)? {
+            return Ok(outcome);
+        }
+        check_expected(append.expected, current)?;
+        // The last event of an append to `$$s` is `s`'s metadata from now on.
+        // Only it is checked, as the sled store does: earlier events of the
+        // same append are stored as they are.
+        let settings = match (metadata::described_stream(&append.stream), append.events.last()) {
+            (Some(described), Some(event)) => Some((
+                described.to_owned(),
+                metadata::parse(&event.data).map_err(|error| StoreError::Invalid(error.to_string()))?,
+            )),
+            _ => None,
+        };
+
+        // Every check passed: from here on nothing fails.
+        let created_micros = now_micros().max(self.last_created_micros);
+        self.last_created_micros = created_micros;
+        let name: Arc<str> = Arc::from(append.stream.as_str());
+        let first_number = state.next_number;
+        let first_position = self.log.len() as u64;
+        let is_new_stream = state.next_number == 0;
+        for event in &append.events {
+            let position = self.log.len() as u64;
+            let stream = self.streams.entry(append.stream.clone()).or_default();
+            let number = stream.state.next_number;
+            stream.push(Entry::Event(RecordedEvent {
+                stream: Arc::clone(&name),
+                number,
+                position,
+                id: event.id,
+                event_type: Arc::from(event.event_type.as_str()),
+                created_micros,
+                is_json: event.is_json,
+                metadata_is_json: event.metadata_is_json,
+                data: event.data.clone(),
+                metadata: event.metadata.clone(),
+            }));
+            self.log.push(Some((Arc::clone(&name), number)));
+            self.ids.insert(event.id, (Arc::clone(&name), number));
+            let creates_stream = is_new_stream && number == 0;
+            for link in
+                projections.links(&append.stream, &event.event_type, creates_stream).into_iter().flatten()
+            {
+                // A link neither stops at its system stream's tombstone nor
+                // undoes its soft delete, as in the sled store (there,
+                // `Staging::link_all`): the stream goes on numbering unseen.
+                let system = self.streams.entry(link.name()).or_default();
+                if system.state.next_number == 0 {
+                    system.state.created_position = position;
+                }
+                system.push(Entry::Link { position, created_micros, number, stream: Arc::clone(&name) });
+                touched.insert(link.name());
+            }
+        }
+        let stream = self.streams.entry(append.stream.clone()).or_default();
+        if is_new_stream {
+            stream.state.created_position = first_position;
+        }
+        stream.state.soft_deleted = false;
+        let last_number = stream.state.next_number - 1;
+        touched.insert(append.stream.clone());
+        if let Some((described, mut settings)) = settings {
+            settings.metadata_number = Some(last_number);
+            self.streams.entry(described.clone()).or_default().state.settings = settings;
+            touched.insert(described);
+        }
+        Ok(AppendOutcome { first_number, last_number, position: Some(first_position), idempotent: false })
+    }
+
+    /// Whether `append` repeats an earlier write: the original outcome when
+    /// every id was written to this stream, as one consecutive run in the
+    /// same order; an error when only some match, or they belong elsewhere;
+    /// `None` when none was written before.
+    fn retry_outcome(&self, append: &Append, current: i64) -> Result<Option<AppendOutcome>, StoreError> {
+        let owners: Vec<Option<&(Arc<str>, u64)>> =
+            append.events.iter().map(|event| self.ids.get(&event.id)).collect();
+        if owners.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let Some(Some((_, first_number))) = owners.first() else {
+            return Err(partial_match(append, current, &owners));
+        };
+        let is_same_run = owners.iter().enumerate().all(|(i, owner)| {
+            owner.is_some_and(|(stream, number)| {
+                **stream == *append.stream && *number == first_number + i as u64
+            })
+        });
+        if !is_same_run {
+            return Err(partial_match(append, current, &owners));
+        }
+        Ok(Some(AppendOutcome {
+            first_number: *first_number,
+            last_number: first_number + owners.len() as u64 - 1,
+            position: None,
+            idempotent: true,
+        }))
+    }
+
+    fn delete(&mut self, stream: &str, expected: ExpectedVersion, hard: bool) -> Result<(), StoreError> {
+        let mut state = self.state(stream);
+        if state.tombstoned {
+            return Err(StoreError::StreamDeleted);
+        }
+        let current = current_version(&state);
+        check_expected(expected, current)?;
+        if hard {
+            // A tombstone may be placed on a stream that never existed, so
+            // that its name can never be used.
+            state.tombstoned = true;
+        } else {
+            if current == -1 {
+                return Err(StoreError::StreamNotFound);
+            }
+            state.soft_deleted = true;
+            state.deleted_before = state.next_number;
+        }
+        self.streams.entry(stream.to_owned()).or_default().state = state;
+        Ok(())
+    }
+
+    /// The state of a stream a read may read, or why it may not.
+    fn readable(&self, stream: &str) -> Result<&Stream, StoreError> {
+        match self.streams.get(stream) {
+            Some(found) if found.state.tombstoned => Err(StoreError::StreamDeleted),
+            Some(found) if found.state.exists() => Ok(found),
+            _ => Err(StoreError::StreamNotFound),
+        }
+    }
+
+    fn view(stream: &Stream) -> Result<StreamView, StoreError> {
+        Ok(StreamView {
+            last_number: stream.state.next_number.saturating_sub(1),
+            first_visible: stream.first_visible(now_micros())?,
+            settings: stream.state.settings,
+        })
+    }
+
+    fn read_stream(&self, read: &StreamRead) -> Result<StreamSlice, StoreError> {
+        let stream = self.readable(&read.stream)?;
+        let view = Self::view(stream)?;
+        let mut visible = Visibility::default();
+        let Some(last) = stream.state.last_number() else {
+            return Ok(StreamSlice { view, events: Vec::new() });
+        };
+        let count = read.count.max(1);
+        let from = read.from.unwrap_or(last);
+        let (low, high) = match read.direction {
+            Direction::Forward => (from, from.saturating_add(count - 1)),
+            Direction::Backward => (from.saturating_sub(count - 1), from),
+        };
+        let mut events = Vec::new();
+        for number in low.max(view.first_visible)..=high.min(last) {
+            if let Some(entry) = stream.entry(number) {
+                events.push(self.materialise(
+                    &read.stream,
+                    number,
+                    entry,
+                    read.resolve_links,
+                    &mut visible,
+                )?);
+            }
+        }
+        Ok(StreamSlice { view, events })
+    }
+
+    fn read_event(
+        &self,
+        name: &str,
+        number: u64,
+        resolve_links: bool,
+    ) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
+        let stream = self.readable(name)?;
+        let view = Self::view(stream)?;
+        if number < view.first_visible {
+            return Ok((view, None));
+        }
+        let Some(entry) = stream.entry(number) else { return Ok((view, None)) };
+        let event = self.materialise(name, number, entry, resolve_links, &mut Visibility::default())?;
+        // v5: a resolved read of a link whose target is gone is a 404.
+        let gone = matches!(entry, Entry::Link { .. }) && resolve_links && event.link.is_none();
+        Ok((view, (!gone).then_some(event)))
+    }
+
+    /// What a read returns for `entry`, event `number` of `stream`: the
+    /// event, or a link shown as a `$>` event, or resolved to its target
+    /// when asked and the target is still visible.
+    fn materialise(
+        &self,
+        stream: &str,
+        number: u64,
+        entry: &Entry,
+        resolve_links: bool,
+        visible: &mut Visibility,
+    ) -> Result<ReadEvent, StoreError> {
+        match entry {
+            Entry::Event(event) => Ok(ReadEvent { event: event.clone(), link: None }),
+            Entry::Link { position, created_micros, number: target_number, stream: target } => {
+                let link = link_event(stream, number, *position, *created_micros, *target_number, target);
+                if resolve_links {
+                    if let Some(event) = self.visible_event(target, *target_number, visible)? {
+                        return Ok(ReadEvent { event, link: Some(Box::new(link)) });
+                    }
+                }
+                Ok(ReadEvent { event: link, link: None })
+            }
+        }
+    }
+
+    /// Event `number` of `stream`, if a read can still see it.
+    fn visible_event(
+        &self,
+        stream: &str,
+        number: u64,
+        visible: &mut Visibility,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
+        if visible.from(self, stream)?.is_none_or(|first| number < first) {
+            return Ok(None);
+        }
+        match self.streams.get(stream).and_then(|found| found.entry(number)) {
+            Some(Entry::Event(event)) => Ok(Some(event.clone())),
+            // Links point at events of user streams, which hold no links.
+            Some(Entry::Link { .. }) => {
+                Err(StoreError::Corrupt(format!("{number}@{stream} is a link, not an event")))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn read_all(&self, read: AllRead) -> Result<AllSlice, StoreError> {
+        let next_position = self.log.len() as u64;
+        let count = usize::try_from(read.count.max(1)).unwrap_or(usize::MAX);
+        let mut events = Vec::new();
+        let mut scanned: Option<(u64, u64)> = None;
+        let Some(last) = next_position.checked_sub(1) else {
+            return Ok(AllSlice { next_position, scanned, events });
+        };
+        let positions: Box<dyn Iterator<Item = u64>> = match read.direction {
+            Direction::Forward => {
+                let from = read.from.unwrap_or(last);
+                if from > last {
+                    return Ok(AllSlice { next_position, scanned, events });
+                }
+                Box::new(from..=last)
+            }
+            Direction::Backward => Box::new((0..=read.from.unwrap_or(last).min(last)).rev()),
+        };
+        let mut visible = Visibility::default();
+        let mut budget = MAX_ALL_SCAN;
+        for position in positions {
+            if budget == 0 {
+                break;
+            }
+            // Scavenged positions are not examined: there is nothing there.
+            let Some(Some((stream, number))) = usize::try_from(position).ok().and_then(|i| self.log.get(i))
+            else {
+                continue;
+            };
+            budget -= 1;
+            scanned = Some(match scanned {
+                None => (position, position),
+                Some((low, high)) => (low.min(position), high.max(position)),
+            });
+            // Events that retention or a delete hid are skipped.
+            if let Some(event) = self.visible_event(stream, *number, &mut visible)? {
+                events.push(event);
+                if events.len() >= count {
+                    break;
+                }
+            }
+        }
+        if read.direction == Direction::Backward {
+            events.reverse();
+        }
+        Ok(AllSlice { next_position, scanned, events })
+    }
+
+    /// Removes every event and link no read can see any more, keeping
+    /// stream states (tombstones, numbering) and event ids (idempotency).
+    fn scavenge(&mut self, report: &mut ScavengeReport) -> Result<(), StoreError> {
+        let now = now_micros();
+        for stream in self.streams.values_mut() {
+            report.streams_scanned += 1;
+            let first_visible = usize::try_from(stream.first_visible(now)?).unwrap_or(usize::MAX);
+            for slot in stream.entries.iter_mut().take(first_visible) {
+                match slot.take() {
+                    Some(Entry::Event(event)) => {
+                        if let Some(logged) =
+                            usize::try_from(event.position).ok().and_then(|i| self.log.get_mut(i))
+                        {
+                            *logged = None;
+                        }
+                        report.events_removed += 1;
+                    }
+                    Some(Entry::Link { .. }) => report.links_removed += 1,
+                    None => {}
+                }
+            }
+            report.keys_copied += stream.entries.iter().filter(|slot| slot.is_some()).count() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Per stream a read touched, the lowest number it can see; `None` when it
+/// can see none (deleted, tombstoned, never written). Worked out once per
+/// stream per read, as the sled store does.
+#[derive(Default)]
+struct Visibility(HashMap<String, Option<u64>>);
+
+impl Visibility {
+    fn from(&mut self, data: &Data, stream: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(first) = self.0.get(stream) {
+            return Ok(*first);
+        }
+        let first = match data.streams.get(stream) {
+            Some(found) if !found.state.tombstoned && !found.state.soft_deleted => {
+                Some(Data::view(found)?.first_visible)
+            }
+            _ => None,
+        };
+        self.0.insert(stream.to_owned(), first);
+        Ok(first)
+    }
+}
+
+/// The version an expected-version check compares against: the last event
+/// number, or -1 when the stream does not exist (never written or deleted).
+fn current_version(state: &StreamState) -> i64 {
+    match state.last_number() {
+        Some(last) if state.exists() => i64::try_from(last).unwrap_or(i64::MAX),
+        _ => -1,
+    }
+}
+
+/// Checks `ES-ExpectedVersion` against the stream's current version.
+fn check_expected(expected: ExpectedVersion, current: i64) -> Result<(), StoreError> {
+    let matches = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => current == -1,
+        ExpectedVersion::StreamExists => current >= 0,
+        ExpectedVersion::Exact(n) => i64::try_from(n).is_ok_and(|n| n == current),
+    };
+    if matches {
+        return Ok(());
+    }
+    Err(StoreError::WrongExpectedVersion {
+        current,
+        detail: format!("Expected version {expected}, but the stream is at {current}."),
+    })
+}
+
+fn partial_match(append: &Append, current: i64, owners: &[Option<&(Arc<str>, u64)>]) -> StoreError {
+    let taken =
+        append.events.iter().zip(owners).find_map(|(event, owner)| owner.map(|(s, n)| (event.id, s, n)));
+    let detail = match taken {
+        Some((id, stream, number)) => format!(
+            "event id {id} was already written as event {number} of stream '{stream}', \
+             and the request does not repeat that write exactly"
+        ),
+        None => "the request's event ids only partly match an earlier write".into(),
+    };
+    StoreError::WrongExpectedVersion { current, detail }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn append(&self, append: Append) -> Result<AppendOutcome, StoreError> {
+        let mut data = self.lock()?;
+        if data.closed {
+            return Err(StoreError::Unavailable);
+        }
+        let mut touched = HashSet::new();
+        let outcome = data.append(self.projections, &append, &mut touched)?;
+        if !outcome.idempotent {
+            self.commit(&mut data, &touched);
+        }
+        Ok(outcome)
+    }
+
+    async fn read_stream(&self, read: StreamRead) -> Result<StreamSlice, StoreError> {
+        self.lock()?.read_stream(&read)
+    }
+
+    async fn read_all(&self, read: AllRead) -> Result<AllSlice, StoreError> {
+        self.lock()?.read_all(read)
+    }
+
+    async fn read_event(
+        &self,
+        stream: &str,
+        number: u64,
+        resolve_links: bool,
+    ) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
+        self.lock()?.read_event(stream, number, resolve_links)
+    }
+
+    async fn delete(&self, stream: &str, expected: ExpectedVersion, hard: bool) -> Result<(), StoreError> {
+        let mut data = self.lock()?;
+        if data.closed {
+            return Err(StoreError::Unavailable);
+        }
+        data.delete(stream, expected, hard)?;
+        self.commit(&mut data, &HashSet::from([stream.to_owned()]));
+        Ok(())
+    }
+
+    async fn stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
+        Ok(self.lock()?.streams.get(stream).map(|found| found.state.clone()))
+    }
+
+    /// Scavenges at once, under the lock: the report it records is already
+    /// complete. Moves no head and wakes nobody, since no read changes.
+    async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {
+        let mut data = self.lock()?;
+        let id = Uuid::new_v4();
+        let mut report = ScavengeReport {
+            scavenge_id: id,
+            // As the sled store does: a scavenge asked of a closed store
+            // starts, removes nothing and is recorded as interrupted.
+            status: if data.closed { ScavengeStatus::Interrupted } else { ScavengeStatus::Completed },
+            started_micros: now_micros(),
+            finished_micros: None,
+            streams_scanned: 0,
+            events_removed: 0,
+            links_removed: 0,
+            // Here: the events and links kept.
+            keys_copied: 0,
+            // Nothing is on disk.
+            bytes_before: 0,
+            bytes_after: Some(0),
+            error: None,
+        };
+        let scavenged = if data.closed { Ok(()) } else { data.scavenge(&mut report) };
+        if let Err(error) = scavenged {
+            report.status = ScavengeStatus::Failed;
+            report.error = Some(error.to_string());
+        }
+        report.finished_micros = Some(now_micros());
+        data.scavenges.insert(id, report);
+        Ok(ScavengeStarted::Started(id))
+    }
+
+    async fn scavenge_report(&self, id: Uuid) -> Result<Option<ScavengeReport>, StoreError> {
+        Ok(self.lock()?.scavenges.get(&id).cloned())
+    }
+
+    fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// Refuses writes from now on; reads still answer. Nothing to flush.
+    async fn close(&self) -> Result<(), StoreError> {
+        self.lock()?.closed = true;
+        Ok(())
+    }
+}

@@ -18,6 +18,8 @@
 //! Only this folder knows sled.
 
 mod background;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod codec;
 mod command;
 mod compact;

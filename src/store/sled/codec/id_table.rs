@@ -1,0 +1,123 @@
+//! The id index's tables (see `id_index`): each names its streams once,
+//! then lists (id, stream index, event number) entries of fixed size, so
+//! that a table sorted by id is searched in place.
+
+use uuid::Uuid;
+
+use super::wire::{Reader, put_short};
+use super::{ID_ENTRY, ID_TABLE_V1};
+use crate::store::StoreError;
+
+/// Encodes an id table of `entries` (id, stream, event number), in the
+/// order given.
+pub fn encode_id_table<'s, I>(entries: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = (Uuid, &'s str, u64)>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let entries = entries.into_iter();
+    let mut table = Vec::with_capacity(entries.len() * ID_ENTRY);
+    let mut streams: Vec<&str> = Vec::new();
+    let mut indexes: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    for (id, stream, number) in entries {
+        let index = *indexes.entry(stream).or_insert_with(|| {
+            streams.push(stream);
+            (streams.len() - 1) as u32
+        });
+        table.extend_from_slice(id.as_bytes());
+        table.extend_from_slice(&index.to_be_bytes());
+        table.extend_from_slice(&number.to_be_bytes());
+    }
+    let names: usize = streams.iter().map(|s| 2 + s.len()).sum();
+    let mut out = Vec::with_capacity(9 + names + table.len());
+    out.push(ID_TABLE_V1);
+    out.extend_from_slice(&(streams.len() as u32).to_be_bytes());
+    for stream in streams {
+        put_short(&mut out, stream.as_bytes());
+    }
+    out.extend_from_slice(&((table.len() / ID_ENTRY) as u32).to_be_bytes());
+    out.extend_from_slice(&table);
+    out
+}
+
+/// A decoded view of an id table.
+#[derive(Debug)]
+pub struct IdTable<'a> {
+    streams: Vec<&'a str>,
+    entries: &'a [u8],
+}
+
+pub fn decode_id_table(value: &[u8]) -> Result<IdTable<'_>, StoreError> {
+    let mut reader = Reader::new(value);
+    let version = reader.u8()?;
+    if version != ID_TABLE_V1 {
+        return Err(StoreError::Corrupt(format!("unknown id table version {version}")));
+    }
+    let stream_count = reader.u32()? as usize;
+    let mut streams = Vec::with_capacity(stream_count.min(value.len() / 2));
+    for _ in 0..stream_count {
+        streams.push(reader.short_str()?);
+    }
+    let count = reader.u32()? as usize;
+    let entries = reader.take(count.checked_mul(ID_ENTRY).ok_or_else(|| reader.short())?)?;
+    Ok(IdTable { streams, entries })
+}
+
+impl<'a> IdTable<'a> {
+    pub fn len(&self) -> usize {
+        self.entries.len() / ID_ENTRY
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn id(&self, index: usize) -> Uuid {
+        let at = index * ID_ENTRY;
+        Uuid::from_slice(&self.entries[at..at + 16]).unwrap_or_default()
+    }
+
+    /// The table's streams, each once, in the order entries refer to them.
+    pub fn streams(&self) -> &[&'a str] {
+        &self.streams
+    }
+
+    /// Entry `index`: its id, the place of its stream in [`Self::streams`],
+    /// and its event number.
+    pub fn entry(&self, index: usize) -> Result<(Uuid, usize, u64), StoreError> {
+        let entry = &self.entries[index * ID_ENTRY..(index + 1) * ID_ENTRY];
+        let stream = u32::from_be_bytes(entry[16..20].try_into().unwrap_or_default()) as usize;
+        if stream >= self.streams.len() {
+            return Err(StoreError::Corrupt("an id table entry names a stream it lacks".into()));
+        }
+        let number = u64::from_be_bytes(entry[20..28].try_into().unwrap_or_default());
+        Ok((self.id(index), stream, number))
+    }
+
+    /// Entry `index`: its id, stream and event number.
+    pub fn get(&self, index: usize) -> Result<(Uuid, &'a str, u64), StoreError> {
+        let (id, stream, number) = self.entry(index)?;
+        Ok((id, self.streams[stream], number))
+    }
+
+    /// The stream and number of `id`, in a table sorted by id.
+    pub fn find(&self, id: &Uuid) -> Result<Option<(&'a str, u64)>, StoreError> {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            match self.id(middle).cmp(id) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => {
+                    let (_, stream, number) = self.get(middle)?;
+                    return Ok(Some((stream, number)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        (0..self.len()).map(|index| self.id(index))
+    }
+}

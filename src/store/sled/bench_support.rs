@@ -42,12 +42,12 @@ impl IdLookup {
                 commit.iter().map(|&(id, stream, number)| (id, (Arc::from(stream), number))).collect();
             let mut batch = sled::Batch::default();
             index.stage(&db, commit_seq, &owners, &mut batch)?;
-            db.apply_batch(batch)?;
+            apply(&db, batch)?;
         }
         while index.has_upkeep() {
             let mut batch = sled::Batch::default();
             index.upkeep(&db, &mut batch)?;
-            db.apply_batch(batch)?;
+            apply(&db, batch)?;
         }
         let filter = Arc::new(IdFilter::new(count));
         let index = IdIndex::open(&db, Arc::clone(&filter))?;
@@ -73,4 +73,17 @@ impl IdLookup {
     pub fn read_one_key(&self) -> Result<usize, StoreError> {
         Ok(self.db.get(keys::counter(keys::ID_INDEX))?.map_or(0, |value| value.len()))
     }
+}
+
+/// Applies a batch and flushes it, as the writer does in its default
+/// durability mode. Flushing matters here: applied as fast as a loop can,
+/// unflushed, the batches pile log writes onto sled's I/O threads, and
+/// sled 0.34 can then deadlock when the log file shrinks (its segment
+/// accountant waits for a truncation queued behind writes that wait for
+/// the accountant; fixed after 0.34 by sled PR 1269). Unflushed, a build
+/// hung about one run in two.
+fn apply(db: &sled::Db, batch: sled::Batch) -> Result<(), StoreError> {
+    db.apply_batch(batch)?;
+    db.flush()?;
+    Ok(())
 }

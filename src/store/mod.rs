@@ -27,6 +27,7 @@
 //!   same stream returns the original location (idempotent retry).
 
 pub mod links;
+#[cfg(feature = "test-support")]
 pub mod memory;
 pub mod metadata;
 pub mod model;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+#[cfg(feature = "test-support")]
 use self::projections::Projections;
 pub use model::*;
 pub use notify::{AppendWatch, Head, Notifier, StreamWatch};
@@ -50,7 +52,9 @@ pub use notify::{AppendWatch, Head, Notifier, StreamWatch};
 pub enum StoreConfig {
     /// The embedded store in a data directory.
     Sled(self::sled::SledStoreOptions),
-    /// The reference store in memory, for tests: nothing is durable.
+    /// The reference store in memory, for tests: nothing is durable
+    /// (with the `test-support` feature, which tests turn on).
+    #[cfg(feature = "test-support")]
     Memory {
         /// The system projections maintained (all of them by default).
         projections: Projections,
@@ -67,6 +71,7 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
                 .map_err(|e| StoreError::Io(format!("store open panicked: {e}")))??;
             Ok(Arc::new(store))
         }
+        #[cfg(feature = "test-support")]
         StoreConfig::Memory { projections } => Ok(Arc::new(memory::MemoryStore::new(*projections))),
     }
 }

@@ -18,6 +18,7 @@
 //! Only this folder knows sled.
 
 mod background;
+#[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub mod bench_support;
 pub mod codec;

@@ -3,14 +3,10 @@
 //! clients' quirks, what category and `$all` sources deliver, long-polling,
 //! and idle groups and waiting consumers costing no CPU.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::subscriptions::{Api, COMPETING_JSON, COMPETING_XML, ids, messages_of};
-use common::{ATOM_JSON, BinaryServer, TestServer, header, link, reason};
+use crate::common::subscriptions::{Api, COMPETING_JSON, COMPETING_XML, ids, messages_of};
+use crate::common::{ATOM_JSON, BinaryServer, TestServer, header, link, reason};
 use serde_json::{Value, json};
 
 // ---- the messages feed ----

@@ -4,12 +4,8 @@
 //! checkpoints across a restart of the real binary, and the listings and
 //! `info` statistics.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::subscriptions::Api;
-use common::{BinaryServer, TestServer, header, reason};
+use crate::common::subscriptions::Api;
+use crate::common::{BinaryServer, TestServer, header, reason};
 use serde_json::{Value, json};
 
 // ---- managing groups ----

@@ -2,15 +2,11 @@
 //! `DispatchToSingle` strategies, `maxSubscriberCount`, and consumers
 //! without an `ES-Consumer` header.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::subscriptions::{Api, COMPETING_JSON};
-use common::{TestServer, event, header, reason};
+use crate::common::subscriptions::{Api, COMPETING_JSON};
+use crate::common::{TestServer, event, header, reason};
 use serde_json::json;
 
 // ---- strategies and consumers ----

@@ -3,17 +3,13 @@
 //! message timeout, parking and replay, and crash recovery of the real
 //! binary (delivery resumes at the checkpoint).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::subscriptions::{Api, COMPETING_JSON, Message, messages_of};
-use common::{BinaryServer, TestServer, link, reason};
+use crate::common::subscriptions::{Api, COMPETING_JSON, Message, messages_of};
+use crate::common::{BinaryServer, TestServer, link, reason};
 use serde_json::{Value, json};
 
 // ---- acknowledgements ----

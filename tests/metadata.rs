@@ -186,21 +186,8 @@ async fn metadata_writes_reads_and_its_feed() {
         .unwrap();
     assert_eq!(response.status(), 201);
     assert_eq!(response.headers()["location"], server.url("/streams/meta/metadata/1").as_str());
-    // Any other event type is refused.
-    let wrong = json!([{"eventId": uuid::Uuid::new_v4().to_string(), "eventType": "Other", "data": {}}]);
-    let response = server
-        .client
-        .post(server.url("/streams/meta/metadata"))
-        .header("content-type", EVENTS_JSON)
-        .body(wrong.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    assert_eq!(
-        response.text().await.unwrap().lines().next().unwrap(),
-        "Bad Request. You should not include an event type for metadata."
-    );
+    // An ES-EventType header other than $metadata is refused (v5); an
+    // events array keeps its own types (see the test below).
     let response = server
         .client
         .post(server.url("/streams/meta/metadata"))
@@ -211,6 +198,10 @@ async fn metadata_writes_reads_and_its_feed() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.text().await.unwrap().lines().next().unwrap(),
+        "Bad Request. You should not include an event type for metadata."
+    );
 
     let latest: Value = server.get("/streams/meta/metadata", "application/json").await.json().await.unwrap();
     assert_eq!(latest, json!({"$maxCount": 60}));
@@ -323,4 +314,55 @@ async fn ids_of_deleted_events_stay_spent() {
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["location"], server.url("/streams/spent/0").as_str());
     assert_eq!(status(&server, "/streams/spent").await, 404, "the stream stays deleted");
+}
+
+/// v5: `POST /streams/{s}/metadata` with an events array keeps each
+/// event's `eventType`, and the last event of `$${s}` is the stream's
+/// metadata whatever its type. Clients that set ACLs post
+/// `{"eventType": "settings", "data": {"$acl": ...}}` and expect it to take
+/// effect: here a `$maxCount` hides old events and a read ACL makes the
+/// stream's pages private.
+#[tokio::test]
+async fn a_metadata_events_array_keeps_its_event_type_and_takes_effect() {
+    let server = TestServer::start().await;
+    server.append_n("settings-typed", 5).await;
+    let settings = json!([{
+        "eventId": uuid::Uuid::new_v4().to_string(),
+        "eventType": "settings",
+        "data": {"$maxCount": 2, "$acl": {"$r": "$admins"}}
+    }]);
+    let response = server
+        .client
+        .post(server.url("/streams/settings-typed/metadata"))
+        .header("content-type", EVENTS_JSON)
+        .body(settings.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["location"], server.url("/streams/settings-typed/metadata/0").as_str());
+
+    let document: Value =
+        server.get("/streams/settings-typed/metadata", "application/json").await.json().await.unwrap();
+    assert_eq!(document, json!({"$maxCount": 2, "$acl": {"$r": "$admins"}}));
+    let entry: Value = server.get("/streams/settings-typed/metadata", ATOM_JSON).await.json().await.unwrap();
+    assert_eq!(entry["content"]["eventType"], "settings", "the event keeps the type it was posted with");
+    assert_eq!(visible(&server, "settings-typed").await, vec![3, 4], "$maxCount took effect");
+    let response = server.get("/streams/settings-typed", ATOM_JSON).await;
+    let cache_control = response.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert!(cache_control.ends_with(", private"), "the $acl took effect: {cache_control}");
+
+    // Still validated: a bad value in an array of any type is a 400 that
+    // names the key, and changes nothing.
+    let bad = json!([{"eventId": uuid::Uuid::new_v4().to_string(), "eventType": "settings", "data": {"$maxCount": 0}}]);
+    let response = server
+        .client
+        .post(server.url("/streams/settings-typed/metadata"))
+        .header("content-type", EVENTS_JSON)
+        .body(bad.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(visible(&server, "settings-typed").await, vec![3, 4]);
 }

@@ -84,8 +84,12 @@ async fn read_metadata(
 }
 
 /// `POST /streams/{s}/metadata`: the raw JSON object (id from `ES-EventId`,
-/// or generated — v5 would answer 400) or an events array of `$metadata`
-/// events. Validated before it is written: a 400 names the bad key.
+/// or generated — v5 would answer 400) or an events array. As in v5, only
+/// an `ES-EventType` header other than `$metadata` is refused: the events
+/// of an array keep the types they carry (clients that set ACLs post
+/// `"eventType": "settings"`), and the last event of `$${s}`, whatever its
+/// type, is the stream's metadata. Validated before it is written: a 400
+/// names the bad key.
 async fn write_metadata(
     State(state): State<AppState>,
     RequestUrls(urls): RequestUrls,
@@ -114,13 +118,7 @@ async fn write_metadata(
                 metadata: Bytes::new(),
             }]
         }
-        Some(EVENTS_JSON) => {
-            let events = parse_events(EventsFormat::Json, &bytes)?;
-            if events.iter().any(|event| event.event_type != METADATA_EVENT_TYPE) {
-                return Err(wrong_type());
-            }
-            events
-        }
+        Some(EVENTS_JSON) => parse_events(EventsFormat::Json, &bytes)?,
         _ => return Err(HttpError::unsupported_media_type(&[JSON, EVENTS_JSON])),
     };
     for event in &events {

@@ -15,10 +15,6 @@
 //! What it does not promise: durability. Nothing survives the process,
 //! whatever a [`Durability`](super::Durability) mode says. Nor is it built
 //! for size or speed: every read copies what it returns under the lock.
-//!
-//! It is longer than most files here on purpose: its value is that the
-//! whole contract (appends, retries, deletes, metadata, links, retention,
-//! `$all`, scavenge, wake-ups) can be read top to bottom in one place.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +25,7 @@ use uuid::Uuid;
 use super::links::link_event;
 use super::projections::Projections;
 use super::retention::{self, now_micros};
+use super::rules;
 use super::{
     AllRead, AllSlice, Append, AppendOutcome, Direction, ExpectedVersion, Head, Notifier, ReadEvent,
     RecordedEvent, ScavengeReport, ScavengeStarted, ScavengeStatus, Store, StoreError, StreamRead,
@@ -165,27 +162,16 @@ impl Data {
         append: &Append,
         touched: &mut HashSet<String>,
     ) -> Result<AppendOutcome, StoreError> {
-        if append.events.is_empty() {
-            return Err(StoreError::Invalid("the request holds no events".into()));
-        }
-        let mut seen = HashSet::new();
-        for event in &append.events {
-            if !seen.insert(event.id) {
-                return Err(StoreError::Invalid(format!(
-                    "event id {} appears twice in one request",
-                    event.id
-                )));
-            }
-        }
+        rules::check_request(append)?;
         let state = self.state(&append.stream);
         if state.tombstoned {
             return Err(StoreError::StreamDeleted);
         }
-        let current = current_version(&state);
+        let current = rules::current_version(&state);
         if let Some(outcome) = self.retry_outcome(append, current)? {
             return Ok(outcome);
         }
-        check_expected(append.expected, current)?;
+        rules::check_expected(append.expected, current)?;
         // The last event of an append to `$$s` is `s`'s metadata from now on.
         // Only it is checked, as the sled store does: earlier events of the
         // same append are stored as they are.
@@ -257,28 +243,12 @@ impl Data {
     /// same order; an error when only some match, or they belong elsewhere;
     /// `None` when none was written before.
     fn retry_outcome(&self, append: &Append, current: i64) -> Result<Option<AppendOutcome>, StoreError> {
-        let owners: Vec<Option<&(Arc<str>, u64)>> =
-            append.events.iter().map(|event| self.ids.get(&event.id)).collect();
-        if owners.iter().all(Option::is_none) {
-            return Ok(None);
-        }
-        let Some(Some((_, first_number))) = owners.first() else {
-            return Err(partial_match(append, current, &owners));
-        };
-        let is_same_run = owners.iter().enumerate().all(|(i, owner)| {
-            owner.is_some_and(|(stream, number)| {
-                **stream == *append.stream && *number == first_number + i as u64
-            })
-        });
-        if !is_same_run {
-            return Err(partial_match(append, current, &owners));
-        }
-        Ok(Some(AppendOutcome {
-            first_number: *first_number,
-            last_number: first_number + owners.len() as u64 - 1,
-            position: None,
-            idempotent: true,
-        }))
+        let owners: Vec<Option<(&str, u64)>> = append
+            .events
+            .iter()
+            .map(|event| self.ids.get(&event.id).map(|(stream, number)| (&**stream, *number)))
+            .collect();
+        rules::retry_outcome(append, current, &owners)
     }
 
     fn delete(&mut self, stream: &str, expected: ExpectedVersion, hard: bool) -> Result<(), StoreError> {
@@ -286,8 +256,8 @@ impl Data {
         if state.tombstoned {
             return Err(StoreError::StreamDeleted);
         }
-        let current = current_version(&state);
-        check_expected(expected, current)?;
+        let current = rules::current_version(&state);
+        rules::check_expected(expected, current)?;
         if hard {
             // A tombstone may be placed on a stream that never existed, so
             // that its name can never be used.
@@ -327,12 +297,7 @@ impl Data {
         let Some(last) = stream.state.last_number() else {
             return Ok(StreamSlice { view, events: Vec::new() });
         };
-        let count = read.count.max(1);
-        let from = read.from.unwrap_or(last);
-        let (low, high) = match read.direction {
-            Direction::Forward => (from, from.saturating_add(count - 1)),
-            Direction::Backward => (from.saturating_sub(count - 1), from),
-        };
+        let (low, high) = rules::read_range(read, last);
         let mut events = Vec::new();
         for number in low.max(view.first_visible)..=high.min(last) {
             if let Some(entry) = stream.entry(number) {
@@ -506,45 +471,6 @@ impl Visibility {
         self.0.insert(stream.to_owned(), first);
         Ok(first)
     }
-}
-
-/// The version an expected-version check compares against: the last event
-/// number, or -1 when the stream does not exist (never written or deleted).
-fn current_version(state: &StreamState) -> i64 {
-    match state.last_number() {
-        Some(last) if state.exists() => i64::try_from(last).unwrap_or(i64::MAX),
-        _ => -1,
-    }
-}
-
-/// Checks `ES-ExpectedVersion` against the stream's current version.
-fn check_expected(expected: ExpectedVersion, current: i64) -> Result<(), StoreError> {
-    let matches = match expected {
-        ExpectedVersion::Any => true,
-        ExpectedVersion::NoStream => current == -1,
-        ExpectedVersion::StreamExists => current >= 0,
-        ExpectedVersion::Exact(n) => i64::try_from(n).is_ok_and(|n| n == current),
-    };
-    if matches {
-        return Ok(());
-    }
-    Err(StoreError::WrongExpectedVersion {
-        current,
-        detail: format!("Expected version {expected}, but the stream is at {current}."),
-    })
-}
-
-fn partial_match(append: &Append, current: i64, owners: &[Option<&(Arc<str>, u64)>]) -> StoreError {
-    let taken =
-        append.events.iter().zip(owners).find_map(|(event, owner)| owner.map(|(s, n)| (event.id, s, n)));
-    let detail = match taken {
-        Some((id, stream, number)) => format!(
-            "event id {id} was already written as event {number} of stream '{stream}', \
-             and the request does not repeat that write exactly"
-        ),
-        None => "the request's event ids only partly match an earlier write".into(),
-    };
-    StoreError::WrongExpectedVersion { current, detail }
 }
 
 #[async_trait]

@@ -4,7 +4,8 @@
 //! Everything above this module talks to the [`Store`] trait, opened by
 //! [`open`], so another backend satisfies the same contract without
 //! touching a handler. The values that cross the seam are in [`model`]; the
-//! rules every backend shares are here too: retention ([`retention`]),
+//! rules every backend shares are here too: the rules of a write
+//! ([`rules`]), retention ([`retention`]),
 //! metadata ([`metadata`]), the system projections ([`projections`]) and
 //! how their links read ([`links`]), and the wake-ups ([`notify`]).
 //! Backends:
@@ -34,6 +35,7 @@ pub mod model;
 pub mod notify;
 pub mod projections;
 pub mod retention;
+pub mod rules;
 pub mod sled;
 
 use std::fmt;

@@ -12,6 +12,7 @@ use super::entries::{
 };
 use crate::store::links::link_event;
 use crate::store::retention::now_micros;
+use crate::store::rules;
 use crate::store::{
     AllRead, AllSlice, Direction, ReadEvent, RecordedEvent, StoreError, StreamRead, StreamSlice, StreamState,
     StreamView,
@@ -164,12 +165,7 @@ impl ReadContext {
         let Some(last) = state.last_number() else {
             return Ok(StreamSlice { view, events: Vec::new() });
         };
-        let count = read.count.max(1);
-        let from = read.from.unwrap_or(last);
-        let (low, high) = match read.direction {
-            Direction::Forward => (from, from.saturating_add(count - 1)),
-            Direction::Backward => (from.saturating_sub(count - 1), from),
-        };
+        let (low, high) = rules::read_range(read, last);
         let (low, high) = (low.max(view.first_visible), high.min(last));
         let events = if low > high {
             Vec::new()

@@ -16,6 +16,7 @@ use super::entries::{LogSpan, load_state};
 use super::id_index::{IdIndex, Owner};
 use super::keys;
 use crate::store::projections::{Projection, Projections};
+use crate::store::rules;
 use crate::store::{
     Append, AppendOutcome, ExpectedVersion, StoreError, StreamSettings, StreamState, metadata,
 };
@@ -171,30 +172,19 @@ impl<'a> Staging<'a> {
     /// through the batch's overlay. Stages nothing, so whatever fails here
     /// (a rule, a read, a decode) leaves the batch as it was.
     fn plan_append(&self, append: &Append) -> Result<Planned, StoreError> {
-        if append.events.is_empty() {
-            return Err(StoreError::Invalid("the request holds no events".into()));
-        }
-        let mut seen = HashSet::with_capacity(append.events.len());
-        for event in &append.events {
-            if !seen.insert(event.id) {
-                return Err(StoreError::Invalid(format!(
-                    "event id {} appears twice in one request",
-                    event.id
-                )));
-            }
-        }
+        rules::check_request(append)?;
 
         let state = self.state(&append.stream)?;
         if state.tombstoned {
             return Err(StoreError::StreamDeleted);
         }
-        let current = current_version(&state);
+        let current = rules::current_version(&state);
 
         if let Some(outcome) = self.retry_outcome(append, current)? {
             return Ok(Planned::Retry(outcome));
         }
 
-        check_expected(append.expected, current)?;
+        rules::check_expected(append.expected, current)?;
 
         let described = match (metadata::described_stream(&append.stream), append.events.last()) {
             (Some(described), Some(event)) => {
@@ -302,26 +292,11 @@ impl<'a> Staging<'a> {
         for event in &append.events {
             owners.push(self.id_owner(&event.id)?);
         }
-        if owners.iter().all(Option::is_none) {
-            return Ok(None);
-        }
-        let Some(Some((_, first_number))) = owners.first() else {
-            return Err(partial_match(append, current, &owners));
-        };
-        let is_same_run = owners.iter().enumerate().all(|(i, owner)| {
-            owner.as_ref().is_some_and(|(stream, number)| {
-                *stream == append.stream && *number == first_number + i as u64
-            })
-        });
-        if !is_same_run {
-            return Err(partial_match(append, current, &owners));
-        }
-        Ok(Some(AppendOutcome {
-            first_number: *first_number,
-            last_number: first_number + owners.len() as u64 - 1,
-            position: None,
-            idempotent: true,
-        }))
+        let owners: Vec<Option<(&str, u64)>> = owners
+            .iter()
+            .map(|owner| owner.as_ref().map(|(stream, number)| (stream.as_str(), *number)))
+            .collect();
+        rules::retry_outcome(append, current, &owners)
     }
 
     /// Adds event `number`'s record to `stream`. The records a batch adds
@@ -407,8 +382,8 @@ impl<'a> Staging<'a> {
         if state.tombstoned {
             return Err(StoreError::StreamDeleted);
         }
-        let current = current_version(&state);
-        check_expected(expected, current)?;
+        let current = rules::current_version(&state);
+        rules::check_expected(expected, current)?;
         if hard {
             // A tombstone may be placed on a stream that never existed, so
             // that its name can never be used (as v5 allows).
@@ -522,48 +497,6 @@ pub(crate) struct LinkTarget<'a> {
     pub created_micros: i64,
     pub number: u64,
     pub stream: &'a str,
-}
-
-/// The version an expected-version check compares against: the last event
-/// number, or -1 when the stream does not exist (never written or deleted).
-fn current_version(state: &StreamState) -> i64 {
-    match state.last_number() {
-        Some(last) if state.exists() => i64::try_from(last).unwrap_or(i64::MAX),
-        _ => -1,
-    }
-}
-
-/// Checks `ES-ExpectedVersion` against the stream's current version.
-fn check_expected(expected: ExpectedVersion, current: i64) -> Result<(), StoreError> {
-    let matches = match expected {
-        ExpectedVersion::Any => true,
-        ExpectedVersion::NoStream => current == -1,
-        ExpectedVersion::StreamExists => current >= 0,
-        ExpectedVersion::Exact(n) => i64::try_from(n).is_ok_and(|n| n == current),
-    };
-    if matches {
-        return Ok(());
-    }
-    Err(StoreError::WrongExpectedVersion {
-        current,
-        detail: format!("Expected version {expected}, but the stream is at {current}."),
-    })
-}
-
-fn partial_match(append: &Append, current: i64, owners: &[Option<(String, u64)>]) -> StoreError {
-    let taken = append
-        .events
-        .iter()
-        .zip(owners)
-        .find_map(|(event, owner)| owner.as_ref().map(|(s, n)| (event.id, s, n)));
-    let detail = match taken {
-        Some((id, stream, number)) => format!(
-            "event id {id} was already written as event {number} of stream '{stream}', \
-             and the request does not repeat that write exactly"
-        ),
-        None => "the request's event ids only partly match an earlier write".into(),
-    };
-    StoreError::WrongExpectedVersion { current, detail }
 }
 
 #[cfg(test)]

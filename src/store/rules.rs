@@ -1,0 +1,178 @@
+//! The rules of a write that every backend applies the same way, so they
+//! are written once: what makes a request well-formed, what an
+//! `ES-ExpectedVersion` compares against, when repeated event ids are an
+//! idempotent retry, and which numbers a range read covers. Each backend
+//! gathers the facts (a stream's state, who owns each id) its own way and
+//! asks these functions.
+
+use std::collections::HashSet;
+
+use super::{Append, AppendOutcome, Direction, ExpectedVersion, StoreError, StreamRead, StreamState};
+
+/// Refuses an append that no state could accept: one without events, or
+/// one that names an event id twice.
+pub fn check_request(append: &Append) -> Result<(), StoreError> {
+    if append.events.is_empty() {
+        return Err(StoreError::Invalid("the request holds no events".into()));
+    }
+    let mut seen = HashSet::with_capacity(append.events.len());
+    for event in &append.events {
+        if !seen.insert(event.id) {
+            return Err(StoreError::Invalid(format!("event id {} appears twice in one request", event.id)));
+        }
+    }
+    Ok(())
+}
+
+/// The version an expected-version check compares against: the last event
+/// number, or -1 when the stream does not exist (never written or deleted).
+pub fn current_version(state: &StreamState) -> i64 {
+    match state.last_number() {
+        Some(last) if state.exists() => i64::try_from(last).unwrap_or(i64::MAX),
+        _ => -1,
+    }
+}
+
+/// Checks `ES-ExpectedVersion` against the stream's current version.
+pub fn check_expected(expected: ExpectedVersion, current: i64) -> Result<(), StoreError> {
+    let matches = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => current == -1,
+        ExpectedVersion::StreamExists => current >= 0,
+        ExpectedVersion::Exact(n) => i64::try_from(n).is_ok_and(|n| n == current),
+    };
+    if matches {
+        return Ok(());
+    }
+    Err(StoreError::WrongExpectedVersion {
+        current,
+        detail: format!("Expected version {expected}, but the stream is at {current}."),
+    })
+}
+
+/// Whether `append` repeats an earlier write, given the stream and number
+/// each of its ids was written as (`owners`, in the request's order;
+/// `None` for an id never written). The original outcome when every id was
+/// written to this stream as one consecutive run in the same order; an
+/// error when only some match, or they belong elsewhere; `None` when none
+/// was written before.
+pub fn retry_outcome(
+    append: &Append,
+    current: i64,
+    owners: &[Option<(&str, u64)>],
+) -> Result<Option<AppendOutcome>, StoreError> {
+    if owners.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let Some(Some((_, first_number))) = owners.first() else {
+        return Err(partial_match(append, current, owners));
+    };
+    let is_same_run = owners.iter().enumerate().all(|(i, owner)| {
+        owner.is_some_and(|(stream, number)| stream == append.stream && number == first_number + i as u64)
+    });
+    if !is_same_run {
+        return Err(partial_match(append, current, owners));
+    }
+    Ok(Some(AppendOutcome {
+        first_number: *first_number,
+        last_number: first_number + owners.len() as u64 - 1,
+        position: None,
+        idempotent: true,
+    }))
+}
+
+fn partial_match(append: &Append, current: i64, owners: &[Option<(&str, u64)>]) -> StoreError {
+    let taken =
+        append.events.iter().zip(owners).find_map(|(event, owner)| owner.map(|(s, n)| (event.id, s, n)));
+    let detail = match taken {
+        Some((id, stream, number)) => format!(
+            "event id {id} was already written as event {number} of stream '{stream}', \
+             and the request does not repeat that write exactly"
+        ),
+        None => "the request's event ids only partly match an earlier write".into(),
+    };
+    StoreError::WrongExpectedVersion { current, detail }
+}
+
+/// The numbers a range read covers in a stream whose last event is `last`,
+/// before retention: `from` (the head when `None`) and up to `count - 1`
+/// more in the read's direction. The caller clips it to what is visible.
+pub fn read_range(read: &StreamRead, last: u64) -> (u64, u64) {
+    let count = read.count.max(1);
+    let from = read.from.unwrap_or(last);
+    match read.direction {
+        Direction::Forward => (from, from.saturating_add(count - 1)),
+        Direction::Backward => (from.saturating_sub(count - 1), from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::store::ProposedEvent;
+
+    fn append(stream: &str, count: usize) -> Append {
+        let event = || ProposedEvent {
+            id: Uuid::new_v4(),
+            event_type: "Happened".into(),
+            is_json: true,
+            data: Bytes::from_static(b"{}"),
+            metadata_is_json: false,
+            metadata: Bytes::new(),
+        };
+        Append {
+            stream: stream.into(),
+            expected: ExpectedVersion::Any,
+            events: (0..count).map(|_| event()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_retry_is_the_same_ids_as_one_run_of_this_stream() {
+        let request = append("s", 2);
+        assert_eq!(retry_outcome(&request, 5, &[None, None]), Ok(None));
+        let outcome = retry_outcome(&request, 5, &[Some(("s", 3)), Some(("s", 4))]).unwrap().unwrap();
+        assert_eq!((outcome.first_number, outcome.last_number, outcome.idempotent), (3, 4, true));
+        for owners in [
+            [Some(("s", 3)), None],
+            [None, Some(("s", 4))],
+            [Some(("s", 3)), Some(("s", 5))],
+            [Some(("other", 3)), Some(("other", 4))],
+        ] {
+            let refused = retry_outcome(&request, 5, &owners);
+            assert!(
+                matches!(refused, Err(StoreError::WrongExpectedVersion { current: 5, .. })),
+                "{owners:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn read_ranges_go_from_the_start_in_the_direction_asked() {
+        let read = |from, direction, count| StreamRead {
+            stream: "s".into(),
+            from,
+            direction,
+            count,
+            resolve_links: false,
+        };
+        assert_eq!(read_range(&read(Some(10), Direction::Forward, 20), 99), (10, 29));
+        assert_eq!(read_range(&read(Some(10), Direction::Backward, 20), 99), (0, 10));
+        assert_eq!(read_range(&read(None, Direction::Backward, 20), 99), (80, 99));
+        assert_eq!(read_range(&read(Some(3), Direction::Forward, 0), 99), (3, 3), "a count of 0 reads one");
+    }
+
+    #[test]
+    fn expected_versions_compare_with_the_last_number_or_minus_one() {
+        let written = StreamState { next_number: 3, ..StreamState::default() };
+        let deleted = StreamState { soft_deleted: true, ..written.clone() };
+        assert_eq!((current_version(&written), current_version(&deleted)), (2, -1));
+        assert!(check_expected(ExpectedVersion::Exact(2), 2).is_ok());
+        assert!(check_expected(ExpectedVersion::NoStream, -1).is_ok());
+        assert!(check_expected(ExpectedVersion::StreamExists, -1).is_err());
+        assert!(check_request(&append("s", 0)).is_err());
+    }
+}

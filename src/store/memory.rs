@@ -524,23 +524,11 @@ impl Store for MemoryStore {
     async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {
         let mut data = self.lock()?;
         let id = Uuid::new_v4();
-        let mut report = ScavengeReport {
-            scavenge_id: id,
-            // As the sled store does: a scavenge asked of a closed store
-            // starts, removes nothing and is recorded as interrupted.
-            status: if data.closed { ScavengeStatus::Interrupted } else { ScavengeStatus::Completed },
-            started_micros: now_micros(),
-            finished_micros: None,
-            streams_scanned: 0,
-            events_removed: 0,
-            links_removed: 0,
-            // Here: the events and links kept.
-            keys_copied: 0,
-            // Nothing is on disk.
-            bytes_before: 0,
-            bytes_after: Some(0),
-            error: None,
-        };
+        // Nothing is on disk; `keys_copied` counts the events and links kept.
+        let mut report = ScavengeReport { bytes_after: Some(0), ..ScavengeReport::starting(id, 0) };
+        // As the sled store does: a scavenge asked of a closed store starts,
+        // removes nothing and is recorded as interrupted.
+        report.status = if data.closed { ScavengeStatus::Interrupted } else { ScavengeStatus::Completed };
         let scavenged = if data.closed { Ok(()) } else { data.scavenge(&mut report) };
         if let Err(error) = scavenged {
             report.status = ScavengeStatus::Failed;

@@ -343,6 +343,26 @@ pub struct ScavengeReport {
     pub error: Option<String>,
 }
 
+impl ScavengeReport {
+    /// The report of a scavenge that starts now, on a store of
+    /// `bytes_before` bytes: running, nothing done yet.
+    pub fn starting(scavenge_id: Uuid, bytes_before: u64) -> Self {
+        Self {
+            scavenge_id,
+            status: ScavengeStatus::Running,
+            started_micros: super::retention::now_micros(),
+            finished_micros: None,
+            streams_scanned: 0,
+            events_removed: 0,
+            links_removed: 0,
+            keys_copied: 0,
+            bytes_before,
+            bytes_after: None,
+            error: None,
+        }
+    }
+}
+
 /// What asking for a scavenge did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScavengeStarted {

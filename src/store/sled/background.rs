@@ -214,19 +214,7 @@ impl Scavenger {
             return Ok(ScavengeStarted::AlreadyRunning(report.scavenge_id));
         }
         let id = Uuid::new_v4();
-        let report = ScavengeReport {
-            scavenge_id: id,
-            status: ScavengeStatus::Running,
-            started_micros: now_micros(),
-            finished_micros: None,
-            streams_scanned: 0,
-            events_removed: 0,
-            links_removed: 0,
-            keys_copied: 0,
-            bytes_before: directory_bytes(&self.path),
-            bytes_after: None,
-            error: None,
-        };
+        let report = ScavengeReport::starting(id, directory_bytes(&self.path));
         self.save(&report)?;
         *running = Some(report.clone());
         drop(running);

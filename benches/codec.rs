@@ -117,11 +117,9 @@ fn id_table_chunk(c: &mut Criterion) {
         .collect();
     entries.sort_unstable_by_key(|entry| entry.0);
     let value = codec::encode_id_table(entries.iter().copied());
-    let wanted = entries[77].0;
-    let find = |value: &[u8]| {
-        codec::decode_id_table(value)
-            .and_then(|table| table.find(&wanted).map(|found| found.map(|(_, number)| number)))
-    };
+    let (wanted, stream, _) = entries[77];
+    let find =
+        |value: &[u8]| codec::decode_id_table(value).and_then(|table| table.number_in(&wanted, stream));
     assert!(matches!(find(&value), Ok(Some(7))));
     let mut group = c.benchmark_group("codec/id_table_chunk_128");
     group.throughput(Throughput::Bytes(value.len() as u64));

@@ -3,9 +3,9 @@
 //! in a sled database in a temporary directory, built as the writer builds
 //! it and reopened as after a restart.
 //!
-//! - `owner/hit`: an id the store holds (a retry), found in the index's
-//!   runs or its in-memory segments, wherever it landed;
-//! - `owner/miss`: a fresh id, which the filter turns away from memory;
+//! - `number_in/hit`: an id the stream holds (a retry), found in the
+//!   index's runs or its in-memory segments, wherever it landed;
+//! - `number_in/miss`: a fresh id, which the filter turns away from memory;
 //! - `may_hold_any/20_fresh`: what the writer asks first for an append of
 //!   20 new events.
 //!
@@ -67,23 +67,24 @@ fn lookups(c: &mut Criterion) {
         Err(error) => panic!("the index builds: {error}"),
     };
     let fresh = random_ids(2, 4_096);
-    assert!(ids.iter().step_by(997).all(|id| matches!(index.owner(id), Ok(Some(_)))));
-    assert!(fresh.iter().take(100).all(|id| matches!(index.owner(id), Ok(None))));
+    let stream_of = |at: usize| streams[at / PER_APPEND].as_str();
+    assert!((0..IDS).step_by(997).all(|at| matches!(index.number_in(&ids[at], stream_of(at)), Ok(Some(_)))));
+    assert!(fresh.iter().take(100).all(|id| matches!(index.number_in(id, "order-0"), Ok(None))));
     let in_memory: HashMap<Uuid, (&str, u64)> =
         owners.iter().map(|&(id, stream, number)| (id, (stream, number))).collect();
 
     let mut group = c.benchmark_group("id_index/100k");
     let mut at = 0;
-    group.bench_function("owner/hit", |b| {
+    group.bench_function("number_in/hit", |b| {
         b.iter(|| {
             at = (at + STRIDE) % IDS;
-            index.owner(black_box(&ids[at]))
+            index.number_in(black_box(&ids[at]), stream_of(at))
         })
     });
-    group.bench_function("owner/miss", |b| {
+    group.bench_function("number_in/miss", |b| {
         b.iter(|| {
             at = (at + 1) % fresh.len();
-            index.owner(black_box(&fresh[at]))
+            index.number_in(black_box(&fresh[at]), "order-0")
         })
     });
     let appends: Vec<&[Uuid]> = fresh.chunks_exact(PER_APPEND).collect();

@@ -332,8 +332,11 @@ async fn repeated_ids_are_idempotent_and_partial_repeats_are_refused() {
     // The same ids in another order are not the same write either.
     let reordered = json!([batch[1].clone(), batch[0].clone()]);
     assert_eq!(server.post_events("idem", &reordered).await.status(), 400);
-    // An id already used in another stream is refused.
-    assert_eq!(server.post_events("other", &json!([batch[0].clone()])).await.status(), 400);
+    // An id used in another stream is a new event there: ids are unique
+    // per stream, as in v5.
+    let other = server.post_events("other", &json!([batch[0].clone()])).await;
+    assert_eq!(other.status(), 201);
+    assert_eq!(header(&other, "location").unwrap(), server.url("/streams/other/0"));
 
     let head = server.get_json("/streams/idem").await;
     assert_eq!(head["entries"].as_array().unwrap().len(), 6, "nothing was written twice");
@@ -375,11 +378,14 @@ async fn idempotency_survives_a_restart() {
     let old = batches[7][42].clone();
     let partial = json!([old.clone(), event("D", json!({}))]);
     assert_eq!(server.post_events("durable-ids", &partial).await.status(), 400, "a partial match");
+    let elsewhere = server.post_events("elsewhere", &json!([old.clone()])).await;
     assert_eq!(
-        server.post_events("elsewhere", &json!([old])).await.status(),
-        400,
-        "an id used in another stream"
+        header(&elsewhere, "location").unwrap(),
+        server.url("/streams/elsewhere/0"),
+        "a new event there"
     );
+    let retried = server.post_events("elsewhere", &json!([old])).await;
+    assert_eq!(header(&retried, "location").unwrap(), server.url("/streams/elsewhere/0"), "and its retry");
     let head = server.get_json("/streams/durable-ids").await;
     assert_eq!(head["entries"][0]["title"], "2001@durable-ids", "nothing was written twice");
 }

@@ -44,7 +44,7 @@ async fn every_acknowledged_event_survives_kill_9() {
             let client = client();
             let mut acked = Vec::new();
             let mut round = 0;
-            while !stop.load(Ordering::Relaxed) {
+            'load: while !stop.load(Ordering::Relaxed) {
                 // Half the writers share one stream, so batches interleave.
                 let stream =
                     if writer % 2 == 0 { "crash-shared".to_owned() } else { format!("crash-{writer}") };
@@ -54,22 +54,27 @@ async fn every_acknowledged_event_survives_kill_9() {
                     .enumerate()
                     .map(|(i, id)| json!({"eventId": id, "eventType": "Crash", "data": {"writer": writer, "round": round, "i": i}}))
                     .collect();
+                let body = Value::Array(events).to_string();
                 round += 1;
-                let sent = client
-                    .post(format!("{base}/streams/{stream}"))
-                    .header("content-type", EVENTS_JSON)
-                    .body(Value::Array(events).to_string())
-                    .send()
-                    .await;
-                match sent {
-                    Ok(response) if response.status() == 201 => {
-                        let location = response.headers()["location"].to_str().unwrap().to_owned();
-                        let first_number = location.rsplit('/').next().unwrap().parse().unwrap();
-                        acked.push(Acked { stream, first_number, ids });
-                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                // Every batch twice, with the same ids, as one command's
+                // events in two streams: ids are unique per stream.
+                for stream in [stream, format!("crash-mirror-{writer}")] {
+                    let sent = client
+                        .post(format!("{base}/streams/{stream}"))
+                        .header("content-type", EVENTS_JSON)
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) if response.status() == 201 => {
+                            let location = response.headers()["location"].to_str().unwrap().to_owned();
+                            let first_number = location.rsplit('/').next().unwrap().parse().unwrap();
+                            acked.push(Acked { stream, first_number, ids: ids.clone() });
+                            acknowledged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // The server died mid-request: not acknowledged.
+                        _ => break 'load,
                     }
-                    // The server died mid-request: not acknowledged.
-                    _ => break,
                 }
             }
             acked
@@ -95,7 +100,7 @@ async fn every_acknowledged_event_survives_kill_9() {
 
     // Every stream: numbers dense from 0, batches whole, every ack present.
     let streams: HashSet<&str> = acked.iter().map(|a| a.stream.as_str()).collect();
-    let mut found: HashMap<String, (String, u64)> = HashMap::new();
+    let mut found: HashMap<(String, String), u64> = HashMap::new();
     let mut total_events = 0;
     for stream in &streams {
         let events = read_all_events(&client, &server.base, stream).await;
@@ -103,10 +108,8 @@ async fn every_acknowledged_event_survives_kill_9() {
         assert_eq!(events.len() % BATCH, 0, "{stream} holds whole batches only");
         for (expected_number, event) in events.iter().enumerate() {
             assert_eq!(event["eventNumber"], expected_number as u64, "{stream} is dense");
-            found.insert(
-                event["eventId"].as_str().unwrap().to_owned(),
-                (stream.to_string(), expected_number as u64),
-            );
+            let id = event["eventId"].as_str().unwrap().to_owned();
+            assert_eq!(found.insert((id, stream.to_string()), expected_number as u64), None, "once");
         }
         for batch in events.chunks(BATCH) {
             let data: Vec<Value> =
@@ -120,9 +123,10 @@ async fn every_acknowledged_event_survives_kill_9() {
     for batch in &acked {
         for (offset, id) in batch.ids.iter().enumerate() {
             assert_eq!(
-                found.get(id),
-                Some(&(batch.stream.clone(), batch.first_number + offset as u64)),
-                "acknowledged event {id} is where its Location said"
+                found.get(&(id.clone(), batch.stream.clone())),
+                Some(&(batch.first_number + offset as u64)),
+                "acknowledged event {id} of {} is where its Location said",
+                batch.stream
             );
         }
     }
@@ -247,8 +251,9 @@ async fn one_store_per_directory_and_reopening_at_once() {
 
 /// The id index gathers ids in memory and per-commit segments, sorts them
 /// into runs every 8,192 and merges runs eight at a time: a retry is
-/// recognised wherever its ids are by then, after a restart too, and a
-/// partial match or an id spent in another stream is still refused.
+/// recognised wherever its ids are by then, after a restart too, a partial
+/// match is still refused, and the same ids in another stream are new
+/// events there whose retries are recognised in turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
     use eventfeed::store::{
@@ -304,8 +309,14 @@ async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
     partial.push(Uuid::new_v4());
     let refused = store.append(append(stream, &partial)).await.unwrap_err();
     assert!(matches!(refused, StoreError::WrongExpectedVersion { .. }), "{refused}");
-    let elsewhere = store.append(append("another-stream", &written[100].1[..1])).await.unwrap_err();
-    assert!(matches!(elsewhere, StoreError::WrongExpectedVersion { .. }), "{elsewhere}");
+    // Ids from a run, and from a segment, written again to another stream.
+    for (at, (_, ids, _)) in [(100, &written[100]), (159, &written[159])] {
+        let stream = format!("another-stream-{at}");
+        let elsewhere = store.append(append(&stream, &ids[..3])).await.unwrap();
+        assert_eq!((elsewhere.first_number, elsewhere.idempotent), (0, false), "{stream}");
+        let again = store.append(append(&stream, &ids[..3])).await.unwrap();
+        assert_eq!((again.first_number, again.idempotent), (0, true), "{stream}");
+    }
     store.close().await.unwrap();
 }
 

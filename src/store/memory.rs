@@ -54,9 +54,10 @@ struct Data {
     /// The log: by global position, the stream and number of the event
     /// there. `None` once a scavenge removed it.
     log: Vec<Option<(Arc<str>, u64)>>,
-    /// Every event id ever written, with its stream and number: ids are
-    /// spent forever, even after a delete or a scavenge.
-    ids: HashMap<Uuid, (Arc<str>, u64)>,
+    /// Every event id ever written, by stream, with its number there: ids
+    /// are unique per stream, and spent forever, even after a delete or a
+    /// scavenge.
+    ids: HashMap<(Uuid, String), u64>,
     /// The sequence number of the last commit.
     commit_seq: u64,
     /// The creation time of the newest event: times never go backwards
@@ -207,7 +208,7 @@ impl Data {
                 metadata: event.metadata.clone(),
             }));
             self.log.push(Some((Arc::clone(&name), number)));
-            self.ids.insert(event.id, (Arc::clone(&name), number));
+            self.ids.insert((event.id, append.stream.clone()), number);
             let creates_stream = is_new_stream && number == 0;
             for link in
                 projections.links(&append.stream, &event.event_type, creates_stream).into_iter().flatten()
@@ -238,17 +239,15 @@ impl Data {
         Ok(AppendOutcome { first_number, last_number, position: Some(first_position), idempotent: false })
     }
 
-    /// Whether `append` repeats an earlier write: the original outcome when
-    /// every id was written to this stream, as one consecutive run in the
-    /// same order; an error when only some match, or they belong elsewhere;
-    /// `None` when none was written before.
+    /// Whether `append` repeats an earlier write to its stream (see
+    /// [`rules::retry_outcome`]).
     fn retry_outcome(&self, append: &Append, current: i64) -> Result<Option<AppendOutcome>, StoreError> {
-        let owners: Vec<Option<(&str, u64)>> = append
+        let numbers: Vec<Option<u64>> = append
             .events
             .iter()
-            .map(|event| self.ids.get(&event.id).map(|(stream, number)| (&**stream, *number)))
+            .map(|event| self.ids.get(&(event.id, append.stream.clone())).copied())
             .collect();
-        rules::retry_outcome(append, current, &owners)
+        rules::retry_outcome(append, current, &numbers)
     }
 
     fn delete(&mut self, stream: &str, expected: ExpectedVersion, hard: bool) -> Result<(), StoreError> {

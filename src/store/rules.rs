@@ -2,8 +2,8 @@
 //! are written once: what makes a request well-formed, what an
 //! `ES-ExpectedVersion` compares against, when repeated event ids are an
 //! idempotent retry, and which numbers a range read covers. Each backend
-//! gathers the facts (a stream's state, who owns each id) its own way and
-//! asks these functions.
+//! gathers the facts (a stream's state, the number each id has in it) its
+//! own way and asks these functions.
 
 use std::collections::HashSet;
 
@@ -50,44 +50,43 @@ pub fn check_expected(expected: ExpectedVersion, current: i64) -> Result<(), Sto
     })
 }
 
-/// Whether `append` repeats an earlier write, given the stream and number
-/// each of its ids was written as (`owners`, in the request's order;
-/// `None` for an id never written). The original outcome when every id was
-/// written to this stream as one consecutive run in the same order; an
-/// error when only some match, or they belong elsewhere; `None` when none
-/// was written before.
+/// Whether `append` repeats an earlier write to its stream, given the
+/// number each of its ids was written as *in that stream* (`numbers`, in
+/// the request's order; `None` for an id the stream never had). Event ids
+/// are unique per stream, as in EventStore: the same id in another stream
+/// is another event. The original outcome when every id was written to the
+/// stream as one consecutive run in the same order; an error when only some
+/// match; `None` when none was written to it before.
 pub fn retry_outcome(
     append: &Append,
     current: i64,
-    owners: &[Option<(&str, u64)>],
+    numbers: &[Option<u64>],
 ) -> Result<Option<AppendOutcome>, StoreError> {
-    if owners.iter().all(Option::is_none) {
+    if numbers.iter().all(Option::is_none) {
         return Ok(None);
     }
-    let Some(Some((_, first_number))) = owners.first() else {
-        return Err(partial_match(append, current, owners));
+    let Some(Some(first_number)) = numbers.first() else {
+        return Err(partial_match(append, current, numbers));
     };
-    let is_same_run = owners.iter().enumerate().all(|(i, owner)| {
-        owner.is_some_and(|(stream, number)| stream == append.stream && number == first_number + i as u64)
-    });
+    let is_same_run = numbers.iter().enumerate().all(|(i, number)| *number == Some(first_number + i as u64));
     if !is_same_run {
-        return Err(partial_match(append, current, owners));
+        return Err(partial_match(append, current, numbers));
     }
     Ok(Some(AppendOutcome {
         first_number: *first_number,
-        last_number: first_number + owners.len() as u64 - 1,
+        last_number: first_number + numbers.len() as u64 - 1,
         position: None,
         idempotent: true,
     }))
 }
 
-fn partial_match(append: &Append, current: i64, owners: &[Option<(&str, u64)>]) -> StoreError {
-    let taken =
-        append.events.iter().zip(owners).find_map(|(event, owner)| owner.map(|(s, n)| (event.id, s, n)));
+fn partial_match(append: &Append, current: i64, numbers: &[Option<u64>]) -> StoreError {
+    let taken = append.events.iter().zip(numbers).find_map(|(event, number)| number.map(|n| (event.id, n)));
     let detail = match taken {
-        Some((id, stream, number)) => format!(
-            "event id {id} was already written as event {number} of stream '{stream}', \
-             and the request does not repeat that write exactly"
+        Some((id, number)) => format!(
+            "event id {id} was already written as event {number} of stream '{}', \
+             and the request does not repeat that write exactly",
+            append.stream
         ),
         None => "the request's event ids only partly match an earlier write".into(),
     };
@@ -134,18 +133,13 @@ mod tests {
     fn a_retry_is_the_same_ids_as_one_run_of_this_stream() {
         let request = append("s", 2);
         assert_eq!(retry_outcome(&request, 5, &[None, None]), Ok(None));
-        let outcome = retry_outcome(&request, 5, &[Some(("s", 3)), Some(("s", 4))]).unwrap().unwrap();
+        let outcome = retry_outcome(&request, 5, &[Some(3), Some(4)]).unwrap().unwrap();
         assert_eq!((outcome.first_number, outcome.last_number, outcome.idempotent), (3, 4, true));
-        for owners in [
-            [Some(("s", 3)), None],
-            [None, Some(("s", 4))],
-            [Some(("s", 3)), Some(("s", 5))],
-            [Some(("other", 3)), Some(("other", 4))],
-        ] {
-            let refused = retry_outcome(&request, 5, &owners);
+        for numbers in [[Some(3), None], [None, Some(4)], [Some(3), Some(5)], [Some(4), Some(3)]] {
+            let refused = retry_outcome(&request, 5, &numbers);
             assert!(
                 matches!(refused, Err(StoreError::WrongExpectedVersion { current: 5, .. })),
-                "{owners:?}"
+                "{numbers:?}"
             );
         }
     }

@@ -8,7 +8,6 @@
 //! and look ids up, and the rest of the store stays private. Hidden from the
 //! docs, it is no part of the API: it changes whenever the index does.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -18,7 +17,7 @@ use uuid::Uuid;
 use super::StoreError;
 use super::generation;
 use super::id_filter::IdFilter;
-use super::id_index::{IdIndex, Owner};
+use super::id_index::{IdIndex, IdOwners};
 use super::keys;
 
 /// An id index in a sled database of its own, as the writer keeps it.
@@ -38,7 +37,7 @@ impl IdLookup {
         let count = ids.len() as u64;
         let mut index = IdIndex::open(&db, Arc::new(IdFilter::new(count)))?;
         for (commit_seq, commit) in (1..).zip(ids.chunks(per_commit.max(1))) {
-            let owners: HashMap<Uuid, Owner> =
+            let owners: IdOwners =
                 commit.iter().map(|&(id, stream, number)| (id, (Arc::from(stream), number))).collect();
             let mut batch = sled::Batch::default();
             index.stage(&db, commit_seq, &owners, &mut batch)?;
@@ -55,10 +54,10 @@ impl IdLookup {
         Ok(Self { db, index })
     }
 
-    /// The stream and number `id` was written as: what the writer asks for
-    /// each id of an append that may be a retry.
-    pub fn owner(&self, id: &Uuid) -> Result<Option<(String, u64)>, StoreError> {
-        self.index.owner(&self.db, id)
+    /// The number `id` was written as in `stream`: what the writer asks
+    /// for each id of an append that may be a retry.
+    pub fn number_in(&self, id: &Uuid, stream: &str) -> Result<Option<u64>, StoreError> {
+        self.index.number_in(&self.db, id, stream)
     }
 
     /// Whether any of `ids` may have been written: what the writer asks

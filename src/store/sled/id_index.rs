@@ -1,5 +1,8 @@
-//! The permanent event-id index: which stream and event number each id was
-//! written as, so that a retried append is recognised however late it comes.
+//! The permanent event-id index: which event number each id was written as
+//! in each stream, so that a retried append is recognised however late it
+//! comes. Ids are unique per stream, as in EventStore: one command's id is
+//! often the id of the event it causes in each of several streams, so an id
+//! may have an entry per stream (see [`IdOwners`]).
 //!
 //! One sled key per id made every event cost a sled insert of its own, and
 //! sled's cost is per key: an insert copies the leaf it lands in, and a
@@ -43,13 +46,18 @@
 //!
 //! Stores written before this index (layout 4 and earlier) kept one key per
 //! id under [`keys::EVENT_ID`]; those keys are still read, never written.
+//! Layout 5 held each id once; its tables are valid tables of layout 6,
+//! which may hold an id several times.
 
-use std::collections::{HashMap, VecDeque};
-use std::ops::Bound;
+mod merge;
+mod owners;
+
 use std::sync::Arc;
 
 use uuid::Uuid;
 
+use self::merge::Merge;
+pub(crate) use self::owners::IdOwners;
 use super::id_filter::IdFilter;
 use super::{StoreError, codec, keys};
 
@@ -169,7 +177,7 @@ pub(crate) struct IdIndex {
     /// Whether the manifest changed since it was last staged.
     dirty: bool,
     /// The ids of the live segments.
-    recent: HashMap<Uuid, Owner>,
+    recent: IdOwners,
     /// Whether the store holds ids in the per-id layout of layout 4.
     legacy: bool,
     merge: Option<Merge>,
@@ -204,11 +212,13 @@ impl IdIndex {
             manifest.garbage.push(run);
             dirty = true;
         }
-        let mut recent = HashMap::new();
+        let mut recent = IdOwners::default();
         let from = keys::id_segment(manifest.segments_from).to_vec();
         for item in db.range(from..vec![keys::ID_SEGMENT + 1]) {
             let (_, value) = item?;
-            recent.extend(decode_owners(&value)?);
+            for (id, owner) in decode_owners(&value)? {
+                recent.insert(id, owner);
+            }
         }
         let legacy = db.scan_prefix([keys::EVENT_ID]).next().transpose()?.is_some();
         Ok(Self { manifest, dirty, recent, legacy, merge: None, segment_garbage: Some(0), filter, limits })
@@ -220,28 +230,36 @@ impl IdIndex {
         self.filter.may_hold_any(ids)
     }
 
-    /// The stream and event number `id` was written as, if it was.
-    pub(crate) fn owner(&self, db: &sled::Db, id: &Uuid) -> Result<Option<(String, u64)>, StoreError> {
+    /// The number `id` was written as in `stream`, if it was.
+    pub(crate) fn number_in(
+        &self,
+        db: &sled::Db,
+        id: &Uuid,
+        stream: &str,
+    ) -> Result<Option<u64>, StoreError> {
         if !self.filter.may_hold(id) {
             return Ok(None);
         }
-        if let Some((stream, number)) = self.recent.get(id) {
-            return Ok(Some((stream.to_string(), *number)));
+        if let Some(number) = self.recent.number_in(id, stream) {
+            return Ok(Some(number));
         }
+        // An id is written to a stream once, so the first run that has it
+        // for this stream is the only one.
         for run in self.manifest.runs.iter().rev() {
             let chunk = db
                 .range(keys::id_run(run.id).to_vec()..=keys::id_run_chunk(run.id, id).to_vec())
                 .next_back()
                 .transpose()?;
             if let Some((_, value)) = chunk {
-                if let Some((stream, number)) = codec::decode_id_table(&value)?.find(id)? {
-                    return Ok(Some((stream.to_owned(), number)));
+                if let Some(number) = codec::decode_id_table(&value)?.number_in(id, stream)? {
+                    return Ok(Some(number));
                 }
             }
         }
         if self.legacy {
             if let Some(value) = db.get(keys::event_id(id))? {
-                return codec::decode_event_ref(&value).map(Some);
+                let (owner, number) = codec::decode_event_ref(&value)?;
+                return Ok((owner == stream).then_some(number));
             }
         }
         Ok(None)
@@ -257,7 +275,7 @@ impl IdIndex {
         &mut self,
         db: &sled::Db,
         commit_seq: u64,
-        ids: &HashMap<Uuid, Owner>,
+        ids: &IdOwners,
         batch: &mut sled::Batch,
     ) -> Result<u64, StoreError> {
         let mut writes = Writes { batch, bytes: 0 };
@@ -276,8 +294,8 @@ impl IdIndex {
                 &keys::id_segment(commit_seq)[..],
                 codec::encode_id_table(ids.iter().map(|(id, (stream, number))| (*id, &**stream, *number))),
             );
-            self.filter.insert_all(ids.keys());
-            self.recent.extend(ids.iter().map(|(id, owner)| (*id, owner.clone())));
+            self.filter.insert_all(ids.ids());
+            self.recent.extend(ids);
         }
         if !converted {
             self.merge_step(db, merge_budget, &mut writes)?;
@@ -323,12 +341,9 @@ impl IdIndex {
     /// Sorts the ids of the live segments into a new run; this commit's
     /// segment is the first live one after it.
     fn convert(&mut self, commit_seq: u64, writes: &mut Writes<'_>) {
-        let mut entries: Vec<(Uuid, Owner)> = self.recent.drain().collect();
-        entries.sort_unstable_by_key(|(id, _)| *id);
+        let entries = self.recent.drain_sorted();
         let run = self.manifest.next_run;
-        for chunk in entries.chunks(self.limits.chunk) {
-            write_chunk(writes, run, chunk);
-        }
+        write_chunks(writes, run, &entries, self.limits.chunk);
         let old_from = std::mem::replace(&mut self.manifest.segments_from, commit_seq);
         self.segment_garbage = Some(self.segment_garbage.unwrap_or(old_from).min(old_from));
         self.manifest.next_run += 1;
@@ -452,6 +467,24 @@ impl Writes<'_> {
     }
 }
 
+/// Writes `entries` (sorted by id) as chunks of `run`, of about `size`
+/// entries each. A chunk never splits the entries of one id: a lookup reads
+/// the one chunk whose first id is the greatest not after the id it looks
+/// for, so every entry of that id must be in it. (So that chunk keys stay
+/// unique too: two chunks never begin with the same id.)
+fn write_chunks(writes: &mut Writes<'_>, run: u64, entries: &[(Uuid, Owner)], size: usize) {
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let mut end = size.min(rest.len());
+        while end < rest.len() && rest[end].0 == rest[end - 1].0 {
+            end += 1;
+        }
+        let (chunk, after) = rest.split_at(end);
+        write_chunk(writes, run, chunk);
+        rest = after;
+    }
+}
+
 /// Writes `chunk` (sorted, not empty) as a chunk of `run`.
 fn write_chunk(writes: &mut Writes<'_>, run: u64, chunk: &[(Uuid, Owner)]) {
     let Some((first, _)) = chunk.first() else { return };
@@ -469,99 +502,6 @@ fn decode_owners(value: &[u8]) -> Result<Vec<(Uuid, Owner)>, StoreError> {
             Ok((id, (Arc::clone(&names[stream]), number)))
         })
         .collect()
-}
-
-/// Runs being merged into a new one.
-#[derive(Debug)]
-struct Merge {
-    /// The runs merged, oldest first.
-    inputs: Vec<u64>,
-    output: u64,
-    sources: Vec<Source>,
-    /// Merged ids not yet written, fewer than a chunk.
-    pending: Vec<(Uuid, Owner)>,
-    /// Ids written to the output so far.
-    written: u64,
-}
-
-impl Merge {
-    fn new(inputs: Vec<u64>, output: u64) -> Self {
-        let sources = inputs.iter().copied().map(Source::new).collect();
-        Self { inputs, output, sources, pending: Vec::new(), written: 0 }
-    }
-
-    /// Merges up to `budget` ids into the output; true once all are.
-    fn step(
-        &mut self,
-        db: &sled::Db,
-        budget: usize,
-        chunk: usize,
-        writes: &mut Writes<'_>,
-    ) -> Result<bool, StoreError> {
-        for _ in 0..budget {
-            // The source with the smallest next id.
-            let mut from: Option<(usize, Uuid)> = None;
-            for (index, source) in self.sources.iter_mut().enumerate() {
-                if let Some(id) = source.head(db)? {
-                    if from.is_none_or(|(_, smallest)| id < smallest) {
-                        from = Some((index, id));
-                    }
-                }
-            }
-            let Some((from, _)) = from else {
-                self.flush(writes);
-                return Ok(true);
-            };
-            if let Some(entry) = self.sources[from].entries.pop_front() {
-                self.pending.push(entry);
-            }
-            if self.pending.len() >= chunk {
-                self.flush(writes);
-            }
-        }
-        Ok(false)
-    }
-
-    fn flush(&mut self, writes: &mut Writes<'_>) {
-        self.written += self.pending.len() as u64;
-        write_chunk(writes, self.output, &self.pending);
-        self.pending.clear();
-    }
-}
-
-/// One input of a merge, read a chunk at a time.
-#[derive(Debug)]
-struct Source {
-    run: u64,
-    /// The key of the last chunk read.
-    after: Option<sled::IVec>,
-    entries: VecDeque<(Uuid, Owner)>,
-    exhausted: bool,
-}
-
-impl Source {
-    fn new(run: u64) -> Self {
-        Self { run, after: None, entries: VecDeque::new(), exhausted: false }
-    }
-
-    /// The smallest id not yet merged, reading the next chunk if needed.
-    fn head(&mut self, db: &sled::Db) -> Result<Option<Uuid>, StoreError> {
-        while self.entries.is_empty() && !self.exhausted {
-            let start = match &self.after {
-                Some(key) => Bound::Excluded(key.to_vec()),
-                None => Bound::Included(keys::id_run(self.run).to_vec()),
-            };
-            let end = Bound::Excluded(keys::id_run(self.run + 1).to_vec());
-            match db.range::<Vec<u8>, _>((start, end)).next().transpose()? {
-                Some((key, value)) => {
-                    self.entries.extend(decode_owners(&value)?);
-                    self.after = Some(key);
-                }
-                None => self.exhausted = true,
-            }
-        }
-        Ok(self.entries.front().map(|(id, _)| *id))
-    }
 }
 
 #[cfg(test)]

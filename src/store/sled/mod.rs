@@ -68,12 +68,14 @@ impl From<::sled::Error> for StoreError {
 /// layout is refused at open rather than misread. Layout 3 added runs of
 /// links, layout 4 runs of records (see [`codec`]), layout 5 the id index
 /// of segments and runs (see [`super::id_index`]; the per-id keys of
-/// earlier layouts are still read). Each older layout is a valid newer one,
-/// so such a store is upgraded in place at open, after which older builds
-/// refuse it.
-const LAYOUT_VERSION: u64 = 5;
+/// earlier layouts are still read), layout 6 made event ids unique per
+/// stream, not per store (an id table may hold an id once per stream; an
+/// older build would find one of them and refuse the others' retries).
+/// Each older layout is a valid newer one, so such a store is upgraded in
+/// place at open, after which older builds refuse it.
+const LAYOUT_VERSION: u64 = 6;
 /// The older layouts this build upgrades at open.
-const UPGRADABLE_LAYOUTS: [u64; 3] = [2, 3, 4];
+const UPGRADABLE_LAYOUTS: [u64; 4] = [2, 3, 4, 5];
 
 /// How many commands may queue for the writer before senders wait. Large
 /// enough that the writer always finds a full batch under load; bounded so a

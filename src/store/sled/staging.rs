@@ -13,7 +13,7 @@ use uuid::Uuid;
 use self::runs::{MAX_LINK_RUN, MAX_LOG_RUN, PendingLinks, PendingRecords};
 use super::codec::{self, EventFields};
 use super::entries::{LogSpan, load_state};
-use super::id_index::{IdIndex, Owner};
+use super::id_index::{IdIndex, IdOwners};
 use super::keys;
 use crate::store::projections::{Projection, Projections};
 use crate::store::rules;
@@ -28,7 +28,7 @@ pub(crate) struct Staging<'a> {
     db: &'a sled::Db,
     /// Committed stream states the writer remembers.
     cache: &'a StateCache,
-    /// Which stream and number each committed event id was written as.
+    /// Which number each committed event id was written as, per stream.
     id_index: &'a IdIndex,
     /// The projections maintained live; a build may activate one mid-batch.
     pub(super) projections: Projections,
@@ -38,8 +38,8 @@ pub(crate) struct Staging<'a> {
     states: HashMap<String, StreamState>,
     /// Streams whose state this batch removes.
     removed: HashSet<String>,
-    /// Event ids this batch wrote, with their owner.
-    ids: HashMap<Uuid, Owner>,
+    /// Event ids this batch wrote, with their owners.
+    ids: IdOwners,
     /// Links this batch adds, by system stream, written as runs at the end.
     links: HashMap<String, PendingLinks>,
     /// Records this batch adds, by stream, written as runs at the end.
@@ -74,7 +74,7 @@ impl<'a> Staging<'a> {
             writes: 0,
             states: HashMap::new(),
             removed: HashSet::new(),
-            ids: HashMap::new(),
+            ids: IdOwners::default(),
             links: HashMap::new(),
             records: HashMap::new(),
             log: None,
@@ -150,11 +150,12 @@ impl<'a> Staging<'a> {
         self.writes += 1;
     }
 
-    fn id_owner(&self, id: &Uuid) -> Result<Option<(String, u64)>, StoreError> {
-        if let Some((stream, number)) = self.ids.get(id) {
-            return Ok(Some((stream.to_string(), *number)));
+    /// The number `id` was written as in `stream`, by this batch or before.
+    fn id_number_in(&self, id: &Uuid, stream: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(number) = self.ids.number_in(id, stream) {
+            return Ok(Some(number));
         }
-        self.id_index.owner(self.db, id)
+        self.id_index.number_in(self.db, id, stream)
     }
 
     /// Appends `append` to the batch, or fails and stages nothing of it: a
@@ -279,24 +280,16 @@ impl<'a> Staging<'a> {
         AppendOutcome { first_number, last_number, position: Some(first_position), idempotent: false }
     }
 
-    /// Decides whether `append` repeats an earlier write. Returns the
-    /// original outcome when every id was written to this stream as one
-    /// consecutive run in the same order; fails when only some ids match (or
-    /// they belong elsewhere); `None` when none was written before.
+    /// Decides whether `append` repeats an earlier write to its stream
+    /// (see [`rules::retry_outcome`]). Ids written to other streams play no
+    /// part: ids are unique per stream.
     fn retry_outcome(&self, append: &Append, current: i64) -> Result<Option<AppendOutcome>, StoreError> {
         let ids = || append.events.iter().map(|event| &event.id);
-        if !ids().any(|id| self.ids.contains_key(id)) && !self.id_index.may_hold_any(ids()) {
+        if !ids().any(|id| self.ids.contains(id)) && !self.id_index.may_hold_any(ids()) {
             return Ok(None);
         }
-        let mut owners = Vec::with_capacity(append.events.len());
-        for event in &append.events {
-            owners.push(self.id_owner(&event.id)?);
-        }
-        let owners: Vec<Option<(&str, u64)>> = owners
-            .iter()
-            .map(|owner| owner.as_ref().map(|(stream, number)| (stream.as_str(), *number)))
-            .collect();
-        rules::retry_outcome(append, current, &owners)
+        let numbers = ids().map(|id| self.id_number_in(id, &append.stream)).collect::<Result<Vec<_>, _>>()?;
+        rules::retry_outcome(append, current, &numbers)
     }
 
     /// Adds event `number`'s record to `stream`. The records a batch adds
@@ -458,7 +451,7 @@ pub(super) struct Finished {
     pub states: HashMap<String, StreamState>,
     pub removed: HashSet<String>,
     /// The event ids the batch adds, for the id index.
-    pub ids: HashMap<Uuid, Owner>,
+    pub ids: IdOwners,
 }
 
 /// The committed states of the streams the writer touched lately, so an

@@ -10,13 +10,9 @@ use crate::store::StoreError;
 
 /// Encodes an id table of `entries` (id, stream, event number), in the
 /// order given.
-pub fn encode_id_table<'s, I>(entries: I) -> Vec<u8>
-where
-    I: IntoIterator<Item = (Uuid, &'s str, u64)>,
-    I::IntoIter: ExactSizeIterator,
-{
+pub fn encode_id_table<'s>(entries: impl IntoIterator<Item = (Uuid, &'s str, u64)>) -> Vec<u8> {
     let entries = entries.into_iter();
-    let mut table = Vec::with_capacity(entries.len() * ID_ENTRY);
+    let mut table = Vec::with_capacity(entries.size_hint().0 * ID_ENTRY);
     let mut streams: Vec<&str> = Vec::new();
     let mut indexes: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
     for (id, stream, number) in entries {
@@ -100,21 +96,33 @@ impl<'a> IdTable<'a> {
         Ok((id, self.streams[stream], number))
     }
 
-    /// The stream and number of `id`, in a table sorted by id.
-    pub fn find(&self, id: &Uuid) -> Result<Option<(&'a str, u64)>, StoreError> {
-        let (mut low, mut high) = (0, self.len());
-        while low < high {
-            let middle = (low + high) / 2;
-            match self.id(middle).cmp(id) {
-                std::cmp::Ordering::Less => low = middle + 1,
-                std::cmp::Ordering::Greater => high = middle,
-                std::cmp::Ordering::Equal => {
-                    let (_, stream, number) = self.get(middle)?;
-                    return Ok(Some((stream, number)));
-                }
+    /// The number `id` was written as in `stream`, in a table sorted by
+    /// id. An id written to several streams has an entry for each, side by
+    /// side.
+    pub fn number_in(&self, id: &Uuid, stream: &str) -> Result<Option<u64>, StoreError> {
+        let first = self.partition_point(|entry| entry < *id);
+        for index in (first..self.len()).take_while(|&index| self.id(index) == *id) {
+            let (_, owner, number) = self.get(index)?;
+            if owner == stream {
+                return Ok(Some(number));
             }
         }
         Ok(None)
+    }
+
+    /// The first entry for which `before` is false, `before` being true of
+    /// a prefix of the ids.
+    fn partition_point(&self, before: impl Fn(Uuid) -> bool) -> usize {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            if before(self.id(middle)) {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        low
     }
 
     pub fn ids(&self) -> impl Iterator<Item = Uuid> + '_ {

@@ -258,11 +258,31 @@ fn id_tables_name_each_stream_once_and_find_ids() {
     assert_eq!(table.len(), 50);
     for (i, (id, stream, number)) in entries.iter().enumerate() {
         assert_eq!(table.get(i).unwrap(), (*id, *stream, *number));
-        assert_eq!(table.find(id).unwrap(), Some((*stream, *number)));
+        assert_eq!(table.number_in(id, stream).unwrap(), Some(*number));
+        assert_eq!(table.number_in(id, "elsewhere").unwrap(), None);
     }
-    assert_eq!(table.find(&Uuid::from_u128(4)).unwrap(), None);
-    assert_eq!(table.find(&Uuid::max()).unwrap(), None);
+    assert_eq!(table.number_in(&Uuid::from_u128(4), "order-1").unwrap(), None);
+    assert_eq!(table.number_in(&Uuid::max(), "order-1").unwrap(), None);
     assert_eq!(table.ids().collect::<Vec<_>>(), ids);
+}
+
+#[test]
+fn an_id_written_to_several_streams_is_found_in_each() {
+    let shared = Uuid::from_u128(20);
+    let entries = [
+        (Uuid::from_u128(10), "a", 0),
+        (shared, "order-1", 4),
+        (shared, "customer-1", 9),
+        (shared, "audit", 2),
+        (Uuid::from_u128(30), "customer-1", 10),
+    ];
+    let value = encode_id_table(entries);
+    let table = decode_id_table(&value).unwrap();
+    assert_eq!(table.number_in(&shared, "order-1").unwrap(), Some(4));
+    assert_eq!(table.number_in(&shared, "customer-1").unwrap(), Some(9));
+    assert_eq!(table.number_in(&shared, "audit").unwrap(), Some(2));
+    assert_eq!(table.number_in(&shared, "a").unwrap(), None);
+    assert_eq!(table.number_in(&Uuid::from_u128(30), "customer-1").unwrap(), Some(10));
 }
 
 #[test]

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
 use super::*;
@@ -9,10 +10,13 @@ fn temporary() -> sled::Db {
     sled::Config::new().temporary(true).open().expect("a temporary sled")
 }
 
+/// Every (id, stream) a test wrote, with the number.
+type Written = HashMap<(Uuid, String), u64>;
+
 /// Commits `ids` as commit `seq`, the way the writer does.
-fn commit(index: &mut IdIndex, db: &sled::Db, seq: u64, ids: &HashMap<Uuid, (String, u64)>) {
-    let owners: HashMap<Uuid, Owner> =
-        ids.iter().map(|(id, (stream, number))| (*id, (Arc::from(stream.as_str()), *number))).collect();
+fn commit(index: &mut IdIndex, db: &sled::Db, seq: u64, ids: &Written) {
+    let owners: IdOwners =
+        ids.iter().map(|((id, stream), number)| (*id, (Arc::from(stream.as_str()), *number))).collect();
     let mut batch = sled::Batch::default();
     index.stage(db, seq, &owners, &mut batch).expect("stage");
     db.apply_batch(batch).expect("apply");
@@ -20,13 +24,13 @@ fn commit(index: &mut IdIndex, db: &sled::Db, seq: u64, ids: &HashMap<Uuid, (Str
 
 /// Commits 1..=`commits`, each of 0 to 6 ids (random and ordered ones)
 /// in three streams; returns every id with its owner.
-fn fill(index: &mut IdIndex, db: &sled::Db, first_seq: u64, commits: u64) -> HashMap<Uuid, (String, u64)> {
+fn fill(index: &mut IdIndex, db: &sled::Db, first_seq: u64, commits: u64) -> Written {
     let mut all = HashMap::new();
     for seq in first_seq..first_seq + commits {
-        let ids: HashMap<Uuid, (String, u64)> = (0..seq % 7)
+        let ids: Written = (0..seq % 7)
             .map(|i| {
                 let id = if i % 2 == 0 { Uuid::new_v4() } else { Uuid::from_u64_pair(seq, i) };
-                (id, (format!("stream-{}", i % 3), seq * 10 + i))
+                ((id, format!("stream-{}", i % 3)), seq * 10 + i)
             })
             .collect();
         commit(index, db, seq, &ids);
@@ -35,12 +39,16 @@ fn fill(index: &mut IdIndex, db: &sled::Db, first_seq: u64, commits: u64) -> Has
     all
 }
 
-fn assert_all_found(index: &IdIndex, db: &sled::Db, all: &HashMap<Uuid, (String, u64)>) {
-    for (id, owner) in all {
-        assert_eq!(index.owner(db, id).expect("lookup").as_ref(), Some(owner), "id {id}");
+fn assert_all_found(index: &IdIndex, db: &sled::Db, all: &Written) {
+    for ((id, stream), number) in all {
+        assert_eq!(index.number_in(db, id, stream).expect("lookup"), Some(*number), "id {id} in {stream}");
+    }
+    for ((id, stream), _) in all.iter().take(200) {
+        let elsewhere = format!("{stream}-elsewhere");
+        assert_eq!(index.number_in(db, id, &elsewhere).expect("lookup"), None, "id {id} in {elsewhere}");
     }
     for _ in 0..200 {
-        assert_eq!(index.owner(db, &Uuid::new_v4()).expect("lookup"), None);
+        assert_eq!(index.number_in(db, &Uuid::new_v4(), "stream-0").expect("lookup"), None);
     }
 }
 
@@ -128,7 +136,8 @@ fn ids_of_the_old_per_id_layout_are_still_found() {
     db.insert(keys::event_id(&id), codec::encode_event_ref("old-stream", 41)).unwrap();
     let mut index = IdIndex::open_with(&db, Arc::new(IdFilter::new(0)), SMALL).unwrap();
     fill(&mut index, &db, 1, 100);
-    assert_eq!(index.owner(&db, &id).unwrap(), Some(("old-stream".to_owned(), 41)));
+    assert_eq!(index.number_in(&db, &id, "old-stream").unwrap(), Some(41));
+    assert_eq!(index.number_in(&db, &id, "new-stream").unwrap(), None);
 }
 
 #[test]
@@ -149,5 +158,37 @@ fn the_filter_scan_meets_every_id_while_the_index_merges() {
         fill(&mut index, &db, seq, 1);
     }
     scan.join().unwrap().expect("scan");
-    assert!(before.keys().all(|id| filter.may_hold(id)), "the scan missed an id");
+    assert!(before.keys().all(|(id, _)| filter.may_hold(id)), "the scan missed an id");
+}
+
+/// One id in many streams: more entries than a chunk holds, so a run must
+/// keep them in one chunk for a lookup to find each, through conversions,
+/// merges and a reopen.
+#[test]
+fn an_id_written_to_many_streams_is_found_in_each_through_merges() {
+    let db = temporary();
+    let mut index = IdIndex::open_with(&db, Arc::new(IdFilter::new(0)), SMALL).unwrap();
+    let mut all = Written::new();
+    let shared: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    let mut seq = 0;
+    for round in 0..30u64 {
+        seq += 1;
+        // Each round writes every shared id to a stream of its own, in
+        // commits that also hold ids of their own.
+        let ids: Written = shared
+            .iter()
+            .map(|id| ((*id, format!("customer-{round}")), round))
+            .chain((0..SMALL.chunk as u64).map(|i| ((Uuid::new_v4(), format!("order-{i}")), round)))
+            .collect();
+        commit(&mut index, &db, seq, &ids);
+        all.extend(ids);
+        all.extend(fill(&mut index, &db, seq + 1, 20));
+        seq += 20;
+    }
+    assert!(index.run_count() > 1, "the test merges runs");
+    assert_all_found(&index, &db, &all);
+    settle(&mut index, &db);
+    assert_no_garbage_left(&index, &db);
+    let reopened = IdIndex::open_with(&db, Arc::new(IdFilter::new(0)), SMALL).unwrap();
+    assert_all_found(&reopened, &db, &all);
 }

@@ -79,7 +79,11 @@ fn a_failing_state_read_stages_nothing_of_its_request() {
     assert!(db.get(keys::stream("Order-1")).unwrap().is_none(), "no state of the failed append");
     assert!(db.get(keys::log(1)).unwrap().is_none(), "no log entry past the passing append");
     for proposed in &failing.events {
-        assert_eq!(ids.owner(&db, &proposed.id).unwrap(), None, "the failed append's ids are not spent");
+        assert_eq!(
+            ids.number_in(&db, &proposed.id, "Order-1").unwrap(),
+            None,
+            "the failed append's ids are not spent"
+        );
     }
     assert!(db.get(keys::event("Invoice-1", 0)).unwrap().is_some());
     assert!(db.get(keys::event("$ce-Invoice", 0)).unwrap().is_some(), "the passing append is linked");
@@ -117,7 +121,7 @@ fn rejected_appends_leave_the_store_as_it_was() {
         append("Order-3", vec![twice.clone(), twice]),
         Append { expected: ExpectedVersion::NoStream, ..append("Order-3", vec![event("OrderPaid")]) },
         append("$$Order-3", vec![ProposedEvent { data: Bytes::from_static(b"[1]"), ..event("$metadata") }]),
-        append("Order-4", vec![first.events[0].clone()]),
+        append("Order-3", vec![first.events[0].clone(), event("OrderPaid")]),
     ];
     for result in commit(&db, &mut ids, &rejected) {
         assert!(result.is_err(), "{result:?}");

@@ -9,7 +9,7 @@ use clap::builder::TypedValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::store::projections::Projections;
-use crate::store::sled::SledStoreOptions;
+use crate::store::sled::{DEFAULT_MIN_FREE_BYTES, SledStoreOptions};
 use crate::store::{Durability, StoreConfig};
 
 #[derive(Debug, Parser)]
@@ -86,6 +86,13 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTFEED_CACHE_MB", default_value_t = 512)]
     pub cache_mb: u64,
 
+    /// Free space, in MiB, the store always leaves on its disk: appends
+    /// that could take it lower get `507 Insufficient Storage` (and go
+    /// through once space is freed, no restart needed), and the server does
+    /// not start below it, leaving the store untouched. 0 turns it off.
+    #[arg(long, env = "EVENTFEED_MIN_FREE_MB", default_value_t = DEFAULT_MIN_FREE_BYTES / (1024 * 1024))]
+    pub min_free_mb: u64,
+
     /// Maintain `$ce-{category}` streams.
     #[arg(long, env = "EVENTFEED_PROJECTION_BY_CATEGORY", default_value_t = true, action = ArgAction::Set)]
     pub projection_by_category: bool,
@@ -149,6 +156,7 @@ impl ServeConfig {
             },
             cache_capacity: self.cache_mb.saturating_mul(1024 * 1024),
             checkpoint_after_bytes: self.checkpoint_after_mb.saturating_mul(1024 * 1024),
+            min_free_bytes: self.min_free_mb.saturating_mul(1024 * 1024),
         })
     }
 

@@ -113,6 +113,18 @@ impl Server {
     /// Serves until `signal` resolves, then shuts down (see the module doc).
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let Self { listener, state, store, subscriptions, shutdown, grace, scavenge_interval } = self;
+        // A store whose writes failed stops the server as a signal would,
+        // and the exit is a failure: a restart recovers it (see
+        // `stop_when_writes_fail`).
+        let signal = {
+            let store = Arc::clone(&store);
+            async move {
+                tokio::select! {
+                    () = signal => {}
+                    () = stop_when_writes_fail(store) => {}
+                }
+            }
+        };
         let address = listener.local_addr().map_err(ServerError::Serve)?;
         tracing::info!("eventfeed listening on http://{address}");
         if let Some(interval) = scavenge_interval {
@@ -149,6 +161,7 @@ impl Server {
             }
         }
 
+        let stopped_by_failure = store.writes_stopped();
         subscriptions.shutdown().await;
         // It holds the store too; release below waits for every holder.
         drop(subscriptions);
@@ -167,7 +180,31 @@ impl Server {
             }
         }
         tracing::info!("bye");
-        Ok(())
+        match stopped_by_failure {
+            Some(reason) => Err(ServerError::Store(StoreError::CommitFailed(reason))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Resolves once the store's writes failed for good. The server then stops:
+/// the failed write's outcome is unknown, so what sled holds in memory can
+/// no longer be trusted, and it takes no writes (and may refuse reads of
+/// what that write touched) until it is opened again. A restart replays
+/// only what is durable, exactly as after `kill -9`; PostgreSQL does the
+/// same after a failed fsync. Run under a supervisor that restarts it
+/// (the systemd unit in `deploy/` does); on a disk still full, the start
+/// refuses until space returns, and the next one succeeds.
+async fn stop_when_writes_fail(store: Arc<dyn Store>) {
+    let mut head = store.notifier().head();
+    loop {
+        if let Some(reason) = store.writes_stopped() {
+            tracing::error!(%reason, "the store takes no more writes; stopping so that a restart recovers it");
+            return;
+        }
+        if head.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -239,10 +276,29 @@ async fn release(store: Arc<dyn Store>) -> bool {
         tracing::debug!(holders = Arc::strong_count(&store) - 1, "store still referenced at exit");
     }
     // A store's last handle may block as it lets go (sled flushes and joins
-    // its threads on drop): off the async runtime.
-    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+    // its threads on drop): off the async runtime, and bounded. After a
+    // failed write sled's last flush can block for good, and a process
+    // that never exits holds the data directory's lock, so the supervisor's
+    // restart fails too. Every acknowledged append is durable already
+    // (`close` returned): giving up on the flush loses nothing. A thread of
+    // its own, not `spawn_blocking`, which the runtime would wait for.
+    let (dropped, done) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("eventfeed-release".into()).spawn(move || {
+        drop(store);
+        let _ = dropped.send(());
+    });
+    if spawned.is_ok() && tokio::time::timeout(RELEASE_FLUSH_WAIT, done).await.is_err() {
+        tracing::warn!(
+            waited_secs = RELEASE_FLUSH_WAIT.as_secs(),
+            "the store's files did not close in time; exiting without it (every acknowledged append is durable)"
+        );
+        return false;
+    }
     last
 }
+
+/// How long the store's last handle may take to close its files.
+const RELEASE_FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 /// Starts a scavenge every `interval` until shutdown (the first one an
 /// interval after start-up, not at once: a restart loop should not turn

@@ -78,6 +78,24 @@ impl From<StoreError> for HttpError {
             StoreError::Unavailable => HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
                 .with_detail("The store is shutting down or not accepting writes.")
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+            // Nothing was written: the same request, ids and all, goes
+            // through once space is freed.
+            StoreError::InsufficientStorage(message) => {
+                HttpError::new(StatusCode::INSUFFICIENT_STORAGE, "Insufficient Storage")
+                    .with_detail(message)
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("10"))
+            }
+            StoreError::CommitFailed(cause) => {
+                tracing::error!(%cause, "a write could not be made durable; its outcome is unknown");
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+                    .with_detail(
+                        "The write could not be made durable, so whether it stands is unknown, and the \
+                         store takes no writes until the server is restarted. Retry it with the same \
+                         event ids once the server is back: a write that stood is then answered with \
+                         its original Location.",
+                    )
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("10"))
+            }
             StoreError::Corrupt(_) | StoreError::Io(_) => {
                 // Logged in `into_response`; the client learns only that it
                 // was the server's fault.

@@ -131,6 +131,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Where live readers learn of new events.
     fn notifier(&self) -> &Notifier;
 
+    /// Why the store takes no writes, when a failure stopped them: only a
+    /// restart brings them back (health checks report it).
+    fn writes_stopped(&self) -> Option<String> {
+        self.notifier().writes_stopped()
+    }
+
     /// The system projections still being built from the log.
     fn projections_building(&self) -> Vec<&'static str> {
         Vec::new()

@@ -237,6 +237,14 @@ pub enum StoreError {
     Io(String),
     /// The store is shutting down or its writer stopped after a failure.
     Unavailable,
+    /// The disk is too full to take the write; nothing was written. It
+    /// goes through once space is freed.
+    InsufficientStorage(String),
+    /// The write could not be made durable, so whether it stands is
+    /// unknown; the store takes no writes until it is restarted. A retry
+    /// with the same event ids is safe: if the write stood, the retry is
+    /// recognised and answered with its original outcome.
+    CommitFailed(String),
 }
 
 impl fmt::Display for StoreError {
@@ -251,6 +259,8 @@ impl fmt::Display for StoreError {
             Self::Corrupt(message) => write!(f, "corrupt store: {message}"),
             Self::Io(message) => write!(f, "storage failure: {message}"),
             Self::Unavailable => f.write_str("store unavailable"),
+            Self::InsufficientStorage(message) => write!(f, "insufficient storage: {message}"),
+            Self::CommitFailed(message) => write!(f, "the write could not be made durable: {message}"),
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct Notifier {
     /// Per-stream signals, held weakly so that a stream's entry lives only as
     /// long as somebody waits on it. The value is a change counter.
     streams: Mutex<Registry>,
+    /// Why the store stopped taking writes after a failure, once it has:
+    /// no commit will follow until a restart.
+    writes_stopped: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -106,7 +109,21 @@ impl Notifier {
             next_position: AtomicU64::new(head.next_position),
             commit_seq: AtomicU64::new(head.commit_seq),
             streams: Mutex::new(Registry::default()),
+            writes_stopped: Mutex::new(None),
         }
+    }
+
+    /// Called by a store whose writes failed in a way only a restart
+    /// recovers from: nothing more will commit. Wakes every wait for a
+    /// commit, which then gives up at once instead of at its timeout.
+    pub fn stop_writes(&self, reason: String) {
+        *self.writes_stopped.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason);
+        self.head.send_modify(|_| {});
+    }
+
+    /// Why writes stopped, if they did (for health checks).
+    pub fn writes_stopped(&self) -> Option<String> {
+        self.writes_stopped.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// A receiver of the head, for waiting on new events anywhere.
@@ -133,12 +150,13 @@ impl Notifier {
         self.commit_seq.fetch_max(head.commit_seq, Ordering::AcqRel);
     }
 
-    /// Waits until batch `commit_seq` is durable; `false` on timeout.
+    /// Waits until batch `commit_seq` is durable; `false` on timeout, or
+    /// at once when writes stopped and it is not.
     pub async fn wait_for_commit(&self, commit_seq: u64, timeout: std::time::Duration) -> bool {
         let mut head = self.head.subscribe();
-        tokio::time::timeout(timeout, head.wait_for(|head| head.commit_seq >= commit_seq))
-            .await
-            .is_ok_and(|waited| waited.is_ok())
+        let settled = |head: &Head| head.commit_seq >= commit_seq || self.writes_stopped().is_some();
+        let waited = tokio::time::timeout(timeout, head.wait_for(settled)).await;
+        waited.is_ok_and(|waited| waited.is_ok_and(|head| head.commit_seq >= commit_seq))
     }
 
     /// Starts watching `stream`'s appends, or every append for `None`.

@@ -82,6 +82,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// reason. A lock still held after the wait means another process uses the
 /// directory, and the error says so.
 pub(crate) fn open(dir: &Path, cache_capacity: u64) -> Result<sled::Db, StoreError> {
+    remove_unfinished_snapshots(dir);
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         let opened =
@@ -97,6 +98,27 @@ pub(crate) fn open(dir: &Path, cache_capacity: u64) -> Result<sled::Db, StoreErr
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return Ok(other?),
+        }
+    }
+}
+
+/// Removes the snapshot files sled began and never finished. sled writes
+/// each snapshot to `snap.{lsn}.generating`, syncs it and renames it; an
+/// open that dies on the way (a full disk, a kill) leaves the temporary
+/// file, and sled's next open takes it for the newest snapshot (it sorts
+/// after the finished one) and fails on it: "Read corrupted data", every
+/// time, until it is removed. A finished snapshot, or none, always remains,
+/// so removing them loses nothing.
+fn remove_unfinished_snapshots(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => tracing::warn!(file = name, "removed a snapshot an earlier start left unfinished"),
+                Err(error) => tracing::warn!(file = name, %error, "could not remove an unfinished snapshot"),
+            }
         }
     }
 }
@@ -188,5 +210,22 @@ mod tests {
         switch(dir.path(), "store-0002").expect("switch");
         assert_eq!(current(dir.path()).expect("current"), second);
         assert!(!first.exists());
+    }
+
+    /// What a start on a full disk left behind: sled's next open failed on
+    /// it every time, and every acknowledged event was out of reach.
+    #[test]
+    fn an_unfinished_snapshot_does_not_stop_the_next_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let generation = current(dir.path()).expect("current");
+        let db = open(&generation, 1 << 20).expect("opens");
+        db.insert(b"key", b"value").expect("inserts");
+        db.flush().expect("flushes");
+        drop(db);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::fs::write(generation.join("snap.7FFFFFFFFFFFFFFF.generating"), b"").expect("writes");
+        let db = open(&generation, 1 << 20).expect("opens despite the unfinished snapshot");
+        assert_eq!(db.get(b"key").expect("reads").as_deref(), Some(&b"value"[..]));
+        assert!(!generation.join("snap.7FFFFFFFFFFFFFFF.generating").exists());
     }
 }

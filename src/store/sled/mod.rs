@@ -32,6 +32,7 @@ pub mod keys;
 mod read;
 mod rebuild;
 mod scavenge;
+mod space;
 mod staging;
 mod writer;
 
@@ -82,6 +83,11 @@ const UPGRADABLE_LAYOUTS: [u64; 4] = [2, 3, 4, 5];
 /// flood of requests applies back-pressure instead of growing memory.
 const COMMAND_QUEUE: usize = 16 * 1024;
 
+/// The free space the store keeps by default: room for sled to finish what
+/// it has started (its background flushes, the snapshot of the next open)
+/// and for an operator to act, far above what one batch writes.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// An open slower than this gets a line in the log saying why.
 const SLOW_OPEN: Duration = Duration::from_secs(2);
 
@@ -97,6 +103,10 @@ pub struct SledStoreOptions {
     /// [`SledStore::checkpoint`]) once this many bytes were written since
     /// it was opened (and any were).
     pub checkpoint_after_bytes: u64,
+    /// The fewest bytes the store leaves free on its disk: appends that
+    /// could take it below are refused, and it does not open below it
+    /// (see [`space`]). 0 turns the check off.
+    pub min_free_bytes: u64,
 }
 
 impl SledStoreOptions {
@@ -107,6 +117,7 @@ impl SledStoreOptions {
             projections: Projections::default(),
             cache_capacity: 512 * 1024 * 1024,
             checkpoint_after_bytes: 256 * 1024 * 1024,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -136,6 +147,9 @@ impl SledStore {
     /// scans the log.
     pub fn open(options: SledStoreOptions) -> Result<Self, StoreError> {
         let opening = std::time::Instant::now();
+        // IMPORTANT: before anything is written, so that a start on a full
+        // disk leaves the store exactly as it was.
+        space::check_before_open(&options.path, options.min_free_bytes)?;
         let generation = generation::current(&options.path)?;
         let db = generation::open(&generation, options.cache_capacity)?;
 
@@ -196,6 +210,7 @@ impl SledStore {
         let files = Files {
             data_dir: options.path.clone(),
             generation,
+            space: space::SpaceFloor::new(&options.path, options.min_free_bytes),
             cell: cell.clone(),
             cache_capacity: options.cache_capacity,
             written: Arc::clone(&written),
@@ -264,7 +279,12 @@ impl SledStore {
         read: impl FnOnce(&mut ReadContext) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut context = ReadContext::new(self.db.get());
-        let result = read(&mut context)?;
+        let result = read(&mut context).map_err(|error| match error {
+            // After a failed write sled fails reads of what that write
+            // touched: the store's fault, and over once it is restarted.
+            StoreError::Io(_) if self.notifier.writes_stopped().is_some() => StoreError::Unavailable,
+            other => other,
+        })?;
         let newest_commit = context.newest_commit();
         if newest_commit > self.notifier.commit_seq()
             && !self.notifier.wait_for_commit(newest_commit, COMMIT_WAIT).await
@@ -330,6 +350,10 @@ impl Store for SledStore {
     }
 
     fn after_release(&self) -> Option<AfterRelease> {
+        if let Some(reason) = self.notifier.writes_stopped() {
+            tracing::warn!(%reason, "not checkpointing a store whose writes failed; the next start replays its log");
+            return None;
+        }
         let written = self.written.bytes();
         if written == 0 || written < self.checkpoint_after_bytes {
             return None;

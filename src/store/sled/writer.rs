@@ -25,6 +25,7 @@ use super::generation::{self, DbCell, LogSinceOpen};
 use super::id_index::IdIndex;
 use super::rebuild::{self, Phase, Progress};
 use super::scavenge;
+use super::space::SpaceFloor;
 use super::staging::{Finished, Staging, StateCache};
 use crate::store::projections::{Projection, Projections};
 use crate::store::retention::now_micros;
@@ -102,6 +103,8 @@ pub(crate) struct Files {
     pub data_dir: PathBuf,
     /// The current generation's directory.
     pub generation: PathBuf,
+    /// The free space appends must leave on the store's disk.
+    pub space: SpaceFloor,
     /// The handle readers use; replaced when a compaction switches.
     pub cell: DbCell,
     pub cache_capacity: u64,
@@ -223,6 +226,10 @@ impl Writer {
         );
         let mut replies = Vec::with_capacity(batch.len());
         let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
+        // Appends wait for space; everything else (deletes, scavenges,
+        // compaction, which give space back) goes on.
+        let payload: usize = batch.iter().map(Command::payload_bytes).sum();
+        let space = if payload > 0 { self.files.space.admit(payload as u64) } else { Ok(()) };
         // A compaction step's reply and whether its copy is complete.
         let mut compacting: Option<(CompactReply, Result<bool, StoreError>)> = None;
 
@@ -244,7 +251,10 @@ impl Writer {
                     replies.push(Reply::Build(reply, result));
                 }
                 Command::Append { append, reply } => {
-                    let result = staging.append(&append);
+                    let result = match &space {
+                        Ok(()) => staging.append(&append),
+                        Err(refused) => Err(refused.clone()),
+                    };
                     replies.push(Reply::Append(reply, result));
                 }
                 Command::Delete { stream, expected, hard, reply } => {
@@ -308,8 +318,10 @@ impl Writer {
                     // ("fsyncgate"). Acknowledging anything further could lie
                     // about durability: stop writing; a restart recovers.
                     tracing::error!(%error, "writer failed to commit a batch; refusing further writes");
+                    self.notifier.stop_writes(format!("a commit failed: {error}"));
                     self.states = StateCache::default();
-                    replies = replies.into_iter().map(|r| r.fail(&error)).collect();
+                    let unknown = StoreError::CommitFailed(error.to_string());
+                    replies = replies.into_iter().map(|r| r.fail(&unknown)).collect();
                     flow = Flow::Stop;
                 }
             }
@@ -340,6 +352,8 @@ impl Writer {
                     Ok(Err(error)) => Err(error),
                     Err(Fatal(error)) => {
                         tracing::error!(%error, "switching to the compacted store failed; refusing further writes");
+                        self.notifier
+                            .stop_writes(format!("switching to the compacted store failed: {error}"));
                         flow = Flow::Stop;
                         Err(error)
                     }

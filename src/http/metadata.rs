@@ -15,8 +15,11 @@ use super::base_url::RequestUrls;
 use super::caching::{Caching, header_value, respond};
 use super::error::HttpError;
 use super::events_body::{EventsFormat, parse_events, read_body};
-use super::negotiate::{self, ATOM_JSON, ATOM_XML, EVENTS_JSON, HTML, JSON};
-use super::pages::{PAGE_TYPES, page_request, read_error, read_page, single_event};
+use super::negotiate::{
+    self, APPLICATION_XML, ATOM_JSON, ATOM_XML, EVENT_JSON, EVENT_XML, EVENTS_JSON, HTML, JSON, OCTET_STREAM,
+    PAGE_TYPES, TEXT_XML,
+};
+use super::pages::{page_request, read_error, read_page, single_event};
 use super::params::{self, Query, ReadQuery, Segments};
 use crate::feed::{Freshness, PageStart};
 use crate::store::metadata::{self, METADATA_EVENT_TYPE, metadata_stream};
@@ -30,9 +33,11 @@ pub(super) fn router() -> Router<AppState> {
         .route("/streams/{stream}/metadata/{event}/{direction}/{count}", get(directed_page))
 }
 
-/// What `GET /streams/{s}/metadata` offers: the document itself as JSON,
-/// or the latest metadata event as an entry.
-const METADATA_TYPES: &[&str] = &[JSON, ATOM_JSON, ATOM_XML, HTML];
+/// What `GET /streams/{s}/metadata` offers: every type of a single event,
+/// the document itself (`application/json`) first, so that a read without
+/// `Accept` gets it (v5 offers the Atom entry first).
+const METADATA_TYPES: &[&str] =
+    &[JSON, ATOM_JSON, ATOM_XML, TEXT_XML, APPLICATION_XML, EVENT_JSON, EVENT_XML, OCTET_STREAM, HTML];
 
 /// The stream whose metadata this is, checked.
 fn described(stream: &str) -> Result<(), HttpError> {
@@ -44,8 +49,8 @@ fn described(stream: &str) -> Result<(), HttpError> {
 }
 
 /// `GET /streams/{s}/metadata`: `application/json` gives the latest
-/// metadata document (`{}` when none was written); the Atom types give the
-/// latest `$metadata` event as an entry.
+/// metadata document (`{}` when none was written); the other types give
+/// the latest `$metadata` event as a single event.
 async fn read_metadata(
     State(state): State<AppState>,
     RequestUrls(urls): RequestUrls,

@@ -17,15 +17,11 @@ use super::caching::{Caching, respond};
 use super::error::HttpError;
 use super::live::{self, Rendered, Watched};
 use super::negotiate::{
-    APPLICATION_XML, ATOM_JSON, ATOM_XML, EVENT_JSON, HTML, JSON, OCTET_STREAM, TEXT_XML,
+    self, APPLICATION_XML, ATOM_JSON, EVENT_JSON, EVENT_XML, HTML, JSON, OCTET_STREAM, TEXT_XML,
 };
 use super::params::{self, ReadQuery};
 use crate::feed::{self, Feed, Freshness, PageRequest, PageStart, Urls};
 use crate::store::{AllRead, Direction, ReadEvent, StoreError, StreamRead, StreamSettings};
-
-/// The types a page route offers (the stream route adds the description
-/// document and Server-Sent Events).
-pub(super) const PAGE_TYPES: &[&str] = &[ATOM_XML, ATOM_JSON, JSON, TEXT_XML, APPLICATION_XML, HTML];
 
 /// Parses a page route's segments (`$all` takes positions, not numbers).
 pub(super) fn page_request(
@@ -163,8 +159,8 @@ fn render_feed(
             feed.etag = etag.map(str::to_owned);
         }
         match media {
-            ATOM_JSON | JSON => feed::json::render_feed(&feed, urls, embed),
             HTML => feed::html::render_feed(&feed, urls),
+            _ if negotiate::is_json(media) => feed::json::render_feed(&feed, urls, embed),
             _ => feed::atom::render_feed(&feed, urls, embed),
         }
     });
@@ -226,6 +222,7 @@ fn render_event(read: &ReadEvent, urls: &Urls, media: &'static str) -> Vec<u8> {
     match media {
         ATOM_JSON => feed::json::render_entry(read, urls),
         EVENT_JSON => feed::json::render_event_object(read),
+        EVENT_XML => feed::event::xml_event(&read.event),
         JSON | OCTET_STREAM => read.event.data.to_vec(),
         TEXT_XML | APPLICATION_XML => feed::event::xml_payload(&read.event),
         HTML => feed::html::render_event(read, urls),

@@ -18,7 +18,7 @@ use super::error::HttpError;
 use super::events_body::{self, APPEND_TYPES, BodyKind, read_body};
 use super::live;
 use super::negotiate::{self, *};
-use super::pages::{PAGE_TYPES, page_request, read_page, single_event};
+use super::pages::{page_request, read_page, single_event};
 use super::params::{self, Query, ReadQuery, Segments};
 use crate::feed::{self, PageRequest, PageStart, Urls};
 use crate::store::{Append, Direction, ProposedEvent};
@@ -42,9 +42,6 @@ async fn head_page(
 ) -> Result<Response, HttpError> {
     params::stream_name(&stream)?;
     let media = negotiate::choose(&headers, query.format.as_deref(), FEED_TYPES)?;
-    if media == STREAM_DESCRIPTION {
-        return Ok(description(&urls, &stream));
-    }
     if media == EVENT_STREAM {
         return live::server_sent_events(state, urls, stream, &headers, query.from.as_deref()).await;
     }
@@ -53,7 +50,7 @@ async fn head_page(
         direction: Direction::Backward,
         count: feed::DEFAULT_PAGE_SIZE,
     };
-    read_page(&state, &urls, &stream, request, &query, &headers, media).await
+    stream_page(&state, &urls, &stream, request, &query, &headers, media).await
 }
 
 /// `/streams/{stream}/{event}/{count}`: v5's short form of a backward page.
@@ -66,7 +63,7 @@ async fn backward_page(
 ) -> Result<Response, HttpError> {
     let request = page_request(&stream, &start, "backward", &count)?;
     let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
-    read_page(&state, &urls, &stream, request, &query, &headers, media).await
+    stream_page(&state, &urls, &stream, request, &query, &headers, media).await
 }
 
 /// `/streams/{stream}/{event}/{backward|forward}/{count}`.
@@ -79,7 +76,27 @@ async fn directed_page(
 ) -> Result<Response, HttpError> {
     let request = page_request(&stream, &start, &direction, &count)?;
     let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
-    read_page(&state, &urls, &stream, request, &query, &headers, media).await
+    stream_page(&state, &urls, &stream, request, &query, &headers, media).await
+}
+
+/// Reads and renders a page of a stream or of `$all`, or, for a backward
+/// page of a stream asked for as v5's description document, the document
+/// in its place (v5 describes no forward page and not `$all`: there that
+/// type is the JSON feed).
+async fn stream_page(
+    state: &AppState,
+    urls: &Urls,
+    stream: &str,
+    request: PageRequest,
+    query: &ReadQuery,
+    headers: &HeaderMap,
+    media: &'static str,
+) -> Result<Response, HttpError> {
+    let describes = request.direction == Direction::Backward && stream != feed::ALL_STREAM;
+    if media == STREAM_DESCRIPTION && describes {
+        return Ok(description(urls, stream));
+    }
+    read_page(state, urls, stream, request, query, headers, media).await
 }
 
 /// `GET /streams/{stream}/{event}`: one event, or the last one for `head`.
@@ -100,7 +117,8 @@ async fn event(
     single_event(&state, &urls, &stream, start, resolve_links, &headers, media).await
 }
 
-/// v5's description document, served when a client asks for it by name.
+/// v5's description document, served when a client asks for it by name
+/// (v5 also serves it, with a `406`, for `*/*`; eventfeed serves the feed).
 fn description(urls: &Urls, stream: &str) -> Response {
     let stream_url = urls.stream(stream);
     let document = serde_json::json!({

@@ -71,6 +71,12 @@ pub fn is_json(media_type: &str) -> bool {
     matches!(media_type, ATOM_JSON | JSON | EVENT_JSON | EVENTS_JSON | STREAM_DESCRIPTION | COMPETING_JSON)
 }
 
+/// What v5's codec for a representation writes for a read of one event
+/// that found none: `{}` in JSON, nothing otherwise.
+pub fn no_event(media_type: &str) -> &'static str {
+    if is_json(media_type) { "{}" } else { "" }
+}
+
 /// One parsed media range of an `Accept` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MediaRange {

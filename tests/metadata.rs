@@ -289,7 +289,7 @@ async fn hard_delete_is_forever() {
     ] {
         let response = server.get(path, ATOM_JSON).await;
         assert_eq!(response.status(), 410, "{path}");
-        assert_eq!(response.text().await.unwrap().lines().next().unwrap(), "Deleted");
+        assert_eq!(common::reason(response).await, "Deleted");
     }
     let response = server.post_events("hard", &json!([event("T", json!({}))])).await;
     assert_eq!(response.status(), 410);

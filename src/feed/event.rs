@@ -78,6 +78,28 @@ pub fn xml_payload(event: &RecordedEvent) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// The event as an XML document (`application/vnd.eventstore.event+xml`):
+/// the fields of the event object (`…event+json`) as elements under an
+/// `<event>` root, JSON payloads converted as [`xml_payload`] converts
+/// them and any other payload as text, without a declaration, as v5 writes
+/// it.
+pub fn xml_event(event: &RecordedEvent) -> Vec<u8> {
+    use serde_json::Value;
+    let payload = |bytes: &[u8], is_json: bool| {
+        let parsed = is_json.then(|| serde_json::from_slice::<Value>(bytes).ok()).flatten();
+        parsed.unwrap_or_else(|| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    };
+    let mut out = String::from("<event>");
+    write_xml_value(&mut out, "eventStreamId", &Value::from(&*event.stream));
+    write_xml_value(&mut out, "eventNumber", &Value::from(event.number));
+    write_xml_value(&mut out, "eventType", &Value::from(&*event.event_type));
+    write_xml_value(&mut out, "eventId", &Value::from(event.id.to_string()));
+    write_xml_value(&mut out, "data", &payload(&event.data, event.is_json));
+    write_xml_value(&mut out, "metadata", &payload(&event.metadata, event.metadata_is_json));
+    out.push_str("</event>");
+    out.into_bytes()
+}
+
 fn write_xml_value(out: &mut String, name: &str, value: &serde_json::Value) {
     use serde_json::Value;
     if let Value::Array(items) = value {
@@ -139,9 +161,8 @@ mod tests {
         assert_eq!(embedded(b"", false).get(), r#""""#);
     }
 
-    #[test]
-    fn json_payloads_convert_to_xml() {
-        let event = RecordedEvent {
+    fn recorded(data: &'static [u8]) -> RecordedEvent {
+        RecordedEvent {
             stream: "s".into(),
             number: 0,
             position: 0,
@@ -150,12 +171,29 @@ mod tests {
             created_micros: 0,
             is_json: true,
             metadata_is_json: false,
-            data: bytes::Bytes::from_static(br#"{"name":"a<b","tags":["x","y"],"1st":null}"#),
+            data: bytes::Bytes::from_static(data),
             metadata: bytes::Bytes::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn json_payloads_convert_to_xml() {
+        let event = recorded(br#"{"name":"a<b","tags":["x","y"],"1st":null}"#);
         assert_eq!(
             String::from_utf8(xml_payload(&event)).expect("utf-8"),
             "<?xml version=\"1.0\" encoding=\"utf-8\"?><data><name>a&lt;b</name><tags>x</tags><tags>y</tags><_st></_st></data>"
         );
+    }
+
+    #[test]
+    fn events_convert_to_xml_with_every_field() {
+        let event = recorded(br#"{"a":1}"#);
+        assert_eq!(
+            String::from_utf8(xml_event(&event)).expect("utf-8"),
+            "<event><eventStreamId>s</eventStreamId><eventNumber>0</eventNumber><eventType>t</eventType>\
+             <eventId>00000000-0000-0000-0000-000000000000</eventId><data><a>1</a></data><metadata></metadata></event>"
+        );
+        let text = RecordedEvent { is_json: false, ..recorded(b"<x/>") };
+        assert!(String::from_utf8(xml_event(&text)).expect("utf-8").contains("<data>&lt;x/&gt;</data>"));
     }
 }

@@ -74,6 +74,16 @@ pub fn render_event(read: &ReadEvent, urls: &Urls) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// Renders a notice: a title and a line of text (a failure explained to a
+/// person, or an answer that has nothing to show).
+pub fn render_notice(title: &str, text: &str) -> Vec<u8> {
+    let mut out = String::with_capacity(1024);
+    page_start(&mut out, title);
+    let _ = writeln!(out, "<p>{}</p>", escape(text));
+    page_end(&mut out);
+    out.into_bytes()
+}
+
 fn payload(bytes: &[u8], is_json: bool) -> String {
     if is_json {
         if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {

@@ -1,14 +1,20 @@
 //! The HTTP error type: every failure a handler can return, mapped to its
-//! status, its reason phrase and a `text/plain` body.
+//! status, its reason phrase, its headers and its body.
 //!
-//! v5 puts the message in the HTTP reason phrase with an empty body, and
-//! clients read it from there; eventfeed sends the same reason phrase and
-//! repeats it (plus any detail) in the body, so `curl` users see it too.
+//! v5 puts the message in the HTTP reason phrase, and clients read it from
+//! there; eventfeed sends the same reason phrase. What the body holds
+//! depends on what failed ([`ErrorBody`]): the answer to a write repeats
+//! the message (plus any detail) as `text/plain`, so `curl` users see it;
+//! the answer to a read is exactly v5's (`read_errors` decides it), because
+//! clients parse it, and its detail goes to a page for browsers and to the
+//! debug log instead.
 
+use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::ext::ReasonPhrase;
 
+use crate::feed;
 use crate::store::StoreError;
 
 /// A failed request.
@@ -17,15 +23,33 @@ pub struct HttpError {
     pub status: StatusCode,
     /// The reason phrase, exactly as v5 words it where v5 has one.
     pub reason: String,
-    /// Extra explanation for the body only.
+    /// Extra explanation for people: in the body of an explained answer,
+    /// on the page of a browser's, in the debug log otherwise.
     pub detail: Option<String>,
-    /// Extra headers (`ES-CurrentVersion`, `Retry-After`, `Allow`).
+    /// Extra headers (`ES-CurrentVersion`, `Retry-After`, `Vary`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: ErrorBody,
+}
+
+/// What the body of a failure holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ErrorBody {
+    /// The reason phrase and the detail as `text/plain`: eventfeed's
+    /// addition to v5's answer to a write, whose body no v5 client reads
+    /// (v5 sends none, or on subscription writes its own message object).
+    #[default]
+    Explained,
+    /// Exactly what v5 sends: these bytes, labelled with this media type in
+    /// UTF-8 (no `Content-Type` when `None`).
+    Exactly { media_type: Option<&'static str>, bytes: &'static str },
+    /// A page stating the failure and its detail, for a browser (it asked
+    /// for `text/html`, which no v5 client does).
+    Page,
 }
 
 impl HttpError {
     pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
-        Self { status, reason: reason.into(), detail: None, headers: Vec::new() }
+        Self { status, reason: reason.into(), detail: None, headers: Vec::new(), body: ErrorBody::default() }
     }
 
     pub fn bad_request(reason: impl Into<String>) -> Self {
@@ -36,8 +60,16 @@ impl HttpError {
         Self::new(StatusCode::NOT_FOUND, "Not Found").with_detail(detail)
     }
 
+    /// v5's answer to a URL that no route serves, whatever the method:
+    /// `404 Not Found` and nothing else.
+    pub fn no_route() -> Self {
+        Self::not_found("No resource lives at this URL.")
+            .with_body(ErrorBody::Exactly { media_type: None, bytes: "" })
+    }
+
+    /// v5's reason phrase when no offered type is acceptable.
     pub fn not_acceptable(supported: &[&str]) -> Self {
-        Self::new(StatusCode::NOT_ACCEPTABLE, "Not Acceptable")
+        Self::new(StatusCode::NOT_ACCEPTABLE, "Requested URI is not available in requested format")
             .with_detail(format!("This resource is available as: {}", supported.join(", ")))
     }
 
@@ -57,6 +89,11 @@ impl HttpError {
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
+        self
+    }
+
+    pub fn with_body(mut self, body: ErrorBody) -> Self {
+        self.body = body;
         self
     }
 }
@@ -110,16 +147,35 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(status = %self.status, reason = %self.reason, detail = ?self.detail, "request failed");
+        } else if let (ErrorBody::Exactly { .. }, Some(detail)) = (&self.body, &self.detail) {
+            tracing::debug!(status = %self.status, reason = %self.reason, %detail, "request refused");
         }
-        let mut body = self.reason.clone();
-        if let Some(detail) = &self.detail {
-            body.push('\n');
-            body.push_str(detail);
-        }
-        body.push('\n');
-        let mut response = (self.status, body).into_response();
+        let (media_type, body) = match self.body {
+            ErrorBody::Explained => {
+                let mut text = self.reason.clone();
+                if let Some(detail) = &self.detail {
+                    text.push('\n');
+                    text.push_str(detail);
+                }
+                text.push('\n');
+                (Some("text/plain"), Body::from(text))
+            }
+            ErrorBody::Exactly { media_type, bytes } => (media_type, Body::from(bytes)),
+            ErrorBody::Page => {
+                let title = format!("{} {}", self.status.as_u16(), self.reason);
+                let page = feed::html::render_notice(&title, self.detail.as_deref().unwrap_or_default());
+                (Some("text/html"), Body::from(page))
+            }
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if let Some(media_type) = media_type {
+            // Composed of the server's own constants: always a valid value.
+            if let Ok(content_type) = HeaderValue::from_str(&format!("{media_type}; charset=utf-8")) {
+                headers.insert(header::CONTENT_TYPE, content_type);
+            }
+        }
         for (name, value) in self.headers {
             headers.insert(name, value);
         }

@@ -15,12 +15,16 @@ use super::base_url::RequestUrls;
 use super::caching::{Caching, header_value, respond};
 use super::error::HttpError;
 use super::events_body::{EventsFormat, parse_events, read_body};
-use super::negotiate::{self, ATOM_JSON, ATOM_XML, EVENTS_JSON, HTML, JSON};
-use super::pages::{PAGE_TYPES, page_request, read_error, read_page, single_event};
+use super::negotiate::{
+    self, APPLICATION_XML, ATOM_JSON, ATOM_XML, EVENT_JSON, EVENT_TYPES, EVENT_XML, EVENTS_JSON, HTML, JSON,
+    OCTET_STREAM, PAGE_TYPES, TEXT_XML,
+};
+use super::pages::{find_event, page_request, read_error, read_page, render_found};
 use super::params::{self, Query, ReadQuery, Segments};
-use crate::feed::{Freshness, PageStart};
+use super::read_errors::ReadRoute;
+use crate::feed::{self, Freshness, PageStart, Urls};
 use crate::store::metadata::{self, METADATA_EVENT_TYPE, metadata_stream};
-use crate::store::{Append, Direction, ProposedEvent, StoreError, StreamRead, StreamSettings};
+use crate::store::{Append, ProposedEvent, StoreError, StreamSettings};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -30,9 +34,11 @@ pub(super) fn router() -> Router<AppState> {
         .route("/streams/{stream}/metadata/{event}/{direction}/{count}", get(directed_page))
 }
 
-/// What `GET /streams/{s}/metadata` offers: the document itself as JSON,
-/// or the latest metadata event as an entry.
-const METADATA_TYPES: &[&str] = &[JSON, ATOM_JSON, ATOM_XML, HTML];
+/// What `GET /streams/{s}/metadata` offers: every type of a single event,
+/// the document itself (`application/json`) first, so that a read without
+/// `Accept` gets it (v5 offers the Atom entry first).
+const METADATA_TYPES: &[&str] =
+    &[JSON, ATOM_JSON, ATOM_XML, TEXT_XML, APPLICATION_XML, EVENT_JSON, EVENT_XML, OCTET_STREAM, HTML];
 
 /// The stream whose metadata this is, checked.
 fn described(stream: &str) -> Result<(), HttpError> {
@@ -43,9 +49,8 @@ fn described(stream: &str) -> Result<(), HttpError> {
     Ok(())
 }
 
-/// `GET /streams/{s}/metadata`: `application/json` gives the latest
-/// metadata document (`{}` when none was written); the Atom types give the
-/// latest `$metadata` event as an entry.
+/// `GET /streams/{s}/metadata`: the latest metadata event, as a single
+/// event of `$${s}` (`application/json`: the document itself).
 async fn read_metadata(
     State(state): State<AppState>,
     RequestUrls(urls): RequestUrls,
@@ -53,34 +58,74 @@ async fn read_metadata(
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    described(&stream)?;
-    if state.store.stream_state(&stream).await?.is_some_and(|s| s.tombstoned) {
+    let read = async {
+        described(&stream)?;
+        let media = negotiate::choose(&headers, query.format.as_deref(), METADATA_TYPES)?;
+        metadata_event_of(&state, &urls, &stream, PageStart::Head, &headers, media).await
+    };
+    let route = ReadRoute::Event(METADATA_TYPES);
+    read.await.map_err(|error| error.answering_read(&headers, query.format.as_deref(), route))
+}
+
+/// `GET /streams/{s}/metadata/{n}` (or `head`): one metadata event.
+async fn metadata_event(
+    State(state): State<AppState>,
+    RequestUrls(urls): RequestUrls,
+    Segments((stream, event)): Segments<(String, String)>,
+    Query(query): Query<ReadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let read = async {
+        described(&stream)?;
+        let start = params::page_start(&event)?;
+        let media = negotiate::choose(&headers, query.format.as_deref(), EVENT_TYPES)?;
+        metadata_event_of(&state, &urls, &stream, start, &headers, media).await
+    };
+    let route = ReadRoute::Event(EVENT_TYPES);
+    read.await.map_err(|error| error.answering_read(&headers, query.format.as_deref(), route))
+}
+
+/// One event of `$${stream}`. As in v5, a stream that exists always has
+/// metadata to read: where no event is found, the answer is `200` with
+/// what v5's codec writes for "no event" (`{}` in JSON), so clients read an
+/// empty document. Only a stream that does not exist is `404`.
+async fn metadata_event_of(
+    state: &AppState,
+    urls: &Urls,
+    stream: &str,
+    start: PageStart,
+    headers: &HeaderMap,
+    media: &'static str,
+) -> Result<Response, HttpError> {
+    let stream_state = state.store.stream_state(stream).await?;
+    if stream_state.as_ref().is_some_and(|stream_state| stream_state.tombstoned) {
         return Err(read_error(StoreError::StreamDeleted));
     }
-    let media = negotiate::choose(&headers, query.format.as_deref(), METADATA_TYPES)?;
-    let meta_stream = metadata_stream(&stream);
-    if media != JSON {
-        let resolve = false;
-        return single_event(&state, &urls, &meta_stream, PageStart::Head, resolve, &headers, media).await;
-    }
-    let read = StreamRead {
-        stream: meta_stream,
-        from: None,
-        direction: Direction::Backward,
-        count: 1,
-        resolve_links: false,
-    };
-    let (version, document) = match state.store.read_stream(read).await {
-        Ok(mut slice) => match slice.events.pop() {
-            Some(latest) => (slice.view.last_number.to_string(), latest.event.data),
-            None => (slice.view.last_number.to_string(), Bytes::from_static(b"{}")),
-        },
-        Err(StoreError::StreamNotFound) => ("-1".to_owned(), Bytes::from_static(b"{}")),
+    let found = match find_event(state, &metadata_stream(stream), start, false).await {
+        Ok(found) => Some(found),
+        Err(StoreError::StreamNotFound) => None,
         Err(error) => return Err(read_error(error)),
     };
+    if let Some(found) = &found {
+        if let Some(read) = &found.read {
+            return Ok(render_found(headers, urls, found, read, media));
+        }
+    }
+    if stream_state.is_none() {
+        return Err(HttpError::not_found("The stream does not exist."));
+    }
+    // Metadata may be written at any time: the answer revalidates against
+    // the metadata stream's last number.
+    let version = found.map_or_else(|| "-1".to_owned(), |found| found.last_number.to_string());
     let freshness = Freshness::Live { version };
     let caching = Caching { freshness: &freshness, settings: &StreamSettings::default() };
-    Ok(respond(&headers, &caching, JSON, |_| document.to_vec()))
+    Ok(respond(headers, &caching, media, |_| match media {
+        HTML => feed::html::render_notice(
+            &format!("Metadata of '{stream}'"),
+            "No metadata has been written for this stream.",
+        ),
+        _ => negotiate::no_event(media).as_bytes().to_vec(),
+    }))
 }
 
 /// `POST /streams/{s}/metadata`: the raw JSON object (id from `ES-EventId`,
@@ -136,20 +181,6 @@ async fn write_metadata(
     Ok(response)
 }
 
-/// `GET /streams/{s}/metadata/{n}` (or `head`): one metadata event.
-async fn metadata_event(
-    State(state): State<AppState>,
-    RequestUrls(urls): RequestUrls,
-    Segments((stream, event)): Segments<(String, String)>,
-    Query(query): Query<ReadQuery>,
-    headers: HeaderMap,
-) -> Result<Response, HttpError> {
-    described(&stream)?;
-    let start = params::page_start(&event)?;
-    let media = negotiate::choose(&headers, query.format.as_deref(), negotiate::EVENT_TYPES)?;
-    single_event(&state, &urls, &metadata_stream(&stream), start, false, &headers, media).await
-}
-
 /// `/streams/{s}/metadata/{event}/{count}`: a backward page.
 async fn backward_page(
     state: State<AppState>,
@@ -180,9 +211,12 @@ async fn page(
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    described(&stream)?;
-    let meta_stream = metadata_stream(&stream);
-    let request = page_request(&meta_stream, &start, &direction, &count)?;
-    let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
-    read_page(&state, &urls, &meta_stream, request, &query, &headers, media).await
+    let read = async {
+        described(&stream)?;
+        let meta_stream = metadata_stream(&stream);
+        let request = page_request(&meta_stream, &start, &direction, &count)?;
+        let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
+        read_page(&state, &urls, &meta_stream, request, &query, &headers, media).await
+    };
+    read.await.map_err(|error| error.answering_read(&headers, query.format.as_deref(), ReadRoute::Page))
 }

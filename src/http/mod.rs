@@ -6,7 +6,8 @@
 //! page-read pipeline (stream, `$all` and metadata pages, single events),
 //! `live` the long-polls and Server-Sent Events, `events_body` reading and
 //! parsing request bodies, and `negotiate`, `params`, `caching`,
-//! `base_url` and `error` the pieces every handler uses. Resource modules
+//! `base_url`, `error` and `read_errors` (a failed read answered as v5
+//! answers it) the pieces every handler uses. Resource modules
 //! import shared ones, never each other; only this file names them, to
 //! merge their routers.
 
@@ -20,6 +21,7 @@ mod metadata;
 pub mod negotiate;
 mod pages;
 mod params;
+mod read_errors;
 mod streams;
 mod subscriptions;
 mod system;

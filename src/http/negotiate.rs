@@ -5,8 +5,13 @@
 //! quality; the highest quality wins, then the type the client named most
 //! specifically, then the server's order. So no
 //! `Accept` or `*/*` yields the first offer (Atom for feeds), and a type that
-//! is only offered "by name" (the description document, Server-Sent Events)
-//! is chosen only when a client names it, because it is offered last.
+//! is only offered "by name" (v5's `event`/`events` types, the description
+//! document, Server-Sent Events) is chosen only when a client names it,
+//! because it is offered after the types a wildcard should pick.
+//!
+//! Each route offers every type v5 registers for it (its codecs, per route
+//! in v5's `AtomController`), so a client gets the representation and the
+//! `Content-Type` it asked for wherever v5 would give them.
 
 use axum::http::{HeaderMap, header};
 
@@ -18,22 +23,59 @@ pub const JSON: &str = "application/json";
 pub const TEXT_XML: &str = "text/xml";
 pub const APPLICATION_XML: &str = "application/xml";
 pub const HTML: &str = "text/html";
+pub const PLAIN_TEXT: &str = "text/plain";
 pub const STREAM_DESCRIPTION: &str = "application/vnd.eventstore.streamdesc+json";
 pub const EVENT_STREAM: &str = "text/event-stream";
 pub const EVENT_JSON: &str = "application/vnd.eventstore.event+json";
+pub const EVENT_XML: &str = "application/vnd.eventstore.event+xml";
 pub const OCTET_STREAM: &str = "application/octet-stream";
 pub const EVENTS_JSON: &str = "application/vnd.eventstore.events+json";
 pub const EVENTS_XML: &str = "application/vnd.eventstore.events+xml";
 pub const COMPETING_JSON: &str = "application/vnd.eventstore.competingatom+json";
 pub const COMPETING_XML: &str = "application/vnd.eventstore.competingatom+xml";
 
-/// What a feed resource offers, best first.
-pub const FEED_TYPES: &[&str] =
-    &[ATOM_XML, ATOM_JSON, JSON, TEXT_XML, APPLICATION_XML, HTML, STREAM_DESCRIPTION, EVENT_STREAM];
+/// What `/streams/{stream}` offers, best first: a page, and Server-Sent
+/// Events (last). v5 serialises a feed with the JSON or the XML codec
+/// behind each of its types, so the JSON types get the JSON feed and the
+/// XML types the Atom feed, each under its own `Content-Type`.
+pub const FEED_TYPES: &[&str] = &[
+    ATOM_XML,
+    ATOM_JSON,
+    JSON,
+    TEXT_XML,
+    APPLICATION_XML,
+    HTML,
+    EVENT_JSON,
+    EVENT_XML,
+    EVENTS_JSON,
+    EVENTS_XML,
+    STREAM_DESCRIPTION,
+    EVENT_STREAM,
+];
 
-/// What a single event offers, best first.
+/// What every other page offers (of a stream, a metadata stream or
+/// `$all`): the same, without Server-Sent Events.
+pub const PAGE_TYPES: &[&str] = match FEED_TYPES.split_last() {
+    Some((_, pages)) => pages,
+    None => &[],
+};
+
+/// What a single event offers, best first (v5 offers no `events` types
+/// and no description document here).
 pub const EVENT_TYPES: &[&str] =
-    &[ATOM_XML, ATOM_JSON, JSON, EVENT_JSON, TEXT_XML, APPLICATION_XML, OCTET_STREAM, HTML];
+    &[ATOM_XML, ATOM_JSON, JSON, EVENT_JSON, TEXT_XML, APPLICATION_XML, OCTET_STREAM, HTML, EVENT_XML];
+
+/// Whether v5 writes a representation with its JSON codec (the others are
+/// XML, HTML or raw bytes).
+pub fn is_json(media_type: &str) -> bool {
+    matches!(media_type, ATOM_JSON | JSON | EVENT_JSON | EVENTS_JSON | STREAM_DESCRIPTION | COMPETING_JSON)
+}
+
+/// What v5's codec for a representation writes for a read of one event
+/// that found none: `{}` in JSON, nothing otherwise.
+pub fn no_event(media_type: &str) -> &'static str {
+    if is_json(media_type) { "{}" } else { "" }
+}
 
 /// One parsed media range of an `Accept` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +146,10 @@ fn parse_quality(value: &str) -> Option<u16> {
 }
 
 /// Picks the representation to send: `?format=` first, then `Accept`.
+///
+/// `?format=` names a type as v5 maps it (`json`, `xml`, `atom`, `atomxj`,
+/// and `text`, which no read offers); `html` is eventfeed's. A name v5
+/// does not know is a 400 (v5 fails with a 500).
 pub fn choose(
     headers: &HeaderMap,
     format: Option<&str>,
@@ -111,13 +157,15 @@ pub fn choose(
 ) -> Result<&'static str, HttpError> {
     if let Some(format) = format {
         let wanted = match format.to_ascii_lowercase().as_str() {
-            "json" => ATOM_JSON,
+            "json" => JSON,
+            "xml" => TEXT_XML,
             "atom" => ATOM_XML,
-            "xml" => APPLICATION_XML,
+            "atomxj" => ATOM_JSON,
             "html" => HTML,
+            "text" => PLAIN_TEXT,
             _ => {
                 return Err(HttpError::bad_request(format!(
-                    "'{format}' is not a valid format. Use json, atom, xml or html"
+                    "'{format}' is not a valid format. Use json, xml, atom, atomxj or html"
                 )));
             }
         };
@@ -211,6 +259,9 @@ mod tests {
         assert_eq!(best("*/*", FEED_TYPES), Some(ATOM_XML));
         assert_eq!(best(STREAM_DESCRIPTION, FEED_TYPES), Some(STREAM_DESCRIPTION));
         assert_eq!(best("text/event-stream", FEED_TYPES), Some(EVENT_STREAM));
+        assert_eq!(best(EVENTS_JSON, PAGE_TYPES), Some(EVENTS_JSON));
+        assert_eq!(best("application/*", PAGE_TYPES), Some(ATOM_XML));
+        assert_eq!(best(EVENTS_JSON, EVENT_TYPES), None, "v5 offers no events type for one event");
     }
 
     #[test]

@@ -17,17 +17,14 @@ use super::caching::{Caching, respond};
 use super::error::HttpError;
 use super::live::{self, Rendered, Watched};
 use super::negotiate::{
-    APPLICATION_XML, ATOM_JSON, ATOM_XML, EVENT_JSON, HTML, JSON, OCTET_STREAM, TEXT_XML,
+    self, APPLICATION_XML, ATOM_JSON, EVENT_JSON, EVENT_XML, HTML, JSON, OCTET_STREAM, TEXT_XML,
 };
 use super::params::{self, ReadQuery};
 use crate::feed::{self, Feed, Freshness, PageRequest, PageStart, Urls};
 use crate::store::{AllRead, Direction, ReadEvent, StoreError, StreamRead, StreamSettings};
 
-/// The types a page route offers (the stream route adds the description
-/// document and Server-Sent Events).
-pub(super) const PAGE_TYPES: &[&str] = &[ATOM_XML, ATOM_JSON, JSON, TEXT_XML, APPLICATION_XML, HTML];
-
-/// Parses a page route's segments (`$all` takes positions, not numbers).
+/// Parses a page route's segments (`$all` takes positions, not numbers,
+/// and words its refusals as v5 does there).
 pub(super) fn page_request(
     stream: &str,
     start: &str,
@@ -38,14 +35,21 @@ pub(super) fn page_request(
     let direction = match direction {
         "backward" => Direction::Backward,
         "forward" => Direction::Forward,
-        _ => {
-            return Err(HttpError::not_found(
-                "Pages are /{event}/backward/{count} or /{event}/forward/{count}.",
-            ));
-        }
+        // v5 has no such route.
+        _ => return Err(HttpError::no_route()),
     };
-    let start = if stream == feed::ALL_STREAM { all_page_start(start)? } else { params::page_start(start)? };
-    Ok(PageRequest { start, direction, count: params::count(count)? })
+    if stream != feed::ALL_STREAM {
+        return Ok(PageRequest {
+            start: params::page_start(start)?,
+            direction,
+            count: params::count(count)?,
+        });
+    }
+    let count = params::count(count).map_err(|mut error| {
+        error.reason = format!("Invalid count argument: {count}");
+        error
+    })?;
+    Ok(PageRequest { start: all_page_start(start)?, direction, count })
 }
 
 /// `{position}` of an `$all` page route: `head` or 32 hex digits.
@@ -54,7 +58,7 @@ fn all_page_start(text: &str) -> Result<PageStart, HttpError> {
         return Ok(PageStart::Head);
     }
     feed::parse_position(text).map(PageStart::Number).ok_or_else(|| {
-        HttpError::bad_request(format!("'{text}' is not valid position"))
+        HttpError::bad_request(format!("Invalid position argument: {text}"))
             .with_detail("Positions in $all are 32 hex digits, as in the links of its pages, or 'head'.")
     })
 }
@@ -163,8 +167,8 @@ fn render_feed(
             feed.etag = etag.map(str::to_owned);
         }
         match media {
-            ATOM_JSON | JSON => feed::json::render_feed(&feed, urls, embed),
             HTML => feed::html::render_feed(&feed, urls),
+            _ if negotiate::is_json(media) => feed::json::render_feed(&feed, urls, embed),
             _ => feed::atom::render_feed(&feed, urls, embed),
         }
     });
@@ -184,6 +188,52 @@ pub(super) fn read_error(error: StoreError) -> HttpError {
     }
 }
 
+/// One event looked up by number, or the last one (`PageStart::Head`).
+pub(super) struct FoundEvent {
+    /// The event; `None` when the stream exists but the event does not (or
+    /// is no longer visible).
+    pub read: Option<ReadEvent>,
+    /// The stream's last event number when it was read.
+    pub last_number: u64,
+    /// How the event's answer may be cached: a numbered event never
+    /// changes, the last one does with the next append.
+    pub freshness: Freshness,
+    pub settings: StreamSettings,
+}
+
+/// Looks one event up; the store's error when the stream cannot be read.
+pub(super) async fn find_event(
+    state: &AppState,
+    stream: &str,
+    start: PageStart,
+    resolve_links: bool,
+) -> Result<FoundEvent, StoreError> {
+    match start {
+        PageStart::Head => {
+            let read = StreamRead {
+                stream: stream.to_owned(),
+                from: None,
+                direction: Direction::Backward,
+                count: 1,
+                resolve_links,
+            };
+            let mut slice = state.store.read_stream(read).await?;
+            let last_number = slice.view.last_number;
+            Ok(FoundEvent {
+                read: slice.events.pop(),
+                last_number,
+                freshness: Freshness::Live { version: last_number.to_string() },
+                settings: slice.view.settings,
+            })
+        }
+        PageStart::Number(number) => {
+            let (view, read) = state.store.read_event(stream, number, resolve_links).await?;
+            let (last_number, settings) = (view.last_number, view.settings);
+            Ok(FoundEvent { read, last_number, freshness: Freshness::Immutable, settings })
+        }
+    }
+}
+
 /// Reads one event (`PageStart::Head`: the last) and renders it.
 pub(super) async fn single_event(
     state: &AppState,
@@ -194,31 +244,24 @@ pub(super) async fn single_event(
     headers: &HeaderMap,
     media: &'static str,
 ) -> Result<Response, HttpError> {
-    let (freshness, settings, read) = match start {
-        PageStart::Head => {
-            let read = StreamRead {
-                stream: stream.to_owned(),
-                from: None,
-                direction: Direction::Backward,
-                count: 1,
-                resolve_links,
-            };
-            let mut slice = state.store.read_stream(read).await.map_err(read_error)?;
-            let version = slice.view.last_number.to_string();
-            (Freshness::Live { version }, slice.view.settings, slice.events.pop())
-        }
-        PageStart::Number(number) => {
-            let (view, read) =
-                state.store.read_event(stream, number, resolve_links).await.map_err(read_error)?;
-            (Freshness::Immutable, view.settings, read)
-        }
-    };
-    let read = read.ok_or_else(|| HttpError::not_found("The event does not exist."))?;
+    let found = find_event(state, stream, start, resolve_links).await.map_err(read_error)?;
+    let read = found.read.as_ref().ok_or_else(|| HttpError::not_found("The event does not exist."))?;
+    Ok(render_found(headers, urls, &found, read, media))
+}
+
+/// The answer for an event found, in the negotiated representation.
+pub(super) fn render_found(
+    headers: &HeaderMap,
+    urls: &Urls,
+    found: &FoundEvent,
+    read: &ReadEvent,
+    media: &'static str,
+) -> Response {
     // A client asking for JSON data gets the bytes it stored; when they are
     // not JSON, the Content-Type says so instead of claiming JSON.
     let media = if media == JSON && !read.event.is_json { OCTET_STREAM } else { media };
-    let caching = Caching { freshness: &freshness, settings: &settings };
-    Ok(respond(headers, &caching, media, |_| render_event(&read, urls, media)))
+    let caching = Caching { freshness: &found.freshness, settings: &found.settings };
+    respond(headers, &caching, media, |_| render_event(read, urls, media))
 }
 
 /// One event's body in the negotiated representation.
@@ -226,6 +269,7 @@ fn render_event(read: &ReadEvent, urls: &Urls, media: &'static str) -> Vec<u8> {
     match media {
         ATOM_JSON => feed::json::render_entry(read, urls),
         EVENT_JSON => feed::json::render_event_object(read),
+        EVENT_XML => feed::event::xml_event(&read.event),
         JSON | OCTET_STREAM => read.event.data.to_vec(),
         TEXT_XML | APPLICATION_XML => feed::event::xml_payload(&read.event),
         HTML => feed::html::render_event(read, urls),

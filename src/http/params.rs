@@ -3,11 +3,12 @@
 //! is a 400 whose reason phrase is v5's where v5 has one.
 
 use axum::extract::{FromRequestParts, Path};
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
 use serde::de::DeserializeOwned;
 
 use super::error::HttpError;
+use super::read_errors::ReadRoute;
 use crate::feed::{Embed, MAX_PAGE_SIZE, PageStart};
 use crate::store::ExpectedVersion;
 
@@ -28,10 +29,11 @@ where
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Path(value)| Self(value))
-            .map_err(|rejection| HttpError::bad_request("Invalid path").with_detail(rejection.body_text()))
+        let path = Path::<T>::from_request_parts(parts, state).await;
+        path.map(|Path(value)| Self(value)).map_err(|rejection| {
+            let error = HttpError::bad_request("Invalid path").with_detail(rejection.body_text());
+            malformed(parts, error)
+        })
     }
 }
 
@@ -51,8 +53,18 @@ where
             .await
             .map(|axum::extract::Query(value)| Self(value))
             .map_err(|rejection| {
-                HttpError::bad_request("Invalid query string").with_detail(rejection.body_text())
+                let error = HttpError::bad_request("Invalid query string").with_detail(rejection.body_text());
+                malformed(parts, error)
             })
+    }
+}
+
+/// A malformed request; a read is answered as v5 answers one (no body).
+fn malformed(parts: &Parts, error: HttpError) -> HttpError {
+    if parts.method == Method::GET || parts.method == Method::HEAD {
+        error.answering_read(&parts.headers, None, ReadRoute::Page)
+    } else {
+        error
     }
 }
 

@@ -18,8 +18,9 @@ use super::error::HttpError;
 use super::events_body::{self, APPEND_TYPES, BodyKind, read_body};
 use super::live;
 use super::negotiate::{self, *};
-use super::pages::{PAGE_TYPES, page_request, read_page, single_event};
+use super::pages::{page_request, read_page, single_event};
 use super::params::{self, Query, ReadQuery, Segments};
+use super::read_errors::ReadRoute;
 use crate::feed::{self, PageRequest, PageStart, Urls};
 use crate::store::{Append, Direction, ProposedEvent};
 
@@ -33,6 +34,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/streams/{stream}/{event}/{direction}/{count}", get(directed_page))
 }
 
+/// `GET /streams/{stream}`: the head page (or Server-Sent Events).
 async fn head_page(
     State(state): State<AppState>,
     RequestUrls(urls): RequestUrls,
@@ -40,20 +42,22 @@ async fn head_page(
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    params::stream_name(&stream)?;
-    let media = negotiate::choose(&headers, query.format.as_deref(), FEED_TYPES)?;
-    if media == STREAM_DESCRIPTION {
-        return Ok(description(&urls, &stream));
-    }
-    if media == EVENT_STREAM {
-        return live::server_sent_events(state, urls, stream, &headers, query.from.as_deref()).await;
-    }
-    let request = PageRequest {
-        start: PageStart::Head,
-        direction: Direction::Backward,
-        count: feed::DEFAULT_PAGE_SIZE,
+    let read = async {
+        params::stream_name(&stream)?;
+        let media = negotiate::choose(&headers, query.format.as_deref(), FEED_TYPES)?;
+        if media == EVENT_STREAM {
+            let from = query.from.as_deref();
+            return live::server_sent_events(state.clone(), urls.clone(), stream.clone(), &headers, from)
+                .await;
+        }
+        let request = PageRequest {
+            start: PageStart::Head,
+            direction: Direction::Backward,
+            count: feed::DEFAULT_PAGE_SIZE,
+        };
+        stream_page(&state, &urls, &stream, request, &query, &headers, media).await
     };
-    read_page(&state, &urls, &stream, request, &query, &headers, media).await
+    read.await.map_err(|error| error.answering_read(&headers, query.format.as_deref(), ReadRoute::Page))
 }
 
 /// `/streams/{stream}/{event}/{count}`: v5's short form of a backward page.
@@ -64,9 +68,7 @@ async fn backward_page(
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let request = page_request(&stream, &start, "backward", &count)?;
-    let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
-    read_page(&state, &urls, &stream, request, &query, &headers, media).await
+    page(&state, &urls, &stream, [&start, "backward", &count], &query, &headers).await
 }
 
 /// `/streams/{stream}/{event}/{backward|forward}/{count}`.
@@ -77,9 +79,45 @@ async fn directed_page(
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let request = page_request(&stream, &start, &direction, &count)?;
-    let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
-    read_page(&state, &urls, &stream, request, &query, &headers, media).await
+    page(&state, &urls, &stream, [&start, &direction, &count], &query, &headers).await
+}
+
+/// A page of a stream or of `$all`, named by its path segments: start,
+/// direction and count.
+async fn page(
+    state: &AppState,
+    urls: &Urls,
+    stream: &str,
+    [start, direction, count]: [&str; 3],
+    query: &ReadQuery,
+    headers: &HeaderMap,
+) -> Result<Response, HttpError> {
+    let read = async {
+        let request = page_request(stream, start, direction, count)?;
+        let media = negotiate::choose(headers, query.format.as_deref(), PAGE_TYPES)?;
+        stream_page(state, urls, stream, request, query, headers, media).await
+    };
+    read.await.map_err(|error| error.answering_read(headers, query.format.as_deref(), ReadRoute::Page))
+}
+
+/// Reads and renders a page of a stream or of `$all`, or, for a backward
+/// page of a stream asked for as v5's description document, the document
+/// in its place (v5 describes no forward page and not `$all`: there that
+/// type is the JSON feed).
+async fn stream_page(
+    state: &AppState,
+    urls: &Urls,
+    stream: &str,
+    request: PageRequest,
+    query: &ReadQuery,
+    headers: &HeaderMap,
+    media: &'static str,
+) -> Result<Response, HttpError> {
+    let describes = request.direction == Direction::Backward && stream != feed::ALL_STREAM;
+    if media == STREAM_DESCRIPTION && describes {
+        return Ok(description(urls, stream));
+    }
+    read_page(state, urls, stream, request, query, headers, media).await
 }
 
 /// `GET /streams/{stream}/{event}`: one event, or the last one for `head`.
@@ -90,17 +128,24 @@ async fn event(
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    params::stream_name(&stream)?;
-    if stream == feed::ALL_STREAM {
-        return Err(HttpError::not_found("$all is read by pages: /streams/$all/{position}/forward/{count}."));
-    }
-    let start = params::page_start(&event)?;
-    let media = negotiate::choose(&headers, query.format.as_deref(), EVENT_TYPES)?;
-    let resolve_links = params::resolve_link_tos(&headers)?;
-    single_event(&state, &urls, &stream, start, resolve_links, &headers, media).await
+    let read = async {
+        params::stream_name(&stream)?;
+        if stream == feed::ALL_STREAM {
+            return Err(HttpError::not_found(
+                "$all is read by pages: /streams/$all/{position}/forward/{count}.",
+            ));
+        }
+        let start = params::page_start(&event)?;
+        let media = negotiate::choose(&headers, query.format.as_deref(), EVENT_TYPES)?;
+        let resolve_links = params::resolve_link_tos(&headers)?;
+        single_event(&state, &urls, &stream, start, resolve_links, &headers, media).await
+    };
+    let route = ReadRoute::Event(EVENT_TYPES);
+    read.await.map_err(|error| error.answering_read(&headers, query.format.as_deref(), route))
 }
 
-/// v5's description document, served when a client asks for it by name.
+/// v5's description document, served when a client asks for it by name
+/// (v5 also serves it, with a `406`, for `*/*`; eventfeed serves the feed).
 fn description(urls: &Urls, stream: &str) -> Response {
     let stream_url = urls.stream(stream);
     let document = serde_json::json!({

@@ -36,6 +36,7 @@ use super::caching::content_type;
 use super::error::HttpError;
 use super::negotiate::{self, COMPETING_JSON, COMPETING_XML};
 use super::params::{self, Segments};
+use super::read_errors::ReadRoute;
 use crate::feed::{self, Embed, Urls, competing::competing_feed};
 use crate::subscriptions::{Delivered, NackAction, SubscriptionError};
 
@@ -209,47 +210,56 @@ async fn get_messages(
     query: &SubscriptionQuery,
     headers: &HeaderMap,
 ) -> Result<Response, HttpError> {
-    check_names(stream, group)?;
-    let count = match count {
-        None => 1,
-        Some(text) => text
-            .parse::<u64>()
-            .ok()
-            .filter(|count| (1..=MAX_MESSAGES).contains(count) && text.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| {
-                HttpError::bad_request(format!(
-                    "Message count must be an integer between 1 and {MAX_MESSAGES} 'count' ='{text}'"
-                ))
-            })?,
-    };
-    let media = competing_media(headers, query.format.as_deref())?;
-    let wait = params::long_poll(headers)?
-        .map(|seconds| Duration::from_secs(seconds).min(state.limits.max_long_poll));
-    let delivered = take_messages(state, stream, group, &consumer.0, count as usize, wait).await?;
+    let read = async {
+        check_names(stream, group)?;
+        let count = match count {
+            None => 1,
+            Some(text) => text
+                .parse::<u64>()
+                .ok()
+                .filter(|count| {
+                    (1..=MAX_MESSAGES).contains(count) && text.bytes().all(|b| b.is_ascii_digit())
+                })
+                .ok_or_else(|| {
+                    HttpError::bad_request(format!(
+                        "Message count must be an integer between 1 and {MAX_MESSAGES} 'count' ='{text}'"
+                    ))
+                })?,
+        };
+        let media = competing_media(headers, query.format.as_deref())?;
+        let wait = params::long_poll(headers)?
+            .map(|seconds| Duration::from_secs(seconds).min(state.limits.max_long_poll));
+        let delivered = take_messages(state, stream, group, &consumer.0, count as usize, wait).await?;
 
-    let messages = delivered.into_iter().map(|d| (d.message.id, d.message.event.clone())).collect();
-    let competing = competing_feed(urls, stream, group, count, query.embed(), messages);
-    let body = match media {
-        COMPETING_XML => feed::atom::render_feed_with_entry_links(
-            &competing.feed,
-            urls,
-            query.embed(),
-            &competing.entry_links,
-        ),
-        _ => feed::json::render_feed_with_entry_links(
-            &competing.feed,
-            urls,
-            query.embed(),
-            &competing.entry_links,
-        ),
+        let messages = delivered.into_iter().map(|d| (d.message.id, d.message.event.clone())).collect();
+        let competing = competing_feed(urls, stream, group, count, query.embed(), messages);
+        let body = match media {
+            COMPETING_XML => feed::atom::render_feed_with_entry_links(
+                &competing.feed,
+                urls,
+                query.embed(),
+                &competing.entry_links,
+            ),
+            _ => feed::json::render_feed_with_entry_links(
+                &competing.feed,
+                urls,
+                query.embed(),
+                &competing.entry_links,
+            ),
+        };
+        let mut response = Response::new(Body::from(body));
+        let response_headers = response.headers_mut();
+        response_headers.insert(header::CONTENT_TYPE, content_type(media));
+        // Every response hands out different messages: no cache may keep one.
+        response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response_headers.insert(header::VARY, HeaderValue::from_static("Accept"));
+        Ok::<_, HttpError>(response)
     };
-    let mut response = Response::new(Body::from(body));
-    let response_headers = response.headers_mut();
-    response_headers.insert(header::CONTENT_TYPE, content_type(media));
-    // Every response hands out different messages: no cache may keep one.
-    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response_headers.insert(header::VARY, HeaderValue::from_static("Accept"));
-    Ok(response)
+    let format = query.format.as_deref();
+    // v5 labels a failure with the feed's type, over an empty body.
+    let media_type = competing_media(headers, format).unwrap_or(COMPETING_JSON);
+    let route = ReadRoute::Labelled { media_type, nothing: "" };
+    read.await.map_err(|error| error.answering_read(headers, format, route))
 }
 
 /// The competing feed type: `?format=` first, then `Accept` (no `Accept`
@@ -428,7 +438,7 @@ async fn encoded_action(
     let nack = match action {
         "ack" => None,
         "nack" => Some(nack_action(query.action.as_deref())?),
-        _ => return Err(HttpError::not_found("No resource lives at this URL.")),
+        _ => return Err(HttpError::no_route()),
     };
     let ids = message_ids(query.ids.as_deref())?;
     acknowledge(&state, &consumer, &stream, &group, &ids, nack)

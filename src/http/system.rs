@@ -3,12 +3,13 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::AppState;
 use super::error::HttpError;
+use super::read_errors::ReadRoute;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new().route("/ping", get(ping)).route("/info", get(info))
@@ -44,6 +45,7 @@ async fn ping() -> Response {
     response
 }
 
-pub(super) async fn not_found() -> HttpError {
-    HttpError::new(StatusCode::NOT_FOUND, "Not Found").with_detail("No resource lives at this URL.")
+/// A URL no route serves: v5's empty `404` (a page for a browser).
+pub(super) async fn not_found(headers: HeaderMap) -> HttpError {
+    HttpError::no_route().answering_read(&headers, None, ReadRoute::Page)
 }

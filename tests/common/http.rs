@@ -58,14 +58,14 @@ pub fn header(response: &impl Headers, name: &str) -> Option<String> {
     response.header_map().get(name).map(|v| v.to_str().unwrap().to_owned())
 }
 
-/// The HTTP reason phrase the server sent (our error format also repeats
-/// it as the first line of the body, which is what this checks when the
-/// client library does not expose non-canonical phrases).
+/// The HTTP reason phrase the server sent. The client keeps a phrase only
+/// when it is not the status's canonical one, so without it the phrase
+/// was the canonical one.
 pub async fn reason(response: Response) -> String {
-    if let Some(phrase) = response.extensions().get::<hyper::ext::ReasonPhrase>() {
-        return String::from_utf8_lossy(phrase.as_bytes()).into_owned();
+    match response.extensions().get::<hyper::ext::ReasonPhrase>() {
+        Some(phrase) => String::from_utf8_lossy(phrase.as_bytes()).into_owned(),
+        None => response.status().canonical_reason().unwrap_or_default().to_owned(),
     }
-    response.text().await.unwrap().lines().next().unwrap_or_default().to_owned()
 }
 
 /// Sends one raw HTTP/1.1 request (for paths a URL library would

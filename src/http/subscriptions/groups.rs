@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
@@ -15,6 +15,7 @@ use super::super::caching::{content_type, header_value};
 use super::super::error::HttpError;
 use super::super::negotiate;
 use super::super::params::{self, Segments};
+use super::super::read_errors::ReadRoute;
 use super::check_names;
 use crate::feed::{self, Urls};
 use crate::subscriptions::persist::parked_stream;
@@ -92,36 +93,59 @@ pub(super) async fn replay_parked(
     Ok(json_response(&json!({ "result": "Success", "messagesToReplay": replaying })))
 }
 
+/// `GET .../info`: a group's statistics.
 pub(super) async fn info(
     State(state): State<AppState>,
     RequestUrls(urls): RequestUrls,
     Segments((stream, group)): Segments<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    check_names(&stream, &group)?;
-    let info = state.subscriptions.info(&stream, &group).await?;
-    Ok(json_response(&info_json(&urls, &info)))
+    let read = async {
+        check_names(&stream, &group)?;
+        let info = state.subscriptions.info(&stream, &group).await?;
+        Ok::<_, HttpError>(json_response(&info_json(&urls, &info)))
+    };
+    read.await.map_err(|error| error.answering_read(&headers, None, STATISTICS))
 }
 
+/// `GET /subscriptions`: every group's statistics.
 pub(super) async fn list_all(
     State(state): State<AppState>,
     RequestUrls(urls): RequestUrls,
+    headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let infos = state.subscriptions.list(None).await?;
-    Ok(json_response(&Value::Array(infos.iter().map(|info| info_json(&urls, info)).collect())))
+    match state.subscriptions.list(None).await {
+        Ok(infos) => Ok(list_response(&urls, &infos)),
+        Err(error) => Err(HttpError::from(error).answering_read(&headers, None, LISTING)),
+    }
 }
 
-/// The groups of one stream; 404 when it has none (as v5).
+/// `GET /subscriptions/{stream}`: the groups of one stream; 404 when it
+/// has none (as v5).
 pub(super) async fn list_stream(
     State(state): State<AppState>,
     RequestUrls(urls): RequestUrls,
     Segments((stream,)): Segments<(String,)>,
+    headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    params::stream_name(&stream)?;
-    let infos = state.subscriptions.list(Some(&stream)).await?;
-    if infos.is_empty() {
-        return Err(HttpError::not_found("The stream has no subscription groups."));
-    }
-    Ok(json_response(&Value::Array(infos.iter().map(|info| info_json(&urls, info)).collect())))
+    let read = async {
+        params::stream_name(&stream)?;
+        let infos = state.subscriptions.list(Some(&stream)).await?;
+        if infos.is_empty() {
+            return Err(HttpError::not_found("The stream has no subscription groups."));
+        }
+        Ok(list_response(&urls, &infos))
+    };
+    read.await.map_err(|error| error.answering_read(&headers, None, LISTING))
+}
+
+/// How v5 answers a failed read of statistics: its JSON codec's rendering
+/// of no statistics, which is nothing for one group and `[]` for a list.
+const STATISTICS: ReadRoute = ReadRoute::Labelled { media_type: negotiate::JSON, nothing: "" };
+const LISTING: ReadRoute = ReadRoute::Labelled { media_type: negotiate::JSON, nothing: "[]" };
+
+fn list_response(urls: &Urls, infos: &[GroupInfo]) -> Response {
+    json_response(&Value::Array(infos.iter().map(|info| info_json(urls, info)).collect()))
 }
 
 fn json_response(value: &Value) -> Response {

@@ -201,8 +201,14 @@ async fn a_full_disk_refuses_appends_and_never_costs_an_acknowledged_event() {
     assert!(!more.is_empty(), "appends resumed when space returned");
     acked.extend(more);
 
-    // Full to the last byte, then killed.
+    // Full to the last byte: health says appends are refused, and why;
+    // then killed.
     fill(&filler, u64::MAX);
+    let info: Value = client.get(server.url("/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["writes"]["accepting"], false, "{info}");
+    assert!(info["writes"]["reason"].as_str().unwrap().contains("--min-free-mb"), "{info}");
+    assert!(info["disk"]["freeBytes"].as_u64().unwrap() < 8 * 1024 * 1024, "{info}");
+    assert_eq!(client.get(server.url("/ping")).send().await.unwrap().status(), 200, "reads go on");
     server.kill9();
     let before = files(&data_dir);
 
@@ -221,6 +227,8 @@ async fn a_full_disk_refuses_appends_and_never_costs_an_acknowledged_event() {
     std::fs::remove_file(&filler).unwrap();
     let server = BinaryServer::start(&data_dir, floor);
     assert_all_there(&client, &server, "disk", &acked).await;
+    let info: Value = client.get(server.url("/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["writes"], json!({"accepting": true, "reason": null}), "{info}");
     let response = client
         .post(server.url("/streams/disk"))
         .header("content-type", EVENTS_JSON)

@@ -28,6 +28,11 @@ async fn info(State(state): State<AppState>) -> Response {
         "waiters": state.waiters.in_use(state.limits.max_waiters),
         "maxWaiters": state.limits.max_waiters,
         "projectionsBuilding": state.store.projections_building(),
+        "writes": writes(&state),
+        "disk": state.store.disk_space().map(|disk| serde_json::json!({
+            "freeBytes": disk.free_bytes,
+            "minFreeBytes": disk.min_free_bytes,
+        })),
     });
     let mut response = body.to_string().into_response();
     let headers = response.headers_mut();
@@ -36,8 +41,29 @@ async fn info(State(state): State<AppState>) -> Response {
     response
 }
 
-/// v5's liveness answer; clients call it to learn the server is up.
-async fn ping() -> Response {
+/// Whether the store takes appends now, and if not, why.
+fn writes(state: &AppState) -> serde_json::Value {
+    let reason = match (state.store.writes_stopped(), state.store.disk_space()) {
+        (Some(stopped), _) => Some(format!("{stopped}; the server is stopping, and a restart recovers it")),
+        (None, Some(disk)) if disk.below_floor() => Some(format!(
+            "the disk has {} bytes free, below the {} the store keeps (--min-free-mb): appends get 507 until space is freed",
+            disk.free_bytes, disk.min_free_bytes
+        )),
+        _ => None,
+    };
+    serde_json::json!({ "accepting": reason.is_none(), "reason": reason })
+}
+
+/// v5's liveness answer; clients call it to learn the server is up. A
+/// store whose writes failed answers `503`: the server is stopping so that
+/// a restart recovers it (a full disk does not count: reads go on, and
+/// appends resume once space is freed; `/info` says so).
+async fn ping(State(state): State<AppState>) -> Response {
+    if let Some(reason) = state.store.writes_stopped() {
+        return HttpError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+            .with_detail(reason)
+            .into_response();
+    }
     let mut response = r#"{"text":"Ping request successfully handled"}"#.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -137,6 +137,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         self.notifier().writes_stopped()
     }
 
+    /// The free space of the store's disk and the floor it keeps, for a
+    /// store on a disk (see `--min-free-mb`).
+    fn disk_space(&self) -> Option<DiskSpace> {
+        None
+    }
+
     /// The system projections still being built from the log.
     fn projections_building(&self) -> Vec<&'static str> {
         Vec::new()

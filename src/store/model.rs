@@ -379,3 +379,18 @@ pub enum ScavengeStarted {
     Started(Uuid),
     AlreadyRunning(Uuid),
 }
+
+/// The free space of a store's disk, and the floor below which the store
+/// refuses appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    pub free_bytes: u64,
+    pub min_free_bytes: u64,
+}
+
+impl DiskSpace {
+    /// Whether appends are refused for want of space right now.
+    pub fn below_floor(&self) -> bool {
+        self.free_bytes < self.min_free_bytes
+    }
+}

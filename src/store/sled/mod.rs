@@ -54,9 +54,9 @@ use self::read::ReadContext;
 use self::writer::{Files, Start, Writer};
 use super::projections::Projections;
 use super::{
-    AfterRelease, AllRead, AllSlice, Append, AppendOutcome, Durability, ExpectedVersion, Head, Notifier,
-    ReadEvent, ScavengeReport, ScavengeStarted, Store, StoreError, StreamRead, StreamSlice, StreamState,
-    StreamView,
+    AfterRelease, AllRead, AllSlice, Append, AppendOutcome, DiskSpace, Durability, ExpectedVersion, Head,
+    Notifier, ReadEvent, ScavengeReport, ScavengeStarted, Store, StoreError, StreamRead, StreamSlice,
+    StreamState, StreamView,
 };
 
 impl From<::sled::Error> for StoreError {
@@ -139,6 +139,7 @@ pub struct SledStore {
     path: PathBuf,
     cache_capacity: u64,
     checkpoint_after_bytes: u64,
+    min_free_bytes: u64,
 }
 
 impl SledStore {
@@ -237,6 +238,7 @@ impl SledStore {
             path: options.path,
             cache_capacity: options.cache_capacity,
             checkpoint_after_bytes: options.checkpoint_after_bytes,
+            min_free_bytes: options.min_free_bytes,
         })
     }
 
@@ -334,6 +336,11 @@ impl Store for SledStore {
 
     fn notifier(&self) -> &Notifier {
         &self.notifier
+    }
+
+    fn disk_space(&self) -> Option<DiskSpace> {
+        let free_bytes = space::available(&self.path).ok()?;
+        Some(DiskSpace { free_bytes, min_free_bytes: self.min_free_bytes })
     }
 
     async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {

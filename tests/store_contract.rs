@@ -124,6 +124,7 @@ contract!(
     stream_state_reports_what_the_store_keeps,
     a_scavenge_changes_no_read,
     a_closed_store_refuses_writes,
+    a_read_returns_at_most_its_bytes_and_at_least_one_event,
 );
 
 // ---------------------------------------------------------------------------
@@ -921,6 +922,60 @@ async fn a_scavenge_changes_no_read(backend: Backend) {
     );
     let again = append(&store, "Order-2", ExpectedVersion::NoStream, fresh(1, "A")).await.unwrap();
     assert_eq!(again.first_number, 2);
+    store.close().await;
+}
+
+/// A range read stops before the event that would take it past
+/// `READ_BYTES` of data, keeping the lowest events going forward and the
+/// highest going backward, and always returns at least one; `$all` says
+/// where it stopped through the positions it examined.
+async fn a_read_returns_at_most_its_bytes_and_at_least_one_event(backend: Backend) {
+    use eventfeed::store::rules::READ_BYTES;
+    let store = backend.open().await;
+    let big = |n: usize| {
+        proposed(Uuid::new_v4(), "Big", &format!("\"{}\"", "x".repeat(READ_BYTES / 4 - 2 + n % 2)))
+    };
+    put(&store, "small", fresh(3, "A")).await;
+    for n in 0..10 {
+        put(&store, "big", vec![big(n)]).await;
+    }
+    // Four of about a quarter of the bytes each, at most.
+    let read = |from, direction, count| StreamRead {
+        stream: "big".into(),
+        from: Some(from),
+        direction,
+        count,
+        resolve_links: false,
+    };
+    let forward = store.read_stream(read(0, Direction::Forward, 10)).await.unwrap();
+    let taken = numbers(&forward);
+    assert!((3..=4).contains(&taken.len()) && taken[0] == 0, "{taken:?}");
+    let bytes: usize = forward.events.iter().map(|e| e.event.data.len()).sum();
+    assert!(bytes <= READ_BYTES, "{bytes}");
+    let backward = store.read_stream(read(9, Direction::Backward, 10)).await.unwrap();
+    let taken = numbers(&backward);
+    assert!((3..=4).contains(&taken.len()) && taken.last() == Some(&9), "{taken:?}");
+    assert!(taken.windows(2).all(|pair| pair[1] == pair[0] + 1), "ascending: {taken:?}");
+
+    // One event larger than the budget still reads.
+    let huge = proposed(Uuid::new_v4(), "Huge", &format!("\"{}\"", "y".repeat(READ_BYTES + 10)));
+    put(&store, "huge", vec![huge.clone(), fresh(1, "A").remove(0)]).await;
+    let alone = store
+        .read_stream(StreamRead { stream: "huge".into(), ..read(0, Direction::Forward, 20) })
+        .await
+        .unwrap();
+    assert_eq!(numbers(&alone), [0]);
+
+    // `$all`: small events 0..=2, big ones at 3..=12.
+    let slice = store.read_all(all_read(Some(0), Direction::Forward, 100)).await.unwrap();
+    let positions: Vec<u64> = slice.events.iter().map(|event| event.position).collect();
+    assert_eq!(positions[..3], [0, 1, 2]);
+    assert!((6..=7).contains(&positions.len()), "{positions:?}");
+    assert_eq!(slice.scanned, Some((0, *positions.last().unwrap())), "the next page starts after the last");
+    let slice = store.read_all(all_read(Some(12), Direction::Backward, 100)).await.unwrap();
+    let positions: Vec<u64> = slice.events.iter().map(|event| event.position).collect();
+    assert!((3..=4).contains(&positions.len()) && positions.last() == Some(&12), "{positions:?}");
+    assert_eq!(slice.scanned, Some((positions[0], 12)));
     store.close().await;
 }
 

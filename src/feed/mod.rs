@@ -135,11 +135,18 @@ pub fn stream_feed(urls: &Urls, stream: &str, request: PageRequest, slice: Strea
                 PageStart::Head => (last, true),
                 PageStart::Number(from) => (from, false),
             };
+            // A read that stopped at its bytes (see `store::rules::READ_BYTES`)
+            // holds fewer than it could: the page then leads on from the
+            // lowest event it holds, not from `from - count`.
+            let could_hold = from.saturating_sub(count - 1).max(view.first_visible);
+            let lowest = slice.events.first().map(|event| event.original().number);
+            let cut_at = lowest.filter(|lowest| *lowest > could_hold);
             // The page reaches the first visible event: nothing lies behind it.
-            let reaches_start = from < view.first_visible.saturating_add(count);
+            let reaches_start = cut_at.is_none() && from < view.first_visible.saturating_add(count);
             if !reaches_start {
+                let next = cut_at.map_or_else(|| from - count, |lowest| lowest - 1);
                 links.push(Link { relation: "last", ..page(0, Direction::Forward) });
-                links.push(Link { relation: "next", ..page(from - count, Direction::Backward) });
+                links.push(Link { relation: "next", ..page(next, Direction::Backward) });
             }
             links.push(Link {
                 relation: "previous",
@@ -159,7 +166,14 @@ pub fn stream_feed(urls: &Urls, stream: &str, request: PageRequest, slice: Strea
                 PageStart::Head => last,
                 PageStart::Number(from) => from,
             };
-            let page_end = from.saturating_add(count - 1);
+            // As going backward: a read cut at its bytes ends the page at
+            // the highest event it holds.
+            let could_hold = from.saturating_add(count - 1).min(last);
+            let highest = slice.events.last().map(|event| event.original().number);
+            let page_end = match highest {
+                Some(highest) if highest < could_hold => highest,
+                _ => from.saturating_add(count - 1),
+            };
             let reaches_end = page_end >= last;
             if from >= 1 {
                 links.push(Link { relation: "last", ..page(0, Direction::Forward) });

@@ -297,17 +297,27 @@ impl Data {
             return Ok(StreamSlice { view, events: Vec::new() });
         };
         let (low, high) = rules::read_range(read, last);
+        let numbers = low.max(view.first_visible)..=high.min(last);
+        // Backward, the highest numbers within the read's bytes; forward,
+        // the lowest (see `rules::READ_BYTES`).
+        let numbers: Box<dyn Iterator<Item = u64>> = match read.direction {
+            Direction::Forward => Box::new(numbers),
+            Direction::Backward => Box::new(numbers.rev()),
+        };
         let mut events = Vec::new();
-        for number in low.max(view.first_visible)..=high.min(last) {
+        let mut bytes = rules::ReadBytes::default();
+        for number in numbers {
             if let Some(entry) = stream.entry(number) {
-                events.push(self.materialise(
-                    &read.stream,
-                    number,
-                    entry,
-                    read.resolve_links,
-                    &mut visible,
-                )?);
+                let event =
+                    self.materialise(&read.stream, number, entry, read.resolve_links, &mut visible)?;
+                if !bytes.take(&event.event) {
+                    break;
+                }
+                events.push(event);
             }
+        }
+        if read.direction == Direction::Backward {
+            events.reverse();
         }
         Ok(StreamSlice { view, events })
     }
@@ -395,6 +405,7 @@ impl Data {
         };
         let mut visible = Visibility::default();
         let mut budget = MAX_ALL_SCAN;
+        let mut bytes = rules::ReadBytes::default();
         for position in positions {
             if budget == 0 {
                 break;
@@ -405,12 +416,17 @@ impl Data {
                 continue;
             };
             budget -= 1;
+            // Events that retention or a delete hid are skipped.
+            let event = self.visible_event(stream, *number, &mut visible)?;
+            if event.as_ref().is_some_and(|event| !bytes.take(event)) {
+                // Not examined: the next read starts here.
+                break;
+            }
             scanned = Some(match scanned {
                 None => (position, position),
                 Some((low, high)) => (low.min(position), high.max(position)),
             });
-            // Events that retention or a delete hid are skipped.
-            if let Some(event) = self.visible_event(stream, *number, &mut visible)? {
+            if let Some(event) = event {
                 events.push(event);
                 if events.len() >= count {
                     break;

@@ -2,11 +2,13 @@
 //! layer of the sled store above its keys and codec. Readers, staging, the
 //! projection builder and the scavenger all read through these functions.
 
+use std::ops::ControlFlow;
+
 use bytes::Bytes;
 
 use super::codec::{self, Entry};
 use super::keys;
-use crate::store::{StoreError, StreamState, retention};
+use crate::store::{Direction, StoreError, StreamState, retention};
 
 /// A stream's state as stored, with the commit sequence number of the batch
 /// that last wrote it (see [`codec::decode_state`]); `None` when the
@@ -70,11 +72,12 @@ pub(crate) fn stored_entries(
 ) -> Result<Vec<(u64, Entry)>, StoreError> {
     let mut found = Vec::with_capacity(span_capacity(low, high));
     let mut names = codec::Names::default();
-    visit_stored_values(db, stream, low, high, |first, value| {
+    visit_stored_values(db, stream, low, high, Direction::Forward, |first, value| {
         codec::decode_entries_within(value, first, low, high, &mut names, &mut |number, entry| {
             found.push((number, entry));
             Ok(())
-        })
+        })?;
+        Ok(ControlFlow::Continue(()))
     })?;
     Ok(found)
 }
@@ -85,24 +88,50 @@ pub(crate) fn span_capacity(low: u64, high: u64) -> usize {
 }
 
 /// Hands each value that holds numbers `low..=high` of `stream` to
-/// `found`, in order, with the number of its key (see [`stored_entries`]).
+/// `found` with the number of its key (see [`stored_entries`]): lowest
+/// first going forward, highest first going backward, until `found` says
+/// to stop.
 pub(crate) fn visit_stored_values(
     db: &sled::Db,
     stream: &str,
     low: u64,
     high: u64,
-    mut found: impl FnMut(u64, Bytes) -> Result<(), StoreError>,
+    direction: Direction,
+    mut found: impl FnMut(u64, Bytes) -> Result<ControlFlow<()>, StoreError>,
 ) -> Result<(), StoreError> {
+    if direction == Direction::Backward {
+        let mut reached_low = false;
+        for item in db.range(keys::event(stream, low)..=keys::event(stream, high)).rev() {
+            let (key, value) = item?;
+            let number = event_key_number(&key)?;
+            reached_low = number == low;
+            if found(number, codec::shared(value))?.is_break() {
+                return Ok(());
+            }
+        }
+        // A run that starts below `low` may hold it.
+        if !reached_low {
+            if let Some((first, value)) = value_holding(db, stream, low)? {
+                // The last value either way.
+                let _ = found(first, codec::shared(value))?;
+            }
+        }
+        return Ok(());
+    }
     // The lowest number whose key the range below still has to visit.
     let mut rest = low;
     if let Some((first, value)) = value_holding(db, stream, low)? {
         rest = first.saturating_add(codec::entry_count(&value)?).max(low);
-        found(first, codec::shared(value))?;
+        if found(first, codec::shared(value))?.is_break() {
+            return Ok(());
+        }
     }
     if rest <= high {
         for item in db.range(keys::event(stream, rest)..=keys::event(stream, high)) {
             let (key, value) = item?;
-            found(event_key_number(&key)?, codec::shared(value))?;
+            if found(event_key_number(&key)?, codec::shared(value))?.is_break() {
+                break;
+            }
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! each one so it never shows a batch before it is durable.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use super::codec::{self, Entry};
 use super::entries::{
@@ -75,27 +76,44 @@ impl ReadContext {
     }
 
     /// Reads numbers `low..=high` of a stream, skipping scavenged records.
+    /// Going backward, the highest numbers within [`rules::READ_BYTES`];
+    /// going forward, the lowest. In ascending order either way.
     fn read_range(
         &mut self,
         stream: &str,
-        low: u64,
-        high: u64,
+        (low, high): (u64, u64),
+        direction: Direction,
         resolve_links: bool,
     ) -> Result<Vec<ReadEvent>, StoreError> {
         let mut events = Vec::with_capacity(span_capacity(low, high));
+        let mut bytes = rules::ReadBytes::default();
+        // The events of one stored value, ascending.
+        let mut held = Vec::new();
         let mut names = codec::Names::default();
         // A handle of its own (a reference count): links are materialised
         // as they are decoded, which needs `self`.
         let db = self.db.clone();
-        visit_stored_values(&db, stream, low, high, |first, value| {
-            if codec::decode_events_within(&value, first, low, high, &mut names, &mut events)? {
-                return Ok(());
+        visit_stored_values(&db, stream, low, high, direction, |first, value| {
+            if !codec::decode_events_within(&value, first, low, high, &mut names, &mut held)? {
+                codec::decode_entries_within(value, first, low, high, &mut names, &mut |number, entry| {
+                    held.push(self.materialise(stream, number, entry, resolve_links)?);
+                    Ok(())
+                })?;
             }
-            codec::decode_entries_within(value, first, low, high, &mut names, &mut |number, entry| {
-                events.push(self.materialise(stream, number, entry, resolve_links)?);
-                Ok(())
-            })
+            if direction == Direction::Backward {
+                held.reverse();
+            }
+            for event in held.drain(..) {
+                if !bytes.take(&event.event) {
+                    return Ok(ControlFlow::Break(()));
+                }
+                events.push(event);
+            }
+            Ok(ControlFlow::Continue(()))
         })?;
+        if direction == Direction::Backward {
+            events.reverse();
+        }
         Ok(events)
     }
 
@@ -170,7 +188,7 @@ impl ReadContext {
         let events = if low > high {
             Vec::new()
         } else {
-            self.read_range(&read.stream, low, high, read.resolve_links)?
+            self.read_range(&read.stream, (low, high), read.direction, read.resolve_links)?
         };
         Ok(StreamSlice { view, events })
     }
@@ -216,6 +234,7 @@ impl ReadContext {
             Direction::Backward => (0, read.from.unwrap_or(last).min(last), true),
         };
         let mut budget = MAX_ALL_SCAN as u64;
+        let mut bytes = rules::ReadBytes::default();
         'spans: for span in log_spans(self.db(), low, high, backward)? {
             if budget == 0 {
                 break;
@@ -230,6 +249,18 @@ impl ReadContext {
             }
             for event in found {
                 let position = event.position;
+                if !bytes.take(&event) {
+                    // Examined up to the event before this one.
+                    let examined = if backward {
+                        (position < span.last()).then(|| (position + 1, span.last()))
+                    } else {
+                        (position > span.position).then(|| (span.position, position - 1))
+                    };
+                    if let Some(examined) = examined {
+                        widen(&mut scanned, examined);
+                    }
+                    break 'spans;
+                }
                 events.push(event);
                 if events.len() >= count {
                     widen(

@@ -12,6 +12,8 @@
 //! - [`persist`]: the system streams groups persist in.
 //! - [`names`]: those streams' names, and the rules on group names that
 //!   keep each group's streams its own.
+//! - `migrate`: at start, moves the streams of groups from before those
+//!   rules to names of their own.
 //!
 //! [`Subscriptions`] is the manager the HTTP layer talks to. Nothing here
 //! knows about HTTP.
@@ -24,6 +26,7 @@
 
 pub mod consumers;
 mod driver;
+mod migrate;
 pub mod names;
 pub mod persist;
 pub mod settings;
@@ -220,6 +223,7 @@ impl Subscriptions {
     /// Loads every persisted group and starts its driver.
     pub async fn load(store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
         let stored = persist::load_config(&*store).await?;
+        migrate::run(&*store, &stored).await?;
         let subscriptions = Arc::new(Self {
             store: Arc::clone(&store),
             groups: RwLock::new(BTreeMap::new()),

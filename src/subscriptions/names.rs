@@ -21,7 +21,8 @@
 //! before the kind sets these names apart from every valid group's: there
 //! it would be the end of the group's name, which would then be empty,
 //! contain `::` or be `:`. And the escaped group has no `:`, so again the
-//! last `::` before it ends the stream's name.
+//! last `::` before it ends the stream's name. `migrate` moves what such a
+//! group kept under its v5 names.
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 

@@ -16,13 +16,13 @@
 //! in, and a group's metadata streams are these names behind `$$`.
 //!
 //! Groups created before the rule may break it. Their streams are named
-//! `$persistentsubscription-{stream}::{group, escaped}::-checkpoint` (and
-//! `::-parked`), the group's `%` and `:` percent-encoded. The `::` right
-//! before the kind sets these names apart from every valid group's: there
-//! it would be the end of the group's name, which would then be empty,
-//! contain `::` or be `:`. And the escaped group has no `:`, so again the
-//! last `::` before it ends the stream's name. `migrate` moves what such a
-//! group kept under its v5 names.
+//! `$persistentsubscription-{stream}::{group, escaped}::checkpoint` (and
+//! `::parked`), the group's `%` and `:` percent-encoded. These end in
+//! `::checkpoint` or `::parked`, which no v5 name ends in (`-checkpoint`,
+//! `-parked`), whatever its group: so they are never a valid group's, and
+//! never what an older group left under v5's names and `migrate` moves to
+//! them. And the escaped group has no `:`, so again the last `::` before
+//! it ends the stream's name.
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
@@ -67,7 +67,7 @@ impl GroupStream {
             self.v5_name(stream, group)
         } else {
             let escaped = utf8_percent_encode(group, ESCAPED);
-            format!("{GROUP_STREAM_PREFIX}{stream}::{escaped}::-{}", self.kind())
+            format!("{GROUP_STREAM_PREFIX}{stream}::{escaped}::{}", self.kind())
         }
     }
 
@@ -142,7 +142,7 @@ mod tests {
         assert_eq!(checkpoint_stream("Order-1", "g"), "$persistentsubscription-Order-1::g-checkpoint");
         assert_eq!(parked_stream("$all", "g"), "$persistentsubscription-$all::g-parked");
         assert_eq!(parked_stream("dA::y", "h"), "$persistentsubscription-dA::y::h-parked");
-        assert_eq!(parked_stream("dA", "y::h"), "$persistentsubscription-dA::y%3A%3Ah::-parked");
+        assert_eq!(parked_stream("dA", "y::h"), "$persistentsubscription-dA::y%3A%3Ah::parked");
         assert!(is_bookkeeping("$persistentsubscription-a::b-parked"));
         assert!(is_bookkeeping("$$$persistentsubscription-a::b-checkpoint"));
         assert!(is_bookkeeping(&checkpoint_stream("a", ":b")));
@@ -150,27 +150,39 @@ mod tests {
         assert!(!is_bookkeeping("$ce-Order"));
     }
 
-    /// Every pair of names over an alphabet of the characters that matter
-    /// (`:`, the escape `%`, and one other), up to four characters each,
-    /// groups that break the rule included: no two pairs, and no two kinds,
-    /// share a name.
+    /// Every pair of names made of up to four of the pieces that matter
+    /// (`:`, `%` and an escaped `:`, and the `-` before a kind), groups
+    /// that break the rule included: no two pairs, and no two kinds, share
+    /// a name, and no group that breaks the rule moves to a name that any
+    /// group had under v5's names.
     #[test]
     fn no_two_groups_share_a_stream() {
-        let alphabet = ['a', ':', '%', '-'];
-        let mut texts = vec![String::new()];
+        let pieces = [":", "-", "%", "%3A"];
+        let mut texts = Vec::new();
         let mut last = vec![String::new()];
         for _ in 0..4 {
-            last = last.iter().flat_map(|text| alphabet.map(|c| format!("{text}{c}"))).collect();
+            last = last.iter().flat_map(|text| pieces.map(|piece| format!("{text}{piece}"))).collect();
             texts.extend(last.iter().cloned());
         }
-        let mut owners: HashMap<String, (&str, &str, GroupStream)> = HashMap::new();
-        for stream in texts.iter().filter(|text| !text.is_empty()) {
-            for group in texts.iter().filter(|text| !text.is_empty()) {
-                for kind in GroupStream::ALL {
-                    let owner = (stream.as_str(), group.as_str(), kind);
-                    if let Some(other) = owners.insert(kind.name(stream, group), owner) {
-                        panic!("{owner:?} and {other:?} share {}", kind.name(stream, group));
-                    }
+        let pairs = || texts.iter().flat_map(|stream| texts.iter().map(move |group| (stream, group)));
+        let mut owners = HashMap::new();
+        for (stream, group) in pairs() {
+            for kind in GroupStream::ALL {
+                let name = kind.name(stream, group);
+                if let Some(other) = owners.insert(name.clone(), (stream, group, kind)) {
+                    panic!("{stream:?}/{group:?} and {other:?} share {name}");
+                }
+            }
+        }
+        for (stream, group) in pairs() {
+            for kind in GroupStream::ALL {
+                let old = kind.v5_name(stream, group);
+                if let Some(&(owner_stream, owner_group, _)) = owners.get(&old) {
+                    let owner = format!("{owner_stream:?}/{owner_group:?}");
+                    assert!(
+                        keeps_v5_names(owner_group),
+                        "{owner} moves to {old}, {stream:?}/{group:?}'s v5 name"
+                    );
                 }
             }
         }

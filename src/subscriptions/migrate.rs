@@ -41,9 +41,10 @@ pub async fn run(store: &dyn Store, groups: &[StoredGroup]) -> Result<(), StoreE
         }
         let (stream, name) = (group.stream.as_str(), group.group.as_str());
         let old = |kind: GroupStream| kind.v5_name(stream, name);
+        let own = v5_checkpoints(group);
         let sharers: Vec<(&str, &str)> = groups
             .iter()
-            .filter(|other| *other != group && old(GroupStream::Checkpoint) == v5_checkpoints(other))
+            .filter(|other| *other != group && v5_checkpoints(other) == own)
             .map(|other| (other.stream.as_str(), other.group.as_str()))
             .collect();
         if sharers.is_empty() {
@@ -66,6 +67,8 @@ pub async fn run(store: &dyn Store, groups: &[StoredGroup]) -> Result<(), StoreE
     Ok(())
 }
 
+/// The v5 name of `group`'s checkpoint stream: groups share it exactly
+/// when they share every v5 name, since the names differ only in the kind.
 fn v5_checkpoints(group: &StoredGroup) -> String {
     GroupStream::Checkpoint.v5_name(&group.stream, &group.group)
 }

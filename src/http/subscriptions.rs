@@ -38,7 +38,7 @@ use super::negotiate::{self, COMPETING_JSON, COMPETING_XML};
 use super::params::{self, Segments};
 use super::read_errors::ReadRoute;
 use crate::feed::{self, Embed, Urls, competing::competing_feed};
-use crate::subscriptions::{Delivered, NackAction, SubscriptionError};
+use crate::subscriptions::{Delivered, NackAction, SubscriptionError, names};
 
 mod groups;
 
@@ -102,8 +102,8 @@ impl From<SubscriptionError> for HttpError {
             SubscriptionError::AlreadyExists => HttpError::new(StatusCode::CONFLICT, "Conflict")
                 .with_detail("The subscription group already exists; update it with POST."),
             SubscriptionError::Invalid(invalid) => HttpError::bad_request(invalid.to_string()),
-            SubscriptionError::InvalidName(reason) => {
-                HttpError::bad_request("Invalid group name").with_detail(reason)
+            SubscriptionError::InvalidName(problem) => {
+                HttpError::bad_request(problem).with_detail(names::group_name_rules())
             }
             SubscriptionError::GroupFull { retry_after } => {
                 let seconds = retry_after.as_secs().max(1);

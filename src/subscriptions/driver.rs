@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
-use super::persist::{self, is_bookkeeping, pin_of};
+use super::names::{is_bookkeeping, parked_stream};
+use super::persist::{self, pin_of};
 use super::state::{Message, Origin, ReadRequest, SourceStatus};
 use super::{Group, Source, StopMode};
 use crate::store::{AllRead, Direction, Store, StoreError, StreamRead, StreamView};
@@ -200,7 +201,7 @@ impl Driver<'_> {
         };
         let Some((from, count)) = request else { return Ok(false) };
         let read = StreamRead {
-            stream: persist::parked_stream(&self.group.stream, &self.group.name),
+            stream: parked_stream(&self.group.stream, &self.group.name),
             from: Some(from),
             direction: Direction::Forward,
             count: count as u64,
@@ -259,7 +260,7 @@ impl Driver<'_> {
     /// Moves the parked stream's `$tb` past messages replayed and done.
     async fn truncate_parked(&mut self) -> Result<(), StoreError> {
         let Some(before) = self.group.lock().truncate_target() else { return Ok(()) };
-        let parked = persist::parked_stream(&self.group.stream, &self.group.name);
+        let parked = parked_stream(&self.group.stream, &self.group.name);
         persist::set_metadata(self.store, &parked, serde_json::json!({ "$tb": before })).await?;
         self.group.lock().truncated(before);
         Ok(())

@@ -10,6 +10,10 @@
 //! - `driver`: the background task of a group (reads, timeouts, parking,
 //!   checkpoints).
 //! - [`persist`]: the system streams groups persist in.
+//! - [`names`]: those streams' names, and the rules on group names that
+//!   keep each group's streams its own.
+//! - `migrate`: at start, moves the streams of groups from before those
+//!   rules to names of their own.
 //!
 //! [`Subscriptions`] is the manager the HTTP layer talks to. Nothing here
 //! knows about HTTP.
@@ -22,6 +26,8 @@
 
 pub mod consumers;
 mod driver;
+mod migrate;
+pub mod names;
 pub mod persist;
 pub mod settings;
 pub mod state;
@@ -48,9 +54,6 @@ pub use state::{Checkpoint, ConnectionStats, Delivered, Message, NackAction, Sta
 /// there is is right).
 pub const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The longest group name accepted, in bytes.
-pub const MAX_GROUP_NAME_BYTES: usize = 256;
-
 /// Why a subscription operation failed. Nothing here knows about HTTP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscriptionError {
@@ -60,8 +63,8 @@ pub enum SubscriptionError {
     AlreadyExists,
     /// The settings are invalid.
     Invalid(InvalidSetting),
-    /// The group name is unusable.
-    InvalidName(String),
+    /// The group name breaks a rule of [`names::check_group_name`]: which.
+    InvalidName(&'static str),
     /// The group has `maxSubscriberCount` consumers and this one is new.
     GroupFull {
         retry_after: Duration,
@@ -75,7 +78,7 @@ impl std::fmt::Display for SubscriptionError {
             Self::NotFound => f.write_str("no such subscription group"),
             Self::AlreadyExists => f.write_str("the subscription group already exists"),
             Self::Invalid(invalid) => invalid.fmt(f),
-            Self::InvalidName(reason) => f.write_str(reason),
+            Self::InvalidName(problem) => f.write_str(problem),
             Self::GroupFull { .. } => f.write_str("the group has its maximum number of consumers"),
             Self::Store(error) => error.fmt(f),
         }
@@ -220,6 +223,7 @@ impl Subscriptions {
     /// Loads every persisted group and starts its driver.
     pub async fn load(store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
         let stored = persist::load_config(&*store).await?;
+        migrate::run(&*store, &stored).await?;
         let subscriptions = Arc::new(Self {
             store: Arc::clone(&store),
             groups: RwLock::new(BTreeMap::new()),
@@ -315,14 +319,14 @@ impl Subscriptions {
         group: &str,
         settings: Settings,
     ) -> Result<(), SubscriptionError> {
-        validate_group_name(group)?;
+        names::check_group_name(group).map_err(SubscriptionError::InvalidName)?;
         let _config = self.config.lock().await;
         if self.get(stream, group).is_ok() {
             return Err(SubscriptionError::AlreadyExists);
         }
         let start_at = self.resolve_start(stream, settings.start_from).await?;
         persist::delete_group_streams(&*self.store, stream, group).await?;
-        let checkpoints = persist::checkpoint_stream(stream, group);
+        let checkpoints = names::checkpoint_stream(stream, group);
         persist::set_metadata(&*self.store, &checkpoints, serde_json::json!({ "$maxCount": 1 })).await?;
         let stored = StoredGroup { stream: stream.to_owned(), group: group.to_owned(), start_at, settings };
         let snapshot = self.stored_groups(Some((stream, group, Some(&stored))));
@@ -558,13 +562,4 @@ impl Subscriptions {
             group.stop(StopMode::Shutdown).await;
         }
     }
-}
-
-fn validate_group_name(name: &str) -> Result<(), SubscriptionError> {
-    if name.is_empty() || name.len() > MAX_GROUP_NAME_BYTES || name.chars().any(char::is_control) {
-        return Err(SubscriptionError::InvalidName(format!(
-            "Group names are 1 to {MAX_GROUP_NAME_BYTES} bytes of UTF-8 without control characters."
-        )));
-    }
-    Ok(())
 }

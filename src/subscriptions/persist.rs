@@ -8,6 +8,9 @@
 //! | `$persistentsubscription-{s}::{g}-checkpoint` | `$SubscriptionCheckpoint`: the last processed number (`$all`: position), as v5 writes it | `$maxCount: 1` |
 //! | `$persistentsubscription-{s}::{g}-parked` | `$>` link `"{n}@{stream}"` to the message as the group read it | `$tb` moves past replayed messages |
 //!
+//! (v5's names, as [`names`] gives them to every group whose name keeps its
+//! rule, and names of their own to older groups that break it.)
+//!
 //! A checkpoint event's data is v5's: everything at or below that number
 //! is processed. Its metadata may add `done`, ranges of processed messages
 //! above it (messages acknowledged while an older one was still
@@ -17,6 +20,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::names::{CONFIG_STREAM, GroupStream, checkpoint_stream, parked_stream};
 use super::settings::Settings;
 use super::state::{Checkpoint, Message, ParkRequest};
 use crate::store::metadata::{METADATA_EVENT_TYPE, metadata_stream};
@@ -25,35 +29,14 @@ use crate::store::{
     StreamRead, StreamView,
 };
 
-/// The stream holding every group definition.
-pub const CONFIG_STREAM: &str = "$persistentSubscriptionConfig";
 /// The event type of config snapshots (v5 writes `$PersistentConfig1`; the
 /// format here is eventfeed's own, so the name differs).
 pub const CONFIG_EVENT_TYPE: &str = "$PersistentConfig";
 /// The event type of checkpoints, v5's.
 pub const CHECKPOINT_EVENT_TYPE: &str = "$SubscriptionCheckpoint";
 
-/// The prefix of every stream a group keeps.
-const GROUP_STREAM_PREFIX: &str = "$persistentsubscription-";
-
 /// The version of the config snapshot format.
 const CONFIG_VERSION: u64 = 1;
-
-pub fn checkpoint_stream(stream: &str, group: &str) -> String {
-    format!("{GROUP_STREAM_PREFIX}{stream}::{group}-checkpoint")
-}
-
-pub fn parked_stream(stream: &str, group: &str) -> String {
-    format!("{GROUP_STREAM_PREFIX}{stream}::{group}-parked")
-}
-
-/// Whether `stream` (or the stream a metadata stream describes) is
-/// bookkeeping of persistent subscriptions. `$all` groups leave these out:
-/// a group would otherwise be delivered its own checkpoints.
-pub fn is_bookkeeping(stream: &str) -> bool {
-    let described = stream.strip_prefix("$$").unwrap_or(stream);
-    described.starts_with(GROUP_STREAM_PREFIX) || described == CONFIG_STREAM
-}
 
 /// A group as the config stream records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,14 +267,10 @@ pub async fn park(
     append(store, parked_stream(stream, group), events).await
 }
 
-/// The parked stream's state: `None` when nothing was ever parked.
-pub async fn parked_view(
-    store: &dyn Store,
-    stream: &str,
-    group: &str,
-) -> Result<Option<StreamView>, StoreError> {
+/// A stream's state as reads see it: `None` when it does not exist.
+pub async fn stream_view(store: &dyn Store, stream: &str) -> Result<Option<StreamView>, StoreError> {
     let read = StreamRead {
-        stream: parked_stream(stream, group),
+        stream: stream.to_owned(),
         from: None,
         direction: Direction::Backward,
         count: 1,
@@ -304,21 +283,34 @@ pub async fn parked_view(
     }
 }
 
+/// The parked stream's state: `None` when nothing was ever parked.
+pub async fn parked_view(
+    store: &dyn Store,
+    stream: &str,
+    group: &str,
+) -> Result<Option<StreamView>, StoreError> {
+    stream_view(store, &parked_stream(stream, group)).await
+}
+
 /// The first parked message not replayed yet (0 when nothing was parked).
 pub async fn parked_first(store: &dyn Store, stream: &str, group: &str) -> Result<u64, StoreError> {
     Ok(parked_view(store, stream, group).await?.map_or(0, |view| view.first_visible))
 }
 
-/// Removes what a group left in the store (soft deletes; a stream that is
-/// not there is fine).
+/// Removes what a group left in the store.
 pub async fn delete_group_streams(store: &dyn Store, stream: &str, group: &str) -> Result<(), StoreError> {
-    for name in [checkpoint_stream(stream, group), parked_stream(stream, group)] {
-        match store.delete(&name, ExpectedVersion::Any, false).await {
-            Ok(()) | Err(StoreError::StreamNotFound) => {}
-            Err(error) => return Err(error),
-        }
+    for kind in GroupStream::ALL {
+        delete_stream(store, &kind.name(stream, group)).await?;
     }
     Ok(())
+}
+
+/// Soft-deletes a stream; a stream that is not there is fine.
+pub async fn delete_stream(store: &dyn Store, stream: &str) -> Result<(), StoreError> {
+    match store.delete(stream, ExpectedVersion::Any, false).await {
+        Ok(()) | Err(StoreError::StreamNotFound) => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// Rebuilds a message from a parked link: reads the event the link names
@@ -354,16 +346,6 @@ pub async fn resolve_parked(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_v5s() {
-        assert_eq!(checkpoint_stream("Order-1", "g"), "$persistentsubscription-Order-1::g-checkpoint");
-        assert_eq!(parked_stream("$all", "g"), "$persistentsubscription-$all::g-parked");
-        assert!(is_bookkeeping("$persistentsubscription-a::b-parked"));
-        assert!(is_bookkeeping("$$$persistentsubscription-a::b-checkpoint"));
-        assert!(is_bookkeeping(CONFIG_STREAM));
-        assert!(!is_bookkeeping("$ce-Order"));
-    }
 
     #[test]
     fn checkpoints_round_trip_in_v5s_form() {

@@ -18,7 +18,7 @@ use super::super::params::{self, Segments};
 use super::super::read_errors::ReadRoute;
 use super::check_names;
 use crate::feed::{self, Urls};
-use crate::subscriptions::persist::parked_stream;
+use crate::subscriptions::names::parked_stream;
 use crate::subscriptions::{GroupInfo, Settings};
 
 /// The largest settings document accepted.

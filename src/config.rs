@@ -109,6 +109,13 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTFEED_IDLE_TIMEOUT_SECS", default_value_t = 75, value_parser = timeout_secs())]
     pub idle_timeout_secs: u64,
 
+    /// Most connections open at once; beyond it new connections are closed
+    /// as soon as they are accepted. Never more than the open-file limit
+    /// less what is kept for the store (a tenth, at least 512, at most
+    /// half), which is also the default.
+    #[arg(long, env = "EVENTFEED_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
     /// Memory for the store's page cache, in MiB.
     #[arg(long, env = "EVENTFEED_CACHE_MB", default_value_t = 512)]
     pub cache_mb: u64,
@@ -217,12 +224,15 @@ mod tests {
             (config.header_timeout_secs, config.body_timeout_secs, config.idle_timeout_secs),
             (10, 10, 75)
         );
+        assert_eq!(config.max_connections, None);
         for flag in ["--header-timeout-secs", "--body-timeout-secs", "--idle-timeout-secs"] {
             for refused in ["0", "86401"] {
                 let error = Cli::try_parse_from(["eventfeed", "serve", flag, refused]).unwrap_err();
                 assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation, "{flag} {refused}");
             }
         }
+        let error = Cli::try_parse_from(["eventfeed", "serve", "--max-connections", "0"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Connections: every one has read and idle timeouts, so slow or idle
-//! clients cannot hold sockets for ever. Raw sockets against the real
-//! binary, with timeouts of a second or two; a long-poll or an SSE stream,
-//! idle on the response side, outlives them all.
+//! Connections: every one has read and idle timeouts, and all of them count
+//! against a cap kept below the open-file limit, so slow or idle clients
+//! can neither hold sockets for ever nor take the descriptors the store
+//! needs. Raw sockets against the real binary, with timeouts of a second or
+//! two; a long-poll or an SSE stream, idle on the response side, outlives
+//! them all.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::socket::RawSocket;
-use common::{ATOM_JSON, BinaryServer, EVENTS_JSON, client, event};
+use common::{ATOM_JSON, BinaryServer, EVENTS_JSON, client, event, raise_open_file_limit};
 use serde_json::json;
 
 /// Every read timeout at a second: what most tests run with.
@@ -227,4 +229,73 @@ async fn a_client_that_stops_reading_its_response_is_cut_off() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let received = socket.read_to_end(BOUND).await.expect("the server closes the connection");
     assert!(received < 20 << 20, "the whole page arrived ({received} bytes) although nobody read it for 3 s");
+}
+
+/// The open-file limit the flooded server runs with: a tenth of it, at
+/// least 512, is kept for the store, so at most 512 connections are open.
+const FLOODED_LIMIT: u64 = 1024;
+
+/// More idle connections than the whole open-file limit.
+const FLOOD: usize = 1100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_neither_starves_clients_nor_fails_the_store() {
+    raise_open_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut server = BinaryServer::start_with_open_file_limit(
+        &data_dir,
+        FLOODED_LIMIT,
+        &["--header-timeout-secs", "2", "--idle-timeout-secs", "60"],
+    );
+    assert!(
+        server.logged("max_connections=512", Duration::from_secs(5)).await,
+        "the cap is the open-file limit less what is kept for the store"
+    );
+
+    // A producer connected before the flood, as producers keep theirs.
+    let mut producer = RawSocket::connect(server.addr).await;
+    producer.request("GET", "/ping", &[], "").await;
+    assert_eq!(producer.response(BOUND).await.expect("pong").status, 200);
+
+    let mut idlers = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        idlers.push(RawSocket::connect(server.addr).await);
+    }
+
+    assert!(
+        server.logged("too many connections open", BOUND).await,
+        "the flood went past the cap, and the server says so"
+    );
+
+    // The store has the descriptors it needs: the append is durable.
+    let body = json!([event("DuringTheFlood", json!({ "n": 1 }))]).to_string();
+    producer.request("POST", "/streams/flooded", &[("Content-Type", EVENTS_JSON)], &body).await;
+    let appended = producer.response(BOUND).await.expect("the append is answered");
+    assert_eq!(appended.status, 201, "{}", appended.text());
+
+    // A new client is answered at once, if only by a closed connection,
+    // and served once the idlers have timed out.
+    let quick = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    if let Err(error) = quick.get(server.url("/ping")).send().await {
+        assert!(!error.is_timeout(), "a new client waited instead of being refused: {error}");
+    }
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let served = quick.get(server.url("/ping")).send().await.is_ok_and(|r| r.status() == 200);
+        if served {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new clients still not served after {BOUND:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for idler in &mut idlers {
+        assert!(idler.closed_within(BOUND).await, "an idle connection was never closed");
+    }
+
+    server.kill9();
+    let server = BinaryServer::start(&data_dir, &[]);
+    let read =
+        client().get(server.url("/streams/flooded/0")).header("accept", ATOM_JSON).send().await.unwrap();
+    assert_eq!(read.status(), 200, "the append acknowledged during the flood survived kill -9");
 }

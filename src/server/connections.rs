@@ -1,11 +1,19 @@
-//! Accepting and serving connections: the accept loop and each
-//! connection's task.
+//! Accepting and serving connections: the accept loop, the cap on open
+//! connections, and each connection's task.
 //!
 //! The server serves HTTP/1.1 with hyper itself rather than through
 //! `axum::serve`, which sets no timeouts and cannot be given any: every
 //! socket is wrapped in [`TimedIo`] and every request body in [`TimedBody`]
 //! (see `timeouts`). The rest is what `axum::serve` did: `TCP_NODELAY`,
 //! the peer's address as [`ConnectInfo`], and graceful shutdown.
+//!
+//! A connection takes a slot of the cap from its accept until its socket is
+//! closed. With none free, a new connection is closed as soon as it is
+//! accepted: the client learns at once, instead of waiting in the
+//! listener's backlog behind idle sockets, and the descriptor is back
+//! before the next accept. The cap is what keeps descriptors for the store
+//! (see `descriptors`): only a refused connection, between its accept and
+//! its close, holds one beyond it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +29,7 @@ use axum::response::IntoResponse;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -34,13 +42,16 @@ use crate::http::HttpError;
 /// condition lasts. Short, because while it lasts nobody is accepted.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// At most one warning this often about accept errors, each with the count since the last: a flood of connections
+/// At most one warning this often about refused connections or accept
+/// errors, each with the count since the last: a flood of connections
 /// must not become a flood of log lines.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the accept loop needs to know.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ConnectionLimits {
+    /// The most connections open at once.
+    pub max_connections: usize,
     pub timeouts: Timeouts,
 }
 
@@ -54,10 +65,12 @@ pub(super) async fn serve(
     limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
 ) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection's task holds a receiver: the sender's `closed`
     // says when the last one has ended.
     let (stopping, stopping_seen) = watch::channel(false);
     let connection = Http1::new(app, limits.timeouts);
+    let mut refused = Warnings::default();
     let mut failed = Warnings::default();
     let mut stop = pin!(stop);
     loop {
@@ -66,9 +79,21 @@ pub(super) async fn serve(
             () = &mut stop => break,
         };
         match accepted {
-            Ok((socket, peer)) => {
-                tokio::spawn(connection.clone().serve(socket, peer, stopping_seen.clone()));
-            }
+            Ok((socket, peer)) => match Arc::clone(&slots).try_acquire_owned() {
+                Ok(slot) => {
+                    tokio::spawn(connection.clone().serve(socket, peer, slot, stopping_seen.clone()));
+                }
+                Err(_) => {
+                    drop(socket);
+                    if let Some(refused) = refused.due() {
+                        tracing::warn!(
+                            refused,
+                            max_connections = limits.max_connections,
+                            "too many connections open; closing new ones at once"
+                        );
+                    }
+                }
+            },
             Err(error) if is_about_one_connection(&error) => {}
             Err(error) => {
                 if let Some(errors) = failed.due() {
@@ -135,7 +160,13 @@ impl Http1 {
         Self { app, timeouts, builder }
     }
 
-    async fn serve(self, socket: TcpStream, peer: SocketAddr, mut stopping: watch::Receiver<bool>) {
+    async fn serve(
+        self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        _slot: OwnedSemaphorePermit,
+        mut stopping: watch::Receiver<bool>,
+    ) {
         // Responses are written whole; Nagle would only add latency.
         if let Err(error) = socket.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");

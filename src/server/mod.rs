@@ -1,8 +1,10 @@
 //! Running the server: open the store, bind, serve, and shut down cleanly.
 //!
-//! - `connections`: the accept loop, and serving each connection with
-//!   hyper.
+//! - `connections`: the accept loop, the cap on open connections, and
+//!   serving each with hyper.
 //! - `timeouts`: the read timeouts of a connection and of a request body.
+//! - `descriptors`: the open-file limit, and the share of it connections
+//!   may take.
 //!
 //! Shutdown order matters. On the signal the listener stops accepting and
 //! every long-poll and SSE stream is told to answer or end at once (they
@@ -15,6 +17,7 @@
 //! next start is quick); a second signal skips it.
 
 mod connections;
+mod descriptors;
 mod timeouts;
 
 use std::future::Future;
@@ -65,15 +68,14 @@ pub struct Server {
     grace: Duration,
     /// Between background scavenges; `None`: none.
     scavenge_interval: Option<Duration>,
-    /// The connections' timeouts.
+    /// The cap on open connections and their timeouts.
     connections: ConnectionLimits,
 }
 
 impl Server {
     /// Opens the store and binds the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Self, ServerError> {
-        raise_open_file_limit();
-        let connections = connection_limits(config);
+        let connections = connection_limits(config, descriptors::raise_open_file_limit());
         tracing::info!(data_dir = %config.data_dir.display(), "opening the store");
         let opening = std::time::Instant::now();
         let store = store::open(&config.store_config()).await.map_err(ServerError::Store)?;
@@ -128,7 +130,9 @@ impl Server {
             self;
         let address = listener.local_addr().map_err(ServerError::Serve)?;
         tracing::info!("eventfeed listening on http://{address}");
+        // A cap too low for the clients is something to find in the log.
         tracing::info!(
+            max_connections = connections.max_connections,
             header_timeout_secs = connections.timeouts.header.as_secs(),
             body_timeout_secs = connections.timeouts.body.as_secs(),
             body_min_bytes_per_sec = connections.timeouts.body_min_rate,
@@ -297,30 +301,29 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The connections' timeouts, as configured.
-fn connection_limits(config: &ServeConfig) -> ConnectionLimits {
+/// The cap on connections for the open-file limit in force (see
+/// `descriptors`), and the timeouts, as configured.
+fn connection_limits(config: &ServeConfig, open_file_limit: Option<u64>) -> ConnectionLimits {
+    let max_connections = match open_file_limit {
+        Some(limit) => descriptors::connection_cap(limit, config.max_connections),
+        None => {
+            let cap =
+                config.max_connections.map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
+            let cap = cap.min(tokio::sync::Semaphore::MAX_PERMITS);
+            tracing::warn!(
+                max_connections = cap,
+                "open-file limit unknown; connections capped by --max-connections only"
+            );
+            cap
+        }
+    };
     ConnectionLimits {
+        max_connections,
         timeouts: Timeouts {
             header: Duration::from_secs(config.header_timeout_secs),
             body: Duration::from_secs(config.body_timeout_secs),
             body_min_rate: config.body_min_bytes_per_sec,
             idle: Duration::from_secs(config.idle_timeout_secs),
         },
-    }
-}
-
-/// Each idle long-poll or SSE client holds a socket, so the default soft
-/// limit of open files (often 1024) would cap them far below what memory
-/// allows. Raise the soft limit to the hard limit, and say so.
-fn raise_open_file_limit() {
-    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).ok();
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(now) => tracing::info!(
-            soft_before = before.map(|(soft, _)| soft),
-            hard = before.map(|(_, hard)| hard),
-            soft_now = now,
-            "open-file limit"
-        ),
-        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
     }
 }

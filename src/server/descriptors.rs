@@ -33,8 +33,9 @@ fn reserved(open_file_limit: u64) -> u64 {
 
 /// The most connections open at once: the open-file limit less what is
 /// [`reserved`], or `max_connections` if that is lower; at least one.
-pub(super) fn connection_cap(open_file_limit: u64, max_connections: Option<u64>) -> usize {
-    let available = open_file_limit - reserved(open_file_limit);
+/// Without a known limit, `max_connections` alone.
+pub(super) fn connection_cap(open_file_limit: Option<u64>, max_connections: Option<u64>) -> usize {
+    let available = open_file_limit.map_or(u64::MAX, |limit| limit - reserved(limit));
     let cap = max_connections.map_or(available, |max| max.min(available)).max(1);
     usize::try_from(cap).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS)
 }
@@ -57,6 +58,9 @@ pub(super) fn raise_open_file_limit() -> Option<u64> {
         }
         Err(error) => {
             tracing::warn!(%error, "could not raise the open-file limit");
+            if before.is_none() {
+                tracing::warn!("open-file limit unknown: only --max-connections caps connections");
+            }
             before.map(|(soft, _)| soft)
         }
     }
@@ -68,25 +72,27 @@ mod tests {
 
     #[test]
     fn connections_get_the_limit_less_a_tenth_or_512() {
-        assert_eq!(connection_cap(20_000, None), 18_000);
-        assert_eq!(connection_cap(1_048_576, None), 943_719);
-        assert_eq!(connection_cap(4096, None), 4096 - 512);
-        assert_eq!(connection_cap(1024, None), 512);
+        assert_eq!(connection_cap(Some(20_000), None), 18_000);
+        assert_eq!(connection_cap(Some(1_048_576), None), 943_719);
+        assert_eq!(connection_cap(Some(4096), None), 4096 - 512);
+        assert_eq!(connection_cap(Some(1024), None), 512);
     }
 
     #[test]
     fn a_low_limit_is_shared_half_and_half() {
-        assert_eq!(connection_cap(600, None), 300);
-        assert_eq!(connection_cap(256, None), 128);
-        assert_eq!(connection_cap(1, None), 1);
-        assert_eq!(connection_cap(0, None), 1);
+        assert_eq!(connection_cap(Some(600), None), 300);
+        assert_eq!(connection_cap(Some(256), None), 128);
+        assert_eq!(connection_cap(Some(1), None), 1);
+        assert_eq!(connection_cap(Some(0), None), 1);
     }
 
     #[test]
     fn max_connections_can_only_lower_the_cap() {
-        assert_eq!(connection_cap(20_000, Some(100)), 100);
-        assert_eq!(connection_cap(20_000, Some(50_000)), 18_000);
-        assert_eq!(connection_cap(u64::MAX, Some(7)), 7);
-        assert!(connection_cap(u64::MAX, None) <= tokio::sync::Semaphore::MAX_PERMITS);
+        assert_eq!(connection_cap(Some(20_000), Some(100)), 100);
+        assert_eq!(connection_cap(Some(20_000), Some(50_000)), 18_000);
+        assert_eq!(connection_cap(Some(u64::MAX), Some(7)), 7);
+        assert!(connection_cap(Some(u64::MAX), None) <= tokio::sync::Semaphore::MAX_PERMITS);
+        assert_eq!(connection_cap(None, Some(300)), 300);
+        assert_eq!(connection_cap(None, None), tokio::sync::Semaphore::MAX_PERMITS);
     }
 }

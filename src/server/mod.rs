@@ -304,21 +304,8 @@ pub async fn shutdown_signal() {
 /// The cap on connections for the open-file limit in force (see
 /// `descriptors`), and the timeouts, as configured.
 fn connection_limits(config: &ServeConfig, open_file_limit: Option<u64>) -> ConnectionLimits {
-    let max_connections = match open_file_limit {
-        Some(limit) => descriptors::connection_cap(limit, config.max_connections),
-        None => {
-            let cap =
-                config.max_connections.map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
-            let cap = cap.min(tokio::sync::Semaphore::MAX_PERMITS);
-            tracing::warn!(
-                max_connections = cap,
-                "open-file limit unknown; connections capped by --max-connections only"
-            );
-            cap
-        }
-    };
     ConnectionLimits {
-        max_connections,
+        max_connections: descriptors::connection_cap(open_file_limit, config.max_connections),
         timeouts: Timeouts {
             header: Duration::from_secs(config.header_timeout_secs),
             body: Duration::from_secs(config.body_timeout_secs),

@@ -82,6 +82,40 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTFEED_MAX_WAITERS", default_value_t = 50_000)]
     pub max_waiters: usize,
 
+    /// Seconds a request's line and headers may take to arrive, from their
+    /// first byte (for a connection's first request, from its accept);
+    /// a connection slower than that is closed without an answer.
+    #[arg(long, env = "EVENTFEED_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = timeout_secs())]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a request body may pause; a request whose body pauses
+    /// longer, or arrives below `--body-min-bytes-per-sec`, is answered
+    /// 408 and its connection closed.
+    #[arg(long, env = "EVENTFEED_BODY_TIMEOUT_SECS", default_value_t = 10, value_parser = timeout_secs())]
+    pub body_timeout_secs: u64,
+
+    /// Least average rate of a request body, in bytes a second: a body may
+    /// take `--body-timeout-secs` plus a second for each this many bytes
+    /// received. 0: no minimum.
+    #[arg(long, env = "EVENTFEED_BODY_MIN_BYTES_PER_SEC", default_value_t = 1024)]
+    pub body_min_bytes_per_sec: u64,
+
+    /// Seconds a connection may stay open with nothing to do (no request
+    /// being served, none arriving), or with its client not reading its
+    /// response. Longer than the 60 s proxies keep idle connections to a
+    /// backend (Varnish's `backend_idle_timeout`, nginx's upstream
+    /// `keepalive_timeout`), so that they close theirs first. Long-polls and
+    /// SSE streams are being served, however quiet, and are not idle.
+    #[arg(long, env = "EVENTFEED_IDLE_TIMEOUT_SECS", default_value_t = 75, value_parser = timeout_secs())]
+    pub idle_timeout_secs: u64,
+
+    /// Most connections open at once; beyond it new connections are closed
+    /// as soon as they are accepted. Never more than the open-file limit
+    /// less what is kept for the store (a tenth, at least 512, at most
+    /// half), which is also the default.
+    #[arg(long, env = "EVENTFEED_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
     /// Memory for the store's page cache, in MiB.
     #[arg(long, env = "EVENTFEED_CACHE_MB", default_value_t = 512)]
     pub cache_mb: u64,
@@ -135,6 +169,12 @@ fn durability() -> impl TypedValueParser<Value = Durability> {
     })
 }
 
+/// The timeouts' values: at least a second, at most a day (a longer one
+/// would be no timeout at all).
+fn timeout_secs() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=86_400)
+}
+
 /// Checks a `--log` value, so that a mistyped filter stops the start with
 /// the reason instead of quietly logging at another level.
 fn log_filter(text: &str) -> Result<String, String> {
@@ -183,6 +223,24 @@ mod tests {
         let Command::Serve(config) =
             Cli::try_parse_from(["eventfeed", "serve", "--log", "warn,eventfeed=debug"]).unwrap().command;
         assert_eq!(config.log_filter, "warn,eventfeed=debug");
+    }
+
+    #[test]
+    fn timeouts_are_between_a_second_and_a_day() {
+        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command;
+        assert_eq!(
+            (config.header_timeout_secs, config.body_timeout_secs, config.idle_timeout_secs),
+            (10, 10, 75)
+        );
+        assert_eq!(config.max_connections, None);
+        for flag in ["--header-timeout-secs", "--body-timeout-secs", "--idle-timeout-secs"] {
+            for refused in ["0", "86401"] {
+                let error = Cli::try_parse_from(["eventfeed", "serve", flag, refused]).unwrap_err();
+                assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation, "{flag} {refused}");
+            }
+        }
+        let error = Cli::try_parse_from(["eventfeed", "serve", "--max-connections", "0"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

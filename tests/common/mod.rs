@@ -7,6 +7,7 @@
 //! - [`http`]: media types, the client, event bodies, headers, raw requests.
 //! - [`admin`]: waiting for projections, waiters and scavenges.
 //! - [`pages`]: walking a feed page by page.
+//! - [`socket`]: a raw HTTP/1.1 client on one TCP connection.
 //! - [`subscriptions`]: a client for persistent subscriptions.
 //! - [`varnish`]: eventfeed behind a real Varnish, through a recording proxy.
 
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod http;
 pub mod pages;
 pub mod server;
+pub mod socket;
 pub mod subscriptions;
 pub mod varnish;
 

@@ -177,8 +177,21 @@ pub struct BinaryServer {
 
 impl BinaryServer {
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
+        Self::launch(Command::new(env!("CARGO_BIN_EXE_eventfeed")), data_dir, extra_args)
+    }
+
+    /// Starts the binary with its open-file limit, soft and hard, set to
+    /// `limit` (by util-linux's `prlimit`, which then runs it in its own
+    /// process, so `child` is the server itself).
+    pub fn start_with_open_file_limit(data_dir: &Path, limit: u64, extra_args: &[&str]) -> Self {
+        let mut command = Command::new("prlimit");
+        command.arg(format!("--nofile={limit}:{limit}")).arg(env!("CARGO_BIN_EXE_eventfeed"));
+        Self::launch(command, data_dir, extra_args)
+    }
+
+    fn launch(mut command: Command, data_dir: &Path, extra_args: &[&str]) -> Self {
         let log_level: &[&str] = if extra_args.contains(&"--log") { &[] } else { &["--log", "info"] };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_eventfeed"))
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)

@@ -1,5 +1,11 @@
 //! Running the server: open the store, bind, serve, and shut down cleanly.
 //!
+//! - `connections`: the accept loop, the cap on open connections, and
+//!   serving each with hyper.
+//! - `timeouts`: the read timeouts of a connection and of a request body.
+//! - `descriptors`: the open-file limit, and the share of it connections
+//!   may take.
+//!
 //! Shutdown order matters. On the signal the listener stops accepting and
 //! every long-poll and SSE stream is told to answer or end at once (they
 //! watch [`Shared::shutdown`]); open requests then get a grace period;
@@ -10,15 +16,20 @@
 //! the sled store checkpoints itself when much was written, so that the
 //! next start is quick); a second signal skips it.
 
-use std::future::{Future, IntoFuture};
+mod connections;
+mod descriptors;
+mod timeouts;
+
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use self::connections::ConnectionLimits;
+use self::timeouts::Timeouts;
 use crate::config::ServeConfig;
 use crate::http::{AppState, Limits, Shared};
 use crate::store::{self, AfterRelease, Store, StoreError};
@@ -57,12 +68,14 @@ pub struct Server {
     grace: Duration,
     /// Between background scavenges; `None`: none.
     scavenge_interval: Option<Duration>,
+    /// The cap on open connections and their timeouts.
+    connections: ConnectionLimits,
 }
 
 impl Server {
     /// Opens the store and binds the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Self, ServerError> {
-        raise_open_file_limit();
+        let connections = connection_limits(config, descriptors::raise_open_file_limit());
         tracing::info!(data_dir = %config.data_dir.display(), "opening the store");
         let opening = std::time::Instant::now();
         let store = store::open(&config.store_config()).await.map_err(ServerError::Store)?;
@@ -102,6 +115,7 @@ impl Server {
             grace: Duration::from_secs(config.shutdown_grace_secs),
             scavenge_interval: (config.scavenge_interval_secs > 0)
                 .then(|| Duration::from_secs(config.scavenge_interval_secs)),
+            connections,
         })
     }
 
@@ -112,7 +126,8 @@ impl Server {
 
     /// Serves until `signal` resolves, then shuts down (see the module doc).
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let Self { listener, state, store, subscriptions, shutdown, grace, scavenge_interval } = self;
+        let Self { listener, state, store, subscriptions, shutdown, grace, scavenge_interval, connections } =
+            self;
         // A store whose writes failed stops the server as a signal would,
         // and the exit is a failure: a restart recovers it (see
         // `stop_when_writes_fail`).
@@ -127,35 +142,34 @@ impl Server {
         };
         let address = listener.local_addr().map_err(ServerError::Serve)?;
         tracing::info!("eventfeed listening on http://{address}");
+        // A cap too low for the clients is something to find in the log.
+        tracing::info!(
+            max_connections = connections.max_connections,
+            header_timeout_secs = connections.timeouts.header.as_secs(),
+            body_timeout_secs = connections.timeouts.body.as_secs(),
+            body_min_bytes_per_sec = connections.timeouts.body_min_rate,
+            idle_timeout_secs = connections.timeouts.idle.as_secs(),
+            "connection limits"
+        );
         if let Some(interval) = scavenge_interval {
             tokio::spawn(scavenge_periodically(Arc::clone(&store), interval, state.shutdown.clone()));
         }
 
         let mut stopping = state.shutdown.clone();
         let app = crate::app(state);
-        let listener = listener.tap_io(|tcp| {
-            // Responses are written whole; Nagle would only add latency.
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
+        let serve = connections::serve(listener, app, connections, async move {
+            signal.await;
+            tracing::info!("shutting down: no new connections; waking long-polls and SSE streams");
+            // Receivers live in AppState clones; a send error only means
+            // none is left.
+            let _ = shutdown.send(true);
         });
-        // The peer address is the default identity of subscription
-        // consumers (see `http::subscriptions`).
-        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                signal.await;
-                tracing::info!("shutting down: no new connections; waking long-polls and SSE streams");
-                // Receivers live in AppState clones; a send error only means
-                // none is left.
-                let _ = shutdown.send(true);
-            })
-            .into_future();
         let grace_expired = async move {
             let _ = stopping.wait_for(|stopping| *stopping).await;
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            result = serve => result.map_err(ServerError::Serve)?,
+            () = serve => {}
             () = grace_expired => {
                 tracing::warn!(grace_secs = grace.as_secs(), "requests still open after the grace period; closing them");
             }
@@ -343,18 +357,16 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Each idle long-poll or SSE client holds a socket, so the default soft
-/// limit of open files (often 1024) would cap them far below what memory
-/// allows. Raise the soft limit to the hard limit, and say so.
-fn raise_open_file_limit() {
-    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).ok();
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(now) => tracing::info!(
-            soft_before = before.map(|(soft, _)| soft),
-            hard = before.map(|(_, hard)| hard),
-            soft_now = now,
-            "open-file limit"
-        ),
-        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+/// The cap on connections for the open-file limit in force (see
+/// `descriptors`), and the timeouts, as configured.
+fn connection_limits(config: &ServeConfig, open_file_limit: Option<u64>) -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: descriptors::connection_cap(open_file_limit, config.max_connections),
+        timeouts: Timeouts {
+            header: Duration::from_secs(config.header_timeout_secs),
+            body: Duration::from_secs(config.body_timeout_secs),
+            body_min_rate: config.body_min_bytes_per_sec,
+            idle: Duration::from_secs(config.idle_timeout_secs),
+        },
     }
 }

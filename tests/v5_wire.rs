@@ -177,19 +177,36 @@ async fn a_soft_deleted_stream_reads_as_an_empty_404_as_in_v5() {
     let server = TestServer::start().await;
     server.append_n("Order-soft", 2).await;
     delete(&server, "Order-soft", false).await;
-    for path in &page_paths("Order-soft")[..4] {
+    assert_reads_find_nothing(
+        &server,
+        &page_paths("Order-soft")[..4],
+        &event_paths("Order-soft")[..2],
+        404,
+        "Not Found",
+    )
+    .await;
+}
+
+/// Every read of `pages` and `events` answers `status` and `reason`: empty
+/// on pages, and on single events v5's codec's value for "no event".
+async fn assert_reads_find_nothing(
+    server: &TestServer,
+    pages: &[String],
+    events: &[String],
+    status: u16,
+    reason: &str,
+) {
+    for path in pages {
         for accept in [ATOM_JSON, JSON, ATOM_XML, EVENTS_JSON] {
-            read(&server, path, accept).await.assert_found_nothing(404, "Not Found", "", path);
+            read(server, path, accept).await.assert_found_nothing(status, reason, "", path);
         }
     }
-    for path in &event_paths("Order-soft")[..2] {
-        for accept in EVENT_JSON_TYPES {
-            let answer = read(&server, path, accept).await;
-            answer.assert_found_nothing(404, "Not Found", "{}", &format!("{path} as {accept}"));
-        }
-        for accept in EVENT_OTHER_TYPES {
-            let answer = read(&server, path, accept).await;
-            answer.assert_found_nothing(404, "Not Found", "", &format!("{path} as {accept}"));
+    for path in events {
+        for (types, body) in [(&EVENT_JSON_TYPES[..], "{}"), (&EVENT_OTHER_TYPES[..], "")] {
+            for accept in types {
+                let answer = read(server, path, accept).await;
+                answer.assert_found_nothing(status, reason, body, &format!("{path} as {accept}"));
+            }
         }
     }
 }
@@ -202,21 +219,14 @@ async fn a_hard_deleted_stream_is_410_deleted_with_v5s_bodies() {
     let server = TestServer::start().await;
     server.append_n("Order-hard", 2).await;
     delete(&server, "Order-hard", true).await;
-    for path in &page_paths("Order-hard")[..4] {
-        for accept in [ATOM_JSON, JSON, ATOM_XML, EVENTS_JSON] {
-            read(&server, path, accept).await.assert_found_nothing(410, "Deleted", "", path);
-        }
-    }
-    for path in &event_paths("Order-hard") {
-        for accept in EVENT_JSON_TYPES {
-            let answer = read(&server, path, accept).await;
-            answer.assert_found_nothing(410, "Deleted", "{}", &format!("{path} as {accept}"));
-        }
-        for accept in EVENT_OTHER_TYPES {
-            let answer = read(&server, path, accept).await;
-            answer.assert_found_nothing(410, "Deleted", "", &format!("{path} as {accept}"));
-        }
-    }
+    assert_reads_find_nothing(
+        &server,
+        &page_paths("Order-hard")[..4],
+        &event_paths("Order-hard"),
+        410,
+        "Deleted",
+    )
+    .await;
 }
 
 /// A single event v5 does not find (past the end, in a missing stream, in

@@ -125,6 +125,7 @@ contract!(
     a_scavenge_changes_no_read,
     a_closed_store_refuses_writes,
     a_read_returns_at_most_its_bytes_and_at_least_one_event,
+    multi_stream_appends_are_all_or_nothing,
 );
 
 // ---------------------------------------------------------------------------
@@ -979,6 +980,85 @@ async fn a_read_returns_at_most_its_bytes_and_at_least_one_event(backend: Backen
     store.close().await;
 }
 
+/// One append to several streams: every part in one commit with
+/// consecutive positions, each part against its own expected version, or
+/// nothing at all; repeated whole, it answers the original outcomes.
+async fn multi_stream_appends_are_all_or_nothing(backend: Backend) {
+    use ExpectedVersion::{Exact, NoStream, StreamExists};
+    let store = backend.open().await;
+    let part = |stream: &str, expected, events| Append { stream: stream.into(), expected, events };
+    put(&store, "Account-1", fresh(2, "Opened")).await;
+    put(&store, "other", fresh(1, "A")).await;
+    let signup = vec![
+        part("Account-1", Exact(1), fresh(1, "Renamed")),
+        part("Email-a", NoStream, fresh(2, "Reserved")),
+    ];
+    let outcomes = store.append_all(signup.clone()).await.unwrap();
+    let written: Vec<_> = outcomes.iter().map(|o| (o.first_number, o.last_number, o.position)).collect();
+    assert_eq!(written, [(2, 2, Some(3)), (0, 1, Some(4))], "consecutive positions, in the request's order");
+    let in_all: Vec<_> = all(&store).await.iter().map(|e| (e.stream.to_string(), e.number)).collect();
+    assert_eq!(in_all[3..], [("Account-1".into(), 2), ("Email-a".into(), 0), ("Email-a".into(), 1)]);
+    assert_eq!(numbers_of(&store, "$ce-Email").await, [0, 1], "projections see the whole batch");
+    let head = store.notifier().next_position();
+
+    // Repeated whole: the original outcomes, nothing written.
+    let again = store.append_all(signup.clone()).await.unwrap();
+    assert!(again.iter().all(|o| o.idempotent));
+    assert_eq!(again.iter().map(|o| (o.first_number, o.last_number)).collect::<Vec<_>>(), [(2, 2), (0, 1)]);
+
+    // Every failed expectation is reported, and nothing of the request is written.
+    let refused = store
+        .append_all(vec![
+            part("Account-1", Exact(0), fresh(1, "Renamed")),
+            part("Email-b", NoStream, fresh(1, "Reserved")),
+            part("Email-c", StreamExists, fresh(1, "Reserved")),
+        ])
+        .await;
+    let Err(StoreError::Conflicts(conflicts)) = refused else { panic!("{refused:?}") };
+    let reported: Vec<_> = conflicts.iter().map(|c| (c.stream.as_str(), c.expected, c.current)).collect();
+    assert_eq!(reported, [("Account-1", Exact(0), 2), ("Email-c", StreamExists, -1)]);
+    // A part that repeats an earlier write beside a new one is a conflict too.
+    let partly =
+        store.append_all(vec![signup[1].clone(), part("Email-d", NoStream, fresh(1, "Reserved"))]).await;
+    assert!(
+        matches!(partly, Err(StoreError::Conflicts(ref c)) if c.len() == 1 && c[0].stream == "Email-a"),
+        "{partly:?}"
+    );
+    // Malformed requests, and a part refused for another reason.
+    store.delete("Gone-1", ExpectedVersion::Any, true).await.unwrap();
+    let head = head.max(store.notifier().next_position());
+    assert_invalid(store.append_all(Vec::new()).await);
+    let twice = vec![part("Email-e", NoStream, fresh(1, "R")), part("Email-e", NoStream, fresh(1, "R"))];
+    assert_invalid(store.append_all(twice).await);
+    let gone = store
+        .append_all(vec![part("Email-f", NoStream, fresh(1, "R")), part("Gone-1", NoStream, fresh(1, "R"))])
+        .await;
+    assert!(
+        matches!(gone, Err(StoreError::InPart { ref stream, ref error }) if stream == "Gone-1" && **error == StoreError::StreamDeleted),
+        "{gone:?}"
+    );
+    assert_eq!(store.notifier().next_position(), head, "nothing of a refused request was written");
+    for stream in ["Email-b", "Email-c", "Email-d", "Email-e", "Email-f"] {
+        assert_eq!(store.stream_state(stream).await.unwrap(), None, "{stream}");
+    }
+
+    // A metadata part applies to the events of the same request.
+    store
+        .append_all(vec![
+            part("$$Audit-1", NoStream, metadata(r#"{"$maxCount":1}"#)),
+            part("Audit-1", NoStream, fresh(3, "A")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(numbers(&read(&store, "Audit-1").await.unwrap()), [2]);
+    store.close().await;
+}
+
+/// The numbers a stream shows, links resolved.
+async fn numbers_of(store: &Arc<dyn Store>, stream: &str) -> Vec<u64> {
+    numbers(&read(store, stream).await.unwrap())
+}
+
 async fn a_closed_store_refuses_writes(backend: Backend) {
     let store = backend.open().await;
     put(&store, "s", fresh(1, "A")).await;
@@ -1040,6 +1120,7 @@ impl Rng {
 #[derive(Debug, Clone)]
 enum Request {
     Append(Append),
+    AppendAll(Vec<Append>),
     Delete { stream: String, expected: ExpectedVersion, hard: bool },
     ReadStream(StreamRead),
     ReadEvent { stream: String, number: u64, resolve_links: bool },
@@ -1052,6 +1133,7 @@ enum Request {
 #[derive(Debug, PartialEq, Eq)]
 enum Answer {
     Append(Result<AppendOutcome, StoreError>),
+    AppendAll(Result<Vec<AppendOutcome>, StoreError>),
     Delete(Result<(), StoreError>),
     Stream(Result<(store::StreamView, Vec<ReadEvent>), StoreError>),
     Event(Result<(store::StreamView, Option<ReadEvent>), StoreError>),
@@ -1079,6 +1161,7 @@ fn timeless_read(event: ReadEvent) -> ReadEvent {
 async fn ask(store: &Arc<dyn Store>, request: &Request) -> Answer {
     match request.clone() {
         Request::Append(append) => Answer::Append(store.append(append).await),
+        Request::AppendAll(appends) => Answer::AppendAll(store.append_all(appends).await),
         Request::Delete { stream, expected, hard } => {
             Answer::Delete(store.delete(&stream, expected, hard).await)
         }
@@ -1159,8 +1242,20 @@ fn next_request(
     };
     let direction = |rng: &mut Rng| if rng.chance(50) { Direction::Forward } else { Direction::Backward };
     match rng.below(100) {
+        // Multi-stream appends of new events (a stream may come up twice).
+        0..=6 => {
+            let parts = (0..2 + rng.below(2))
+                .map(|_| {
+                    let stream = writable(rng, 5);
+                    let events: Vec<ProposedEvent> = (0..1 + rng.below(2)).map(|_| new_event(rng)).collect();
+                    written.push((stream.clone(), events.clone()));
+                    Append { stream, expected: expected(rng), events }
+                })
+                .collect();
+            Request::AppendAll(parts)
+        }
         // Appends of new events.
-        0..=34 => {
+        7..=34 => {
             let stream = writable(rng, 5);
             let events: Vec<ProposedEvent> = (0..1 + rng.below(4)).map(|_| new_event(rng)).collect();
             written.push((stream.clone(), events.clone()));

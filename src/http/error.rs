@@ -133,6 +133,19 @@ impl From<StoreError> for HttpError {
                     )
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("10"))
             }
+            // The multi-stream append route answers conflicts with a JSON
+            // body of its own; this is the plain form.
+            StoreError::Conflicts(_) => {
+                HttpError::new(StatusCode::CONFLICT, "Conflict").with_detail(error.to_string())
+            }
+            StoreError::InPart { stream, error } => {
+                let part = HttpError::from(*error);
+                let detail = match &part.detail {
+                    Some(detail) => format!("Stream '{stream}': {}. {detail}", part.reason),
+                    None => format!("Stream '{stream}': {}.", part.reason),
+                };
+                part.with_detail(detail)
+            }
             StoreError::Corrupt(_) | StoreError::Io(_) => {
                 // Logged in `into_response`; the client learns only that it
                 // was the server's fault.

@@ -18,6 +18,7 @@ pub mod error;
 pub mod events_body;
 pub mod live;
 mod metadata;
+mod multi_append;
 pub mod negotiate;
 mod pages;
 mod params;
@@ -104,6 +105,7 @@ pub struct Shared {
 pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .merge(streams::router())
+        .merge(multi_append::router())
         .merge(metadata::router())
         .merge(admin::router())
         .merge(subscriptions::router())

@@ -242,7 +242,7 @@ async fn append_to(
     Ok(response)
 }
 
-fn check_event_sizes(events: &[ProposedEvent], max_event_bytes: usize) -> Result<(), HttpError> {
+pub(super) fn check_event_sizes(events: &[ProposedEvent], max_event_bytes: usize) -> Result<(), HttpError> {
     match events.iter().find(|event| event.size() > max_event_bytes) {
         Some(event) => Err(HttpError::payload_too_large(format!(
             "Event {} has {} bytes of data and metadata; the limit is {max_event_bytes}.",

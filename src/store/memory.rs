@@ -25,11 +25,11 @@ use uuid::Uuid;
 use super::links::link_event;
 use super::projections::Projections;
 use super::retention::{self, now_micros};
-use super::rules;
+use super::rules::{self, Part, Parts};
 use super::{
-    AllRead, AllSlice, Append, AppendOutcome, Direction, ExpectedVersion, Head, Notifier, ReadEvent,
-    RecordedEvent, ScavengeReport, ScavengeStarted, ScavengeStatus, Store, StoreError, StreamRead,
-    StreamSlice, StreamState, StreamView, metadata,
+    AllRead, AllSlice, Append, AppendOutcome, Conflict, Direction, ExpectedVersion, Head, Notifier,
+    ReadEvent, RecordedEvent, ScavengeReport, ScavengeStarted, ScavengeStatus, Store, StoreError, StreamRead,
+    StreamSettings, StreamSlice, StreamState, StreamView, metadata,
 };
 
 /// How many positions one `$all` read examines at most, whatever it finds:
@@ -163,6 +163,45 @@ impl Data {
         append: &Append,
         touched: &mut HashSet<String>,
     ) -> Result<AppendOutcome, StoreError> {
+        match self.check(append)? {
+            Part::Repeat(outcome) => Ok(outcome),
+            Part::Write(settings) => Ok(self.write(projections, append, settings, touched)),
+        }
+    }
+
+    /// Every part or none (see [`rules::decide_parts`]); each part's
+    /// checks depend on its own stream only, so all are checked first.
+    fn append_all(
+        &mut self,
+        projections: Projections,
+        appends: &[Append],
+        touched: &mut HashSet<String>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        rules::check_parts(appends)?;
+        let parts = appends.iter().map(|append| self.check(append)).collect();
+        match rules::decide_parts(appends, parts)? {
+            Parts::Repeat(outcomes) => Ok(outcomes),
+            Parts::PartlyRepeated(indexes) => Err(StoreError::Conflicts(
+                indexes
+                    .into_iter()
+                    .map(|index| Conflict {
+                        stream: appends[index].stream.clone(),
+                        expected: appends[index].expected,
+                        current: rules::current_version(&self.state(&appends[index].stream)),
+                    })
+                    .collect(),
+            )),
+            Parts::Write(settings) => Ok(appends
+                .iter()
+                .zip(settings)
+                .map(|(append, settings)| self.write(projections, append, settings, touched))
+                .collect()),
+        }
+    }
+
+    /// Every check of an append: its original outcome if it repeats an
+    /// earlier write, else the metadata it sets, if any.
+    fn check(&self, append: &Append) -> Result<Part<Option<(String, StreamSettings)>>, StoreError> {
         rules::check_request(append)?;
         let state = self.state(&append.stream);
         if state.tombstoned {
@@ -170,7 +209,7 @@ impl Data {
         }
         let current = rules::current_version(&state);
         if let Some(outcome) = self.retry_outcome(append, current)? {
-            return Ok(outcome);
+            return Ok(Part::Repeat(outcome));
         }
         rules::check_expected(append.expected, current)?;
         // The last event of an append to `$$s` is `s`'s metadata from now on.
@@ -183,8 +222,18 @@ impl Data {
             )),
             _ => None,
         };
+        Ok(Part::Write(settings))
+    }
 
-        // Every check passed: from here on nothing fails.
+    /// Writes a checked append; nothing here fails.
+    fn write(
+        &mut self,
+        projections: Projections,
+        append: &Append,
+        settings: Option<(String, StreamSettings)>,
+        touched: &mut HashSet<String>,
+    ) -> AppendOutcome {
+        let state = self.state(&append.stream);
         let created_micros = now_micros().max(self.last_created_micros);
         self.last_created_micros = created_micros;
         let name: Arc<str> = Arc::from(append.stream.as_str());
@@ -236,7 +285,7 @@ impl Data {
             self.streams.entry(described.clone()).or_default().state.settings = settings;
             touched.insert(described);
         }
-        Ok(AppendOutcome { first_number, last_number, position: Some(first_position), idempotent: false })
+        AppendOutcome { first_number, last_number, position: Some(first_position), idempotent: false }
     }
 
     /// Whether `append` repeats an earlier write to its stream (see
@@ -501,6 +550,19 @@ impl Store for MemoryStore {
             self.commit(&mut data, &touched);
         }
         Ok(outcome)
+    }
+
+    async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<AppendOutcome>, StoreError> {
+        let mut data = self.lock()?;
+        if data.closed {
+            return Err(StoreError::Unavailable);
+        }
+        let mut touched = HashSet::new();
+        let outcomes = data.append_all(self.projections, &appends, &mut touched)?;
+        if outcomes.iter().any(|outcome| !outcome.idempotent) {
+            self.commit(&mut data, &touched);
+        }
+        Ok(outcomes)
     }
 
     async fn read_stream(&self, read: StreamRead) -> Result<StreamSlice, StoreError> {

@@ -99,6 +99,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Appends events to a stream, atomically and durably.
     async fn append(&self, append: Append) -> Result<AppendOutcome, StoreError>;
 
+    /// Appends to several streams at once: every part, each checked against
+    /// its own expected version, in one atomic and durable commit with
+    /// consecutive positions, or none (see [`rules::decide_parts`]). The
+    /// outcomes are in the request's order.
+    async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<AppendOutcome>, StoreError>;
+
     /// Reads a range of a stream. Fails with [`StoreError::StreamNotFound`]
     /// or [`StoreError::StreamDeleted`] when there is nothing to read.
     async fn read_stream(&self, read: StreamRead) -> Result<StreamSlice, StoreError>;

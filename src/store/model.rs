@@ -245,6 +245,23 @@ pub enum StoreError {
     /// with the same event ids is safe: if the write stood, the retry is
     /// recognised and answered with its original outcome.
     CommitFailed(String),
+    /// Parts of a multi-stream append whose expected versions did not hold
+    /// (every one of them), or that only repeat an earlier write while
+    /// other parts are new; nothing was written.
+    Conflicts(Vec<Conflict>),
+    /// One part of a multi-stream append was refused for another reason
+    /// (its stream hard-deleted, its metadata malformed, …); nothing was
+    /// written.
+    InPart { stream: String, error: Box<StoreError> },
+}
+
+/// A part of a multi-stream append whose expected version did not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    /// The stream's last event number, -1 when it does not exist.
+    pub current: i64,
 }
 
 impl fmt::Display for StoreError {
@@ -261,6 +278,14 @@ impl fmt::Display for StoreError {
             Self::Unavailable => f.write_str("store unavailable"),
             Self::InsufficientStorage(message) => write!(f, "insufficient storage: {message}"),
             Self::CommitFailed(message) => write!(f, "the write could not be made durable: {message}"),
+            Self::Conflicts(conflicts) => {
+                f.write_str("expected versions did not hold:")?;
+                for Conflict { stream, expected, current } in conflicts {
+                    write!(f, " '{stream}' expected {expected}, is at {current};")?;
+                }
+                Ok(())
+            }
+            Self::InPart { stream, error } => write!(f, "stream '{stream}': {error}"),
         }
     }
 }

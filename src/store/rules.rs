@@ -95,6 +95,101 @@ fn partial_match(append: &Append, current: i64, numbers: &[Option<u64>]) -> Stor
     StoreError::WrongExpectedVersion { current, detail }
 }
 
+/// The most streams one multi-stream append may name.
+pub const MAX_PARTS: usize = 100;
+
+/// Refuses a multi-stream append that no state could accept: no parts,
+/// more than [`MAX_PARTS`], a stream named twice (its parts would need an
+/// order), or a part [`check_request`] refuses.
+pub fn check_parts(appends: &[Append]) -> Result<(), StoreError> {
+    if appends.is_empty() {
+        return Err(StoreError::Invalid("the request names no streams".into()));
+    }
+    if appends.len() > MAX_PARTS {
+        return Err(StoreError::Invalid(format!(
+            "the request names {} streams; one append takes at most {MAX_PARTS}",
+            appends.len()
+        )));
+    }
+    let mut seen = HashSet::with_capacity(appends.len());
+    for append in appends {
+        if !seen.insert(append.stream.as_str()) {
+            return Err(StoreError::Invalid(format!(
+                "stream '{}' is named twice; give each stream one part with all its events",
+                append.stream
+            )));
+        }
+        check_request(append).map_err(|error| in_part(&append.stream, error))?;
+    }
+    Ok(())
+}
+
+/// What one part of a multi-stream append would do on its own.
+#[derive(Debug)]
+pub enum Part<T> {
+    /// It repeats an earlier write: its original outcome.
+    Repeat(AppendOutcome),
+    /// It is new: what the backend needs to write it.
+    Write(T),
+}
+
+/// What a multi-stream append comes to.
+#[derive(Debug)]
+pub enum Parts<T> {
+    /// Every part repeats an earlier write: answer the original outcomes.
+    Repeat(Vec<AppendOutcome>),
+    /// Every part is new and holds: write them all.
+    Write(Vec<T>),
+    /// Some parts repeat earlier writes and others are new: a conflict on
+    /// the repeated ones (their indexes), since a retry is all or nothing.
+    PartlyRepeated(Vec<usize>),
+}
+
+/// Decides a multi-stream append from what each part would do alone, in
+/// the request's order: every expected version that failed is reported
+/// (a client fixes them all at once), else the first other refusal.
+pub fn decide_parts<T>(
+    appends: &[Append],
+    parts: Vec<Result<Part<T>, StoreError>>,
+) -> Result<Parts<T>, StoreError> {
+    let mut conflicts = Vec::new();
+    let mut refused = None;
+    let (mut repeats, mut writes, mut repeated) = (Vec::new(), Vec::new(), Vec::new());
+    for (index, (append, part)) in appends.iter().zip(parts).enumerate() {
+        match part {
+            Ok(Part::Repeat(outcome)) => {
+                repeats.push(outcome);
+                repeated.push(index);
+            }
+            Ok(Part::Write(plan)) => writes.push(plan),
+            Err(StoreError::WrongExpectedVersion { current, .. }) => conflicts.push(super::Conflict {
+                stream: append.stream.clone(),
+                expected: append.expected,
+                current,
+            }),
+            Err(error) => {
+                refused.get_or_insert_with(|| in_part(&append.stream, error));
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(StoreError::Conflicts(conflicts));
+    }
+    if let Some(error) = refused {
+        return Err(error);
+    }
+    Ok(match (repeats.len(), writes.len()) {
+        (_, 0) => Parts::Repeat(repeats),
+        (0, _) => Parts::Write(writes),
+        _ => Parts::PartlyRepeated(repeated),
+    })
+}
+
+/// `error` of the part that writes to `stream`.
+fn in_part(stream: &str, error: StoreError) -> StoreError {
+    StoreError::InPart { stream: stream.to_owned(), error: Box::new(error) }
+}
+
 /// The most bytes of events (data plus metadata) one range read returns,
 /// of a stream or of `$all`: it stops before the event that would pass
 /// it, but returns at least one, whatever its size. A page holds what the

@@ -16,6 +16,11 @@ pub(super) enum Command {
         append: Append,
         reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
     },
+    /// A multi-stream append: every part or none.
+    AppendAll {
+        appends: Vec<Append>,
+        reply: oneshot::Sender<Result<Vec<AppendOutcome>, StoreError>>,
+    },
     Delete {
         stream: String,
         expected: ExpectedVersion,
@@ -50,6 +55,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Append { append, .. } => f.debug_struct("Append").field("append", append).finish(),
+            Self::AppendAll { appends, .. } => f.debug_struct("AppendAll").field("appends", appends).finish(),
             Self::Delete { stream, expected, hard, .. } => f
                 .debug_struct("Delete")
                 .field("stream", stream)
@@ -71,6 +77,7 @@ impl Command {
     pub(super) fn payload_bytes(&self) -> usize {
         match self {
             Self::Append { append, .. } => append.events.iter().map(|e| e.size()).sum(),
+            Self::AppendAll { appends, .. } => appends.iter().flat_map(|a| &a.events).map(|e| e.size()).sum(),
             _ => 0,
         }
     }

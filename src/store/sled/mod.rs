@@ -307,6 +307,10 @@ impl Store for SledStore {
         self.send_to_writer(|reply| Command::Append { append, reply }).await
     }
 
+    async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.send_to_writer(|reply| Command::AppendAll { appends, reply }).await
+    }
+
     async fn read_stream(&self, read: StreamRead) -> Result<StreamSlice, StoreError> {
         self.read_durable(|context| context.read_stream(&read)).await
     }

@@ -3,6 +3,7 @@
 //! request is validated against the committed state plus the batch so far,
 //! and only a request that passes every check stages anything.
 
+mod parts;
 mod runs;
 
 use std::collections::{HashMap, HashSet};

@@ -52,6 +52,10 @@ type CompactReply = oneshot::Sender<Result<CompactProgress, StoreError>>;
 /// An answer held back until the batch is durable.
 enum Reply {
     Append(oneshot::Sender<Result<AppendOutcome, StoreError>>, Result<AppendOutcome, StoreError>),
+    AppendAll(
+        oneshot::Sender<Result<Vec<AppendOutcome>, StoreError>>,
+        Result<Vec<AppendOutcome>, StoreError>,
+    ),
     Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Build(oneshot::Sender<Result<Progress, StoreError>>, Result<Progress, StoreError>),
     Scavenge(
@@ -65,6 +69,7 @@ impl Reply {
     fn fail(self, error: &StoreError) -> Self {
         match self {
             Self::Append(tx, Ok(_)) => Self::Append(tx, Err(error.clone())),
+            Self::AppendAll(tx, Ok(_)) => Self::AppendAll(tx, Err(error.clone())),
             Self::Unit(tx, Ok(())) => Self::Unit(tx, Err(error.clone())),
             Self::Build(tx, Ok(_)) => Self::Build(tx, Err(error.clone())),
             Self::Scavenge(tx, Ok(_)) => Self::Scavenge(tx, Err(error.clone())),
@@ -77,6 +82,7 @@ impl Reply {
         // write stands, exactly as if the response had been lost in transit.
         match self {
             Self::Append(tx, result) => drop(tx.send(result)),
+            Self::AppendAll(tx, result) => drop(tx.send(result)),
             Self::Unit(tx, result) => drop(tx.send(result)),
             Self::Build(tx, result) => drop(tx.send(result)),
             Self::Scavenge(tx, result) => drop(tx.send(result)),
@@ -256,6 +262,13 @@ impl Writer {
                         Err(refused) => Err(refused.clone()),
                     };
                     replies.push(Reply::Append(reply, result));
+                }
+                Command::AppendAll { appends, reply } => {
+                    let result = match &space {
+                        Ok(()) => staging.append_all(&appends),
+                        Err(refused) => Err(refused.clone()),
+                    };
+                    replies.push(Reply::AppendAll(reply, result));
                 }
                 Command::Delete { stream, expected, hard, reply } => {
                     let result = staging.delete(&stream, expected, hard);
@@ -482,6 +495,7 @@ struct Fatal(StoreError);
 fn refuse(command: Command) {
     match command {
         Command::Append { reply, .. } => drop(reply.send(Err(StoreError::Unavailable))),
+        Command::AppendAll { reply, .. } => drop(reply.send(Err(StoreError::Unavailable))),
         Command::Delete { reply, .. } | Command::Close { reply } => {
             drop(reply.send(Err(StoreError::Unavailable)))
         }

@@ -10,6 +10,7 @@ use super::super::codec;
 pub(super) const MAX_LINK_RUN: usize = 64;
 
 /// Consecutive links to one system stream, staged by one batch.
+#[derive(Clone)]
 pub(super) struct PendingLinks {
     /// The number of the first.
     pub first: u64,
@@ -44,6 +45,7 @@ const RECORD_RUN_ALIGN: u64 = 20;
 const MAX_RECORD_RUN_BYTES: usize = 32 * 1024;
 
 /// Consecutive records of one stream, staged by one batch.
+#[derive(Clone)]
 pub(super) struct PendingRecords {
     /// The number of the first.
     pub first: u64,

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::error::HttpError;
 use super::negotiate::{APPLICATION_XML, EVENTS_JSON, EVENTS_XML, JSON, OCTET_STREAM, TEXT_XML};
+use crate::json::{self, Rejected};
 use crate::store::ProposedEvent;
 
 /// The longest event type accepted, in bytes. Event types name `$et-`
@@ -94,10 +95,7 @@ pub fn single_event(
     validate_event_type(event_type)?;
     let is_json = match format {
         SingleFormat::Json => {
-            if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-                return Err(HttpError::bad_request("Write request body invalid.")
-                    .with_detail(format!("The body is not valid JSON: {error}")));
-            }
+            json::check(&body).map_err(|rejected| invalid_json("The body is not valid JSON", rejected))?;
             true
         }
         SingleFormat::Xml | SingleFormat::Bytes => false,
@@ -141,24 +139,38 @@ enum Payload {
 
 impl Payload {
     /// (bytes, is_json)
-    fn into_stored(self) -> (Bytes, bool) {
-        match self {
+    fn into_stored(self) -> Result<(Bytes, bool), HttpError> {
+        Ok(match self {
             Self::Absent => (Bytes::new(), false),
             Self::Json(text) => (Bytes::from(text), true),
             Self::Text(text) => {
-                let is_json = looks_like_document(&text);
+                let is_json = is_json_document(&text)?;
                 (Bytes::from(text), is_json)
             }
             Self::Markup(bytes) => (Bytes::from(bytes), false),
-        }
+        })
     }
 }
 
-/// A JSON object or array (the rule v5 applies to string payloads).
-fn looks_like_document(text: &str) -> bool {
+/// Whether text is a JSON object or array (the rule v5 applies to string
+/// payloads), to be stored as JSON. One with a key given twice is refused
+/// rather than stored as text: it was meant as JSON, and its readers
+/// would disagree on what it says.
+fn is_json_document(text: &str) -> Result<bool, HttpError> {
     let trimmed = text.trim_start();
-    (trimmed.starts_with('{') || trimmed.starts_with('['))
-        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
+        return Ok(false);
+    }
+    match json::check(text.as_bytes()) {
+        Ok(()) => Ok(true),
+        Err(Rejected::Malformed(_)) => Ok(false),
+        Err(duplicate) => Err(invalid_json("A payload holds a JSON document", duplicate)),
+    }
+}
+
+/// `400 Write request body invalid.`, saying what was wrong with the JSON.
+fn invalid_json(context: &str, rejected: Rejected) -> HttpError {
+    HttpError::bad_request("Write request body invalid.").with_detail(format!("{context}: {rejected}"))
 }
 
 struct Draft {
@@ -179,8 +191,8 @@ impl Draft {
         })?;
         let event_type = self.event_type.unwrap_or_default();
         validate_event_type(&event_type)?;
-        let (data, is_json) = self.data.into_stored();
-        let (metadata, metadata_is_json) = self.metadata.into_stored();
+        let (data, is_json) = self.data.into_stored()?;
+        let (metadata, metadata_is_json) = self.metadata.into_stored()?;
         Ok(ProposedEvent { id, event_type, is_json, data, metadata_is_json, metadata })
     }
 }
@@ -200,10 +212,12 @@ struct JsonEvent<'a> {
 }
 
 fn json_drafts(body: &[u8]) -> Result<Vec<Draft>, HttpError> {
-    let events: Vec<JsonEvent<'_>> = serde_json::from_slice(body).map_err(|error| {
-        HttpError::bad_request("Write request body invalid.")
-            .with_detail(format!("Expected a JSON array of events: {error}"))
-    })?;
+    // The whole array first: a key given twice anywhere in it (an event's
+    // or its data's) is refused, naming the key.
+    let expected = "Expected a JSON array of events";
+    json::check(body).map_err(|rejected| invalid_json(expected, rejected))?;
+    let events: Vec<JsonEvent<'_>> =
+        serde_json::from_slice(body).map_err(|error| invalid_json(expected, Rejected::Malformed(error)))?;
     events
         .into_iter()
         .map(|event| {

@@ -59,17 +59,36 @@ impl BodyKind {
     }
 }
 
-/// Reads a request body of at most `limit` bytes.
+/// Reads a request body of at most `limit` bytes (decoded: see
+/// `encoding`, which also fails a body whose encoded bytes are too many).
 pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, HttpError> {
-    let too_large =
-        || HttpError::payload_too_large(format!("The request body is larger than {limit} bytes."));
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) if exceeds_a_limit(&*error) => {
+            Err(HttpError::payload_too_large(format!("The request body is larger than {limit} bytes.")))
+        }
         Err(error) => {
             Err(HttpError::bad_request("Could not read the request body.").with_detail(error.to_string()))
         }
     }
+}
+
+/// Whether a body failed for its length, here or while it was decoded. A
+/// decoder reports it as an `io::Error` wrapping the limit's error, which
+/// `source()` skips (it returns the wrapped error's own source), so the
+/// wrapped error is looked at by `get_ref`.
+fn exceeds_a_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<LengthLimitError>() {
+            return true;
+        }
+        next = match error.downcast_ref::<std::io::Error>() {
+            Some(io_error) => io_error.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    false
 }
 
 /// Parses an events array.

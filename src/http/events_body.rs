@@ -5,8 +5,6 @@
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use quick_xml::Reader;
-use quick_xml::events::Event;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -15,6 +13,10 @@ use super::error::HttpError;
 use super::negotiate::{APPLICATION_XML, EVENTS_JSON, EVENTS_XML, JSON, OCTET_STREAM, TEXT_XML};
 use crate::json::{self, Rejected};
 use crate::store::ProposedEvent;
+use crate::xml::{self, NotWellFormed};
+use xml_events::Refused;
+
+mod xml_events;
 
 /// The longest event type accepted, in bytes. Event types name `$et-`
 /// streams, so they must fit comfortably within the stream-name limit.
@@ -117,7 +119,11 @@ pub fn single_event(
             json::check(&body).map_err(|rejected| invalid_json("The body is not valid JSON", rejected))?;
             true
         }
-        SingleFormat::Xml | SingleFormat::Bytes => false,
+        SingleFormat::Xml => {
+            xml::check_document(utf8(&body)?).map_err(not_well_formed)?;
+            false
+        }
+        SingleFormat::Bytes => false,
     };
     Ok(ProposedEvent {
         id,
@@ -200,6 +206,10 @@ struct Draft {
 }
 
 impl Draft {
+    fn new() -> Self {
+        Self { id: None, event_type: None, data: Payload::Absent, metadata: Payload::Absent }
+    }
+
     fn into_event(self) -> Result<ProposedEvent, HttpError> {
         let id = self.id.map(|id| id.trim().to_owned()).unwrap_or_default();
         if id.is_empty() {
@@ -265,91 +275,29 @@ fn json_payload(raw: Option<&RawValue>) -> Result<Payload, HttpError> {
     Ok(Payload::Json(text.to_owned()))
 }
 
-/// Parses `<Events><Event><EventId/><EventType/><Data/><Metadata/></Event></Events>`.
-/// Element names are matched case-insensitively, without namespaces.
+/// Parses an events document (see `xml_events`).
 fn xml_drafts(body: &[u8]) -> Result<Vec<Draft>, HttpError> {
-    let invalid = |detail: String| HttpError::bad_request("Write request body invalid.").with_detail(detail);
-    let mut reader = Reader::from_reader(body);
-    reader.config_mut().trim_text(true);
-    let mut drafts = Vec::new();
-    let mut current: Option<Draft> = None;
-    loop {
-        let event = reader.read_event().map_err(|e| invalid(format!("Malformed XML: {e}")))?;
-        match event {
-            Event::Start(start) => {
-                let name = start.local_name();
-                let name = name.into_inner().to_ascii_lowercase();
-                match name.as_str() {
-                    "events" => {}
-                    "event" => current = Some(Draft::new()),
-                    "eventid" | "eventtype" | "data" | "metadata" => {
-                        let draft = current
-                            .as_mut()
-                            .ok_or_else(|| invalid(format!("<{name}> must be inside an <Event> element")))?;
-                        let span = reader
-                            .read_to_end(start.name())
-                            .map_err(|e| invalid(format!("Malformed XML: {e}")))?;
-                        let inner = slice(body, span);
-                        let payload = xml_payload(inner).map_err(invalid)?;
-                        match name.as_str() {
-                            "eventid" => draft.id = Some(payload_text(payload)),
-                            "eventtype" => draft.event_type = Some(payload_text(payload)),
-                            "data" => draft.data = payload,
-                            _ => draft.metadata = payload,
-                        }
-                    }
-                    other => return Err(invalid(format!("Unexpected element <{other}>"))),
-                }
-            }
-            Event::End(end) if end.local_name().into_inner().eq_ignore_ascii_case("event") => {
-                if let Some(draft) = current.take() {
-                    drafts.push(draft);
-                }
-            }
-            Event::Empty(empty) => {
-                if empty.local_name().into_inner().eq_ignore_ascii_case("events") {
-                    continue;
-                }
-                if empty.local_name().into_inner().eq_ignore_ascii_case("event") {
-                    drafts.push(Draft::new());
-                }
-            }
-            Event::Eof => break,
-            _ => {}
+    xml_events::drafts(utf8(body)?).map_err(|refused| match refused {
+        Refused::NotWellFormed(problem) => not_well_formed(problem),
+        Refused::Format(message) => {
+            HttpError::bad_request("Write request body invalid.").with_detail(message)
         }
-    }
-    Ok(drafts)
+    })
 }
 
-impl Draft {
-    fn new() -> Self {
-        Self { id: None, event_type: None, data: Payload::Absent, metadata: Payload::Absent }
-    }
+/// An XML body as text: eventfeed takes XML in UTF-8 only (see
+/// [`xml::walk`], which also refuses a declaration naming another).
+fn utf8(body: &[u8]) -> Result<&str, HttpError> {
+    std::str::from_utf8(body).map_err(|error| {
+        HttpError::bad_request("Write request body invalid.")
+            .with_detail(format!("The body is not UTF-8, the one encoding of XML taken: {error}."))
+    })
 }
 
-fn slice(body: &[u8], span: std::ops::Range<u64>) -> &[u8] {
-    let start = usize::try_from(span.start).unwrap_or(body.len()).min(body.len());
-    let end = usize::try_from(span.end).unwrap_or(body.len()).clamp(start, body.len());
-    &body[start..end]
-}
-
-/// Inner content of an XML element: markup is kept as it is; plain text is
-/// unescaped.
-fn xml_payload(inner: &[u8]) -> Result<Payload, String> {
-    let text = std::str::from_utf8(inner).map_err(|_| "XML content is not UTF-8".to_owned())?;
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Ok(Payload::Absent);
-    }
-    if trimmed.starts_with('<') && !trimmed.starts_with("<![CDATA[") {
-        return Ok(Payload::Markup(trimmed.as_bytes().to_vec()));
-    }
-    if let Some(cdata) = trimmed.strip_prefix("<![CDATA[").and_then(|t| t.strip_suffix("]]>")) {
-        return Ok(Payload::Text(cdata.to_owned()));
-    }
-    quick_xml::escape::unescape(trimmed)
-        .map(|text| Payload::Text(text.into_owned()))
-        .map_err(|e| format!("Bad XML escape: {e}"))
+/// `400 Write request body invalid.`, saying why the XML is not XML.
+fn not_well_formed(problem: NotWellFormed) -> HttpError {
+    HttpError::bad_request("Write request body invalid.")
+        .with_detail(format!("The body is not well-formed XML: {problem}."))
 }
 
 fn payload_text(payload: Payload) -> String {
@@ -433,6 +381,11 @@ mod tests {
         let event =
             single_event(SingleFormat::Bytes, id, "t", Bytes::from_static(b"\x00\x01")).expect("valid");
         assert!(!event.is_json);
+        assert!(single_event(SingleFormat::Xml, id, "t", Bytes::from_static(b"<a x='1'>&amp;</a>")).is_ok());
+        for broken in [&b"<a/>junk"[..], b"<a>\0</a>", b"<a>&nbsp;</a>", b"<a>", b"\xff", b"plain text"] {
+            let refused = single_event(SingleFormat::Xml, id, "t", Bytes::from_static(broken));
+            assert!(refused.is_err(), "{broken:?}");
+        }
         assert!(single_event(SingleFormat::Xml, id, "", Bytes::new()).is_err());
         assert!(single_event(SingleFormat::Xml, id, "a\nb", Bytes::new()).is_err());
     }

@@ -17,7 +17,7 @@ use std::fmt;
 
 use quick_xml::Reader;
 use quick_xml::escape::unescape;
-use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::events::{BytesDecl, BytesRef, BytesStart, Event};
 
 /// Why a document is not well-formed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,12 +108,7 @@ pub fn walk<E: From<NotWellFormed>>(
                 if before != 0 {
                     return refuse(format!("an XML declaration must start the document (at byte {before})"));
                 }
-                if let Some(encoding) = decl.encoding() {
-                    let encoding = encoding.map_err(|error| NotWellFormed(error.to_string()))?;
-                    if !encoding.eq_ignore_ascii_case("utf-8") {
-                        return refuse(format!("the document says it is {encoding}; only UTF-8 is accepted"));
-                    }
-                }
+                check_declaration(&decl)?;
             }
             Event::DocType(_) => {
                 return refuse("a DTD (<!DOCTYPE …>) is not accepted: no entity can be defined".to_owned());
@@ -165,6 +160,41 @@ pub fn walk<E: From<NotWellFormed>>(
             Event::Eof => return Ok(()),
         }
     }
+}
+
+/// Checks an XML declaration: `version="1.x"` first, then optionally
+/// `encoding` (UTF-8, the one eventfeed reads) and `standalone` (`yes` or
+/// `no`), in that order, as XML 1.0's `XMLDecl` has them.
+fn check_declaration(decl: &BytesDecl<'_>) -> Result<(), NotWellFormed> {
+    let bad = |problem: String| NotWellFormed(format!("the XML declaration: {problem}"));
+    let content = BytesStart::from_content(&**decl, 3);
+    let mut names = ["version", "encoding", "standalone"].into_iter();
+    let mut versioned = false;
+    for attribute in content.attributes() {
+        let attribute = attribute.map_err(|error| bad(error.to_string()))?;
+        let key = attribute.key.into_inner();
+        if !names.any(|name| name == key) || versioned == (key == "version") {
+            return Err(bad(format!("'{key}' is unknown or out of place")));
+        }
+        versioned = true;
+        let value = &*attribute.value;
+        let valid = match key {
+            "version" => value
+                .strip_prefix("1.")
+                .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit())),
+            "encoding" => value.eq_ignore_ascii_case("utf-8"),
+            _ => matches!(value, "yes" | "no"),
+        };
+        if !valid {
+            return Err(bad(format!(
+                "{key}=\"{value}\" (accepted: version 1.x, encoding UTF-8, standalone yes or no)"
+            )));
+        }
+    }
+    if !versioned {
+        return Err(bad("it gives no version".to_owned()));
+    }
+    Ok(())
 }
 
 /// A start tag's name, once it and its attributes are checked.
@@ -224,6 +254,7 @@ mod tests {
             "<a/>",
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!-- c --><a x='1' y=\"&amp;&#x41;\"><b>t &lt; &#233;</b><![CDATA[<x>]]></a>\n",
             "\u{feff}<a/>",
+            "<?xml version='1.1' standalone='no'?><a/>",
             "<ns:a xmlns:ns=\"u\"><?pi data?></ns:a>",
         ] {
             assert_eq!(check_document(text), Ok(()), "{text}");
@@ -252,6 +283,11 @@ mod tests {
             (" <?xml version=\"1.0\"?><a/>", "declaration"),
             ("<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a/>", "UTF-8"),
             ("<a><!-- a -- b --></a>", ""),
+            ("<?xml version=\"1&nbsp;.0\"?><a/>", "version"),
+            ("<?xml encoding=\"utf-8\"?><a/>", "encoding"),
+            ("<?xml?><a/>", "no version"),
+            ("<?xml version=\"1.0\" standalone=\"maybe\"?><a/>", "standalone"),
+            ("<?xml version=\"1.0\" standalone=\"yes\" encoding=\"utf-8\"?><a/>", "out of place"),
         ] {
             let problem = problem(text);
             assert!(problem.contains(expected), "{text}: {problem}");

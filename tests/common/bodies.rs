@@ -127,7 +127,9 @@ fn xml_text(text: &str, form: TextForm) -> String {
 }
 
 /// A valid `…events+xml` document. Text payloads are written escaped, as
-/// CDATA or both (and read back exactly); JSON payloads as text.
+/// CDATA or both; JSON payloads as text. Each is read back exactly, but
+/// for the whitespace at the ends of a field outside CDATA, which the
+/// format trims (the expected events say so).
 pub fn valid_xml_events() -> impl Strategy<Value = ValidBody> {
     let form = select(vec![TextForm::Escaped, TextForm::CData, TextForm::Mixed]);
     let declared = any::<bool>();
@@ -149,7 +151,17 @@ pub fn valid_xml_events() -> impl Strategy<Value = ValidBody> {
             ));
         }
         xml.push_str("</Events>\n");
-        ValidBody { bytes: xml.into_bytes(), events: events.into_iter().map(|(event, _)| event).collect() }
+        let events = events
+            .into_iter()
+            .map(|(event, form)| match (event.data, form) {
+                (Payload::Text(text), TextForm::Escaped) => {
+                    let trimmed = text.trim_end_matches([' ', '\t', '\n', '\r']).to_owned();
+                    Expected { data: Payload::Text(trimmed), ..event }
+                }
+                (data, _) => Expected { data, ..event },
+            })
+            .collect();
+        ValidBody { bytes: xml.into_bytes(), events }
     })
 }
 

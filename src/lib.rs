@@ -18,6 +18,9 @@
 //! - [`subscriptions`]: persistent subscriptions (competing consumers): the
 //!   group state machine, strategies, checkpoints and parking.
 //! - [`hash`]: stable hashes for ETags and derived ids.
+//! - [`json`]: JSON as the server takes it in (no key given twice).
+//! - [`xml`]: XML 1.0's characters and names, and a walk through a
+//!   document that refuses what is not well-formed.
 //!
 //! Start at [`app`], the whole HTTP application, which tests and the binary
 //! share; `ARCHITECTURE.md` follows an append and a page read through
@@ -27,9 +30,11 @@ pub mod config;
 pub mod feed;
 pub mod hash;
 pub mod http;
+pub mod json;
 pub mod server;
 pub mod store;
 pub mod subscriptions;
+pub mod xml;
 
 pub use http::{AppState, Limits};
 

@@ -8,6 +8,7 @@ use axum::response::Response;
 
 use crate::feed::{Freshness, etag_value};
 use crate::store::StreamSettings;
+use crate::store::metadata::MAX_CACHE_CONTROL_SECS;
 
 /// One year, the longest `max-age` RFC 9111 suggests caches honour.
 pub const IMMUTABLE: &str = "max-age=31536000, public";
@@ -35,7 +36,12 @@ impl Caching<'_> {
             Freshness::Immutable if self.settings.not_public => HeaderValue::from_static(IMMUTABLE_PRIVATE),
             Freshness::Immutable => HeaderValue::from_static(IMMUTABLE),
             Freshness::Live { .. } => match self.settings.cache_control_secs {
-                Some(seconds) => header_value(&format!("max-age={seconds}, {visibility}")),
+                // Clamped for settings stored before `$cacheControl` had a
+                // maximum (they may hold any number).
+                Some(seconds) => {
+                    let seconds = seconds.min(MAX_CACHE_CONTROL_SECS);
+                    header_value(&format!("max-age={seconds}, {visibility}"))
+                }
                 None if self.settings.not_public => HeaderValue::from_static(REVALIDATE_PRIVATE),
                 None => HeaderValue::from_static(REVALIDATE),
             },
@@ -184,5 +190,9 @@ mod tests {
         assert_eq!(caching.cache_control(), REVALIDATE_PRIVATE);
         let caching = Caching { freshness: &Freshness::Immutable, settings: &private };
         assert_eq!(caching.cache_control(), IMMUTABLE_PRIVATE);
+        // A `$cacheControl` stored before it had a maximum is served as a year.
+        let stored_long_ago = StreamSettings { cache_control_secs: Some(u64::MAX), ..public };
+        let caching = Caching { freshness: &live, settings: &stored_long_ago };
+        assert_eq!(caching.cache_control(), "max-age=31536000, public");
     }
 }

@@ -5,15 +5,18 @@
 use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use quick_xml::Reader;
-use quick_xml::events::Event;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::error::HttpError;
 use super::negotiate::{APPLICATION_XML, EVENTS_JSON, EVENTS_XML, JSON, OCTET_STREAM, TEXT_XML};
+use crate::json::{self, Rejected};
 use crate::store::ProposedEvent;
+use crate::xml::{self, NotWellFormed};
+use xml_events::Refused;
+
+mod xml_events;
 
 /// The longest event type accepted, in bytes. Event types name `$et-`
 /// streams, so they must fit comfortably within the stream-name limit.
@@ -58,17 +61,36 @@ impl BodyKind {
     }
 }
 
-/// Reads a request body of at most `limit` bytes.
+/// Reads a request body of at most `limit` bytes (decoded: see
+/// `encoding`, which also fails a body whose encoded bytes are too many).
 pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, HttpError> {
-    let too_large =
-        || HttpError::payload_too_large(format!("The request body is larger than {limit} bytes."));
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) if exceeds_a_limit(&*error) => {
+            Err(HttpError::payload_too_large(format!("The request body is larger than {limit} bytes.")))
+        }
         Err(error) => {
             Err(HttpError::bad_request("Could not read the request body.").with_detail(error.to_string()))
         }
     }
+}
+
+/// Whether a body failed for its length, here or while it was decoded. A
+/// decoder reports it as an `io::Error` wrapping the limit's error, which
+/// `source()` skips (it returns the wrapped error's own source), so the
+/// wrapped error is looked at by `get_ref`.
+fn exceeds_a_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<LengthLimitError>() {
+            return true;
+        }
+        next = match error.downcast_ref::<std::io::Error>() {
+            Some(io_error) => io_error.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    false
 }
 
 /// Parses an events array.
@@ -94,13 +116,14 @@ pub fn single_event(
     validate_event_type(event_type)?;
     let is_json = match format {
         SingleFormat::Json => {
-            if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-                return Err(HttpError::bad_request("Write request body invalid.")
-                    .with_detail(format!("The body is not valid JSON: {error}")));
-            }
+            json::check(&body).map_err(|rejected| invalid_json("The body is not valid JSON", rejected))?;
             true
         }
-        SingleFormat::Xml | SingleFormat::Bytes => false,
+        SingleFormat::Xml => {
+            xml::check_document(utf8(&body)?).map_err(not_well_formed)?;
+            false
+        }
+        SingleFormat::Bytes => false,
     };
     Ok(ProposedEvent {
         id,
@@ -141,24 +164,38 @@ enum Payload {
 
 impl Payload {
     /// (bytes, is_json)
-    fn into_stored(self) -> (Bytes, bool) {
-        match self {
+    fn into_stored(self) -> Result<(Bytes, bool), HttpError> {
+        Ok(match self {
             Self::Absent => (Bytes::new(), false),
             Self::Json(text) => (Bytes::from(text), true),
             Self::Text(text) => {
-                let is_json = looks_like_document(&text);
+                let is_json = is_json_document(&text)?;
                 (Bytes::from(text), is_json)
             }
             Self::Markup(bytes) => (Bytes::from(bytes), false),
-        }
+        })
     }
 }
 
-/// A JSON object or array (the rule v5 applies to string payloads).
-fn looks_like_document(text: &str) -> bool {
+/// Whether text is a JSON object or array (the rule v5 applies to string
+/// payloads), to be stored as JSON. One with a key given twice is refused
+/// rather than stored as text: it was meant as JSON, and its readers
+/// would disagree on what it says.
+fn is_json_document(text: &str) -> Result<bool, HttpError> {
     let trimmed = text.trim_start();
-    (trimmed.starts_with('{') || trimmed.starts_with('['))
-        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
+        return Ok(false);
+    }
+    match json::check(text.as_bytes()) {
+        Ok(()) => Ok(true),
+        Err(Rejected::Malformed(_)) => Ok(false),
+        Err(duplicate) => Err(invalid_json("A payload holds a JSON document", duplicate)),
+    }
+}
+
+/// `400 Write request body invalid.`, saying what was wrong with the JSON.
+fn invalid_json(context: &str, rejected: Rejected) -> HttpError {
+    HttpError::bad_request("Write request body invalid.").with_detail(format!("{context}: {rejected}"))
 }
 
 struct Draft {
@@ -169,6 +206,10 @@ struct Draft {
 }
 
 impl Draft {
+    fn new() -> Self {
+        Self { id: None, event_type: None, data: Payload::Absent, metadata: Payload::Absent }
+    }
+
     fn into_event(self) -> Result<ProposedEvent, HttpError> {
         let id = self.id.map(|id| id.trim().to_owned()).unwrap_or_default();
         if id.is_empty() {
@@ -179,8 +220,8 @@ impl Draft {
         })?;
         let event_type = self.event_type.unwrap_or_default();
         validate_event_type(&event_type)?;
-        let (data, is_json) = self.data.into_stored();
-        let (metadata, metadata_is_json) = self.metadata.into_stored();
+        let (data, is_json) = self.data.into_stored()?;
+        let (metadata, metadata_is_json) = self.metadata.into_stored()?;
         Ok(ProposedEvent { id, event_type, is_json, data, metadata_is_json, metadata })
     }
 }
@@ -200,10 +241,12 @@ struct JsonEvent<'a> {
 }
 
 fn json_drafts(body: &[u8]) -> Result<Vec<Draft>, HttpError> {
-    let events: Vec<JsonEvent<'_>> = serde_json::from_slice(body).map_err(|error| {
-        HttpError::bad_request("Write request body invalid.")
-            .with_detail(format!("Expected a JSON array of events: {error}"))
-    })?;
+    // The whole array first: a key given twice anywhere in it (an event's
+    // or its data's) is refused, naming the key.
+    let expected = "Expected a JSON array of events";
+    json::check(body).map_err(|rejected| invalid_json(expected, rejected))?;
+    let events: Vec<JsonEvent<'_>> =
+        serde_json::from_slice(body).map_err(|error| invalid_json(expected, Rejected::Malformed(error)))?;
     events
         .into_iter()
         .map(|event| {
@@ -232,91 +275,29 @@ fn json_payload(raw: Option<&RawValue>) -> Result<Payload, HttpError> {
     Ok(Payload::Json(text.to_owned()))
 }
 
-/// Parses `<Events><Event><EventId/><EventType/><Data/><Metadata/></Event></Events>`.
-/// Element names are matched case-insensitively, without namespaces.
+/// Parses an events document (see `xml_events`).
 fn xml_drafts(body: &[u8]) -> Result<Vec<Draft>, HttpError> {
-    let invalid = |detail: String| HttpError::bad_request("Write request body invalid.").with_detail(detail);
-    let mut reader = Reader::from_reader(body);
-    reader.config_mut().trim_text(true);
-    let mut drafts = Vec::new();
-    let mut current: Option<Draft> = None;
-    loop {
-        let event = reader.read_event().map_err(|e| invalid(format!("Malformed XML: {e}")))?;
-        match event {
-            Event::Start(start) => {
-                let name = start.local_name();
-                let name = name.into_inner().to_ascii_lowercase();
-                match name.as_str() {
-                    "events" => {}
-                    "event" => current = Some(Draft::new()),
-                    "eventid" | "eventtype" | "data" | "metadata" => {
-                        let draft = current
-                            .as_mut()
-                            .ok_or_else(|| invalid(format!("<{name}> must be inside an <Event> element")))?;
-                        let span = reader
-                            .read_to_end(start.name())
-                            .map_err(|e| invalid(format!("Malformed XML: {e}")))?;
-                        let inner = slice(body, span);
-                        let payload = xml_payload(inner).map_err(invalid)?;
-                        match name.as_str() {
-                            "eventid" => draft.id = Some(payload_text(payload)),
-                            "eventtype" => draft.event_type = Some(payload_text(payload)),
-                            "data" => draft.data = payload,
-                            _ => draft.metadata = payload,
-                        }
-                    }
-                    other => return Err(invalid(format!("Unexpected element <{other}>"))),
-                }
-            }
-            Event::End(end) if end.local_name().into_inner().eq_ignore_ascii_case("event") => {
-                if let Some(draft) = current.take() {
-                    drafts.push(draft);
-                }
-            }
-            Event::Empty(empty) => {
-                if empty.local_name().into_inner().eq_ignore_ascii_case("events") {
-                    continue;
-                }
-                if empty.local_name().into_inner().eq_ignore_ascii_case("event") {
-                    drafts.push(Draft::new());
-                }
-            }
-            Event::Eof => break,
-            _ => {}
+    xml_events::drafts(utf8(body)?).map_err(|refused| match refused {
+        Refused::NotWellFormed(problem) => not_well_formed(problem),
+        Refused::Format(message) => {
+            HttpError::bad_request("Write request body invalid.").with_detail(message)
         }
-    }
-    Ok(drafts)
+    })
 }
 
-impl Draft {
-    fn new() -> Self {
-        Self { id: None, event_type: None, data: Payload::Absent, metadata: Payload::Absent }
-    }
+/// An XML body as text: eventfeed takes XML in UTF-8 only (see
+/// [`xml::walk`], which also refuses a declaration naming another).
+fn utf8(body: &[u8]) -> Result<&str, HttpError> {
+    std::str::from_utf8(body).map_err(|error| {
+        HttpError::bad_request("Write request body invalid.")
+            .with_detail(format!("The body is not UTF-8, the one encoding of XML taken: {error}."))
+    })
 }
 
-fn slice(body: &[u8], span: std::ops::Range<u64>) -> &[u8] {
-    let start = usize::try_from(span.start).unwrap_or(body.len()).min(body.len());
-    let end = usize::try_from(span.end).unwrap_or(body.len()).clamp(start, body.len());
-    &body[start..end]
-}
-
-/// Inner content of an XML element: markup is kept as it is; plain text is
-/// unescaped.
-fn xml_payload(inner: &[u8]) -> Result<Payload, String> {
-    let text = std::str::from_utf8(inner).map_err(|_| "XML content is not UTF-8".to_owned())?;
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Ok(Payload::Absent);
-    }
-    if trimmed.starts_with('<') && !trimmed.starts_with("<![CDATA[") {
-        return Ok(Payload::Markup(trimmed.as_bytes().to_vec()));
-    }
-    if let Some(cdata) = trimmed.strip_prefix("<![CDATA[").and_then(|t| t.strip_suffix("]]>")) {
-        return Ok(Payload::Text(cdata.to_owned()));
-    }
-    quick_xml::escape::unescape(trimmed)
-        .map(|text| Payload::Text(text.into_owned()))
-        .map_err(|e| format!("Bad XML escape: {e}"))
+/// `400 Write request body invalid.`, saying why the XML is not XML.
+fn not_well_formed(problem: NotWellFormed) -> HttpError {
+    HttpError::bad_request("Write request body invalid.")
+        .with_detail(format!("The body is not well-formed XML: {problem}."))
 }
 
 fn payload_text(payload: Payload) -> String {
@@ -400,6 +381,11 @@ mod tests {
         let event =
             single_event(SingleFormat::Bytes, id, "t", Bytes::from_static(b"\x00\x01")).expect("valid");
         assert!(!event.is_json);
+        assert!(single_event(SingleFormat::Xml, id, "t", Bytes::from_static(b"<a x='1'>&amp;</a>")).is_ok());
+        for broken in [&b"<a/>junk"[..], b"<a>\0</a>", b"<a>&nbsp;</a>", b"<a>", b"\xff", b"plain text"] {
+            let refused = single_event(SingleFormat::Xml, id, "t", Bytes::from_static(broken));
+            assert!(refused.is_err(), "{broken:?}");
+        }
         assert!(single_event(SingleFormat::Xml, id, "", Bytes::new()).is_err());
         assert!(single_event(SingleFormat::Xml, id, "a\nb", Bytes::new()).is_err());
     }

@@ -108,7 +108,7 @@ async fn metadata_event_of(
     };
     if let Some(found) = &found {
         if let Some(read) = &found.read {
-            return Ok(render_found(headers, urls, found, read, media));
+            return render_found(headers, urls, found, read, media);
         }
     }
     if stream_state.is_none() {

@@ -5,7 +5,8 @@
 //! The resources share a few modules below them: `pages` is the one
 //! page-read pipeline (stream, `$all` and metadata pages, single events),
 //! `live` the long-polls and Server-Sent Events, `events_body` reading and
-//! parsing request bodies, and `negotiate`, `params`, `caching`,
+//! parsing request bodies (`encoding` decodes them first), and
+//! `negotiate`, `params`, `caching`,
 //! `base_url`, `error` and `read_errors` (a failed read answered as v5
 //! answers it) the pieces every handler uses. Resource modules
 //! import shared ones, never each other; only this file names them, to
@@ -14,6 +15,7 @@
 mod admin;
 pub mod base_url;
 pub mod caching;
+mod encoding;
 pub mod error;
 pub mod events_body;
 pub mod live;
@@ -111,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .merge(subscriptions::router())
         .merge(system::router())
         .fallback(system::not_found)
+        .layer(encoding::DecodeBodiesLayer { encoded_limit: state.limits.max_request_bytes })
         .layer(compression())
         .layer(tower::util::MapResponseLayer::new(caching::weak_etag_when_encoded));
     let router = if request_logs_wanted() { router.layer(TraceLayer::new_for_http()) } else { router };

@@ -246,33 +246,44 @@ pub(super) async fn single_event(
 ) -> Result<Response, HttpError> {
     let found = find_event(state, stream, start, resolve_links).await.map_err(read_error)?;
     let read = found.read.as_ref().ok_or_else(|| HttpError::not_found("The event does not exist."))?;
-    Ok(render_found(headers, urls, &found, read, media))
+    render_found(headers, urls, &found, read, media)
 }
 
-/// The answer for an event found, in the negotiated representation.
+/// The answer for an event found, in the negotiated representation; `406`
+/// for an XML view of data that XML cannot carry.
 pub(super) fn render_found(
     headers: &HeaderMap,
     urls: &Urls,
     found: &FoundEvent,
     read: &ReadEvent,
     media: &'static str,
-) -> Response {
+) -> Result<Response, HttpError> {
     // A client asking for JSON data gets the bytes it stored; when they are
     // not JSON, the Content-Type says so instead of claiming JSON.
     let media = if media == JSON && !read.event.is_json { OCTET_STREAM } else { media };
+    // Rendered before the ETag is compared, since whether an XML view
+    // exists decides between 406 and an answer; a 304 (only `/head` has an
+    // ETag) drops one event's body.
+    let body = render_event(read, urls, media).ok_or_else(|| {
+        HttpError::not_acceptable(&[OCTET_STREAM]).with_detail(
+            "This event cannot be shown as XML: it holds characters XML 1.0 cannot carry (or bytes that \
+             are not UTF-8). Read it as application/octet-stream or as JSON.",
+        )
+    })?;
     let caching = Caching { freshness: &found.freshness, settings: &found.settings };
-    respond(headers, &caching, media, |_| render_event(read, urls, media))
+    Ok(respond(headers, &caching, media, |_| body))
 }
 
-/// One event's body in the negotiated representation.
-fn render_event(read: &ReadEvent, urls: &Urls, media: &'static str) -> Vec<u8> {
-    match media {
+/// One event's body in the negotiated representation (`None`: see
+/// [`feed::event::xml_payload`]).
+fn render_event(read: &ReadEvent, urls: &Urls, media: &'static str) -> Option<Vec<u8>> {
+    Some(match media {
         ATOM_JSON => feed::json::render_entry(read, urls),
         EVENT_JSON => feed::json::render_event_object(read),
-        EVENT_XML => feed::event::xml_event(&read.event),
+        EVENT_XML => feed::event::xml_event(&read.event)?,
         JSON | OCTET_STREAM => read.event.data.to_vec(),
-        TEXT_XML | APPLICATION_XML => feed::event::xml_payload(&read.event),
+        TEXT_XML | APPLICATION_XML => feed::event::xml_payload(&read.event)?,
         HTML => feed::html::render_event(read, urls),
         _ => feed::atom::render_entry(read, urls),
-    }
+    })
 }

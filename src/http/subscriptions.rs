@@ -130,21 +130,41 @@ struct SubscriptionQuery {
 }
 
 impl SubscriptionQuery {
-    fn parse(query: Option<&str>, from_segment: Option<&str>) -> Self {
+    /// A parameter given twice (in the query, in the path, or in both) is
+    /// `400`, as in every other query: which one counts would be a guess.
+    fn parse(query: Option<&str>, from_segment: Option<&str>) -> Result<Self, HttpError> {
         let mut parsed = Self::default();
         for pair in [query, from_segment].into_iter().flatten().flat_map(|q| q.split('&')) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = value.replace('+', " ");
             let value = percent_decode_str(&value).decode_utf8_lossy().into_owned();
-            match name.to_ascii_lowercase().as_str() {
-                "embed" => parsed.embed = Some(value),
-                "format" => parsed.format = Some(value),
-                "ids" => parsed.ids = Some(value),
-                "action" => parsed.action = Some(value),
-                _ => {}
+            let name = name.to_ascii_lowercase();
+            let slot = match name.as_str() {
+                "embed" => &mut parsed.embed,
+                "format" => &mut parsed.format,
+                "ids" => &mut parsed.ids,
+                "action" => &mut parsed.action,
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(HttpError::bad_request("Invalid query string")
+                    .with_detail(format!("The parameter '{name}' is given twice.")));
             }
         }
-        parsed
+        Ok(parsed)
+    }
+
+    /// [`SubscriptionQuery::parse`] for a read of messages: a refusal is
+    /// answered as every failed read of the competing feed is.
+    fn for_read(
+        query: Option<&str>,
+        from_segment: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Self, HttpError> {
+        Self::parse(query, from_segment).map_err(|error| {
+            let media_type = competing_media(headers, None).unwrap_or(COMPETING_JSON);
+            error.answering_read(headers, None, ReadRoute::Labelled { media_type, nothing: "" })
+        })
     }
 
     fn embed(&self) -> Embed {
@@ -180,7 +200,7 @@ async fn messages(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let query = SubscriptionQuery::parse(query.as_deref(), None);
+    let query = SubscriptionQuery::for_read(query.as_deref(), None, &headers)?;
     get_messages(&state, &urls, &consumer, &stream, &group, None, &query, &headers).await
 }
 
@@ -193,7 +213,7 @@ async fn messages_count(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let (count, in_segment) = split_segment(&count);
-    let query = SubscriptionQuery::parse(query.as_deref(), in_segment);
+    let query = SubscriptionQuery::for_read(query.as_deref(), in_segment, &headers)?;
     get_messages(&state, &urls, &consumer, &stream, &group, Some(count), &query, &headers).await
 }
 
@@ -396,7 +416,7 @@ async fn nack_one(
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
     let (id, in_segment) = split_segment(&id);
-    let query = SubscriptionQuery::parse(query.as_deref(), in_segment);
+    let query = SubscriptionQuery::parse(query.as_deref(), in_segment)?;
     let ids = message_ids(Some(id))?;
     let action = nack_action(query.action.as_deref())?;
     acknowledge(&state, &consumer, &stream, &group, &ids, Some(action))
@@ -408,7 +428,7 @@ async fn ack_many(
     Segments((stream, group)): Segments<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
-    let query = SubscriptionQuery::parse(query.as_deref(), None);
+    let query = SubscriptionQuery::parse(query.as_deref(), None)?;
     let ids = message_ids(query.ids.as_deref())?;
     acknowledge(&state, &consumer, &stream, &group, &ids, None)
 }
@@ -419,7 +439,7 @@ async fn nack_many(
     Segments((stream, group)): Segments<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
-    let query = SubscriptionQuery::parse(query.as_deref(), None);
+    let query = SubscriptionQuery::parse(query.as_deref(), None)?;
     let ids = message_ids(query.ids.as_deref())?;
     let action = nack_action(query.action.as_deref())?;
     acknowledge(&state, &consumer, &stream, &group, &ids, Some(action))
@@ -434,7 +454,7 @@ async fn encoded_action(
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
     let (action, in_segment) = split_segment(&segment);
-    let query = SubscriptionQuery::parse(query.as_deref(), in_segment);
+    let query = SubscriptionQuery::parse(query.as_deref(), in_segment)?;
     let nack = match action {
         "ack" => None,
         "nack" => Some(nack_action(query.action.as_deref())?),
@@ -452,10 +472,12 @@ mod tests {
     fn queries_in_the_path_are_read_like_real_ones() {
         let (count, in_segment) = split_segment("5?embed=Body");
         assert_eq!(count, "5");
-        let query = SubscriptionQuery::parse(Some("ids=a"), in_segment);
+        let query = SubscriptionQuery::parse(Some("ids=a"), in_segment).expect("valid");
         assert_eq!(query.embed(), Embed::Body);
         assert_eq!(query.ids.as_deref(), Some("a"));
-        let query = SubscriptionQuery::parse(Some("ids=a%2Cb&action=Park"), None);
+        assert!(SubscriptionQuery::parse(Some("embed=rich"), in_segment).is_err(), "given twice");
+        assert!(SubscriptionQuery::parse(Some("ids=a&IDS=b"), None).is_err(), "given twice");
+        let query = SubscriptionQuery::parse(Some("ids=a%2Cb&action=Park"), None).expect("valid");
         assert_eq!(query.ids.as_deref(), Some("a,b"));
         assert_eq!(nack_action(query.action.as_deref()).ok(), Some(NackAction::Park));
     }

@@ -7,6 +7,7 @@
 use serde_json::{Map, Value};
 
 use super::StreamSettings;
+use crate::json::{self, Rejected};
 
 /// The event type of metadata events.
 pub const METADATA_EVENT_TYPE: &str = "$metadata";
@@ -16,6 +17,19 @@ const ACL_KEYS: [&str; 5] = ["$r", "$w", "$d", "$mr", "$mw"];
 
 /// The role that means "everyone, including anonymous readers".
 pub const ALL_ROLE: &str = "$all";
+
+/// The largest `$cacheControl`, in seconds: a year, the longest `max-age`
+/// RFC 9111 suggests caches honour and what immutable pages get. A longer
+/// one would promise more than any cache keeps.
+pub const MAX_CACHE_CONTROL_SECS: u64 = 31_536_000;
+
+/// The largest `$maxCount` and `$tb`: v5 holds them as a .NET `long`, and
+/// its soft delete writes `$tb` = `long.MaxValue`, which clients copy back.
+const MAX_LONG: u64 = i64::MAX as u64;
+
+/// The largest `$maxAge`, in seconds: reads compare it in microseconds on
+/// the clock's `i64` (about 292,000 years).
+const MAX_AGE_SECS: u64 = MAX_LONG / 1_000_000;
 
 /// The name of the stream holding `stream`'s metadata.
 pub fn metadata_stream(stream: &str) -> String {
@@ -46,11 +60,14 @@ impl std::fmt::Display for InvalidMetadata {
 
 /// Validates a metadata document and derives the enforced settings. Unknown
 /// keys are allowed and kept (they are the user's own metadata); a `null`
-/// value means the key is not set.
+/// value means the key is not set; a key given twice (at any depth) is
+/// refused, since readers would disagree on which value holds.
 pub fn parse(document: &[u8]) -> Result<StreamSettings, InvalidMetadata> {
-    let value: Value = serde_json::from_slice(document).map_err(|error| InvalidMetadata {
-        key: String::new(),
-        reason: format!("the body is not valid JSON ({error})"),
+    let value: Value = json::from_slice(document).map_err(|rejected| match rejected {
+        Rejected::DuplicateKey(key) => InvalidMetadata { key, reason: "is given twice".into() },
+        Rejected::Malformed(error) => {
+            InvalidMetadata { key: String::new(), reason: format!("the body is not valid JSON ({error})") }
+        }
     })?;
     let Value::Object(object) = value else {
         return Err(InvalidMetadata { key: String::new(), reason: "the body must be a JSON object".into() });
@@ -60,10 +77,10 @@ pub fn parse(document: &[u8]) -> Result<StreamSettings, InvalidMetadata> {
 
 fn settings_from(object: &Map<String, Value>) -> Result<StreamSettings, InvalidMetadata> {
     let mut settings = StreamSettings {
-        max_count: whole_number(object, "$maxCount", 1)?,
-        max_age_secs: whole_number(object, "$maxAge", 1)?,
-        truncate_before: whole_number(object, "$tb", 0)?,
-        cache_control_secs: whole_number(object, "$cacheControl", 1)?,
+        max_count: whole_number(object, "$maxCount", 1, MAX_LONG)?,
+        max_age_secs: whole_number(object, "$maxAge", 1, MAX_AGE_SECS)?,
+        truncate_before: whole_number(object, "$tb", 0, MAX_LONG)?,
+        cache_control_secs: whole_number(object, "$cacheControl", 1, MAX_CACHE_CONTROL_SECS)?,
         ..StreamSettings::default()
     };
     match object.get("$tmp") {
@@ -105,12 +122,13 @@ fn whole_number(
     object: &Map<String, Value>,
     key: &str,
     minimum: u64,
+    maximum: u64,
 ) -> Result<Option<u64>, InvalidMetadata> {
     match object.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => match value.as_u64() {
-            Some(number) if number >= minimum => Ok(Some(number)),
-            _ => Err(invalid(key, &format!("must be an integer >= {minimum}"))),
+            Some(number) if (minimum..=maximum).contains(&number) => Ok(Some(number)),
+            _ => Err(invalid(key, &format!("must be an integer from {minimum} to {maximum}"))),
         },
     }
 }
@@ -145,8 +163,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_bad_key() {
-        let cases: [(&[u8], &str); 9] = [
+        let cases: [(&[u8], &str); 15] = [
             (br#"{"$maxCount":0}"#, "$maxCount"),
+            (br#"{"$maxCount":9223372036854775808}"#, "$maxCount"),
+            (br#"{"$maxAge":9223372036855}"#, "$maxAge"),
+            (br#"{"$tb":18446744073709551615}"#, "$tb"),
+            (br#"{"$cacheControl":31536001}"#, "$cacheControl"),
+            (br#"{"$maxCount":1,"$maxCount":2}"#, "$maxCount"),
+            (br#"{"owner":{"a":1,"a":2}}"#, "a"),
             (br#"{"$maxCount":-1}"#, "$maxCount"),
             (br#"{"$maxAge":"60"}"#, "$maxAge"),
             (br#"{"$tb":1.5}"#, "$tb"),
@@ -163,6 +187,15 @@ mod tests {
         }
         assert!(parse(b"[1]").is_err());
         assert!(parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn the_largest_values_are_accepted() {
+        let settings =
+            parse(br#"{"$maxCount":9223372036854775807,"$tb":9223372036854775807,"$cacheControl":31536000}"#)
+                .expect("valid");
+        assert_eq!(settings.truncate_before, Some(i64::MAX as u64));
+        assert_eq!(settings.cache_control_secs, Some(MAX_CACHE_CONTROL_SECS));
     }
 
     #[test]

@@ -190,8 +190,10 @@ impl Settings {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|error| invalid("", format!("the body is not valid JSON ({error})")))?;
+        let value: Value = crate::json::from_slice(body).map_err(|rejected| match rejected {
+            crate::json::Rejected::DuplicateKey(key) => invalid(&key, "is given twice"),
+            malformed => invalid("", format!("the body is not valid JSON ({malformed})")),
+        })?;
         match value {
             Value::Null => Ok(Self::default()),
             Value::Object(object) => Self::from_object(&object, is_all),
@@ -202,11 +204,17 @@ impl Settings {
     /// Validates a settings object (see [`Settings::parse`]).
     pub fn from_object(object: &Map<String, Value>, is_all: bool) -> Result<Self, InvalidSetting> {
         let mut found: [Option<&Value>; KEYS.len()] = [None; KEYS.len()];
+        let mut given = [false; KEYS.len()];
         for (key, value) in object {
             let index = KEYS
                 .iter()
                 .position(|known| known.eq_ignore_ascii_case(key))
                 .ok_or_else(|| invalid(key, "is not a subscription setting"))?;
+            // Keys match case-insensitively: `bufferSize` and `BufferSize`
+            // are one setting given twice.
+            if std::mem::replace(&mut given[index], true) {
+                return Err(invalid(KEYS[index], "is given twice"));
+            }
             if !value.is_null() {
                 found[index] = Some(value);
             }
@@ -461,6 +469,8 @@ mod tests {
             (r#"{"startFrom":-2}"#, "startFrom"),
             (r#"{"startFrom":"000000000000000A000000000000000A"}"#, "startFrom"),
             (r#"{"messageTimeoutMs":1000}"#, "messageTimeoutMs"),
+            (r#"{"bufferSize":100,"bufferSize":200}"#, "bufferSize"),
+            (r#"{"bufferSize":100,"BufferSize":null}"#, "bufferSize"),
         ];
         for (body, setting) in cases {
             let error = parse(body).expect_err(body);

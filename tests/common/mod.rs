@@ -2,6 +2,8 @@
 //! folder as its `common` module; the names most tests use are re-exported
 //! here.
 //!
+//! - [`bodies`]: random events bodies, valid and broken, for the property
+//!   suites.
 //! - [`server`]: servers on loopback ports ([`TestServer`] in process,
 //!   [`BinaryServer`] the real binary).
 //! - [`http`]: media types, the client, event bodies, headers, raw requests.
@@ -14,6 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
+pub mod bodies;
 pub mod http;
 pub mod pages;
 pub mod server;

@@ -8,10 +8,12 @@ first, then a short method paragraph. A module may also have
 ([what, figure, reference in the same run, target and verdict]); the
 sections without one are left out of it."""
 
-from . import appends, atombus, longpoll, projections, reads, scavenge, startup, subscriptions, varnish
+from . import (appends, atombus, longpoll, multiappend, projections, reads, scavenge, startup, subscriptions,
+               varnish)
 
 MODULES = {
     "appends": appends,
+    "multiappend": multiappend,
     "reads": reads,
     "varnish": varnish,
     "projections": projections,

@@ -1,7 +1,8 @@
 //! The shell examples of the README and of `docs/`, run as written, so the
 //! documentation cannot rot.
 //!
-//! Each Markdown file's ```sh blocks run in order, each in its own `bash`,
+//! Each Markdown file's ```sh blocks run in order, each in its own `bash`
+//! (and then again in `zsh`, where it is installed; tests/run installs it),
 //! against a fresh server (the real binary on an ephemeral port; the
 //! examples' `http://127.0.0.1:2113` is rewritten to it) and, when the file
 //! reads through Varnish (`127.0.0.1:6081`), a real Varnish in front of it.
@@ -116,10 +117,16 @@ fn promised_cache_results(code: &str) -> Vec<String> {
         .collect()
 }
 
-fn spawn_block(code: &str, dir: &Path, index: usize) -> (Child, PathBuf, PathBuf) {
+/// The shells the examples must run in: bash, and zsh where it is installed.
+fn shells() -> Vec<&'static str> {
+    let has_zsh = Command::new("zsh").args(["-c", "true"]).status().is_ok_and(|status| status.success());
+    if has_zsh { vec!["bash", "zsh"] } else { vec!["bash"] }
+}
+
+fn spawn_block(shell: &str, code: &str, dir: &Path, index: usize) -> (Child, PathBuf, PathBuf) {
     let out = dir.join(format!("{index}.out"));
     let err = dir.join(format!("{index}.err"));
-    let child = Command::new("bash")
+    let child = Command::new(shell)
         .arg("-c")
         .arg(format!("{PRELUDE}{code}"))
         .current_dir(dir)
@@ -143,7 +150,7 @@ fn kill_group(child: &mut Child) {
 }
 
 /// Runs one file's blocks; returns every failure, described.
-async fn run_document(path: &Path, blocks: &[Block]) -> Vec<String> {
+async fn run_document(shell: &str, path: &Path, blocks: &[Block]) -> Vec<String> {
     let data = tempfile::tempdir().unwrap();
     let server = BinaryServer::start(data.path(), &["--durability", "none"]);
     let needs_varnish = blocks.iter().any(|b| b.mode != Mode::Skip && b.code.contains(EXAMPLE_VARNISH));
@@ -159,7 +166,7 @@ async fn run_document(path: &Path, blocks: &[Block]) -> Vec<String> {
         if let Some(varnish) = &varnish {
             code = code.replace(EXAMPLE_VARNISH, varnish.url("").trim_end_matches('/'));
         }
-        let (mut child, out, err) = spawn_block(&code, work.path(), index);
+        let (mut child, out, err) = spawn_block(shell, &code, work.path(), index);
         if block.mode == Mode::Background {
             background.push(child);
             // Let it connect before the next block appends.
@@ -179,7 +186,8 @@ async fn run_document(path: &Path, blocks: &[Block]) -> Vec<String> {
         kill_group(&mut child);
         let stdout = std::fs::read_to_string(&out).unwrap_or_default();
         let stderr = std::fs::read_to_string(&err).unwrap_or_default();
-        let context = format!("{}:\n{}--- stdout:\n{stdout}--- stderr:\n{stderr}", block.place, block.code);
+        let context =
+            format!("{} ({shell}):\n{}--- stdout:\n{stdout}--- stderr:\n{stderr}", block.place, block.code);
         match status {
             None => failures.push(format!("did not finish within {BLOCK_TIMEOUT:?}: {context}")),
             Some(status) if !status.success() => failures.push(format!("exited with {status}: {context}")),
@@ -235,7 +243,9 @@ async fn every_shell_example_runs_as_written() {
             continue;
         }
         ran += blocks.iter().filter(|block| block.mode != Mode::Skip).count();
-        failures.extend(run_document(&path, &blocks).await);
+        for shell in shells() {
+            failures.extend(run_document(shell, &path, &blocks).await);
+        }
     }
     assert!(ran >= 15, "only {ran} blocks found: is the parser still right?");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

@@ -119,3 +119,17 @@ async fn a_compressed_answer_has_one_vary_header() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_oversized_event_names_the_option_that_sets_the_limit() {
+    let server = TestServer::start_with(|config| config.max_event_bytes = 1024).await;
+    let response =
+        server.post_events("Order-1", &json!([event("Placed", json!({"big": "x".repeat(2000)}))])).await;
+    assert_eq!(response.status(), 413);
+    let body = response.text().await.unwrap();
+    assert!(body.starts_with("Payload Too Large\n"), "{body}");
+    assert!(
+        body.contains("the limit is 1024, set by --max-event-bytes (EVENTFEED_MAX_EVENT_BYTES)"),
+        "{body}"
+    );
+}

@@ -245,7 +245,8 @@ async fn append_to(
 fn check_event_sizes(events: &[ProposedEvent], max_event_bytes: usize) -> Result<(), HttpError> {
     match events.iter().find(|event| event.size() > max_event_bytes) {
         Some(event) => Err(HttpError::payload_too_large(format!(
-            "Event {} has {} bytes of data and metadata; the limit is {max_event_bytes}.",
+            "Event {} has {} bytes of data and metadata; the limit is {max_event_bytes}, \
+             set by --max-event-bytes (EVENTFEED_MAX_EVENT_BYTES).",
             event.id,
             event.size()
         ))),

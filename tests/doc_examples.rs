@@ -283,3 +283,52 @@ fn the_markers_are_understood() {
     assert_eq!(announced_statuses("x # → 201 Created\ny # → 404: gone"), vec![201, 404]);
     assert_eq!(promised_cache_results("a | grep x-cache   # X-Cache: HIT\n"), vec!["HIT"]);
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces
+/// as hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim_start_matches('#')
+        .trim()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c.to_ascii_lowercase() })
+        .collect()
+}
+
+fn anchors(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut in_code = false;
+    let mut anchors = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            anchors.push(anchor(line));
+        }
+    }
+    anchors
+}
+
+/// Every relative link of the README and docs/ leads to a file that
+/// exists, and every `#anchor` to a heading there.
+#[test]
+fn every_relative_link_leads_somewhere() {
+    let mut broken = Vec::new();
+    for path in documents() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for target in text.split("](").skip(1).filter_map(|rest| rest.split(')').next()) {
+            if target.starts_with("http") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let linked = if file.is_empty() { path.clone() } else { path.parent().unwrap().join(file) };
+            if !linked.exists() {
+                broken.push(format!("{}: {target}: no such file", path.display()));
+            } else if !fragment.is_empty() && !anchors(&linked).iter().any(|a| a == fragment) {
+                broken.push(format!("{}: {target}: no such heading", path.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{broken:#?}");
+}

@@ -33,9 +33,14 @@ const EXAMPLE_VARNISH: &str = "http://127.0.0.1:6081";
 /// its 30 appends and its wait, takes a few seconds).
 const BLOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Records the status of every request `curl` makes, on stderr, where the
-/// runner finds it whatever the example does with stdout.
-const PRELUDE: &str = r#"curl() { command curl -w '%{stderr}DOC-TEST-STATUS %{http_code}\n' "$@"; }
+/// Records the status of every request `curl` makes, whatever the example
+/// does with stdout: in a file of its own for each call, since curls run
+/// at once (background consumers) would interleave their lines in one.
+const PRELUDE: &str = r#"curl() {
+  local statuses
+  statuses=$(mktemp "$DOC_TEST_STATUSES/curl.XXXXXX")
+  command curl -w '%{stderr}DOC-TEST-STATUS %{http_code}\n' "$@" 2>"$statuses"
+}
 "#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,12 +128,16 @@ fn shells() -> Vec<&'static str> {
     if has_zsh { vec!["bash", "zsh"] } else { vec!["bash"] }
 }
 
-fn spawn_block(shell: &str, code: &str, dir: &Path, index: usize) -> (Child, PathBuf, PathBuf) {
-    let out = dir.join(format!("{index}.out"));
-    let err = dir.join(format!("{index}.err"));
-    let child = Command::new(shell)
+/// Starts a block; its stdout, stderr and curl statuses go to files in a
+/// directory of its own.
+fn spawn_block(shell: &str, code: &str, dir: &Path) -> Child {
+    std::fs::create_dir_all(dir.join("curl")).unwrap();
+    let out = dir.join("out");
+    let err = dir.join("err");
+    Command::new(shell)
         .arg("-c")
         .arg(format!("{PRELUDE}{code}"))
+        .env("DOC_TEST_STATUSES", dir.join("curl"))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
@@ -137,8 +146,15 @@ fn spawn_block(shell: &str, code: &str, dir: &Path, index: usize) -> (Child, Pat
         // follower, a background consumer) is stopped with it.
         .process_group(0)
         .spawn()
-        .expect("bash runs");
-    (child, out, err)
+        .expect("the shell runs")
+}
+
+/// What every curl of a block wrote to stderr, its status lines included.
+fn curl_output(dir: &Path) -> String {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir.join("curl")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    files.sort();
+    files.iter().map(|file| std::fs::read_to_string(file).unwrap_or_default()).collect()
 }
 
 fn kill_group(child: &mut Child) {
@@ -166,7 +182,8 @@ async fn run_document(shell: &str, path: &Path, blocks: &[Block]) -> Vec<String>
         if let Some(varnish) = &varnish {
             code = code.replace(EXAMPLE_VARNISH, varnish.url("").trim_end_matches('/'));
         }
-        let (mut child, out, err) = spawn_block(shell, &code, work.path(), index);
+        let dir = work.path().join(index.to_string());
+        let mut child = spawn_block(shell, &code, &dir);
         if block.mode == Mode::Background {
             background.push(child);
             // Let it connect before the next block appends.
@@ -184,8 +201,8 @@ async fn run_document(shell: &str, path: &Path, blocks: &[Block]) -> Vec<String>
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         kill_group(&mut child);
-        let stdout = std::fs::read_to_string(&out).unwrap_or_default();
-        let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+        let stdout = std::fs::read_to_string(dir.join("out")).unwrap_or_default();
+        let stderr = std::fs::read_to_string(dir.join("err")).unwrap_or_default() + &curl_output(&dir);
         let context =
             format!("{} ({shell}):\n{}--- stdout:\n{stdout}--- stderr:\n{stderr}", block.place, block.code);
         match status {

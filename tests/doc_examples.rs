@@ -5,7 +5,7 @@
 //! (and then again in `zsh`, where it is installed; tests/run installs it),
 //! against a fresh server (the real binary on an ephemeral port; the
 //! examples' `http://127.0.0.1:2113` is rewritten to it) and, when the file
-//! reads through Varnish (`127.0.0.1:6081`), a real Varnish in front of it.
+//! reads through Varnish (`127.0.0.1:6091`), a real Varnish in front of it.
 //! `curl` is wrapped to record every status it gets: each must be 2xx or
 //! 3xx unless the block announces it (`→ 404`), and each announced status
 //! must occur. A block whose comments say `X-Cache: HIT` or `MISS` must
@@ -27,7 +27,7 @@ use common::varnish::Varnish;
 
 /// The address the examples use, and Varnish's.
 const EXAMPLE_BASE: &str = "http://127.0.0.1:2113";
-const EXAMPLE_VARNISH: &str = "http://127.0.0.1:6081";
+const EXAMPLE_VARNISH: &str = "http://127.0.0.1:6091";
 
 /// The longest one block may take (the worked subscription example, with
 /// its 30 appends and its wait, takes a few seconds).

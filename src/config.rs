@@ -155,9 +155,14 @@ pub struct ServeConfig {
 
     /// Seconds to wait at shutdown for open requests to finish before
     /// closing them.
-    #[arg(long, env = "EVENTFEED_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    #[arg(long, env = "EVENTFEED_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
 }
+
+/// The default `--shutdown-grace-secs`: long enough for an ordinary request
+/// to finish, short enough for a supervisor's stop timeout (the systemd
+/// unit in `deploy/` allows two minutes, for the checkpoint after it).
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 5;
 
 /// The `--durability` values. The store's [`Durability`] knows nothing of
 /// the command line; this maps the words to it, and lists them in `--help`.

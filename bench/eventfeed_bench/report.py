@@ -124,11 +124,12 @@ def render_summary(runs):
         used.setdefault((record["started"], name, revision, quick), []).append(section)
     if not rows:
         return "No results yet: `bench/run` measures them.\n"
-    runs_line = "; ".join(f"{', '.join(titles)}: {when(started)}, eventfeed {revision}{quick}"
-                          for (started, _, revision, quick), titles in sorted(used.items()))
+    # The README is a front page, not a record of runs: which run and
+    # revision each row comes from is in BENCHMARKS.md, beside its figures.
+    quick = " Some rows come from a `--quick` run." if any(q for (_, _, _, q) in used) else ""
     return (table(["what", "figure", "reference, same run", "target"], rows) + "\n\n"
-            f"Each row from the newest run that measured its section ({runs_line}). Every figure, its method, the "
-            "machine and the other sections: [BENCHMARKS.md](BENCHMARKS.md).\n")
+            f"Each row from the newest run that measured its section.{quick} Every figure, its run, its method, "
+            "the machine and the other sections: [BENCHMARKS.md](BENCHMARKS.md).\n")
 
 
 def replace_summary(text, summary):

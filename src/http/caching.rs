@@ -112,8 +112,11 @@ fn sent_weak(request: &HeaderMap) -> bool {
 /// A plain function for `tower::util::MapResponseLayer`, whose future is
 /// not boxed: as an `axum::middleware::from_fn` it cost 2-3% of an
 /// uncached page read (a boxed future and a cloned router per request).
+/// Also merges the `Vary` the compression layer adds (`accept-encoding`)
+/// into the response's own, so there is one `Vary` header.
 pub fn weak_etag_when_encoded<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
     let headers = response.headers_mut();
+    one_vary(headers);
     if headers.contains_key(header::CONTENT_ENCODING) {
         if let Some(strong) =
             headers.get(header::ETAG).and_then(|v| v.to_str().ok()).filter(|v| v.starts_with('"'))
@@ -123,6 +126,27 @@ pub fn weak_etag_when_encoded<B>(mut response: axum::http::Response<B>) -> axum:
         }
     }
     response
+}
+
+/// Joins every `Vary` header into one, each name once.
+fn one_vary(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::VARY).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut names: Vec<String> = Vec::new();
+    for value in headers.get_all(header::VARY).iter().filter_map(|v| v.to_str().ok()) {
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !names.iter().any(|known| known.eq_ignore_ascii_case(name)) {
+                names.push(if name.eq_ignore_ascii_case("accept-encoding") {
+                    "Accept-Encoding".into()
+                } else {
+                    name.into()
+                });
+            }
+        }
+    }
+    headers.insert(header::VARY, header_value(&names.join(", ")));
 }
 
 /// Whether `If-None-Match` names `etag` (or `*`). Weak comparison, as RFC

@@ -117,7 +117,12 @@ pub fn router(state: AppState) -> Router {
         .layer(compression())
         .layer(tower::util::MapResponseLayer::new(caching::weak_etag_when_encoded));
     let router = if request_logs_wanted() { router.layer(TraceLayer::new_for_http()) } else { router };
-    router.layer(cors()).with_state(state)
+    let routes = router.layer(cors()).with_state(state);
+    // IMPORTANT: axum adds `Allow` to a 405 outside every layer of the
+    // routes, so the words that repeat it wrap the whole router.
+    Router::new()
+        .fallback_service(routes)
+        .layer(tower::util::MapResponseLayer::new(system::explain_method_not_allowed))
 }
 
 /// Whether the log filter lets tower-http's per-request logs through

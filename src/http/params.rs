@@ -53,7 +53,9 @@ where
             .await
             .map(|axum::extract::Query(value)| Self(value))
             .map_err(|rejection| {
-                let error = HttpError::bad_request("Invalid query string").with_detail(rejection.body_text());
+                // The reason phrase says what to change (v5 has none for
+                // this): a read's answer has no body to say it in.
+                let error = HttpError::bad_request(rejection.body_text());
                 malformed(parts, error)
             })
     }
@@ -71,8 +73,10 @@ fn malformed(parts: &Parts, error: HttpError) -> HttpError {
 /// The query parameters of reads.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct ReadQuery {
-    /// `?embed=`: unknown values mean `none`, as in v5.
-    pub embed: Option<String>,
+    /// `?embed=`: one of [`EMBED_NAMES`]; anything else is a `400` naming
+    /// them (v5 reads it as `none`, hiding the typo).
+    #[serde(default, deserialize_with = "embed_name")]
+    pub embed: Option<Embed>,
     /// `?format=`: overrides `Accept`.
     pub format: Option<String>,
     /// `?from=N`: where a Server-Sent Events stream starts.
@@ -81,8 +85,21 @@ pub struct ReadQuery {
 
 impl ReadQuery {
     pub fn embed(&self) -> Embed {
-        self.embed.as_deref().and_then(Embed::parse).unwrap_or_default()
+        self.embed.unwrap_or_default()
     }
+}
+
+/// The `?embed=` values, as the `400` for any other lists them.
+pub const EMBED_NAMES: &str = "none, content, rich, body, pretty, tryharder";
+
+fn embed_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Embed>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Embed::parse(&text)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown embed '{text}': use one of {EMBED_NAMES}")))
 }
 
 /// Checks a stream name that came from a URL.
@@ -154,8 +171,12 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub fn expected_version(headers: &HeaderMap) -> Result<ExpectedVersion, HttpError> {
     match header(headers, "es-expectedversion") {
         None => Ok(ExpectedVersion::Any),
-        Some(text) => ExpectedVersion::parse(text)
-            .ok_or_else(|| HttpError::bad_request("ES-ExpectedVersion header in wrong format.")),
+        Some(text) => ExpectedVersion::parse(text).ok_or_else(|| {
+            HttpError::bad_request("ES-ExpectedVersion header in wrong format.").with_detail(
+                "Send -2 (any version), -1 (the stream must not exist), -4 (the stream must exist) \
+                 or N (the stream's last event number must be N, 0 or more).",
+            )
+        }),
     }
 }
 

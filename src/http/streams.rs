@@ -245,7 +245,8 @@ async fn append_to(
 pub(super) fn check_event_sizes(events: &[ProposedEvent], max_event_bytes: usize) -> Result<(), HttpError> {
     match events.iter().find(|event| event.size() > max_event_bytes) {
         Some(event) => Err(HttpError::payload_too_large(format!(
-            "Event {} has {} bytes of data and metadata; the limit is {max_event_bytes}.",
+            "Event {} has {} bytes of data and metadata; the limit is {max_event_bytes}, \
+             set by --max-event-bytes (EVENTFEED_MAX_EVENT_BYTES).",
             event.id,
             event.size()
         ))),
@@ -257,7 +258,12 @@ pub(super) fn check_event_sizes(events: &[ProposedEvent], max_event_bytes: usize
 /// that names a fresh id, so the retry (and any retry of it) is idempotent.
 fn redirect_to_incoming(urls: &Urls, stream: &str) -> Response {
     let location = format!("{}/incoming/{}", urls.stream(stream), Uuid::new_v4());
-    let mut response = (StatusCode::TEMPORARY_REDIRECT, "Forwarding to idempotent URI\n").into_response();
+    // v5's body first; then what to do, for people (no v5 client reads it).
+    let body = format!(
+        "Forwarding to idempotent URI\nRepeat this POST, with the same body and headers, at {location} \
+         (curl: -L). That URL names a new event id, so retrying it never writes the event twice.\n"
+    );
+    let mut response = (StatusCode::TEMPORARY_REDIRECT, body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, header_value(&location));
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

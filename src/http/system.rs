@@ -1,9 +1,9 @@
-//! Server-level resources: `/ping`, `/info`, and the answer for unknown
-//! routes.
+//! Server-level resources: `/ping`, `/info`, `/openapi.json`, the words
+//! of a `405`, and the answer for unknown routes.
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -12,7 +12,20 @@ use super::error::HttpError;
 use super::read_errors::ReadRoute;
 
 pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/ping", get(ping)).route("/info", get(info))
+    Router::new().route("/ping", get(ping)).route("/info", get(info)).route("/openapi.json", get(openapi))
+}
+
+/// The OpenAPI 3.1 description of every route (`docs/openapi.json`, checked
+/// by a validator in `tests/openapi.rs`), for client generators and API tools.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+async fn openapi() -> Response {
+    let mut response = OPENAPI.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // It changes only with the binary: an hour in caches is plenty.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=3600, public"));
+    response
 }
 
 /// v5's `/info` fields (clients read `esVersion` to learn which API to
@@ -60,7 +73,7 @@ fn writes(state: &AppState) -> serde_json::Value {
 /// appends resume once space is freed; `/info` says so).
 async fn ping(State(state): State<AppState>) -> Response {
     if let Some(reason) = state.store.writes_stopped() {
-        return HttpError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+        return HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
             .with_detail(reason)
             .into_response();
     }
@@ -69,6 +82,20 @@ async fn ping(State(state): State<AppState>) -> Response {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// A `405` says which methods the URL answers, in words as well as in
+/// `Allow` (axum sends `Allow` and no body; v5 has no body either).
+pub(super) fn explain_method_not_allowed(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let text = format!("Method Not Allowed\nThis URL answers {}.\n", allow.replace(',', ", "));
+    let (mut parts, _) = response.into_parts();
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 /// A URL no route serves: v5's empty `404` (a page for a browser).

@@ -46,10 +46,24 @@ pub fn check_expected(expected: ExpectedVersion, current: i64) -> Result<(), Sto
     if matches {
         return Ok(());
     }
-    Err(StoreError::WrongExpectedVersion {
-        current,
-        detail: format!("Expected version {expected}, but the stream is at {current}."),
-    })
+    Err(StoreError::WrongExpectedVersion { current, detail: expectation_failed(expected, current) })
+}
+
+/// Says in words what `expected` asked for and what the stream is, so a
+/// person reading the `400` knows what to change.
+fn expectation_failed(expected: ExpectedVersion, current: i64) -> String {
+    let asked = match expected {
+        ExpectedVersion::Any => "-2: any version".to_owned(),
+        ExpectedVersion::NoStream => "-1: the stream must not exist".to_owned(),
+        ExpectedVersion::StreamExists => "-4: the stream must exist".to_owned(),
+        ExpectedVersion::Exact(n) => format!("{n}: the stream's last event number must be {n}"),
+    };
+    let is = if current < 0 {
+        "it does not exist".to_owned()
+    } else {
+        format!("it exists and its last event number is {current}")
+    };
+    format!("ES-ExpectedVersion {asked}, but {is}.")
 }
 
 /// Whether `append` repeats an earlier write to its stream, given the

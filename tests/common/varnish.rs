@@ -126,7 +126,7 @@ pub struct Varnish {
 }
 
 impl Varnish {
-    async fn start(backend: SocketAddr) -> Self {
+    pub async fn start(backend: SocketAddr) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let vcl = dir.path().join("eventfeed.vcl");
         std::fs::write(&vcl, vcl_for(backend)).unwrap();

@@ -16,12 +16,26 @@ async fn an_unknown_embed_is_a_400_naming_the_valid_ones() {
     server.post_events("Order-1", &json!([event("Placed", json!({}))])).await;
     let response = server.client.get(server.url("/streams/Order-1?embed=bodyy")).send().await.unwrap();
     assert_eq!(response.status(), 400);
-    let reason = reason(response).await;
-    assert!(reason.contains("'bodyy'"), "{reason}");
-    assert!(reason.contains("none, content, rich, body, pretty, tryharder"), "{reason}");
+    let phrase = reason(response).await;
+    assert!(phrase.contains("'bodyy'"), "{phrase}");
+    assert!(phrase.contains("none, content, rich, body, pretty, tryharder"), "{phrase}");
     // Any case of a valid name still reads.
     let response = server.client.get(server.url("/streams/Order-1?embed=Body")).send().await.unwrap();
     assert_eq!(response.status(), 200);
+    // The competing-consumer routes too.
+    let created =
+        server.client.put(server.url("/subscriptions/Order-1/g")).json(&json!({})).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let response = server
+        .client
+        .get(server.url("/subscriptions/Order-1/g/1?embed=bodyy"))
+        .header("accept", "application/vnd.eventstore.competingatom+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let phrase = reason(response).await;
+    assert!(phrase.contains("'bodyy'") && phrase.contains("tryharder"), "{phrase}");
 }
 
 async fn append_expecting(server: &TestServer, stream: &str, expected: &str) -> (u16, String) {
@@ -132,4 +146,18 @@ async fn an_oversized_event_names_the_option_that_sets_the_limit() {
         body.contains("the limit is 1024, set by --max-event-bytes (EVENTFEED_MAX_EVENT_BYTES)"),
         "{body}"
     );
+    // One event as a plain body, larger than the limit: the body's limit.
+    let response = server
+        .client
+        .post(server.url("/streams/Order-1"))
+        .header("content-type", "application/json")
+        .header("es-eventtype", "Placed")
+        .header("es-eventid", "7b0a5c1e-1d2e-4f3a-8b4c-5d6e7f8a9b0c")
+        .body(json!({"big": "x".repeat(2000)}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("--max-event-bytes") && body.contains("--max-request-bytes"), "{body}");
 }

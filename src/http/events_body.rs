@@ -66,9 +66,10 @@ impl BodyKind {
 pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, HttpError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if exceeds_a_limit(&*error) => {
-            Err(HttpError::payload_too_large(format!("The request body is larger than {limit} bytes.")))
-        }
+        Err(error) if exceeds_a_limit(&*error) => Err(HttpError::payload_too_large(format!(
+            "The request body is larger than {limit} bytes: --max-request-bytes sets the limit, \
+                 and --max-event-bytes that of a body holding one event."
+        ))),
         Err(error) => {
             Err(HttpError::bad_request("Could not read the request body.").with_detail(error.to_string()))
         }

@@ -35,7 +35,7 @@ use super::base_url::RequestUrls;
 use super::caching::content_type;
 use super::error::HttpError;
 use super::negotiate::{self, COMPETING_JSON, COMPETING_XML};
-use super::params::{self, Segments};
+use super::params::{self, EMBED_NAMES, Segments};
 use super::read_errors::ReadRoute;
 use crate::feed::{self, Embed, Urls, competing::competing_feed};
 use crate::subscriptions::{Delivered, NackAction, SubscriptionError, names};
@@ -150,6 +150,10 @@ impl SubscriptionQuery {
                 return Err(HttpError::bad_request("Invalid query string")
                     .with_detail(format!("The parameter '{name}' is given twice.")));
             }
+        }
+        // As on every other route: a misspelt `embed` is not quietly `none`.
+        if let Some(text) = parsed.embed.as_deref().filter(|text| Embed::parse(text).is_none()) {
+            return Err(HttpError::bad_request(format!("unknown embed '{text}': use one of {EMBED_NAMES}")));
         }
         Ok(parsed)
     }

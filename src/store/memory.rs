@@ -28,9 +28,9 @@ use super::projections::Projections;
 use super::retention::{self, now_micros};
 use super::rules::{self, Part, Parts};
 use super::{
-    AllRead, AllSlice, Append, AppendOutcome, Conflict, ExpectedVersion, Head, Notifier, ReadEvent,
-    RecordedEvent, ScavengeReport, ScavengeStarted, ScavengeStatus, Store, StoreError, StreamRead,
-    StreamSettings, StreamSlice, StreamState, StreamView, metadata,
+    AllRead, AllSlice, Append, AppendOutcome, ExpectedVersion, Head, Notifier, ReadEvent, RecordedEvent,
+    ScavengeReport, ScavengeStarted, ScavengeStatus, Store, StoreError, StreamRead, StreamSettings,
+    StreamSlice, StreamState, StreamView, metadata,
 };
 
 /// How many positions one `$all` read examines at most, whatever it finds:
@@ -182,16 +182,9 @@ impl Data {
         let parts = appends.iter().map(|append| self.check(append)).collect();
         match rules::decide_parts(appends, parts)? {
             Parts::Repeat(outcomes) => Ok(outcomes),
-            Parts::PartlyRepeated(indexes) => Err(StoreError::Conflicts(
-                indexes
-                    .into_iter()
-                    .map(|index| Conflict {
-                        stream: appends[index].stream.clone(),
-                        expected: appends[index].expected,
-                        current: rules::current_version(&self.state(&appends[index].stream)),
-                    })
-                    .collect(),
-            )),
+            Parts::PartlyRepeated(indexes) => {
+                Err(rules::partly_repeated(appends, &indexes, |stream| Ok(self.state(stream))))
+            }
             Parts::Write(settings) => Ok(appends
                 .iter()
                 .zip(settings)
@@ -301,23 +294,7 @@ impl Data {
     }
 
     fn delete(&mut self, stream: &str, expected: ExpectedVersion, hard: bool) -> Result<(), StoreError> {
-        let mut state = self.state(stream);
-        if state.tombstoned {
-            return Err(StoreError::StreamDeleted);
-        }
-        let current = rules::current_version(&state);
-        rules::check_expected(expected, current)?;
-        if hard {
-            // A tombstone may be placed on a stream that never existed, so
-            // that its name can never be used.
-            state.tombstoned = true;
-        } else {
-            if current == -1 {
-                return Err(StoreError::StreamNotFound);
-            }
-            state.soft_deleted = true;
-            state.deleted_before = state.next_number;
-        }
+        let state = rules::deleted(self.state(stream), expected, hard)?;
         self.streams.entry(stream.to_owned()).or_default().state = state;
         Ok(())
     }

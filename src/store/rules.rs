@@ -66,6 +66,32 @@ fn expectation_failed(expected: ExpectedVersion, current: i64) -> String {
     format!("ES-ExpectedVersion {asked}, but {is}.")
 }
 
+/// The state a delete leaves, or why the stream cannot be deleted: a hard
+/// delete tombstones it (even a stream that never existed, so that its
+/// name can never be used, as v5 allows); a soft delete hides every event
+/// so far and needs the stream to exist.
+pub fn deleted(
+    mut state: StreamState,
+    expected: ExpectedVersion,
+    hard: bool,
+) -> Result<StreamState, StoreError> {
+    if state.tombstoned {
+        return Err(StoreError::StreamDeleted);
+    }
+    let current = current_version(&state);
+    check_expected(expected, current)?;
+    if hard {
+        state.tombstoned = true;
+    } else {
+        if current == -1 {
+            return Err(StoreError::StreamNotFound);
+        }
+        state.soft_deleted = true;
+        state.deleted_before = state.next_number;
+    }
+    Ok(state)
+}
+
 /// Whether `append` repeats an earlier write to its stream, given the
 /// number each of its ids was written as *in that stream* (`numbers`, in
 /// the request's order; `None` for an id the stream never had). Event ids
@@ -197,6 +223,28 @@ pub fn decide_parts<T>(
         (0, _) => Parts::Write(writes),
         _ => Parts::PartlyRepeated(repeated),
     })
+}
+
+/// The conflict of a multi-stream append whose parts at `indexes` repeat
+/// earlier writes while the others are new: each repeated part, with its
+/// stream's current version (`state` reads a stream's state).
+pub fn partly_repeated(
+    appends: &[Append],
+    indexes: &[usize],
+    mut state: impl FnMut(&str) -> Result<StreamState, StoreError>,
+) -> StoreError {
+    let conflicts = indexes.iter().map(|&index| {
+        let append = &appends[index];
+        Ok(super::Conflict {
+            stream: append.stream.clone(),
+            expected: append.expected,
+            current: current_version(&state(&append.stream)?),
+        })
+    });
+    match conflicts.collect::<Result<Vec<_>, StoreError>>() {
+        Ok(conflicts) => StoreError::Conflicts(conflicts),
+        Err(error) => error,
+    }
 }
 
 /// `error` of the part that writes to `stream`.

@@ -372,23 +372,7 @@ impl<'a> Staging<'a> {
         expected: ExpectedVersion,
         hard: bool,
     ) -> Result<(), StoreError> {
-        let mut state = self.state(stream)?;
-        if state.tombstoned {
-            return Err(StoreError::StreamDeleted);
-        }
-        let current = rules::current_version(&state);
-        rules::check_expected(expected, current)?;
-        if hard {
-            // A tombstone may be placed on a stream that never existed, so
-            // that its name can never be used (as v5 allows).
-            state.tombstoned = true;
-        } else {
-            if current == -1 {
-                return Err(StoreError::StreamNotFound);
-            }
-            state.soft_deleted = true;
-            state.deleted_before = state.next_number;
-        }
+        let state = rules::deleted(self.state(stream)?, expected, hard)?;
         self.set_state(stream, state);
         Ok(())
     }

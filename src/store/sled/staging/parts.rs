@@ -2,7 +2,7 @@
 
 use super::{Planned, Staging};
 use crate::store::rules::{self, Part, Parts};
-use crate::store::{Append, AppendOutcome, Conflict, StoreError};
+use crate::store::{Append, AppendOutcome, StoreError};
 
 impl Staging<'_> {
     /// Appends every part of `appends` to the batch, or fails and stages
@@ -31,7 +31,9 @@ impl Staging<'_> {
             .collect();
         match rules::decide_parts(appends, parts)? {
             Parts::Repeat(outcomes) => Ok(outcomes),
-            Parts::PartlyRepeated(indexes) => Err(self.partly_repeated(appends, &indexes)),
+            Parts::PartlyRepeated(indexes) => {
+                Err(rules::partly_repeated(appends, &indexes, |stream| self.state(stream)))
+            }
             Parts::Write(_) => {
                 let before = self.savepoint();
                 let mut outcomes = Vec::with_capacity(appends.len());
@@ -50,29 +52,6 @@ impl Staging<'_> {
                 }
                 Ok(outcomes)
             }
-        }
-    }
-
-    /// The conflict of a request whose parts at `indexes` repeat earlier
-    /// writes while the others are new.
-    fn partly_repeated(&self, appends: &[Append], indexes: &[usize]) -> StoreError {
-        let conflicts = indexes
-            .iter()
-            .map(|&index| {
-                let append = &appends[index];
-                match self.state(&append.stream) {
-                    Ok(state) => Ok(Conflict {
-                        stream: append.stream.clone(),
-                        expected: append.expected,
-                        current: rules::current_version(&state),
-                    }),
-                    Err(error) => Err(error),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>();
-        match conflicts {
-            Ok(conflicts) => StoreError::Conflicts(conflicts),
-            Err(error) => error,
         }
     }
 

@@ -47,6 +47,13 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTFEED_BIND", default_value = "127.0.0.1:2113")]
     pub bind: SocketAddr,
 
+    /// The password of the built-in `admin` account, set when the store is
+    /// first opened (without it: v5's default, `changeit`, with a warning at
+    /// every start until changed). Ignored once the account exists: change
+    /// it with `POST /users/admin/command/reset-password`.
+    #[arg(long, env = "EVENTFEED_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
     /// What an acknowledged append survives: `fsync` a process crash and
     /// power loss; `flush` a process crash; `none` neither (the last ~0.5 s
     /// of appends can be lost; benchmarks and throwaway stores only).

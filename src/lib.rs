@@ -17,6 +17,8 @@
 //!   store in memory for tests.
 //! - [`subscriptions`]: persistent subscriptions (competing consumers): the
 //!   group state machine, strategies, checkpoints and parking.
+//! - [`security`]: users, credentials and access control lists, as v5
+//!   defined them; `http::auth` applies them to requests.
 //! - [`hash`]: stable hashes for ETags and derived ids.
 //! - [`json`]: JSON as the server takes it in (no key given twice).
 //! - [`xml`]: XML 1.0's characters and names, and a walk through a
@@ -31,6 +33,7 @@ pub mod feed;
 pub mod hash;
 pub mod http;
 pub mod json;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod subscriptions;

@@ -100,9 +100,10 @@ async fn category_event_type_and_streams_projections() {
         ["0@Order-1", "0@Order-2-x", "0@-Order", "0@Order", "0@Order--3", "0@a-b-c"],
         "one link per stream, to its event 0"
     );
-    // Own, dense numbers: full pages of a system stream are immutable.
+    // Own, dense numbers: full pages of a system stream are immutable (and
+    // private: only $admins read the projections).
     let page = server.get("/streams/$ce-Order/0/forward/2", ATOM_JSON).await;
-    assert_eq!(page.headers()["cache-control"], "max-age=31536000, public");
+    assert_eq!(page.headers()["cache-control"], "max-age=31536000, private");
     // Never behind: the link is readable as soon as the append is answered.
     server.append_n("Order-9", 1).await;
     let head: Value = server.get("/streams/$ce-Order", ATOM_JSON).await.json().await.unwrap();

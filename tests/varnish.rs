@@ -27,6 +27,9 @@ const PAST_THE_MILLISECOND: Duration = Duration::from_millis(20);
 /// (`admin:changeit`, EventStore's default).
 const BASIC_AUTH: &str = "Basic YWRtaW46Y2hhbmdlaXQ=";
 
+/// `admin:wrong`.
+const BASIC_AUTH_WRONG: &str = "Basic YWRtaW46d3Jvbmc=";
+
 #[tokio::test]
 async fn a_full_page_is_fetched_once_and_then_served_from_the_cache() {
     let chain = Chain::start().await;
@@ -275,6 +278,46 @@ async fn authenticated_readers_share_public_pages_but_nothing_else() {
     let fetched = chain.backend_requests(&head);
     assert_eq!(fetched.len(), 2);
     assert!(fetched.iter().all(|e| e.header("authorization").as_deref() == Some(BASIC_AUTH)));
+}
+
+#[tokio::test]
+async fn pages_only_some_may_read_are_never_cached() {
+    let chain = Chain::start().await;
+    let stream = fresh_stream("private");
+    chain.server.append_n(&stream, 25).await;
+    let user = json!({ "loginName": "reader", "password": "pw", "groups": [] });
+    let created = chain.server.client.post(chain.server.url("/users/")).json(&user).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let acl = json!({ "$acl": { "$r": "reader" } });
+    assert_eq!(chain.server.set_metadata(&stream, acl).await.status(), 201);
+    // reader:pw
+    let reader = [("accept", ATOM_XML), ("authorization", "Basic cmVhZGVyOnB3")];
+    for path in [
+        format!("/streams/{stream}/0/forward/20"),
+        format!("/streams/{stream}/3"),
+        format!("/streams/{stream}"),
+    ] {
+        for _ in 0..2 {
+            let (status, headers, _) = chain.get(&path, &reader).await;
+            assert_eq!(status, 200, "{path}");
+            assert!(header(&headers, "cache-control").unwrap().contains("private"), "{path}: {headers:?}");
+            assert!(!is_cache_hit(&headers), "{path}: a private page is never a hit");
+        }
+        // Nobody else gets it from the cache: anonymous and wrong
+        // credentials reach eventfeed, which refuses them.
+        let (status, headers, _) = chain.get(&path, &[("accept", ATOM_XML)]).await;
+        assert_eq!(status, 401, "{path}");
+        assert!(!is_cache_hit(&headers));
+        let (status, _, _) =
+            chain.get(&path, &[("accept", ATOM_XML), ("authorization", BASIC_AUTH_WRONG)]).await;
+        assert_eq!(status, 401, "{path}");
+        let statuses: Vec<_> = chain.backend_requests(&path).iter().map(|e| e.status).collect();
+        assert_eq!(
+            statuses,
+            [Some(200), Some(200), Some(401), Some(401)],
+            "{path}: every read reached eventfeed"
+        );
+    }
 }
 
 #[tokio::test]

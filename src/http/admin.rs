@@ -9,11 +9,14 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::authorize_task;
 use super::base_url::RequestUrls;
 use super::caching::header_value;
 use super::error::HttpError;
 use super::params::Segments;
 use crate::feed::time::rfc3339;
+use crate::security::Principal;
+use crate::security::acl::Task;
 use crate::store::{ScavengeReport, ScavengeStarted};
 
 pub(super) fn router() -> Router<AppState> {
@@ -27,8 +30,10 @@ pub(super) fn router() -> Router<AppState> {
 /// once: they would only fight over the same work).
 async fn start_scavenge(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
 ) -> Result<Response, HttpError> {
+    authorize_task(&principal, Task::Scavenge)?;
     let (status, id) = match state.store.start_scavenge().await? {
         ScavengeStarted::Started(id) => (StatusCode::ACCEPTED, id),
         ScavengeStarted::AlreadyRunning(id) => (StatusCode::CONFLICT, id),
@@ -47,8 +52,10 @@ async fn start_scavenge(
 /// A scavenge's progress (while it runs) or result.
 async fn scavenge_report(
     State(state): State<AppState>,
+    principal: Principal,
     Segments((id,)): Segments<(String,)>,
 ) -> Result<Response, HttpError> {
+    authorize_task(&principal, Task::Scavenge)?;
     let id =
         Uuid::parse_str(&id).map_err(|_| HttpError::bad_request(format!("'{id}' is not a scavenge id")))?;
     let report = state

@@ -21,6 +21,9 @@ pub const REVALIDATE_PRIVATE: &str = "max-age=0, no-cache, must-revalidate, priv
 /// headers every absolute link is built from. A client that sends none of
 /// the `X-Forwarded-*` headers shares one variant with every other.
 pub const VARY: &str = "Accept, X-Forwarded-Host, X-Forwarded-Proto, X-Forwarded-Port, X-Forwarded-Prefix";
+/// [`VARY`] for answers that only some readers may have.
+pub const VARY_PRIVATE: &str =
+    "Accept, X-Forwarded-Host, X-Forwarded-Proto, X-Forwarded-Port, X-Forwarded-Prefix, Authorization";
 
 /// The caching facts of one response.
 #[derive(Debug, Clone)]
@@ -82,7 +85,10 @@ pub fn respond(
     };
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, caching.cache_control());
-    headers.insert(header::VARY, HeaderValue::from_static(VARY));
+    // A private answer depends on who asked: a shared cache that keeps it
+    // anyway (against `private`) must at least key it by the credentials.
+    let vary = if caching.settings.not_public { VARY_PRIVATE } else { VARY };
+    headers.insert(header::VARY, HeaderValue::from_static(vary));
     if let Some(etag) = etag {
         // A 304 repeats the form the client sent, so that a cache holding
         // the gzip copy (stored with the weak tag) finds it again.

@@ -24,9 +24,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::AppState;
+use super::auth::authorize_read;
 use super::error::HttpError;
 use super::params;
 use crate::feed::{self, ALL_STREAM, Embed, PageRequest, Urls};
+use crate::security::Principal;
 use crate::store::{AllRead, AppendWatch, Direction, Notifier, ReadEvent, StoreError, StreamRead};
 
 /// How often an idle SSE stream sends a comment, so proxies and load
@@ -155,6 +157,9 @@ pub struct PageKey {
     pub embed: Embed,
     pub base: String,
     pub if_none_match: Vec<HeaderValue>,
+    /// The login of the reader (`None`: anonymous): access is checked per
+    /// reader, so only the same reader's waiters share a rendering.
+    pub reader: Option<String>,
 }
 
 /// Renderings that long-poll waiters woken together share.
@@ -270,12 +275,15 @@ impl SharedRenders {
 /// `N`; otherwise the stream starts with the next append.
 pub async fn server_sent_events(
     state: AppState,
+    principal: Principal,
     urls: Urls,
     stream: String,
     headers: &HeaderMap,
     from: Option<&str>,
 ) -> Result<Response, HttpError> {
     let is_all = stream == ALL_STREAM;
+    let settings = if is_all { None } else { state.store.stream_state(&stream).await?.map(|s| s.settings) };
+    authorize_read(&state, &principal, &stream, settings).await?;
     let parse = |text: &str| -> Option<u64> {
         let text = text.trim();
         if is_all { feed::parse_position(text).or_else(|| text.parse().ok()) } else { text.parse().ok() }
@@ -303,7 +311,17 @@ pub async fn server_sent_events(
     };
     let permit = state.waiters.admit()?;
     let shutdown = state.shutdown.clone();
-    let feed = EventFeed { state, urls, stream, next, pending: VecDeque::new(), shutdown, _permit: permit };
+    let feed = EventFeed {
+        state,
+        principal,
+        denied: false,
+        urls,
+        stream,
+        next,
+        pending: VecDeque::new(),
+        shutdown,
+        _permit: permit,
+    };
     let events = futures_util::stream::unfold(feed, EventFeed::next_event);
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE).text("keep-alive"))
@@ -318,6 +336,11 @@ pub async fn server_sent_events(
 /// The state of one SSE response.
 struct EventFeed {
     state: AppState,
+    /// Whose access every read checks: a stream whose `$acl` stops
+    /// allowing the reader ends.
+    principal: Principal,
+    /// The reader lost the right to read the stream: the response ends.
+    denied: bool,
     urls: Urls,
     stream: String,
     /// The next event number (position, for `$all`) to send.
@@ -341,7 +364,11 @@ impl EventFeed {
             let watched =
                 if self.stream == ALL_STREAM { Watched::All } else { Watched::Stream(&self.stream) };
             let mut signal = watched.watch(&self.state);
-            match self.read().await {
+            let read = self.read().await;
+            if self.denied {
+                return None;
+            }
+            match read {
                 Ok(true) => continue,
                 Ok(false) | Err(StoreError::StreamNotFound) => {}
                 Err(StoreError::StreamDeleted) => return None,
@@ -379,6 +406,11 @@ impl EventFeed {
                 resolve_links: true,
             };
             let slice = store.read_stream(read).await?;
+            let settings = Some(slice.view.settings);
+            if authorize_read(&self.state, &self.principal, &self.stream, settings).await.is_err() {
+                self.denied = true;
+                return Ok(false);
+            }
             // Skip over events that retention hides, so the stream moves on.
             self.next = self.next.max(slice.view.first_visible);
             for read in &slice.events {
@@ -411,6 +443,7 @@ mod tests {
             embed: Embed::None,
             base: "http://h".to_owned(),
             if_none_match: Vec::new(),
+            reader: None,
         }
     }
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::{authorize, authorize_read};
 use super::base_url::RequestUrls;
 use super::caching::{Caching, header_value, respond};
 use super::error::HttpError;
@@ -19,10 +20,12 @@ use super::negotiate::{
     self, APPLICATION_XML, ATOM_JSON, ATOM_XML, EVENT_JSON, EVENT_TYPES, EVENT_XML, EVENTS_JSON, HTML, JSON,
     OCTET_STREAM, PAGE_TYPES, TEXT_XML,
 };
-use super::pages::{find_event, page_request, read_error, read_page, render_found};
+use super::pages::{Reader, find_event, page_request, read_error, read_page, render_found};
 use super::params::{self, Query, ReadQuery, Segments};
 use super::read_errors::ReadRoute;
 use crate::feed::{self, Freshness, PageStart, Urls};
+use crate::security::Principal;
+use crate::security::acl::Access;
 use crate::store::metadata::{self, METADATA_EVENT_TYPE, metadata_stream};
 use crate::store::{Append, ProposedEvent, StoreError, StreamSettings};
 
@@ -53,6 +56,7 @@ fn described(stream: &str) -> Result<(), HttpError> {
 /// event of `$${s}` (`application/json`: the document itself).
 async fn read_metadata(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream,)): Segments<(String,)>,
     Query(query): Query<ReadQuery>,
@@ -61,7 +65,8 @@ async fn read_metadata(
     let read = async {
         described(&stream)?;
         let media = negotiate::choose(&headers, query.format.as_deref(), METADATA_TYPES)?;
-        metadata_event_of(&state, &urls, &stream, PageStart::Head, &headers, media).await
+        let reader = Reader { state: &state, principal: &principal };
+        metadata_event_of(reader, &urls, &stream, PageStart::Head, &headers, media).await
     };
     let route = ReadRoute::Event(METADATA_TYPES);
     read.await.map_err(|error| error.answering_read(&headers, query.format.as_deref(), route))
@@ -70,6 +75,7 @@ async fn read_metadata(
 /// `GET /streams/{s}/metadata/{n}` (or `head`): one metadata event.
 async fn metadata_event(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream, event)): Segments<(String, String)>,
     Query(query): Query<ReadQuery>,
@@ -79,7 +85,8 @@ async fn metadata_event(
         described(&stream)?;
         let start = params::page_start(&event)?;
         let media = negotiate::choose(&headers, query.format.as_deref(), EVENT_TYPES)?;
-        metadata_event_of(&state, &urls, &stream, start, &headers, media).await
+        let reader = Reader { state: &state, principal: &principal };
+        metadata_event_of(reader, &urls, &stream, start, &headers, media).await
     };
     let route = ReadRoute::Event(EVENT_TYPES);
     read.await.map_err(|error| error.answering_read(&headers, query.format.as_deref(), route))
@@ -90,19 +97,24 @@ async fn metadata_event(
 /// what v5's codec writes for "no event" (`{}` in JSON), so clients read an
 /// empty document. Only a stream that does not exist is `404`.
 async fn metadata_event_of(
-    state: &AppState,
+    reader: Reader<'_>,
     urls: &Urls,
     stream: &str,
     start: PageStart,
     headers: &HeaderMap,
     media: &'static str,
 ) -> Result<Response, HttpError> {
+    let state = reader.state;
+    let settings = authorize_read(state, reader.principal, &metadata_stream(stream), None).await?;
     let stream_state = state.store.stream_state(stream).await?;
     if stream_state.as_ref().is_some_and(|stream_state| stream_state.tombstoned) {
         return Err(read_error(StoreError::StreamDeleted));
     }
     let found = match find_event(state, &metadata_stream(stream), start, false).await {
-        Ok(found) => Some(found),
+        Ok(mut found) => {
+            found.settings.not_public = settings.not_public;
+            Some(found)
+        }
         Err(StoreError::StreamNotFound) => None,
         Err(error) => return Err(read_error(error)),
     };
@@ -118,7 +130,8 @@ async fn metadata_event_of(
     // the metadata stream's last number.
     let version = found.map_or_else(|| "-1".to_owned(), |found| found.last_number.to_string());
     let freshness = Freshness::Live { version };
-    let caching = Caching { freshness: &freshness, settings: &StreamSettings::default() };
+    let settings = StreamSettings { not_public: settings.not_public, ..StreamSettings::default() };
+    let caching = Caching { freshness: &freshness, settings: &settings };
     Ok(respond(headers, &caching, media, |_| match media {
         HTML => feed::html::render_notice(
             &format!("Metadata of '{stream}'"),
@@ -137,6 +150,7 @@ async fn metadata_event_of(
 /// names the bad key.
 async fn write_metadata(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream,)): Segments<(String,)>,
     headers: HeaderMap,
@@ -144,6 +158,7 @@ async fn write_metadata(
 ) -> Result<Response, HttpError> {
     described(&stream)?;
     let expected = params::expected_version(&headers)?;
+    authorize(&state, &principal, Access::MetaWrite, &stream).await?;
     let content_type = negotiate::content_type(&headers);
     let bytes = read_body(body, state.limits.max_request_bytes.min(state.limits.max_event_bytes)).await?;
     let wrong_type =
@@ -184,28 +199,31 @@ async fn write_metadata(
 /// `/streams/{s}/metadata/{event}/{count}`: a backward page.
 async fn backward_page(
     state: State<AppState>,
+    principal: Principal,
     urls: RequestUrls,
     Segments((stream, start, count)): Segments<(String, String, String)>,
     query: Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    page(state, urls, (stream, start, "backward".to_owned(), count), query, headers).await
+    page(state, principal, urls, (stream, start, "backward".to_owned(), count), query, headers).await
 }
 
 /// `/streams/{s}/metadata/{event}/{backward|forward}/{count}`.
 async fn directed_page(
     state: State<AppState>,
+    principal: Principal,
     urls: RequestUrls,
     Segments(segments): Segments<(String, String, String, String)>,
     query: Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    page(state, urls, segments, query, headers).await
+    page(state, principal, urls, segments, query, headers).await
 }
 
 /// A page of the metadata stream, like any stream's (long-poll included).
 async fn page(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     (stream, start, direction, count): (String, String, String, String),
     Query(query): Query<ReadQuery>,
@@ -216,7 +234,8 @@ async fn page(
         let meta_stream = metadata_stream(&stream);
         let request = page_request(&meta_stream, &start, &direction, &count)?;
         let media = negotiate::choose(&headers, query.format.as_deref(), PAGE_TYPES)?;
-        read_page(&state, &urls, &meta_stream, request, &query, &headers, media).await
+        let reader = Reader { state: &state, principal: &principal };
+        read_page(reader, &urls, &meta_stream, request, &query, &headers, media).await
     };
     read.await.map_err(|error| error.answering_read(&headers, query.format.as_deref(), ReadRoute::Page))
 }

@@ -13,6 +13,7 @@
 //! merge their routers.
 
 mod admin;
+mod auth;
 pub mod base_url;
 pub mod caching;
 mod encoding;
@@ -28,6 +29,7 @@ mod read_errors;
 mod streams;
 mod subscriptions;
 mod system;
+mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +103,8 @@ pub struct Shared {
     pub renders: live::SharedRenders,
     /// Persistent subscription groups (competing consumers).
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
+    /// Users, credentials and access rules.
+    pub security: Arc<crate::security::Security>,
 }
 
 /// The whole HTTP application.
@@ -112,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(subscriptions::router())
         .merge(system::router())
+        .merge(users::router())
         .fallback(system::not_found)
         .layer(encoding::DecodeBodiesLayer { encoded_limit: state.limits.max_request_bytes })
         .layer(compression())

@@ -15,11 +15,14 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::auth::authorize;
 use super::base_url::RequestUrls;
 use super::error::HttpError;
 use super::events_body::{self, EventsFormat, read_body};
 use super::negotiate::{self, JSON};
 use super::{AppState, params, streams};
+use crate::security::Principal;
+use crate::security::acl::Access;
 use crate::store::{Append, AppendOutcome, Conflict, ExpectedVersion, StoreError};
 
 /// Its own media type, besides `application/json`.
@@ -44,6 +47,7 @@ struct PartBody {
 
 async fn append_all(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     headers: HeaderMap,
     body: Body,
@@ -55,6 +59,10 @@ async fn append_all(
     }
     let bytes = read_body(body, state.limits.max_request_bytes).await?;
     let appends = parse(&bytes, state.limits.max_event_bytes)?;
+    // Every part, before anything is written: one denied part refuses all.
+    for append in &appends {
+        authorize(&state, &principal, Access::Write, &append.stream).await?;
+    }
     let outcomes = match state.store.append_all(appends.clone()).await {
         Ok(outcomes) => outcomes,
         Err(StoreError::Conflicts(conflicts)) => return Ok(conflict(&conflicts)),

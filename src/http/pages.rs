@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
 use super::AppState;
+use super::auth::authorize_read;
 use super::caching::{Caching, respond};
 use super::error::HttpError;
 use super::live::{self, Rendered, Watched};
@@ -21,7 +22,16 @@ use super::negotiate::{
 };
 use super::params::{self, ReadQuery};
 use crate::feed::{self, Feed, Freshness, PageRequest, PageStart, Urls};
+use crate::security::Principal;
 use crate::store::{AllRead, Direction, ReadEvent, StoreError, StreamRead, StreamSettings};
+
+/// Who reads: the application, and the principal the request speaks for,
+/// whose access every read checks.
+#[derive(Clone, Copy)]
+pub(super) struct Reader<'a> {
+    pub state: &'a AppState,
+    pub principal: &'a Principal,
+}
 
 /// Parses a page route's segments (`$all` takes positions, not numbers,
 /// and words its refusals as v5 does there).
@@ -66,7 +76,7 @@ fn all_page_start(text: &str) -> Result<PageStart, HttpError> {
 /// Reads and renders one page of a stream or of `$all`; forward pages
 /// honour `ES-LongPoll`.
 pub(super) async fn read_page(
-    state: &AppState,
+    reader: Reader<'_>,
     urls: &Urls,
     stream: &str,
     request: PageRequest,
@@ -77,9 +87,9 @@ pub(super) async fn read_page(
     let is_all = stream == feed::ALL_STREAM;
     let read = || async {
         if is_all {
-            all_page(state, urls, request, query, headers, media).await
+            all_page(reader, urls, request, query, headers, media).await
         } else {
-            stream_page(state, urls, stream, request, query, headers, media).await
+            stream_page(reader, urls, stream, request, query, headers, media).await
         }
     };
     if request.direction == Direction::Backward {
@@ -97,14 +107,15 @@ pub(super) async fn read_page(
             embed: query.embed(),
             base: urls.base().to_owned(),
             if_none_match: headers.get_all(header::IF_NONE_MATCH).iter().cloned().collect(),
+            reader: reader.principal.login().map(str::to_owned),
         })
     };
-    live::long_poll(state, headers, watched, page, read).await
+    live::long_poll(reader.state, headers, watched, page, read).await
 }
 
 /// Reads and renders one page of a stream.
 async fn stream_page(
-    state: &AppState,
+    reader: Reader<'_>,
     urls: &Urls,
     stream: &str,
     request: PageRequest,
@@ -122,15 +133,22 @@ async fn stream_page(
         count: request.count,
         resolve_links: params::resolve_link_tos(headers)?,
     };
-    let slice = state.store.read_stream(read).await.map_err(read_error)?;
-    let settings = slice.view.settings;
+    let slice = match reader.state.store.read_stream(read).await {
+        Ok(slice) => slice,
+        Err(error) => {
+            // Who may not read the stream learns nothing of it either.
+            authorize_read(reader.state, reader.principal, stream, None).await?;
+            return Err(read_error(error));
+        }
+    };
+    let settings = authorize_read(reader.state, reader.principal, stream, Some(slice.view.settings)).await?;
     let feed = feed::stream_feed(urls, stream, request, slice);
     Ok(render_feed(headers, urls, feed, &settings, media, query.embed()))
 }
 
 /// Reads and renders one page of `$all`.
 async fn all_page(
-    state: &AppState,
+    reader: Reader<'_>,
     urls: &Urls,
     request: PageRequest,
     query: &ReadQuery,
@@ -145,9 +163,10 @@ async fn all_page(
         direction: request.direction,
         count: request.count,
     };
-    let slice = state.store.read_all(read).await?;
+    let settings = authorize_read(reader.state, reader.principal, feed::ALL_STREAM, None).await?;
+    let slice = reader.state.store.read_all(read).await?;
     let feed = feed::all_feed(urls, request, slice);
-    Ok(render_feed(headers, urls, feed, &StreamSettings::default(), media, query.embed()))
+    Ok(render_feed(headers, urls, feed, &settings, media, query.embed()))
 }
 
 /// Renders a feed in the negotiated representation with its cache headers.
@@ -236,7 +255,7 @@ pub(super) async fn find_event(
 
 /// Reads one event (`PageStart::Head`: the last) and renders it.
 pub(super) async fn single_event(
-    state: &AppState,
+    reader: Reader<'_>,
     urls: &Urls,
     stream: &str,
     start: PageStart,
@@ -244,7 +263,15 @@ pub(super) async fn single_event(
     headers: &HeaderMap,
     media: &'static str,
 ) -> Result<Response, HttpError> {
-    let found = find_event(state, stream, start, resolve_links).await.map_err(read_error)?;
+    let (state, principal) = (reader.state, reader.principal);
+    let mut found = match find_event(state, stream, start, resolve_links).await {
+        Ok(found) => found,
+        Err(error) => {
+            authorize_read(state, principal, stream, None).await?;
+            return Err(read_error(error));
+        }
+    };
+    found.settings = authorize_read(state, principal, stream, Some(found.settings)).await?;
     let read = found.read.as_ref().ok_or_else(|| HttpError::not_found("The event does not exist."))?;
     render_found(headers, urls, &found, read, media)
 }

@@ -12,16 +12,19 @@ use hyper::ext::ReasonPhrase;
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::authorize;
 use super::base_url::RequestUrls;
 use super::caching::{content_type, header_value};
 use super::error::HttpError;
 use super::events_body::{self, APPEND_TYPES, BodyKind, read_body};
 use super::live;
 use super::negotiate::{self, *};
-use super::pages::{page_request, read_page, single_event};
+use super::pages::{Reader, page_request, read_page, single_event};
 use super::params::{self, Query, ReadQuery, Segments};
 use super::read_errors::ReadRoute;
 use crate::feed::{self, PageRequest, PageStart, Urls};
+use crate::security::Principal;
+use crate::security::acl::{Access, DefaultAcls, SETTINGS_STREAM};
 use crate::store::{Append, Direction, ProposedEvent};
 
 pub(super) fn router() -> Router<AppState> {
@@ -37,6 +40,7 @@ pub(super) fn router() -> Router<AppState> {
 /// `GET /streams/{stream}`: the head page (or Server-Sent Events).
 async fn head_page(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream,)): Segments<(String,)>,
     Query(query): Query<ReadQuery>,
@@ -47,15 +51,16 @@ async fn head_page(
         let media = negotiate::choose(&headers, query.format.as_deref(), FEED_TYPES)?;
         if media == EVENT_STREAM {
             let from = query.from.as_deref();
-            return live::server_sent_events(state.clone(), urls.clone(), stream.clone(), &headers, from)
-                .await;
+            let (state, principal, urls) = (state.clone(), principal.clone(), urls.clone());
+            return live::server_sent_events(state, principal, urls, stream.clone(), &headers, from).await;
         }
         let request = PageRequest {
             start: PageStart::Head,
             direction: Direction::Backward,
             count: feed::DEFAULT_PAGE_SIZE,
         };
-        stream_page(&state, &urls, &stream, request, &query, &headers, media).await
+        let reader = Reader { state: &state, principal: &principal };
+        stream_page(reader, &urls, &stream, request, &query, &headers, media).await
     };
     read.await.map_err(|error| error.answering_read(&headers, query.format.as_deref(), ReadRoute::Page))
 }
@@ -63,29 +68,33 @@ async fn head_page(
 /// `/streams/{stream}/{event}/{count}`: v5's short form of a backward page.
 async fn backward_page(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream, start, count)): Segments<(String, String, String)>,
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    page(&state, &urls, &stream, [&start, "backward", &count], &query, &headers).await
+    let reader = Reader { state: &state, principal: &principal };
+    page(reader, &urls, &stream, [&start, "backward", &count], &query, &headers).await
 }
 
 /// `/streams/{stream}/{event}/{backward|forward}/{count}`.
 async fn directed_page(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream, start, direction, count)): Segments<(String, String, String, String)>,
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    page(&state, &urls, &stream, [&start, &direction, &count], &query, &headers).await
+    let reader = Reader { state: &state, principal: &principal };
+    page(reader, &urls, &stream, [&start, &direction, &count], &query, &headers).await
 }
 
 /// A page of a stream or of `$all`, named by its path segments: start,
 /// direction and count.
 async fn page(
-    state: &AppState,
+    reader: Reader<'_>,
     urls: &Urls,
     stream: &str,
     [start, direction, count]: [&str; 3],
@@ -95,7 +104,7 @@ async fn page(
     let read = async {
         let request = page_request(stream, start, direction, count)?;
         let media = negotiate::choose(headers, query.format.as_deref(), PAGE_TYPES)?;
-        stream_page(state, urls, stream, request, query, headers, media).await
+        stream_page(reader, urls, stream, request, query, headers, media).await
     };
     read.await.map_err(|error| error.answering_read(headers, query.format.as_deref(), ReadRoute::Page))
 }
@@ -105,7 +114,7 @@ async fn page(
 /// in its place (v5 describes no forward page and not `$all`: there that
 /// type is the JSON feed).
 async fn stream_page(
-    state: &AppState,
+    reader: Reader<'_>,
     urls: &Urls,
     stream: &str,
     request: PageRequest,
@@ -117,12 +126,13 @@ async fn stream_page(
     if media == STREAM_DESCRIPTION && describes {
         return Ok(description(urls, stream));
     }
-    read_page(state, urls, stream, request, query, headers, media).await
+    read_page(reader, urls, stream, request, query, headers, media).await
 }
 
 /// `GET /streams/{stream}/{event}`: one event, or the last one for `head`.
 async fn event(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream, event)): Segments<(String, String)>,
     Query(query): Query<ReadQuery>,
@@ -138,7 +148,8 @@ async fn event(
         let start = params::page_start(&event)?;
         let media = negotiate::choose(&headers, query.format.as_deref(), EVENT_TYPES)?;
         let resolve_links = params::resolve_link_tos(&headers)?;
-        single_event(&state, &urls, &stream, start, resolve_links, &headers, media).await
+        let reader = Reader { state: &state, principal: &principal };
+        single_event(reader, &urls, &stream, start, resolve_links, &headers, media).await
     };
     let route = ReadRoute::Event(EVENT_TYPES);
     read.await.map_err(|error| error.answering_read(&headers, query.format.as_deref(), route))
@@ -166,12 +177,19 @@ fn description(urls: &Urls, stream: &str) -> Response {
 
 async fn append(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream,)): Segments<(String,)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    params::user_stream(&stream)?;
+    if stream == SETTINGS_STREAM {
+        // The one system stream written directly: the access defaults.
+        params::stream_name(&stream)?;
+    } else {
+        params::user_stream(&stream)?;
+    }
+    authorize(&state, &principal, Access::Write, &stream).await?;
     append_to(&state, &urls, &stream, &headers, body, None).await
 }
 
@@ -179,6 +197,7 @@ async fn append(
 /// id is in the URL (where the `307` for id-less appends points).
 async fn append_incoming(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream, id)): Segments<(String, String)>,
     headers: HeaderMap,
@@ -187,6 +206,7 @@ async fn append_incoming(
     params::user_stream(&stream)?;
     let id = Uuid::parse_str(&id)
         .map_err(|_| HttpError::bad_request(format!("'{id}' is not a valid event id")))?;
+    authorize(&state, &principal, Access::Write, &stream).await?;
     append_to(&state, &urls, &stream, &headers, body, Some(id)).await
 }
 
@@ -236,7 +256,17 @@ async fn append_to(
         }
     };
     check_event_sizes(&events, limits.max_event_bytes)?;
+    let settings = stream == SETTINGS_STREAM;
+    if settings {
+        for event in &events {
+            DefaultAcls::from_settings(&event.data)
+                .map_err(|problem| HttpError::bad_request(format!("Invalid settings: {problem}")))?;
+        }
+    }
     let outcome = state.store.append(Append { stream: stream.to_owned(), expected, events }).await?;
+    if settings {
+        state.security.reload_defaults().await;
+    }
     let mut response = StatusCode::CREATED.into_response();
     response.headers_mut().insert(header::LOCATION, header_value(&urls.event(stream, outcome.first_number)));
     Ok(response)
@@ -285,12 +315,14 @@ async fn without_trailing_slash(RequestUrls(urls): RequestUrls, OriginalUri(uri)
 
 async fn delete(
     State(state): State<AppState>,
+    principal: Principal,
     Segments((stream,)): Segments<(String,)>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     params::user_stream(&stream)?;
     let expected = params::expected_version(&headers)?;
     let hard = params::hard_delete(&headers)?;
+    authorize(&state, &principal, Access::Delete, &stream).await?;
     state.store.delete(&stream, expected, hard).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.extensions_mut().insert(ReasonPhrase::from_static(b"Stream deleted"));

@@ -31,6 +31,7 @@ use tokio::time::{Instant, sleep_until};
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::authorize;
 use super::base_url::RequestUrls;
 use super::caching::content_type;
 use super::error::HttpError;
@@ -38,6 +39,8 @@ use super::negotiate::{self, COMPETING_JSON, COMPETING_XML};
 use super::params::{self, EMBED_NAMES, Segments};
 use super::read_errors::ReadRoute;
 use crate::feed::{self, Embed, Urls, competing::competing_feed};
+use crate::security::Principal;
+use crate::security::acl::Access;
 use crate::subscriptions::{Delivered, NackAction, SubscriptionError, names};
 
 mod groups;
@@ -198,24 +201,28 @@ fn check_names(stream: &str, group: &str) -> Result<(), HttpError> {
 
 async fn messages(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     consumer: Consumer,
     Segments((stream, group)): Segments<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    authorize(&state, &principal, Access::Read, &stream).await?;
     let query = SubscriptionQuery::for_read(query.as_deref(), None, &headers)?;
     get_messages(&state, &urls, &consumer, &stream, &group, None, &query, &headers).await
 }
 
 async fn messages_count(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     consumer: Consumer,
     Segments((stream, group, count)): Segments<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    authorize(&state, &principal, Access::Read, &stream).await?;
     let (count, in_segment) = split_segment(&count);
     let query = SubscriptionQuery::for_read(query.as_deref(), in_segment, &headers)?;
     get_messages(&state, &urls, &consumer, &stream, &group, Some(count), &query, &headers).await
@@ -405,9 +412,11 @@ fn acknowledge(
 
 async fn ack_one(
     State(state): State<AppState>,
+    principal: Principal,
     consumer: Consumer,
     Segments((stream, group, id)): Segments<(String, String, String)>,
 ) -> Result<Response, HttpError> {
+    authorize(&state, &principal, Access::Read, &stream).await?;
     let (id, _) = split_segment(&id);
     let ids = message_ids(Some(id))?;
     acknowledge(&state, &consumer, &stream, &group, &ids, None)
@@ -415,10 +424,12 @@ async fn ack_one(
 
 async fn nack_one(
     State(state): State<AppState>,
+    principal: Principal,
     consumer: Consumer,
     Segments((stream, group, id)): Segments<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
+    authorize(&state, &principal, Access::Read, &stream).await?;
     let (id, in_segment) = split_segment(&id);
     let query = SubscriptionQuery::parse(query.as_deref(), in_segment)?;
     let ids = message_ids(Some(id))?;
@@ -428,10 +439,12 @@ async fn nack_one(
 
 async fn ack_many(
     State(state): State<AppState>,
+    principal: Principal,
     consumer: Consumer,
     Segments((stream, group)): Segments<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
+    authorize(&state, &principal, Access::Read, &stream).await?;
     let query = SubscriptionQuery::parse(query.as_deref(), None)?;
     let ids = message_ids(query.ids.as_deref())?;
     acknowledge(&state, &consumer, &stream, &group, &ids, None)
@@ -439,10 +452,12 @@ async fn ack_many(
 
 async fn nack_many(
     State(state): State<AppState>,
+    principal: Principal,
     consumer: Consumer,
     Segments((stream, group)): Segments<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
+    authorize(&state, &principal, Access::Read, &stream).await?;
     let query = SubscriptionQuery::parse(query.as_deref(), None)?;
     let ids = message_ids(query.ids.as_deref())?;
     let action = nack_action(query.action.as_deref())?;
@@ -453,10 +468,12 @@ async fn nack_many(
 /// encoded into the path, as v5 wrote its own `ackAll` links.
 async fn encoded_action(
     State(state): State<AppState>,
+    principal: Principal,
     consumer: Consumer,
     Segments((stream, group, segment)): Segments<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
+    authorize(&state, &principal, Access::Read, &stream).await?;
     let (action, in_segment) = split_segment(&segment);
     let query = SubscriptionQuery::parse(query.as_deref(), in_segment)?;
     let nack = match action {

@@ -32,6 +32,8 @@ async fn openapi() -> Response {
 /// expect; eventfeed speaks 5.0's), plus live figures for operators.
 async fn info(State(state): State<AppState>) -> Response {
     let notifier = state.store.notifier();
+    // The built-in accounts anyone who knows v5 can log in to.
+    let default_passwords = state.security.default_passwords().await.unwrap_or_default();
     let body = serde_json::json!({
         "esVersion": "5.0.12",
         "state": "master",
@@ -42,6 +44,7 @@ async fn info(State(state): State<AppState>) -> Response {
         "maxWaiters": state.limits.max_waiters,
         "projectionsBuilding": state.store.projections_building(),
         "writes": writes(&state),
+        "defaultPasswords": default_passwords,
         "disk": state.store.disk_space().map(|disk| serde_json::json!({
             "freeBytes": disk.free_bytes,
             "minFreeBytes": disk.min_free_bytes,

@@ -32,6 +32,7 @@ use self::connections::ConnectionLimits;
 use self::timeouts::Timeouts;
 use crate::config::ServeConfig;
 use crate::http::{AppState, Limits, Shared};
+use crate::security::Security;
 use crate::store::{self, AfterRelease, Store, StoreError};
 use crate::subscriptions::Subscriptions;
 
@@ -92,6 +93,10 @@ impl Server {
         // After the bind, so a server that cannot listen starts no
         // subscription drivers.
         let subscriptions = Subscriptions::load(Arc::clone(&store)).await.map_err(ServerError::Store)?;
+        let security = Security::open(Arc::clone(&store), config.admin_password.as_deref())
+            .await
+            .map_err(ServerError::Store)?;
+        warn_of_default_passwords(&security).await;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = AppState::new(Shared {
             store: Arc::clone(&store),
@@ -105,6 +110,7 @@ impl Server {
             waiters: crate::http::live::Waiters::new(config.max_waiters),
             renders: Default::default(),
             subscriptions: Arc::clone(&subscriptions),
+            security,
         });
         Ok(Self {
             listener,
@@ -368,5 +374,22 @@ fn connection_limits(config: &ServeConfig, open_file_limit: Option<u64>) -> Conn
             body_min_rate: config.body_min_bytes_per_sec,
             idle: Duration::from_secs(config.idle_timeout_secs),
         },
+    }
+}
+
+/// Logs a warning for every built-in account that still has v5's default
+/// password: anyone who knows v5 knows it.
+async fn warn_of_default_passwords(security: &Security) {
+    match security.default_passwords().await {
+        Ok(logins) => {
+            for login in logins {
+                tracing::warn!(
+                    login,
+                    "the account '{login}' still has the default password 'changeit': change it before \
+                     this server is reachable by anyone else (docs/security.md)"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not check the built-in accounts' passwords"),
     }
 }

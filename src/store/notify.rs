@@ -70,6 +70,12 @@ pub struct StreamWatch {
 }
 
 impl StreamWatch {
+    /// Whether the stream was appended to since this watch was taken,
+    /// without waiting (caches of what a stream holds check it on use).
+    pub fn has_changed(&self) -> bool {
+        self.receiver.has_changed().unwrap_or(true)
+    }
+
     /// Resolves when the stream has been appended to since this watch was
     /// taken (or since the last call). Pending forever if the notifier goes.
     pub async fn changed(&mut self) {

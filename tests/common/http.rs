@@ -21,14 +21,29 @@ pub fn raise_open_file_limit() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
-/// A client that does not follow redirects (tests look at them).
+/// The built-in administrator's credentials on a fresh store, as an
+/// `Authorization` header value (`admin:changeit`).
+pub const ADMIN_AUTHORIZATION: &str = "Basic YWRtaW46Y2hhbmdlaXQ=";
+
+/// A client that does not follow redirects (tests look at them) and acts
+/// as the built-in administrator, as an operator's scripts do: most tests
+/// are about what the server does, not about who may ask.
+/// `tests/security.rs` is about who may ask, and uses
+/// [`anonymous_client`].
 pub fn client() -> Client {
+    let mut headers = HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, ADMIN_AUTHORIZATION.parse().unwrap());
+    builder().default_headers(headers).build().unwrap()
+}
+
+/// A client that sends no credentials.
+pub fn anonymous_client() -> Client {
+    builder().build().unwrap()
+}
+
+fn builder() -> reqwest::ClientBuilder {
     raise_open_file_limit();
-    Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+    Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(60))
 }
 
 /// One element of an events array with a fresh id.
@@ -69,7 +84,7 @@ pub async fn reason(response: Response) -> String {
 }
 
 /// Sends one raw HTTP/1.1 request (for paths a URL library would
-/// normalise) and returns the status code.
+/// normalise), as the built-in administrator, and returns the status code.
 pub async fn raw_status(
     addr: SocketAddr,
     method: &str,
@@ -80,7 +95,8 @@ pub async fn raw_status(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\
+         Authorization: {ADMIN_AUTHORIZATION}\r\n",
         body.len()
     );
     for (name, value) in headers {

@@ -30,7 +30,8 @@ pub mod varnish;
 pub use admin::{report, start_scavenge, wait_for, wait_for_projections, wait_for_waiters, wait_until};
 #[allow(unused_imports)]
 pub use http::{
-    ATOM_JSON, ATOM_XML, EVENTS_JSON, client, event, header, raise_open_file_limit, raw_status, reason,
+    ADMIN_AUTHORIZATION, ATOM_JSON, ATOM_XML, EVENTS_JSON, anonymous_client, client, event, header,
+    raise_open_file_limit, raw_status, reason,
 };
 #[allow(unused_imports)]
 pub use pages::{link, read_all_events};

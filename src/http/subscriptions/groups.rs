@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use super::super::AppState;
+use super::super::auth::authorize_task;
 use super::super::base_url::RequestUrls;
 use super::super::caching::{content_type, header_value};
 use super::super::error::HttpError;
@@ -18,6 +19,8 @@ use super::super::params::{self, Segments};
 use super::super::read_errors::ReadRoute;
 use super::check_names;
 use crate::feed::{self, Urls};
+use crate::security::Principal;
+use crate::security::acl::Task;
 use crate::subscriptions::names::parked_stream;
 use crate::subscriptions::{GroupInfo, Settings};
 
@@ -50,10 +53,12 @@ fn with_location(status: StatusCode, urls: &Urls, stream: &str, group: &str) -> 
 /// `PUT`: creates a group (201 with its `Location`; 409 if it exists).
 pub(super) async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream, group)): Segments<(String, String)>,
     body: Body,
 ) -> Result<Response, HttpError> {
+    authorize_task(&principal, Task::ManageSubscriptions)?;
     check_names(&stream, &group)?;
     let settings = read_settings(body, stream == feed::ALL_STREAM).await?;
     state.subscriptions.create(&stream, &group, settings).await?;
@@ -63,10 +68,12 @@ pub(super) async fn create(
 /// `POST`: replaces a group's settings (200; 404 if it does not exist).
 pub(super) async fn update(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream, group)): Segments<(String, String)>,
     body: Body,
 ) -> Result<Response, HttpError> {
+    authorize_task(&principal, Task::ManageSubscriptions)?;
     check_names(&stream, &group)?;
     let settings = read_settings(body, stream == feed::ALL_STREAM).await?;
     state.subscriptions.update(&stream, &group, settings).await?;
@@ -75,8 +82,10 @@ pub(super) async fn update(
 
 pub(super) async fn delete(
     State(state): State<AppState>,
+    principal: Principal,
     Segments((stream, group)): Segments<(String, String)>,
 ) -> Result<Response, HttpError> {
+    authorize_task(&principal, Task::ManageSubscriptions)?;
     check_names(&stream, &group)?;
     state.subscriptions.delete(&stream, &group).await?;
     Ok(StatusCode::OK.into_response())
@@ -86,8 +95,10 @@ pub(super) async fn delete(
 /// group (they are delivered before new ones).
 pub(super) async fn replay_parked(
     State(state): State<AppState>,
+    principal: Principal,
     Segments((stream, group)): Segments<(String, String)>,
 ) -> Result<Response, HttpError> {
+    authorize_task(&principal, Task::ManageSubscriptions)?;
     check_names(&stream, &group)?;
     let replaying = state.subscriptions.replay_parked(&stream, &group).await?;
     Ok(json_response(&json!({ "result": "Success", "messagesToReplay": replaying })))
@@ -96,10 +107,12 @@ pub(super) async fn replay_parked(
 /// `GET .../info`: a group's statistics.
 pub(super) async fn info(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream, group)): Segments<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    authorize_task(&principal, Task::ManageSubscriptions)?;
     let read = async {
         check_names(&stream, &group)?;
         let info = state.subscriptions.info(&stream, &group).await?;
@@ -111,9 +124,11 @@ pub(super) async fn info(
 /// `GET /subscriptions`: every group's statistics.
 pub(super) async fn list_all(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    authorize_task(&principal, Task::ManageSubscriptions)?;
     match state.subscriptions.list(None).await {
         Ok(infos) => Ok(list_response(&urls, &infos)),
         Err(error) => Err(HttpError::from(error).answering_read(&headers, None, LISTING)),
@@ -124,10 +139,12 @@ pub(super) async fn list_all(
 /// has none (as v5).
 pub(super) async fn list_stream(
     State(state): State<AppState>,
+    principal: Principal,
     RequestUrls(urls): RequestUrls,
     Segments((stream,)): Segments<(String,)>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    authorize_task(&principal, Task::ManageSubscriptions)?;
     let read = async {
         params::stream_name(&stream)?;
         let infos = state.subscriptions.list(Some(&stream)).await?;

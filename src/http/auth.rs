@@ -1,0 +1,149 @@
+//! Security at the door: the `Authorization` header becomes a
+//! [`Principal`] (an extractor every guarded handler takes), and each
+//! handler asks one of the checks below before it acts: [`authorize`]
+//! before a write, [`authorize_read`] between the store read and the ETag
+//! comparison (so a `304` never confirms data to someone who may not read
+//! it), [`authorize_task`] for work on the server. All of them decide
+//! through `security::acl::may`.
+//!
+//! Every refusal is v5's: `401` with `WWW-Authenticate: Basic realm="ES"`,
+//! for missing or wrong credentials and for credentials without the
+//! permission alike (v5 clients read any 401 as "access denied").
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+
+use super::AppState;
+use super::error::HttpError;
+use crate::security::acl::{self, Access, Task};
+use crate::security::credentials::{self, MAX_FAILURES};
+use crate::security::{AuthError, Principal};
+use crate::store::StreamSettings;
+use crate::store::metadata::described_stream;
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, HttpError> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Ok(Principal::Anonymous);
+        };
+        let credentials = credentials::parse_basic(value.as_bytes()).ok_or_else(|| {
+            unauthorized(
+                "The Authorization header is not valid Basic credentials (Basic base64(login:password)).",
+            )
+        })?;
+        state.security.authenticate(credentials).await.map_err(|error| match error {
+            AuthError::Invalid => unauthorized("The login or password is wrong, or the account is disabled."),
+            AuthError::Throttled(retry_after) => {
+                let seconds = retry_after.as_secs().max(1);
+                HttpError::new(StatusCode::TOO_MANY_REQUESTS, "Too many failed logins")
+                    .with_detail(format!(
+                        "{MAX_FAILURES} logins with a wrong password in a short while: this login is refused \
+                         for {seconds} more seconds."
+                    ))
+                    .with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+            }
+            AuthError::Store(error) => error.into(),
+        })
+    }
+}
+
+/// `401` asking for credentials.
+pub(super) fn unauthorized(detail: &str) -> HttpError {
+    HttpError::new(StatusCode::UNAUTHORIZED, "Unauthorized")
+        .with_detail(detail)
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"ES\""))
+}
+
+/// `401` for a principal without the permission (v5's answer).
+fn denied(principal: &Principal, what: &str) -> HttpError {
+    let who = match principal.login() {
+        Some(login) => format!("User '{login}'"),
+        None => "An anonymous request (send credentials with Basic authentication)".to_owned(),
+    };
+    HttpError::new(StatusCode::UNAUTHORIZED, "Access denied")
+        .with_detail(format!("{who} may not {what}."))
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"ES\""))
+}
+
+/// What a check is about: `$$s` is `s`'s metadata.
+fn target(stream: &str, access: Access) -> (&str, Access) {
+    match (described_stream(stream), access) {
+        (Some(described), Access::Read) => (described, Access::MetaRead),
+        (Some(described), Access::Write | Access::Delete) => (described, Access::MetaWrite),
+        _ => (stream, access),
+    }
+}
+
+fn describe(access: Access, stream: &str) -> String {
+    let verb = match access {
+        Access::Read => "read",
+        Access::Write => "write to",
+        Access::Delete => "delete",
+        Access::MetaRead => "read the metadata of",
+        Access::MetaWrite => "write the metadata of",
+    };
+    format!("{verb} stream '{stream}' ({} in its $acl)", access.key())
+}
+
+/// Checks `access` to `stream` against its access rules as they stand
+/// now: before an append, a delete or a metadata write.
+pub(super) async fn authorize(
+    state: &AppState,
+    principal: &Principal,
+    access: Access,
+    stream: &str,
+) -> Result<(), HttpError> {
+    if principal.is_admin() {
+        return Ok(());
+    }
+    let (stream, access) = target(stream, access);
+    let acl = state.security.current_acl(stream).await?;
+    if acl::may(principal, access, stream, &acl, &state.security.defaults()) {
+        Ok(())
+    } else {
+        Err(denied(principal, &describe(access, stream)))
+    }
+}
+
+/// Checks a read of `stream`, done with `settings` (those the read came
+/// with; `None` when the read failed, and the stream's defaults decide).
+/// Returns the settings to cache the answer by: `not_public` unless
+/// everyone may read it.
+pub(super) async fn authorize_read(
+    state: &AppState,
+    principal: &Principal,
+    stream: &str,
+    settings: Option<StreamSettings>,
+) -> Result<StreamSettings, HttpError> {
+    let security = &state.security;
+    let (target_stream, access) = target(stream, Access::Read);
+    let acl = if access == Access::MetaRead {
+        // The read was of the metadata stream: the rules are its stream's.
+        security.current_acl(target_stream).await?
+    } else {
+        security.acl(stream, settings.and_then(|settings| settings.metadata_number)).await?
+    };
+    let defaults = security.defaults();
+    if !acl::may(principal, access, target_stream, &acl, &defaults) {
+        return Err(denied(principal, &describe(access, target_stream)));
+    }
+    let mut settings = settings.unwrap_or_default();
+    settings.not_public = !acl::may(&Principal::Anonymous, access, target_stream, &acl, &defaults);
+    Ok(settings)
+}
+
+/// Checks work on the server itself.
+pub(super) fn authorize_task(principal: &Principal, task: Task) -> Result<(), HttpError> {
+    if acl::may_run(principal, task) {
+        return Ok(());
+    }
+    let what = match task {
+        Task::ManageUsers => "manage users (members of $admins may)",
+        Task::Scavenge => "run or look up scavenges (members of $admins and $ops may)",
+        Task::ManageSubscriptions => "manage persistent subscriptions (members of $admins and $ops may)",
+    };
+    Err(denied(principal, what))
+}

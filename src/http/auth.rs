@@ -109,7 +109,8 @@ pub(super) async fn authorize(
 }
 
 /// Checks a read of `stream`, done with `settings` (those the read came
-/// with; `None` when the read failed, and the stream's defaults decide).
+/// with; `None` when the read failed or is yet to be done, and the
+/// stream's rules as they stand decide).
 /// Returns the settings to cache the answer by: `not_public` unless
 /// everyone may read it.
 pub(super) async fn authorize_read(
@@ -120,11 +121,18 @@ pub(super) async fn authorize_read(
 ) -> Result<StreamSettings, HttpError> {
     let security = &state.security;
     let (target_stream, access) = target(stream, Access::Read);
-    let acl = if access == Access::MetaRead {
-        // The read was of the metadata stream: the rules are its stream's.
-        security.current_acl(target_stream).await?
-    } else {
-        security.acl(stream, settings.and_then(|settings| settings.metadata_number)).await?
+    if access == Access::Read && acl::reads_other_streams(stream) {
+        // $admins only, whatever the rules say: no rules to read.
+        if !principal.is_admin() {
+            return Err(denied(principal, &describe(access, stream)));
+        }
+        return Ok(StreamSettings { not_public: true, ..settings.unwrap_or_default() });
+    }
+    let acl = match settings {
+        Some(settings) if access == Access::Read => security.acl(stream, settings.metadata_number).await?,
+        // A metadata stream's rules are its stream's; a failed read's are
+        // those of the stream as it stands (its metadata may exist).
+        _ => security.current_acl(target_stream).await?,
     };
     let defaults = security.defaults();
     if !acl::may(principal, access, target_stream, &acl, &defaults) {

@@ -537,3 +537,50 @@ async fn the_admin_password_can_be_set_at_the_first_start() {
     assert_eq!(status_as(&server, "admin", "from-the-start").await, 200);
     assert_eq!(status_as(&server, "admin", "another").await, 401);
 }
+
+/// Random `Authorization` headers, from a fixed seed: none authenticates
+/// (an admin-only route never answers 200), none fails the server.
+#[test]
+fn random_authorization_headers_never_authenticate() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed, TestRunner};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TestServer::start());
+    let header_value = prop_oneof![
+        // Anything printable.
+        "[ -~]{0,60}",
+        // "Basic " and random base64 of random bytes.
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(|bytes| {
+            use base64::Engine as _;
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(bytes))
+        }),
+        // Real logins with wrong or mangled passwords and schemes.
+        ("(admin|ops|Admin|admin |)", "[ -~]{0,12}", "(Basic|basic|BASIC|Bearer|Basic  )").prop_map(
+            |(login, password, scheme)| {
+                use base64::Engine as _;
+                let password = if password == "changeit" { format!("{password}!") } else { password };
+                format!(
+                    "{scheme} {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}"))
+                )
+            }
+        ),
+    ];
+    let config =
+        Config { cases: 200, rng_seed: RngSeed::Fixed(27), failure_persistence: None, ..Config::default() };
+    let mut runner = TestRunner::new(config);
+    let outcome = runner.run(&header_value, |value| {
+        let Ok(value) = reqwest::header::HeaderValue::from_str(&value) else { return Ok(()) };
+        let status = runtime.block_on(async {
+            client().get(server.url("/users/")).header("authorization", value).send().await.unwrap().status()
+        });
+        prop_assert!(status == 401 || status == 429, "{status}");
+        Ok(())
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+    let ping = runtime.block_on(async { client().get(server.url("/ping")).send().await.unwrap() });
+    assert_eq!(ping.status(), 200, "still serving");
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::Principal;
-use crate::store::metadata::ALL_ROLE;
+use crate::store::metadata::{self, ALL_ROLE, InvalidMetadata};
 use crate::store::projections::is_system_stream;
 
 /// The group whose members may do everything.
@@ -42,13 +42,7 @@ impl Access {
 
     /// The `$acl` key.
     pub fn key(self) -> &'static str {
-        match self {
-            Self::Read => "$r",
-            Self::Write => "$w",
-            Self::Delete => "$d",
-            Self::MetaRead => "$mr",
-            Self::MetaWrite => "$mw",
-        }
+        metadata::ACL_KEYS[self.index()]
     }
 
     fn index(self) -> usize {
@@ -90,33 +84,11 @@ impl Acl {
         self.roles[access.index()].as_ref()
     }
 
-    /// Reads an `$acl` object: each key a role name or an array of them.
-    /// Unknown keys and malformed values are errors, naming the key.
-    pub fn from_value(value: &Value) -> Result<Self, String> {
-        let Value::Object(object) = value else {
-            return Err("must be an object".to_owned());
-        };
-        let mut acl = Self::default();
-        for (key, roles) in object {
-            let access = Access::ALL
-                .into_iter()
-                .find(|access| access.key() == key)
-                .ok_or_else(|| format!("has an unknown key '{key}' (expected $r, $w, $d, $mr or $mw)"))?;
-            acl.roles[access.index()] = match roles {
-                Value::Null => None,
-                Value::String(role) => Some(Arc::from([role.clone()])),
-                Value::Array(items) => Some(
-                    items
-                        .iter()
-                        .map(|item| item.as_str().map(str::to_owned))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| format!("'{key}' must be a role name or an array of role names"))?
-                        .into(),
-                ),
-                _ => return Err(format!("'{key}' must be a role name or an array of role names")),
-            };
-        }
-        Ok(acl)
+    /// Reads an `$acl` object (the rules are `store::metadata`'s, which
+    /// every stored document passed); errors name the key.
+    pub fn from_value(value: &Value, name: &str) -> Result<Self, InvalidMetadata> {
+        let roles = metadata::acl_roles(value, name)?;
+        Ok(Self { roles: roles.map(|roles| roles.map(Roles::from)) })
     }
 
     /// The `$acl` of a stored metadata document. One that cannot be read
@@ -126,7 +98,7 @@ impl Acl {
         let parsed = serde_json::from_slice::<Map<String, Value>>(document);
         match parsed.as_ref().map(|object| object.get("$acl")) {
             Ok(None | Some(Value::Null)) => Self::default(),
-            Ok(Some(value)) => Self::from_value(value).unwrap_or_else(|_| Self::all_for(&[])),
+            Ok(Some(value)) => Self::from_value(value, "$acl").unwrap_or_else(|_| Self::all_for(&[])),
             Err(_) => Self::all_for(&[]),
         }
     }
@@ -169,7 +141,8 @@ impl DefaultAcls {
             match object.get(key) {
                 None | Some(Value::Null) => {}
                 Some(value) => {
-                    let acl = Acl::from_value(value).map_err(|problem| format!("'{key}' {problem}"))?;
+                    let acl = Acl::from_value(value, key)
+                        .map_err(|invalid| format!("'{}' {}", invalid.key, invalid.reason))?;
                     for access in Access::ALL {
                         if let Some(roles) = acl.get(access) {
                             target.roles[access.index()] = Some(Arc::clone(roles));
@@ -229,7 +202,7 @@ mod tests {
     }
 
     fn acl(json: &str) -> Acl {
-        Acl::from_value(&serde_json::from_str(json).expect("json")).expect("acl")
+        Acl::from_value(&serde_json::from_str(json).expect("json"), "$acl").expect("acl")
     }
 
     #[test]
@@ -294,6 +267,72 @@ mod tests {
         assert!(!may_run(&user("u", &[]), Task::Scavenge));
         assert!(!may_run(&Principal::Anonymous, Task::Scavenge));
         assert!(may_run(&user("a", &[ADMINS]), Task::ManageUsers));
+    }
+
+    /// Random JSON for `$acl` values: scalars, arrays and objects, nested.
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![Just("$r".to_owned()), Just("$all".to_owned()), "\\PC{0,8}"].prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("$r".to_owned()),
+                            Just("$w".to_owned()),
+                            Just("$mw".to_owned()),
+                            "\\PC{0,4}"
+                        ],
+                        inner
+                    ),
+                    0..4
+                )
+                .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 2000,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(27),
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Any `$acl` value: no panic; what parses grants only what it
+        /// names, and what does not parse is refused by the metadata rules
+        /// too (so it can never be stored).
+        #[test]
+        fn any_acl_value(value in json()) {
+            // A null `$acl` is no `$acl`: not an ACL to parse.
+            proptest::prop_assume!(!value.is_null());
+            let parsed = Acl::from_value(&value, "$acl");
+            let document = serde_json::json!({ "$acl": value }).to_string();
+            let validated = crate::store::metadata::parse(document.as_bytes());
+            proptest::prop_assert_eq!(parsed.is_ok(), validated.is_ok(), "{}", document);
+            if let Ok(acl) = parsed {
+                let stranger = user("stranger-not-named", &[]);
+                let named = Access::ALL.into_iter().any(|access| {
+                    acl.get(access).is_some_and(|roles| roles.iter().any(|role| role == "$all" || role == "stranger-not-named"))
+                });
+                let allowed = Access::ALL.into_iter().any(|access| may(&stranger, access, "s", &acl, &DefaultAcls { user: Acl::all_for(&[]), system: Acl::all_for(&[]) }));
+                proptest::prop_assert_eq!(allowed, named);
+            }
+        }
+
+        /// Any bytes as a stored metadata document: no panic.
+        #[test]
+        fn any_metadata_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = Acl::from_metadata(&bytes);
+            let _ = DefaultAcls::from_settings(&bytes);
+        }
     }
 
     #[test]

@@ -233,6 +233,41 @@ mod tests {
         assert!(parse_basic(&[0xff, 0xfe]).is_none());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 2000,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(27),
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Any bytes at all: no panic.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_basic(&bytes);
+        }
+
+        /// Anything after `Basic `: no panic, and whatever it yields is
+        /// what the base64 said.
+        #[test]
+        fn anything_after_basic(text in "\\PC{0,80}") {
+            if let Some(credentials) = parse_basic(format!("Basic {text}").as_bytes()) {
+                let decoded = STANDARD.decode(text.trim()).expect("it decoded");
+                let expected = format!("{}:{}", credentials.login, credentials.password);
+                proptest::prop_assert_eq!(decoded, expected.into_bytes());
+            }
+        }
+
+        /// Every login without a colon and every password round-trip.
+        #[test]
+        fn credentials_round_trip(login in "[^:]{1,40}", password in "\\PC{0,40}") {
+            let header = basic(&format!("{login}:{password}"));
+            let credentials = parse_basic(header.as_bytes()).expect("valid");
+            proptest::prop_assert_eq!(credentials.login, login);
+            proptest::prop_assert_eq!(credentials.password, password);
+        }
+    }
+
     #[test]
     fn locks_out_after_repeated_failures() {
         let throttle = Throttle::default();

@@ -12,8 +12,13 @@ use crate::json::{self, Rejected};
 /// The event type of metadata events.
 pub const METADATA_EVENT_TYPE: &str = "$metadata";
 
-/// The `$acl` keys v5 defines.
-const ACL_KEYS: [&str; 5] = ["$r", "$w", "$d", "$mr", "$mw"];
+/// The `$acl` keys v5 defines: read, write, delete, metadata read,
+/// metadata write.
+pub const ACL_KEYS: [&str; 5] = ["$r", "$w", "$d", "$mr", "$mw"];
+
+/// The role lists of an `$acl` object, in the order of [`ACL_KEYS`];
+/// `None` where a key is absent or `null`.
+pub type AclRoles = [Option<Vec<String>>; 5];
 
 /// The role that means "everyone, including anonymous readers".
 pub const ALL_ROLE: &str = "$all";
@@ -89,34 +94,43 @@ fn settings_from(object: &Map<String, Value>) -> Result<StreamSettings, InvalidM
     }
     match object.get("$acl") {
         None | Some(Value::Null) => {}
-        Some(Value::Object(acl)) => {
-            for (key, roles) in acl {
-                if !ACL_KEYS.contains(&key.as_str()) {
-                    return Err(invalid(
-                        &format!("$acl.{key}"),
-                        "is not an ACL key (expected $r, $w, $d, $mr or $mw)",
-                    ));
-                }
-                let roles = role_list(roles).ok_or_else(|| {
-                    invalid(&format!("$acl.{key}"), "must be a role name or an array of role names")
-                })?;
-                if key == "$r" && !roles.contains(&ALL_ROLE) {
-                    settings.not_public = true;
-                }
-            }
+        Some(value) => {
+            let [read, ..] = acl_roles(value, "$acl")?;
+            settings.not_public = read.is_some_and(|roles| !roles.iter().any(|role| role == ALL_ROLE));
         }
-        Some(_) => return Err(invalid("$acl", "must be an object")),
     }
     Ok(settings)
 }
 
-fn role_list(value: &Value) -> Option<Vec<&str>> {
-    match value {
-        Value::String(role) => Some(vec![role.as_str()]),
-        Value::Array(items) => items.iter().map(Value::as_str).collect(),
-        _ => None,
+/// Reads an `$acl` object (or one of `$settings`' defaults, named `name`
+/// in errors): each key one of [`ACL_KEYS`], each value a role name, an
+/// array of them, or `null` (not set).
+pub fn acl_roles(value: &Value, name: &str) -> Result<AclRoles, InvalidMetadata> {
+    let Value::Object(acl) = value else {
+        return Err(invalid(name, "must be an object"));
+    };
+    let mut roles: AclRoles = Default::default();
+    for (key, value) in acl {
+        let index = ACL_KEYS.iter().position(|known| known == key).ok_or_else(|| {
+            invalid(&format!("{name}.{key}"), "is not an ACL key (expected $r, $w, $d, $mr or $mw)")
+        })?;
+        roles[index] = match value {
+            Value::Null => None,
+            Value::String(role) => Some(vec![role.clone()]),
+            Value::Array(items) => Some(
+                items
+                    .iter()
+                    .map(|item| item.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| invalid(&format!("{name}.{key}"), ROLES_EXPECTED))?,
+            ),
+            _ => return Err(invalid(&format!("{name}.{key}"), ROLES_EXPECTED)),
+        };
     }
+    Ok(roles)
 }
+
+const ROLES_EXPECTED: &str = "must be a role name or an array of role names";
 
 fn whole_number(
     object: &Map<String, Value>,

@@ -4,6 +4,8 @@
 //! before `If-None-Match`, the brake on guessing, and that all of it
 //! survives a restart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -265,6 +267,10 @@ async fn changed_defaults_in_settings_apply_to_every_user_stream() {
     assert_eq!(response.status(), 400);
 }
 
+/// What a row of the server table names: what, how, where, the body, and
+/// who may.
+type ServerRow = (&'static str, Method, &'static str, Option<Value>, &'static [Who]);
+
 /// Work on the server rather than a stream, and the streams that gather
 /// other streams' events.
 #[tokio::test]
@@ -272,7 +278,7 @@ async fn who_may_do_what_to_the_server() {
     let server = server_with_users().await;
     server.append_n("matrix-1", 1).await;
     let admins_and_ops: &[Who] = &[Ops, Admin];
-    let rows: [(&str, Method, &str, Option<Value>, &[Who]); 7] = [
+    let rows: [ServerRow; 7] = [
         ("read $all", Method::GET, "/streams/$all", None, &[Admin]),
         ("read $ce-", Method::GET, "/streams/$ce-matrix", None, &[Admin]),
         ("read $et-", Method::GET, "/streams/$et-Tested", None, &[Admin]),

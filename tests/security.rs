@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -589,4 +591,33 @@ fn random_authorization_headers_never_authenticate() {
     }
     let ping = runtime.block_on(async { client().get(server.url("/ping")).send().await.unwrap() });
     assert_eq!(ping.status(), 200, "still serving");
+}
+
+/// The built-in accounts' default password is logged at every start and
+/// listed by `/info` until changed.
+#[tokio::test]
+async fn a_default_password_is_warned_of_at_every_start_until_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let within = Duration::from_secs(10);
+    let mut server = common::BinaryServer::start(&data, &[]);
+    for login in ["admin", "ops"] {
+        let warning = format!("the account '{login}' still has the default password");
+        assert!(server.logged(&warning, within).await, "no warning for {login}");
+    }
+    let info: Value = client().get(server.url("/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["defaultPasswords"], json!(["admin", "ops"]));
+    let reset = client()
+        .post(server.url("/users/ops/command/reset-password"))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .json(&json!({ "newPassword": "not-the-default" }));
+    assert_eq!(reset.send().await.unwrap().status(), 200);
+    let info: Value = client().get(server.url("/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["defaultPasswords"], json!(["admin"]));
+    server.terminate();
+    let server = common::BinaryServer::start(&data, &[]);
+    assert!(server.logged("the account 'admin' still has the default password", within).await);
+    assert!(
+        !server.logged("the account 'ops' still has the default password", Duration::from_millis(500)).await
+    );
 }

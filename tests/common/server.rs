@@ -171,7 +171,7 @@ pub struct BinaryServer {
     pub child: Child,
     pub base: String,
     pub addr: SocketAddr,
-    /// Every line it has logged since the listening line.
+    /// Every line it has logged but the listening line.
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -204,14 +204,16 @@ impl BinaryServer {
             .expect("binary starts");
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
+        let mut before = Vec::new();
         let addr = loop {
             let line = lines.next().expect("server logs a listening line").unwrap();
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 break rest.trim().parse::<SocketAddr>().unwrap();
             }
+            before.push(line);
         };
         // Keep draining the log so the server never blocks on a full pipe.
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(before));
         let kept = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {

@@ -621,3 +621,32 @@ async fn a_default_password_is_warned_of_at_every_start_until_changed() {
         !server.logged("the account 'ops' still has the default password", Duration::from_millis(500)).await
     );
 }
+
+/// `POST /admin/shutdown`: `$ops` and `$admins` stop the server cleanly;
+/// anyone else is refused and it keeps serving.
+#[tokio::test]
+async fn shutdown_is_for_ops_and_admins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = common::BinaryServer::start(&dir.path().join("data"), &[]);
+    let shutdown = |who: Option<(&str, &str)>| {
+        let request = client().post(server.url("/admin/shutdown"));
+        match who {
+            Some((login, password)) => request.basic_auth(login, Some(password)),
+            None => request,
+        }
+    };
+    assert_eq!(shutdown(None).send().await.unwrap().status(), 401);
+    assert_eq!(shutdown(Some(("ops", "wrong"))).send().await.unwrap().status(), 401);
+    assert_eq!(client().get(server.url("/ping")).send().await.unwrap().status(), 200, "still serving");
+    assert_eq!(shutdown(Some(("ops", "changeit"))).send().await.unwrap().status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "a requested shutdown is a clean exit: {status}");
+    assert!(server.logged("store flushed", Duration::from_secs(5)).await);
+}

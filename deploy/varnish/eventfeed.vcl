@@ -96,8 +96,10 @@ sub vcl_recv {
     #   3. `private` and `no-store` are never stored, whoever asked; nor is
     #      a response without caching headers.
     # The credentials are forwarded on every fetch, so eventfeed decides with
-    # them whenever Varnish asks it. Once streams have ACLs, eventfeed marks
-    # every page that anonymous readers may not see `private` (rule 3).
+    # them whenever Varnish asks it. eventfeed marks every answer that
+    # anonymous readers may not see `private` (rule 3), and checks the
+    # credentials before it compares ETags, so its 304s confirm nothing to
+    # someone who may not read the page.
     return (hash);
 }
 

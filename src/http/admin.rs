@@ -1,4 +1,4 @@
-//! `/admin`: operations on the store itself. For now, scavenging.
+//! `/admin`: operations on the server itself: scavenging, and stopping.
 
 use axum::Router;
 use axum::extract::State;
@@ -23,6 +23,7 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/scavenge", post(start_scavenge))
         .route("/admin/scavenge/{id}", get(scavenge_report))
+        .route("/admin/shutdown", post(shutdown))
 }
 
 /// Starts a scavenge: `202` with its `Location`. If one is already running,
@@ -47,6 +48,16 @@ async fn start_scavenge(
     let mut response = (status, json_body(&body)).into_response();
     response.headers_mut().insert(header::LOCATION, header_value(&location));
     Ok(response)
+}
+
+/// v5's `POST /admin/shutdown`: answers, then stops the server as SIGTERM
+/// would (open requests finish, the store is flushed). Under a supervisor
+/// that restarts it (the systemd unit does), this is a restart.
+async fn shutdown(State(state): State<AppState>, principal: Principal) -> Result<Response, HttpError> {
+    authorize_task(&principal, Task::Shutdown)?;
+    tracing::info!(by = principal.login().unwrap_or("?"), "shutdown requested");
+    state.stop_requested.notify_one();
+    Ok((StatusCode::OK, "Shutting down\n").into_response())
 }
 
 /// A scavenge's progress (while it runs) or result.

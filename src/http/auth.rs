@@ -151,6 +151,7 @@ pub(super) fn authorize_task(principal: &Principal, task: Task) -> Result<(), Ht
     let what = match task {
         Task::ManageUsers => "manage users (members of $admins may)",
         Task::Scavenge => "run or look up scavenges (members of $admins and $ops may)",
+        Task::Shutdown => "stop the server (members of $admins and $ops may)",
         Task::ManageSubscriptions => "manage persistent subscriptions (members of $admins and $ops may)",
     };
     Err(denied(principal, what))

@@ -105,6 +105,8 @@ pub struct Shared {
     pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
     /// Users, credentials and access rules.
     pub security: Arc<crate::security::Security>,
+    /// Notified by `POST /admin/shutdown`: the server stops as on a signal.
+    pub stop_requested: Arc<tokio::sync::Notify>,
 }
 
 /// The whole HTTP application.

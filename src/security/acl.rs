@@ -57,6 +57,8 @@ pub enum Task {
     ManageUsers,
     /// Start or look up a scavenge: `$admins` and `$ops`.
     Scavenge,
+    /// Stop the server (`POST /admin/shutdown`): `$admins` and `$ops`.
+    Shutdown,
     /// Create, update, delete persistent subscriptions, replay their parked
     /// messages, list them: `$admins` and `$ops`.
     ManageSubscriptions,
@@ -185,7 +187,9 @@ pub fn may(principal: &Principal, access: Access, stream: &str, acl: &Acl, defau
 pub fn may_run(principal: &Principal, task: Task) -> bool {
     match task {
         Task::ManageUsers => principal.is_admin(),
-        Task::Scavenge | Task::ManageSubscriptions => principal.is_admin() || principal.has_role(OPS),
+        Task::Scavenge | Task::Shutdown | Task::ManageSubscriptions => {
+            principal.is_admin() || principal.has_role(OPS)
+        }
     }
 }
 

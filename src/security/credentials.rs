@@ -71,8 +71,27 @@ pub struct CredentialCache {
 #[derive(Debug)]
 struct Verified {
     user: Arc<User>,
+    /// The stored hash the password was verified against: if the account
+    /// still has it, the password still holds.
+    password_hash: String,
     /// Fires when the user's stream is appended to.
     changes: StreamWatch,
+}
+
+/// What the cache knows of some credentials.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Verified, and the account has not changed since.
+    Valid(Arc<User>),
+    /// Verified against this stored hash, but the account's stream was
+    /// written since (perhaps only to enable it, or to create it a moment
+    /// before): the caller reads the account again, and if it still has
+    /// this hash and is enabled, the password holds without a new
+    /// verification.
+    Changed {
+        password_hash: String,
+    },
+    Unknown,
 }
 
 impl Default for CredentialCache {
@@ -85,22 +104,29 @@ impl Default for CredentialCache {
 }
 
 impl CredentialCache {
-    /// The user these credentials were verified for, unless the user
-    /// changed since.
-    pub fn get(&self, credentials: &Credentials) -> Option<Arc<User>> {
+    /// What is known of these credentials.
+    pub fn get(&self, credentials: &Credentials) -> Lookup {
         let key = self.key_of(credentials);
         let mut entries = self.lock();
-        let verified = entries.get(&key)?;
+        let Some(verified) = entries.get(&key) else { return Lookup::Unknown };
         if verified.changes.has_changed() {
+            let password_hash = verified.password_hash.clone();
             entries.remove(&key);
-            return None;
+            return Lookup::Changed { password_hash };
         }
-        Some(Arc::clone(&verified.user))
+        Lookup::Valid(Arc::clone(&verified.user))
     }
 
-    /// Remembers verified credentials. `changes` was taken before the user
-    /// was read, so a change since is not missed.
-    pub fn insert(&self, credentials: &Credentials, user: Arc<User>, changes: StreamWatch) {
+    /// Remembers credentials verified against `password_hash`. `changes`
+    /// was taken before the account was read, so a change since is not
+    /// missed.
+    pub fn insert(
+        &self,
+        credentials: &Credentials,
+        user: Arc<User>,
+        password_hash: String,
+        changes: StreamWatch,
+    ) {
         let key = self.key_of(credentials);
         let mut entries = self.lock();
         if entries.len() >= CACHE_CAPACITY && !entries.contains_key(&key) {
@@ -108,7 +134,7 @@ impl CredentialCache {
             // emptying the cache costs one verification per active client.
             entries.clear();
         }
-        entries.insert(key, Verified { user, changes });
+        entries.insert(key, Verified { user, password_hash, changes });
     }
 
     /// Forgets every entry of `login` (its account just changed here).

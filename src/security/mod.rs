@@ -23,9 +23,9 @@ use std::time::Duration;
 use tokio::sync::{OnceCell, Semaphore};
 
 use self::acl::{ADMINS, Acl, DefaultAcls, SETTINGS_STREAM};
-use self::credentials::{CredentialCache, Credentials, Throttle};
+use self::credentials::{CredentialCache, Credentials, Lookup, Throttle};
 use crate::store::metadata::{ALL_ROLE, metadata_stream};
-use crate::store::{Direction, Store, StoreError, StreamRead};
+use crate::store::{Direction, Store, StoreError, StreamRead, StreamWatch};
 
 /// Who a request speaks for.
 #[derive(Debug, Clone)]
@@ -143,23 +143,33 @@ impl Security {
     }
 
     /// Turns credentials into a principal: from the cache when they were
-    /// verified lately and the user has not changed since, else by reading
-    /// the account and verifying the password.
+    /// verified lately and the account has not changed since, else by
+    /// reading the account and verifying the password.
     pub async fn authenticate(&self, credentials: Credentials) -> Result<Principal, AuthError> {
-        if let Some(user) = self.credentials.get(&credentials) {
-            return Ok(Principal::User(user));
+        let verified_against = match self.credentials.get(&credentials) {
+            Lookup::Valid(user) => return Ok(Principal::User(user)),
+            Lookup::Changed { password_hash } => Some(password_hash),
+            Lookup::Unknown => None,
+        };
+        // Taken before the account is read, so that no change is missed.
+        let changes = self.store.notifier().watch_stream(&users::user_stream(&credentials.login));
+        if let Some(verified_against) = verified_against {
+            // The account was written since the password was verified: if
+            // it still has the hash the password matched, it still holds.
+            let account = self.account(&credentials.login).await?;
+            if let Some(account) = account.filter(|a| !a.disabled && a.password_hash == verified_against) {
+                return Ok(self.remember(&credentials, account, changes));
+            }
         }
         self.throttle.check(&credentials.login).map_err(AuthError::Throttled)?;
         let _permit = self.verifications.acquire().await.map_err(|_| StoreError::Unavailable)?;
         // Another request may have verified the same pair while this one
         // queued.
-        if let Some(user) = self.credentials.get(&credentials) {
+        if let Lookup::Valid(user) = self.credentials.get(&credentials) {
             return Ok(Principal::User(user));
         }
-        let changes = self.store.notifier().watch_stream(&users::user_stream(&credentials.login));
-        let account = self.account(&credentials.login).await?;
-        let usable = account.as_ref().filter(|account| !account.disabled);
-        let stored_hash = match usable {
+        let account = self.account(&credentials.login).await?.filter(|account| !account.disabled);
+        let stored_hash = match &account {
             Some(account) => account.password_hash.clone(),
             None => self.default_hash().await,
         };
@@ -167,19 +177,29 @@ impl Security {
         let verified = tokio::task::spawn_blocking(move || password::verify(&password, &stored_hash))
             .await
             .unwrap_or(false);
-        match usable {
+        match account {
             Some(account) if verified => {
                 self.throttle.succeeded(&credentials.login);
-                let user =
-                    Arc::new(User { login: account.login_name.clone(), groups: account.groups.clone() });
-                self.credentials.insert(&credentials, Arc::clone(&user), changes);
-                Ok(Principal::User(user))
+                Ok(self.remember(&credentials, account, changes))
             }
             _ => {
                 self.throttle.failed(&credentials.login);
                 Err(AuthError::Invalid)
             }
         }
+    }
+
+    /// Caches credentials verified for `account` (`changes` taken before
+    /// it was read) and returns its principal.
+    fn remember(
+        &self,
+        credentials: &Credentials,
+        account: users::Account,
+        changes: StreamWatch,
+    ) -> Principal {
+        let user = Arc::new(User { login: account.login_name, groups: account.groups });
+        self.credentials.insert(credentials, Arc::clone(&user), account.password_hash, changes);
+        Principal::User(user)
     }
 
     /// The `$acl` of `stream` as of its metadata event `metadata_number`
@@ -208,8 +228,8 @@ impl Security {
 
     /// The `$acl` of `stream` as it stands now.
     pub async fn current_acl(&self, stream: &str) -> Result<Arc<Acl>, StoreError> {
-        let state = self.store.stream_state(stream).await?;
-        self.acl(stream, state.and_then(|state| state.settings.metadata_number)).await
+        let metadata_number = self.store.metadata_number(stream).await?;
+        self.acl(stream, metadata_number).await
     }
 
     /// The defaults from `$settings`, as last read.

@@ -111,6 +111,7 @@ impl Server {
             renders: Default::default(),
             subscriptions: Arc::clone(&subscriptions),
             security,
+            stop_requested: Arc::default(),
         });
         Ok(Self {
             listener,
@@ -139,10 +140,12 @@ impl Server {
         // `stop_when_writes_fail`).
         let signal = {
             let store = Arc::clone(&store);
+            let requested = Arc::clone(&state.stop_requested);
             async move {
                 tokio::select! {
                     () = signal => {}
                     () = stop_when_writes_fail(store) => {}
+                    () = requested.notified() => tracing::info!("shutdown requested through /admin/shutdown"),
                 }
             }
         };

@@ -128,6 +128,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The current state of a stream, `None` when it was never written.
     async fn stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError>;
 
+    /// The number of the metadata event that governs `stream` now (`None`:
+    /// it has none), for access checks before a write. It may be that of a
+    /// commit still in flight: a backend answers without waiting for it,
+    /// so that checking an append never waits on the previous one's fsync.
+    async fn metadata_number(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.stream_state(stream).await?.and_then(|state| state.settings.metadata_number))
+    }
+
     /// Starts a scavenge in the background, unless one is running.
     async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError>;
 

@@ -338,6 +338,12 @@ impl Store for SledStore {
         self.read_durable(|context| context.state(stream)).await
     }
 
+    async fn metadata_number(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        // Without `read_durable`'s wait: see the trait.
+        let state = ReadContext::new(self.db.get()).state(stream)?;
+        Ok(state.and_then(|state| state.settings.metadata_number))
+    }
+
     fn notifier(&self) -> &Notifier {
         &self.notifier
     }

@@ -62,6 +62,7 @@ fn build(parts: &[PartSpec]) -> Vec<Append> {
                     metadata: Bytes::new(),
                 })
                 .collect(),
+            access: None,
         })
         .collect()
 }

@@ -278,6 +278,7 @@ async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
                 metadata: bytes::Bytes::new(),
             })
             .collect(),
+        access: None,
     };
 
     // 160 appends of 500 random ids: nine runs, a merge of eight, and
@@ -353,6 +354,7 @@ async fn an_acknowledged_append_is_already_behind_the_head() {
                             metadata_is_json: false,
                             metadata: bytes::Bytes::new(),
                         }],
+                        access: None,
                     };
                     let outcome = store.append(append).await.unwrap();
                     let position = outcome.position.unwrap();

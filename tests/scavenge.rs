@@ -48,8 +48,12 @@ async fn fill(data_dir: &Path) {
                     let events = (0..100)
                         .map(|i| proposed("Filled", format!(r#"{{"n":{}}}"#, batch * 100 + i).into_bytes()))
                         .collect();
-                    let append =
-                        Append { stream: format!("fill-{stream}"), expected: ExpectedVersion::Any, events };
+                    let append = Append {
+                        stream: format!("fill-{stream}"),
+                        expected: ExpectedVersion::Any,
+                        events,
+                        access: None,
+                    };
                     store.append(append).await.unwrap();
                 }
                 let metadata = proposed("$metadata", format!(r#"{{"$maxCount":{KEPT}}}"#).into_bytes());
@@ -57,6 +61,7 @@ async fn fill(data_dir: &Path) {
                     stream: format!("$$fill-{stream}"),
                     expected: ExpectedVersion::Any,
                     events: vec![metadata],
+                    access: None,
                 };
                 store.append(append).await.unwrap();
             }

@@ -650,3 +650,52 @@ async fn shutdown_is_for_ops_and_admins() {
     assert!(status.success(), "a requested shutdown is a clean exit: {status}");
     assert!(server.logged("store flushed", Duration::from_secs(5)).await);
 }
+
+/// A write and a tightening of its stream's `$acl` racing: an append
+/// allowed by the old rules is never written after the new ones, since the
+/// writer refuses an append whose rules changed after its check (and the
+/// check then runs again, against the new rules).
+#[tokio::test]
+async fn no_append_is_written_after_the_rule_that_forbids_it() {
+    let server = server_with_users().await;
+    let bob = |request: RequestBuilder| request.basic_auth("bob", Some("bob-pw"));
+    for round in 0..10 {
+        let stream = format!("race-{round}");
+        server.append_n(&stream, 1).await;
+        let open = json!({ "$acl": { "$w": ["team", "$admins"] } });
+        assert_eq!(
+            admin(&server, Method::POST, &format!("/streams/{stream}/metadata"), Some(open)).await.status(),
+            201
+        );
+        let appends: Vec<_> = (0..16)
+            .map(|_| {
+                let request = bob(client().post(server.url(&format!("/streams/{stream}"))))
+                    .header("content-type", EVENTS_JSON)
+                    .body(json!([event("ByBob", json!({}))]).to_string());
+                tokio::spawn(async move { request.send().await.unwrap().status() })
+            })
+            .collect();
+        let close = json!({ "$acl": { "$w": "$admins" } });
+        let closed = admin(&server, Method::POST, &format!("/streams/{stream}/metadata"), Some(close)).await;
+        assert_eq!(closed.status(), 201);
+        for append in appends {
+            let status = append.await.unwrap();
+            assert!(status == 201 || status == 401, "{status}");
+        }
+        // In commit order: nothing of bob's after the closing metadata.
+        let page: Value =
+            admin(&server, Method::GET, "/streams/$all/00000000000000000000000000000000/forward/4096", None)
+                .await
+                .json()
+                .await
+                .unwrap();
+        let mut entries: Vec<&Value> = page["entries"].as_array().unwrap().iter().collect();
+        entries.reverse(); // newest first in the feed
+        let meta_stream = format!("$${stream}");
+        let stream_of =
+            |entry: &&Value| entry["title"].as_str().unwrap().split_once('@').unwrap().1.to_owned();
+        let last_metadata = entries.iter().rposition(|entry| stream_of(entry) == meta_stream).unwrap();
+        let late = entries[last_metadata..].iter().filter(|entry| stream_of(entry) == stream).count();
+        assert_eq!(late, 0, "round {round}: an append allowed by the old $acl was written after the new one");
+    }
+}

@@ -21,9 +21,9 @@ use bytes::Bytes;
 use eventfeed::store::links::link_id;
 use eventfeed::store::projections::Projections;
 use eventfeed::store::{
-    self, AllRead, AllSlice, Append, AppendOutcome, Direction, Durability, ExpectedVersion, ProposedEvent,
-    ReadEvent, RecordedEvent, ScavengeReport, ScavengeStarted, ScavengeStatus, Store, StoreConfig,
-    StoreError, StreamRead, StreamSlice, StreamState,
+    self, AccessBasis, AllRead, AllSlice, Append, AppendOutcome, Direction, Durability, ExpectedVersion,
+    ProposedEvent, ReadEvent, RecordedEvent, ScavengeReport, ScavengeStarted, ScavengeStatus, Store,
+    StoreConfig, StoreError, StreamRead, StreamSlice, StreamState,
 };
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -126,6 +126,7 @@ contract!(
     a_closed_store_refuses_writes,
     a_read_returns_at_most_its_bytes_and_at_least_one_event,
     multi_stream_appends_are_all_or_nothing,
+    an_append_allowed_by_rules_that_changed_is_refused,
 );
 
 // ---------------------------------------------------------------------------
@@ -160,7 +161,7 @@ async fn append(
     expected: ExpectedVersion,
     events: Vec<ProposedEvent>,
 ) -> Result<AppendOutcome, StoreError> {
-    store.append(Append { stream: stream.to_owned(), expected, events }).await
+    store.append(Append { stream: stream.to_owned(), expected, events, access: None }).await
 }
 
 /// Appends that must succeed.
@@ -986,7 +987,8 @@ async fn a_read_returns_at_most_its_bytes_and_at_least_one_event(backend: Backen
 async fn multi_stream_appends_are_all_or_nothing(backend: Backend) {
     use ExpectedVersion::{Exact, NoStream, StreamExists};
     let store = backend.open().await;
-    let part = |stream: &str, expected, events| Append { stream: stream.into(), expected, events };
+    let part =
+        |stream: &str, expected, events| Append { stream: stream.into(), expected, events, access: None };
     put(&store, "Account-1", fresh(2, "Opened")).await;
     put(&store, "other", fresh(1, "A")).await;
     let signup = vec![
@@ -1055,6 +1057,46 @@ async fn multi_stream_appends_are_all_or_nothing(backend: Backend) {
 }
 
 /// The numbers a stream shows, links resolved.
+/// An append carries the access rules it was allowed by (the metadata
+/// event of the stream that governs it); if that metadata changed before
+/// the writer takes it, it is refused and nothing is written, alone or as
+/// part of a multi-stream append. `metadata_number` sees a change at once.
+async fn an_append_allowed_by_rules_that_changed_is_refused(backend: Backend) {
+    let store = backend.open().await;
+    let basis = |stream: &str, metadata_number| Some(AccessBasis { stream: stream.into(), metadata_number });
+    let guarded = |stream: &str, access| Append {
+        stream: stream.into(),
+        expected: ExpectedVersion::Any,
+        events: fresh(1, "A"),
+        access,
+    };
+    put(&store, "guarded", fresh(1, "A")).await;
+    assert_eq!(store.metadata_number("guarded").await.unwrap(), None);
+    assert_eq!(store.metadata_number("never-written").await.unwrap(), None);
+    store.append(guarded("guarded", basis("guarded", None))).await.expect("the rules still hold");
+    put(&store, "$$guarded", metadata(r#"{"$acl":{"$w":"$admins"}}"#)).await;
+    assert_eq!(store.metadata_number("guarded").await.unwrap(), Some(0));
+    let before = snapshot(&store, &["guarded", "other"]).await;
+    let stale = store.append(guarded("guarded", basis("guarded", None))).await;
+    assert_eq!(stale.unwrap_err(), StoreError::AccessChanged);
+    // A metadata write governed by the stream it describes.
+    let mut metadata_write = guarded("$$guarded", basis("guarded", None));
+    metadata_write.events = metadata("{}");
+    assert_eq!(store.append(metadata_write).await.unwrap_err(), StoreError::AccessChanged);
+    let parts = vec![guarded("other", basis("other", None)), guarded("guarded", basis("guarded", None))];
+    let refused = store.append_all(parts).await.unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::InPart { stream, error } if stream == "guarded" && **error == StoreError::AccessChanged),
+        "{refused:?}"
+    );
+    assert_eq!(
+        snapshot(&store, &["guarded", "other"]).await,
+        before,
+        "nothing of a refused append is written"
+    );
+    store.append(guarded("guarded", basis("guarded", Some(0)))).await.expect("checked against the new rules");
+}
+
 async fn numbers_of(store: &Arc<dyn Store>, stream: &str) -> Vec<u64> {
     numbers(&read(store, stream).await.unwrap())
 }
@@ -1249,7 +1291,7 @@ fn next_request(
                     let stream = writable(rng, 5);
                     let events: Vec<ProposedEvent> = (0..1 + rng.below(2)).map(|_| new_event(rng)).collect();
                     written.push((stream.clone(), events.clone()));
-                    Append { stream, expected: expected(rng), events }
+                    Append { stream, expected: expected(rng), events, access: None }
                 })
                 .collect();
             Request::AppendAll(parts)
@@ -1259,7 +1301,7 @@ fn next_request(
             let stream = writable(rng, 5);
             let events: Vec<ProposedEvent> = (0..1 + rng.below(4)).map(|_| new_event(rng)).collect();
             written.push((stream.clone(), events.clone()));
-            Request::Append(Append { stream, expected: expected(rng), events })
+            Request::Append(Append { stream, expected: expected(rng), events, access: None })
         }
         // Retries: exact, a part, mixed with new ids, to another stream, or with a duplicate.
         35..=46 if !written.is_empty() => {
@@ -1282,14 +1324,14 @@ fn next_request(
                     (stream, twice)
                 }
             };
-            Request::Append(Append { stream, expected: expected(rng), events })
+            Request::Append(Append { stream, expected: expected(rng), events, access: None })
         }
         // Metadata.
         47..=56 => {
             let stream = format!("$${}", writable(rng, 20));
             let document = rng.pick(&METADATA);
             let events = vec![proposed(Uuid::from_u128(rng.next() as u128), "$metadata", document)];
-            Request::Append(Append { stream, expected: ExpectedVersion::Any, events })
+            Request::Append(Append { stream, expected: ExpectedVersion::Any, events, access: None })
         }
         // Deletes, mostly soft.
         57..=62 => {
@@ -1299,6 +1341,7 @@ fn next_request(
             stream: "plain".into(),
             expected: ExpectedVersion::Any,
             events: Vec::new(),
+            access: None,
         }),
         // Reads.
         64..=77 => Request::ReadStream(StreamRead {

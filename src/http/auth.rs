@@ -19,8 +19,8 @@ use super::error::HttpError;
 use crate::security::acl::{self, Access, Task};
 use crate::security::credentials::{self, MAX_FAILURES};
 use crate::security::{AuthError, Principal};
-use crate::store::StreamSettings;
 use crate::store::metadata::described_stream;
+use crate::store::{AccessBasis, Append, AppendOutcome, StoreError, StreamSettings};
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = HttpError;
@@ -89,23 +89,75 @@ fn describe(access: Access, stream: &str) -> String {
 }
 
 /// Checks `access` to `stream` against its access rules as they stand
-/// now: before an append, a delete or a metadata write.
+/// now: before an append, a delete or a metadata write. Returns the rules
+/// it checked against, for an append to carry (`None` for `$admins`, whom
+/// no rule limits).
 pub(super) async fn authorize(
     state: &AppState,
     principal: &Principal,
     access: Access,
     stream: &str,
-) -> Result<(), HttpError> {
+) -> Result<Option<AccessBasis>, HttpError> {
     if principal.is_admin() {
-        return Ok(());
+        return Ok(None);
     }
     let (stream, access) = target(stream, access);
-    let acl = state.security.current_acl(stream).await?;
+    let metadata_number = state.store.metadata_number(stream).await?;
+    let acl = state.security.acl(stream, metadata_number).await?;
     if acl::may(principal, access, stream, &acl, &state.security.defaults()) {
-        Ok(())
+        Ok(Some(AccessBasis { stream: stream.to_owned(), metadata_number }))
     } else {
         Err(denied(principal, &describe(access, stream)))
     }
+}
+
+/// Appends as `principal` (see [`write_checked`]).
+pub(super) async fn append_checked(
+    state: &AppState,
+    principal: &Principal,
+    append: Append,
+) -> Result<AppendOutcome, HttpError> {
+    let store = &state.store;
+    let written = write_checked(state, principal, vec![append], |mut appends| async move {
+        match appends.pop() {
+            Some(append) => store.append(append).await,
+            None => Err(StoreError::Invalid("nothing to append".into())),
+        }
+    });
+    Ok(written.await??)
+}
+
+/// How often an append whose stream's rules changed while it waited is
+/// checked again against the new ones before the client is told to retry.
+const ACCESS_RECHECKS: usize = 3;
+
+/// Writes `appends` with `write` (an append, or a multi-stream append),
+/// each part checked for `$w` (a metadata stream's for `$mw`) and carrying
+/// the rules it was checked against, so that the writer refuses it if they
+/// changed before it is written; then it is checked again.
+pub(super) async fn write_checked<T, Fut>(
+    state: &AppState,
+    principal: &Principal,
+    mut appends: Vec<Append>,
+    write: impl Fn(Vec<Append>) -> Fut,
+) -> Result<Result<T, StoreError>, HttpError>
+where
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    for attempt in 0.. {
+        for append in &mut appends {
+            append.access = authorize(state, principal, Access::Write, &append.stream).await?;
+        }
+        if appends.iter().all(|append| append.access.is_none()) {
+            // Nothing to change under it: written as it is.
+            return Ok(write(appends).await);
+        }
+        match write(appends.clone()).await {
+            Err(StoreError::AccessChanged) if attempt < ACCESS_RECHECKS => {}
+            written => return Ok(written),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// Checks a read of `stream`, done with `settings` (those the read came

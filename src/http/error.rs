@@ -112,6 +112,14 @@ impl From<StoreError> for HttpError {
             StoreError::StreamDeleted => HttpError::new(StatusCode::GONE, "Stream deleted"),
             StoreError::StreamNotFound => HttpError::not_found("The stream does not exist."),
             StoreError::Invalid(message) => HttpError::bad_request(message),
+            StoreError::AccessChanged => {
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+                    .with_detail(
+                        "The stream's access rules kept changing while the request waited; nothing was \
+                     written. Retry it.",
+                    )
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            }
             StoreError::Unavailable => HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
                 .with_detail("The store is shutting down or not accepting writes.")
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),

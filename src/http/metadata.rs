@@ -11,7 +11,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{authorize, authorize_read};
+use super::auth::{append_checked, authorize, authorize_read};
 use super::base_url::RequestUrls;
 use super::caching::{Caching, header_value, respond};
 use super::error::HttpError;
@@ -188,7 +188,8 @@ async fn write_metadata(
         return Err(StoreError::StreamDeleted.into());
     }
     let meta_stream = metadata_stream(&stream);
-    let outcome = state.store.append(Append { stream: meta_stream.clone(), expected, events }).await?;
+    let append = Append { stream: meta_stream.clone(), expected, events, access: None };
+    let outcome = append_checked(&state, &principal, append).await?;
     let mut response = StatusCode::CREATED.into_response();
     response
         .headers_mut()

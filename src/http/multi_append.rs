@@ -15,14 +15,13 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::auth::authorize;
+use super::auth::write_checked;
 use super::base_url::RequestUrls;
 use super::error::HttpError;
 use super::events_body::{self, EventsFormat, read_body};
 use super::negotiate::{self, JSON};
 use super::{AppState, params, streams};
 use crate::security::Principal;
-use crate::security::acl::Access;
 use crate::store::{Append, AppendOutcome, Conflict, ExpectedVersion, StoreError};
 
 /// Its own media type, besides `application/json`.
@@ -59,24 +58,24 @@ async fn append_all(
     }
     let bytes = read_body(body, state.limits.max_request_bytes).await?;
     let appends = parse(&bytes, state.limits.max_event_bytes)?;
-    // Every part, before anything is written: one denied part refuses all.
-    for append in &appends {
-        authorize(&state, &principal, Access::Write, &append.stream).await?;
-    }
-    let outcomes = match state.store.append_all(appends.clone()).await {
+    let streams: Vec<String> = appends.iter().map(|append| append.stream.clone()).collect();
+    // Every part is checked before anything is written: one denied part
+    // refuses all.
+    let written = write_checked(&state, &principal, appends, |appends| state.store.append_all(appends));
+    let outcomes = match written.await? {
         Ok(outcomes) => outcomes,
         Err(StoreError::Conflicts(conflicts)) => return Ok(conflict(&conflicts)),
         Err(error) => return Err(error.into()),
     };
-    let parts: Vec<_> = appends
+    let parts: Vec<_> = streams
         .iter()
         .zip(&outcomes)
-        .map(|(append, outcome)| {
+        .map(|(stream, outcome)| {
             json!({
-                "stream": append.stream,
+                "stream": stream,
                 "firstEventNumber": outcome.first_number,
                 "lastEventNumber": outcome.last_number,
-                "location": urls.event(&append.stream, outcome.first_number),
+                "location": urls.event(stream, outcome.first_number),
             })
         })
         .collect();
@@ -113,7 +112,7 @@ fn parse(bytes: &[u8], max_event_bytes: usize) -> Result<Vec<Append>, HttpError>
             let events = events_body::parse_events(EventsFormat::Json, part.events.get().as_bytes())
                 .map_err(in_part)?;
             streams::check_event_sizes(&events, max_event_bytes).map_err(in_part)?;
-            Ok(Append { stream: part.stream, expected, events })
+            Ok(Append { stream: part.stream, expected, events, access: None })
         })
         .collect()
 }

@@ -12,7 +12,7 @@ use hyper::ext::ReasonPhrase;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::authorize;
+use super::auth::{append_checked, authorize};
 use super::base_url::RequestUrls;
 use super::caching::{content_type, header_value};
 use super::error::HttpError;
@@ -190,7 +190,7 @@ async fn append(
         params::user_stream(&stream)?;
     }
     authorize(&state, &principal, Access::Write, &stream).await?;
-    append_to(&state, &urls, &stream, &headers, body, None).await
+    append_to(&state, &principal, &urls, &stream, &headers, body, None).await
 }
 
 /// `POST /streams/{stream}/incoming/{id}`: a single-body append whose event
@@ -207,11 +207,12 @@ async fn append_incoming(
     let id = Uuid::parse_str(&id)
         .map_err(|_| HttpError::bad_request(format!("'{id}' is not a valid event id")))?;
     authorize(&state, &principal, Access::Write, &stream).await?;
-    append_to(&state, &urls, &stream, &headers, body, Some(id)).await
+    append_to(&state, &principal, &urls, &stream, &headers, body, Some(id)).await
 }
 
 async fn append_to(
     state: &AppState,
+    principal: &Principal,
     urls: &Urls,
     stream: &str,
     headers: &HeaderMap,
@@ -263,7 +264,8 @@ async fn append_to(
                 .map_err(|problem| HttpError::bad_request(format!("Invalid settings: {problem}")))?;
         }
     }
-    let outcome = state.store.append(Append { stream: stream.to_owned(), expected, events }).await?;
+    let append = Append { stream: stream.to_owned(), expected, events, access: None };
+    let outcome = append_checked(state, principal, append).await?;
     if settings {
         state.security.reload_defaults().await;
     }

@@ -211,7 +211,7 @@ impl Security {
     pub async fn delete_account(&self, login: &str) -> Result<(), UserError> {
         let (_, expected, _) = self.existing(login).await?;
         let event = proposed(USER_DELETED_EVENT_TYPE, &serde_json::json!({ "loginName": login }));
-        let append = Append { stream: user_stream(login), expected, events: vec![event] };
+        let append = Append { stream: user_stream(login), expected, events: vec![event], access: None };
         self.store.append(append).await?;
         self.forget(login);
         *self.lock_default_passwords() = None;
@@ -317,14 +317,19 @@ impl Security {
     ) -> Result<(), UserError> {
         let login = account.login_name.clone();
         let state = serde_json::to_value(&account).map_err(|error| StoreError::Invalid(error.to_string()))?;
-        let update =
-            Append { stream: user_stream(&login), expected, events: vec![proposed(USER_EVENT_TYPE, &state)] };
+        let update = Append {
+            stream: user_stream(&login),
+            expected,
+            events: vec![proposed(USER_EVENT_TYPE, &state)],
+            access: None,
+        };
         let written = if list {
             let created = proposed(USER_CREATED_EVENT_TYPE, &serde_json::json!({ "loginName": login }));
             let listing = Append {
                 stream: USERS_STREAM.to_owned(),
                 expected: ExpectedVersion::Any,
                 events: vec![created],
+                access: None,
             };
             self.store.append_all(vec![update, listing]).await.map(drop)
         } else {

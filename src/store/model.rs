@@ -96,6 +96,21 @@ pub struct Append {
     pub stream: String,
     pub expected: ExpectedVersion,
     pub events: Vec<ProposedEvent>,
+    /// The access rules the append was allowed by, when it was checked
+    /// against a stream's `$acl`: it is written only if they still hold
+    /// when the writer takes it, else it fails with
+    /// [`StoreError::AccessChanged`] and nothing is written. `None`: not
+    /// checked against rules (the server's own writes, `$admins`).
+    pub access: Option<AccessBasis>,
+}
+
+/// The rules an append was allowed by: those of `stream` (the stream
+/// appended to, or for a metadata stream `$$s`, `s`) as of its metadata
+/// event `metadata_number` (`None`: it had none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessBasis {
+    pub stream: String,
+    pub metadata_number: Option<u64>,
 }
 
 /// What an acknowledged append wrote (or, for a retry, had written before).
@@ -249,6 +264,10 @@ pub enum StoreError {
     /// (every one of them), or that only repeat an earlier write while
     /// other parts are new; nothing was written.
     Conflicts(Vec<Conflict>),
+    /// The stream's access rules changed between the check that allowed
+    /// the append and its write; nothing was written. The caller checks
+    /// again against the new rules.
+    AccessChanged,
     /// One part of a multi-stream append was refused for another reason
     /// (its stream hard-deleted, its metadata malformed, …); nothing was
     /// written.
@@ -285,6 +304,7 @@ impl fmt::Display for StoreError {
                 }
                 Ok(())
             }
+            Self::AccessChanged => f.write_str("the stream's access rules changed while the write waited"),
             Self::InPart { stream, error } => write!(f, "stream '{stream}': {error}"),
         }
     }

@@ -26,6 +26,21 @@ pub fn check_request(append: &Append) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Refuses an append whose access rules changed since it was allowed
+/// (see [`Append::access`]). `governing` is the state of the stream the
+/// basis names, read where the expected version is.
+pub fn check_access(
+    append: &Append,
+    governing: impl FnOnce(&str) -> Result<StreamState, StoreError>,
+) -> Result<(), StoreError> {
+    match &append.access {
+        Some(basis) if governing(&basis.stream)?.settings.metadata_number != basis.metadata_number => {
+            Err(StoreError::AccessChanged)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The version an expected-version check compares against: the last event
 /// number, or -1 when the stream does not exist (never written or deleted).
 pub fn current_version(state: &StreamState) -> i64 {
@@ -319,6 +334,7 @@ mod tests {
             stream: stream.into(),
             expected: ExpectedVersion::Any,
             events: (0..count).map(|_| event()).collect(),
+            access: None,
         }
     }
 

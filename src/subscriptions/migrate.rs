@@ -93,7 +93,14 @@ async fn copy_stream(store: &dyn Store, from: &str, to: &str) -> Result<u64, Sto
         next += COPY_BATCH;
         if !events.is_empty() {
             copied += events.len() as u64;
-            store.append(Append { stream: to.to_owned(), expected: ExpectedVersion::Any, events }).await?;
+            store
+                .append(Append {
+                    stream: to.to_owned(),
+                    expected: ExpectedVersion::Any,
+                    events,
+                    access: None,
+                })
+                .await?;
         }
     }
     Ok(copied)
@@ -136,7 +143,7 @@ mod tests {
                 metadata: Bytes::new(),
             })
             .collect();
-        let append = Append { stream: stream.into(), expected: ExpectedVersion::Any, events };
+        let append = Append { stream: stream.into(), expected: ExpectedVersion::Any, events, access: None };
         store.append(append).await.expect("the memory store appends");
     }
 

@@ -171,7 +171,7 @@ fn event(event_type: &str, is_json: bool, data: Bytes, metadata: Bytes) -> Propo
 }
 
 async fn append(store: &dyn Store, stream: String, events: Vec<ProposedEvent>) -> Result<(), StoreError> {
-    store.append(Append { stream, expected: ExpectedVersion::Any, events }).await.map(|_| ())
+    store.append(Append { stream, expected: ExpectedVersion::Any, events, access: None }).await.map(|_| ())
 }
 
 /// Sets a stream's metadata document.

@@ -41,7 +41,7 @@ fn proposed(event_type: &str, is_json: bool, data: &str, metadata: &Value) -> Pr
 }
 
 async fn append(store: &Arc<dyn Store>, stream: &str, events: Vec<ProposedEvent>) {
-    let append = Append { stream: stream.to_owned(), expected: ExpectedVersion::Any, events };
+    let append = Append { stream: stream.to_owned(), expected: ExpectedVersion::Any, events, access: None };
     store.append(append).await.unwrap_or_else(|error| panic!("append to {stream}: {error}"));
 }
 

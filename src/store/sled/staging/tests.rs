@@ -24,7 +24,7 @@ fn event(event_type: &str) -> ProposedEvent {
 }
 
 fn append(stream: &str, events: Vec<ProposedEvent>) -> Append {
-    Append { stream: stream.into(), expected: ExpectedVersion::Any, events }
+    Append { stream: stream.into(), expected: ExpectedVersion::Any, events, access: None }
 }
 
 /// A fresh database and its (empty) id index.

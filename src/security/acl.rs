@@ -303,12 +303,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config {
-            cases: 2000,
-            failure_persistence: None,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(27),
-            ..proptest::test_runner::Config::default()
-        })]
+        #![proptest_config(crate::security::property_test_config())]
 
         /// Any `$acl` value: no panic; what parses grants only what it
         /// names, and what does not parse is refused by the metadata rules

@@ -260,12 +260,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config {
-            cases: 2000,
-            failure_persistence: None,
-            rng_seed: proptest::test_runner::RngSeed::Fixed(27),
-            ..proptest::test_runner::Config::default()
-        })]
+        #![proptest_config(crate::security::property_test_config())]
 
         /// Any bytes at all: no panic.
         #[test]

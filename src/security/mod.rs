@@ -25,7 +25,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use self::acl::{ADMINS, Acl, DefaultAcls, SETTINGS_STREAM};
 use self::credentials::{CredentialCache, Credentials, Lookup, Throttle};
 use crate::store::metadata::{ALL_ROLE, metadata_stream};
-use crate::store::{Direction, Store, StoreError, StreamRead, StreamWatch};
+use crate::store::{Store, StoreError, StreamWatch};
 
 /// Who a request speaks for.
 #[derive(Debug, Clone)]
@@ -240,8 +240,12 @@ impl Security {
     /// Reads `$settings` again (after a write to it here; other writes are
     /// followed in the background).
     pub async fn reload_defaults(&self) {
-        let defaults = match last_event(&*self.store, SETTINGS_STREAM).await {
-            Ok(Some(document)) => DefaultAcls::from_settings(&document).unwrap_or_else(|problem| {
+        let last = match crate::store::last_event(&*self.store, SETTINGS_STREAM).await {
+            Err(StoreError::StreamDeleted) => Ok(None),
+            other => other,
+        };
+        let defaults = match last {
+            Ok(Some(last)) => DefaultAcls::from_settings(&last.event.data).unwrap_or_else(|problem| {
                 tracing::error!(%problem, "$settings cannot be read; using the built-in access defaults");
                 DefaultAcls::builtin()
             }),
@@ -296,18 +300,14 @@ async fn follow_settings(security: std::sync::Weak<Security>) {
     }
 }
 
-/// The data of `stream`'s last event; `None` when it has none.
-async fn last_event(store: &dyn Store, stream: &str) -> Result<Option<bytes::Bytes>, StoreError> {
-    let read = StreamRead {
-        stream: stream.to_owned(),
-        from: None,
-        direction: Direction::Backward,
-        count: 1,
-        resolve_links: false,
-    };
-    match store.read_stream(read).await {
-        Ok(mut slice) => Ok(slice.events.pop().map(|read| read.event.data)),
-        Err(StoreError::StreamNotFound | StoreError::StreamDeleted) => Ok(None),
-        Err(other) => Err(other),
+/// The parsers' property tests: many cases, from a fixed seed, so a run
+/// is reproducible.
+#[cfg(test)]
+fn property_test_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: 2000,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(27),
+        ..proptest::test_runner::Config::default()
     }
 }

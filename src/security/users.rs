@@ -285,14 +285,7 @@ impl Security {
     }
 
     async fn stored(&self, login: &str) -> Result<Stored, StoreError> {
-        let read = StreamRead {
-            stream: user_stream(login),
-            from: None,
-            direction: Direction::Backward,
-            count: 1,
-            resolve_links: false,
-        };
-        let mut slice = match self.store.read_stream(read).await {
+        let mut slice = match self.store.read_stream(StreamRead::last(&user_stream(login))).await {
             Ok(slice) => slice,
             Err(StoreError::StreamNotFound) => return Ok(Stored::Never),
             Err(other) => return Err(other),

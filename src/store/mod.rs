@@ -78,6 +78,15 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
+/// The last event of `stream`; `None` when it has none (or does not exist).
+pub async fn last_event(store: &dyn Store, stream: &str) -> Result<Option<ReadEvent>, StoreError> {
+    match store.read_stream(StreamRead::last(stream)).await {
+        Ok(mut slice) => Ok(slice.events.pop()),
+        Err(StoreError::StreamNotFound) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// Work a backend wants done once it is closed and its last handle is
 /// dropped (see [`Store::after_release`]).
 pub struct AfterRelease {

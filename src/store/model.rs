@@ -192,6 +192,19 @@ pub struct StreamRead {
     pub resolve_links: bool,
 }
 
+impl StreamRead {
+    /// The last event of `stream`, as stored (links not resolved).
+    pub fn last(stream: &str) -> Self {
+        Self {
+            stream: stream.to_owned(),
+            from: None,
+            direction: Direction::Backward,
+            count: 1,
+            resolve_links: false,
+        }
+    }
+}
+
 /// The state of a stream as seen by a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamView {

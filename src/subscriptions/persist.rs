@@ -180,24 +180,8 @@ pub async fn set_metadata(store: &dyn Store, stream: &str, document: Value) -> R
     append(store, metadata_stream(stream), vec![metadata]).await
 }
 
-/// The last event of a stream, `None` when there is none.
-async fn last_event(store: &dyn Store, stream: &str) -> Result<Option<ReadEvent>, StoreError> {
-    let read = StreamRead {
-        stream: stream.to_owned(),
-        from: None,
-        direction: Direction::Backward,
-        count: 1,
-        resolve_links: false,
-    };
-    match store.read_stream(read).await {
-        Ok(mut slice) => Ok(slice.events.pop()),
-        Err(StoreError::StreamNotFound) => Ok(None),
-        Err(error) => Err(error),
-    }
-}
-
 pub async fn load_config(store: &dyn Store) -> Result<Vec<StoredGroup>, StoreError> {
-    match last_event(store, CONFIG_STREAM).await? {
+    match crate::store::last_event(store, CONFIG_STREAM).await? {
         Some(read) => decode_config(&read.event.data).map_err(StoreError::Corrupt),
         None => Ok(Vec::new()),
     }
@@ -218,7 +202,7 @@ pub async fn load_checkpoint(
     stream: &str,
     group: &str,
 ) -> Result<Option<Checkpoint>, StoreError> {
-    match last_event(store, &checkpoint_stream(stream, group)).await? {
+    match crate::store::last_event(store, &checkpoint_stream(stream, group)).await? {
         Some(read) => {
             decode_checkpoint(&read.event.data, &read.event.metadata).map(Some).map_err(StoreError::Corrupt)
         }

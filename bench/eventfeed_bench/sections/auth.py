@@ -233,6 +233,15 @@ def target_cell(workload):
     return f"≥ {fmt(targets.BASIC_AUTH_SHARE, 1)} × anonymous: {verdict(met(workload))}"
 
 
+def cpu_per_request(runs):
+    """The server's CPU time (all threads) per request over `runs`, in µs:
+    steadier than a rate on a shared machine, since other work on the
+    server's core slows the server but does not bill it."""
+    cpu = [f["server_cpu_seconds"] for f in runs if f.get("server_cpu_seconds") is not None]
+    requests = sum(f["requests"] for f in runs if f.get("server_cpu_seconds") is not None)
+    return sum(cpu) * 1e6 / requests if cpu and requests else None
+
+
 def rate_of(workload):
     return ("rps", "req/s") if "rps" in workload["anonymous"] else ("events_per_second", "events/s")
 
@@ -269,10 +278,13 @@ def render(result, settings):
                      errors(anonymous), f"{fmt(authenticated[rate])} {unit}", ms(authenticated, "p50_us"),
                      ms(authenticated, "p99_us"), errors(authenticated),
                      f"**{times(workload.get('authenticated_over_anonymous'), 'anonymous')}**",
-                     ", ".join(fmt(r, 2) for r in workload["per_round"]), others(authenticated, anonymous),
-                     target_cell(workload)])
+                     ", ".join(fmt(r, 2) for r in workload["per_round"]),
+                     f"{fmt(cpu_per_request(workload['authenticated_rounds']), 1)} / "
+                     f"{fmt(cpu_per_request(workload['anonymous_rounds']), 1)}",
+                     others(authenticated, anonymous), target_cell(workload)])
     out = [table(["workload", "anonymous", "p50 ms", "p99 ms", "errors", "Basic auth", "p50 ms", "p99 ms", "errors",
-                  "auth ÷ anonymous", "per round", "others on server CPU (auth / anonymous)", "target"], rows), ""]
+                  "auth ÷ anonymous", "per round", "server CPU µs/request (auth / anonymous)",
+                  "others on server CPU (auth / anonymous)", "target"], rows), ""]
     failed = result.get("failed_logins")
     if failed:
         out.append(f"**One login's verification.** {fmt(failed['count'])} requests for the same page, each with a "
@@ -299,7 +311,8 @@ def render(result, settings):
                "permission check). Reads: full 20-entry forward Atom pages picked at random from the read store "
                f"({fmt(result['events'])} events, {result['streams']} streams × 100), "
                f"{settings.read_connections} connections, no compression, after {settings.warmup} s of unrecorded "
-               "warm-up each, as in the uncached reads section. Appends: POST events+json, one event per request, "
+               "warm-up each, as in the uncached reads section. *Server CPU*: the server's CPU time (all threads) "
+               "per request over all rounds. Appends: POST events+json, one event per request, "
                f"to one of {appends.get('streams', settings.append_streams)} streams at random, "
                f"{appends.get('clients', settings.auth_append_clients)} wrk connections, default durability (fsync), "
                "on a fresh store of their own. Verification: one client, one request at a time; an unknown login "

@@ -10,10 +10,14 @@ loopback ephemeral port with a temporary data directory, then:
 
   1. appends N events with 4 clients, 20 events per request (the reference:
      the append rate of the same server, clients and machine, same minute);
-  2. creates a group with default settings on that stream and lets 4
+  2. creates a group with default settings on that stream (as the built-in
+     admin: managing groups is for `$admins` and `$ops`) and lets 4
      consumers (ES-Consumer: consumer-0..3) take 20-message batches with
      `?embed=body` and acknowledge each batch through its `ackAll` link,
-     until every event is acknowledged.
+     until every event is acknowledged. Appending, taking messages and
+     acknowledging them need only the stream's read and write rights,
+     which anonymous clients have on a user stream: they send no
+     credentials.
 
 Prints messages/s, the append rate, their ratio and the date, and checks
 that every event was acknowledged (duplicates, which at-least-once delivery
@@ -22,6 +26,7 @@ clients and the server share the machine.
 """
 
 import argparse
+import base64
 import datetime
 import http.client
 import json
@@ -42,6 +47,8 @@ COMPETING_JSON = "application/vnd.eventstore.competingatom+json"
 EVENTS_JSON = "application/vnd.eventstore.events+json"
 STREAM = "bench-orders"
 GROUP = "bench"
+# The built-in admin of a fresh store, with v5's default password.
+ADMIN_AUTHORIZATION = "Basic " + base64.b64encode(b"admin:changeit").decode()
 
 
 def parse_args():
@@ -52,14 +59,18 @@ def parse_args():
     parser.add_argument(
         "--durability", default="fsync", choices=["fsync", "flush", "none"], help="the server's --durability"
     )
-    parser.add_argument("--binary", help="a built eventfeed binary (default: build target/release/eventfeed)")
+    parser.add_argument("--binary", help="a built eventfeed binary (default: build the release binary, in cargo's "
+                        "target directory)")
     return parser.parse_args()
 
 
 def build():
     print("building the release binary (cargo build --release --locked) ...", flush=True)
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
-    return os.path.join(ROOT, "target", "release", "eventfeed")
+    # Where cargo put it: CARGO_TARGET_DIR or a cargo config may move it.
+    metadata = subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1"], cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+    return os.path.join(json.loads(metadata.stdout)["target_directory"], "release", "eventfeed")
 
 
 class Server:
@@ -156,7 +167,8 @@ def append_phase(server, events, clients, batch):
 def consume_phase(server, events, consumers, batch):
     """Drains the group; returns (messages/s, acked event numbers)."""
     client = Client(server)
-    status, data = client.request("PUT", f"/subscriptions/{STREAM}/{GROUP}", "{}", {"Content-Type": "application/json"})
+    status, data = client.request("PUT", f"/subscriptions/{STREAM}/{GROUP}", "{}",
+                                  {"Content-Type": "application/json", "Authorization": ADMIN_AUTHORIZATION})
     if status != 201:
         raise RuntimeError(f"creating the group answered {status}: {data[:200]!r}")
 

@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from . import report
-from .common import BENCH, EVENTFEED, RESULTS, ROOT, log
+from .common import BENCH, RESULTS, ROOT, eventfeed_binary, log
 from .context import Context
 from .install import build, ensure_packages, packages_for
 from .load import Pinning
@@ -61,8 +61,8 @@ def measure(args, sections):
     ensure_packages(packages_for(sections))
     if not args.no_build:
         build()
-    if not EVENTFEED.exists():
-        raise SystemExit("bench/run: no release binary; run without --no-build")
+    if not eventfeed_binary().exists():
+        raise SystemExit(f"bench/run: no release binary at {eventfeed_binary()}; run without --no-build")
 
     command = " ".join(["bench/run", *(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("--output")
                                        and not a.startswith("--results"))])

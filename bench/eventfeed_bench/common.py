@@ -1,9 +1,14 @@
 """Paths, constants and the small helpers every other module uses: logging,
-free ports, waiting for a condition, one-shot HTTP requests, server logs."""
+free ports, waiting for a condition, one-shot HTTP requests, server logs,
+the release binary's path and the built-in admin's credentials."""
 
+import base64
 import datetime
+import functools
 import http.client
+import json
 import re
+import subprocess
 import socket
 import sys
 import time
@@ -13,7 +18,6 @@ PACKAGE = Path(__file__).resolve().parent
 BENCH = PACKAGE.parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-EVENTFEED = ROOT / "target" / "release" / "eventfeed"
 VCL = ROOT / "deploy" / "varnish" / "eventfeed.vcl"
 ATOM_XML = "application/atom+xml"
 ATOM_JSON = "application/vnd.eventstore.atom+json"
@@ -33,6 +37,35 @@ PROJECTIONS_OFF = ["--projection-by-category", "false", "--projection-by-event-t
 SCAVENGE_STREAM_PREFIX = "scavenge-"
 # eventfeed logs its listening address at info; everything else at warn.
 SERVER_LOG = "warn,eventfeed::server=info"
+
+
+def basic_authorization(login, password):
+    """The value of an `Authorization: Basic` header."""
+    return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode()
+
+
+# The built-in admin of a fresh store, with v5's default password: what
+# only `$admins` (or `$ops`) may do needs it ($all, `$ce-`, `$et-`,
+# `$streams`, metadata writes, scavenges, persistent subscription groups,
+# users). Everything else the suite measures is read and appended
+# anonymously, as before eventfeed had security.
+ADMIN_AUTHORIZATION = basic_authorization("admin", "changeit")
+ADMIN = {"Authorization": ADMIN_AUTHORIZATION}
+
+
+@functools.cache
+def eventfeed_binary():
+    """The release binary where `cargo build --release` (run at the
+    repository root, as `bench/run` builds) puts it: cargo's target
+    directory, which CARGO_TARGET_DIR or a cargo config may move, else
+    target/ at the root."""
+    try:
+        metadata = subprocess.run(["cargo", "metadata", "--no-deps", "--format-version", "1"], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=60)
+        target_dir = Path(json.loads(metadata.stdout)["target_directory"]) if metadata.returncode == 0 else None
+    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
+        target_dir = None
+    return (target_dir or ROOT / "target") / "release" / "eventfeed"
 
 # bench/longpoll.py, the long-poll client (a script too: its send-floor
 # sender runs as a process of its own), lives beside the package.

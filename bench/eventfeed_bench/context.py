@@ -120,24 +120,27 @@ class Context:
         self.nginx = Nginx(root, self.pinning)
         return self.nginx
 
-    def read_run(self, port, representation, streams, prefix="-", encoding="-", label="", server=None):
+    def read_run(self, port, representation, streams, prefix="-", encoding="-", label="", server=None,
+                 authorization="-"):
+        """Random full pages of the read store's first `streams` streams;
+        `authorization`, when given, is sent with every request."""
         accept = ATOM_JSON if representation == "json" else ATOM_XML
         query = "?embed=body" if representation == "json" else "-"
-        args = [prefix, READ_STREAM_PREFIX, streams, PAGES_PER_READ_STREAM, PAGE_SIZE, query, accept, encoding]
+        args = [prefix, READ_STREAM_PREFIX, streams, PAGES_PER_READ_STREAM, PAGE_SIZE, query, accept, encoding,
+                authorization]
         self.wrk.run(port, "read_pages", args, self.settings.read_connections, duration=self.settings.warmup)
         figures = self.wrk.run(port, "read_pages", args, self.settings.read_connections, server=server)
         log(f"{label} {representation}: {figures['rps']:.0f} req/s, p99 {figures['p99_us'] / 1000:.2f} ms, "
             f"errors {figures['errors']}, others on the server CPU {fmt_share(figures.get('others_cpu_share'))}")
         return figures
 
-    def list_run(self, port, paths, accept, label="", server=None):
+    def list_run(self, port, paths, accept, label="", server=None, authorization="-"):
         """Like read_run, for GETs of the given paths picked at random."""
         paths_file = self.workdir / f"paths-{random.getrandbits(32):08x}.txt"
         paths_file.write_text("\n".join(paths) + "\n")
-        self.wrk.run(port, "read_list", [paths_file, accept], self.settings.read_connections,
-                     duration=self.settings.warmup)
-        figures = self.wrk.run(port, "read_list", [paths_file, accept], self.settings.read_connections,
-                               server=server)
+        args = [paths_file, accept, authorization]
+        self.wrk.run(port, "read_list", args, self.settings.read_connections, duration=self.settings.warmup)
+        figures = self.wrk.run(port, "read_list", args, self.settings.read_connections, server=server)
         log(f"{label}: {figures['rps']:.0f} req/s, p99 {figures['p99_us'] / 1000:.2f} ms, "
             f"errors {figures['errors']}, others on the server CPU {fmt_share(figures.get('others_cpu_share'))}")
         return figures

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from .common import BENCH, EVENTFEED, SERVER_LOG, VCL, free_port, http_request, wait_until
+from .common import BENCH, SERVER_LOG, VCL, eventfeed_binary, free_port, http_request, wait_until
 from .install import executable
 
 
@@ -67,7 +67,7 @@ class Eventfeed:
     def __init__(self, workdir, pinning, data_dir, durability="fsync", options=()):
         self.data_dir = data_dir
         self.log = workdir / f"eventfeed-{data_dir.name}-{durability}-{int(time.time() * 1000)}.log"
-        argv = pinning.server([str(EVENTFEED), "serve", "--data-dir", str(data_dir), "--bind", "127.0.0.1:0",
+        argv = pinning.server([str(eventfeed_binary()), "serve", "--data-dir", str(data_dir), "--bind", "127.0.0.1:0",
                                "--durability", durability, "--log", SERVER_LOG, *options])
         started = time.monotonic()
         self.process = PROCESSES.start(argv, log=self.log, pipe_stderr=True)

@@ -32,6 +32,14 @@ class Settings:
         self.scavenge_events = 500 if quick else 1000
         self.scavenge_keep = 50 if quick else 100
         self.scavenge_clients = 16
+        # auth: each workload anonymous and with a plain user's Basic
+        # credentials, in rounds ordered anonymous/authenticated, then
+        # authenticated/anonymous, ... (four in a full run: a ratio of two
+        # figures moves more than either on a shared machine); then failed
+        # logins, one at a time.
+        self.auth_rounds = 1 if quick else 4
+        self.auth_append_clients = 64
+        self.auth_failed_logins = 100 if quick else 300
         # startup: streams x 1,000 events, written in 100-event appends.
         self.startup_streams = 200 if quick else 10000
 

@@ -28,7 +28,7 @@ TARGETS = {
     "startup_clean": ("start-up after a clean stop, 10M events", "≤ 0.5 s", "—", "startup"),
     "subscriptions": ("persistent subscription, 4 consumers", "≥ 100,000 messages/s", "appends/s", "subscriptions"),
     "basic_auth": ("Basic auth on every request", "reads and appends ≥ 0.9 × anonymous",
-                   "the same workload anonymous", None),
+                   "the same workload anonymous", "auth"),
     "multi_stream": ("multi-stream append, 2 streams × 1 event, 64 clients",
                      "≥ 0.8 × single-stream 2-event appends", "same run", "multiappend"),
     "metrics": ("metrics on", "≥ 0.97 × metrics off", "same run", None),
@@ -56,6 +56,7 @@ IDLE_RSS_BYTES = 150e6
 STARTUP_KILL_SECONDS = 1.0
 STARTUP_CLEAN_SECONDS = 0.5
 SUBSCRIPTIONS_PER_SECOND = 100_000
+BASIC_AUTH_SHARE = 0.9
 
 
 def target(key):

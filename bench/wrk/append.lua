@@ -2,8 +2,10 @@
 -- `events_per_request` events, each with a fresh event id, to a stream
 -- picked at random among `streams`.
 -- Arguments: run_nonce (8 hex digits), streams, events_per_request, and
--- optionally categories and event_types (both default 0) and ids
--- ("ordered", the default, or "random").
+-- optionally categories and event_types (both default 0), ids
+-- ("ordered", the default, or "random") and authorization (an
+-- Authorization header's value, sent with every request; "-" or absent for
+-- none).
 --
 -- By default every stream is `bench-{nonce}-{n}` (one category) and every
 -- event an `OrderPlaced`. With `categories` > 0, stream n is
@@ -38,6 +40,7 @@ function init(args)
   categories = tonumber(args[4] or "0")
   event_types = tonumber(args[5] or "0")
   random_ids = args[6] == "random"
+  if args[7] and args[7] ~= "-" then headers["Authorization"] = args[7] end
   math.randomseed(tonumber(nonce, 16) + thread_index * 7919)
 end
 

@@ -2,7 +2,8 @@
 -- {prefix}/streams/{stream_prefix}{s}/{page * page_size}/forward/{page_size}{query}
 -- for s in [0, streams) and page in [0, pages_per_stream).
 -- Arguments: prefix, stream_prefix, streams, pages_per_stream, page_size,
--- query, accept, accept_encoding ("-" for none).
+-- query, accept, accept_encoding ("-" for none), and optionally
+-- authorization (an Authorization header's value; "-" or absent for none).
 --
 -- Every request is formatted once, in init: request() only picks one, so
 -- wrk's own cost per request stays far below the servers' (a string.format
@@ -20,6 +21,7 @@ function init(args)
   local headers = {}
   if args[7] ~= "-" then headers["Accept"] = args[7] end
   if args[8] ~= "-" then headers["Accept-Encoding"] = args[8] end
+  if args[9] and args[9] ~= "-" then headers["Authorization"] = args[9] end
   for stream = 0, streams - 1 do
     for page = 0, pages - 1 do
       local path = string.format("%s/streams/%s%d/%d/forward/%d%s",

@@ -8,8 +8,8 @@ first, then a short method paragraph. A module may also have
 ([what, figure, reference in the same run, target and verdict]); the
 sections without one are left out of it."""
 
-from . import (appends, atombus, longpoll, multiappend, projections, reads, scavenge, startup, subscriptions,
-               varnish)
+from . import (appends, atombus, auth, longpoll, multiappend, projections, reads, scavenge, startup,
+               subscriptions, varnish)
 
 MODULES = {
     "appends": appends,
@@ -20,6 +20,7 @@ MODULES = {
     "scavenge": scavenge,
     "longpoll": longpoll,
     "subscriptions": subscriptions,
+    "auth": auth,
     "atombus": atombus,
     "startup": startup,
 }

@@ -1,6 +1,8 @@
 """Durable appends with the system projections ($ce-, $et-, $streams) on vs
 off, same workloads, in alternating rounds; and random 20-entry pages of
-$all from the read store vs nginx serving the same bytes."""
+$all from the read store vs nginx serving the same bytes. Only `$admins`
+read $all and the projections' streams: those requests carry the built-in
+admin's credentials; the appends stay anonymous."""
 
 import json
 import random
@@ -8,8 +10,8 @@ import shutil
 import statistics
 
 from .. import targets
-from ..common import (ATOM_JSON, ATOM_XML, EVENTS_PER_READ_STREAM, PAGE_SIZE, PAGES_PER_READ_STREAM,
-                      PROJECTIONS_OFF, format_position, http_request, log)
+from ..common import (ADMIN, ADMIN_AUTHORIZATION, ATOM_JSON, ATOM_XML, EVENTS_PER_READ_STREAM, PAGE_SIZE,
+                      PAGES_PER_READ_STREAM, PROJECTIONS_OFF, format_position, http_request, log)
 from ..fmt import errors, fmt, fmt_share, ms, others, ratio, table, times, verdict
 from ..servers import Eventfeed
 from .reads import LABELS
@@ -66,7 +68,7 @@ def check(server, expected):
     found = {}
     for stream in ("$ce-order", "$et-OrderPlaced", "$streams"):
         status, _, body = http_request(server.port, "GET", f"/streams/{stream}/0/forward/{PAGE_SIZE}",
-                                       {"Accept": ATOM_JSON})
+                                       {"Accept": ATOM_JSON, **ADMIN})
         entries = len(json.loads(body).get("entries", [])) if status == 200 else 0
         found[stream] = status == 200 and entries > 0
     return {"as_expected": all(exists == expected for exists in found.values()), "found": found}
@@ -95,7 +97,9 @@ def all_page_path(representation, position):
 def all_reads(ctx, result):
     """Random full 20-entry forward pages of $all from the read store, as
     the uncached stream pages are read; nginx serves the same bytes, for a
-    sample of as many pages as it has stream pages."""
+    sample of as many pages as it has stream pages. Every request carries
+    the admin's credentials (only `$admins` read $all), nginx's too, so
+    that both get the same requests."""
     settings = ctx.settings
     server = ctx.ensure_read_server()
     nginx = ctx.ensure_nginx()
@@ -108,7 +112,7 @@ def all_reads(ctx, result):
         lengths = []
         for page in sampled:
             path = all_page_path(representation, page * PAGE_SIZE)
-            status, headers, body = http_request(server.port, "GET", path, {"Accept": accept})
+            status, headers, body = http_request(server.port, "GET", path, {"Accept": accept, **ADMIN})
             cache_control = {k.lower(): v for k, v in headers.items()}.get("cache-control", "")
             if status != 200 or "max-age=31536000" not in cache_control:
                 raise RuntimeError(f"GET {path} answered {status}, Cache-Control {cache_control!r}")
@@ -121,19 +125,20 @@ def all_reads(ctx, result):
         if directory.is_dir():
             directory.chmod(0o755)
     figures = result["all_pages"] = {"pages": pages, "events": settings.read_streams * EVENTS_PER_READ_STREAM,
-                                     "sample_pages": len(sampled), "page_sizes": sizes, "rows": []}
+                                     "sample_pages": len(sampled), "page_sizes": sizes, "rows": [],
+                                     "authorization": "admin"}
     for representation, accept in (("atom", ATOM_XML), ("json", ATOM_JSON)):
         mine = [all_page_path(representation, page * PAGE_SIZE) for page in range(pages)]
         reference = [f"/{representation}" + all_page_path(representation, page * PAGE_SIZE) for page in sampled]
         # nginx answers the paths as written in the list with eventfeed's bytes.
-        _, _, body = http_request(server.port, "GET", mine[sampled[-1]], {"Accept": accept})
-        status, _, copy = http_request(nginx.port, "GET", reference[-1], {"Accept": accept})
+        _, _, body = http_request(server.port, "GET", mine[sampled[-1]], {"Accept": accept, **ADMIN})
+        status, _, copy = http_request(nginx.port, "GET", reference[-1], {"Accept": accept, **ADMIN})
         if status != 200 or copy != body:
             raise RuntimeError(f"nginx answered {status} to {reference[-1]}, not the same bytes")
         eventfeed = ctx.list_run(server.port, mine, accept, label=f"eventfeed $all {representation}",
-                                 server=server.process.pid)
+                                 server=server.process.pid, authorization=ADMIN_AUTHORIZATION)
         static = ctx.list_run(nginx.port, reference, accept, label=f"nginx static $all {representation}",
-                              server=nginx.process.pid)
+                              server=nginx.process.pid, authorization=ADMIN_AUTHORIZATION)
         figures["rows"].append({"representation": representation, "eventfeed": eventfeed, "nginx": static,
                                 "eventfeed_over_nginx": ratio(eventfeed["rps"], static["rps"]),
                                 "stream_pages": ctx.cache.get(("read", "eventfeed", representation))})
@@ -189,7 +194,7 @@ def render(result, settings):
         out.append(f"Restarting the server on the read store ({fmt(restart['events'])} events) took "
                    f"{fmt(restart['seconds'], 2)} s to the first answered /ping.\n")
     rounds = result["rounds"]
-    out.append("Method, appends: durable appends (fsync) with the three system projections maintained "
+    out.append("Method, appends: anonymous durable appends (fsync) with the three system projections maintained "
                "(`$ce-{category}`, `$et-{type}`, `$streams`: the default) vs none of them "
                f"(`{' '.join(PROJECTIONS_OFF)}`). Each request POSTs to one of {fmt(result['streams'])} streams "
                f"named `{{category}}-{{n}}` in {result['categories']} categories, each event's type picked among "
@@ -206,6 +211,9 @@ def render(result, settings):
                    f"as the uncached stream pages. Reference: nginx serving the same bytes for a sample of "
                    f"{fmt(all_pages['sample_pages'])} pages. *Stream pages* repeats eventfeed's uncached stream-page "
                    "figure of the same run, when the reads section ran too."
+                   + (" Only `$admins` may read `$all`: every request carries the built-in admin's Basic credentials "
+                      "(verified once, then remembered by the server), nginx's too, while the stream pages are read "
+                      "anonymously." if all_pages.get("authorization") == "admin" else "")
                    + (f" Pages average {fmt(sizes['atom'] / 1024, 1)} KiB (Atom) and {fmt(sizes['json'] / 1024, 1)} "
                       "KiB (JSON)." if sizes else ""))
     return out

@@ -1,6 +1,8 @@
 """Durable appends while a scavenge removes 90% of a store (expired by
 $maxCount) and compacts it, against the same workload before it started and
-after it finished."""
+after it finished. Writing metadata and running or watching a scavenge are
+for `$admins`: those requests carry the built-in admin's credentials; the
+measured appends are anonymous."""
 
 import json
 import random
@@ -10,7 +12,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from ..common import (ATOM_JSON, SCAVENGE_STREAM_PREFIX, event_data, http_request, log, rfc3339_seconds)
+from ..common import (ADMIN, ATOM_JSON, SCAVENGE_STREAM_PREFIX, event_data, http_request, log, rfc3339_seconds)
 from ..fmt import errors, fmt, fmt_share, ms, ratio, table, times
 from ..servers import Eventfeed
 
@@ -34,7 +36,8 @@ class ScavengeWatch(threading.Thread):
     def run(self):
         while time.monotonic() < self.deadline:
             try:
-                status, _, body = http_request(self.port, "GET", f"/admin/scavenge/{self.scavenge_id}", timeout=10)
+                status, _, body = http_request(self.port, "GET", f"/admin/scavenge/{self.scavenge_id}", ADMIN,
+                                               timeout=10)
                 report = json.loads(body) if status == 200 else None
             except (OSError, ValueError):
                 report = None
@@ -72,7 +75,7 @@ def measure(ctx, result):
                 if status != 201:
                     raise RuntimeError(f"fill append answered {status}: {body[:200]!r}")
             status, _, body = http_request(filler.port, "POST", f"/streams/{stream}/metadata",
-                                           {"Content-Type": "application/json"},
+                                           {"Content-Type": "application/json", **ADMIN},
                                            json.dumps({"$maxCount": keep}).encode())
             if status != 201:
                 raise RuntimeError(f"metadata write answered {status}: {body[:200]!r}")
@@ -104,7 +107,7 @@ def measure(ctx, result):
 
         figures["without"] = workload("without a scavenge")
         figures["without"]["over_without"] = 1.0
-        status, _, body = http_request(server.port, "POST", "/admin/scavenge")
+        status, _, body = http_request(server.port, "POST", "/admin/scavenge", ADMIN)
         if status != 202:
             raise RuntimeError(f"POST /admin/scavenge answered {status}: {body[:200]!r}")
         scavenge_id = json.loads(body)["scavengeId"]
@@ -143,7 +146,7 @@ def measure(ctx, result):
         shutil.rmtree(data_dir, ignore_errors=True)
 
 def scavenge_report(server, scavenge_id):
-    status, _, body = http_request(server.port, "GET", f"/admin/scavenge/{scavenge_id}")
+    status, _, body = http_request(server.port, "GET", f"/admin/scavenge/{scavenge_id}", ADMIN)
     if status != 200:
         raise RuntimeError(f"GET /admin/scavenge/{scavenge_id} answered {status}")
     return json.loads(body)
@@ -186,7 +189,7 @@ def render(figures, settings):
                f"streams × {fmt(figures['per_stream'])}, written in 100-event batches), each stream's metadata "
                f"`{{\"$maxCount\": {figures['keep']}}}`: {fmt(expired)} events expired, for a scavenge to remove. "
                f"Served in the default mode (fsync, projections on), {figures.get('clients', settings.scavenge_clients)} "
-               f"clients append one event per request to {figures.get('append_streams', settings.append_streams)} other "
+               f"anonymous clients append one event per request to {figures.get('append_streams', settings.append_streams)} other "
                f"streams for {figures.get('duration', settings.duration)} s without a scavenge, then again right after "
                "`POST /admin/scavenge` (a scavenge removes the expired events in bounded steps inside the writer, "
                "then copies the store into a new, compacted generation), then, once it has finished, a third time. "

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from .. import targets
-from ..common import BENCH, EVENTFEED, log
+from ..common import BENCH, eventfeed_binary, log
 from ..fmt import fmt, ratio, table, times, verdict
 from ..servers import PROCESSES
 
@@ -20,7 +20,7 @@ def measure(ctx, result):
     pinned), in its own process group; its printed table is the result."""
     events = 20000 if ctx.settings.quick else 100000
     output = ctx.workdir / "subscriptions.out"
-    argv = [sys.executable, str(BENCH / "subscriptions.py"), "--binary", str(EVENTFEED), "--events", str(events)]
+    argv = [sys.executable, str(BENCH / "subscriptions.py"), "--binary", str(eventfeed_binary()), "--events", str(events)]
     if ctx.pinning.enabled:
         # This process is pinned to the load CPUs; give it every core back.
         argv = ["taskset", "-c", f"0-{(os.cpu_count() or 1) - 1}", *argv]

@@ -131,10 +131,10 @@ pub(super) async fn append_checked(
 /// checked again against the new ones before the client is told to retry.
 const ACCESS_RECHECKS: usize = 3;
 
-/// Writes `appends` with `write` (an append, or a multi-stream append),
-/// each part checked for `$w` (a metadata stream's for `$mw`) and carrying
-/// the rules it was checked against, so that the writer refuses it if they
-/// changed before it is written; then it is checked again.
+/// Writes `appends` with `write` (an append, or a multi-stream append).
+/// Each carries the rules it was allowed by ([`authorize`]), so that the
+/// writer refuses it if they changed before it is written; then every part
+/// is checked again, against the new rules, and written if still allowed.
 pub(super) async fn write_checked<T, Fut>(
     state: &AppState,
     principal: &Principal,
@@ -145,15 +145,16 @@ where
     Fut: Future<Output = Result<T, StoreError>>,
 {
     for attempt in 0.. {
-        for append in &mut appends {
-            append.access = authorize(state, principal, Access::Write, &append.stream).await?;
-        }
         if appends.iter().all(|append| append.access.is_none()) {
-            // Nothing to change under it: written as it is.
+            // No rules to change under it ($admins): written as it is.
             return Ok(write(appends).await);
         }
         match write(appends.clone()).await {
-            Err(StoreError::AccessChanged) if attempt < ACCESS_RECHECKS => {}
+            Err(StoreError::AccessChanged) if attempt < ACCESS_RECHECKS => {
+                for append in &mut appends {
+                    append.access = authorize(state, principal, Access::Write, &append.stream).await?;
+                }
+            }
             written => return Ok(written),
         }
     }

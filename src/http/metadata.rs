@@ -158,7 +158,7 @@ async fn write_metadata(
 ) -> Result<Response, HttpError> {
     described(&stream)?;
     let expected = params::expected_version(&headers)?;
-    authorize(&state, &principal, Access::MetaWrite, &stream).await?;
+    let access = authorize(&state, &principal, Access::MetaWrite, &stream).await?;
     let content_type = negotiate::content_type(&headers);
     let bytes = read_body(body, state.limits.max_request_bytes.min(state.limits.max_event_bytes)).await?;
     let wrong_type =
@@ -188,7 +188,7 @@ async fn write_metadata(
         return Err(StoreError::StreamDeleted.into());
     }
     let meta_stream = metadata_stream(&stream);
-    let append = Append { stream: meta_stream.clone(), expected, events, access: None };
+    let append = Append { stream: meta_stream.clone(), expected, events, access };
     let outcome = append_checked(&state, &principal, append).await?;
     let mut response = StatusCode::CREATED.into_response();
     response

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::auth::write_checked;
+use super::auth::{authorize, write_checked};
+use crate::security::acl::Access;
 use super::base_url::RequestUrls;
 use super::error::HttpError;
 use super::events_body::{self, EventsFormat, read_body};
@@ -61,6 +62,10 @@ async fn append_all(
     let streams: Vec<String> = appends.iter().map(|append| append.stream.clone()).collect();
     // Every part is checked before anything is written: one denied part
     // refuses all.
+    let mut appends = appends;
+    for append in &mut appends {
+        append.access = authorize(&state, &principal, Access::Write, &append.stream).await?;
+    }
     let written = write_checked(&state, &principal, appends, |appends| state.store.append_all(appends));
     let outcomes = match written.await? {
         Ok(outcomes) => outcomes,

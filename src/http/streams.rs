@@ -25,7 +25,7 @@ use super::read_errors::ReadRoute;
 use crate::feed::{self, PageRequest, PageStart, Urls};
 use crate::security::Principal;
 use crate::security::acl::{Access, DefaultAcls, SETTINGS_STREAM};
-use crate::store::{Append, Direction, ProposedEvent};
+use crate::store::{AccessBasis, Append, Direction, ProposedEvent};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -189,8 +189,9 @@ async fn append(
     } else {
         params::user_stream(&stream)?;
     }
-    authorize(&state, &principal, Access::Write, &stream).await?;
-    append_to(&state, &principal, &urls, &stream, &headers, body, None).await
+    let access = authorize(&state, &principal, Access::Write, &stream).await?;
+    let request = AppendRequest { principal: &principal, access, incoming_id: None };
+    append_to(&state, request, &urls, &stream, &headers, body).await
 }
 
 /// `POST /streams/{stream}/incoming/{id}`: a single-body append whose event
@@ -206,19 +207,28 @@ async fn append_incoming(
     params::user_stream(&stream)?;
     let id = Uuid::parse_str(&id)
         .map_err(|_| HttpError::bad_request(format!("'{id}' is not a valid event id")))?;
-    authorize(&state, &principal, Access::Write, &stream).await?;
-    append_to(&state, &principal, &urls, &stream, &headers, body, Some(id)).await
+    let access = authorize(&state, &principal, Access::Write, &stream).await?;
+    let request = AppendRequest { principal: &principal, access, incoming_id: Some(id) };
+    append_to(&state, request, &urls, &stream, &headers, body).await
+}
+
+/// Who appends, with what rules checked, and the event id of an incoming
+/// URI.
+struct AppendRequest<'a> {
+    principal: &'a Principal,
+    access: Option<AccessBasis>,
+    incoming_id: Option<Uuid>,
 }
 
 async fn append_to(
     state: &AppState,
-    principal: &Principal,
+    request: AppendRequest<'_>,
     urls: &Urls,
     stream: &str,
     headers: &HeaderMap,
     body: Body,
-    incoming_id: Option<Uuid>,
 ) -> Result<Response, HttpError> {
+    let AppendRequest { principal, access, incoming_id } = request;
     let expected = params::expected_version(headers)?;
     let kind = negotiate::content_type(headers)
         .and_then(|media_type| BodyKind::of(&media_type))
@@ -264,7 +274,7 @@ async fn append_to(
                 .map_err(|problem| HttpError::bad_request(format!("Invalid settings: {problem}")))?;
         }
     }
-    let append = Append { stream: stream.to_owned(), expected, events, access: None };
+    let append = Append { stream: stream.to_owned(), expected, events, access };
     let outcome = append_checked(state, principal, append).await?;
     if settings {
         state.security.reload_defaults().await;

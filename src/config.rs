@@ -47,6 +47,19 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTFEED_BIND", default_value = "127.0.0.1:2113")]
     pub bind: SocketAddr,
 
+    /// An origin (`scheme://host[:port]`) whose pages may call the server
+    /// with a user's credentials; repeatable, comma-separated in the
+    /// variable. Given, other origins get no CORS headers; unset, any origin
+    /// may, without credentials.
+    #[arg(
+        long = "cors-origin",
+        env = "EVENTFEED_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        value_parser = crate::http::cors::origin
+    )]
+    pub cors_origins: Vec<String>,
+
     /// What an acknowledged append survives: `fsync` a process crash and
     /// power loss; `flush` a process crash; `none` neither (the last ~0.5 s
     /// of appends can be lost; benchmarks and throwaway stores only).
@@ -246,6 +259,24 @@ mod tests {
         }
         let error = Cli::try_parse_from(["eventfeed", "serve", "--max-connections", "0"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn cors_origins_repeat_or_come_comma_separated() {
+        let Command::Serve(config) = Cli::try_parse_from([
+            "eventfeed",
+            "serve",
+            "--cors-origin",
+            "https://a.example",
+            "--cors-origin",
+            "HTTP://b.example:8080,https://c.example:443",
+        ])
+        .unwrap()
+        .command;
+        assert_eq!(config.cors_origins, ["https://a.example", "http://b.example:8080", "https://c.example"]);
+        let error = Cli::try_parse_from(["eventfeed", "serve", "--cors-origin", "a.example"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("scheme://host[:port]"), "{error}");
     }
 
     #[test]

@@ -230,15 +230,16 @@ async fn serve_request(
 
 /// The answer to a request whose body was too slow, whatever its handler
 /// made of the error it read, keeping the handler's CORS headers so a
-/// browser can read it; the connection closes after it, since the rest of
-/// the body is still on its way.
+/// browser can read it (and `nosniff`, as on every response); the
+/// connection closes after it, since the rest of the body is still on its
+/// way.
 fn request_timeout(handled: &Response<Body>) -> Response<Body> {
     let mut response = HttpError::new(StatusCode::REQUEST_TIMEOUT, "Request Timeout")
         .with_detail("The request body paused too long, or arrived too slowly.")
         .with_header(header::CONNECTION, HeaderValue::from_static("close"))
         .into_response();
     for (name, value) in handled.headers() {
-        if name.as_str().starts_with("access-control-") {
+        if name.as_str().starts_with("access-control-") || name == header::X_CONTENT_TYPE_OPTIONS {
             response.headers_mut().insert(name.clone(), value.clone());
         }
     }

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use self::connections::ConnectionLimits;
 use self::timeouts::Timeouts;
 use crate::config::ServeConfig;
+use crate::http::cors::Cors;
 use crate::http::{AppState, Limits, Shared};
 use crate::store::{self, AfterRelease, Store, StoreError};
 use crate::subscriptions::Subscriptions;
@@ -40,6 +41,8 @@ use crate::subscriptions::Subscriptions;
 pub enum ServerError {
     Store(StoreError),
     Bind(SocketAddr, std::io::Error),
+    /// A `--cors-origin` that is not an origin.
+    Cors(String),
     Serve(std::io::Error),
 }
 
@@ -48,6 +51,7 @@ impl std::fmt::Display for ServerError {
         match self {
             Self::Store(error) => write!(f, "store: {error}"),
             Self::Bind(address, error) => write!(f, "cannot listen on {address}: {error}"),
+            Self::Cors(error) => f.write_str(error),
             Self::Serve(error) => write!(f, "serving failed: {error}"),
         }
     }
@@ -75,6 +79,7 @@ pub struct Server {
 impl Server {
     /// Opens the store and binds the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Self, ServerError> {
+        let cors = Cors::for_origins(&config.cors_origins).map_err(ServerError::Cors)?;
         let connections = connection_limits(config, descriptors::raise_open_file_limit());
         tracing::info!(data_dir = %config.data_dir.display(), "opening the store");
         let opening = std::time::Instant::now();
@@ -105,6 +110,7 @@ impl Server {
             waiters: crate::http::live::Waiters::new(config.max_waiters),
             renders: Default::default(),
             subscriptions: Arc::clone(&subscriptions),
+            cors,
         });
         Ok(Self {
             listener,

@@ -104,6 +104,7 @@ async fn listed_origins_may_call_with_credentials_and_no_other_origin_may() {
     assert!(words(&read, "access-control-expose-headers").contains(&"es-position".to_owned()));
     let vary = words(&read, "vary");
     assert!(vary.contains(&"origin".to_owned()) && vary.contains(&"accept".to_owned()), "{vary:?}");
+    assert_eq!(read.headers().get_all("vary").iter().count(), 1, "one Vary, for caches that read one");
 
     // Another origin, or none (a same-origin page, a script), gets no CORS
     // header at all; the answer still varies by origin, for caches.

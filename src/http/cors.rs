@@ -105,28 +105,34 @@ where
                     .allow_headers(headers.collect::<Vec<_>>())
                     .allow_credentials(true),
             );
-            listed.layer(axum::middleware::from_fn_with_state(Arc::clone(origins), only_for_listed))
+            listed.layer(axum::middleware::from_fn_with_state(Arc::clone(origins), tidy_listed))
         }
     }
 }
 
-/// Takes every CORS header off an answer to an origin not listed: tower-http
-/// leaves out only `Access-Control-Allow-Origin`, which is enough for a
-/// browser, but `Allow-Credentials: true` and the lists would still suggest
-/// otherwise to a reader of the answer.
-async fn only_for_listed(
-    State(origins): State<Arc<[HeaderValue]>>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Finishes tower-http's answer for listed origins:
+/// - takes every CORS header off an answer to an origin not listed (or to
+///   no origin): tower-http leaves out only `Access-Control-Allow-Origin`,
+///   which is enough for a browser, but `Allow-Credentials: true` and the
+///   lists would suggest otherwise to anyone reading the answer;
+/// - joins tower-http's `Vary: origin` to the page's own `Vary`, as one
+///   header: some caches read only the first.
+async fn tidy_listed(State(origins): State<Arc<[HeaderValue]>>, request: Request, next: Next) -> Response {
     let listed = request.headers().get(header::ORIGIN).is_some_and(|origin| origins.contains(origin));
     let mut response = next.run(request).await;
+    let headers = response.headers_mut();
     if !listed {
-        let headers = response.headers_mut();
         let names: Vec<HeaderName> =
             headers.keys().filter(|name| name.as_str().starts_with("access-control-")).cloned().collect();
         for name in names {
             headers.remove(name);
+        }
+    }
+    let vary: Vec<&str> =
+        headers.get_all(header::VARY).iter().filter_map(|value| value.to_str().ok()).collect();
+    if vary.len() > 1 {
+        if let Ok(joined) = HeaderValue::from_str(&vary.join(", ")) {
+            headers.insert(header::VARY, joined);
         }
     }
     response

@@ -47,6 +47,16 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTFEED_BIND", default_value = "127.0.0.1:2113")]
     pub bind: SocketAddr,
 
+    /// PEM file of the TLS certificate chain, leaf first; with `--tls-key`
+    /// the server speaks HTTPS only. Read at start: a renewal needs a
+    /// restart.
+    #[arg(long, env = "EVENTFEED_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "EVENTFEED_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// An origin (`scheme://host[:port]`) whose pages may call the server
     /// with a user's credentials; repeatable, comma-separated in the
     /// variable. Given, other origins get no CORS headers; unset, any origin
@@ -259,6 +269,19 @@ mod tests {
         }
         let error = Cli::try_parse_from(["eventfeed", "serve", "--max-connections", "0"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn tls_takes_a_certificate_and_a_key_or_neither() {
+        let Command::Serve(config) =
+            Cli::try_parse_from(["eventfeed", "serve", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+                .unwrap()
+                .command;
+        assert_eq!((config.tls_cert.unwrap(), config.tls_key.unwrap()), ("c.pem".into(), "k.pem".into()));
+        for alone in [["--tls-cert", "c.pem"], ["--tls-key", "k.pem"]] {
+            let error = Cli::try_parse_from(["eventfeed", "serve", alone[0], alone[1]]).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{alone:?}");
+        }
     }
 
     #[test]

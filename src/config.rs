@@ -54,6 +54,29 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTFEED_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
 
+    /// PEM file of the TLS certificate chain, leaf first; with `--tls-key`
+    /// the server speaks HTTPS only. Read at start: a renewal needs a
+    /// restart.
+    #[arg(long, env = "EVENTFEED_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "EVENTFEED_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// An origin (`scheme://host[:port]`) whose pages may call the server
+    /// with a user's credentials; repeatable, comma-separated in the
+    /// variable. Given, other origins get no CORS headers; unset, any origin
+    /// may, without credentials.
+    #[arg(
+        long = "cors-origin",
+        env = "EVENTFEED_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        value_parser = crate::http::cors::origin
+    )]
+    pub cors_origins: Vec<String>,
+
     /// What an acknowledged append survives: `fsync` a process crash and
     /// power loss; `flush` a process crash; `none` neither (the last ~0.5 s
     /// of appends can be lost; benchmarks and throwaway stores only).
@@ -253,6 +276,37 @@ mod tests {
         }
         let error = Cli::try_parse_from(["eventfeed", "serve", "--max-connections", "0"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn tls_takes_a_certificate_and_a_key_or_neither() {
+        let Command::Serve(config) =
+            Cli::try_parse_from(["eventfeed", "serve", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+                .unwrap()
+                .command;
+        assert_eq!((config.tls_cert.unwrap(), config.tls_key.unwrap()), ("c.pem".into(), "k.pem".into()));
+        for alone in [["--tls-cert", "c.pem"], ["--tls-key", "k.pem"]] {
+            let error = Cli::try_parse_from(["eventfeed", "serve", alone[0], alone[1]]).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{alone:?}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_repeat_or_come_comma_separated() {
+        let Command::Serve(config) = Cli::try_parse_from([
+            "eventfeed",
+            "serve",
+            "--cors-origin",
+            "https://a.example",
+            "--cors-origin",
+            "HTTP://b.example:8080,https://c.example:443",
+        ])
+        .unwrap()
+        .command;
+        assert_eq!(config.cors_origins, ["https://a.example", "http://b.example:8080", "https://c.example"]);
+        let error = Cli::try_parse_from(["eventfeed", "serve", "--cors-origin", "a.example"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("scheme://host[:port]"), "{error}");
     }
 
     #[test]

@@ -601,6 +601,7 @@ async fn cors_preflights_and_basic_auth() {
     ] {
         assert!(allowed.contains(header), "{header} in {allowed}");
     }
+    assert!(!allowed.contains("authorization"), "no credentials cross origins by default (tests/cors.rs)");
     assert!(preflight.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
 
     let authenticated_append = server

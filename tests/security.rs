@@ -699,3 +699,44 @@ async fn no_append_is_written_after_the_rule_that_forbids_it() {
         assert_eq!(late, 0, "round {round}: an append allowed by the old $acl was written after the new one");
     }
 }
+
+/// A page of another site cannot make a browser change anything with the
+/// credentials it keeps for the server (CORS hides the answer, but a
+/// simple `POST` is sent anyway): a write with credentials and a foreign
+/// `Origin` is refused, unless `--cors-origin` lists it. Reads, anonymous
+/// writes, same-site pages and clients without `Origin` are unaffected.
+#[tokio::test]
+async fn credentialed_writes_from_other_sites_are_refused() {
+    let server =
+        TestServer::start_with(|config| config.cors_origins = vec!["https://app.example".into()]).await;
+    let host = server.addr.to_string();
+    let scavenge = |origin: Option<&str>| {
+        let request = client().post(server.url("/admin/scavenge")).basic_auth(ADMIN.0, Some(ADMIN.1));
+        match origin {
+            Some(origin) => request.header("origin", origin),
+            None => request,
+        }
+    };
+    let before = fingerprint(&server).await;
+    let forged = scavenge(Some("https://evil.example")).send().await.unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(scavenge(Some("null")).send().await.unwrap().status(), 403);
+    assert_eq!(fingerprint(&server).await, before, "a refused request changes nothing");
+    for origin in [Some(format!("http://{host}")), Some("https://app.example".to_owned()), None] {
+        let status = scavenge(origin.as_deref()).send().await.unwrap().status();
+        assert!(status == 202 || status == 409, "{origin:?}: {status}");
+    }
+    // Reads with credentials from anywhere: CORS decides what the page sees.
+    let read = client()
+        .get(server.url("/streams/$all"))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .header("origin", "https://evil.example");
+    assert_eq!(read.send().await.unwrap().status(), 200);
+    // Anonymous writes from anywhere, with anonymous rights.
+    let append = client()
+        .post(server.url("/streams/open-to-all"))
+        .header("origin", "https://evil.example")
+        .header("content-type", EVENTS_JSON)
+        .body(json!([event("A", json!({}))]).to_string());
+    assert_eq!(append.send().await.unwrap().status(), 201);
+}

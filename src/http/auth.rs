@@ -12,10 +12,10 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 
-use super::AppState;
 use super::error::HttpError;
+use super::{AppState, cors};
 use crate::security::acl::{self, Access, Task};
 use crate::security::credentials::{self, MAX_FAILURES};
 use crate::security::{AuthError, Principal};
@@ -29,6 +29,12 @@ impl FromRequestParts<AppState> for Principal {
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
             return Ok(Principal::Anonymous);
         };
+        if cross_site_write(parts, &state.cors) {
+            return Err(HttpError::new(StatusCode::FORBIDDEN, "Cross-site request refused").with_detail(
+                "A page of another site asked the browser to change something with the credentials it \
+                 keeps for this server. List the site with --cors-origin if it may.",
+            ));
+        }
         let credentials = credentials::parse_basic(value.as_bytes()).ok_or_else(|| {
             unauthorized(
                 "The Authorization header is not valid Basic credentials (Basic base64(login:password)).",
@@ -48,6 +54,36 @@ impl FromRequestParts<AppState> for Principal {
             AuthError::Store(error) => error.into(),
         })
     }
+}
+
+/// Whether a request that changes something, and carries credentials,
+/// comes from a page of another site that `--cors-origin` does not list
+/// (a cross-site request forgery).
+///
+/// CORS keeps such a page from reading answers, not from sending a
+/// *simple* request (a `POST` with no body, say): a browser sends it,
+/// with the Basic login it keeps for this server, and only hides the
+/// answer. Browsers name the page's origin in `Origin` on every such
+/// request; clients outside browsers send none. A page cannot make a
+/// simple request carry a header of its own, so `Host` is the browser's.
+fn cross_site_write(parts: &Parts, cors: &cors::Cors) -> bool {
+    if parts.method.is_safe() {
+        return false;
+    }
+    let Some(origin) = parts.headers.get(header::ORIGIN) else { return false };
+    if cors.allows_credentials_from(origin) {
+        return false;
+    }
+    let authority =
+        origin.to_str().ok().and_then(|origin| origin.split_once("://")).map(|(_, authority)| authority);
+    // Behind a proxy that rewrites `Host`, the one it was sent is in
+    // `X-Forwarded-Host` (which a page cannot set on a simple request).
+    let hosts = [header::HOST, HeaderName::from_static("x-forwarded-host")];
+    let same_site = authority.is_some_and(|authority| {
+        let mut sent = hosts.iter().filter_map(|name| parts.headers.get(name)?.to_str().ok());
+        sent.any(|host| host.eq_ignore_ascii_case(authority))
+    });
+    !same_site
 }
 
 /// `401` asking for credentials.

@@ -1,6 +1,8 @@
 //! The base URL links are built on, from the request: `Host`, or behind a
 //! proxy `X-Forwarded-Host`, `X-Forwarded-Proto`, `X-Forwarded-Port` and
-//! `X-Forwarded-Prefix`.
+//! `X-Forwarded-Prefix`. Without `X-Forwarded-Proto` the scheme is the
+//! connection's: `https` when the server itself terminates TLS (the server
+//! marks those requests with [`ServedOverTls`]), else `http`.
 //!
 //! Header values end up inside every link of a page, so each is checked
 //! against a strict character set; a value that fails is ignored (as if the
@@ -12,6 +14,11 @@ use axum::http::request::Parts;
 
 use crate::feed::Urls;
 
+/// A request extension: the request came over a TLS connection that the
+/// server terminates itself (`--tls-cert`), so its links are `https`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServedOverTls;
+
 /// The extractor: the [`Urls`] of this request.
 #[derive(Debug, Clone)]
 pub struct RequestUrls(pub Urls);
@@ -21,16 +28,18 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestUrls {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let fallback_host = parts.uri.authority().map(|a| a.as_str().to_owned());
-        Ok(Self(Urls::new(base_url(&parts.headers, fallback_host.as_deref()))))
+        let scheme = if parts.extensions.get::<ServedOverTls>().is_some() { "https" } else { "http" };
+        Ok(Self(Urls::new(base_url(&parts.headers, fallback_host.as_deref(), scheme))))
     }
 }
 
-/// Computes `scheme://host[:port][/prefix]`.
-pub fn base_url(headers: &HeaderMap, fallback_host: Option<&str>) -> String {
+/// Computes `scheme://host[:port][/prefix]`, where the connection's
+/// `scheme` gives way to a proxy's `X-Forwarded-Proto`.
+pub fn base_url(headers: &HeaderMap, fallback_host: Option<&str>, scheme: &str) -> String {
     let proto = first_value(headers, "x-forwarded-proto")
         .map(str::to_ascii_lowercase)
         .filter(|p| p == "http" || p == "https")
-        .unwrap_or_else(|| "http".to_owned());
+        .unwrap_or_else(|| scheme.to_owned());
     let host = first_value(headers, "x-forwarded-host")
         .filter(|h| is_authority(h))
         .or_else(|| headers.get("host").and_then(|h| h.to_str().ok()).filter(|h| is_authority(h)))
@@ -104,8 +113,8 @@ mod tests {
 
     #[test]
     fn plain_host() {
-        assert_eq!(base_url(&headers(&[("host", "127.0.0.1:2113")]), None), "http://127.0.0.1:2113");
-        assert_eq!(base_url(&HeaderMap::new(), None), "http://localhost");
+        assert_eq!(base_url(&headers(&[("host", "127.0.0.1:2113")]), None, "http"), "http://127.0.0.1:2113");
+        assert_eq!(base_url(&HeaderMap::new(), None, "http"), "http://localhost");
     }
 
     #[test]
@@ -117,11 +126,11 @@ mod tests {
             ("x-forwarded-port", "443"),
             ("x-forwarded-prefix", "/es/"),
         ]);
-        assert_eq!(base_url(&map, None), "https://events.example.com/es");
+        assert_eq!(base_url(&map, None, "http"), "https://events.example.com/es");
         let map = headers(&[("x-forwarded-host", "example.com:8080"), ("x-forwarded-port", "9000")]);
-        assert_eq!(base_url(&map, None), "http://example.com:9000");
+        assert_eq!(base_url(&map, None, "http"), "http://example.com:9000");
         let map = headers(&[("x-forwarded-host", "[::1]:8080"), ("x-forwarded-port", "81")]);
-        assert_eq!(base_url(&map, None), "http://[::1]:81");
+        assert_eq!(base_url(&map, None, "http"), "http://[::1]:81");
     }
 
     #[test]
@@ -133,6 +142,18 @@ mod tests {
             ("x-forwarded-port", "80a"),
             ("x-forwarded-prefix", "/a b"),
         ]);
-        assert_eq!(base_url(&map, None), "http://good:1");
+        assert_eq!(base_url(&map, None, "http"), "http://good:1");
+    }
+
+    #[test]
+    fn a_tls_connection_links_https_unless_a_proxy_says_otherwise() {
+        assert_eq!(
+            base_url(&headers(&[("host", "localhost:2113")]), None, "https"),
+            "https://localhost:2113"
+        );
+        let map = headers(&[("host", "localhost:2113"), ("x-forwarded-proto", "http")]);
+        assert_eq!(base_url(&map, None, "https"), "http://localhost:2113");
+        let map = headers(&[("x-forwarded-host", "events.example.com"), ("x-forwarded-port", "443")]);
+        assert_eq!(base_url(&map, None, "https"), "https://events.example.com");
     }
 }

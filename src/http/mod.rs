@@ -8,7 +8,8 @@
 //! parsing request bodies (`encoding` decodes them first), and
 //! `negotiate`, `params`, `caching`,
 //! `base_url`, `error` and `read_errors` (a failed read answered as v5
-//! answers it) the pieces every handler uses. Resource modules
+//! answers it) the pieces every handler uses; `cors` says which other
+//! sites' pages may call the server. Resource modules
 //! import shared ones, never each other; only this file names them, to
 //! merge their routers.
 
@@ -16,6 +17,7 @@ mod admin;
 mod auth;
 pub mod base_url;
 pub mod caching;
+pub mod cors;
 mod encoding;
 pub mod error;
 pub mod events_body;
@@ -35,10 +37,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderName, Method, header};
+use axum::http::{HeaderValue, header};
 use tokio::sync::watch;
 use tower_http::compression::CompressionLayer;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::store::Store;
@@ -107,6 +109,9 @@ pub struct Shared {
     pub security: Arc<crate::security::Security>,
     /// Notified by `POST /admin/shutdown`: the server stops as on a signal.
     pub stop_requested: Arc<tokio::sync::Notify>,
+    /// Which other sites' pages may call the server, and whether with
+    /// credentials (`--cors-origin`).
+    pub cors: cors::Cors,
 }
 
 /// The whole HTTP application.
@@ -124,12 +129,21 @@ pub fn router(state: AppState) -> Router {
         .layer(compression())
         .layer(tower::util::MapResponseLayer::new(caching::weak_etag_when_encoded));
     let router = if request_logs_wanted() { router.layer(TraceLayer::new_for_http()) } else { router };
-    let routes = router.layer(cors()).with_state(state);
+    let routes = cors::apply(&state.cors, router).with_state(state);
     // IMPORTANT: axum adds `Allow` to a 405 outside every layer of the
-    // routes, so the words that repeat it wrap the whole router.
+    // routes, so the words that repeat it wrap the whole router, and
+    // `nosniff` wraps them, to be on every response.
     Router::new()
         .fallback_service(routes)
         .layer(tower::util::MapResponseLayer::new(system::explain_method_not_allowed))
+        .layer(nosniff())
+}
+
+/// `X-Content-Type-Options: nosniff` on every response: browsers then take
+/// a body for its `Content-Type` and nothing else, so an event whose data
+/// looks like HTML or script, served as JSON or text, never runs as such.
+fn nosniff() -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"))
 }
 
 /// Whether the log filter lets tower-http's per-request logs through
@@ -152,39 +166,4 @@ fn request_logs_wanted() -> bool {
 /// and tiny bodies are left alone (tower-http's default predicate).
 fn compression() -> CompressionLayer {
     CompressionLayer::new().gzip(true)
-}
-
-/// The request headers clients may send cross-origin (v5's list, plus what
-/// eventfeed adds).
-const ALLOWED_HEADERS: [&str; 15] = [
-    "content-type",
-    "authorization",
-    "x-requested-with",
-    "x-forwarded-host",
-    "x-forwarded-prefix",
-    "if-none-match",
-    "last-event-id",
-    "es-longpoll",
-    "es-expectedversion",
-    "es-eventid",
-    "es-eventtype",
-    "es-requiremaster",
-    "es-harddelete",
-    "es-resolvelinktos",
-    "es-consumer",
-];
-
-/// Every response carries CORS headers and every `OPTIONS` is a preflight
-/// answered here, so browser clients work from any origin.
-fn cors() -> CorsLayer {
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::any())
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
-        .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
-        .expose_headers([
-            header::LOCATION,
-            HeaderName::from_static("es-position"),
-            HeaderName::from_static("es-currentversion"),
-            header::ETAG,
-        ])
 }

@@ -16,13 +16,13 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::auth::{authorize, write_checked};
-use crate::security::acl::Access;
 use super::base_url::RequestUrls;
 use super::error::HttpError;
 use super::events_body::{self, EventsFormat, read_body};
 use super::negotiate::{self, JSON};
 use super::{AppState, params, streams};
 use crate::security::Principal;
+use crate::security::acl::Access;
 use crate::store::{Append, AppendOutcome, Conflict, ExpectedVersion, StoreError};
 
 /// Its own media type, besides `application/json`.

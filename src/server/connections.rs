@@ -5,7 +5,10 @@
 //! `axum::serve`, which sets no timeouts and cannot be given any: every
 //! socket is wrapped in [`TimedIo`] and every request body in [`TimedBody`]
 //! (see `timeouts`). The rest is what `axum::serve` did: `TCP_NODELAY`,
-//! the peer's address as [`ConnectInfo`], and graceful shutdown.
+//! the peer's address as [`ConnectInfo`], and graceful shutdown. With TLS
+//! on (see `tls`), each connection's task does the handshake before hyper
+//! reads a request, within the header timeout, and marks each request
+//! [`ServedOverTls`] so that its links say `https`.
 //!
 //! A connection takes a slot of the cap from its accept until its socket is
 //! closed. With none free, a new connection is closed as soon as it is
@@ -28,13 +31,16 @@ use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::timeouts::{Activity, InFlight, TimedBody, TimedIo, Timeouts};
+use super::tls::TlsHandshake;
 use crate::http::HttpError;
+use crate::http::base_url::ServedOverTls;
 
 /// How long the accept loop pauses after an error that is not about one
 /// connection (`EMFILE`, `ENFILE`, `ENOBUFS`): such an error repeats at
@@ -63,13 +69,14 @@ pub(super) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsHandshake>,
     stop: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection's task holds a receiver: the sender's `closed`
     // says when the last one has ended.
     let (stopping, stopping_seen) = watch::channel(false);
-    let connection = Http1::new(app, limits.timeouts);
+    let connection = Http1::new(app, limits.timeouts, tls);
     let mut refused = Warnings::default();
     let mut failed = Warnings::default();
     let mut stop = pin!(stop);
@@ -142,22 +149,25 @@ impl Warnings {
     }
 }
 
-/// Serves one connection: hyper's HTTP/1.1 with the timeouts.
+/// Serves one connection: the TLS handshake if on, then hyper's HTTP/1.1
+/// with the timeouts.
 #[derive(Debug, Clone)]
 struct Http1 {
     app: Router,
     timeouts: Timeouts,
     builder: hyper::server::conn::http1::Builder,
+    /// The handshake of HTTPS connections; `None`: plain HTTP.
+    tls: Option<TlsHandshake>,
 }
 
 impl Http1 {
-    fn new(app: Router, timeouts: Timeouts) -> Self {
+    fn new(app: Router, timeouts: Timeouts, tls: Option<TlsHandshake>) -> Self {
         let mut builder = hyper::server::conn::http1::Builder::new();
         // The header timeout is `TimedIo`'s: hyper's own restarts when a
         // response ends, so it would also close idle keep-alive
         // connections, long before proxies expect it.
         builder.header_read_timeout(None);
-        Self { app, timeouts, builder }
+        Self { app, timeouts, builder, tls }
     }
 
     async fn serve(
@@ -171,12 +181,43 @@ impl Http1 {
         if let Err(error) = socket.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
+        let Some(tls) = self.tls.clone() else {
+            return self.serve_http(socket, peer, stopping).await;
+        };
+        // A client that connects and says nothing, or trickles its hello,
+        // must not hold a slot: the handshake gets the header timeout
+        // (hyper's reading of the first request then gets its own), and
+        // shutdown does not wait for it.
+        let handshake = tokio::time::timeout(self.timeouts.header, tls.accept(socket));
+        let stream = tokio::select! {
+            handshake = handshake => match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not done in time");
+                    return;
+                }
+            },
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        };
+        self.serve_http(stream, peer, stopping).await;
+    }
+
+    /// Serves HTTP/1.1 on `stream`, a socket or a TLS stream over one.
+    async fn serve_http<S>(self, stream: S, peer: SocketAddr, mut stopping: watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = Arc::new(Activity::default());
-        let io = TokioIo::new(TimedIo::new(socket, Arc::clone(&activity), self.timeouts));
-        let Self { app, timeouts, builder } = self;
+        let io = TokioIo::new(TimedIo::new(stream, Arc::clone(&activity), self.timeouts));
+        let Self { app, timeouts, builder, tls } = self;
+        let connection = Connection { peer, over_tls: tls.is_some() };
         let requests = Arc::clone(&activity);
         let service = hyper::service::service_fn(move |request| {
-            serve_request(app.clone(), request, peer, Arc::clone(&requests), timeouts)
+            serve_request(app.clone(), request, connection, Arc::clone(&requests), timeouts)
         });
         let mut connection = pin!(builder.serve_connection(io, service));
         tokio::select! {
@@ -200,13 +241,20 @@ impl Http1 {
     }
 }
 
+/// What the application learns of a request's connection.
+#[derive(Debug, Clone, Copy)]
+struct Connection {
+    peer: SocketAddr,
+    over_tls: bool,
+}
+
 /// Serves one request of a connection: the application, with the body
-/// timed, the peer's address at hand, and the request counted as being
-/// served until its response body is done.
+/// timed, what it needs of the connection at hand, and the request counted
+/// as being served until its response body is done.
 async fn serve_request(
     app: Router,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    connection: Connection,
     activity: Arc<Activity>,
     timeouts: Timeouts,
 ) -> Result<Response<Served>, Infallible> {
@@ -214,7 +262,10 @@ async fn serve_request(
     let (mut parts, body) = request.into_parts();
     // The peer address is the default identity of subscription consumers
     // (see `http::subscriptions`).
-    parts.extensions.insert(ConnectInfo(peer));
+    parts.extensions.insert(ConnectInfo(connection.peer));
+    if connection.over_tls {
+        parts.extensions.insert(ServedOverTls);
+    }
     let body = if body.is_end_stream() {
         Body::new(body)
     } else {
@@ -230,15 +281,16 @@ async fn serve_request(
 
 /// The answer to a request whose body was too slow, whatever its handler
 /// made of the error it read, keeping the handler's CORS headers so a
-/// browser can read it; the connection closes after it, since the rest of
-/// the body is still on its way.
+/// browser can read it (and `nosniff`, as on every response); the
+/// connection closes after it, since the rest of the body is still on its
+/// way.
 fn request_timeout(handled: &Response<Body>) -> Response<Body> {
     let mut response = HttpError::new(StatusCode::REQUEST_TIMEOUT, "Request Timeout")
         .with_detail("The request body paused too long, or arrived too slowly.")
         .with_header(header::CONNECTION, HeaderValue::from_static("close"))
         .into_response();
     for (name, value) in handled.headers() {
-        if name.as_str().starts_with("access-control-") {
+        if name.as_str().starts_with("access-control-") || name == header::X_CONTENT_TYPE_OPTIONS {
             response.headers_mut().insert(name.clone(), value.clone());
         }
     }

@@ -5,6 +5,7 @@
 //! - `timeouts`: the read timeouts of a connection and of a request body.
 //! - `descriptors`: the open-file limit, and the share of it connections
 //!   may take.
+//! - `tls`: HTTPS, when given a certificate and key.
 //!
 //! Shutdown order matters. On the signal the listener stops accepting and
 //! every long-poll and SSE stream is told to answer or end at once (they
@@ -19,6 +20,7 @@
 mod connections;
 mod descriptors;
 mod timeouts;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,7 +32,10 @@ use tokio::sync::watch;
 
 use self::connections::ConnectionLimits;
 use self::timeouts::Timeouts;
+pub use self::tls::TlsError;
+use self::tls::TlsHandshake;
 use crate::config::ServeConfig;
+use crate::http::cors::Cors;
 use crate::http::{AppState, Limits, Shared};
 use crate::security::Security;
 use crate::store::{self, AfterRelease, Store, StoreError};
@@ -41,6 +46,9 @@ use crate::subscriptions::Subscriptions;
 pub enum ServerError {
     Store(StoreError),
     Bind(SocketAddr, std::io::Error),
+    Tls(TlsError),
+    /// A `--cors-origin` that is not an origin.
+    Cors(String),
     Serve(std::io::Error),
 }
 
@@ -49,6 +57,8 @@ impl std::fmt::Display for ServerError {
         match self {
             Self::Store(error) => write!(f, "store: {error}"),
             Self::Bind(address, error) => write!(f, "cannot listen on {address}: {error}"),
+            Self::Tls(error) => error.fmt(f),
+            Self::Cors(error) => f.write_str(error),
             Self::Serve(error) => write!(f, "serving failed: {error}"),
         }
     }
@@ -71,11 +81,20 @@ pub struct Server {
     scavenge_interval: Option<Duration>,
     /// The cap on open connections and their timeouts.
     connections: ConnectionLimits,
+    /// The handshake of HTTPS connections; `None`: plain HTTP.
+    tls: Option<TlsHandshake>,
 }
 
 impl Server {
     /// Opens the store and binds the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Self, ServerError> {
+        // Before the store: a mistyped path should not cost a store's start.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::handshake(cert, key).map_err(ServerError::Tls)?),
+            (None, None) => None,
+            _ => return Err(ServerError::Tls(TlsError::Incomplete)),
+        };
+        let cors = Cors::for_origins(&config.cors_origins).map_err(ServerError::Cors)?;
         let connections = connection_limits(config, descriptors::raise_open_file_limit());
         tracing::info!(data_dir = %config.data_dir.display(), "opening the store");
         let opening = std::time::Instant::now();
@@ -112,6 +131,7 @@ impl Server {
             subscriptions: Arc::clone(&subscriptions),
             security,
             stop_requested: Arc::default(),
+            cors,
         });
         Ok(Self {
             listener,
@@ -123,6 +143,7 @@ impl Server {
             scavenge_interval: (config.scavenge_interval_secs > 0)
                 .then(|| Duration::from_secs(config.scavenge_interval_secs)),
             connections,
+            tls,
         })
     }
 
@@ -133,8 +154,17 @@ impl Server {
 
     /// Serves until `signal` resolves, then shuts down (see the module doc).
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let Self { listener, state, store, subscriptions, shutdown, grace, scavenge_interval, connections } =
-            self;
+        let Self {
+            listener,
+            state,
+            store,
+            subscriptions,
+            shutdown,
+            grace,
+            scavenge_interval,
+            connections,
+            tls,
+        } = self;
         // A store whose writes failed stops the server as a signal would,
         // and the exit is a failure: a restart recovers it (see
         // `stop_when_writes_fail`).
@@ -150,7 +180,23 @@ impl Server {
             }
         };
         let address = listener.local_addr().map_err(ServerError::Serve)?;
-        tracing::info!("eventfeed listening on http://{address}");
+        match &tls {
+            Some(tls) => {
+                tracing::info!("eventfeed listening on https://{address}");
+                tracing::info!(cert = %tls.cert.display(), "TLS on: HTTPS only");
+            }
+            None => {
+                tracing::info!("eventfeed listening on http://{address}");
+                tracing::info!("TLS off: plain HTTP");
+            }
+        }
+        if tls::exposes_clear_text(address, tls.is_some()) {
+            tracing::warn!(
+                %address,
+                "listening beyond loopback without TLS: credentials would cross the network in clear \
+                 text; give --tls-cert and --tls-key, or put a proxy that terminates TLS in front"
+            );
+        }
         // A cap too low for the clients is something to find in the log.
         tracing::info!(
             max_connections = connections.max_connections,
@@ -166,7 +212,7 @@ impl Server {
 
         let mut stopping = state.shutdown.clone();
         let app = crate::app(state);
-        let serve = connections::serve(listener, app, connections, async move {
+        let serve = connections::serve(listener, app, connections, tls, async move {
             signal.await;
             tracing::info!("shutting down: no new connections; waking long-polls and SSE streams");
             // Receivers live in AppState clones; a send error only means

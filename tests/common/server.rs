@@ -166,7 +166,8 @@ impl Drop for TestServer {
 }
 
 /// The real binary, started with `--bind 127.0.0.1:0` (and `--log info`
-/// unless `extra_args` has a `--log`).
+/// unless `extra_args` has a `--log`); `base` is `https://` when it was
+/// given a TLS certificate.
 pub struct BinaryServer {
     pub child: Child,
     pub base: String,
@@ -205,10 +206,11 @@ impl BinaryServer {
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         let mut before = Vec::new();
-        let addr = loop {
+        let (scheme, addr) = loop {
             let line = lines.next().expect("server logs a listening line").unwrap();
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest.trim().parse::<SocketAddr>().unwrap();
+            let url = line.split("listening on ").nth(1).map(str::trim);
+            if let Some((scheme, addr)) = url.and_then(|url| url.split_once("://")) {
+                break (scheme.to_owned(), addr.parse::<SocketAddr>().unwrap());
             }
             before.push(line);
         };
@@ -220,7 +222,7 @@ impl BinaryServer {
                 kept.lock().unwrap().push(line);
             }
         });
-        Self { child, base: format!("http://{addr}"), addr, log }
+        Self { child, base: format!("{scheme}://{addr}"), addr, log }
     }
 
     /// Waits up to `timeout` for a logged line that contains `text`.

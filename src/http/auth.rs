@@ -125,26 +125,68 @@ fn describe(access: Access, stream: &str) -> String {
 }
 
 /// Checks `access` to `stream` against its access rules as they stand
-/// now: before an append, a delete or a metadata write. Returns the rules
-/// it checked against, for an append to carry (`None` for `$admins`, whom
-/// no rule limits).
+/// now: before a delete, or a read of subscription messages. Returns the
+/// rules it checked against (`None` for `$admins`, whom no rule limits).
 pub(super) async fn authorize(
     state: &AppState,
     principal: &Principal,
     access: Access,
     stream: &str,
 ) -> Result<Option<AccessBasis>, HttpError> {
+    check(state, principal, access, stream, Rules::Current).await
+}
+
+/// Checks an append (or metadata write) to `stream`, for the append to
+/// carry the rules it was allowed by. Those may be the ones last seen for
+/// the stream rather than read again: the writer refuses the append if
+/// they are not the stream's when it is written (see [`write_checked`]),
+/// so the usual append costs no store read here. A refusal is always
+/// confirmed against the current rules.
+pub(super) async fn authorize_append(
+    state: &AppState,
+    principal: &Principal,
+    stream: &str,
+) -> Result<Option<AccessBasis>, HttpError> {
+    check(state, principal, Access::Write, stream, Rules::LastSeen).await
+}
+
+/// Which rules [`check`] may decide by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rules {
+    Current,
+    LastSeen,
+}
+
+async fn check(
+    state: &AppState,
+    principal: &Principal,
+    access: Access,
+    stream: &str,
+    rules: Rules,
+) -> Result<Option<AccessBasis>, HttpError> {
     if principal.is_admin() {
         return Ok(None);
     }
     let (stream, access) = target(stream, access);
-    let metadata_number = state.store.metadata_number(stream).await?;
-    let acl = state.security.acl(stream, metadata_number).await?;
-    if acl::may(principal, access, stream, &acl, &state.security.defaults()) {
-        Ok(Some(AccessBasis { stream: stream.to_owned(), metadata_number }))
-    } else {
-        Err(denied(principal, &describe(access, stream)))
+    let security = &state.security;
+    let last_seen = if rules == Rules::LastSeen { security.last_seen_metadata(stream) } else { None };
+    let metadata_number = match last_seen {
+        Some(number) => number,
+        None => {
+            let number = state.store.metadata_number(stream).await?;
+            security.saw_metadata(stream, number);
+            number
+        }
+    };
+    let acl = security.acl(stream, metadata_number).await?;
+    if acl::may(principal, access, stream, &acl, &security.defaults()) {
+        return Ok(Some(AccessBasis { stream: stream.to_owned(), metadata_number }));
     }
+    if last_seen.is_some() {
+        // Refused by rules last seen: confirm with the current ones.
+        return Box::pin(check(state, principal, access, stream, Rules::Current)).await;
+    }
+    Err(denied(principal, &describe(access, stream)))
 }
 
 /// Appends as `principal` (see [`write_checked`]).

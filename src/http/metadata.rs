@@ -11,7 +11,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{append_checked, authorize, authorize_read};
+use super::auth::{append_checked, authorize_append, authorize_read};
 use super::base_url::RequestUrls;
 use super::caching::{Caching, header_value, respond};
 use super::error::HttpError;
@@ -25,7 +25,6 @@ use super::params::{self, Query, ReadQuery, Segments};
 use super::read_errors::ReadRoute;
 use crate::feed::{self, Freshness, PageStart, Urls};
 use crate::security::Principal;
-use crate::security::acl::Access;
 use crate::store::metadata::{self, METADATA_EVENT_TYPE, metadata_stream};
 use crate::store::{Append, ProposedEvent, StoreError, StreamSettings};
 
@@ -158,7 +157,7 @@ async fn write_metadata(
 ) -> Result<Response, HttpError> {
     described(&stream)?;
     let expected = params::expected_version(&headers)?;
-    let access = authorize(&state, &principal, Access::MetaWrite, &stream).await?;
+    let access = authorize_append(&state, &principal, &metadata_stream(&stream)).await?;
     let content_type = negotiate::content_type(&headers);
     let bytes = read_body(body, state.limits.max_request_bytes.min(state.limits.max_event_bytes)).await?;
     let wrong_type =

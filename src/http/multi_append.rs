@@ -15,14 +15,13 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::auth::{authorize, write_checked};
+use super::auth::{authorize_append, write_checked};
 use super::base_url::RequestUrls;
 use super::error::HttpError;
 use super::events_body::{self, EventsFormat, read_body};
 use super::negotiate::{self, JSON};
 use super::{AppState, params, streams};
 use crate::security::Principal;
-use crate::security::acl::Access;
 use crate::store::{Append, AppendOutcome, Conflict, ExpectedVersion, StoreError};
 
 /// Its own media type, besides `application/json`.
@@ -64,7 +63,7 @@ async fn append_all(
     // refuses all.
     let mut appends = appends;
     for append in &mut appends {
-        append.access = authorize(&state, &principal, Access::Write, &append.stream).await?;
+        append.access = authorize_append(&state, &principal, &append.stream).await?;
     }
     let written = write_checked(&state, &principal, appends, |appends| state.store.append_all(appends));
     let outcomes = match written.await? {

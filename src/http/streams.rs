@@ -12,7 +12,7 @@ use hyper::ext::ReasonPhrase;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{append_checked, authorize};
+use super::auth::{append_checked, authorize, authorize_append};
 use super::base_url::RequestUrls;
 use super::caching::{content_type, header_value};
 use super::error::HttpError;
@@ -189,7 +189,7 @@ async fn append(
     } else {
         params::user_stream(&stream)?;
     }
-    let access = authorize(&state, &principal, Access::Write, &stream).await?;
+    let access = authorize_append(&state, &principal, &stream).await?;
     let request = AppendRequest { principal: &principal, access, incoming_id: None };
     append_to(&state, request, &urls, &stream, &headers, body).await
 }
@@ -207,7 +207,7 @@ async fn append_incoming(
     params::user_stream(&stream)?;
     let id = Uuid::parse_str(&id)
         .map_err(|_| HttpError::bad_request(format!("'{id}' is not a valid event id")))?;
-    let access = authorize(&state, &principal, Access::Write, &stream).await?;
+    let access = authorize_append(&state, &principal, &stream).await?;
     let request = AppendRequest { principal: &principal, access, incoming_id: Some(id) };
     append_to(&state, request, &urls, &stream, &headers, body).await
 }

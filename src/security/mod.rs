@@ -94,6 +94,10 @@ impl From<StoreError> for AuthError {
 /// never changes, so entries never go stale; the bound only caps memory.
 const ACL_CACHE_CAPACITY: usize = 10_000;
 
+/// The most streams whose governing metadata is remembered; a stream
+/// forgotten costs one store read at its next append.
+const LAST_SEEN_CAPACITY: usize = 100_000;
+
 /// Password verifications running at once: each takes 19 MiB and a core
 /// for tens of milliseconds, so a flood of guesses queues here instead of
 /// exhausting memory.
@@ -113,6 +117,11 @@ pub struct Security {
     acls: Mutex<HashMap<(String, u64), Arc<Acl>>>,
     no_acl: Arc<Acl>,
     defaults: RwLock<Arc<DefaultAcls>>,
+    /// The metadata event last seen governing each stream appended to
+    /// lately (`None`: none), so that checking an append needs no store
+    /// read: the writer refuses an append whose rules were not the
+    /// stream's, and the check is then made with the current ones.
+    last_seen_metadata: Mutex<HashMap<String, Option<u64>>>,
     /// The built-in accounts still with the default password, once checked.
     default_passwords: Mutex<Option<Vec<String>>>,
 }
@@ -132,6 +141,7 @@ impl Security {
             no_acl: Arc::default(),
             defaults: RwLock::new(Arc::new(DefaultAcls::builtin())),
             default_passwords: Mutex::default(),
+            last_seen_metadata: Mutex::default(),
         });
         if let Some(password) = admin_password {
             security.set_initial_admin_password(password).await?;
@@ -226,6 +236,20 @@ impl Security {
         Ok(acl)
     }
 
+    /// The metadata event last seen governing `stream`, if it was seen lately.
+    pub fn last_seen_metadata(&self, stream: &str) -> Option<Option<u64>> {
+        lock(&self.last_seen_metadata).get(stream).copied()
+    }
+
+    /// Remembers the metadata event governing `stream`, as just read.
+    pub fn saw_metadata(&self, stream: &str, metadata_number: Option<u64>) {
+        let mut seen = lock(&self.last_seen_metadata);
+        if seen.len() >= LAST_SEEN_CAPACITY && !seen.contains_key(stream) {
+            seen.clear();
+        }
+        seen.insert(stream.to_owned(), metadata_number);
+    }
+
     /// The `$acl` of `stream` as it stands now.
     pub async fn current_acl(&self, stream: &str) -> Result<Arc<Acl>, StoreError> {
         let metadata_number = self.store.metadata_number(stream).await?;
@@ -310,4 +334,8 @@ fn property_test_config() -> proptest::test_runner::Config {
         rng_seed: proptest::test_runner::RngSeed::Fixed(27),
         ..proptest::test_runner::Config::default()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

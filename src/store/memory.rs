@@ -201,7 +201,7 @@ impl Data {
         if state.tombstoned {
             return Err(StoreError::StreamDeleted);
         }
-        rules::check_access(append, |stream| Ok(self.state(stream)))?;
+        rules::check_access(append, &state, |stream| Ok(self.state(stream)))?;
         let current = rules::current_version(&state);
         if let Some(outcome) = self.retry_outcome(append, current)? {
             return Ok(Part::Repeat(outcome));

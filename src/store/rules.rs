@@ -27,18 +27,20 @@ pub fn check_request(append: &Append) -> Result<(), StoreError> {
 }
 
 /// Refuses an append whose access rules changed since it was allowed
-/// (see [`Append::access`]). `governing` is the state of the stream the
-/// basis names, read where the expected version is.
+/// (see [`Append::access`]). `own` is the state of the stream appended to;
+/// `other` reads another's (a metadata stream's rules are its stream's).
 pub fn check_access(
     append: &Append,
-    governing: impl FnOnce(&str) -> Result<StreamState, StoreError>,
+    own: &StreamState,
+    other: impl FnOnce(&str) -> Result<StreamState, StoreError>,
 ) -> Result<(), StoreError> {
-    match &append.access {
-        Some(basis) if governing(&basis.stream)?.settings.metadata_number != basis.metadata_number => {
-            Err(StoreError::AccessChanged)
-        }
-        _ => Ok(()),
-    }
+    let Some(basis) = &append.access else { return Ok(()) };
+    let governing = if basis.stream == append.stream {
+        own.settings.metadata_number
+    } else {
+        other(&basis.stream)?.settings.metadata_number
+    };
+    if governing == basis.metadata_number { Ok(()) } else { Err(StoreError::AccessChanged) }
 }
 
 /// The version an expected-version check compares against: the last event

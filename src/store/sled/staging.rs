@@ -180,7 +180,7 @@ impl<'a> Staging<'a> {
         if state.tombstoned {
             return Err(StoreError::StreamDeleted);
         }
-        rules::check_access(append, |stream| self.state(stream))?;
+        rules::check_access(append, &state, |stream| self.state(stream))?;
         let current = rules::current_version(&state);
 
         if let Some(outcome) = self.retry_outcome(append, current)? {

@@ -1,10 +1,13 @@
 //! Security at the door: the `Authorization` header becomes a
-//! [`Principal`] (an extractor every guarded handler takes), and each
-//! handler asks one of the checks below before it acts: [`authorize`]
-//! before a write, [`authorize_read`] between the store read and the ETag
-//! comparison (so a `304` never confirms data to someone who may not read
-//! it), [`authorize_task`] for work on the server. All of them decide
-//! through `security::acl::may`.
+//! [`Principal`] (an extractor every guarded handler takes; it also refuses
+//! credentialed writes forged by other sites' pages), and each handler asks
+//! one of the checks below before it acts: [`authorize_append`] before an
+//! append (whose rules then travel with it to the writer, see
+//! [`write_checked`]), [`authorize`] before a delete or a subscription
+//! read, [`authorize_read`] between the store read and the ETag comparison
+//! (so a `304` never confirms data to someone who may not read it),
+//! [`authorize_task`] for work on the server. All of them decide through
+//! `security::acl::may`.
 //!
 //! Every refusal is v5's: `401` with `WWW-Authenticate: Basic realm="ES"`,
 //! for missing or wrong credentials and for credentials without the

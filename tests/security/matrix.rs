@@ -56,9 +56,11 @@ impl StreamOp {
     }
 }
 
-/// Runs `op` as every principal on a fresh stream made by `prepare`, and
-/// checks who succeeds, that everyone else gets v5's 401 (or 429 while the
-/// wrong password is locked out), and that a refusal changed nothing.
+/// Runs `op` as every principal: on `target` itself when it is a system
+/// stream, else each time on a fresh stream named after it, with one event,
+/// `acl` as its `$acl` and a subscription group `readers`. Checks who
+/// succeeds, that everyone else gets v5's 401 (or 429 once the failing
+/// logins are locked out), and that a refusal changed nothing.
 async fn check_row(server: &TestServer, target: &str, op: StreamOp, allowed: &[Who], acl: Option<Value>) {
     for who in EVERYONE {
         let stream = if target.starts_with('$') {

@@ -125,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .merge(system::router())
         .merge(users::router())
         .fallback(system::not_found)
+        .layer(axum::middleware::from_fn(auth::ui_challenge))
         .layer(encoding::DecodeBodiesLayer { encoded_limit: state.limits.max_request_bytes })
         .layer(compression())
         .layer(tower::util::MapResponseLayer::new(caching::weak_etag_when_encoded));

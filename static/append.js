@@ -1,6 +1,7 @@
 // `#/append[/{s}]`: writes one event and shows the server's answer.
 
-import { call, streamPath } from "./api.js";
+import { call, streamPath, LoginNeeded } from "./api.js";
+import { loginForm } from "./login.js";
 import { h, show, route } from "./dom.js";
 
 /** A version 4 UUID; `crypto.randomUUID` exists only on https or localhost. */
@@ -31,6 +32,10 @@ export async function append(name = "") {
       result.className = "";
       result.replaceChildren("Appended to ", h("a", { href: route("stream", stream.value) }, stream.value), ".");
     } catch (error) {
+      if (error instanceof LoginNeeded) {
+        result.replaceChildren(loginForm.prompt(error.message, () => result.replaceChildren("Logged in: append again.")));
+        return;
+      }
       result.className = "error";
       result.textContent = String(error.message);
     }

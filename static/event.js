@@ -13,7 +13,8 @@ export async function event(name, number) {
   const content = entry.content || {};
   show(
     h("h1", {}, `${content.eventType ?? "Event"} `, h("span", { class: "muted" }, `#${content.eventNumber ?? number}`)),
-    h("p", {}, "In ", h("a", { href: route("stream", name) }, name), " · ", time(entry.updated), " · ",
+    h("p", {}, "In ", h("a", { href: route("stream", name) }, name), " (",
+      h("a", { href: route("stream", name, number, "backward", "20") }, "its page"), ") · ", time(entry.updated), " · ",
       h("code", {}, content.eventId ?? "")),
     h("h2", {}, "Data"),
     h("pre", { id: "event-data" }, pretty(content.data ?? "")),

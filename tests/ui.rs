@@ -7,7 +7,7 @@ mod common;
 use serde_json::json;
 
 use common::webdriver::Browser;
-use common::{TestServer, event};
+use common::{TestServer, event, wait_for_waiters};
 
 /// The dashboard shows the head position; a stream's address opened in
 /// the browser lands on its view; paging follows the feed's links and
@@ -81,6 +81,11 @@ async fn a_restricted_stream_asks_for_a_login() {
     browser.fill("#login-form [name=password]", "changeit").await;
     browser.click("#login-form button").await;
     assert_eq!(browser.text("#events tbody tr td:nth-child(2)").await, "Hidden");
+    // The login holds for the tab: the streams list (admins only) shows.
+    browser.open(&server.url("/#/streams")).await;
+    browser
+        .wait_for("[...document.querySelectorAll('#streams a')].some((a) => a.innerText === 'ui-secret')")
+        .await;
     assert_eq!(browser.errors().await, Vec::<String>::new());
 }
 
@@ -122,4 +127,20 @@ async fn the_ui_files_are_served_with_their_headers() {
     }
     let missing = server.client.get(server.url("/ui/nothing.js")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+/// The live tail shows an event another client appends, within seconds.
+#[tokio::test]
+async fn the_live_tail_shows_new_events() {
+    let Some(browser) = Browser::start().await else { return };
+    let server = TestServer::start().await;
+    server.append_n("ui-live", 1).await;
+    browser.open(&server.url("/#/tail/ui-live")).await;
+    // The tail starts with the next append: wait until it listens.
+    wait_for_waiters(&server.client, &server.base, 1).await;
+    let appended = server.post_events("ui-live", &json!([event("Arrived", json!({ "n": 1 }))])).await;
+    assert_eq!(appended.status(), 201);
+    assert_eq!(browser.text("#tail tbody tr td:nth-child(2)").await, "Arrived");
+    assert_eq!(browser.text("#tail tbody tr td").await, "1");
+    assert_eq!(browser.errors().await, Vec::<String>::new());
 }

@@ -36,7 +36,8 @@ pub struct Browser {
 /// An executable on `PATH` (or named by `variable`), the first of `names`.
 fn find(variable: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(variable) {
-        return Some(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
     }
     let path = std::env::var_os("PATH")?;
     names

@@ -15,10 +15,10 @@ export function h(tag, attributes = {}, ...children) {
   return element;
 }
 
-/** Replaces the view's content. */
+/** Replaces the view's content (`null`, `false` and `undefined` are left out, as in `h`). */
 export function show(...nodes) {
   const view = document.getElementById("view");
-  view.replaceChildren(...nodes);
+  view.replaceChildren(h("div", {}, ...nodes));
 }
 
 /** Local time, with UTC on hover. */

@@ -22,12 +22,14 @@ async fn a_browser_reads_the_dashboard_streams_pages_and_events() {
 
     browser.open(&server.url("/")).await;
     assert_eq!(browser.text("#head-position").await, head_position.trim_matches('"'));
+    browser.screenshot("dashboard").await;
 
     browser.open(&server.url("/streams/ui-orders")).await;
     browser.wait_for("location.hash === '#/stream/ui-orders'").await;
     assert_eq!(browser.text("#events tbody tr td").await, "44");
     let rows = browser.wait_for("document.querySelectorAll('#events tbody tr').length").await;
     assert_eq!(rows, 20);
+    browser.screenshot("stream").await;
 
     browser.click("#pager a[rel=next]").await;
     browser.wait_for("document.querySelector('#events tbody tr td')?.innerText === '24'").await;
@@ -38,6 +40,9 @@ async fn a_browser_reads_the_dashboard_streams_pages_and_events() {
     browser.wait_for("location.hash === '#/event/ui-orders/44'").await;
     let data: serde_json::Value = serde_json::from_str(&browser.text("#event-data").await).unwrap();
     assert_eq!(data, json!({ "n": 44 }));
+    let view = browser.text("#view").await;
+    assert!(!view.contains("null") && !view.contains("undefined"), "{view}");
+    browser.screenshot("event").await;
 
     // A page's address (a feed's link) opens that page.
     browser.open(&server.url("/streams/ui-orders/10/forward/5")).await;
@@ -58,6 +63,7 @@ async fn the_append_form_writes_an_event() {
     browser.fill("#append-form [name=data]", r#"{"from": "the form"}"#).await;
     browser.click("#append-form button").await;
     assert!(browser.text("#append-result").await.starts_with("Appended"));
+    browser.screenshot("append").await;
 
     let entry = server.get_json("/streams/ui-appended/0").await;
     assert_eq!(entry["content"]["eventType"], "Typed");
@@ -78,6 +84,7 @@ async fn a_restricted_stream_asks_for_a_login() {
 
     browser.open(&server.url("/streams/ui-secret")).await;
     browser.fill("#login-form [name=user]", "admin").await;
+    browser.screenshot("login").await;
     browser.fill("#login-form [name=password]", "changeit").await;
     browser.click("#login-form button").await;
     assert_eq!(browser.text("#events tbody tr td:nth-child(2)").await, "Hidden");
@@ -142,5 +149,6 @@ async fn the_live_tail_shows_new_events() {
     assert_eq!(appended.status(), 201);
     assert_eq!(browser.text("#tail tbody tr td:nth-child(2)").await, "Arrived");
     assert_eq!(browser.text("#tail tbody tr td").await, "1");
+    browser.screenshot("tail").await;
     assert_eq!(browser.errors().await, Vec::<String>::new());
 }

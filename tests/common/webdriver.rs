@@ -97,7 +97,9 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let response = self.client.request(method, format!("{}{path}", self.endpoint)).json(&body).send();
+        let request = self.client.request(method, format!("{}{path}", self.endpoint));
+        let request = if body.is_null() { request } else { request.json(&body) };
+        let response = request.send();
         let answer: Value = response.await.unwrap().json().await.unwrap();
         let value = answer["value"].clone();
         assert!(value.get("error").is_none(), "WebDriver {path}: {value}");
@@ -158,6 +160,21 @@ impl Browser {
     pub async fn text(&self, selector: &str) -> String {
         let expression = format!("document.querySelector({selector:?})?.innerText");
         self.wait_for(&expression).await.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Saves what the browser shows as `{name}.png` in the test run's
+    /// `ui-screenshots` folder (under the target directory), for people to
+    /// look at; answers its path.
+    pub async fn screenshot(&self, name: &str) -> PathBuf {
+        use base64::Engine as _;
+        let encoded = self.call(reqwest::Method::GET, &self.path("/screenshot"), Value::Null).await;
+        let png =
+            base64::engine::general_purpose::STANDARD.decode(encoded.as_str().unwrap_or_default()).unwrap();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        path
     }
 
     /// Errors the page reported: uncaught ones the UI collected

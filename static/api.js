@@ -10,7 +10,8 @@ export const ATOM_JSON = "application/vnd.eventstore.atom+json";
 export class LoginNeeded extends Error {}
 
 export function login(user, password) {
-  sessionStorage.setItem(KEY, "Basic " + btoa(unescape(encodeURIComponent(`${user}:${password}`))));
+  const utf8 = new TextEncoder().encode(`${user}:${password}`);
+  sessionStorage.setItem(KEY, "Basic " + btoa(String.fromCharCode(...utf8)));
 }
 export function logout() { sessionStorage.removeItem(KEY); }
 export function loggedIn() { return sessionStorage.getItem(KEY) !== null; }
@@ -24,7 +25,9 @@ export async function call(path, { method = "GET", accept = ATOM_JSON, body, hea
   if (response.status === 401) throw new LoginNeeded(await reason(response));
   if (!response.ok) throw new Error(`${response.status} ${await reason(response)}`);
   const type = response.headers.get("Content-Type") || "";
-  if (response.status === 204 || method !== "GET" && !type.includes("json")) return { status: response.status, location: response.headers.get("Location") };
+  if (response.status === 204 || (method !== "GET" && !type.includes("json"))) {
+    return { status: response.status, location: response.headers.get("Location") };
+  }
   return type.includes("json") ? response.json() : response.text();
 }
 

@@ -53,7 +53,8 @@ async fn a_browser_reads_the_dashboard_streams_pages_and_events() {
     assert_eq!(browser.errors().await, Vec::<String>::new());
 }
 
-/// The append form writes an event any client then reads over the API.
+/// The append form writes an event any client then reads over the API; a
+/// failed read shows its error.
 #[tokio::test]
 async fn the_append_form_writes_an_event() {
     let Some(browser) = Browser::start().await else { return };
@@ -69,6 +70,13 @@ async fn the_append_form_writes_an_event() {
     assert_eq!(entry["content"]["eventType"], "Typed");
     assert_eq!(entry["content"]["data"], json!({ "from": "the form" }));
     assert_eq!(browser.errors().await, Vec::<String>::new());
+
+    // A stream that does not exist says so, rather than a blank page (the
+    // console logs the 404 the browser saw).
+    browser.open(&server.url("/streams/ui-nothing")).await;
+    assert!(browser.text("#view [role=alert]").await.starts_with("404"));
+    let errors = browser.errors().await;
+    assert!(errors.iter().all(|error| error.contains("status of 404")), "{errors:?}");
 }
 
 /// A stream only admins may read asks for a login (the UI's own form, not

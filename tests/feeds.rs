@@ -492,13 +492,25 @@ async fn negotiation() {
         .unwrap();
     assert_eq!(description["_links"]["stream"]["href"], format!("http://{HOST}/streams/neg"));
 
-    let html = body(&server, "/streams/neg", "text/html").await;
+    // A browser gets the web UI opened on the stream, page or event it
+    // asked for; `?format=html` still gets the server's own table.
+    for path in ["/streams/neg", "/streams/neg/1", "/streams/neg/0/forward/2", "/streams/neg/1/20"] {
+        let response = get(&server, path, "text/html,application/xhtml+xml,*/*;q=0.8").await;
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(content_type(&response).starts_with("text/html"), "{path}");
+        assert!(
+            response.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'self'")
+        );
+        assert!(response.headers()["vary"].to_str().unwrap().contains("Accept"), "{path}");
+        assert!(response.text().await.unwrap().contains("/ui/app.js"), "{path}");
+    }
+    let html = body(&server, "/streams/neg?format=html", "text/html").await;
     assert!(html.contains("<a href=\"http://eventfeed.test/streams/neg/1\">1@neg</a>"), "{html}");
     assert!(
         html.contains("rel=\"previous\" href=\"http://eventfeed.test/streams/neg/2/forward/20\""),
         "{html}"
     );
-    let event_html = body(&server, "/streams/neg/1", "text/html").await;
+    let event_html = body(&server, "/streams/neg/1?format=html", "text/html").await;
     assert!(event_html.contains("&quot;n&quot;: 1"), "{event_html}");
 }
 

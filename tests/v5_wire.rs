@@ -106,8 +106,20 @@ impl Answer {
     }
 }
 
+/// A stream's page or event asked for as `text/html` (no `?format=`)
+/// opens the web UI on it (tests/feeds.rs, tests/ui.rs); what v5 served,
+/// the server's own HTML page, is asked for with `?format=html`.
+fn server_html(path: &str, accept: &str) -> String {
+    let browser = accept == HTML || accept.starts_with("text/html,");
+    if !browser || !path.starts_with("/streams/") || path.contains("format=") {
+        return path.to_owned();
+    }
+    let separator = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{separator}format=html")
+}
+
 async fn read_with(server: &TestServer, path: &str, accept: &str, headers: &[(&str, &str)]) -> Answer {
-    let response = server.get_with(path, accept, headers).await;
+    let response = server.get_with(&server_html(path, accept), accept, headers).await;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let reason = match response.extensions().get::<hyper::ext::ReasonPhrase>() {
@@ -367,6 +379,11 @@ async fn subscription_reads_fail_with_v5s_bodies() {
 async fn browsers_get_the_explanation_on_a_page_and_failed_reads_vary_by_accept() {
     let server = TestServer::start().await;
     let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    // Without `?format=html` a browser gets the web UI, which reads the
+    // stream itself and shows what failed.
+    let ui = server.get("/streams/Order-none", browser).await;
+    assert_eq!(ui.status(), 200);
+    assert!(ui.text().await.unwrap().contains("/ui/app.js"));
     for (path, status, explained) in [
         ("/streams/Order-none", 404, "The stream does not exist."),
         ("/streams/Order-none/0", 404, "The stream does not exist."),

@@ -9,7 +9,9 @@
 //! `negotiate`, `params`, `caching`,
 //! `base_url`, `error` and `read_errors` (a failed read answered as v5
 //! answers it) the pieces every handler uses; `cors` says which other
-//! sites' pages may call the server. Resource modules
+//! sites' pages may call the server; `ui` serves the web UI's files
+//! (and its entry page to a browser asking for a stream, the one piece of
+//! it `streams` uses). Resource modules
 //! import shared ones, never each other; only this file names them, to
 //! merge their routers.
 
@@ -31,6 +33,7 @@ mod read_errors;
 mod streams;
 mod subscriptions;
 mod system;
+mod ui;
 mod users;
 
 use std::sync::Arc;
@@ -124,7 +127,9 @@ pub fn router(state: AppState) -> Router {
         .merge(subscriptions::router())
         .merge(system::router())
         .merge(users::router())
+        .merge(ui::router())
         .fallback(system::not_found)
+        .layer(axum::middleware::from_fn(auth::ui_challenge))
         .layer(encoding::DecodeBodiesLayer { encoded_limit: state.limits.max_request_bytes })
         .layer(compression())
         .layer(tower::util::MapResponseLayer::new(caching::weak_etag_when_encoded));

@@ -22,6 +22,7 @@ use super::negotiate::{self, *};
 use super::pages::{Reader, page_request, read_page, single_event};
 use super::params::{self, Query, ReadQuery, Segments};
 use super::read_errors::ReadRoute;
+use super::ui;
 use crate::feed::{self, PageRequest, PageStart, Urls};
 use crate::security::Principal;
 use crate::security::acl::{Access, DefaultAcls, SETTINGS_STREAM};
@@ -49,6 +50,9 @@ async fn head_page(
     let read = async {
         params::stream_name(&stream)?;
         let media = negotiate::choose(&headers, query.format.as_deref(), FEED_TYPES)?;
+        if opens_ui(media, &query) {
+            return Ok(ui::entry_page_for(&headers));
+        }
         if media == EVENT_STREAM {
             let from = query.from.as_deref();
             let (state, principal, urls) = (state.clone(), principal.clone(), urls.clone());
@@ -104,6 +108,9 @@ async fn page(
     let read = async {
         let request = page_request(stream, start, direction, count)?;
         let media = negotiate::choose(headers, query.format.as_deref(), PAGE_TYPES)?;
+        if opens_ui(media, query) {
+            return Ok(ui::entry_page_for(headers));
+        }
         stream_page(reader, urls, stream, request, query, headers, media).await
     };
     read.await.map_err(|error| error.answering_read(headers, query.format.as_deref(), ReadRoute::Page))
@@ -147,12 +154,22 @@ async fn event(
         }
         let start = params::page_start(&event)?;
         let media = negotiate::choose(&headers, query.format.as_deref(), EVENT_TYPES)?;
+        if opens_ui(media, &query) {
+            return Ok(ui::entry_page_for(&headers));
+        }
         let resolve_links = params::resolve_link_tos(&headers)?;
         let reader = Reader { state: &state, principal: &principal };
         single_event(reader, &urls, &stream, start, resolve_links, &headers, media).await
     };
     let route = ReadRoute::Event(EVENT_TYPES);
     read.await.map_err(|error| error.answering_read(&headers, query.format.as_deref(), route))
+}
+
+/// Whether a browser asked for a page or an event: it gets the web UI
+/// opened on it (feeds' links then work in a browser). `?format=html`
+/// still gets the server's own HTML table, which needs no script.
+fn opens_ui(media: &str, query: &ReadQuery) -> bool {
+    media == HTML && query.format.is_none()
 }
 
 /// v5's description document, served when a client asks for it by name

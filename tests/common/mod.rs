@@ -12,6 +12,7 @@
 //! - [`socket`]: a raw HTTP/1.1 client on one TCP connection.
 //! - [`subscriptions`]: a client for persistent subscriptions.
 //! - [`varnish`]: eventfeed behind a real Varnish, through a recording proxy.
+//! - [`webdriver`]: a headless Chromium over WebDriver, for the web UI.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,6 +24,7 @@ pub mod server;
 pub mod socket;
 pub mod subscriptions;
 pub mod varnish;
+pub mod webdriver;
 
 // Each test binary uses some of these, and a re-export it leaves unused
 // would warn there.

@@ -84,3 +84,25 @@ async fn credentialed_writes_from_other_sites_are_refused() {
         .body(json!([event("A", json!({}))]).to_string());
     assert_eq!(append.send().await.unwrap().status(), 201);
 }
+
+/// The web UI's calls (`X-Requested-With: eventfeed-ui`) get their `401`
+/// without a `Basic` challenge, so the browser shows the UI's login form
+/// rather than its own dialog; every other client keeps v5's challenge.
+#[tokio::test]
+async fn the_web_uis_calls_get_no_basic_challenge() {
+    let server = TestServer::start().await;
+    let ui = |path: &str| client().get(server.url(path)).header("x-requested-with", "eventfeed-ui");
+    let refused = [
+        ui("/streams/$all").send().await.unwrap(),
+        ui("/streams/$all").basic_auth("admin", Some("wrong")).send().await.unwrap(),
+        ui("/users").send().await.unwrap(),
+    ];
+    for response in refused {
+        assert_eq!(response.status(), 401);
+        assert_eq!(header(&response, "www-authenticate").as_deref(), Some("BasicCustom realm=\"ES\""));
+    }
+    let other = client().get(server.url("/streams/$all")).send().await.unwrap();
+    assert_eq!(header(&other, "www-authenticate").as_deref(), Some("Basic realm=\"ES\""));
+    let admin = ui("/streams/$all").basic_auth("admin", Some("changeit")).send().await.unwrap();
+    assert_eq!(admin.status(), 200);
+}

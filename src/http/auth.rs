@@ -13,13 +13,11 @@
 //! for missing or wrong credentials and for credentials without the
 //! permission alike (v5 clients read any 401 as "access denied"). Only
 //! the web UI's own calls (`X-Requested-With: eventfeed-ui`) get
-//! `BasicCustom` instead ([`ui_challenge`]), as v5 answered its UI.
+//! `BasicCustom` instead (the `challenge` layer), as v5 answered its UI.
 
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::Response;
 
 use super::error::HttpError;
 use super::{AppState, cors};
@@ -91,27 +89,6 @@ fn cross_site_write(parts: &Parts, cors: &cors::Cors) -> bool {
         sent.any(|host| host.eq_ignore_ascii_case(authority))
     });
     !same_site
-}
-
-/// The `X-Requested-With` value the web UI sends on every call it makes.
-const UI_CALLER: &str = "eventfeed-ui";
-
-/// The web UI's calls get their `401` with `WWW-Authenticate: BasicCustom
-/// realm="ES"`: a browser shows its own login dialog for a `Basic`
-/// challenge, even to a script's `fetch`, where the UI shows its login
-/// form instead. Every other client keeps v5's `Basic` challenge.
-pub(super) async fn ui_challenge(request: Request, next: Next) -> Response {
-    let from_ui = request
-        .headers()
-        .get("x-requested-with")
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(UI_CALLER.as_bytes()));
-    let mut response = next.run(request).await;
-    if from_ui && response.status() == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("BasicCustom realm=\"ES\""));
-    }
-    response
 }
 
 /// `401` asking for credentials.

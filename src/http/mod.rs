@@ -9,7 +9,9 @@
 //! `negotiate`, `params`, `caching`,
 //! `base_url`, `error` and `read_errors` (a failed read answered as v5
 //! answers it) the pieces every handler uses; `cors` says which other
-//! sites' pages may call the server; `ui` serves the web UI's files
+//! sites' pages may call the server; `auth` turns credentials into a
+//! principal and checks it (`challenge` words the 401s to the web UI's own
+//! calls); `ui` serves the web UI's files
 //! (and its entry page to a browser asking for a stream, the one piece of
 //! it `streams` uses). Resource modules
 //! import shared ones, never each other; only this file names them, to
@@ -19,6 +21,7 @@ mod admin;
 mod auth;
 pub mod base_url;
 pub mod caching;
+mod challenge;
 pub mod cors;
 mod encoding;
 pub mod error;
@@ -129,7 +132,7 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(ui::router())
         .fallback(system::not_found)
-        .layer(axum::middleware::from_fn(auth::ui_challenge))
+        .layer(challenge::UiChallengeLayer)
         .layer(encoding::DecodeBodiesLayer { encoded_limit: state.limits.max_request_bytes })
         .layer(compression())
         .layer(tower::util::MapResponseLayer::new(caching::weak_etag_when_encoded));

@@ -16,14 +16,24 @@ export function login(user, password) {
 export function logout() { sessionStorage.removeItem(KEY); }
 export function loggedIn() { return sessionStorage.getItem(KEY) !== null; }
 
-/** Calls the API; answers the parsed JSON (or text), throws on failure. */
-export async function call(path, { method = "GET", accept = ATOM_JSON, body, headers = {} } = {}) {
+/** The headers every call sends: `Accept`, the UI's marker and the login. */
+export function headersFor(accept, headers = {}) {
   const sent = { Accept: accept, "X-Requested-With": "eventfeed-ui", ...headers };
   const authorization = sessionStorage.getItem(KEY);
   if (authorization) sent.Authorization = authorization;
-  const response = await fetch(path, { method, headers: sent, body, cache: "no-cache" });
+  return sent;
+}
+
+/** Throws for a refused answer: `LoginNeeded` for a 401, else its status and reason. */
+export async function check(response) {
   if (response.status === 401) throw new LoginNeeded(await reason(response));
   if (!response.ok) throw new Error(`${response.status} ${await reason(response)}`);
+  return response;
+}
+
+/** Calls the API; answers the parsed JSON (or text), throws on failure. */
+export async function call(path, { method = "GET", accept = ATOM_JSON, body, headers = {} } = {}) {
+  const response = await check(await fetch(path, { method, headers: headersFor(accept, headers), body, cache: "no-cache" }));
   const type = response.headers.get("Content-Type") || "";
   if (response.status === 204 || (method !== "GET" && !type.includes("json"))) {
     return { status: response.status, location: response.headers.get("Location") };

@@ -3,14 +3,15 @@
 // hash so back, forward and bookmarks work.
 
 import { LoginNeeded, loggedIn } from "./api.js";
-import { h, show } from "./dom.js";
+import { h, show, leaveView } from "./dom.js";
 import { dashboard } from "./dashboard.js";
 import { streams } from "./streams.js";
 import { stream } from "./stream.js";
 import { event } from "./event.js";
-import { tail, stopTail } from "./tail.js";
+import { tail } from "./tail.js";
 import { append } from "./append.js";
 import { loginForm } from "./login.js";
+import { listen, HELP } from "./keys.js";
 
 // Every uncaught error, for the browser tests (and a curious reader).
 window.uiErrors = [];
@@ -31,7 +32,7 @@ function hashForPath(pathname) {
 }
 
 async function render() {
-  stopTail();
+  leaveView();
   document.getElementById("login-link").textContent = loggedIn() ? "Log out" : "Log in";
   const [name = "", ...args] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const view = views[name];
@@ -47,6 +48,18 @@ async function render() {
   }
 }
 
+/** The keyboard's help, in a modal dialog (Escape closes it). */
+function showHelp() {
+  const dialog = h("dialog", { id: "help", "aria-label": "Keyboard" },
+    h("h2", {}, "Keyboard"),
+    h("dl", { class: "figures" }, HELP.map(([keys, action]) => [h("dt", {}, h("kbd", {}, keys)), h("dd", {}, action)])),
+    h("form", { method: "dialog" }, h("button", {}, "Close")));
+  dialog.addEventListener("close", () => dialog.remove());
+  document.body.append(dialog);
+  dialog.showModal();
+}
+
+listen(showHelp);
 if (!location.hash && location.pathname !== "/") history.replaceState(null, "", hashForPath(location.pathname));
 window.addEventListener("hashchange", render);
 render();

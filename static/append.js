@@ -2,16 +2,7 @@
 
 import { call, streamPath, LoginNeeded } from "./api.js";
 import { loginForm } from "./login.js";
-import { h, show, route } from "./dom.js";
-
-/** A version 4 UUID; `crypto.randomUUID` exists only on https or localhost. */
-function uuid() {
-  const b = crypto.getRandomValues(new Uint8Array(16));
-  b[6] = (b[6] & 0x0f) | 0x40;
-  b[8] = (b[8] & 0x3f) | 0x80;
-  const hex = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-}
+import { h, show, route, uuid } from "./dom.js";
 
 export async function append(name = "") {
   const stream = h("input", { name: "stream", required: true, value: name });

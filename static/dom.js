@@ -8,11 +8,23 @@ export function h(tag, attributes = {}, ...children) {
     if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
     else element.setAttribute(name, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     element.append(child instanceof Node ? child : String(child));
   }
   return element;
+}
+
+const leaving = [];
+
+/** Runs `cleanup` when the current view is left (timers, live reads). */
+export function onLeave(cleanup) { leaving.push(cleanup); }
+
+/** Called by the router before it opens the next view. */
+export function leaveView() {
+  for (const cleanup of leaving.splice(0)) {
+    try { cleanup(); } catch (error) { window.uiErrors?.push(String(error)); }
+  }
 }
 
 /** Replaces the view's content (`null`, `false` and `undefined` are left out, as in `h`). */
@@ -38,4 +50,13 @@ export function bytes(count) {
 /** The hash of a view: `route("stream", name)` → `#/stream/name`. */
 export function route(...parts) {
   return "#/" + parts.map((part) => encodeURIComponent(part)).join("/");
+}
+
+/** A version 4 UUID; `crypto.randomUUID` exists only on https or localhost. */
+export function uuid() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const hex = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }

@@ -155,7 +155,7 @@ async fn the_live_tail_shows_new_events() {
     wait_for_waiters(&server.client, &server.base, 1).await;
     let appended = server.post_events("ui-live", &json!([event("Arrived", json!({ "n": 1 }))])).await;
     assert_eq!(appended.status(), 201);
-    assert_eq!(browser.text("#tail tbody tr td:nth-child(2)").await, "Arrived");
+    assert_eq!(browser.text("#tail tbody tr td:nth-child(3)").await, "Arrived");
     assert_eq!(browser.text("#tail tbody tr td").await, "1");
     browser.screenshot("tail").await;
     assert_eq!(browser.errors().await, Vec::<String>::new());

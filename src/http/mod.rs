@@ -33,6 +33,7 @@ pub mod negotiate;
 mod pages;
 mod params;
 mod read_errors;
+mod stream_list;
 mod streams;
 mod subscriptions;
 mod system;
@@ -125,6 +126,7 @@ pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .merge(streams::router())
         .merge(multi_append::router())
+        .merge(stream_list::router())
         .merge(metadata::router())
         .merge(admin::router())
         .merge(subscriptions::router())

@@ -9,7 +9,7 @@
 //! global position (32 hex digits) instead of event number. It is read
 //! here like any stream, and never written.
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::AppState;
@@ -298,8 +298,17 @@ pub(super) fn render_found(
         )
     })?;
     let caching = Caching { freshness: &found.freshness, settings: &found.settings };
-    Ok(respond(headers, &caching, media, |_| body))
+    let mut response = respond(headers, &caching, media, |_| body);
+    // Where the event (a link's target, when resolved) sits in `$all`: the
+    // web UI opens `$all`, `$ce-` and `$et-` at it. Immutable, like the
+    // event, so caches may keep it with the body.
+    let position = HeaderValue::from_str(&feed::format_position(read.event.position));
+    response.headers_mut().insert(ES_POSITION, position.expect("hex digits are a valid header value"));
+    Ok(response)
 }
+
+/// The `$all` position of a single event read.
+const ES_POSITION: HeaderName = HeaderName::from_static("es-position");
 
 /// One event's body in the negotiated representation (`None`: see
 /// [`feed::event::xml_payload`]).

@@ -386,6 +386,23 @@ impl Store for MemoryStore {
         Ok(self.lock()?.streams.get(stream).map(|found| found.state.clone()))
     }
 
+    /// A scan of every stream: the memory store holds test-sized data.
+    async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StreamState)>, StoreError> {
+        let data = self.lock()?;
+        let mut found: Vec<_> = (data.streams.iter())
+            .filter(|(name, _)| name.starts_with(prefix) && after.is_none_or(|after| name.as_str() > after))
+            .map(|(name, stream)| (name.clone(), stream.state.clone()))
+            .collect();
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        found.truncate(limit);
+        Ok(found)
+    }
+
     /// Scavenges at once, under the lock: the report it records is already
     /// complete. Moves no head and wakes nobody, since no read changes.
     async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {

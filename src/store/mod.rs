@@ -137,6 +137,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The current state of a stream, `None` when it was never written.
     async fn stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError>;
 
+    /// Up to `limit` streams whose names start with `prefix`, in name
+    /// (byte) order, each after `after` when given: a listing that pages by
+    /// name, one range scan per page however many streams there are.
+    /// Streams that were only ever soft- or hard-deleted are listed too,
+    /// with their state saying so; names are those of every stream the
+    /// store keeps a state for (system and metadata streams included).
+    async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StreamState)>, StoreError>;
+
     /// The number of the metadata event that governs `stream` now (`None`:
     /// it has none), for access checks before a write. It may be that of a
     /// commit still in flight: a backend answers without waiting for it,

@@ -156,6 +156,19 @@ impl Browser {
         self.run(script, json!([selector, value])).await;
     }
 
+    /// Presses keys as a person would on the page (WebDriver's key
+    /// actions): each character of `keys` down and up, in order; `\u{E007}`
+    /// is Enter.
+    pub async fn press(&self, keys: &str) {
+        let actions: Vec<Value> = (keys.chars())
+            .flat_map(|key| {
+                [json!({ "type": "keyDown", "value": key }), json!({ "type": "keyUp", "value": key })]
+            })
+            .collect();
+        let body = json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": actions }] });
+        self.call(reqwest::Method::POST, &self.path("/actions"), body).await;
+    }
+
     /// The text of the first element `selector` matches, once there.
     pub async fn text(&self, selector: &str) -> String {
         let expression = format!("document.querySelector({selector:?})?.innerText");

@@ -338,6 +338,15 @@ impl Store for SledStore {
         self.read_durable(|context| context.state(stream)).await
     }
 
+    async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StreamState)>, StoreError> {
+        self.read_durable(|context| context.list_streams(prefix, after, limit)).await
+    }
+
     async fn metadata_number(&self, stream: &str) -> Result<Option<u64>, StoreError> {
         // Without `read_durable`'s wait: see the trait.
         let state = ReadContext::new(self.db.get()).state(stream)?;

@@ -11,6 +11,7 @@ use super::entries::{
     LogSpan, first_visible, load_state, log_spans, span_capacity, stored_entries, stored_entry,
     visit_stored_values,
 };
+use super::keys;
 use crate::store::links::link_event;
 use crate::store::retention::now_micros;
 use crate::store::rules;
@@ -55,6 +56,36 @@ impl ReadContext {
         let Some((state, commit_seq)) = load_state(&self.db, stream)? else { return Ok(None) };
         self.newest_commit = self.newest_commit.max(commit_seq);
         Ok(Some(state))
+    }
+
+    /// Streams by name from `prefix` (after `after`): one range scan of
+    /// the stream states, which sled keeps in key (name) order.
+    pub(super) fn list_streams(
+        &mut self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StreamState)>, StoreError> {
+        let scope = keys::stream(prefix);
+        let start = match after {
+            Some(after) if after.as_bytes() >= prefix.as_bytes() => keys::stream(after),
+            _ => scope.clone(),
+        };
+        let mut found = Vec::new();
+        for item in self.db.range(start..) {
+            let (key, value) = item?;
+            if !key.starts_with(&scope) || found.len() == limit {
+                break;
+            }
+            let Some(name) = keys::stream_name(&key) else { continue };
+            if after.is_some_and(|after| name == after) {
+                continue;
+            }
+            let (state, commit_seq) = codec::decode_state(&value)?;
+            self.newest_commit = self.newest_commit.max(commit_seq);
+            found.push((name.to_owned(), state));
+        }
+        Ok(found)
     }
 
     /// The state of a readable stream, or why it cannot be read.

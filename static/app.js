@@ -11,6 +11,9 @@ import { event } from "./event.js";
 import { tail, stopTail } from "./tail.js";
 import { append } from "./append.js";
 import { loginForm } from "./login.js";
+import { subscriptions } from "./subscriptions.js";
+import { subscription } from "./group.js";
+import { stopPolling } from "./poll.js";
 
 // Every uncaught error, for the browser tests (and a curious reader).
 window.uiErrors = [];
@@ -18,6 +21,7 @@ window.addEventListener("error", (error) => window.uiErrors.push(String(error.me
 window.addEventListener("unhandledrejection", (error) => window.uiErrors.push(String(error.reason)));
 
 const views = { "": dashboard, streams, stream, event, tail, append, login: loginForm };
+Object.assign(views, { subscriptions, subscription });
 
 /** `/streams/{s}[/{start}[/{direction}]/{count}]` or `/streams/{s}/{n}` → a view's hash. */
 function hashForPath(pathname) {
@@ -32,6 +36,7 @@ function hashForPath(pathname) {
 
 async function render() {
   stopTail();
+  stopPolling();
   document.getElementById("login-link").textContent = loggedIn() ? "Log out" : "Log in";
   const [name = "", ...args] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const view = views[name];

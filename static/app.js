@@ -13,6 +13,7 @@ import { append } from "./append.js";
 import { loginForm } from "./login.js";
 import { subscriptions } from "./subscriptions.js";
 import { subscription } from "./group.js";
+import { admin } from "./admin.js";
 import { stopPolling } from "./poll.js";
 
 // Every uncaught error, for the browser tests (and a curious reader).
@@ -21,7 +22,7 @@ window.addEventListener("error", (error) => window.uiErrors.push(String(error.me
 window.addEventListener("unhandledrejection", (error) => window.uiErrors.push(String(error.reason)));
 
 const views = { "": dashboard, streams, stream, event, tail, append, login: loginForm };
-Object.assign(views, { subscriptions, subscription });
+Object.assign(views, { subscriptions, subscription, admin });
 
 /** `/streams/{s}[/{start}[/{direction}]/{count}]` or `/streams/{s}/{n}` → a view's hash. */
 function hashForPath(pathname) {

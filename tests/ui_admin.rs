@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use common::subscriptions::Api;
@@ -123,6 +125,20 @@ async fn the_forms_create_edit_and_delete_a_group() {
     let info = server.client.get(server.url("/subscriptions/ui-orders/billing/info")).send().await.unwrap();
     assert_eq!(info.status(), 404);
     assert_eq!(browser.errors().await, Vec::<String>::new());
+
+    // The list reads itself again while it is open, and stops once left.
+    let reads =
+        "performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/subscriptions')).length";
+    let count = || async { browser.run(&format!("return {reads}"), json!([])).await.as_u64().unwrap() };
+    let open = count().await;
+    browser.wait_for(&format!("{reads} > {open}")).await;
+    browser.run("location.hash = '#/append'", json!([])).await;
+    browser.wait_for("document.querySelector('#append-form')").await;
+    // A read under way when the view was left may still land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let left = count().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(count().await, left, "no read of /subscriptions after leaving the view");
 }
 
 /// The scavenge button starts a scavenge and its report shows, followed

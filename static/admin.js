@@ -14,7 +14,8 @@ const JSON_TYPE = "application/json";
 const SCAVENGE_EVERY = 1000;
 
 function reportFigures(report) {
-  const size = report.bytesAfter === null ? bytes(report.bytesBefore) : `${bytes(report.bytesBefore)} → ${bytes(report.bytesAfter)}`;
+  const size = report.bytesAfter === null
+    ? bytes(report.bytesBefore) : `${bytes(report.bytesBefore)} → ${bytes(report.bytesAfter)}`;
   return [
     ["Status", report.status], ["Started", time(report.started)], ["Finished", time(report.finished) || "not yet"],
     ["Streams scanned", report.streamsScanned], ["Events removed", report.eventsRemoved],
@@ -53,7 +54,8 @@ export async function admin(kind, id) {
 
   show(h("h1", {}, "Admin"),
     h("section", { id: "scavenge-section" }, h("h2", {}, "Scavenge"),
-      h("p", { class: "muted" }, "A scavenge reclaims the space of deleted, truncated and expired events; reads and appends go on meanwhile."),
+      h("p", { class: "muted" },
+        "A scavenge reclaims the space of deleted, truncated and expired events; reads and appends go on meanwhile."),
       h("button", { type: "button", id: "scavenge", onclick: start }, "Start a scavenge"), result, status, report),
     users);
   if (kind === "scavenge" && id) answer(result, () => follow(id), "$admins and $ops", "run scavenges");

@@ -126,6 +126,14 @@ async fn the_forms_create_edit_and_delete_a_group() {
     assert_eq!(info.status(), 404);
     assert_eq!(browser.errors().await, Vec::<String>::new());
 
+    // A group on `$all` opens like any other (its name is encoded in the address).
+    api.create("$all", "ui-everything", json!({})).await;
+    browser.click("#subscriptions a[href='#/subscription/%24all/ui-everything']").await;
+    assert_eq!(browser.text("#view h1").await, "ui-everything on $all");
+    assert!(browser.text("#group-status").await.starts_with("Live"));
+    browser.run("history.back()", json!([])).await;
+    browser.wait_for("document.querySelector('#subscriptions')").await;
+
     // The list reads itself again while it is open, and stops once left.
     let reads =
         "performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/subscriptions')).length";

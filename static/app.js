@@ -12,13 +12,17 @@ import { tail } from "./tail.js";
 import { append } from "./append.js";
 import { loginForm } from "./login.js";
 import { listen, HELP } from "./keys.js";
+import { subscriptions } from "./subscriptions.js";
+import { subscription } from "./group.js";
+import { admin } from "./admin.js";
+import { stopPolling } from "./poll.js";
 
 // Every uncaught error, for the browser tests (and a curious reader).
 window.uiErrors = [];
 window.addEventListener("error", (error) => window.uiErrors.push(String(error.message)));
 window.addEventListener("unhandledrejection", (error) => window.uiErrors.push(String(error.reason)));
 
-const views = { "": dashboard, streams, stream, event, tail, append, login: loginForm };
+const views = { "": dashboard, streams, stream, event, tail, append, login: loginForm, subscriptions, subscription, admin };
 
 /** `/streams/{s}[/{start}[/{direction}]/{count}]` or `/streams/{s}/{n}` → a view's hash. */
 function hashForPath(pathname) {
@@ -33,6 +37,7 @@ function hashForPath(pathname) {
 
 async function render() {
   leaveView();
+  stopPolling();
   document.getElementById("login-link").textContent = loggedIn() ? "Log out" : "Log in";
   const [name = "", ...args] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const view = views[name];

@@ -55,8 +55,8 @@ function section(title, id, { json, text, hex }) {
   const toggle = tree ? h("button", { type: "button", onclick: () => { raw.hidden = !raw.hidden; view.hidden = !raw.hidden; } }, "Raw / tree") : null;
   const view = tree ? h("div", { class: "json-tree", id: `${id}-tree` }, jsonTree(json)) : null;
   return [
-    h("h2", {}, title, " ", h("span", { class: "muted" }, hex ? "(binary, hex)" : tree || json !== undefined ? "(JSON)" : "(text)"), " ",
-      toggle, " ", copyButton(`Copy ${title.toLowerCase()}`, () => (tree ? JSON.stringify(json, null, 2) : text))),
+    h("h2", {}, title, " ", h("span", { class: "muted" }, hex ? "(binary, hex)" : tree || json !== undefined ? "(JSON)" : "(text)")),
+    h("p", { class: "toolbar" }, toggle, copyButton(`Copy ${title.toLowerCase()}`, () => (tree ? JSON.stringify(json, null, 2) : text))),
     view, raw];
 }
 

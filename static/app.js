@@ -4,6 +4,7 @@
 
 import { LoginNeeded, loggedIn } from "./api.js";
 import { h, show } from "./dom.js";
+import { leave } from "./dom.js";
 import { dashboard } from "./dashboard.js";
 import { streams } from "./streams.js";
 import { stream } from "./stream.js";
@@ -32,6 +33,7 @@ function hashForPath(pathname) {
 
 async function render() {
   stopTail();
+  leave();
   document.getElementById("login-link").textContent = loggedIn() ? "Log out" : "Log in";
   const [name = "", ...args] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   const view = views[name];

@@ -39,3 +39,9 @@ export function bytes(count) {
 export function route(...parts) {
   return "#/" + parts.map((part) => encodeURIComponent(part)).join("/");
 }
+
+/** Work to undo when the next view opens (timers, connections), registered by the view that started it. */
+const leaving = [];
+export function onLeave(cleanup) { leaving.push(cleanup); }
+/** Runs and forgets every `onLeave` cleanup: the router calls it before each view. */
+export function leave() { for (const cleanup of leaving.splice(0)) cleanup(); }

@@ -2,7 +2,7 @@
 // style: colours come from app.css through each line's class).
 
 const SVG = "http://www.w3.org/2000/svg";
-const WIDTH = 600, HEIGHT = 150, LEFT = 8, TOP = 16, BOTTOM = 18;
+const WIDTH = 600, HEIGHT = 150, LEFT = 8, RIGHT = 6, TOP = 16, BOTTOM = 18;
 
 function svg(tag, attributes = {}, text) {
   const element = document.createElementNS(SVG, tag);
@@ -45,7 +45,7 @@ export function lineChart(id, label, series) {
   function update(values, span, capacity) {
     const peak = roundUp(Math.max(0, ...values.flat()));
     const slots = Math.max(capacity - 1, 1);
-    const step = (WIDTH - LEFT) / slots;
+    const step = (WIDTH - LEFT - RIGHT) / slots;
     const height = HEIGHT - TOP - BOTTOM;
     values.forEach((points, index) => {
       const offset = capacity - points.length;

@@ -49,12 +49,17 @@ async fn the_dashboard_shows_the_servers_figures_and_a_live_chart() {
         ))
         .await;
 
-    // Once the rates have a sample, the lines have points.
-    browser
-        .wait_for(
-            "document.querySelector('svg#rates-chart polyline.appends').getAttribute('points').includes(',')",
+    // Once the rates have two samples (10 s), the lines have segments.
+    for n in 0..5 {
+        server.get_json(&format!("/streams/dash-orders/{n}")).await;
+    }
+    let segment = |line: &str| {
+        format!(
+            "document.querySelector('svg#rates-chart polyline.{line}').getAttribute('points').includes(' ')"
         )
-        .await;
+    };
+    browser.wait_for(&segment("appends")).await;
+    browser.wait_for(&segment("reads")).await;
     browser.screenshot("dashboard").await;
     assert_eq!(browser.errors().await, Vec::<String>::new());
 

@@ -86,7 +86,9 @@ async fn info(State(state): State<AppState>) -> Response {
 /// The user streams ever created: the length of `$streams`, which links
 /// each stream's first event (so deleted streams still count), read from
 /// its state in one lookup whatever the number of streams. `None` while
-/// that projection is off, or still being built from the log.
+/// that projection is still being built from the log, or on a store that
+/// never had it (turned off later, the count stops where `$streams` did:
+/// the store does not say which projections are on).
 async fn stream_count(state: &AppState) -> Option<u64> {
     if state.store.projections_building().contains(&Projection::Streams.name()) {
         return None;

@@ -887,6 +887,7 @@ async fn stream_state_reports_what_the_store_keeps(backend: Backend) {
 
 async fn a_scavenge_changes_no_read(backend: Backend) {
     let store = backend.open().await;
+    assert_eq!(store.latest_scavenge(), None, "no scavenge yet");
     let early = fresh(4, "Placed");
     put(&store, "Order-1", early.clone()).await;
     put(&store, "Order-1", fresh(6, "Placed")).await;
@@ -909,6 +910,8 @@ async fn a_scavenge_changes_no_read(backend: Backend) {
     assert_eq!(report.links_removed, 0, "no system stream hides links: {report:?}");
     assert!(report.finished_micros.is_some());
     assert_eq!(store.scavenge_report(Uuid::new_v4()).await.unwrap(), None);
+    let latest = store.latest_scavenge().expect("the scavenge is the latest");
+    assert_eq!((latest.scavenge_id, latest.status), (report.scavenge_id, report.status));
 
     assert_eq!(all(&store).await, events_before);
     for (stream, before) in streams.iter().zip(before) {

@@ -160,3 +160,31 @@ async fn the_live_tail_shows_new_events() {
     browser.screenshot("tail").await;
     assert_eq!(browser.errors().await, Vec::<String>::new());
 }
+
+/// The entry page preloads every module of `static/` (so a browser fetches
+/// them at once instead of one import level after another), and nothing
+/// else: a module added without its preload, or a preload left behind by
+/// a renamed module (a `404` in the console), fails here.
+#[tokio::test]
+async fn the_entry_page_preloads_every_module() {
+    let server = TestServer::start().await;
+    let page = server.client.get(server.url("/")).send().await.unwrap().text().await.unwrap();
+    let mut preloaded: Vec<&str> = page
+        .lines()
+        .filter_map(|line| line.strip_prefix("<link rel=\"modulepreload\" href=\"/ui/"))
+        .filter_map(|rest| rest.strip_suffix("\">"))
+        .collect();
+    preloaded.sort_unstable();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
+    let mut modules: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".js") && name != "app.js")
+        .collect();
+    modules.sort_unstable();
+    assert_eq!(preloaded, modules);
+    for module in preloaded {
+        let response = server.client.get(server.url(&format!("/ui/{module}"))).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{module}");
+    }
+}

@@ -43,6 +43,9 @@ def packages_for(sections):
         packages.add("nginx-light")
     if "varnish" in sections:
         packages.add("varnish")
+    if "ui" in sections:
+        # Headless Chromium and its WebDriver server, for the web UI.
+        packages.update({"chromium", "chromium-driver"})
     if "atombus" in sections:
         # AtomBus, the Plack server its documentation deploys it on, and the
         # SQLite driver for its database.

@@ -40,6 +40,10 @@ class Settings:
         self.auth_rounds = 1 if quick else 4
         self.auth_append_clients = 64
         self.auth_failed_logins = 100 if quick else 300
+        # ui: a store of streams x 100 events (1M), and how often each view
+        # is opened with a cold and with a warm browser cache.
+        self.ui_streams = 1000 if quick else 10000
+        self.ui_runs = 3 if quick else 10
         # startup: streams x 1,000 events, written in 100-event appends.
         self.startup_streams = 200 if quick else 10000
 

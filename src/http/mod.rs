@@ -4,7 +4,8 @@
 //!
 //! The resources share a few modules below them: `pages` is the one
 //! page-read pipeline (stream, `$all` and metadata pages, single events),
-//! `live` the long-polls and Server-Sent Events, `events_body` reading and
+//! `live` the long-polls and Server-Sent Events, `activity` the counters
+//! and rates `/info` reports, `events_body` reading and
 //! parsing request bodies (`encoding` decodes them first), and
 //! `negotiate`, `params`, `caching`,
 //! `base_url`, `error` and `read_errors` (a failed read answered as v5
@@ -17,6 +18,7 @@
 //! import shared ones, never each other; only this file names them, to
 //! merge their routers.
 
+pub mod activity;
 mod admin;
 mod auth;
 pub mod base_url;
@@ -119,6 +121,8 @@ pub struct Shared {
     /// Which other sites' pages may call the server, and whether with
     /// credentials (`--cors-origin`).
     pub cors: cors::Cors,
+    /// Reads served and events appended lately, for `/info`.
+    pub activity: Arc<activity::Activity>,
 }
 
 /// The whole HTTP application.

@@ -84,6 +84,7 @@ pub(super) async fn read_page(
     headers: &HeaderMap,
     media: &'static str,
 ) -> Result<Response, HttpError> {
+    reader.state.activity.read_served();
     let is_all = stream == feed::ALL_STREAM;
     let read = || async {
         if is_all {
@@ -264,6 +265,7 @@ pub(super) async fn single_event(
     media: &'static str,
 ) -> Result<Response, HttpError> {
     let (state, principal) = (reader.state, reader.principal);
+    state.activity.read_served();
     let mut found = match find_event(state, stream, start, resolve_links).await {
         Ok(found) => found,
         Err(error) => {

@@ -117,6 +117,7 @@ impl Server {
             .map_err(ServerError::Store)?;
         warn_of_default_passwords(&security).await;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let activity = crate::http::activity::Activity::start(&store, shutdown_rx.clone());
         let state = AppState::new(Shared {
             store: Arc::clone(&store),
             limits: Arc::new(Limits {
@@ -132,6 +133,7 @@ impl Server {
             security,
             stop_requested: Arc::default(),
             cors,
+            activity,
         });
         Ok(Self {
             listener,

@@ -427,6 +427,11 @@ impl Store for MemoryStore {
         Ok(self.lock()?.scavenges.get(&id).cloned())
     }
 
+    fn latest_scavenge(&self) -> Option<ScavengeReport> {
+        let data = self.lock().ok()?;
+        data.scavenges.values().max_by_key(|report| report.started_micros).cloned()
+    }
+
     fn notifier(&self) -> &Notifier {
         &self.notifier
     }

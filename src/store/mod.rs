@@ -164,6 +164,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// A scavenge's progress or result; `None` for an unknown id.
     async fn scavenge_report(&self, id: Uuid) -> Result<Option<ScavengeReport>, StoreError>;
 
+    /// The scavenge running now, else the one started last (also by an
+    /// earlier process); `None` when there never was one. Cheap: kept in
+    /// memory, for status pages polled every few seconds.
+    fn latest_scavenge(&self) -> Option<ScavengeReport> {
+        None
+    }
+
+    /// The bytes the store's files take on disk; `None` for a store that
+    /// has none. May walk a directory: call it off the async threads
+    /// (`spawn_blocking`), and not on a request's path.
+    fn size_on_disk(&self) -> Option<u64> {
+        None
+    }
+
     /// Where live readers learn of new events.
     fn notifier(&self) -> &Notifier;
 

@@ -9,7 +9,7 @@ first, then a short method paragraph. A module may also have
 sections without one are left out of it."""
 
 from . import (appends, atombus, auth, longpoll, multiappend, projections, reads, scavenge, startup,
-               subscriptions, varnish)
+               subscriptions, ui, varnish)
 
 MODULES = {
     "appends": appends,
@@ -22,6 +22,7 @@ MODULES = {
     "subscriptions": subscriptions,
     "auth": auth,
     "atombus": atombus,
+    "ui": ui,
     "startup": startup,
 }
 SECTIONS = list(MODULES)

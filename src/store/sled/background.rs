@@ -170,6 +170,10 @@ pub(super) struct Scavenger {
     /// step: what `report` shows for it, so progress is current, not as
     /// of the last save.
     running: Arc<Mutex<Option<ScavengeReport>>>,
+    /// The report of the scavenge started last, once it ended (read from
+    /// the store at open): what `latest` shows when none is running, so a
+    /// status page needs no scan of every report.
+    last: Arc<Mutex<Option<ScavengeReport>>>,
     /// The task of the last scavenge started. The task holds the store's
     /// files open (through `db`), so closing the store waits for it: a
     /// restart in the same process must not find the files still locked.
@@ -189,13 +193,22 @@ impl Scavenger {
         path: PathBuf,
         commands: mpsc::Sender<Command>,
     ) -> Result<Self, StoreError> {
-        Self::mark_interrupted(db)?;
-        Ok(Self { db: cell, path, commands, running: Arc::default(), task: Arc::default() })
+        let last = Self::mark_interrupted(db)?;
+        Ok(Self {
+            db: cell,
+            path,
+            commands,
+            running: Arc::default(),
+            last: Arc::new(Mutex::new(last)),
+            task: Arc::default(),
+        })
     }
 
     /// Marks scavenges that were running when the server last stopped as
-    /// interrupted (a few small records, read once at open).
-    fn mark_interrupted(db: &sled::Db) -> Result<(), StoreError> {
+    /// interrupted (a few small records, read once at open); answers the
+    /// one started last.
+    fn mark_interrupted(db: &sled::Db) -> Result<Option<ScavengeReport>, StoreError> {
+        let mut last: Option<ScavengeReport> = None;
         for item in db.scan_prefix([keys::SCAVENGE]) {
             let (key, value) = item?;
             if let Ok(mut report) = serde_json::from_slice::<ScavengeReport>(&value) {
@@ -203,9 +216,20 @@ impl Scavenger {
                     report.status = ScavengeStatus::Interrupted;
                     db.insert(key, encode(&report))?;
                 }
+                if last.as_ref().is_none_or(|newest| report.started_micros > newest.started_micros) {
+                    last = Some(report);
+                }
             }
         }
-        Ok(())
+        Ok(last)
+    }
+
+    /// The running scavenge's live report, else the last one's.
+    pub fn latest(&self) -> Option<ScavengeReport> {
+        if let Some(running) = self.lock_running().as_ref() {
+            return Some(running.clone());
+        }
+        self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     pub fn start(&self) -> Result<ScavengeStarted, StoreError> {
@@ -326,6 +350,9 @@ impl Scavenger {
             bytes_after = report.bytes_after,
             "scavenge finished"
         );
+        // IMPORTANT: `last` before `running` is emptied, so `latest` never
+        // misses the report in between.
+        *self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(report);
         *self.lock_running() = None;
     }
 }

@@ -370,6 +370,14 @@ impl Store for SledStore {
         self.scavenger.report(&id)
     }
 
+    fn latest_scavenge(&self) -> Option<ScavengeReport> {
+        self.scavenger.latest()
+    }
+
+    fn size_on_disk(&self) -> Option<u64> {
+        Some(scavenge::directory_bytes(&self.path))
+    }
+
     fn projections_building(&self) -> Vec<&'static str> {
         let building = self.building.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         building.iter().map(|projection| projection.name()).collect()

@@ -2,7 +2,9 @@
 //! `--store postgres://…` serves the same bytes under the same ETags and
 //! cache headers as the sled store for the same history (tests/feeds.rs
 //! pins sled's bytes in tests/snapshots), wakes long-polls, and refuses a
-//! database whose schema is newer than it knows.
+//! database whose schema is newer than it knows; two stores on one
+//! database (two nodes) wake each other's waiters, also across a lost
+//! listening connection.
 //!
 //! The database is a fresh one in the tests' own cluster
 //! (`common::postgres`); without PostgreSQL these tests say `SKIPPED`,
@@ -12,13 +14,21 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use common::pages::normalise_times;
 use common::{ATOM_JSON, ATOM_XML, TestServer, link};
 use eventfeed::config::ServeConfig;
 use eventfeed::server::Server;
+use eventfeed::store::projections::Projections;
+use eventfeed::store::{
+    self, Append, Durability, ExpectedVersion, PostgresOptions, ProposedEvent, Store, StoreConfig,
+};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 /// Every link is built on this host, so bytes do not depend on the port.
 const HOST: &str = "eventfeed.test";
@@ -196,4 +206,55 @@ async fn a_restart_finds_everything_and_a_newer_schema_is_refused() {
     config.store = url;
     let Err(refused) = Server::bind(&config).await else { panic!("a newer schema is refused") };
     assert!(refused.to_string().contains("newer than this eventfeed"), "{refused}");
+}
+
+/// An append of one event to `stream`.
+async fn append_one(store: &Arc<dyn Store>, stream: &str) -> u64 {
+    let event = ProposedEvent {
+        id: Uuid::new_v4(),
+        event_type: "Ticked".into(),
+        is_json: true,
+        data: Bytes::from_static(b"{}"),
+        metadata_is_json: false,
+        metadata: Bytes::new(),
+    };
+    let append =
+        Append { stream: stream.into(), expected: ExpectedVersion::Any, events: vec![event], access: None };
+    store.append(append).await.expect("the append succeeds").position.expect("a new event has a position")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_database_wake_each_other_even_after_a_lost_connection() {
+    let Some(cluster) = common::postgres::cluster() else { return };
+    let url = cluster.create_database();
+    let config = StoreConfig::Postgres(PostgresOptions {
+        url: url.clone(),
+        durability: Durability::Fsync,
+        projections: Projections::default(),
+    });
+    let (one, two) = (store::open(&config).await.unwrap(), store::open(&config).await.unwrap());
+    let patience = Duration::from_secs(15);
+
+    let mut stream = two.notifier().watch_stream("shared");
+    let mut all = two.notifier().watch(None);
+    assert_eq!(append_one(&one, "shared").await, 0);
+    tokio::time::timeout(patience, stream.changed()).await.expect("the other store's stream waiter wakes");
+    tokio::time::timeout(patience, all.changed()).await.expect("the other store's $all waiter wakes");
+    assert_eq!(two.notifier().next_position(), 1);
+    // Positions go on densely whichever store appends.
+    assert_eq!(append_one(&two, "shared").await, 1);
+    assert_eq!(append_one(&one, "other").await, 2);
+
+    // The second store's listening connection is cut; what commits while
+    // it reconnects still wakes its waiters (it reads the head again).
+    let name = url.rsplit('/').next().unwrap();
+    let cut = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+               WHERE application_name = 'eventfeed-listener' AND datname = current_database()";
+    assert_eq!(cluster.psql(name, cut).unwrap(), "2", "both stores listen");
+    let mut stream = two.notifier().watch_stream("shared");
+    append_one(&one, "shared").await;
+    tokio::time::timeout(patience, stream.changed()).await.expect("a waiter wakes after the reconnection");
+    assert!(two.notifier().next_position() >= 4);
+    one.close().await.unwrap();
+    two.close().await.unwrap();
 }

@@ -114,15 +114,18 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|output| output.stdout.trim_ascii() == b"0")
 }
 
-/// `command` as the unprivileged user when the tests run as root.
-fn as_cluster_user(program: &Path, root: bool) -> Command {
-    if root {
+/// `program` as the unprivileged user when the tests run as root, in
+/// `dir` (the user may not enter the tests' own working directory).
+fn as_cluster_user(program: &Path, root: bool, dir: &Path) -> Command {
+    let mut command = if root {
         let mut command = Command::new("runuser");
         command.args(["-u", UNPRIVILEGED_USER, "--"]).arg(program);
         command
     } else {
         Command::new(program)
-    }
+    };
+    command.current_dir(dir);
+    command
 }
 
 fn start() -> Result<Cluster, String> {
@@ -144,7 +147,7 @@ fn start() -> Result<Cluster, String> {
         }
     }
     let data = dir.join("data");
-    let initdb = as_cluster_user(&bin.join("initdb"), root)
+    let initdb = as_cluster_user(&bin.join("initdb"), root, &dir)
         .arg("-D")
         .arg(&data)
         .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
@@ -170,7 +173,7 @@ fn start() -> Result<Cluster, String> {
         wait "$cluster"
         rm -rf "$3"
     "#;
-    as_cluster_user(Path::new("/bin/sh"), root)
+    as_cluster_user(Path::new("/bin/sh"), root, &dir)
         .args(["-c", script, "watchdog"])
         .arg(&bin)
         .arg(&data)

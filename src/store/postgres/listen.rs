@@ -29,6 +29,9 @@ const SAFETY_POLL: Duration = Duration::from_secs(5);
 /// bytes; a commit touching more streams than fit says "every stream".
 const MAX_PAYLOAD: usize = 7_900;
 
+/// The `application_name` of the listener's connection.
+pub const LISTENER_NAME: &str = "eventfeed-listener";
+
 /// How long to wait before connecting again after a failure.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
@@ -59,10 +62,13 @@ fn parse(payload: &str) -> Option<(Head, Option<Vec<String>>)> {
 
 /// Listens until `shutdown` says so, reconnecting after any failure.
 pub(super) async fn run(
-    config: tokio_postgres::Config,
+    mut config: tokio_postgres::Config,
     publisher: Arc<Publisher>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Named, so that an operator (or a test) can tell it apart in
+    // `pg_stat_activity`.
+    config.application_name(LISTENER_NAME);
     loop {
         if *shutdown.borrow() {
             return;

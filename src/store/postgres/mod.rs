@@ -55,6 +55,11 @@ const READ_CONNECTIONS: usize = 16;
 /// send, which slows them down rather than queueing without bound.
 const WRITER_QUEUE: usize = 16 * 1024;
 
+/// How long a connection may take to open, unless the connection string
+/// says (`connect_timeout`): an unreachable database fails a start, an
+/// append or a read in this time instead of the system's TCP timeout.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The channel every commit notifies, with its head and streams.
 const CHANNEL: &str = "eventfeed_commits";
 
@@ -91,6 +96,18 @@ enum Command {
         hard: bool,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+}
+
+impl Command {
+    /// The event bytes (data plus metadata) the command would write.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Append { appends, .. } => {
+                appends.iter().flat_map(|append| &append.events).map(super::ProposedEvent::size).sum()
+            }
+            Self::Delete { .. } => 0,
+        }
+    }
 }
 
 /// Publishes heads to the notifier in commit order, whoever learns of the
@@ -173,8 +190,11 @@ impl PgStore {
     /// head and starts the writer and the listener. A bad connection
     /// string, an unreachable database or a newer schema fail here.
     pub async fn open(options: PostgresOptions) -> Result<Self, StoreError> {
-        let config = tokio_postgres::Config::from_str(&options.url)
+        let mut config = tokio_postgres::Config::from_str(&options.url)
             .map_err(|error| StoreError::Invalid(format!("not a PostgreSQL connection string: {error}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let mut client = connect(&config).await.map_err(|error| {
             StoreError::Io(format!("cannot connect to {}: {error}", describe(&options.url)))
         })?;

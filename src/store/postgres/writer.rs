@@ -30,9 +30,13 @@ use crate::store::projections::Projections;
 use crate::store::{AppendOutcome, Durability, Head, StoreError};
 
 /// The most requests one transaction takes: enough to share one commit
-/// among every client of a busy server, few enough that one batch's
-/// statements stay a few megabytes.
+/// among every client of a busy server.
 const MAX_BATCH: usize = 1024;
+
+/// The most event bytes (data plus metadata) one transaction takes, but
+/// for a single larger request: the batch's rows are sent as parameters of
+/// one statement, held in memory until it is written.
+const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 
 pub(super) struct Writer {
     config: tokio_postgres::Config,
@@ -63,13 +67,27 @@ impl Writer {
 
     /// Takes batches until every sender is gone (the store closed).
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        while let Some(first) = commands.recv().await {
+        // The command that would have taken a batch past its bytes: the
+        // first of the next one.
+        let mut carried = None;
+        loop {
+            let first = match carried.take() {
+                Some(command) => command,
+                None => match commands.recv().await {
+                    Some(command) => command,
+                    None => return,
+                },
+            };
+            let mut bytes = first.bytes();
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
-                match commands.try_recv() {
-                    Ok(command) => batch.push(command),
-                    Err(_) => break,
+                let Ok(command) = commands.try_recv() else { break };
+                bytes += command.bytes();
+                if bytes > MAX_BATCH_BYTES {
+                    carried = Some(command);
+                    break;
                 }
+                batch.push(command);
             }
             self.commit(batch).await;
         }

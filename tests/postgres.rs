@@ -25,7 +25,8 @@ use eventfeed::config::ServeConfig;
 use eventfeed::server::Server;
 use eventfeed::store::projections::Projections;
 use eventfeed::store::{
-    self, Append, Durability, ExpectedVersion, PostgresOptions, ProposedEvent, Store, StoreConfig,
+    self, Append, AppendOutcome, Direction, Durability, ExpectedVersion, PostgresOptions, ProposedEvent,
+    Store, StoreConfig, StoreError, StreamRead,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -209,7 +210,7 @@ async fn a_restart_finds_everything_and_a_newer_schema_is_refused() {
 }
 
 /// An append of one event to `stream`.
-async fn append_one(store: &Arc<dyn Store>, stream: &str) -> u64 {
+async fn try_append(store: &Arc<dyn Store>, stream: &str) -> Result<AppendOutcome, StoreError> {
     let event = ProposedEvent {
         id: Uuid::new_v4(),
         event_type: "Ticked".into(),
@@ -218,20 +219,81 @@ async fn append_one(store: &Arc<dyn Store>, stream: &str) -> u64 {
         metadata_is_json: false,
         metadata: Bytes::new(),
     };
-    let append =
-        Append { stream: stream.into(), expected: ExpectedVersion::Any, events: vec![event], access: None };
-    store.append(append).await.expect("the append succeeds").position.expect("a new event has a position")
+    store
+        .append(Append {
+            stream: stream.into(),
+            expected: ExpectedVersion::Any,
+            events: vec![event],
+            access: None,
+        })
+        .await
+}
+
+/// An append of one event to `stream` that succeeds; its position.
+async fn append_one(store: &Arc<dyn Store>, stream: &str) -> u64 {
+    let outcome = try_append(store, stream).await.expect("the append succeeds");
+    outcome.position.expect("a new event has a position")
+}
+
+/// A store on database `url`.
+fn store_config(url: &str) -> StoreConfig {
+    StoreConfig::Postgres(PostgresOptions {
+        url: url.to_owned(),
+        durability: Durability::Fsync,
+        projections: Projections::default(),
+    })
+}
+
+/// Terminates the connections named `application_name` to the database
+/// of `url`; how many there were.
+fn terminate(cluster: &common::postgres::Cluster, url: &str, application_name: &str) -> String {
+    let name = url.rsplit('/').next().unwrap();
+    let sql = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = '{application_name}' AND datname = current_database()"
+    );
+    cluster.psql(name, &sql).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_come_back_by_themselves_after_the_writer_loses_its_connection() {
+    let Some(cluster) = common::postgres::cluster() else { return };
+    let url = cluster.create_database();
+    let store = store::open(&store_config(&url)).await.unwrap();
+    append_one(&store, "s").await;
+    assert_eq!(terminate(cluster, &url, "eventfeed-writer"), "1");
+    // Until the writer has connected again (at the latest for the next
+    // batch) appends fail as unavailable, never as written.
+    let mut acknowledged = 1;
+    for attempt in 0..3 {
+        match try_append(&store, "s").await {
+            Ok(outcome) => {
+                assert_eq!(outcome.first_number, acknowledged, "attempt {attempt}");
+                acknowledged += 1;
+            }
+            Err(StoreError::Unavailable | StoreError::CommitFailed(_)) if attempt < 2 => {}
+            Err(error) => panic!("attempt {attempt}: {error}"),
+        }
+    }
+    assert!(acknowledged >= 2, "the writer connected again");
+    let read = StreamRead {
+        stream: "s".into(),
+        from: Some(0),
+        direction: Direction::Forward,
+        count: 100,
+        resolve_links: false,
+    };
+    let numbers: Vec<u64> =
+        store.read_stream(read).await.unwrap().events.iter().map(|e| e.event.number).collect();
+    assert_eq!(numbers, (0..acknowledged).collect::<Vec<_>>(), "every acknowledged append, densely");
+    store.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_on_one_database_wake_each_other_even_after_a_lost_connection() {
     let Some(cluster) = common::postgres::cluster() else { return };
     let url = cluster.create_database();
-    let config = StoreConfig::Postgres(PostgresOptions {
-        url: url.clone(),
-        durability: Durability::Fsync,
-        projections: Projections::default(),
-    });
+    let config = store_config(&url);
     let (one, two) = (store::open(&config).await.unwrap(), store::open(&config).await.unwrap());
     let patience = Duration::from_secs(15);
 
@@ -247,10 +309,7 @@ async fn two_stores_on_one_database_wake_each_other_even_after_a_lost_connection
 
     // The second store's listening connection is cut; what commits while
     // it reconnects still wakes its waiters (it reads the head again).
-    let name = url.rsplit('/').next().unwrap();
-    let cut = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-               WHERE application_name = 'eventfeed-listener' AND datname = current_database()";
-    assert_eq!(cluster.psql(name, cut).unwrap(), "2", "both stores listen");
+    assert_eq!(terminate(cluster, &url, "eventfeed-listener"), "2", "both stores listen");
     let mut stream = two.notifier().watch_stream("shared");
     append_one(&one, "shared").await;
     tokio::time::timeout(patience, stream.changed()).await.expect("a waiter wakes after the reconnection");

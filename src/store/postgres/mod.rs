@@ -167,12 +167,23 @@ impl fmt::Debug for PgStore {
 /// unreachable database is `Unavailable` (the request may be retried), a
 /// refusal by the database is a storage failure.
 pub(crate) fn db_error(error: tokio_postgres::Error) -> StoreError {
-    if error.is_closed() || error.as_db_error().is_none() {
+    let unavailable = match error.as_db_error() {
+        None => true,
+        Some(db) => UNAVAILABLE_CLASSES.iter().any(|class| db.code().code().starts_with(class)),
+    };
+    if unavailable || error.is_closed() {
         StoreError::Unavailable
     } else {
         StoreError::Io(format!("PostgreSQL: {}", schema::error_text(&error)))
     }
 }
+
+/// The SQLSTATE classes that mean "the database is not there now", not
+/// "the database refused this": connection exceptions (08), insufficient
+/// resources such as too many connections (53), and operator
+/// intervention (57: a shutdown, a terminated connection, a database
+/// still starting).
+const UNAVAILABLE_CLASSES: [&str; 3] = ["08", "53", "57"];
 
 /// Connects one client and drives its connection in the background.
 async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
@@ -217,13 +228,8 @@ impl PgStore {
         tokio::spawn(listen::run(config.clone(), Arc::clone(&publisher), shutdown_seen));
         let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
         let (done, writer_done) = oneshot::channel();
-        let writer = writer::Writer::new(
-            config,
-            client,
-            options.projections,
-            options.durability,
-            Arc::clone(&publisher),
-        );
+        let writer =
+            writer::Writer::new(&config, options.projections, options.durability, Arc::clone(&publisher));
         tokio::spawn(async move {
             writer.run(receiver).await;
             let _ = done.send(());

@@ -107,21 +107,24 @@ impl Staging {
         }
         let names: Vec<String> = names.into_iter().collect();
         let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = ANY($1)");
-        for row in tx.query(&query, &[&names]).await.map_err(db_error)? {
+        // Both queries pipelined: one round trip.
+        let (states, numbers) =
+            tokio::try_join!(async { tx.query(&query, &[&names]).await.map_err(db_error) }, async {
+                tx.query(
+                    "SELECT stream, id, number FROM event_ids \
+                     WHERE (stream, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))",
+                    &[&id_streams, &ids],
+                )
+                .await
+                .map_err(db_error)
+            },)?;
+        for row in states {
             self.states.insert(row.get(0), Some(state_from_row(&row)));
         }
         for name in names {
             self.states.entry(name).or_insert(None);
         }
-        let rows = tx
-            .query(
-                "SELECT stream, id, number FROM event_ids \
-                 WHERE (stream, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))",
-                &[&id_streams, &ids],
-            )
-            .await
-            .map_err(db_error)?;
-        for row in rows {
+        for row in numbers {
             self.ids.insert((row.get(0), row.get(1)), unsigned(row.get(2)));
         }
         Ok(())
@@ -279,8 +282,18 @@ impl Staging {
         rows.link_number.push(link.map(|(_, number)| signed(number)));
     }
 
-    /// Writes what was staged: one statement per table.
+    /// Writes what was staged: one statement per table, pipelined.
     pub(super) async fn write(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+        tokio::try_join!(
+            self.write_events(tx),
+            self.write_entries(tx),
+            self.write_ids(tx),
+            self.write_states(tx)
+        )?;
+        Ok(())
+    }
+
+    async fn write_events(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
         let rows = &self.events;
         if !rows.position.is_empty() {
             let data: Vec<&[u8]> = rows.data.iter().map(|data| &data[..]).collect();
@@ -308,6 +321,10 @@ impl Staging {
             .await
             .map_err(write_error)?;
         }
+        Ok(())
+    }
+
+    async fn write_entries(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
         let rows = &self.entries;
         if !rows.stream.is_empty() {
             tx.execute(
@@ -320,6 +337,10 @@ impl Staging {
             .await
             .map_err(write_error)?;
         }
+        Ok(())
+    }
+
+    async fn write_ids(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
         if !self.new_ids.is_empty() {
             let streams: Vec<&str> = self.new_ids.iter().map(|(stream, ..)| stream.as_str()).collect();
             let ids: Vec<Uuid> = self.new_ids.iter().map(|(_, id, _)| *id).collect();
@@ -331,7 +352,7 @@ impl Staging {
             .await
             .map_err(write_error)?;
         }
-        self.write_states(tx).await
+        Ok(())
     }
 
     async fn write_states(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {

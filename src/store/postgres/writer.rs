@@ -39,14 +39,17 @@ const MAX_BATCH: usize = 1024;
 const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 
 pub(super) struct Writer {
+    /// How the writer connects (see [`Writer::new`]).
     config: tokio_postgres::Config,
-    /// The writer's own connection; `None` after it was lost, until the
-    /// next batch reconnects.
+    /// The writer's own connection; `None` before the first batch and
+    /// after it was lost, until the next batch connects.
     client: Option<Client>,
     projections: Projections,
-    durability: Durability,
     publisher: Arc<Publisher>,
 }
+
+/// The `application_name` of the writer's connection.
+pub const WRITER_NAME: &str = "eventfeed-writer";
 
 /// A request's answer.
 enum Answer {
@@ -55,14 +58,30 @@ enum Answer {
 }
 
 impl Writer {
+    /// A writer connecting with `config`, named [`WRITER_NAME`], its
+    /// session's `synchronous_commit` set by `durability`: `on` for `fsync`
+    /// and `flush` (nothing cheaper survives a crash of the database's
+    /// process), `off` for `none`. Set once per connection rather than per
+    /// transaction, which would cost each batch a round trip.
     pub(super) fn new(
-        config: tokio_postgres::Config,
-        client: Client,
+        config: &tokio_postgres::Config,
         projections: Projections,
         durability: Durability,
         publisher: Arc<Publisher>,
     ) -> Self {
-        Self { config, client: Some(client), projections, durability, publisher }
+        let mut config = config.clone();
+        config.application_name(WRITER_NAME);
+        let synchronous_commit = match durability {
+            Durability::Fsync | Durability::Flush => "on",
+            Durability::None => "off",
+        };
+        let setting = format!("-c synchronous_commit={synchronous_commit}");
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {setting}"),
+            None => setting,
+        };
+        config.options(&options);
+        Self { config, client: None, projections, publisher }
     }
 
     /// Takes batches until every sender is gone (the store closed).
@@ -142,7 +161,7 @@ impl Writer {
             self.client = Some(client);
         }
         let Some(client) = self.client.as_mut() else { return Err(StoreError::Unavailable) };
-        let result = run_transaction(client, requests, self.projections, self.durability).await;
+        let result = run_transaction(client, requests, self.projections).await;
         if let Err(StoreError::Unavailable) = result {
             self.client = None;
         }
@@ -178,18 +197,8 @@ async fn run_transaction(
     client: &mut Client,
     requests: &[Request],
     projections: Projections,
-    durability: Durability,
 ) -> Result<(Vec<Answer>, Option<(Head, Vec<String>)>), StoreError> {
     let tx = client.transaction().await.map_err(db_error)?;
-    let synchronous_commit = match durability {
-        // Nothing cheaper keeps "survives a crash of the process" when
-        // the process that could crash is the database's.
-        Durability::Fsync | Durability::Flush => "on",
-        Durability::None => "off",
-    };
-    tx.batch_execute(&format!("SET LOCAL synchronous_commit = {synchronous_commit}"))
-        .await
-        .map_err(db_error)?;
     let head = tx
         .query_one(
             "SELECT next_position, commit_seq, last_created_micros, \
@@ -223,16 +232,21 @@ async fn run_transaction(
     }
     let head = Head { next_position: staging.next_position, commit_seq: commit_seq + 1 };
     let touched: Vec<String> = staging.touched.iter().cloned().collect();
-    staging.write(&tx).await?;
-    tx.execute(
-        "UPDATE log_head SET next_position = $1, commit_seq = $2, last_created_micros = $3",
-        &[&signed(head.next_position), &signed(head.commit_seq), &staging.created_micros],
-    )
-    .await
-    .map_err(db_error)?;
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &super::listen::payload(head, &touched)])
+    let payload = super::listen::payload(head, &touched);
+    let (next_position, seq) = (signed(head.next_position), signed(head.commit_seq));
+    let move_head = async {
+        tx.execute(
+            "UPDATE log_head SET next_position = $1, commit_seq = $2, last_created_micros = $3",
+            &[&next_position, &seq, &staging.created_micros],
+        )
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)
+    };
+    let notify =
+        async { tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await.map_err(db_error) };
+    // Polled together, the statements are pipelined: sent without waiting
+    // for each other's answers.
+    tokio::try_join!(staging.write(&tx), move_head, notify)?;
     tx.commit().await.map_err(|error| match db_error(error) {
         // Whether a commit whose answer was lost stands is unknown; a retry
         // with the same ids is answered with its outcome if it did.

@@ -114,22 +114,6 @@ impl fmt::Debug for PostgresOptions {
     }
 }
 
-impl StoreConfig {
-    /// What the store is, for logs: a directory, or a database without
-    /// its password.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Sled(options) => format!("sled in {}", options.path.display()),
-            #[cfg(feature = "postgres")]
-            Self::Postgres(options) => self::postgres::describe(&options.url),
-            #[cfg(not(feature = "postgres"))]
-            Self::Postgres(_) => "postgres".to_owned(),
-            #[cfg(feature = "test-support")]
-            Self::Memory { .. } => "memory".to_owned(),
-        }
-    }
-}
-
 /// The last event of `stream`; `None` when it has none (or does not exist).
 pub async fn last_event(store: &dyn Store, stream: &str) -> Result<Option<ReadEvent>, StoreError> {
     match store.read_stream(StreamRead::last(stream)).await {

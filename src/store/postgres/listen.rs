@@ -32,6 +32,9 @@ const MAX_PAYLOAD: usize = 7_900;
 /// The `application_name` of the listener's connection.
 pub const LISTENER_NAME: &str = "eventfeed-listener";
 
+/// The longest wait between attempts while the database stays away.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
 /// How long to wait before connecting again after a failure.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
@@ -69,28 +72,43 @@ pub(super) async fn run(
     // Named, so that an operator (or a test) can tell it apart in
     // `pg_stat_activity`.
     config.application_name(LISTENER_NAME);
+    let mut delay = RECONNECT_DELAY;
     loop {
         if *shutdown.borrow() {
             return;
         }
+        let mut listened = false;
         tokio::select! {
-            ended = listen(&config, &publisher) => {
+            ended = listen(&config, &publisher, &mut listened) => {
                 if let Err(error) = ended {
-                    tracing::warn!(%error, "the PostgreSQL listener lost its connection; reconnecting");
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "the PostgreSQL listener has no connection");
                 }
             }
             _ = shutdown.changed() => return,
         }
+        // A connection that listened starts the delays over; one that
+        // never did (the database is away) doubles them, up to a bound.
+        if listened {
+            delay = RECONNECT_DELAY;
+        }
         tokio::select! {
-            () = tokio::time::sleep(RECONNECT_DELAY) => {}
+            () = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return,
+        }
+        if !listened {
+            delay = (delay * 2).min(MAX_RECONNECT_DELAY);
         }
     }
 }
 
 /// One connection's life: `LISTEN`, catch up, then publish what is heard
 /// until the connection fails.
-async fn listen(config: &tokio_postgres::Config, publisher: &Publisher) -> Result<(), tokio_postgres::Error> {
+/// `listened` is set once `LISTEN` took.
+async fn listen(
+    config: &tokio_postgres::Config,
+    publisher: &Publisher,
+    listened: &mut bool,
+) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let (heard, mut hearing) = mpsc::unbounded_channel();
     // The connection is driven here, and its notifications forwarded; it
@@ -114,6 +132,7 @@ async fn listen(config: &tokio_postgres::Config, publisher: &Publisher) -> Resul
     });
     let listening = async {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        *listened = true;
         loop {
             // After connecting, and now and then: whatever commits this
             // connection did not hear of wake everybody.

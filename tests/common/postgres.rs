@@ -150,7 +150,7 @@ fn start() -> Result<Cluster, String> {
     let initdb = as_cluster_user(&bin.join("initdb"), root, &dir)
         .arg("-D")
         .arg(&data)
-        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])
         .stdin(Stdio::null())
         .output()
         .map_err(|error| format!("initdb: {error}"))?;

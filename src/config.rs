@@ -10,7 +10,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::store::projections::Projections;
 use crate::store::sled::{DEFAULT_MIN_FREE_BYTES, SledStoreOptions};
-use crate::store::{Durability, StoreConfig};
+use crate::store::{Durability, PostgresOptions, StoreConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +39,12 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// The store: `sled`, the embedded store in `--data-dir`, or a
+    /// PostgreSQL connection string (`postgres://user:password@host/db`,
+    /// or libpq's `key=value` pairs), whose database eventfeed creates its
+    /// tables in at start (needs the `postgres` build feature).
+    #[arg(long, env = "EVENTFEED_STORE", default_value = "sled", hide_env_values = true, value_parser = store_choice)]
+    pub store: String,
     /// Directory of the embedded store; created if missing.
     #[arg(long, env = "EVENTFEED_DATA_DIR", default_value = "./eventfeed-data")]
     pub data_dir: PathBuf,
@@ -204,6 +210,21 @@ fn durability() -> impl TypedValueParser<Value = Durability> {
     })
 }
 
+/// Checks a `--store` value: `sled`, or something a PostgreSQL
+/// connection string can be (a URL or `key=value` pairs). The string
+/// itself is read when the store opens, which says what is wrong with it.
+fn store_choice(text: &str) -> Result<String, String> {
+    if text == "sled" || is_postgres(text) {
+        return Ok(text.to_owned());
+    }
+    Err("expected `sled` or a PostgreSQL connection string (postgres://…, or key=value pairs)".into())
+}
+
+/// Whether a `--store` value names a PostgreSQL database.
+fn is_postgres(store: &str) -> bool {
+    store.starts_with("postgres://") || store.starts_with("postgresql://") || store.contains('=')
+}
+
 /// The timeouts' values: at least a second, at most a day (a longer one
 /// would be no timeout at all).
 fn timeout_secs() -> clap::builder::RangedU64ValueParser<u64> {
@@ -221,14 +242,22 @@ fn log_filter(text: &str) -> Result<String, String> {
 impl ServeConfig {
     /// The store these options describe.
     pub fn store_config(&self) -> StoreConfig {
+        let projections = Projections {
+            by_category: self.projection_by_category,
+            by_event_type: self.projection_by_event_type,
+            streams: self.projection_streams,
+        };
+        if is_postgres(&self.store) {
+            return StoreConfig::Postgres(PostgresOptions {
+                url: self.store.clone(),
+                durability: self.durability,
+                projections,
+            });
+        }
         StoreConfig::Sled(SledStoreOptions {
             path: self.data_dir.clone(),
             durability: self.durability,
-            projections: Projections {
-                by_category: self.projection_by_category,
-                by_event_type: self.projection_by_event_type,
-                streams: self.projection_streams,
-            },
+            projections,
             cache_capacity: self.cache_mb.saturating_mul(1024 * 1024),
             checkpoint_after_bytes: self.checkpoint_after_mb.saturating_mul(1024 * 1024),
             min_free_bytes: self.min_free_mb.saturating_mul(1024 * 1024),
@@ -307,6 +336,25 @@ mod tests {
         let error = Cli::try_parse_from(["eventfeed", "serve", "--cors-origin", "a.example"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(error.to_string().contains("scheme://host[:port]"), "{error}");
+    }
+
+    #[test]
+    fn the_store_is_sled_or_a_postgres_connection_string() {
+        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command;
+        assert!(matches!(config.store_config(), StoreConfig::Sled(_)));
+        for url in [
+            "postgres://u:secret@db/events",
+            "postgresql://db1,db2/e?target_session_attrs=read-write",
+            "host=db",
+        ] {
+            let Command::Serve(config) =
+                Cli::try_parse_from(["eventfeed", "serve", "--store", url]).unwrap().command;
+            let StoreConfig::Postgres(options) = config.store_config() else { panic!("{url}") };
+            assert_eq!(options.url, url);
+            assert!(!format!("{options:?}").contains("secret"), "the password stays out of logs");
+        }
+        let error = Cli::try_parse_from(["eventfeed", "serve", "--store", "mysql://db"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

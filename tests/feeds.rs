@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::pages::Walk;
+use common::pages::{Walk, normalise_times};
 use common::{ATOM_JSON, ATOM_XML, EVENTS_JSON, TestServer, link};
 use quick_xml::events::Event;
 use reqwest::Response;
@@ -54,38 +54,11 @@ async fn snapshot_stream(server: &TestServer) {
     assert_eq!(server.post_events("Order-snap", &last).await.status(), 201);
 }
 
-/// Replaces event timestamps (the only part of a page that depends on when
-/// the test ran) with a fixed one.
-fn normalise(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if is_timestamp(&bytes[i..]) {
-            out.push_str("2000-01-01T00:00:00.000000Z");
-            i += 27;
-        } else {
-            out.push(text[i..].chars().next().unwrap());
-            i += text[i..].chars().next().unwrap().len_utf8();
-        }
-    }
-    out
-}
-
-fn is_timestamp(bytes: &[u8]) -> bool {
-    const SHAPE: &[u8] = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
-    bytes.len() >= SHAPE.len()
-        && SHAPE
-            .iter()
-            .zip(bytes)
-            .all(|(shape, byte)| if *shape == b'd' { byte.is_ascii_digit() } else { shape == byte })
-}
-
 /// Compares with `tests/snapshots/{name}`; `UPDATE_SNAPSHOTS=1` rewrites it.
 /// A missing snapshot is a failure (they are committed).
 fn assert_snapshot(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
-    let actual = normalise(actual);
+    let actual = normalise_times(actual);
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &actual).unwrap();

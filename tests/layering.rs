@@ -2,7 +2,8 @@
 //! so that a change that breaks one fails here instead of in a review:
 //! - no file imports a file that imports it back (directly or around a
 //!   longer circle), apart from a module's tie to its own ancestors;
-//! - only `src/store/sled/` names sled;
+//! - only `src/store/sled/` names sled, and only `src/store/postgres/`
+//!   the PostgreSQL client crates;
 //! - only `src/http/` (and the server that runs it) names HTTP crates.
 //!
 //! Imports are the `crate::`, `super::` and `self::` paths in a file's code
@@ -244,6 +245,15 @@ fn only_the_sled_backend_names_sled() {
     assert_eq!(naming(&krate, &["sled"], in_sled), Vec::<String>::new());
     // The check can fail: the sled backend itself does name it.
     assert!(!naming(&krate, &["sled"], |module| !in_sled(module)).is_empty());
+}
+
+#[test]
+fn only_the_postgres_backend_names_the_postgres_client() {
+    let krate = read_crate();
+    let in_postgres = |module: &ModulePath| module.starts_with(&["store".to_owned(), "postgres".to_owned()]);
+    let clients = ["tokio_postgres", "deadpool_postgres"];
+    assert_eq!(naming(&krate, &clients, in_postgres), Vec::<String>::new());
+    assert!(!naming(&krate, &clients, |module| !in_postgres(module)).is_empty());
 }
 
 #[test]

@@ -4,15 +4,20 @@
 //!
 //! Each contract test is an `async fn(Backend)`, listed once in
 //! [`contract!`], which expands it into one `#[tokio::test]` per backend
-//! (`on_sled::name`, `on_memory::name`). Stores are opened only through
-//! `eventfeed::store::open`, as the server opens them.
+//! (`on_sled::name`, `on_memory::name`, `on_postgres::name`). Stores are
+//! opened only through `eventfeed::store::open`, as the server opens them.
+//! The PostgreSQL tests run on a cluster of their own (`common::postgres`),
+//! a fresh database each; without PostgreSQL they say `SKIPPED`, unless
+//! `CI` is set.
 //!
 //! Last, a differential test replays seeded pseudo-random histories of
 //! appends, retries, deletes, metadata writes, reads and a scavenge on the
-//! sled store and the memory store together and demands the same answer
-//! to every request. A failure names its seed and request number.
+//! memory store and each real backend together and demands the same
+//! answer to every request. A failure names its seed and request number.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +27,8 @@ use eventfeed::store::links::link_id;
 use eventfeed::store::projections::Projections;
 use eventfeed::store::{
     self, AccessBasis, AllRead, AllSlice, Append, AppendOutcome, Direction, Durability, ExpectedVersion,
-    ProposedEvent, ReadEvent, RecordedEvent, ScavengeReport, ScavengeStarted, ScavengeStatus, Store,
-    StoreConfig, StoreError, StreamRead, StreamSlice, StreamState,
+    PostgresOptions, ProposedEvent, ReadEvent, RecordedEvent, ScavengeReport, ScavengeStarted,
+    ScavengeStatus, Store, StoreConfig, StoreError, StreamRead, StreamSlice, StreamState,
 };
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -38,6 +43,8 @@ enum Backend {
     /// contract is the same in every mode, and this one costs no fsyncs.
     Sled,
     Memory,
+    /// A fresh database in the tests' PostgreSQL cluster.
+    Postgres,
 }
 
 /// An open store, and what it needs to stay open.
@@ -77,6 +84,17 @@ impl Backend {
                 (StoreConfig::Sled(options), Some(dir))
             }
             Self::Memory => (StoreConfig::Memory { projections }, None),
+            Self::Postgres => {
+                let url = common::postgres::database().expect("the PostgreSQL cluster runs");
+                (
+                    StoreConfig::Postgres(PostgresOptions {
+                        url,
+                        durability: Durability::Fsync,
+                        projections,
+                    }),
+                    None,
+                )
+            }
         };
         let store = store::open(&config).await.expect("the store opens");
         Opened { store, _dir: dir }
@@ -99,6 +117,16 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::Backend::Memory).await;
+                }
+            )+
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    if super::common::postgres::cluster().is_some() {
+                        super::$test(super::Backend::Postgres).await;
+                    }
                 }
             )+
         }
@@ -1372,14 +1400,14 @@ fn next_request(
 async fn replay(
     seed: u64,
     step: &mut usize,
-    sled: &Arc<dyn Store>,
+    backend: &Arc<dyn Store>,
     memory: &Arc<dyn Store>,
     requests: &[Request],
 ) {
     for request in requests {
         *step += 1;
-        let (on_sled, on_memory) = (ask(sled, request).await, ask(memory, request).await);
-        assert_eq!(on_sled, on_memory, "seed {seed}, request {step}: {request:?}");
+        let (on_backend, on_memory) = (ask(backend, request).await, ask(memory, request).await);
+        assert_eq!(on_backend, on_memory, "seed {seed}, request {step}: {request:?}");
     }
 }
 
@@ -1401,8 +1429,20 @@ fn full_reads() -> Vec<Request> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_backends_answer_every_request_alike() {
+    answer_alike(Backend::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_and_memory_answer_every_request_alike() {
+    if common::postgres::cluster().is_some() {
+        answer_alike(Backend::Postgres).await;
+    }
+}
+
+/// The differential test of `backend` against the memory store.
+async fn answer_alike(backend: Backend) {
     for seed in [1, 0x5eed, 20_261_205] {
-        let (sled, memory) = (Backend::Sled.open().await, Backend::Memory.open().await);
+        let (sled, memory) = (backend.open().await, Backend::Memory.open().await);
         let mut rng = Rng(seed);
         let (mut written, mut counter, mut step) = (Vec::new(), 0, 0);
         let history: Vec<Request> =

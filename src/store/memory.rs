@@ -30,13 +30,11 @@ use super::rules::{self, Part, Parts};
 use super::{
     AllRead, AllSlice, Append, AppendOutcome, ExpectedVersion, Head, Notifier, ReadEvent, RecordedEvent,
     ScavengeReport, ScavengeStarted, ScavengeStatus, Store, StoreError, StreamRead, StreamSettings,
-    StreamSlice, StreamState, StreamView, metadata,
+    StreamSlice, StreamState, StreamView,
 };
 
-/// How many positions one `$all` read examines at most, whatever it finds:
-/// the same bound as the sled store's, so a read across a long run of hidden
-/// events stops at the same place on both.
-const MAX_ALL_SCAN: u64 = 100_000;
+/// How many positions one `$all` read examines at most.
+const MAX_ALL_SCAN: u64 = rules::MAX_ALL_SCAN;
 
 /// The store in memory. See the module documentation.
 #[derive(Debug)]
@@ -193,31 +191,20 @@ impl Data {
         }
     }
 
-    /// Every check of an append: its original outcome if it repeats an
-    /// earlier write, else the metadata it sets, if any.
-    fn check(&self, append: &Append) -> Result<Part<Option<(String, StreamSettings)>>, StoreError> {
-        rules::check_request(append)?;
-        let state = self.state(&append.stream);
-        if state.tombstoned {
-            return Err(StoreError::StreamDeleted);
-        }
-        rules::check_access(append, &state, |stream| Ok(self.state(stream)))?;
-        let current = rules::current_version(&state);
-        if let Some(outcome) = self.retry_outcome(append, current)? {
-            return Ok(Part::Repeat(outcome));
-        }
-        rules::check_expected(append.expected, current)?;
-        // The last event of an append to `$$s` is `s`'s metadata from now on.
-        // Only it is checked, as the sled store does: earlier events of the
-        // same append are stored as they are.
-        let settings = match (metadata::described_stream(&append.stream), append.events.last()) {
-            (Some(described), Some(event)) => Some((
-                described.to_owned(),
-                metadata::parse(&event.data).map_err(|error| StoreError::Invalid(error.to_string()))?,
-            )),
-            _ => None,
-        };
-        Ok(Part::Write(settings))
+    /// Every check of an append (see [`rules::check_append`]).
+    fn check(&self, append: &Append) -> Result<Part<rules::SetsMetadata>, StoreError> {
+        rules::check_append(
+            append,
+            |stream| Ok(self.state(stream)),
+            || {
+                let stream = append.stream.clone();
+                Ok(append
+                    .events
+                    .iter()
+                    .map(|event| self.ids.get(&(event.id, stream.clone())).copied())
+                    .collect())
+            },
+        )
     }
 
     /// Writes a checked append; nothing here fails.
@@ -281,17 +268,6 @@ impl Data {
             touched.insert(described);
         }
         AppendOutcome { first_number, last_number, position: Some(first_position), idempotent: false }
-    }
-
-    /// Whether `append` repeats an earlier write to its stream (see
-    /// [`rules::retry_outcome`]).
-    fn retry_outcome(&self, append: &Append, current: i64) -> Result<Option<AppendOutcome>, StoreError> {
-        let numbers: Vec<Option<u64>> = append
-            .events
-            .iter()
-            .map(|event| self.ids.get(&(event.id, append.stream.clone())).copied())
-            .collect();
-        rules::retry_outcome(append, current, &numbers)
     }
 
     fn delete(&mut self, stream: &str, expected: ExpectedVersion, hard: bool) -> Result<(), StoreError> {

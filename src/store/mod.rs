@@ -12,6 +12,9 @@
 //! - [`sled`](self::sled): the embedded store, the default. One writer
 //!   thread owns every mutation and commits whatever requests are waiting
 //!   as one atomic, durable batch (group commit).
+//! - `postgres` (with the `postgres` feature): the same contract on a
+//!   PostgreSQL database, for teams that run one; group commit is one
+//!   transaction per batch.
 //! - [`memory`]: the reference store, for tests: the contract written
 //!   plainly, one mutex around plain collections. Nothing survives the
 //!   process.
@@ -33,6 +36,8 @@ pub mod memory;
 pub mod metadata;
 pub mod model;
 pub mod notify;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod projections;
 pub mod retention;
 pub mod rules;
@@ -54,6 +59,8 @@ pub use notify::{AppendWatch, Head, Notifier, StreamWatch};
 pub enum StoreConfig {
     /// The embedded store in a data directory.
     Sled(self::sled::SledStoreOptions),
+    /// A PostgreSQL database, by its connection string.
+    Postgres(PostgresOptions),
     /// The reference store in memory, for tests: nothing is durable
     /// (with the `test-support` feature, which tests turn on).
     #[cfg(feature = "test-support")]
@@ -73,8 +80,37 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
                 .map_err(|e| StoreError::Io(format!("store open panicked: {e}")))??;
             Ok(Arc::new(store))
         }
+        #[cfg(feature = "postgres")]
+        StoreConfig::Postgres(options) => Ok(Arc::new(self::postgres::PgStore::open(options.clone()).await?)),
+        #[cfg(not(feature = "postgres"))]
+        StoreConfig::Postgres(_) => Err(StoreError::Invalid(
+            "this eventfeed was built without PostgreSQL support (cargo feature `postgres`)".into(),
+        )),
         #[cfg(feature = "test-support")]
         StoreConfig::Memory { projections } => Ok(Arc::new(memory::MemoryStore::new(*projections))),
+    }
+}
+
+/// How to open a PostgreSQL store. Here rather than in the backend, so
+/// that configuration parses whether or not the backend is built in.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// A libpq connection string: a `postgres://` URL or `key=value`
+    /// pairs; multi-host strings are accepted.
+    pub url: String,
+    /// What an acknowledged append survives (see the backend's docs).
+    pub durability: Durability,
+    /// The system projections maintained.
+    pub projections: self::projections::Projections,
+}
+
+impl fmt::Debug for PostgresOptions {
+    /// Without the connection string, which may hold a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("durability", &self.durability)
+            .field("projections", &self.projections)
+            .finish_non_exhaustive()
     }
 }
 

@@ -215,6 +215,18 @@ impl Notifier {
         }
     }
 
+    /// Like [`Notifier::publish`], for a commit whose streams are not
+    /// known (another node's, learnt of after a gap): wakes every waiter of
+    /// every stream, who then read again and find whether anything changed.
+    pub fn publish_all(&self, head: Head) {
+        self.advance(head);
+        self.head.send_replace(head);
+        let registry = self.lock();
+        for signal in registry.signals.values().filter_map(Weak::upgrade) {
+            signal.send_modify(|version| *version = version.wrapping_add(1));
+        }
+    }
+
     /// How many streams have live waiters (for metrics and tests).
     pub fn watched_streams(&self) -> usize {
         self.lock().signals.values().filter(|weak| weak.strong_count() > 0).count()

@@ -17,8 +17,36 @@ pub fn first_visible(
     now_micros: i64,
     mut created_at: impl FnMut(u64) -> Result<Option<i64>, StoreError>,
 ) -> Result<u64, StoreError> {
+    let bounds = visible_bounds(state, now_micros);
+    let Some(cutoff) = bounds.max_age_cutoff else { return Ok(bounds.first) };
+    let (mut low, mut high) = (bounds.first, state.next_number);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        match created_at(middle)? {
+            Some(created) if created >= cutoff => high = middle,
+            _ => low = middle + 1,
+        }
+    }
+    Ok(low.min(state.next_number))
+}
+
+/// [`first_visible`] in two parts, for a backend that finds the `$maxAge`
+/// boundary its own way (the PostgreSQL store asks one index query): the
+/// lowest number every rule but `$maxAge` leaves visible, and the creation
+/// time an event must have reached to be visible, when `$maxAge` is set.
+/// With a cutoff, the first visible number is the lowest number at or
+/// above `first` of an event created at or after it, or `next_number`
+/// when there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisibleBounds {
+    pub first: u64,
+    pub max_age_cutoff: Option<i64>,
+}
+
+/// See [`VisibleBounds`].
+pub fn visible_bounds(state: &StreamState, now_micros: i64) -> VisibleBounds {
     if state.tombstoned {
-        return Ok(state.next_number);
+        return VisibleBounds { first: state.next_number, max_age_cutoff: None };
     }
     let settings = state.settings;
     let mut first = state.deleted_before;
@@ -28,20 +56,12 @@ pub fn first_visible(
     if let Some(max_count) = settings.max_count {
         first = first.max(state.next_number.saturating_sub(max_count));
     }
-    if let Some(max_age) = settings.max_age_secs {
+    let first = first.min(state.next_number);
+    let max_age_cutoff = settings.max_age_secs.filter(|_| first < state.next_number).map(|max_age| {
         let max_age = i64::try_from(max_age).unwrap_or(i64::MAX).saturating_mul(1_000_000);
-        let cutoff = now_micros.saturating_sub(max_age);
-        let (mut low, mut high) = (first, state.next_number);
-        while low < high {
-            let middle = low + (high - low) / 2;
-            match created_at(middle)? {
-                Some(created) if created >= cutoff => high = middle,
-                _ => low = middle + 1,
-            }
-        }
-        first = low;
-    }
-    Ok(first.min(state.next_number))
+        now_micros.saturating_sub(max_age)
+    });
+    VisibleBounds { first, max_age_cutoff }
 }
 
 /// Microseconds since the Unix epoch, now: the clock creation times and

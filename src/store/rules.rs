@@ -8,7 +8,8 @@
 use std::collections::HashSet;
 
 use super::{
-    Append, AppendOutcome, Direction, ExpectedVersion, RecordedEvent, StoreError, StreamRead, StreamState,
+    Append, AppendOutcome, Direction, ExpectedVersion, RecordedEvent, StoreError, StreamRead, StreamSettings,
+    StreamState, metadata,
 };
 
 /// Refuses an append that no state could accept: one without events, or
@@ -152,6 +153,48 @@ fn partial_match(append: &Append, current: i64, numbers: &[Option<u64>]) -> Stor
     StoreError::WrongExpectedVersion { current, detail }
 }
 
+/// What a checked append sets besides its events: for an append to `$$s`,
+/// `s` and the settings its last event gives it.
+pub type SetsMetadata = Option<(String, StreamSettings)>;
+
+/// Every check of one append against the state it meets, in the order
+/// every backend applies them: a well-formed request, the tombstone, the
+/// access rules, an idempotent retry, the expected version, the metadata
+/// document. `state` reads a stream's state (the default for one never
+/// written) and `numbers` the number each of the append's ids has in its
+/// stream, in the request's order (see [`retry_outcome`]); each backend
+/// answers them from its own storage, including what its batch so far
+/// wrote. The original outcome if the append repeats an earlier write,
+/// else what its write sets besides its events.
+pub fn check_append(
+    append: &Append,
+    mut state: impl FnMut(&str) -> Result<StreamState, StoreError>,
+    numbers: impl FnOnce() -> Result<Vec<Option<u64>>, StoreError>,
+) -> Result<Part<SetsMetadata>, StoreError> {
+    check_request(append)?;
+    let own = state(&append.stream)?;
+    if own.tombstoned {
+        return Err(StoreError::StreamDeleted);
+    }
+    check_access(append, &own, &mut state)?;
+    let current = current_version(&own);
+    if let Some(outcome) = retry_outcome(append, current, &numbers()?)? {
+        return Ok(Part::Repeat(outcome));
+    }
+    check_expected(append.expected, current)?;
+    // The last event of an append to `$$s` is `s`'s metadata from now on.
+    // Only it is checked, as the sled store does: earlier events of the
+    // same append are stored as they are.
+    let settings = match (metadata::described_stream(&append.stream), append.events.last()) {
+        (Some(described), Some(event)) => Some((
+            described.to_owned(),
+            metadata::parse(&event.data).map_err(|error| StoreError::Invalid(error.to_string()))?,
+        )),
+        _ => None,
+    };
+    Ok(Part::Write(settings))
+}
+
 /// The most streams one multi-stream append may name.
 pub const MAX_PARTS: usize = 100;
 
@@ -282,6 +325,11 @@ fn in_part(stream: &str, error: StoreError) -> StoreError {
 /// this much event data, or one event (at most `--max-event-bytes`).
 pub const READ_BYTES: usize = 4 * 1024 * 1024;
 
+/// How many positions one `$all` read examines at most, whatever it finds,
+/// so that a read across a long run of hidden events stops at the same
+/// place on every backend.
+pub const MAX_ALL_SCAN: u64 = 100_000;
+
 /// A range read's count of bytes against [`READ_BYTES`].
 #[derive(Debug, Default)]
 pub struct ReadBytes {
@@ -293,7 +341,13 @@ impl ReadBytes {
     /// Whether `event` still fits the read, counting it if it does. The
     /// first event always fits.
     pub fn take(&mut self, event: &RecordedEvent) -> bool {
-        let size = event.data.len() + event.metadata.len();
+        self.take_size(event.data.len() + event.metadata.len())
+    }
+
+    /// [`Self::take`] for an event of `size` bytes (data plus metadata),
+    /// for a backend that decides what a read returns before it fetches
+    /// the events.
+    pub fn take_size(&mut self, size: usize) -> bool {
         if self.events > 0 && self.bytes.saturating_add(size) > READ_BYTES {
             return false;
         }

@@ -9,6 +9,7 @@
 //! - [`http`]: media types, the client, event bodies, headers, raw requests.
 //! - [`admin`]: waiting for projections, waiters and scavenges.
 //! - [`pages`]: walking a feed page by page.
+//! - [`postgres`]: a PostgreSQL cluster of the tests' own, a database per test.
 //! - [`socket`]: a raw HTTP/1.1 client on one TCP connection.
 //! - [`subscriptions`]: a client for persistent subscriptions.
 //! - [`varnish`]: eventfeed behind a real Varnish, through a recording proxy.
@@ -20,6 +21,7 @@ pub mod admin;
 pub mod bodies;
 pub mod http;
 pub mod pages;
+pub mod postgres;
 pub mod server;
 pub mod socket;
 pub mod subscriptions;

@@ -247,3 +247,30 @@ pub fn page_titles(page: &str) -> Vec<String> {
     let page: Value = serde_json::from_str(page).unwrap();
     titles(page["entries"].as_array().unwrap())
 }
+
+/// Replaces event timestamps (the only part of a page that depends on when
+/// the test ran) with a fixed one.
+pub fn normalise_times(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if is_timestamp(&bytes[i..]) {
+            out.push_str("2000-01-01T00:00:00.000000Z");
+            i += 27;
+        } else {
+            out.push(text[i..].chars().next().unwrap());
+            i += text[i..].chars().next().unwrap().len_utf8();
+        }
+    }
+    out
+}
+
+fn is_timestamp(bytes: &[u8]) -> bool {
+    const SHAPE: &[u8] = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
+    bytes.len() >= SHAPE.len()
+        && SHAPE
+            .iter()
+            .zip(bytes)
+            .all(|(shape, byte)| if *shape == b'd' { byte.is_ascii_digit() } else { shape == byte })
+}

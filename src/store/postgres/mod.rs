@@ -1,0 +1,390 @@
+//! The PostgreSQL backend: the same contract as the sled store, on a
+//! database teams already run and replicate.
+//!
+//! - [`schema`]: numbered migrations applied at open; a newer schema is
+//!   refused.
+//! - [`writer`]: one writer task per store keeps group commit: it takes
+//!   every request waiting and commits them as one transaction, which
+//!   first locks the one-row `log_head`. That lock orders commits by
+//!   position on every node, so positions are dense and a reader of
+//!   `$all` never sees a position before the lower ones (a sequence would
+//!   let a later commit of a lower position appear after a higher one).
+//! - [`read`]: stream pages, `$all`, single events, each one index range
+//!   scan plus one query for the payloads it returns, in one snapshot.
+//! - [`listen`]: `pg_notify` in the commit, and a `LISTEN` connection that
+//!   moves the [`Notifier`] for commits of other nodes and re-reads the
+//!   head after every reconnection, so no wake-up is missed.
+//! - [`scavenge`]: plain `DELETE`s of what no read can see, one stream per
+//!   small transaction under the head lock, so it never races an append
+//!   that changes what is visible.
+//!
+//! One clock: creation times and `$maxAge` are the database's
+//! (`clock_timestamp()`), so every node renders the same bytes.
+//!
+//! Only this module knows SQL.
+
+mod listen;
+mod read;
+mod scavenge;
+pub mod schema;
+mod staging;
+mod writer;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::{Client, NoTls, Row};
+use uuid::Uuid;
+
+use super::{
+    AllRead, AllSlice, Append, AppendOutcome, ExpectedVersion, Head, Notifier, PostgresOptions, ReadEvent,
+    ScavengeReport, ScavengeStarted, Store, StoreError, StreamRead, StreamSettings, StreamSlice, StreamState,
+    StreamView,
+};
+
+/// How many connections reads may hold at once (the writer and the
+/// listener have one each besides).
+const READ_CONNECTIONS: usize = 16;
+
+/// How many requests may wait for the writer; beyond it callers wait to
+/// send, which slows them down rather than queueing without bound.
+const WRITER_QUEUE: usize = 16 * 1024;
+
+/// How long a connection may take to open, unless the connection string
+/// says (`connect_timeout`): an unreachable database fails a start, an
+/// append or a read in this time instead of the system's TCP timeout.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The channel every commit notifies, with its head and streams.
+const CHANNEL: &str = "eventfeed_commits";
+
+/// Where a connection string points, without its password, for logs.
+pub fn describe(url: &str) -> String {
+    match tokio_postgres::Config::from_str(url) {
+        Ok(config) => {
+            let hosts: Vec<String> = config
+                .get_hosts()
+                .iter()
+                .map(|host| match host {
+                    tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .collect();
+            format!("postgres {} database {}", hosts.join(","), config.get_dbname().unwrap_or("(default)"))
+        }
+        Err(_) => "postgres (an unreadable connection string)".to_owned(),
+    }
+}
+
+/// The commands the writer takes.
+#[derive(Debug)]
+enum Command {
+    /// One append (`Store::append`) or several at once (`append_all`).
+    Append {
+        appends: Vec<Append>,
+        multi: bool,
+        reply: oneshot::Sender<Result<Vec<AppendOutcome>, StoreError>>,
+    },
+    Delete {
+        stream: String,
+        expected: ExpectedVersion,
+        hard: bool,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl Command {
+    /// The event bytes (data plus metadata) the command would write.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Append { appends, .. } => {
+                appends.iter().flat_map(|append| &append.events).map(super::ProposedEvent::size).sum()
+            }
+            Self::Delete { .. } => 0,
+        }
+    }
+}
+
+/// Publishes heads to the notifier in commit order, whoever learns of the
+/// commit first: the writer (this node's commits) or the listener (every
+/// node's). Each commit is published once; a head older than one already
+/// published is skipped, so the watched head never goes backwards.
+#[derive(Debug)]
+struct Publisher {
+    notifier: Notifier,
+    /// The commit sequence last published.
+    published: Mutex<u64>,
+}
+
+impl Publisher {
+    /// Publishes `head`, waking `streams` (every stream for `None`),
+    /// unless a head at least as new was published already.
+    fn publish(&self, head: Head, streams: Option<&[String]>) {
+        // IMPORTANT: held while publishing, so that two publishers cannot
+        // interleave an older head after a newer one.
+        let mut published = self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if head.commit_seq <= *published {
+            return;
+        }
+        *published = head.commit_seq;
+        match streams {
+            Some(streams) => self.notifier.publish(head, streams.iter().map(String::as_str)),
+            None => self.notifier.publish_all(head),
+        }
+    }
+}
+
+/// The PostgreSQL store. See the module documentation.
+pub struct PgStore {
+    /// Connections for reads and scavenges.
+    pool: Pool,
+    /// Requests to the writer task; `None` once closed.
+    writer: Mutex<Option<mpsc::Sender<Command>>>,
+    /// Resolves when the writer task has ended (after close).
+    writer_done: Mutex<Option<oneshot::Receiver<()>>>,
+    publisher: Arc<Publisher>,
+    /// Tells the listener to stop.
+    shutdown: watch::Sender<bool>,
+    /// Whether `close` was called: writes are refused from then on.
+    closed: AtomicBool,
+    /// The scavenge running now, if any.
+    scavenging: Arc<Mutex<Option<Uuid>>>,
+    options: PostgresOptions,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+/// A failure of the database, as the store reports it: a lost or
+/// unreachable database is `Unavailable` (the request may be retried), a
+/// refusal by the database is a storage failure.
+pub(crate) fn db_error(error: tokio_postgres::Error) -> StoreError {
+    let unavailable = match error.as_db_error() {
+        None => true,
+        Some(db) => UNAVAILABLE_CLASSES.iter().any(|class| db.code().code().starts_with(class)),
+    };
+    if unavailable || error.is_closed() {
+        StoreError::Unavailable
+    } else {
+        StoreError::Io(format!("PostgreSQL: {}", schema::error_text(&error)))
+    }
+}
+
+/// The SQLSTATE classes that mean "the database is not there now", not
+/// "the database refused this": connection exceptions (08), insufficient
+/// resources such as too many connections (53), and operator
+/// intervention (57: a shutdown, a terminated connection, a database
+/// still starting).
+const UNAVAILABLE_CLASSES: [&str; 3] = ["08", "53", "57"];
+
+/// Connects one client and drives its connection in the background.
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "a PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+impl PgStore {
+    /// Connects, migrates the schema, checks the projections, reads the
+    /// head and starts the writer and the listener. A bad connection
+    /// string, an unreachable database or a newer schema fail here.
+    pub async fn open(options: PostgresOptions) -> Result<Self, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(&options.url)
+            .map_err(|error| StoreError::Invalid(format!("not a PostgreSQL connection string: {error}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let mut client = connect(&config).await.map_err(|error| {
+            StoreError::Io(format!("cannot connect to {}: {error}", describe(&options.url)))
+        })?;
+        schema::migrate(&mut client).await?;
+        schema::check_projections(&client, options.projections).await?;
+        let head = read_head(&client).await?;
+        tracing::info!(database = %describe(&options.url), next_position = head.next_position, "PostgreSQL store open");
+        let publisher =
+            Arc::new(Publisher { notifier: Notifier::new(head), published: Mutex::new(head.commit_seq) });
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(READ_CONNECTIONS)
+            .build()
+            .map_err(|error| StoreError::Io(format!("PostgreSQL pool: {error}")))?;
+        let (shutdown, shutdown_seen) = watch::channel(false);
+        tokio::spawn(listen::run(config.clone(), Arc::clone(&publisher), shutdown_seen));
+        let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
+        let (done, writer_done) = oneshot::channel();
+        let writer =
+            writer::Writer::new(&config, options.projections, options.durability, Arc::clone(&publisher));
+        tokio::spawn(async move {
+            writer.run(receiver).await;
+            let _ = done.send(());
+        });
+        Ok(Self {
+            pool,
+            writer: Mutex::new(Some(sender)),
+            writer_done: Mutex::new(Some(writer_done)),
+            publisher,
+            shutdown,
+            closed: AtomicBool::new(false),
+            scavenging: Arc::new(Mutex::new(None)),
+            options,
+        })
+    }
+
+    /// Sends a command to the writer; `Unavailable` once closed.
+    async fn send(&self, command: Command) -> Result<(), StoreError> {
+        let sender = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        match sender {
+            Some(sender) => sender.send(command).await.map_err(|_| StoreError::Unavailable),
+            None => Err(StoreError::Unavailable),
+        }
+    }
+
+    async fn append_parts(
+        &self,
+        appends: Vec<Append>,
+        multi: bool,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Append { appends, multi, reply }).await?;
+        answer.await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|error| match error {
+            deadpool_postgres::PoolError::Backend(error) => db_error(error),
+            other => StoreError::Io(format!("PostgreSQL pool: {other}")),
+        })
+    }
+}
+
+/// The head as the database has it.
+async fn read_head(client: &Client) -> Result<Head, StoreError> {
+    let row =
+        client.query_one("SELECT next_position, commit_seq FROM log_head", &[]).await.map_err(db_error)?;
+    Ok(Head { next_position: unsigned(row.get(0)), commit_seq: unsigned(row.get(1)) })
+}
+
+/// A stored number; never negative, since only this module writes them.
+fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
+}
+
+/// A number to store: every number the store keeps fits a `bigint` (the
+/// metadata rules cap settings at `i64::MAX`).
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The columns of `streams`, in table order, as [`state_from_row`] reads
+/// them (from `offset`).
+const STATE_COLUMNS: &str = "name, next_number, created_position, deleted_before, soft_deleted, tombstoned, \
+     max_count, max_age_secs, truncate_before, cache_control_secs, metadata_number, not_public";
+
+/// A stream's state from a row of [`STATE_COLUMNS`] (the name not read).
+fn state_from_row(row: &Row) -> StreamState {
+    let optional = |index: usize| row.get::<_, Option<i64>>(index).map(unsigned);
+    StreamState {
+        next_number: unsigned(row.get(1)),
+        created_position: unsigned(row.get(2)),
+        deleted_before: unsigned(row.get(3)),
+        soft_deleted: row.get(4),
+        tombstoned: row.get(5),
+        settings: StreamSettings {
+            max_count: optional(6),
+            max_age_secs: optional(7),
+            truncate_before: optional(8),
+            cache_control_secs: optional(9),
+            metadata_number: optional(10),
+            not_public: row.get(11),
+        },
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn append(&self, append: Append) -> Result<AppendOutcome, StoreError> {
+        let mut outcomes = self.append_parts(vec![append], false).await?;
+        outcomes.pop().ok_or_else(|| StoreError::Io("the writer answered no outcome".into()))
+    }
+
+    async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.append_parts(appends, true).await
+    }
+
+    async fn read_stream(&self, read: StreamRead) -> Result<StreamSlice, StoreError> {
+        let mut client = self.reader().await?;
+        read::read_stream(&mut client, &read).await
+    }
+
+    async fn read_all(&self, read: AllRead) -> Result<AllSlice, StoreError> {
+        let mut client = self.reader().await?;
+        read::read_all(&mut client, read).await
+    }
+
+    async fn read_event(
+        &self,
+        stream: &str,
+        number: u64,
+        resolve_links: bool,
+    ) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
+        let mut client = self.reader().await?;
+        read::read_event(&mut client, stream, number, resolve_links).await
+    }
+
+    async fn delete(&self, stream: &str, expected: ExpectedVersion, hard: bool) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Delete { stream: stream.to_owned(), expected, hard, reply }).await?;
+        answer.await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    async fn stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
+        let client = self.reader().await?;
+        let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = $1");
+        let row = client.query_opt(&query, &[&stream]).await.map_err(db_error)?;
+        Ok(row.as_ref().map(state_from_row))
+    }
+
+    async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {
+        scavenge::start(self.pool.clone(), Arc::clone(&self.scavenging), self.closed.load(Ordering::Acquire))
+            .await
+    }
+
+    async fn scavenge_report(&self, id: Uuid) -> Result<Option<ScavengeReport>, StoreError> {
+        let client = self.reader().await?;
+        scavenge::report(&client, id).await
+    }
+
+    fn notifier(&self) -> &Notifier {
+        &self.publisher.notifier
+    }
+
+    /// Stops taking writes and waits for the writer to finish the batch it
+    /// has (committed, so durable); reads still answer. Every commit is
+    /// durable when acknowledged, so there is nothing to flush.
+    async fn close(&self) -> Result<(), StoreError> {
+        self.closed.store(true, Ordering::Release);
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let done = self.writer_done.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+        let _ = self.shutdown.send(true);
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! The schema: numbered migrations (`migrations/NNNN_*.sql`), applied in
+//! order at start, each once, and the version the database is at in
+//! `schema_version`. A database whose schema is newer than this binary's
+//! is refused: this binary would not know what its tables mean.
+//!
+//! Migrations run in one transaction under an advisory lock, so nodes
+//! starting together apply each exactly once, and a failed migration
+//! leaves the database as it was.
+
+use tokio_postgres::Client;
+
+use super::db_error;
+use crate::store::StoreError;
+use crate::store::projections::Projections;
+
+/// The migrations, in order: the schema version after applying the `n`th
+/// (1-based) is `n`.
+const MIGRATIONS: [&str; 1] = [include_str!("migrations/0001_initial.sql")];
+
+/// The schema version this binary writes and reads.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// The advisory lock migrations hold: any number that no other user of the
+/// database takes (it spells "evfeed" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6576_6665_6564;
+
+/// Brings the database's schema to [`SCHEMA_VERSION`], or refuses a newer
+/// one. Returns the version the database was at (0: it was empty).
+pub async fn migrate(client: &mut Client) -> Result<i32, StoreError> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(db_error)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+        .await
+        .map_err(db_error)?;
+    let found: Option<i32> = tx
+        .query_opt("SELECT version FROM schema_version", &[])
+        .await
+        .map_err(db_error)?
+        .map(|row| row.get(0));
+    let from = found.unwrap_or(0);
+    if from > SCHEMA_VERSION {
+        return Err(StoreError::Invalid(format!(
+            "the database's schema is at version {from}, newer than this eventfeed's {SCHEMA_VERSION}: \
+             it was written by a newer release; run that release (or a newer one) against it"
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(from).unwrap_or(0)) {
+        tx.batch_execute(migration).await.map_err(|error| {
+            StoreError::Io(format!("schema migration {} failed: {}", index + 1, error_text(&error)))
+        })?;
+    }
+    if found.is_none() {
+        tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&SCHEMA_VERSION])
+            .await
+            .map_err(db_error)?;
+    } else if from < SCHEMA_VERSION {
+        tx.execute("UPDATE schema_version SET version = $1", &[&SCHEMA_VERSION]).await.map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    if from < SCHEMA_VERSION {
+        tracing::info!(from, to = SCHEMA_VERSION, "PostgreSQL schema migrated");
+    }
+    Ok(from)
+}
+
+/// Records the projections a new database maintains, or checks that they
+/// are the ones it was created with: every node must add the same links
+/// to every append, and this backend cannot yet build a projection from
+/// the log afterwards (the sled store can).
+pub async fn check_projections(client: &Client, projections: Projections) -> Result<(), StoreError> {
+    let wanted = projections_text(projections);
+    client
+        .execute(
+            "INSERT INTO settings (key, value) VALUES ('projections', $1) ON CONFLICT (key) DO NOTHING",
+            &[&wanted],
+        )
+        .await
+        .map_err(db_error)?;
+    let row = client
+        .query_one("SELECT value FROM settings WHERE key = 'projections'", &[])
+        .await
+        .map_err(db_error)?;
+    let recorded: String = row.get(0);
+    if recorded == wanted {
+        return Ok(());
+    }
+    Err(StoreError::Invalid(format!(
+        "the database maintains the projections '{recorded}', this server was started with '{wanted}'; \
+         start it with the same --projection-* options (changing them on a PostgreSQL store is not supported yet)"
+    )))
+}
+
+/// The projections as words, in a fixed order (`by-category,streams`;
+/// `none`).
+fn projections_text(projections: Projections) -> String {
+    use crate::store::projections::Projection;
+    let names: Vec<&str> = Projection::ALL
+        .into_iter()
+        .filter(|projection| projections.is_enabled(*projection))
+        .map(Projection::name)
+        .collect();
+    if names.is_empty() { "none".to_owned() } else { names.join(",") }
+}
+
+/// An error's message with the database's own detail, when it has one.
+pub fn error_text(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projections_are_recorded_in_words() {
+        assert_eq!(projections_text(Projections::default()), "by-category,by-event-type,streams");
+        assert_eq!(projections_text(Projections::NONE), "none");
+    }
+
+    #[test]
+    fn every_migration_is_numbered_in_order() {
+        assert_eq!(SCHEMA_VERSION, 1);
+        assert!(MIGRATIONS[0].contains("CREATE TABLE log_head"));
+    }
+}

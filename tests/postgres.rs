@@ -1,0 +1,319 @@
+//! The PostgreSQL backend behind the real server: a server started with
+//! `--store postgres://…` serves the same bytes under the same ETags and
+//! cache headers as the sled store for the same history (tests/feeds.rs
+//! pins sled's bytes in tests/snapshots), wakes long-polls, and refuses a
+//! database whose schema is newer than it knows; two stores on one
+//! database (two nodes) wake each other's waiters, also across a lost
+//! listening connection.
+//!
+//! The database is a fresh one in the tests' own cluster
+//! (`common::postgres`); without PostgreSQL these tests say `SKIPPED`,
+//! unless `CI` is set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use common::pages::normalise_times;
+use common::{ATOM_JSON, ATOM_XML, TestServer, link};
+use eventfeed::config::ServeConfig;
+use eventfeed::server::Server;
+use eventfeed::store::projections::Projections;
+use eventfeed::store::{
+    self, Append, AppendOutcome, Direction, Durability, ExpectedVersion, PostgresOptions, ProposedEvent,
+    Store, StoreConfig, StoreError, StreamRead,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Every link is built on this host, so bytes do not depend on the port.
+const HOST: &str = "eventfeed.test";
+
+async fn postgres_server() -> Option<TestServer> {
+    let url = common::postgres::database()?;
+    Some(TestServer::start_with(|config| config.store = url).await)
+}
+
+/// The same history for both servers: fixed ids, every kind of payload,
+/// full and partial pages, metadata, both deletes and the projections.
+async fn write_history(server: &TestServer) {
+    let id = |n: u32| format!("20000000-0000-4000-8000-{n:012}");
+    let events = json!([
+        {"eventId": id(1), "eventType": "OrderPlaced",
+         "data": {"customer": "c-1", "lines": [{"sku": "A", "qty": 2}]}, "metadata": {"correlationId": "k-1"}},
+        {"eventId": id(2), "eventType": "OrderNoted", "data": "a note, not JSON <&>"},
+        {"eventId": id(3), "eventType": "OrderPaid", "data": {"amount": 12.5}, "metadata": "plain metadata"},
+    ]);
+    assert_eq!(server.post_events("Order-1", &events).await.status(), 201);
+    let xml = server
+        .client
+        .post(server.url("/streams/Order-1"))
+        .header("content-type", "text/xml")
+        .header("es-eventtype", "OrderShipped")
+        .header("es-eventid", id(4))
+        .body("<shipment carrier=\"x\"/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xml.status(), 201);
+    let many: Vec<Value> = (0..25)
+        .map(|n| json!({"eventId": id(100 + n), "eventType": "OrderPlaced", "data": {"n": n}}))
+        .collect();
+    assert_eq!(server.post_events("Order-2", &Value::Array(many)).await.status(), 201);
+    let metadata = server
+        .client
+        .post(server.url("/streams/Order-2/metadata"))
+        .header("content-type", "application/json")
+        .header("es-eventid", id(150))
+        .body(json!({"$maxCount": 22, "owner": "team-a"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), 201);
+    for (stream, base) in [("soft", 200), ("hard", 210)] {
+        let events = json!([{"eventId": id(base), "eventType": "Noted", "data": {}}]);
+        assert_eq!(server.post_events(stream, &events).await.status(), 201);
+    }
+    let soft = server.client.delete(server.url("/streams/soft")).send().await.unwrap();
+    assert_eq!(soft.status(), 204);
+    let hard = server
+        .client
+        .delete(server.url("/streams/hard"))
+        .header("es-harddelete", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hard.status(), 204);
+    // A retry is answered as the original, and writes nothing.
+    assert_eq!(server.post_events("Order-1", &events).await.status(), 201);
+}
+
+/// What a GET answers, as compared: status, ETag, Cache-Control and the
+/// body with event times (each store's clock) replaced.
+async fn answer(
+    server: &TestServer,
+    path: &str,
+    accept: &str,
+) -> (u16, Option<String>, Option<String>, String) {
+    let response = server
+        .client
+        .get(server.url(path))
+        .header("accept", accept)
+        .header("host", HOST)
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| response.headers().get(name).map(|value| value.to_str().unwrap().to_owned());
+    let (status, etag, cache_control) = (response.status().as_u16(), header("etag"), header("cache-control"));
+    (status, etag, cache_control, normalise_times(&response.text().await.unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_and_etags_are_the_same_as_on_sled() {
+    let Some(postgres) = postgres_server().await else { return };
+    let sled = TestServer::start().await;
+    write_history(&sled).await;
+    write_history(&postgres).await;
+    let mut paths: Vec<String> = [
+        "/streams/Order-1",
+        "/streams/Order-1/head/backward/3",
+        "/streams/Order-1/2/backward/2",
+        "/streams/Order-1/0/forward/3",
+        "/streams/Order-1/4/forward/3",
+        "/streams/Order-1/head/backward/5?embed=body",
+        "/streams/Order-1/head/backward/5?embed=tryharder",
+        "/streams/Order-1/0",
+        "/streams/Order-1/3",
+        "/streams/Order-1/9",
+        "/streams/Order-2",
+        "/streams/Order-2/0/forward/20",
+        "/streams/Order-2/3/forward/20",
+        "/streams/Order-2/20/forward/20",
+        "/streams/Order-2/metadata",
+        "/streams/$$Order-2",
+        "/streams/$ce-Order",
+        "/streams/$ce-Order/0/forward/20?embed=body",
+        "/streams/$ce-Order/0",
+        "/streams/$et-OrderPlaced/head/backward/20",
+        "/streams/$streams",
+        "/streams/soft",
+        "/streams/hard",
+        "/streams/never",
+        "/streams/$all",
+        "/streams/$all/head/backward/20",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    // `$all` further back, by the links the sled server gives.
+    let all_head = sled.get_json("/streams/$all/head/backward/20").await;
+    for relation in ["next", "last", "previous"] {
+        if let Some(url) = link(&all_head, relation) {
+            let path = url.find("/streams/").map(|start| &url[start..]).expect("a stream URL");
+            paths.push(path.to_owned());
+        }
+    }
+    let mut compared = 0;
+    for path in &paths {
+        for accept in [ATOM_JSON, ATOM_XML] {
+            let (on_sled, on_postgres) =
+                (answer(&sled, path, accept).await, answer(&postgres, path, accept).await);
+            assert_eq!(on_postgres, on_sled, "GET {path} ({accept})");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 56, "{compared}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_wakes_on_an_append() {
+    let Some(server) = postgres_server().await else { return };
+    server.append_n("live", 1).await;
+    let waiting = {
+        let client = server.client.clone();
+        let url = server.url("/streams/live/1/forward/20");
+        tokio::spawn(async move {
+            client.get(url).header("accept", ATOM_JSON).header("es-longpoll", "30").send().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.append_n("live", 1).await;
+    let response =
+        tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the long-poll woke").unwrap();
+    assert_eq!(response.status(), 200);
+    let page: Value = response.json().await.unwrap();
+    assert_eq!(page["entries"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_finds_everything_and_a_newer_schema_is_refused() {
+    let Some(cluster) = common::postgres::cluster() else { return };
+    let url = cluster.create_database();
+    let server = TestServer::start_with(|config| config.store = url.clone()).await;
+    server.append_n("kept", 3).await;
+    let server = server.restart().await;
+    assert_eq!(
+        server.get_json("/streams/kept/0/forward/20").await["entries"].as_array().map(Vec::len),
+        Some(3)
+    );
+    drop(server);
+    let name = url.rsplit('/').next().unwrap();
+    cluster.psql(name, "UPDATE schema_version SET version = version + 1").unwrap();
+    let mut config = ServeConfig::for_dir(tempfile::tempdir().unwrap().path().join("unused"));
+    config.store = url;
+    let Err(refused) = Server::bind(&config).await else { panic!("a newer schema is refused") };
+    assert!(refused.to_string().contains("newer than this eventfeed"), "{refused}");
+}
+
+/// An append of one event to `stream`.
+async fn try_append(store: &Arc<dyn Store>, stream: &str) -> Result<AppendOutcome, StoreError> {
+    let event = ProposedEvent {
+        id: Uuid::new_v4(),
+        event_type: "Ticked".into(),
+        is_json: true,
+        data: Bytes::from_static(b"{}"),
+        metadata_is_json: false,
+        metadata: Bytes::new(),
+    };
+    store
+        .append(Append {
+            stream: stream.into(),
+            expected: ExpectedVersion::Any,
+            events: vec![event],
+            access: None,
+        })
+        .await
+}
+
+/// An append of one event to `stream` that succeeds; its position.
+async fn append_one(store: &Arc<dyn Store>, stream: &str) -> u64 {
+    let outcome = try_append(store, stream).await.expect("the append succeeds");
+    outcome.position.expect("a new event has a position")
+}
+
+/// A store on database `url`.
+fn store_config(url: &str) -> StoreConfig {
+    StoreConfig::Postgres(PostgresOptions {
+        url: url.to_owned(),
+        durability: Durability::Fsync,
+        projections: Projections::default(),
+    })
+}
+
+/// Terminates the connections named `application_name` to the database
+/// of `url`; how many there were.
+fn terminate(cluster: &common::postgres::Cluster, url: &str, application_name: &str) -> String {
+    let name = url.rsplit('/').next().unwrap();
+    let sql = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = '{application_name}' AND datname = current_database()"
+    );
+    cluster.psql(name, &sql).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_come_back_by_themselves_after_the_writer_loses_its_connection() {
+    let Some(cluster) = common::postgres::cluster() else { return };
+    let url = cluster.create_database();
+    let store = store::open(&store_config(&url)).await.unwrap();
+    append_one(&store, "s").await;
+    assert_eq!(terminate(cluster, &url, "eventfeed-writer"), "1");
+    // Until the writer has connected again (at the latest for the next
+    // batch) appends fail as unavailable, never as written.
+    let mut acknowledged = 1;
+    for attempt in 0..3 {
+        match try_append(&store, "s").await {
+            Ok(outcome) => {
+                assert_eq!(outcome.first_number, acknowledged, "attempt {attempt}");
+                acknowledged += 1;
+            }
+            Err(StoreError::Unavailable | StoreError::CommitFailed(_)) if attempt < 2 => {}
+            Err(error) => panic!("attempt {attempt}: {error}"),
+        }
+    }
+    assert!(acknowledged >= 2, "the writer connected again");
+    let read = StreamRead {
+        stream: "s".into(),
+        from: Some(0),
+        direction: Direction::Forward,
+        count: 100,
+        resolve_links: false,
+    };
+    let numbers: Vec<u64> =
+        store.read_stream(read).await.unwrap().events.iter().map(|e| e.event.number).collect();
+    assert_eq!(numbers, (0..acknowledged).collect::<Vec<_>>(), "every acknowledged append, densely");
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_database_wake_each_other_even_after_a_lost_connection() {
+    let Some(cluster) = common::postgres::cluster() else { return };
+    let url = cluster.create_database();
+    let config = store_config(&url);
+    let (one, two) = (store::open(&config).await.unwrap(), store::open(&config).await.unwrap());
+    let patience = Duration::from_secs(15);
+
+    let mut stream = two.notifier().watch_stream("shared");
+    let mut all = two.notifier().watch(None);
+    assert_eq!(append_one(&one, "shared").await, 0);
+    tokio::time::timeout(patience, stream.changed()).await.expect("the other store's stream waiter wakes");
+    tokio::time::timeout(patience, all.changed()).await.expect("the other store's $all waiter wakes");
+    assert_eq!(two.notifier().next_position(), 1);
+    // Positions go on densely whichever store appends.
+    assert_eq!(append_one(&two, "shared").await, 1);
+    assert_eq!(append_one(&one, "other").await, 2);
+
+    // The second store's listening connection is cut; what commits while
+    // it reconnects still wakes its waiters (it reads the head again).
+    assert_eq!(terminate(cluster, &url, "eventfeed-listener"), "2", "both stores listen");
+    let mut stream = two.notifier().watch_stream("shared");
+    append_one(&one, "shared").await;
+    tokio::time::timeout(patience, stream.changed()).await.expect("a waiter wakes after the reconnection");
+    assert!(two.notifier().next_position() >= 4);
+    one.close().await.unwrap();
+    two.close().await.unwrap();
+}

@@ -155,6 +155,7 @@ contract!(
     a_read_returns_at_most_its_bytes_and_at_least_one_event,
     multi_stream_appends_are_all_or_nothing,
     an_append_allowed_by_rules_that_changed_is_refused,
+    streams_are_listed_by_name_from_a_prefix,
 );
 
 // ---------------------------------------------------------------------------
@@ -910,6 +911,36 @@ async fn stream_state_reports_what_the_store_keeps(backend: Backend) {
     assert_eq!((state.next_number, state.created_position), (1, first.position.unwrap()));
     assert_eq!(state.settings.max_count, Some(4), "settings survive the first append");
     assert_eq!(store.stream_state("$$Order-2").await.unwrap().unwrap().next_number, 1);
+    store.close().await;
+}
+
+async fn streams_are_listed_by_name_from_a_prefix(backend: Backend) {
+    let store = backend.open().await;
+    for stream in ["Order-2", "Order-é", "Invoice-1", "Order-1", "Order-9", "Orders"] {
+        put(&store, stream, fresh(1, "A")).await;
+    }
+    store.delete("Order-9", ExpectedVersion::Any, true).await.unwrap();
+    let names =
+        |found: Vec<(String, StreamState)>| found.into_iter().map(|(name, _)| name).collect::<Vec<_>>();
+    let listed = store.list_streams("Order-", None, 10).await.unwrap();
+    assert!(listed[2].1.tombstoned, "a hard-deleted stream is listed as such");
+    assert_eq!(listed[0].1.next_number, 1);
+    // Byte order: 'é' (0xC3 0xA9) after '9'.
+    assert_eq!(names(listed), ["Order-1", "Order-2", "Order-9", "Order-é"]);
+    assert_eq!(
+        names(store.list_streams("Order-", Some("Order-1"), 2).await.unwrap()),
+        ["Order-2", "Order-9"]
+    );
+    assert_eq!(names(store.list_streams("Order-", Some("Order-é"), 2).await.unwrap()), Vec::<String>::new());
+    assert_eq!(names(store.list_streams("Nothing", None, 2).await.unwrap()), Vec::<String>::new());
+    let all = names(store.list_streams("", None, 1000).await.unwrap());
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted, "every name, in byte order");
+    assert!(
+        ["Invoice-1", "Orders", "$ce-Order"].iter().all(|name| all.iter().any(|listed| listed == name)),
+        "{all:?}"
+    );
     store.close().await;
 }
 

@@ -287,6 +287,21 @@ fn unsigned(value: i64) -> u64 {
 
 /// A number to store: every number the store keeps fits a `bigint` (the
 /// metadata rules cap settings at `i64::MAX`).
+/// The least string greater than every string that starts with `prefix`
+/// (in code point order, which is UTF-8's byte order); `None` when there
+/// is none (an empty prefix, or one of only the greatest code point).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 fn signed(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -360,6 +375,28 @@ impl Store for PgStore {
         Ok(row.as_ref().map(state_from_row))
     }
 
+    async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, StreamState)>, StoreError> {
+        let client = self.reader().await?;
+        // Byte order, on the index made for it: one range scan from the
+        // prefix to the first name after every name that has it.
+        let end = prefix_end(prefix);
+        let query = format!(
+            "SELECT {STATE_COLUMNS} FROM streams \
+             WHERE name COLLATE \"C\" >= $1 AND name COLLATE \"C\" > $2 \
+             AND ($3::text IS NULL OR name COLLATE \"C\" < $3) \
+             ORDER BY name COLLATE \"C\" LIMIT $4"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows =
+            client.query(&query, &[&prefix, &after.unwrap_or(""), &end, &limit]).await.map_err(db_error)?;
+        Ok(rows.iter().map(|row| (row.get::<_, String>(0), state_from_row(row))).collect())
+    }
+
     async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {
         scavenge::start(self.pool.clone(), Arc::clone(&self.scavenging), self.closed.load(Ordering::Acquire))
             .await
@@ -386,5 +423,19 @@ impl Store for PgStore {
         }
         let _ = self.shutdown.send(true);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_at_its_successor() {
+        assert_eq!(prefix_end("Order-").as_deref(), Some("Order."));
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("\u{10FFFF}"), None);
     }
 }

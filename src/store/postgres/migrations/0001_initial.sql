@@ -32,6 +32,9 @@ CREATE TABLE streams (
     metadata_number bigint,
     not_public boolean NOT NULL
 );
+-- Names in byte order, as `list_streams` pages them (the primary key
+-- follows the database's collation, which need not be byte order).
+CREATE INDEX streams_by_name_bytes ON streams (name COLLATE "C");
 
 -- The log: one row per event, by global position. The primary key serves
 -- `$all` pages (one range scan) and the payload of the events a stream

@@ -7,7 +7,8 @@
 // draw instead of one per event or per frame keeps the page responsive at
 // thousands of events a second; older rows are dropped from the bottom. While paused,
 // events are still received and counted, and the newest are drawn on
-// resume. `window.tailStats` counts what arrived and what was drawn.
+// resume. `window.tailStats` counts what arrived, what was drawn and what
+// was passed over for newer events (drawn + skipped = arrived, once drawn).
 
 import { streamPath, headersFor, check, LoginNeeded } from "./api.js";
 import { loginForm } from "./login.js";
@@ -51,7 +52,10 @@ export async function tail(name) {
     stats.received++;
     arrivals.push(performance.now());
     queue.push(entry);
-    if (queue.length > WINDOW * 4) queue = queue.slice(-WINDOW);
+    if (queue.length > WINDOW * 4) {
+      stats.skipped += queue.length - WINDOW;
+      queue = queue.slice(-WINDOW);
+    }
     if (!frame && !paused) frame = setTimeout(() => requestAnimationFrame(draw), DRAW_EVERY);
   };
   pause.addEventListener("click", () => {

@@ -95,6 +95,13 @@ const status = document.getElementById("tail-status")?.innerText || "";
 return parseInt((status.match(/\d[\d,]*/) || ["-1"])[0].replace(/,/g, ""), 10);
 """
 
+# Whether the tail has drawn all it received (a renderer that batches
+# draws a moment later): true without `window.tailStats`, which cannot say.
+TAIL_DRAWN = r"""
+const stats = window.tailStats;
+return !stats || stats.shown + (stats.skipped || 0) >= stats.received;
+"""
+
 # What the tail shows: `window.tailStats` where tail.js exposes it, else
 # the count in its status line; the event numbers of the rows on screen.
 TAIL_READ = r"""
@@ -286,7 +293,8 @@ def tail_run(driver, server, first_number=None):
         appended, behind_ms = append_at_rate(server.port, first_number)
         # Let the last events arrive (and a batched renderer draw them).
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and driver.run(TAIL_RECEIVED) < appended:
+        while time.monotonic() < deadline and (driver.run(TAIL_RECEIVED) < appended
+                                               or not driver.run(TAIL_DRAWN)):
             time.sleep(0.1)
     else:
         time.sleep(IDLE_SECONDS)

@@ -154,6 +154,8 @@ pub struct PgStore {
     closed: AtomicBool,
     /// The scavenge running now, if any.
     scavenging: Arc<Mutex<Option<Uuid>>>,
+    /// The report of the scavenge running or started last.
+    latest_scavenge: Arc<Mutex<Option<ScavengeReport>>>,
     options: PostgresOptions,
 }
 
@@ -211,6 +213,7 @@ impl PgStore {
         })?;
         schema::migrate(&mut client).await?;
         schema::check_projections(&client, options.projections).await?;
+        let latest_scavenge = scavenge::newest(&client).await?;
         let head = read_head(&client).await?;
         tracing::info!(database = %describe(&options.url), next_position = head.next_position, "PostgreSQL store open");
         let publisher =
@@ -242,6 +245,7 @@ impl PgStore {
             shutdown,
             closed: AtomicBool::new(false),
             scavenging: Arc::new(Mutex::new(None)),
+            latest_scavenge: Arc::new(Mutex::new(latest_scavenge)),
             options,
         })
     }
@@ -398,8 +402,13 @@ impl Store for PgStore {
     }
 
     async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {
-        scavenge::start(self.pool.clone(), Arc::clone(&self.scavenging), self.closed.load(Ordering::Acquire))
-            .await
+        let closed = self.closed.load(Ordering::Acquire);
+        let latest = Arc::clone(&self.latest_scavenge);
+        scavenge::start(self.pool.clone(), Arc::clone(&self.scavenging), latest, closed).await
+    }
+
+    fn latest_scavenge(&self) -> Option<ScavengeReport> {
+        self.latest_scavenge.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     async fn scavenge_report(&self, id: Uuid) -> Result<Option<ScavengeReport>, StoreError> {

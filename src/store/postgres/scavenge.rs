@@ -27,6 +27,7 @@ use crate::store::{ScavengeReport, ScavengeStarted, ScavengeStatus, StoreError};
 pub(super) async fn start(
     pool: Pool,
     running: Arc<Mutex<Option<Uuid>>>,
+    latest: Arc<Mutex<Option<ScavengeReport>>>,
     closed: bool,
 ) -> Result<ScavengeStarted, StoreError> {
     let id = Uuid::new_v4();
@@ -46,12 +47,12 @@ pub(super) async fn start(
                 report.status = ScavengeStatus::Interrupted;
                 report.finished_micros = Some(now_micros());
             }
-            match bytes.and(save(&client, &report).await) {
+            match bytes.and(save(&client, &report, &latest).await) {
                 Ok(()) if closed => Ok(()),
                 Ok(()) => {
                     let running = Arc::clone(&running);
                     tokio::spawn(async move {
-                        run(&client, report).await;
+                        run(&client, report, &latest).await;
                         *running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
                     });
                     return Ok(ScavengeStarted::Started(id));
@@ -65,6 +66,21 @@ pub(super) async fn start(
     result.map(|()| ScavengeStarted::Started(id))
 }
 
+/// The report of the scavenge started last, by any node, before this
+/// store opened: what `latest_scavenge` answers until one starts here.
+pub(super) async fn newest(client: &Client) -> Result<Option<ScavengeReport>, StoreError> {
+    let rows = client.query("SELECT report FROM scavenges", &[]).await.map_err(db_error)?;
+    let mut newest: Option<ScavengeReport> = None;
+    for row in rows {
+        let report: ScavengeReport = serde_json::from_str(row.get(0))
+            .map_err(|error| StoreError::Corrupt(format!("scavenge report: {error}")))?;
+        if newest.as_ref().is_none_or(|newest| report.started_micros > newest.started_micros) {
+            newest = Some(report);
+        }
+    }
+    Ok(newest)
+}
+
 /// A scavenge's report, if there is one by that id.
 pub(super) async fn report(client: &Client, id: Uuid) -> Result<Option<ScavengeReport>, StoreError> {
     let row =
@@ -76,7 +92,13 @@ pub(super) async fn report(client: &Client, id: Uuid) -> Result<Option<ScavengeR
     .transpose()
 }
 
-async fn save(client: &Client, report: &ScavengeReport) -> Result<(), StoreError> {
+/// Records a report in the database, and as this node's latest.
+async fn save(
+    client: &Client,
+    report: &ScavengeReport,
+    latest: &Mutex<Option<ScavengeReport>>,
+) -> Result<(), StoreError> {
+    *latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(report.clone());
     let text = serde_json::to_string(report).map_err(|error| StoreError::Io(error.to_string()))?;
     client
         .execute(
@@ -94,7 +116,7 @@ async fn database_size(client: &Client) -> Result<u64, StoreError> {
 }
 
 /// Runs a scavenge to its end and records how it ended.
-async fn run(client: &Client, mut report: ScavengeReport) {
+async fn run(client: &Client, mut report: ScavengeReport, latest: &Mutex<Option<ScavengeReport>>) {
     let outcome = scavenge(client, &mut report).await;
     report.finished_micros = Some(now_micros());
     match outcome {
@@ -108,7 +130,7 @@ async fn run(client: &Client, mut report: ScavengeReport) {
             report.error = Some(error.to_string());
         }
     }
-    if let Err(error) = save(client, &report).await {
+    if let Err(error) = save(client, &report, latest).await {
         tracing::warn!(%error, "a scavenge's report could not be saved");
     }
 }

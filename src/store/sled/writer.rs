@@ -29,7 +29,7 @@ use super::space::SpaceFloor;
 use super::staging::{Finished, Staging, StateCache};
 use crate::store::projections::{Projection, Projections};
 use crate::store::retention::now_micros;
-use crate::store::{AppendOutcome, Durability, Head, Notifier, StoreError};
+use crate::store::{AppendOutcome, CommitFigures, Durability, Head, Notifier, StoreError};
 
 /// The most commands one batch takes. Bounds the latency of the first
 /// request in a batch and the size of the reply fan-out; under any realistic
@@ -231,6 +231,10 @@ impl Writer {
             now,
         );
         let mut replies = Vec::with_capacity(batch.len());
+        let appends = batch
+            .iter()
+            .filter(|command| matches!(command, Command::Append { .. } | Command::AppendAll { .. }))
+            .count();
         let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
         // Appends wait for space; everything else (deletes, scavenges,
         // compaction, which give space back) goes on.
@@ -311,12 +315,18 @@ impl Writer {
             let projections = staging.projections;
             let Finished { mut batch, mut bytes, states, removed, ids } = staging.finish();
             let staged = self.id_index.stage(&self.db, commit_seq, &ids, &mut batch);
+            let writing = Instant::now();
             let written = staged.and_then(|index_bytes| {
                 bytes += index_bytes;
                 self.write(batch, bytes)
             });
             match written {
                 Ok(()) => {
+                    self.notifier.commit_observed(CommitFigures {
+                        appends,
+                        events: next_position - self.next_position,
+                        duration: writing.elapsed(),
+                    });
                     self.states.committed(states, removed);
                     self.projections = projections;
                     self.next_position = next_position;

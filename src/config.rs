@@ -283,6 +283,21 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_on_and_private_unless_told() {
+        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command;
+        assert!(config.metrics && !config.metrics_public);
+        assert_eq!(config.shutdown_drain_secs, 0);
+        let Command::Serve(config) =
+            Cli::try_parse_from(["eventfeed", "serve", "--metrics-public"]).unwrap().command;
+        assert!(config.metrics_public);
+        let Command::Serve(config) =
+            Cli::try_parse_from(["eventfeed", "serve", "--metrics-public", "false", "--metrics", "false"])
+                .unwrap()
+                .command;
+        assert!(!config.metrics_public && !config.metrics);
+    }
+
+    #[test]
     fn timeouts_are_between_a_second_and_a_day() {
         let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command;
         assert_eq!(

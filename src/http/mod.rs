@@ -12,7 +12,8 @@
 //! answers it) the pieces every handler uses; `cors` says which other
 //! sites' pages may call the server; `auth` turns credentials into a
 //! principal and checks it (`challenge` words the 401s to the web UI's own
-//! calls); `metrics` serves `/metrics` and times every request, `health`
+//! calls); `metrics` records what `scrape` serves at `/metrics` (and
+//! times every request), `health`
 //! the load balancer's probes; `ui` serves the web UI's files
 //! (and its entry page to a browser asking for a stream, the one piece of
 //! it `streams` uses). Resource modules
@@ -38,6 +39,7 @@ pub mod negotiate;
 mod pages;
 mod params;
 mod read_errors;
+mod scrape;
 mod stream_list;
 mod streams;
 mod subscriptions;
@@ -146,7 +148,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(subscriptions::router())
         .merge(system::router())
-        .merge(metrics::router())
+        .merge(scrape::router())
         .merge(health::router())
         .merge(users::router())
         .merge(ui::router())

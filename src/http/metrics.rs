@@ -294,3 +294,49 @@ pub(super) async fn track_requests(State(state): State<AppState>, request: Reque
     state.metrics.request(route, method, response.status(), started.elapsed());
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(idempotent: bool) -> AppendOutcome {
+        AppendOutcome { first_number: 0, last_number: 0, position: Some(0), idempotent }
+    }
+
+    #[test]
+    fn append_results_map_to_their_outcome_labels() {
+        let cases: [(Result<AppendOutcome, StoreError>, &str); 6] = [
+            (Ok(outcome(false)), "ok"),
+            (Ok(outcome(true)), "duplicate"),
+            (
+                Err(StoreError::WrongExpectedVersion { current: 3, detail: String::new() }),
+                "wrong_expected_version",
+            ),
+            (Err(StoreError::Conflicts(Vec::new())), "wrong_expected_version"),
+            (Err(StoreError::InsufficientStorage("full".into())), "refused"),
+            (Err(StoreError::Unavailable), "error"),
+        ];
+        for (result, label) in cases {
+            assert_eq!(AppendResult::of_append(&result).label(), label, "{result:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_are_labelled_by_class_and_methods_from_a_fixed_set() {
+        assert_eq!(status_class(StatusCode::NOT_MODIFIED), "3xx");
+        assert_eq!(status_class(StatusCode::INSUFFICIENT_STORAGE), "5xx");
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+    }
+
+    #[test]
+    fn nothing_is_recorded_when_metrics_are_off() {
+        let metrics = Metrics::new(false);
+        metrics.append(AppendResult::Ok, 3);
+        metrics.committed(CommitFigures { appends: 1, events: 3, duration: Duration::from_millis(1) });
+        let mut text = String::new();
+        metrics.encode(&mut text).unwrap();
+        assert!(!text.contains("outcome=\"ok\""), "{text}");
+        assert!(text.contains("eventfeed_commits_total 0"), "{text}");
+    }
+}

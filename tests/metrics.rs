@@ -301,7 +301,11 @@ async fn a_parked_subscription_message_shows_in_its_groups_figures() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let figures = loop {
         let figures = scrape(&server).await;
-        if figures.value("eventfeed_subscription_parked", &group) == Some(1.0) {
+        // The park is written to the parked stream, then counted by the
+        // group: both settle within moments.
+        if figures.value("eventfeed_subscription_parked", &group) == Some(1.0)
+            && figures.value("eventfeed_subscription_processed_total", &group) == Some(1.0)
+        {
             break figures;
         }
         assert!(Instant::now() < deadline, "the parked message never showed: {figures:?}");
@@ -310,9 +314,10 @@ async fn a_parked_subscription_message_shows_in_its_groups_figures() {
     assert_eq!(figures.types["eventfeed_subscription_parked"], "gauge");
     // The other message taken is in flight until acked or timed out.
     assert!(figures.value("eventfeed_subscription_in_flight", &group).is_some_and(|n| n <= 1.0));
-    assert_eq!(figures.value("eventfeed_subscription_processed_total", &group), Some(1.0));
-    // Nothing acked: the checkpoint is at the start, four events behind.
-    assert_eq!(figures.value("eventfeed_subscription_checkpoint_lag", &group), Some(4.0));
+    // Nothing acked: the checkpoint is at most past the parked first
+    // event, so three or four events behind the source's four.
+    let lag = figures.value("eventfeed_subscription_checkpoint_lag", &group).unwrap();
+    assert!(lag == 3.0 || lag == 4.0, "checkpoint lag {lag}");
 }
 
 async fn create_user(server: &TestServer, login: &str, groups: &[&str]) {

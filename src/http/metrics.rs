@@ -26,7 +26,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -91,16 +91,54 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// The `route` label: the route's template as axum matched it, or
+/// `unmatched`. Holds axum's own `MatchedPath` (an `Arc<str>`), so that
+/// labelling a request copies no string.
+#[derive(Debug, Clone)]
+enum Route {
+    Matched(MatchedPath),
+    Unmatched,
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Matched(path) => path.as_str(),
+            Self::Unmatched => "unmatched",
+        }
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Route {}
+
+impl std::hash::Hash for Route {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: Route,
     method: &'static str,
     status: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: Route,
     method: &'static str,
 }
 
@@ -234,7 +272,7 @@ impl Metrics {
         self.scavenges_started.inc();
     }
 
-    fn request(&self, route: String, method: &'static str, status: StatusCode, took: Duration) {
+    fn request(&self, route: Route, method: &'static str, status: StatusCode, took: Duration) {
         if status == StatusCode::NOT_MODIFIED {
             self.not_modified.inc();
         }
@@ -285,8 +323,8 @@ fn method_label(method: &Method) -> &'static str {
 /// `http::router` only when metrics are on).
 pub(super) async fn track_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = match request.extensions().get::<MatchedPath>() {
-        Some(path) => path.as_str().to_owned(),
-        None => "unmatched".to_owned(),
+        Some(path) => Route::Matched(path.clone()),
+        None => Route::Unmatched,
     };
     let method = method_label(request.method());
     let started = Instant::now();

@@ -309,6 +309,7 @@ impl Writer {
 
         let mut flow = Flow::Continue;
         let mut published: Option<(Head, Vec<String>)> = None;
+        let mut committed: Option<CommitFigures> = None;
         if staging.has_writes() {
             let next_position = staging.next_position;
             let touched = staging.touched_streams();
@@ -322,7 +323,7 @@ impl Writer {
             });
             match written {
                 Ok(()) => {
-                    self.notifier.commit_observed(CommitFigures {
+                    committed = Some(CommitFigures {
                         appends,
                         events: next_position - self.next_position,
                         duration: writing.elapsed(),
@@ -364,6 +365,11 @@ impl Writer {
         // published waits for the publication, which follows at once.
         if let Some((head, touched)) = published {
             self.notifier.publish(head, touched.iter().map(String::as_str));
+        }
+        // After the answers and the wake-ups: what a commit cost is
+        // reported off their path.
+        if let Some(figures) = committed {
+            self.notifier.commit_observed(figures);
         }
         if let Some((reply, copied)) = compacting {
             // IMPORTANT: only now, with this batch applied to both

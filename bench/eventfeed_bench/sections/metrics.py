@@ -13,7 +13,7 @@ import time
 
 from .. import targets
 from ..common import ADMIN, http_request, log
-from ..fmt import errors, fmt, fmt_share, ms, ratio, table, times, verdict
+from ..fmt import errors, fmt, fmt_share, ms, others, ratio, table, times, verdict
 from ..servers import Eventfeed
 
 TITLE = "Metrics on vs off"
@@ -52,7 +52,8 @@ class Scraper:
 
 def combined(runs, rate):
     seconds = sum(f["seconds"] for f in runs)
-    return {rate: sum(f[rate] * f["seconds"] for f in runs) / seconds,
+    shares = [f["others_cpu_share"] for f in runs if f.get("others_cpu_share") is not None]
+    return {"others_cpu_share": statistics.mean(shares) if shares else None,rate: sum(f[rate] * f["seconds"] for f in runs) / seconds,
             "p50_us": max(f["p50_us"] for f in runs), "p99_us": max(f["p99_us"] for f in runs),
             "errors": sum(f["errors"] for f in runs),
             **{kind: sum(f.get(kind, 0) for f in runs) for kind in ("timeouts", "connect_errors", "read_errors",
@@ -150,6 +151,22 @@ def measure(ctx, result):
     result["appends"] = appends(ctx)
 
 
+def cpu_per_request(runs):
+    """The server's CPU time (all threads) per request over `runs`, in µs:
+    steadier than a rate on a shared machine, where other work on the
+    server's core slows the server without billing it."""
+    measured = [f for f in runs if f.get("server_cpu_seconds") is not None]
+    requests = sum(f["requests"] for f in measured)
+    return sum(f["server_cpu_seconds"] for f in measured) * 1e6 / requests if requests else None
+
+
+def others_share(runs):
+    """The mean share of the server's CPU others used over `runs`, as
+    `fmt.others` reads it."""
+    shares = [f["others_cpu_share"] for f in runs if f.get("others_cpu_share") is not None]
+    return {"others_cpu_share": statistics.mean(shares) if shares else None}
+
+
 def rate_of(workload):
     return ("rps", "req/s") if "rps" in workload["on"] else ("events_per_second", "events/s")
 
@@ -188,10 +205,14 @@ def render(result, settings):
         rows.append([LABELS[key], f"{fmt(on[rate])} {unit}", ms(on, "p50_us"), ms(on, "p99_us"), errors(on),
                      f"{fmt(off[rate])} {unit}", ms(off, "p50_us"), ms(off, "p99_us"), errors(off),
                      f"**{times(workload.get('on_over_off'), 'off')}**",
-                     ", ".join(fmt(r, 2) for r in workload["per_round"]), scrape,
+                     ", ".join(fmt(r, 2) for r in workload["per_round"]),
+                     f"{fmt(cpu_per_request(workload['on_rounds']), 1)} / "
+                     f"{fmt(cpu_per_request(workload['off_rounds']), 1)}",
+                     others(others_share(workload["on_rounds"]), others_share(workload["off_rounds"])), scrape,
                      f"≥ {fmt(targets.METRICS_SHARE, 2)} × off: {verdict(met(workload))}"])
     out = [table(["workload", "metrics on", "p50 ms", "p99 ms", "errors", "metrics off", "p50 ms", "p99 ms",
-                  "errors", "on ÷ off", "per round", "scrapes while on", "target"], rows), ""]
+                  "errors", "on ÷ off", "per round", "server CPU µs/request (on / off)",
+                  "others on server CPU (on / off)", "scrapes while on", "target"], rows), ""]
     out.append(f"Method: {result['rounds']} round(s) per workload, the order of on and off alternating; rates over "
                "all rounds, p50 and p99 the highest round's. *On*: the default server, recording every request's "
                "route, status and latency and every append's outcome and commit, while a thread scrapes "
@@ -200,5 +221,6 @@ def render(result, settings):
                f"{settings.read_connections} connections, one server at a time on the same store, restarted for "
                "each round. Appends: POST events+json, one event per request, "
                f"{settings.auth_append_clients} wrk connections, default durability (fsync), a fresh store per "
-               "kind, both warmed up before the first round.")
+               "kind, both warmed up before the first round. *Server CPU*: the server's CPU time (all threads) per "
+               "request over all rounds, steadier than the rates when other work shares the machine (see *others*).")
     return out

@@ -320,6 +320,31 @@ async fn a_parked_subscription_message_shows_in_its_groups_figures() {
     assert!(lag == 3.0 || lag == 4.0, "checkpoint lag {lag}");
 }
 
+#[tokio::test]
+async fn open_sse_streams_are_counted_until_their_client_goes() {
+    let server = TestServer::start().await;
+    server.append_n("watched", 1).await;
+    let open = |figures: &Exposition| figures.value("eventfeed_sse_streams", &[]);
+    assert_eq!(open(&scrape(&server).await), Some(0.0));
+    let sse = server
+        .client
+        .get(server.url("/streams/watched"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let figures = scrape(&server).await;
+    assert_eq!(open(&figures), Some(1.0));
+    assert!(figures.value("eventfeed_waiters", &[]).is_some_and(|n| n >= 1.0));
+    drop(sse);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open(&scrape(&server).await) != Some(0.0) {
+        assert!(Instant::now() < deadline, "the closed SSE stream is still counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn create_user(server: &TestServer, login: &str, groups: &[&str]) {
     let body = json!({ "loginName": login, "fullName": login, "groups": groups, "password": "pw" });
     let response = server

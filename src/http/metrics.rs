@@ -29,6 +29,7 @@ use axum::response::Response;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -160,6 +161,7 @@ pub struct Metrics {
     commit_appends: Histogram,
     commit_duration: Histogram,
     scavenges_started: Counter,
+    sse_streams: Gauge,
 }
 
 /// Request latency buckets: 100 µs to about 6 s, ×2.5 each (a cached head
@@ -233,6 +235,12 @@ impl Metrics {
             "Scavenges started (by POST /admin/scavenge or --scavenge-interval-secs)",
             scavenges_started.clone(),
         );
+        let sse_streams = Gauge::default();
+        registry.register(
+            "sse_streams",
+            "Server-Sent Events streams open (each also counts in eventfeed_waiters)",
+            sse_streams.clone(),
+        );
         Self {
             enabled,
             registry,
@@ -246,6 +254,7 @@ impl Metrics {
             commit_appends,
             commit_duration,
             scavenges_started,
+            sse_streams,
         }
     }
 
@@ -268,6 +277,13 @@ impl Metrics {
         self.appended_events.get_or_create(&labels).inc_by(events as u64);
     }
 
+    /// Counts an SSE stream open for as long as the guard lives (the
+    /// response's stream holds it, so a client that goes drops it).
+    pub fn sse_opened(&self) -> OpenStream {
+        self.sse_streams.inc();
+        OpenStream(self.sse_streams.clone())
+    }
+
     pub fn scavenge_started(&self) {
         self.scavenges_started.inc();
     }
@@ -280,6 +296,16 @@ impl Metrics {
         self.request_duration.get_or_create(&labels).observe(took.as_secs_f64());
         let RouteLabels { route, method } = labels;
         self.requests.get_or_create(&RequestLabels { route, method, status: status_class(status) }).inc();
+    }
+}
+
+/// One open SSE stream, counted in `eventfeed_sse_streams` until dropped.
+#[derive(Debug)]
+pub struct OpenStream(Gauge);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

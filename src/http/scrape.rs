@@ -280,7 +280,7 @@ impl Scrape {
         }
         let mut metric = encoder.encode_descriptor(
             "subscription_processed",
-            "Messages acked or parked by the group's consumers since the server started",
+            "Messages acked, skipped or parked (once in the parked stream) since the server started",
             None,
             ConstCounter::new(0u64).metric_type(),
         )?;

@@ -163,6 +163,19 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTFEED_MIN_FREE_MB", default_value_t = DEFAULT_MIN_FREE_BYTES / (1024 * 1024))]
     pub min_free_mb: u64,
 
+    /// Let anyone read `GET /metrics`, without credentials (for a Prometheus
+    /// scraper on a trusted network). Without it, only members of `$admins`
+    /// and `$ops` may. The metrics hold counts, never a stream's name or an
+    /// event (persistent subscriptions' stream and group names excepted).
+    #[arg(long, env = "EVENTFEED_METRICS_PUBLIC", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_public: bool,
+
+    /// Record metrics (`GET /metrics`): `false` leaves out the per-request
+    /// timing and answers `/metrics` with `404`, for benchmarks that compare
+    /// the cost of metrics.
+    #[arg(long, env = "EVENTFEED_METRICS", default_value_t = true, action = ArgAction::Set)]
+    pub metrics: bool,
+
     /// Maintain `$ce-{category}` streams.
     #[arg(long, env = "EVENTFEED_PROJECTION_BY_CATEGORY", default_value_t = true, action = ArgAction::Set)]
     pub projection_by_category: bool,
@@ -193,6 +206,15 @@ pub struct ServeConfig {
     /// closing them.
     #[arg(long, env = "EVENTFEED_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+
+    /// Seconds between a shutdown signal and the server closing its
+    /// listener, during which it serves as usual but `/health/ready`
+    /// answers `503`, so that a load balancer probing it stops sending
+    /// traffic before connections are refused. 0 (the default): none, the
+    /// listener closes at once. Behind a load balancer, its probe interval
+    /// times its failure threshold, plus a second.
+    #[arg(long, env = "EVENTFEED_SHUTDOWN_DRAIN_SECS", default_value_t = 0)]
+    pub shutdown_drain_secs: u64,
 }
 
 /// The default `--shutdown-grace-secs`: long enough for an ordinary request
@@ -287,6 +309,21 @@ mod tests {
         let Command::Serve(config) =
             Cli::try_parse_from(["eventfeed", "serve", "--log", "warn,eventfeed=debug"]).unwrap().command;
         assert_eq!(config.log_filter, "warn,eventfeed=debug");
+    }
+
+    #[test]
+    fn metrics_are_on_and_private_unless_told() {
+        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command;
+        assert!(config.metrics && !config.metrics_public);
+        assert_eq!(config.shutdown_drain_secs, 0);
+        let Command::Serve(config) =
+            Cli::try_parse_from(["eventfeed", "serve", "--metrics-public"]).unwrap().command;
+        assert!(config.metrics_public);
+        let Command::Serve(config) =
+            Cli::try_parse_from(["eventfeed", "serve", "--metrics-public", "false", "--metrics", "false"])
+                .unwrap()
+                .command;
+        assert!(!config.metrics_public && !config.metrics);
     }
 
     #[test]

@@ -1,11 +1,19 @@
 //! `deploy/systemd/eventfeed.service`: a unit systemd accepts
 //! (`systemd-analyze verify`, where systemd is installed; tests/run
 //! installs it), hardened, restarting always, and giving the server more
-//! time to stop than its own shutdown takes.
+//! time to stop than its own shutdown takes. `deploy/prometheus/`: a
+//! scrape configuration `promtool` accepts, scraping `/metrics`.
+//! `deploy/grafana/eventfeed.json`: a dashboard whose queries name only
+//! metrics a running server's `/metrics` exposes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use std::collections::BTreeSet;
 use std::process::Command;
+
+use serde_json::{Value, json};
 
 const UNIT: &str = include_str!("../deploy/systemd/eventfeed.service");
 
@@ -51,4 +59,97 @@ fn systemd_accepts_the_unit() {
     let output = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
     let complaints = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && complaints.trim().is_empty(), "systemd-analyze verify:\n{complaints}");
+}
+
+const SCRAPE_CONFIG: &str = "deploy/prometheus/prometheus.yml";
+const DASHBOARD: &str = include_str!("../deploy/grafana/eventfeed.json");
+
+#[test]
+fn promtool_accepts_the_scrape_config() {
+    let config = std::fs::read_to_string(SCRAPE_CONFIG).unwrap();
+    assert!(config.contains("metrics_path: /metrics"));
+    assert!(config.contains("job_name: eventfeed"));
+    let Ok(output) = Command::new("promtool").args(["check", "config", SCRAPE_CONFIG]).output() else {
+        assert!(std::env::var_os("CI").is_none(), "CI needs promtool (Debian's prometheus package)");
+        eprintln!("SKIPPED: promtool is not installed (tests/run installs it)");
+        return;
+    };
+    assert!(
+        output.status.success(),
+        "promtool check config: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every `eventfeed_…` name in the dashboard's queries.
+fn dashboard_metrics() -> BTreeSet<String> {
+    let dashboard: Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
+    let mut names = BTreeSet::new();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() > 20, "{exprs:?}");
+    for expr in exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("eventfeed_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            rest = &rest[at + name.len()..];
+            names.insert(name);
+        }
+    }
+    names
+}
+
+fn collect_exprs(value: &Value, exprs: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr" | "query", Value::String(expr)) => exprs.push(expr.clone()),
+                    _ => collect_exprs(value, exprs),
+                }
+            }
+        }
+        Value::Array(values) => values.iter().for_each(|value| collect_exprs(value, exprs)),
+        _ => {}
+    }
+}
+
+/// The sample names a server's `/metrics` exposes after it has done a bit
+/// of everything (labelled families appear with their first series).
+async fn exposed_metrics() -> BTreeSet<String> {
+    let server = common::TestServer::start().await;
+    server.append_n("deployed", 3).await;
+    let conflict = server
+        .client
+        .post(server.url("/streams/deployed"))
+        .header("content-type", common::EVENTS_JSON)
+        .header("es-expectedversion", "0")
+        .body(json!([common::event("T", json!({}))]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(conflict.status().is_client_error());
+    let api = common::subscriptions::Api::of(&server);
+    api.create("deployed", "g", json!({ "startFrom": 0 })).await;
+    let id = common::start_scavenge(&server.client, &server.base).await;
+    common::wait_for(&server.client, &server.base, &id, |report| report["status"] != "running").await;
+    let text = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| line.split(['{', ' ']).next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dashboard_names_only_metrics_the_server_exposes() {
+    let exposed = exposed_metrics().await;
+    let missing: Vec<_> = dashboard_metrics().into_iter().filter(|name| !exposed.contains(name)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics /metrics does not expose: {missing:?}\n{exposed:?}"
+    );
 }

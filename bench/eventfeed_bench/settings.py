@@ -40,6 +40,9 @@ class Settings:
         self.auth_rounds = 1 if quick else 4
         self.auth_append_clients = 64
         self.auth_failed_logins = 100 if quick else 300
+        # metrics: each workload with metrics on (scraped every second) and
+        # off, in rounds ordered on/off, off/on, ...
+        self.metrics_rounds = 1 if quick else 4
         # ui: a store of streams x 100 events (1M), and how often each view
         # is opened with a cold and with a warm browser cache.
         self.ui_streams = 1000 if quick else 10000

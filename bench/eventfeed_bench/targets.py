@@ -31,7 +31,7 @@ TARGETS = {
                    "the same workload anonymous", "auth"),
     "multi_stream": ("multi-stream append, 2 streams × 1 event, 64 clients",
                      "≥ 0.8 × single-stream 2-event appends", "same run", "multiappend"),
-    "metrics": ("metrics on", "≥ 0.97 × metrics off", "same run", None),
+    "metrics": ("metrics on", "≥ 0.97 × metrics off", "same run", "metrics"),
     "postgres_appends": ("PostgreSQL backend, 64 clients", "≥ 10,000 events/s and ≥ 5 × one transaction per append",
                          "pgbench, same insert, same database", None),
     "postgres_page": ("PostgreSQL, uncached 20-entry page", "≥ 10,000 req/s", "the sled backend", None),
@@ -60,6 +60,7 @@ STARTUP_KILL_SECONDS = 1.0
 STARTUP_CLEAN_SECONDS = 0.5
 SUBSCRIPTIONS_PER_SECOND = 100_000
 BASIC_AUTH_SHARE = 0.9
+METRICS_SHARE = 0.97
 UI_FIRST_RENDER_MS = 300
 UI_TAIL_BUSY_SHARE = 0.5
 

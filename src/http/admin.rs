@@ -36,7 +36,10 @@ async fn start_scavenge(
 ) -> Result<Response, HttpError> {
     authorize_task(&principal, Task::Scavenge)?;
     let (status, id) = match state.store.start_scavenge().await? {
-        ScavengeStarted::Started(id) => (StatusCode::ACCEPTED, id),
+        ScavengeStarted::Started(id) => {
+            state.metrics.scavenge_started();
+            (StatusCode::ACCEPTED, id)
+        }
         ScavengeStarted::AlreadyRunning(id) => (StatusCode::CONFLICT, id),
     };
     let location = urls.absolute(&format!("/admin/scavenge/{id}"));

@@ -20,6 +20,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 
 use super::error::HttpError;
+use super::metrics::AppendResult;
 use super::{AppState, cors};
 use crate::security::acl::{self, Access, Task};
 use crate::security::credentials::{self, MAX_FAILURES};
@@ -152,7 +153,12 @@ pub(super) async fn authorize_append(
     principal: &Principal,
     stream: &str,
 ) -> Result<Option<AccessBasis>, HttpError> {
-    check(state, principal, Access::Write, stream, Rules::LastSeen).await
+    let checked = check(state, principal, Access::Write, stream, Rules::LastSeen).await;
+    if checked.as_ref().is_err_and(|error| error.status == StatusCode::UNAUTHORIZED) {
+        // Its events are not counted: the body is not read.
+        state.metrics.append(AppendResult::Denied, 0);
+    }
+    checked
 }
 
 /// Which rules [`check`] may decide by.
@@ -201,13 +207,16 @@ pub(super) async fn append_checked(
     append: Append,
 ) -> Result<AppendOutcome, HttpError> {
     let store = &state.store;
+    let events = append.events.len();
     let written = write_checked(state, principal, vec![append], |mut appends| async move {
         match appends.pop() {
             Some(append) => store.append(append).await,
             None => Err(StoreError::Invalid("nothing to append".into())),
         }
     });
-    Ok(written.await??)
+    let written = written.await?;
+    state.metrics.append(AppendResult::of_append(&written), events);
+    Ok(written?)
 }
 
 /// How often an append whose stream's rules changed while it waited is
@@ -289,6 +298,9 @@ pub(super) fn authorize_task(principal: &Principal, task: Task) -> Result<(), Ht
         Task::Scavenge => "run or look up scavenges (members of $admins and $ops may)",
         Task::Shutdown => "stop the server (members of $admins and $ops may)",
         Task::ManageSubscriptions => "manage persistent subscriptions (members of $admins and $ops may)",
+        Task::ReadMetrics => {
+            "read the metrics (members of $admins and $ops may, or anyone with --metrics-public)"
+        }
     };
     Err(denied(principal, what))
 }

@@ -311,6 +311,7 @@ pub async fn server_sent_events(
     };
     let permit = state.waiters.admit()?;
     let shutdown = state.shutdown.clone();
+    let open = state.metrics.sse_opened();
     let feed = EventFeed {
         state,
         principal,
@@ -320,6 +321,7 @@ pub async fn server_sent_events(
         next,
         pending: VecDeque::new(),
         shutdown,
+        _open: open,
         _permit: permit,
     };
     let events = futures_util::stream::unfold(feed, EventFeed::next_event);
@@ -350,6 +352,8 @@ struct EventFeed {
     shutdown: watch::Receiver<bool>,
     /// Held for the life of the response: an SSE stream is a waiter.
     _permit: OwnedSemaphorePermit,
+    /// Counts the stream in `/metrics` for the life of the response.
+    _open: super::metrics::OpenStream,
 }
 
 impl EventFeed {

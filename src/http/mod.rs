@@ -12,7 +12,9 @@
 //! answers it) the pieces every handler uses; `cors` says which other
 //! sites' pages may call the server; `auth` turns credentials into a
 //! principal and checks it (`challenge` words the 401s to the web UI's own
-//! calls); `ui` serves the web UI's files
+//! calls); `metrics` records what `scrape` serves at `/metrics` (and
+//! times every request), `health`
+//! the load balancer's probes; `ui` serves the web UI's files
 //! (and its entry page to a browser asking for a stream, the one piece of
 //! it `streams` uses). Resource modules
 //! import shared ones, never each other; only this file names them, to
@@ -28,13 +30,16 @@ pub mod cors;
 mod encoding;
 pub mod error;
 pub mod events_body;
+mod health;
 pub mod live;
 mod metadata;
+pub mod metrics;
 mod multi_append;
 pub mod negotiate;
 mod pages;
 mod params;
 mod read_errors;
+mod scrape;
 mod stream_list;
 mod streams;
 mod subscriptions;
@@ -108,6 +113,10 @@ pub struct Shared {
     /// Flips to `true` when the server starts shutting down; long-polls and
     /// SSE streams answer or end at once when it does.
     pub shutdown: watch::Receiver<bool>,
+    /// Flips to `true` as soon as a shutdown signal arrives, before
+    /// `shutdown` (which waits for `--shutdown-drain-secs`): from then on
+    /// `/health/ready` answers `503`, so load balancers drain the node.
+    pub draining: watch::Receiver<bool>,
     /// The cap on concurrent long-polls and SSE streams.
     pub waiters: live::Waiters,
     /// Pages rendered for long-polls woken together, shared among them.
@@ -123,6 +132,10 @@ pub struct Shared {
     pub cors: cors::Cors,
     /// Reads served and events appended lately, for `/info`.
     pub activity: Arc<activity::Activity>,
+    /// What `/metrics` reports that is recorded as it happens.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Anyone may read `/metrics` (`--metrics-public`).
+    pub metrics_public: bool,
 }
 
 /// The whole HTTP application.
@@ -135,6 +148,8 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(subscriptions::router())
         .merge(system::router())
+        .merge(scrape::router())
+        .merge(health::router())
         .merge(users::router())
         .merge(ui::router())
         .fallback(system::not_found)
@@ -143,6 +158,13 @@ pub fn router(state: AppState) -> Router {
         .layer(compression())
         .layer(tower::util::MapResponseLayer::new(caching::weak_etag_when_encoded));
     let router = if request_logs_wanted() { router.layer(TraceLayer::new_for_http()) } else { router };
+    // Inside the routes' layers, so it sees each route's template
+    // (`MatchedPath`), and outside the rest, so it times the whole answer.
+    let router = if state.metrics.enabled() {
+        router.layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_requests))
+    } else {
+        router
+    };
     let routes = cors::apply(&state.cors, router).with_state(state);
     // IMPORTANT: axum adds `Allow` to a 405 outside every layer of the
     // routes, so the words that repeat it wrap the whole router, and

@@ -19,6 +19,7 @@ use super::auth::{authorize_append, write_checked};
 use super::base_url::RequestUrls;
 use super::error::HttpError;
 use super::events_body::{self, EventsFormat, read_body};
+use super::metrics::AppendResult;
 use super::negotiate::{self, JSON};
 use super::{AppState, params, streams};
 use crate::security::Principal;
@@ -65,8 +66,12 @@ async fn append_all(
     for append in &mut appends {
         append.access = authorize_append(&state, &principal, &append.stream).await?;
     }
+    let events = appends.iter().map(|append| append.events.len()).sum();
     let written = write_checked(&state, &principal, appends, |appends| state.store.append_all(appends));
-    let outcomes = match written.await? {
+    let written = written.await?;
+    let result = AppendResult::of(&written, |outcomes| outcomes.iter().all(|outcome| outcome.idempotent));
+    state.metrics.append(result, events);
+    let outcomes = match written {
         Ok(outcomes) => outcomes,
         Err(StoreError::Conflicts(conflicts)) => return Ok(conflict(&conflicts)),
         Err(error) => return Err(error.into()),

@@ -89,7 +89,7 @@ async fn info(State(state): State<AppState>) -> Response {
 /// that projection is still being built from the log, or on a store that
 /// never had it (turned off later, the count stops where `$streams` did:
 /// the store does not say which projections are on).
-async fn stream_count(state: &AppState) -> Option<u64> {
+pub(super) async fn stream_count(state: &AppState) -> Option<u64> {
     if state.store.projections_building().contains(&Projection::Streams.name()) {
         return None;
     }

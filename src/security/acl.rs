@@ -62,6 +62,9 @@ pub enum Task {
     /// Create, update, delete persistent subscriptions, replay their parked
     /// messages, list them: `$admins` and `$ops`.
     ManageSubscriptions,
+    /// Read the server's metrics (`GET /metrics`): `$admins` and `$ops`
+    /// (or anyone, with `--metrics-public`).
+    ReadMetrics,
 }
 
 /// The roles an `$acl` key names.
@@ -187,7 +190,7 @@ pub fn may(principal: &Principal, access: Access, stream: &str, acl: &Acl, defau
 pub fn may_run(principal: &Principal, task: Task) -> bool {
     match task {
         Task::ManageUsers => principal.is_admin(),
-        Task::Scavenge | Task::Shutdown | Task::ManageSubscriptions => {
+        Task::Scavenge | Task::Shutdown | Task::ManageSubscriptions | Task::ReadMetrics => {
             principal.is_admin() || principal.has_role(OPS)
         }
     }
@@ -267,6 +270,9 @@ mod tests {
     fn tasks() {
         assert!(may_run(&user("o", &[OPS]), Task::Scavenge));
         assert!(may_run(&user("o", &[OPS]), Task::ManageSubscriptions));
+        assert!(may_run(&user("o", &[OPS]), Task::ReadMetrics));
+        assert!(!may_run(&user("u", &[]), Task::ReadMetrics));
+        assert!(!may_run(&Principal::Anonymous, Task::ReadMetrics));
         assert!(!may_run(&user("o", &[OPS]), Task::ManageUsers));
         assert!(!may_run(&user("u", &[]), Task::Scavenge));
         assert!(!may_run(&Principal::Anonymous, Task::Scavenge));

@@ -7,7 +7,9 @@
 //!   may take.
 //! - `tls`: HTTPS, when given a certificate and key.
 //!
-//! Shutdown order matters. On the signal the listener stops accepting and
+//! Shutdown order matters. On the signal `/health/ready` turns `503`
+//! ([`Shared::draining`]) and, after `--shutdown-drain-secs` of serving as
+//! usual (none by default) while load balancers notice, the listener stops accepting and
 //! every long-poll and SSE stream is told to answer or end at once (they
 //! watch [`Shared::shutdown`]); open requests then get a grace period;
 //! then persistent subscriptions stop, writing their final checkpoints;
@@ -76,6 +78,10 @@ pub struct Server {
     /// Stopped (final checkpoints written) before the store closes.
     subscriptions: Arc<Subscriptions>,
     shutdown: watch::Sender<bool>,
+    /// Set at the shutdown signal, `drain` before `shutdown`: readiness
+    /// fails while the server still serves (`--shutdown-drain-secs`).
+    draining: watch::Sender<bool>,
+    drain: Duration,
     grace: Duration,
     /// Between background scavenges; `None`: none.
     scavenge_interval: Option<Duration>,
@@ -117,7 +123,12 @@ impl Server {
             .map_err(ServerError::Store)?;
         warn_of_default_passwords(&security).await;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (draining, draining_rx) = watch::channel(false);
         let activity = crate::http::activity::Activity::start(&store, shutdown_rx.clone());
+        let metrics = Arc::new(crate::http::metrics::Metrics::new(config.metrics));
+        if config.metrics {
+            store.notifier().observe_commits(Arc::clone(&metrics) as Arc<dyn store::CommitObserver>);
+        }
         let state = AppState::new(Shared {
             store: Arc::clone(&store),
             limits: Arc::new(Limits {
@@ -127,6 +138,7 @@ impl Server {
                 max_waiters: config.max_waiters,
             }),
             shutdown: shutdown_rx,
+            draining: draining_rx,
             waiters: crate::http::live::Waiters::new(config.max_waiters),
             renders: Default::default(),
             subscriptions: Arc::clone(&subscriptions),
@@ -134,6 +146,8 @@ impl Server {
             stop_requested: Arc::default(),
             cors,
             activity,
+            metrics,
+            metrics_public: config.metrics_public,
         });
         Ok(Self {
             listener,
@@ -141,6 +155,8 @@ impl Server {
             store,
             subscriptions,
             shutdown,
+            draining,
+            drain: Duration::from_secs(config.shutdown_drain_secs),
             grace: Duration::from_secs(config.shutdown_grace_secs),
             scavenge_interval: (config.scavenge_interval_secs > 0)
                 .then(|| Duration::from_secs(config.scavenge_interval_secs)),
@@ -162,6 +178,8 @@ impl Server {
             store,
             subscriptions,
             shutdown,
+            draining,
+            drain,
             grace,
             scavenge_interval,
             connections,
@@ -209,13 +227,33 @@ impl Server {
             "connection limits"
         );
         if let Some(interval) = scavenge_interval {
-            tokio::spawn(scavenge_periodically(Arc::clone(&store), interval, state.shutdown.clone()));
+            let metrics = Arc::clone(&state.metrics);
+            tokio::spawn(scavenge_periodically(
+                Arc::clone(&store),
+                metrics,
+                interval,
+                state.shutdown.clone(),
+            ));
         }
 
         let mut stopping = state.shutdown.clone();
         let app = crate::app(state);
         let serve = connections::serve(listener, app, connections, tls, async move {
             signal.await;
+            // Receivers live in AppState clones; a send error only means
+            // none is left.
+            let _ = draining.send(true);
+            if !drain.is_zero() {
+                tracing::info!(
+                    drain_secs = drain.as_secs(),
+                    "shutdown signal: /health/ready answers 503 while load balancers drain this node"
+                );
+                // A second signal cuts the drain short.
+                tokio::select! {
+                    () = tokio::time::sleep(drain) => {}
+                    () = shutdown_signal() => {}
+                }
+            }
             tracing::info!("shutting down: no new connections; waking long-polls and SSE streams");
             // Receivers live in AppState clones; a send error only means
             // none is left.
@@ -376,6 +414,7 @@ const RELEASE_FLUSH_WAIT: Duration = Duration::from_secs(10);
 /// into a scavenge loop).
 async fn scavenge_periodically(
     store: Arc<dyn Store>,
+    metrics: Arc<crate::http::metrics::Metrics>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -384,8 +423,10 @@ async fn scavenge_periodically(
             () = tokio::time::sleep(interval) => {}
             _ = shutdown.wait_for(|stopping| *stopping) => return,
         }
-        if let Err(error) = store.start_scavenge().await {
-            tracing::warn!(%error, "could not start the scheduled scavenge");
+        match store.start_scavenge().await {
+            Ok(store::ScavengeStarted::Started(_)) => metrics.scavenge_started(),
+            Ok(store::ScavengeStarted::AlreadyRunning(_)) => {}
+            Err(error) => tracing::warn!(%error, "could not start the scheduled scavenge"),
         }
     }
 }

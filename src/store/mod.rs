@@ -52,7 +52,7 @@ use uuid::Uuid;
 #[cfg(feature = "test-support")]
 use self::projections::Projections;
 pub use model::*;
-pub use notify::{AppendWatch, Head, Notifier, StreamWatch};
+pub use notify::{AppendWatch, CommitFigures, CommitObserver, Head, Notifier, StreamWatch};
 
 /// Which backend to open, and its options.
 #[derive(Debug, Clone)]

@@ -14,10 +14,17 @@
 //! Waiting costs no CPU and no storage resources: there is no polling and no
 //! per-waiter sled subscriber. Streams nobody waits on cost nothing either;
 //! their entries are dropped as soon as the last waiter goes.
+//!
+//! The notifier also carries what each commit cost ([`CommitFigures`]) to
+//! whoever observes commits (`/metrics`): every backend already holds its
+//! notifier, so this needs no change to the `Store` trait, and a backend
+//! that reports nothing simply never calls [`Notifier::commit_observed`].
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -37,6 +44,26 @@ pub struct Head {
     pub commit_seq: u64,
 }
 
+/// What one durable commit did and cost, as its backend measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitFigures {
+    /// Append requests (single or multi-stream) the commit answered,
+    /// whatever their outcome.
+    pub appends: usize,
+    /// Events it wrote to the log.
+    pub events: u64,
+    /// From handing the batch to the engine until it was durable (for the
+    /// sled store: the batch applied, flushed and, in `fsync` mode,
+    /// `fdatasync`ed).
+    pub duration: Duration,
+}
+
+/// Told of every commit that wrote something (see [`CommitFigures`]); called
+/// on the writer's thread, so it must be quick and never block.
+pub trait CommitObserver: Send + Sync + fmt::Debug {
+    fn committed(&self, figures: CommitFigures);
+}
+
 #[derive(Debug)]
 pub struct Notifier {
     /// Moves after every durable batch, and wakes whoever waits on it.
@@ -53,6 +80,8 @@ pub struct Notifier {
     /// Why the store stopped taking writes after a failure, once it has:
     /// no commit will follow until a restart.
     writes_stopped: Mutex<Option<String>>,
+    /// Who is told what each commit cost; set once, by the server.
+    commit_observer: OnceLock<Arc<dyn CommitObserver>>,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +145,21 @@ impl Notifier {
             commit_seq: AtomicU64::new(head.commit_seq),
             streams: Mutex::new(Registry::default()),
             writes_stopped: Mutex::new(None),
+            commit_observer: OnceLock::new(),
+        }
+    }
+
+    /// Sets who is told what each commit cost. Only the first call counts:
+    /// one server observes one store.
+    pub fn observe_commits(&self, observer: Arc<dyn CommitObserver>) {
+        let _ = self.commit_observer.set(observer);
+    }
+
+    /// Called by a backend after each commit that wrote something. Without
+    /// an observer it costs one atomic load.
+    pub fn commit_observed(&self, figures: CommitFigures) {
+        if let Some(observer) = self.commit_observer.get() {
+            observer.committed(figures);
         }
     }
 

@@ -8,7 +8,7 @@ first, then a short method paragraph. A module may also have
 ([what, figure, reference in the same run, target and verdict]); the
 sections without one are left out of it."""
 
-from . import (appends, atombus, auth, longpoll, multiappend, projections, reads, scavenge, startup,
+from . import (appends, atombus, auth, longpoll, metrics, multiappend, projections, reads, scavenge, startup,
                subscriptions, ui, varnish)
 
 MODULES = {
@@ -21,6 +21,7 @@ MODULES = {
     "longpoll": longpoll,
     "subscriptions": subscriptions,
     "auth": auth,
+    "metrics": metrics,
     "atombus": atombus,
     "ui": ui,
     "startup": startup,

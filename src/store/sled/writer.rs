@@ -29,7 +29,7 @@ use super::space::SpaceFloor;
 use super::staging::{Finished, Staging, StateCache};
 use crate::store::projections::{Projection, Projections};
 use crate::store::retention::now_micros;
-use crate::store::{AppendOutcome, Durability, Head, Notifier, StoreError};
+use crate::store::{AppendOutcome, CommitFigures, Durability, Head, Notifier, StoreError};
 
 /// The most commands one batch takes. Bounds the latency of the first
 /// request in a batch and the size of the reply fan-out; under any realistic
@@ -231,6 +231,10 @@ impl Writer {
             now,
         );
         let mut replies = Vec::with_capacity(batch.len());
+        let appends = batch
+            .iter()
+            .filter(|command| matches!(command, Command::Append { .. } | Command::AppendAll { .. }))
+            .count();
         let mut close: Option<oneshot::Sender<Result<(), StoreError>>> = None;
         // Appends wait for space; everything else (deletes, scavenges,
         // compaction, which give space back) goes on.
@@ -305,18 +309,25 @@ impl Writer {
 
         let mut flow = Flow::Continue;
         let mut published: Option<(Head, Vec<String>)> = None;
+        let mut committed: Option<CommitFigures> = None;
         if staging.has_writes() {
             let next_position = staging.next_position;
             let touched = staging.touched_streams();
             let projections = staging.projections;
             let Finished { mut batch, mut bytes, states, removed, ids } = staging.finish();
             let staged = self.id_index.stage(&self.db, commit_seq, &ids, &mut batch);
+            let writing = Instant::now();
             let written = staged.and_then(|index_bytes| {
                 bytes += index_bytes;
                 self.write(batch, bytes)
             });
             match written {
                 Ok(()) => {
+                    committed = Some(CommitFigures {
+                        appends,
+                        events: next_position - self.next_position,
+                        duration: writing.elapsed(),
+                    });
                     self.states.committed(states, removed);
                     self.projections = projections;
                     self.next_position = next_position;
@@ -354,6 +365,11 @@ impl Writer {
         // published waits for the publication, which follows at once.
         if let Some((head, touched)) = published {
             self.notifier.publish(head, touched.iter().map(String::as_str));
+        }
+        // After the answers and the wake-ups: what a commit cost is
+        // reported off their path.
+        if let Some(figures) = committed {
+            self.notifier.commit_observed(figures);
         }
         if let Some((reply, copied)) = compacting {
             // IMPORTANT: only now, with this batch applied to both

@@ -14,55 +14,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use common::tmpfs::Tmpfs;
 use common::{BinaryServer, EVENTS_JSON, client, read_all_events};
 use reqwest::Client;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-/// A tmpfs mounted on a temporary directory, unmounted when dropped.
-struct Tmpfs {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    /// `None` when this process may not mount (not root).
-    fn mount(megabytes: u64) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(&path)
-            .stderr(Stdio::null())
-            .status();
-        if mounted.is_ok_and(|status| status.success()) {
-            return Some(Self { _dir: dir, path });
-        }
-        let root = Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"));
-        assert!(!root, "root could not mount a tmpfs");
-        None
-    }
-}
-
-impl Tmpfs {
-    fn resize(&self, megabytes: u64) {
-        let resized = Command::new("mount")
-            .args(["-o", &format!("remount,size={megabytes}m")])
-            .arg(&self.path)
-            .status()
-            .unwrap();
-        assert!(resized.success(), "the tmpfs grows");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 /// Fills the filesystem of `path` with a file there until it is full, or
 /// until it holds `limit` bytes.

@@ -7,12 +7,12 @@
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::tmpfs::Tmpfs;
 use common::{BinaryServer, TestServer, anonymous_client};
 
 async fn probe(base: &str, path: &str) -> (u16, Value) {
@@ -30,38 +30,6 @@ async fn a_running_server_is_live_and_ready_to_anyone() {
     assert_eq!((status, body), (200, serde_json::json!({ "status": "live" })));
     let (status, body) = probe(&server.base, "/health/ready").await;
     assert_eq!((status, body), (200, serde_json::json!({ "status": "ready" })));
-}
-
-/// A tmpfs mounted on a temporary directory, unmounted when dropped
-/// (as in tests/disk_full.rs); `None` when this process may not mount.
-struct Tmpfs {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(megabytes: u64) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
-            .arg(&path)
-            .stderr(Stdio::null())
-            .status();
-        if mounted.is_ok_and(|status| status.success()) {
-            return Some(Self { _dir: dir, path });
-        }
-        let root = Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"));
-        assert!(!root, "root could not mount a tmpfs");
-        None
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
 }
 
 /// The value of an unlabelled sample of the `/metrics` text.

@@ -25,6 +25,7 @@ pub mod postgres;
 pub mod server;
 pub mod socket;
 pub mod subscriptions;
+pub mod tmpfs;
 pub mod varnish;
 pub mod webdriver;
 

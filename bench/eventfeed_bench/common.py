@@ -12,6 +12,8 @@ import subprocess
 import socket
 import sys
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -126,3 +128,19 @@ def event_data(stream, number):
     """The payload of every event the suite writes to fill a store."""
     return {"orderId": f"order-{stream}-{number}", "amount": number + 0.5, "currency": "EUR",
             "lines": [{"sku": f"SKU-{number % 97}", "quantity": 1 + number % 3}], "note": "benchmark event"}
+
+
+def fill_streams(port, prefix, streams, per_stream, event_type):
+    """`streams` streams `{prefix}{i}` of `per_stream` events each, one
+    append per stream from 8 threads; `event_type(n)` names event `n`."""
+    def fill(stream_index):
+        events = [{"eventId": str(uuid.uuid4()), "eventType": event_type(n),
+                   "data": event_data(stream_index, n)} for n in range(per_stream)]
+        status, _, body = http_request(port, "POST", f"/streams/{prefix}{stream_index}",
+                                       {"Content-Type": "application/vnd.eventstore.events+json"},
+                                       json.dumps(events).encode())
+        if status != 201:
+            raise RuntimeError(f"fill append answered {status}: {body[:200]!r}")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(fill, range(streams)))

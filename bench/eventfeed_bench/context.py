@@ -5,17 +5,14 @@ pages, and the figures already measured, which later sections reuse instead
 of measuring again (AtomBus compares with the appends and reads)."""
 
 import gzip
-import json
 import os
 import random
 import statistics
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 from . import probes
 from .common import (ATOM_JSON, ATOM_XML, EVENTS_PER_READ_STREAM, PAGE_SIZE, PAGES_PER_READ_STREAM,
-                     READ_STREAM_PREFIX, event_data, http_request, log)
+                     READ_STREAM_PREFIX, fill_streams, http_request, log)
 from .fmt import fmt_share
 from .load import Wrk
 from .servers import Eventfeed, Nginx
@@ -58,17 +55,7 @@ class Context:
         filler = Eventfeed(self.workdir, self.pinning, data_dir, "none")
         started = time.monotonic()
         try:
-            def fill(stream_index):
-                events = [{"eventId": str(uuid.uuid4()), "eventType": "OrderPlaced",
-                           "data": event_data(stream_index, n)} for n in range(EVENTS_PER_READ_STREAM)]
-                status, _, body = http_request(filler.port, "POST", f"/streams/{READ_STREAM_PREFIX}{stream_index}",
-                                               {"Content-Type": "application/vnd.eventstore.events+json"},
-                                               json.dumps(events).encode())
-                if status != 201:
-                    raise RuntimeError(f"fill append answered {status}: {body[:200]!r}")
-
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(fill, range(streams)))
+            fill_streams(filler.port, READ_STREAM_PREFIX, streams, EVENTS_PER_READ_STREAM, lambda n: "OrderPlaced")
         finally:
             filler.stop()
         self.cache["fill_seconds"] = time.monotonic() - started

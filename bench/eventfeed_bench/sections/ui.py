@@ -31,10 +31,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 from .. import targets
-from ..common import ATOM_JSON, event_data, free_port, http_request, log, wait_until
+from ..common import ATOM_JSON, fill_streams, free_port, http_request, log, wait_until
 from ..fmt import fmt, fmt_share, table, verdict
 from ..install import executable
 from ..servers import PROCESSES, Eventfeed
@@ -219,17 +218,7 @@ def fill_store(ctx, data_dir, streams):
     filler = Eventfeed(ctx.workdir, ctx.pinning, data_dir, "none")
     started = time.monotonic()
     try:
-        def fill(stream_index):
-            events = [{"eventId": str(uuid.uuid4()), "eventType": f"Order{n % 5}",
-                       "data": event_data(stream_index, n)} for n in range(EVENTS_PER_STREAM)]
-            status, _, body = http_request(filler.port, "POST", f"/streams/{STREAM_PREFIX}{stream_index}",
-                                           {"Content-Type": "application/vnd.eventstore.events+json"},
-                                           json.dumps(events).encode())
-            if status != 201:
-                raise RuntimeError(f"fill append answered {status}: {body[:200]!r}")
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(fill, range(streams)))
+        fill_streams(filler.port, STREAM_PREFIX, streams, EVENTS_PER_STREAM, lambda n: f"Order{n % 5}")
     finally:
         fill_seconds = time.monotonic() - started
         filler.stop()

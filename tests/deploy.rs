@@ -54,7 +54,8 @@ fn systemd_accepts_the_unit() {
 /// so the unit with the drop-in's text appended is what it loads.
 #[test]
 fn systemd_accepts_the_unit_with_the_node_drop_in() {
-    for setting in ["EnvironmentFile=/etc/eventfeed/store.env", "Environment=EVENTFEED_SHUTDOWN_DRAIN_SECS=5"] {
+    for setting in ["EnvironmentFile=/etc/eventfeed/store.env", "Environment=EVENTFEED_SHUTDOWN_DRAIN_SECS=5"]
+    {
         assert!(NODE_DROP_IN.lines().any(|line| line == setting), "{setting}");
     }
     verify_unit(&format!("{UNIT}\n{NODE_DROP_IN}"));
@@ -67,7 +68,8 @@ fn systemd_accepts_the_unit_with_the_node_drop_in() {
 fn the_patroni_members_replicate_synchronously_and_never_promote_a_lagging_standby() {
     let harness = include_str!("common/patroni.rs");
     for member in [include_str!("../deploy/patroni/pg1.yml"), include_str!("../deploy/patroni/pg2.yml")] {
-        for setting in ["synchronous_mode: true", "synchronous_commit: \"on\"", "maximum_lag_on_failover: 0"] {
+        for setting in ["synchronous_mode: true", "synchronous_commit: \"on\"", "maximum_lag_on_failover: 0"]
+        {
             assert!(member.lines().any(|line| line.trim() == setting), "deploy/patroni: {setting}");
             assert!(harness.lines().any(|line| line.trim() == setting), "the failover test: {setting}");
         }

@@ -113,7 +113,9 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_append() {
     let killed_at = Instant::now();
     cluster.kill_member(old_primary);
     let promoted = tokio::task::spawn_blocking(move || {
-        cluster.wait(|cluster| cluster.primary().is_some_and(|p| p != old_primary), "promoted standby").unwrap();
+        cluster
+            .wait(|cluster| cluster.primary().is_some_and(|p| p != old_primary), "promoted standby")
+            .unwrap();
         cluster
     })
     .await

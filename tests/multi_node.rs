@@ -4,7 +4,10 @@
 //! at full speed shows every acknowledged event once, in order, with no
 //! gap; and Varnish with the shipped cluster VCL
 //! (`deploy/varnish/eventfeed-cluster.vcl`) spreads requests over the
-//! nodes and drains one that is shutting down without a failed request.
+//! nodes and drains one that is shutting down without a failed request;
+//! persistent subscriptions: consumers on both nodes compete for one
+//! group's messages, and a node killed while its consumers hold messages
+//! leaves them to be delivered again through the other.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,12 +16,13 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use common::subscriptions::{Api, messages_of};
 use common::varnish::Varnish;
 use common::{ATOM_JSON, BinaryServer, EVENTS_JSON, client};
 
@@ -267,5 +271,109 @@ async fn varnish_spreads_requests_over_the_nodes_and_drains_a_stopping_one() {
         failures.is_empty(),
         "{} of {requests} requests failed while node A drained: {failures:?}",
         failures.len()
+    );
+}
+
+/// Takes and acknowledges messages of `stream`/`group` through `api` as
+/// `consumer` until `enough` messages were taken by everyone together;
+/// returns the positions it was handed.
+async fn consume(
+    api: Api,
+    stream: &str,
+    group: &str,
+    consumer: String,
+    taken: Arc<AtomicU64>,
+    enough: u64,
+) -> Vec<u64> {
+    let mut positions = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while taken.load(Ordering::Relaxed) < enough {
+        assert!(Instant::now() < deadline, "{consumer}: the group was not drained in time");
+        let response = api.get_messages(stream, group, &consumer, 10, Some(1)).await;
+        if response.status() == 503 {
+            // The subscriptions are moving between the nodes.
+            assert!(response.headers().contains_key("retry-after"));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(response.status(), 200, "{consumer} takes messages");
+        let feed: Value = response.json().await.unwrap();
+        let messages = messages_of(&feed);
+        if messages.is_empty() {
+            continue;
+        }
+        taken.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        positions.extend(messages.iter().map(|message| message.position));
+        api.ack_all(&feed).await;
+    }
+    positions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumers_on_both_nodes_compete_for_one_group_and_get_each_message_once() {
+    let Some((_dirs, [a, b])) = two_nodes(&[]) else { return };
+    let apis = [Api::of_binary(&a), Api::of_binary(&b)];
+    // Created through B, which forwards it to the node that runs the
+    // subscriptions (A, the first to start).
+    apis[1].create("cares", "counts", json!({"startFrom": 0, "messageTimeoutMilliseconds": 60_000})).await;
+    apis[0].append("cares", 400).await;
+    let taken = Arc::new(AtomicU64::new(0));
+    let mut consumers = Vec::new();
+    for index in 0..4 {
+        let api = apis[index % 2].clone();
+        let taken = Arc::clone(&taken);
+        consumers.push(tokio::spawn(consume(
+            api,
+            "cares",
+            "counts",
+            format!("consumer-{index}"),
+            taken,
+            400,
+        )));
+    }
+    let mut everything = Vec::new();
+    let mut per_node = [0, 0];
+    for (index, consumer) in consumers.into_iter().enumerate() {
+        let positions = consumer.await.unwrap();
+        per_node[index % 2] += positions.len();
+        everything.extend(positions);
+    }
+    everything.sort_unstable();
+    assert_eq!(
+        everything,
+        (0..400).collect::<Vec<u64>>(),
+        "each of the 400 messages handed out exactly once"
+    );
+    assert!(per_node[0] > 0 && per_node[1] > 0, "consumers on both nodes got messages: {per_node:?}");
+    // Both nodes tell the same group's story.
+    let info = apis[1].info("cares", "counts").await;
+    assert_eq!(info["totalItemsProcessed"], 400, "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_leased_on_a_killed_node_are_redelivered_through_the_other() {
+    let Some((_dirs, [mut a, b])) = two_nodes(&[]) else { return };
+    let apis = [Api::of_binary(&a), Api::of_binary(&b)];
+    apis[0].create("work", "workers", json!({"startFrom": 0, "messageTimeoutMilliseconds": 60_000})).await;
+    apis[0].append("work", 50).await;
+    // A consumer on B holds ten messages, leased by A (which runs the
+    // subscriptions), when A dies.
+    let (_, held) = apis[1].take("work", "workers", "worker-b", 10, None).await;
+    assert_eq!(held.len(), 10);
+    a.kill9();
+    let killed = Instant::now();
+
+    let taken = Arc::new(AtomicU64::new(0));
+    let positions = consume(apis[1].clone(), "work", "workers", "worker-b2".into(), taken, 50).await;
+    let took_over = killed.elapsed();
+    let mut sorted = positions.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, (0..50).collect::<Vec<u64>>(), "every message, the ten leased by the dead node too");
+    for message in &held {
+        assert!(positions.contains(&message.position), "leased message {} redelivered", message.position);
+    }
+    eprintln!(
+        "the other node took the subscriptions over and drained the group {took_over:?} after the kill"
     );
 }

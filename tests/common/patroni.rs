@@ -70,7 +70,9 @@ fn installed(program: &str) -> bool {
 pub fn start() -> Result<Patroni, String> {
     for program in ["patroni", "etcd"] {
         if !installed(program) {
-            return Err(format!("no `{program}` (Debian: apt-get install patroni etcd-server; tests/run installs them)"));
+            return Err(format!(
+                "no `{program}` (Debian: apt-get install patroni etcd-server; tests/run installs them)"
+            ));
         }
     }
     let bin = binaries().ok_or("no /usr/lib/postgresql/<version>/bin/postgres")?;
@@ -230,7 +232,9 @@ impl Patroni {
     /// postmaster (the backends die with it), with no chance to hand over.
     pub fn kill_member(&self, index: usize) {
         let member = &self.members[index];
-        for pattern in [format!("patroni {}", member.config.display()), format!("-D {} ", member.data.display())] {
+        for pattern in
+            [format!("patroni {}", member.config.display()), format!("-D {} ", member.data.display())]
+        {
             let _ = Command::new("pkill").args(["-9", "-f", "--", &pattern]).status();
         }
     }

@@ -102,11 +102,14 @@ class Wrk:
 
     def run(self, port, script, args, connections, duration=None, server=None):
         """Runs wrk; returns the figures its done() printed, and how much of
-        the server CPUs something other than `server` (a process group) used
-        meanwhile: other work on a shared machine, the main source of noise."""
+        the server CPUs something other than `server` (a process group, or a
+        tuple of them: eventfeed and its database) used meanwhile: other work
+        on a shared machine, the main source of noise."""
         duration = duration or self.settings.duration
         cpus = self.pinning.server_cpu_set()
-        before = (cpus_busy_seconds(cpus), group_cpu_seconds(server)) if server and cpus else None
+        groups = server if isinstance(server, tuple) else (server,)
+        server = groups[0]
+        before = (cpus_busy_seconds(cpus), sum(map(group_cpu_seconds, groups))) if server and cpus else None
         written_before = written_bytes(server) if server else None
         combined = self.workdir / f"{script}.combined.lua"
         combined.write_text(self.common + "\n" + (BENCH / "wrk" / f"{script}.lua").read_text())
@@ -125,7 +128,7 @@ class Wrk:
         figures["connections"] = connections
         if before:
             busy = cpus_busy_seconds(cpus) - before[0]
-            own = group_cpu_seconds(server) - before[1]
+            own = sum(map(group_cpu_seconds, groups)) - before[1]
             figures["others_cpu_share"] = max(0.0, busy - own) / (seconds * len(cpus)) if seconds else None
             figures["server_cpu_seconds"] = own
         if written_before is not None:

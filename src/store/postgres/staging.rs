@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
+use super::prepared::Prepared;
 use super::{STATE_COLUMNS, db_error, schema::error_text, signed, state_from_row, unsigned};
 use crate::store::projections::{Projections, STREAMS_STREAM};
 use crate::store::rules::{self, Part, Parts, SetsMetadata};
@@ -85,6 +86,7 @@ impl Staging {
     pub(super) async fn load(
         &mut self,
         tx: &tokio_postgres::Transaction<'_>,
+        prepared: &Prepared,
         requests: &[Request],
     ) -> Result<(), StoreError> {
         let mut names = HashSet::new();
@@ -108,16 +110,27 @@ impl Staging {
         let names: Vec<String> = names.into_iter().collect();
         let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = ANY($1)");
         // Both queries pipelined: one round trip.
-        let (states, numbers) =
-            tokio::try_join!(async { tx.query(&query, &[&names]).await.map_err(db_error) }, async {
+        let (states, numbers) = tokio::try_join!(
+            async {
+                let statement = prepared.get(tx, &query).await.map_err(db_error)?;
+                tx.query(&statement, &[&names]).await.map_err(db_error)
+            },
+            async {
                 tx.query(
-                    "SELECT stream, id, number FROM event_ids \
+                    &prepared
+                        .get(
+                            tx,
+                            "SELECT stream, id, number FROM event_ids \
                      WHERE (stream, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))",
+                        )
+                        .await
+                        .map_err(db_error)?,
                     &[&id_streams, &ids],
                 )
                 .await
                 .map_err(db_error)
-            },)?;
+            },
+        )?;
         for row in states {
             self.states.insert(row.get(0), Some(state_from_row(&row)));
         }
@@ -283,28 +296,36 @@ impl Staging {
     }
 
     /// Writes what was staged: one statement per table, pipelined.
-    pub(super) async fn write(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    pub(super) async fn write(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        prepared: &Prepared,
+    ) -> Result<(), StoreError> {
         tokio::try_join!(
-            self.write_events(tx),
-            self.write_entries(tx),
-            self.write_ids(tx),
-            self.write_states(tx)
+            self.write_events(tx, prepared),
+            self.write_entries(tx, prepared),
+            self.write_ids(tx, prepared),
+            self.write_states(tx, prepared)
         )?;
         Ok(())
     }
 
-    async fn write_events(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    async fn write_events(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        prepared: &Prepared,
+    ) -> Result<(), StoreError> {
         let rows = &self.events;
         if !rows.position.is_empty() {
             let data: Vec<&[u8]> = rows.data.iter().map(|data| &data[..]).collect();
             let metadata: Vec<&[u8]> = rows.metadata.iter().map(|metadata| &metadata[..]).collect();
             tx.execute(
-                "INSERT INTO events (position, stream, number, id, event_type, created_micros, is_json, \
+                &prepared.get(tx, "INSERT INTO events (position, stream, number, id, event_type, created_micros, is_json, \
                  metadata_is_json, data, metadata) \
                  SELECT position, stream, number, id, event_type, $10, is_json, metadata_is_json, data, metadata \
                  FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bool[], \
                  $7::bool[], $8::bytea[], $9::bytea[]) \
-                 AS t(position, stream, number, id, event_type, is_json, metadata_is_json, data, metadata)",
+                 AS t(position, stream, number, id, event_type, is_json, metadata_is_json, data, metadata)").await.map_err(write_error)?,
                 &[
                     &rows.position,
                     &rows.stream,
@@ -324,14 +345,18 @@ impl Staging {
         Ok(())
     }
 
-    async fn write_entries(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    async fn write_entries(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        prepared: &Prepared,
+    ) -> Result<(), StoreError> {
         let rows = &self.entries;
         if !rows.stream.is_empty() {
             tx.execute(
-                "INSERT INTO stream_entries (stream, number, position, created_micros, link_stream, link_number) \
+                &prepared.get(tx, "INSERT INTO stream_entries (stream, number, position, created_micros, link_stream, link_number) \
                  SELECT stream, number, position, $6, link_stream, link_number \
                  FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) \
-                 AS t(stream, number, position, link_stream, link_number)",
+                 AS t(stream, number, position, link_stream, link_number)").await.map_err(write_error)?,
                 &[&rows.stream, &rows.number, &rows.position, &rows.link_stream, &rows.link_number, &self.created_micros],
             )
             .await
@@ -340,13 +365,17 @@ impl Staging {
         Ok(())
     }
 
-    async fn write_ids(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    async fn write_ids(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        prepared: &Prepared,
+    ) -> Result<(), StoreError> {
         if !self.new_ids.is_empty() {
             let streams: Vec<&str> = self.new_ids.iter().map(|(stream, ..)| stream.as_str()).collect();
             let ids: Vec<Uuid> = self.new_ids.iter().map(|(_, id, _)| *id).collect();
             let numbers: Vec<i64> = self.new_ids.iter().map(|(.., number)| signed(*number)).collect();
             tx.execute(
-                "INSERT INTO event_ids (stream, id, number) SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[])",
+                &prepared.get(tx, "INSERT INTO event_ids (stream, id, number) SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[])").await.map_err(write_error)?,
                 &[&streams, &ids, &numbers],
             )
             .await
@@ -355,7 +384,11 @@ impl Staging {
         Ok(())
     }
 
-    async fn write_states(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    async fn write_states(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        prepared: &Prepared,
+    ) -> Result<(), StoreError> {
         let states: Vec<(&String, StreamState)> = self
             .changed
             .iter()
@@ -372,7 +405,7 @@ impl Staging {
         let flag = |get: fn(&StreamState) -> bool| states.iter().map(|(_, s)| get(s)).collect::<Vec<_>>();
         let names: Vec<&str> = states.iter().map(|(name, _)| name.as_str()).collect();
         tx.execute(
-            "INSERT INTO streams (name, next_number, created_position, deleted_before, soft_deleted, tombstoned, \
+            &prepared.get(tx, "INSERT INTO streams (name, next_number, created_position, deleted_before, soft_deleted, tombstoned, \
              max_count, max_age_secs, truncate_before, cache_control_secs, metadata_number, not_public) \
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bool[], $6::bool[], \
              $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bool[]) \
@@ -381,7 +414,7 @@ impl Staging {
              soft_deleted = EXCLUDED.soft_deleted, tombstoned = EXCLUDED.tombstoned, \
              max_count = EXCLUDED.max_count, max_age_secs = EXCLUDED.max_age_secs, \
              truncate_before = EXCLUDED.truncate_before, cache_control_secs = EXCLUDED.cache_control_secs, \
-             metadata_number = EXCLUDED.metadata_number, not_public = EXCLUDED.not_public",
+             metadata_number = EXCLUDED.metadata_number, not_public = EXCLUDED.not_public").await.map_err(write_error)?,
             &[
                 &names,
                 &column(|s| s.next_number),

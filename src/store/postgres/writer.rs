@@ -20,14 +20,16 @@
 //! next batch reconnects if the connection was lost.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
+use super::prepared::Prepared;
 use super::staging::{Request, Staging};
 use super::{CHANNEL, Command, Publisher, connect, db_error, signed, unsigned};
 use crate::store::projections::Projections;
-use crate::store::{AppendOutcome, Durability, Head, StoreError};
+use crate::store::{AppendOutcome, CommitFigures, DatabaseQuery, Durability, Head, StoreError};
 
 /// The most requests one transaction takes: enough to share one commit
 /// among every client of a busy server.
@@ -44,6 +46,8 @@ pub(super) struct Writer {
     /// The writer's own connection; `None` before the first batch and
     /// after it was lost, until the next batch connects.
     client: Option<Client>,
+    /// The statements prepared on `client`.
+    prepared: Prepared,
     projections: Projections,
     publisher: Arc<Publisher>,
 }
@@ -81,7 +85,7 @@ impl Writer {
             None => setting,
         };
         config.options(&options);
-        Self { config, client: None, projections, publisher }
+        Self { config, client: None, prepared: Prepared::default(), projections, publisher }
     }
 
     /// Takes batches until every sender is gone (the store closed).
@@ -127,17 +131,23 @@ impl Writer {
                 }
             }
         }
+        let appends = requests.iter().filter(|request| matches!(request, Request::Append(..))).count();
+        let started = Instant::now();
         match self.transact(&requests).await {
             Ok((answers, committed)) => {
-                if let Some((head, _)) = &committed {
+                let duration = started.elapsed();
+                if let Some((head, ..)) = &committed {
                     // Reads see the head before anybody hears of the commit.
                     self.publisher.notifier.advance(*head);
                 }
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     reply.send(answer);
                 }
-                if let Some((head, touched)) = committed {
+                if let Some((head, touched, events)) = committed {
                     self.publisher.publish(head, Some(&touched));
+                    // After the answers and the wake-ups, as the sled
+                    // writer does.
+                    self.publisher.notifier.commit_observed(CommitFigures { appends, events, duration });
                 }
             }
             Err(error) => {
@@ -154,20 +164,27 @@ impl Writer {
     async fn transact(
         &mut self,
         requests: &[Request],
-    ) -> Result<(Vec<Answer>, Option<(Head, Vec<String>)>), StoreError> {
+    ) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             let client = connect(&self.config).await.map_err(db_error)?;
             self.client = Some(client);
+            self.prepared = Prepared::default();
         }
         let Some(client) = self.client.as_mut() else { return Err(StoreError::Unavailable) };
-        let result = run_transaction(client, requests, self.projections).await;
+        let started = Instant::now();
+        let result = run_transaction(client, &self.prepared, requests, self.projections).await;
+        self.publisher.notifier.query_observed(DatabaseQuery::WriteTransaction, started.elapsed());
         if let Err(StoreError::Unavailable) = result {
             self.client = None;
         }
         result
     }
 }
+
+/// What a transaction that wrote something leaves: the new head, the
+/// streams it touched and how many events it wrote.
+type Committed = (Head, Vec<String>, u64);
 
 /// Where a request's answer goes.
 enum Reply {
@@ -195,22 +212,24 @@ impl Reply {
 
 async fn run_transaction(
     client: &mut Client,
+    prepared: &Prepared,
     requests: &[Request],
     projections: Projections,
-) -> Result<(Vec<Answer>, Option<(Head, Vec<String>)>), StoreError> {
+) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
     let tx = client.transaction().await.map_err(db_error)?;
-    let head = tx
-        .query_one(
+    let lock_head = prepared
+        .get(
+            &tx,
             "SELECT next_position, commit_seq, last_created_micros, \
              (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint FROM log_head FOR UPDATE",
-            &[],
         )
         .await
         .map_err(db_error)?;
+    let head = tx.query_one(&lock_head, &[]).await.map_err(db_error)?;
     let (next_position, commit_seq) = (unsigned(head.get(0)), unsigned(head.get(1)));
     let created_micros = head.get::<_, i64>(3).max(head.get(2));
     let mut staging = Staging::new(projections, next_position, created_micros);
-    staging.load(&tx, requests).await?;
+    staging.load(&tx, prepared, requests).await?;
 
     let answers: Vec<Answer> = requests
         .iter()
@@ -231,22 +250,24 @@ async fn run_transaction(
         return Ok((answers, None));
     }
     let head = Head { next_position: staging.next_position, commit_seq: commit_seq + 1 };
+    let events = staging.next_position.saturating_sub(next_position);
     let touched: Vec<String> = staging.touched.iter().cloned().collect();
     let payload = super::listen::payload(head, &touched);
     let (next_position, seq) = (signed(head.next_position), signed(head.commit_seq));
     let move_head = async {
-        tx.execute(
-            "UPDATE log_head SET next_position = $1, commit_seq = $2, last_created_micros = $3",
-            &[&next_position, &seq, &staging.created_micros],
-        )
-        .await
-        .map_err(db_error)
+        let statement = prepared
+            .get(&tx, "UPDATE log_head SET next_position = $1, commit_seq = $2, last_created_micros = $3")
+            .await
+            .map_err(db_error)?;
+        tx.execute(&statement, &[&next_position, &seq, &staging.created_micros]).await.map_err(db_error)
     };
-    let notify =
-        async { tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await.map_err(db_error) };
+    let notify = async {
+        let statement = prepared.get(&tx, "SELECT pg_notify($1, $2)").await.map_err(db_error)?;
+        tx.execute(&statement, &[&CHANNEL, &payload]).await.map_err(db_error)
+    };
     // Polled together, the statements are pipelined: sent without waiting
     // for each other's answers.
-    tokio::try_join!(staging.write(&tx), move_head, notify)?;
+    tokio::try_join!(staging.write(&tx, prepared), move_head, notify)?;
     tx.commit().await.map_err(|error| match db_error(error) {
         // Whether a commit whose answer was lost stands is unknown; a retry
         // with the same ids is answered with its outcome if it did.
@@ -255,5 +276,5 @@ async fn run_transaction(
         }
         other => other,
     })?;
-    Ok((answers, Some((head, touched))))
+    Ok((answers, Some((head, touched, events))))
 }

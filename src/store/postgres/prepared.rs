@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use tokio_postgres::{Statement, Transaction};
+use tokio_postgres::{Client, Statement};
 
 /// The statements prepared on one connection, by their SQL. A statement
 /// belongs to the session that prepared it: the writer starts a new set
@@ -19,16 +19,13 @@ pub(super) struct Prepared {
 }
 
 impl Prepared {
-    /// `sql`, prepared on `tx`'s connection the first time it is asked for.
-    pub(super) async fn get(
-        &self,
-        tx: &Transaction<'_>,
-        sql: &str,
-    ) -> Result<Statement, tokio_postgres::Error> {
+    /// `sql`, prepared on `client`'s connection the first time it is
+    /// asked for.
+    pub(super) async fn get(&self, client: &Client, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.lock().get(sql) {
             return Ok(statement.clone());
         }
-        let statement = tx.prepare(sql).await?;
+        let statement = client.prepare(sql).await?;
         self.lock().insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
 use super::prepared::Prepared;
@@ -15,6 +16,23 @@ use super::{STATE_COLUMNS, db_error, schema::error_text, signed, state_from_row,
 use crate::store::projections::{Projections, STREAMS_STREAM};
 use crate::store::rules::{self, Part, Parts, SetsMetadata};
 use crate::store::{Append, AppendOutcome, StoreError, StreamState, metadata};
+
+/// The states a batch reads, by name (`$1`).
+pub(super) fn states_query() -> String {
+    format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = ANY($1)")
+}
+
+/// The numbers a batch's ids already have in their streams (`$1` the
+/// streams, `$2` the ids, pairwise).
+pub(super) const IDS_QUERY: &str = "SELECT stream, id, number FROM event_ids \
+     WHERE (stream, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))";
+
+/// What a batch looks up under the head lock ([`Staging::lookups`]).
+pub(super) struct Lookups {
+    pub(super) names: Vec<String>,
+    pub(super) id_streams: Vec<String>,
+    pub(super) ids: Vec<Uuid>,
+}
 
 /// What one request asks and where its answer goes, while its batch runs.
 pub(super) enum Request {
@@ -82,20 +100,16 @@ impl Staging {
         }
     }
 
-    /// Reads every state and id the requests may need, in two queries.
-    pub(super) async fn load(
-        &mut self,
-        tx: &tokio_postgres::Transaction<'_>,
-        prepared: &Prepared,
-        requests: &[Request],
-    ) -> Result<(), StoreError> {
+    /// What the batch must read under the head lock: the streams whose
+    /// states its requests may need, and each event id with its stream.
+    pub(super) fn lookups(projections: Projections, requests: &[Request]) -> Lookups {
         let mut names = HashSet::new();
         let (mut id_streams, mut ids) = (Vec::new(), Vec::new());
         for request in requests {
             match request {
                 Request::Append(appends, _) => {
                     for append in appends {
-                        self.names_of(append, &mut names);
+                        names_of(projections, append, &mut names);
                         for event in &append.events {
                             id_streams.push(append.stream.clone());
                             ids.push(event.id);
@@ -107,61 +121,20 @@ impl Staging {
                 }
             }
         }
-        let names: Vec<String> = names.into_iter().collect();
-        let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = ANY($1)");
-        // Both queries pipelined: one round trip.
-        let (states, numbers) = tokio::try_join!(
-            async {
-                let statement = prepared.get(tx, &query).await.map_err(db_error)?;
-                tx.query(&statement, &[&names]).await.map_err(db_error)
-            },
-            async {
-                tx.query(
-                    &prepared
-                        .get(
-                            tx,
-                            "SELECT stream, id, number FROM event_ids \
-                     WHERE (stream, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))",
-                        )
-                        .await
-                        .map_err(db_error)?,
-                    &[&id_streams, &ids],
-                )
-                .await
-                .map_err(db_error)
-            },
-        )?;
+        Lookups { names: names.into_iter().collect(), id_streams, ids }
+    }
+
+    /// Takes what the lookups found: rows of [`states_query`] and of
+    /// [`IDS_QUERY`] for `lookups`.
+    pub(super) fn load(&mut self, lookups: Lookups, states: Vec<Row>, numbers: Vec<Row>) {
         for row in states {
             self.states.insert(row.get(0), Some(state_from_row(&row)));
         }
-        for name in names {
+        for name in lookups.names {
             self.states.entry(name).or_insert(None);
         }
         for row in numbers {
             self.ids.insert((row.get(0), row.get(1)), unsigned(row.get(2)));
-        }
-        Ok(())
-    }
-
-    /// The streams an append may read or change the state of.
-    fn names_of(&self, append: &Append, names: &mut HashSet<String>) {
-        names.insert(append.stream.clone());
-        if let Some(basis) = &append.access {
-            names.insert(basis.stream.clone());
-        }
-        if let Some(described) = metadata::described_stream(&append.stream) {
-            names.insert(described.to_owned());
-        }
-        for event in &append.events {
-            // As if every event created its stream: `$streams` is then read
-            // whenever it might be linked to.
-            for link in self.projections.links(&append.stream, &event.event_type, true).into_iter().flatten()
-            {
-                names.insert(link.name());
-            }
-        }
-        if self.projections.streams {
-            names.insert(STREAMS_STREAM.to_owned());
         }
     }
 
@@ -296,11 +269,7 @@ impl Staging {
     }
 
     /// Writes what was staged: one statement per table, pipelined.
-    pub(super) async fn write(
-        &self,
-        tx: &tokio_postgres::Transaction<'_>,
-        prepared: &Prepared,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn write(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         tokio::try_join!(
             self.write_events(tx, prepared),
             self.write_entries(tx, prepared),
@@ -310,11 +279,7 @@ impl Staging {
         Ok(())
     }
 
-    async fn write_events(
-        &self,
-        tx: &tokio_postgres::Transaction<'_>,
-        prepared: &Prepared,
-    ) -> Result<(), StoreError> {
+    async fn write_events(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         let rows = &self.events;
         if !rows.position.is_empty() {
             let data: Vec<&[u8]> = rows.data.iter().map(|data| &data[..]).collect();
@@ -345,11 +310,7 @@ impl Staging {
         Ok(())
     }
 
-    async fn write_entries(
-        &self,
-        tx: &tokio_postgres::Transaction<'_>,
-        prepared: &Prepared,
-    ) -> Result<(), StoreError> {
+    async fn write_entries(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         let rows = &self.entries;
         if !rows.stream.is_empty() {
             tx.execute(
@@ -365,11 +326,7 @@ impl Staging {
         Ok(())
     }
 
-    async fn write_ids(
-        &self,
-        tx: &tokio_postgres::Transaction<'_>,
-        prepared: &Prepared,
-    ) -> Result<(), StoreError> {
+    async fn write_ids(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         if !self.new_ids.is_empty() {
             let streams: Vec<&str> = self.new_ids.iter().map(|(stream, ..)| stream.as_str()).collect();
             let ids: Vec<Uuid> = self.new_ids.iter().map(|(_, id, _)| *id).collect();
@@ -384,11 +341,7 @@ impl Staging {
         Ok(())
     }
 
-    async fn write_states(
-        &self,
-        tx: &tokio_postgres::Transaction<'_>,
-        prepared: &Prepared,
-    ) -> Result<(), StoreError> {
+    async fn write_states(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         let states: Vec<(&String, StreamState)> = self
             .changed
             .iter()
@@ -433,6 +386,27 @@ impl Staging {
         .await
         .map_err(write_error)?;
         Ok(())
+    }
+}
+
+/// The streams an append may read or change the state of.
+fn names_of(projections: Projections, append: &Append, names: &mut HashSet<String>) {
+    names.insert(append.stream.clone());
+    if let Some(basis) = &append.access {
+        names.insert(basis.stream.clone());
+    }
+    if let Some(described) = metadata::described_stream(&append.stream) {
+        names.insert(described.to_owned());
+    }
+    for event in &append.events {
+        // As if every event created its stream: `$streams` is then read
+        // whenever it might be linked to.
+        for link in projections.links(&append.stream, &event.event_type, true).into_iter().flatten() {
+            names.insert(link.name());
+        }
+    }
+    if projections.streams {
+        names.insert(STREAMS_STREAM.to_owned());
     }
 }
 

@@ -7,13 +7,14 @@
 //!    batch, on any node, commits until this one has, so every state read
 //!    below is the latest and positions are assigned in commit order;
 //! 2. read the states of every stream the batch may touch and the numbers
-//!    its event ids already have, in two queries;
+//!    its event ids already have, in two queries sent with the `BEGIN`
+//!    and the lock (pipelined: one round trip for all four);
 //! 3. check and stage each request in order against those facts and what
 //!    the batch staged before it ([`Staging`](super::staging), with the shared rules of
 //!    [`rules::check_append`]); a refused request stages nothing;
 //! 4. write everything staged with one multi-row statement per table,
-//!    move the head, `pg_notify` the new head and the streams touched,
-//!    and commit.
+//!    move the head, `pg_notify` the new head and the streams touched
+//!    (pipelined: one round trip), and commit.
 //!
 //! Only then are the requests answered. If the transaction fails, every
 //! request of the batch gets the error and nothing of it is written; the
@@ -26,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 use super::prepared::Prepared;
-use super::staging::{Request, Staging};
+use super::staging::{self, Request, Staging};
 use super::{CHANNEL, Command, Publisher, connect, db_error, signed, unsigned};
 use crate::store::projections::Projections;
 use crate::store::{AppendOutcome, CommitFigures, DatabaseQuery, Durability, Head, StoreError};
@@ -210,26 +211,57 @@ impl Reply {
     }
 }
 
+/// Locks the head and reads the next position, the commit sequence, the
+/// newest creation time and the database's clock.
+const LOCK_HEAD: &str = "SELECT next_position, commit_seq, last_created_micros, \
+     (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint FROM log_head FOR UPDATE";
+
+/// Runs one batch's transaction (see [`transaction`]); if it failed, ends
+/// whatever the session was left in (an open or aborted transaction), so
+/// the next batch starts from none.
 async fn run_transaction(
     client: &mut Client,
     prepared: &Prepared,
     requests: &[Request],
     projections: Projections,
 ) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
-    let tx = client.transaction().await.map_err(db_error)?;
-    let lock_head = prepared
-        .get(
-            &tx,
-            "SELECT next_position, commit_seq, last_created_micros, \
-             (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint FROM log_head FOR UPDATE",
-        )
-        .await
-        .map_err(db_error)?;
-    let head = tx.query_one(&lock_head, &[]).await.map_err(db_error)?;
+    let result = transaction(client, prepared, requests, projections).await;
+    if result.is_err() && !client.is_closed() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// One batch's transaction, in three round trips once its statements are
+/// prepared: `BEGIN`, the head lock and both lookups, pipelined (the
+/// session runs them in order, so the lookups read the states as of the
+/// lock); the writes, the head's move and the notification, pipelined;
+/// `COMMIT`. (`tokio_postgres::Transaction` would wait for its `BEGIN`.)
+async fn transaction(
+    client: &Client,
+    prepared: &Prepared,
+    requests: &[Request],
+    projections: Projections,
+) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
+    // IMPORTANT: every statement of the first flight is prepared before it
+    // is sent: one prepared meanwhile would reach the session after the
+    // statements polled after it, and the lookups could run before the lock.
+    let lock_head = prepared.get(client, LOCK_HEAD).await.map_err(db_error)?;
+    let states_query = prepared.get(client, &staging::states_query()).await.map_err(db_error)?;
+    let ids_query = prepared.get(client, staging::IDS_QUERY).await.map_err(db_error)?;
+    let lookups = Staging::lookups(projections, requests);
+    // Polled together, in this order: sent without waiting for each
+    // other's answers, run by the session in the order sent.
+    let ((), head, states, numbers) = tokio::try_join!(
+        async { client.batch_execute("BEGIN").await.map_err(db_error) },
+        async { client.query_one(&lock_head, &[]).await.map_err(db_error) },
+        async { client.query(&states_query, &[&lookups.names]).await.map_err(db_error) },
+        async { client.query(&ids_query, &[&lookups.id_streams, &lookups.ids]).await.map_err(db_error) },
+    )?;
     let (next_position, commit_seq) = (unsigned(head.get(0)), unsigned(head.get(1)));
     let created_micros = head.get::<_, i64>(3).max(head.get(2));
     let mut staging = Staging::new(projections, next_position, created_micros);
-    staging.load(&tx, prepared, requests).await?;
+    staging.load(lookups, states, numbers);
 
     let answers: Vec<Answer> = requests
         .iter()
@@ -246,7 +278,7 @@ async fn run_transaction(
     if staging.touched.is_empty() {
         // Nothing to write: retries, refusals. Ends the transaction (and
         // the head lock) at once.
-        tx.rollback().await.map_err(db_error)?;
+        client.batch_execute("ROLLBACK").await.map_err(db_error)?;
         return Ok((answers, None));
     }
     let head = Head { next_position: staging.next_position, commit_seq: commit_seq + 1 };
@@ -256,19 +288,19 @@ async fn run_transaction(
     let (next_position, seq) = (signed(head.next_position), signed(head.commit_seq));
     let move_head = async {
         let statement = prepared
-            .get(&tx, "UPDATE log_head SET next_position = $1, commit_seq = $2, last_created_micros = $3")
+            .get(client, "UPDATE log_head SET next_position = $1, commit_seq = $2, last_created_micros = $3")
             .await
             .map_err(db_error)?;
-        tx.execute(&statement, &[&next_position, &seq, &staging.created_micros]).await.map_err(db_error)
+        client.execute(&statement, &[&next_position, &seq, &staging.created_micros]).await.map_err(db_error)
     };
     let notify = async {
-        let statement = prepared.get(&tx, "SELECT pg_notify($1, $2)").await.map_err(db_error)?;
-        tx.execute(&statement, &[&CHANNEL, &payload]).await.map_err(db_error)
+        let statement = prepared.get(client, "SELECT pg_notify($1, $2)").await.map_err(db_error)?;
+        client.execute(&statement, &[&CHANNEL, &payload]).await.map_err(db_error)
     };
     // Polled together, the statements are pipelined: sent without waiting
-    // for each other's answers.
-    tokio::try_join!(staging.write(&tx, prepared), move_head, notify)?;
-    tx.commit().await.map_err(|error| match db_error(error) {
+    // for each other's answers. All are answered before the `COMMIT`.
+    tokio::try_join!(staging.write(client, prepared), move_head, notify)?;
+    client.batch_execute("COMMIT").await.map_err(|error| match db_error(error) {
         // Whether a commit whose answer was lost stands is unknown; a retry
         // with the same ids is answered with its outcome if it did.
         StoreError::Unavailable => {

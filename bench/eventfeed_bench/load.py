@@ -78,7 +78,10 @@ def written_bytes(pid):
 
 
 def group_cpu_seconds(process_group):
-    """CPU time of every process in a process group (all their threads)."""
+    """CPU time of every process in a process group (all their threads),
+    and of the group leader's children that left it: PostgreSQL's
+    backends each start a session of their own (setsid), so that the
+    postmaster can signal each one's group."""
     total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -88,7 +91,7 @@ def group_cpu_seconds(process_group):
                 fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == process_group:
+        if int(fields[2]) == process_group or int(fields[1]) == process_group:
             total += int(fields[11]) + int(fields[12])
     return total / CLOCK_TICKS
 

@@ -1,8 +1,9 @@
 //! The writer's prepared statements. A statement sent as text is parsed
 //! and planned again on every batch, and costs a round trip of its own
 //! before it runs; prepared once on the writer's connection, each of a
-//! batch's statements is one round trip and is planned once per
-//! connection. (The reads' pooled connections have deadpool's cache.)
+//! batch's statements is one round trip and is parsed once per
+//! connection (the writer's session plans each for its parameters: see
+//! `Writer::new`). The reads' pooled connections have deadpool's cache.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

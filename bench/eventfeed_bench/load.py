@@ -79,9 +79,11 @@ def written_bytes(pid):
 
 def group_cpu_seconds(process_group):
     """CPU time of every process in a process group (all their threads),
-    and of the group leader's children that left it: PostgreSQL's
-    backends each start a session of their own (setsid), so that the
-    postmaster can signal each one's group."""
+    and of the group leader's children that left it, running or ended:
+    PostgreSQL's backends each start a session of their own (setsid), so
+    that the postmaster can signal each one's group, and its autovacuum
+    workers come and go (an ended child's time is in its parent's
+    cutime and cstime once reaped)."""
     total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -93,6 +95,8 @@ def group_cpu_seconds(process_group):
             continue
         if int(fields[2]) == process_group or int(fields[1]) == process_group:
             total += int(fields[11]) + int(fields[12])
+        if int(entry) == process_group:
+            total += int(fields[13]) + int(fields[14])
     return total / CLOCK_TICKS
 
 

@@ -255,8 +255,8 @@ def summary(result):
         [f"PostgreSQL backend, {result['clients']} clients, durable single-event appends",
          f"{fmt(result['appends']['events_per_second'])} events/s",
          f"pgbench, one INSERT per transaction: {fmt(result['baseline']['events_per_second'])}/s "
-         f"({times(result.get('appends_over_baseline'), 'pgbench')}); sled "
-         f"{times(result.get('appends_over_sled'), 'sled')}",
+         f"({times(result.get('appends_over_baseline'), 'pgbench')}); sled: "
+         f"{fmt(sled['appends']['events_per_second'])} events/s ({times(result.get('appends_over_sled'), 'sled')})",
          f"{targets.target('postgres_appends')}: {verdict(appends_met)}"],
         [f"PostgreSQL backend, {result['batch_clients']} clients, durable {result['batch_size']}-event batches",
          f"{fmt(result['batches']['events_per_second'])} events/s",

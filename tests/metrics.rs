@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -473,4 +474,75 @@ async fn a_real_prometheus_scrapes_the_append_counter() {
     }
     assert_eq!(prometheus.query(r#"eventfeed_appends_total{outcome="ok"}"#).await, Some(2.0));
     assert_eq!(prometheus.query(r#"up{job="eventfeed"}"#).await, Some(1.0));
+}
+
+#[tokio::test]
+async fn a_long_poll_woken_by_an_append_is_timed_from_the_commit() {
+    let server = Arc::new(TestServer::start().await);
+    server.append_n("awaited", 1).await;
+    let wakeups = |figures: &Exposition| figures.count("eventfeed_wakeup_seconds_count", &[]);
+    let before = scrape(&server).await;
+    assert_eq!(before.types["eventfeed_wakeup_seconds"], "histogram");
+    let waiter = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            let response = server
+                .client
+                .get(server.url("/streams/awaited/1/forward/20"))
+                .header("accept", ATOM_JSON)
+                .header("es-longpoll", "30")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        })
+    };
+    // Once the long-poll waits (it holds a waiter's permit), append.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scrape(&server).await.value("eventfeed_waiters", &[]) != Some(1.0) {
+        assert!(Instant::now() < deadline, "the long-poll never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(wakeups(&scrape(&server).await), wakeups(&before), "nothing woke yet");
+    server.append_n("awaited", 1).await;
+    tokio::time::timeout(Duration::from_secs(20), waiter).await.unwrap().unwrap();
+    let after = scrape(&server).await;
+    assert_eq!(wakeups(&after) - wakeups(&before), 1.0);
+    // Timed from the commit, not from the start of the wait (which began
+    // before the append, whatever the machine's speed).
+    let took =
+        after.count("eventfeed_wakeup_seconds_sum", &[]) - before.count("eventfeed_wakeup_seconds_sum", &[]);
+    assert!(took > 0.0 && took < 5.0, "a wake-up of {took} s");
+}
+
+#[tokio::test]
+async fn the_postgres_backend_reports_its_pool_and_query_durations_and_sled_does_not() {
+    let sled = TestServer::start().await;
+    let text = sled.client.get(sled.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains("eventfeed_database_"), "database figures on sled:\n{text}");
+
+    let Some(url) = common::postgres::database() else { return };
+    let server = TestServer::start_with(|config| config.store = url).await;
+    let text = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    promtool_check(&text);
+    let before = scrape(&server).await;
+    assert_eq!(before.types["eventfeed_database_pool_in_use"], "gauge");
+    assert_eq!(before.value("eventfeed_database_pool_max", &[]), Some(16.0));
+    assert_eq!(before.value("eventfeed_database_pool_waiting", &[]), Some(0.0));
+
+    assert_eq!(append(&server, "metered-on-postgres", None, 3).await, 201);
+    assert_eq!(server.get("/streams/metered-on-postgres", ATOM_JSON).await.status(), 200);
+    let after = scrape(&server).await;
+    assert_eq!(after.types["eventfeed_database_query_duration_seconds"], "histogram");
+    let moved = |name: &str, labels: &[(&str, &str)]| after.count(name, labels) - before.count(name, labels);
+    let count = "eventfeed_database_query_duration_seconds_count";
+    assert!(moved(count, &[("query", "write_transaction")]) >= 1.0, "{after:?}");
+    assert!(moved(count, &[("query", "read_stream")]) >= 1.0, "{after:?}");
+    assert!(moved("eventfeed_commit_duration_seconds_count", &[]) >= 1.0);
+    assert!(moved("eventfeed_commit_events_sum", &[]) >= 3.0);
+    // The read's connection stays open in the pool, idle again.
+    let open = after.value("eventfeed_database_pool_open", &[]).unwrap();
+    assert!(open >= 1.0, "no read connection open");
+    let in_use = after.value("eventfeed_database_pool_in_use", &[]).unwrap();
+    assert!(in_use < open, "{in_use} of {open} connections in use with no read running");
 }

@@ -60,7 +60,7 @@ def measure(args, sections):
     started = datetime.datetime.now(datetime.timezone.utc)
     ensure_packages(packages_for(sections))
     if not args.no_build:
-        build()
+        build(sections)
     if not eventfeed_binary().exists():
         raise SystemExit(f"bench/run: no release binary at {eventfeed_binary()}; run without --no-build")
 

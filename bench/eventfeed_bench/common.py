@@ -69,6 +69,16 @@ def eventfeed_binary():
         target_dir = None
     return (target_dir or ROOT / "target") / "release" / "eventfeed"
 
+
+def eventfeed_postgres_binary():
+    """The release binary with the PostgreSQL backend (cargo feature
+    `postgres`, off in the default build): `bench/run postgres` builds it
+    and keeps it beside the default one as `eventfeed-postgres`. Without
+    it (`--no-build` before any such build), the default binary, which
+    serves PostgreSQL only if it was built with the feature."""
+    beside = eventfeed_binary().with_name("eventfeed-postgres")
+    return beside if beside.exists() else eventfeed_binary()
+
 # bench/longpoll.py, the long-poll client (a script too: its send-floor
 # sender runs as a process of its own), lives beside the package.
 if str(BENCH) not in sys.path:

@@ -1,13 +1,14 @@
 """What a run needs before it measures: the Debian packages of the sections
-it runs (wrk, nginx, Varnish, AtomBus and Starman), installed when missing,
-and the release build of eventfeed."""
+it runs (wrk, nginx, Varnish, AtomBus and Starman, PostgreSQL with
+pgbench), installed when missing, and the release build of eventfeed (and,
+for the PostgreSQL section, a second one with that backend)."""
 
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
-from .common import ROOT, log
+from .common import ROOT, eventfeed_binary, log
 
 
 def installed(package):
@@ -50,10 +51,23 @@ def packages_for(sections):
         # AtomBus, the Plack server its documentation deploys it on, and the
         # SQLite driver for its database.
         packages.update({"libatombus-perl", "starman", "libdbd-sqlite3-perl"})
+    if "postgres" in sections:
+        # The server, initdb, psql and pgbench (Debian's postgresql-NN
+        # holds them all).
+        packages.add("postgresql")
     return sorted(packages)
 
 
-def build():
+def build(sections=()):
+    """The release build; with the PostgreSQL section, first the build
+    with the `postgres` feature, copied to `eventfeed-postgres`, so that
+    `eventfeed` stays the default build (cargo keeps both builds' objects:
+    switching back only links again)."""
+    if "postgres" in sections:
+        log("cargo build --release --locked --features postgres")
+        subprocess.run(["cargo", "build", "--release", "--locked", "-q", "--features", "postgres"], cwd=ROOT,
+                       check=True)
+        shutil.copy2(eventfeed_binary(), eventfeed_binary().with_name("eventfeed-postgres"))
     log("cargo build --release --locked")
     subprocess.run(["cargo", "build", "--release", "--locked", "-q"], cwd=ROOT, check=True)
 

@@ -78,7 +78,12 @@ def written_bytes(pid):
 
 
 def group_cpu_seconds(process_group):
-    """CPU time of every process in a process group (all their threads)."""
+    """CPU time of every process in a process group (all their threads),
+    and of the group leader's children that left it, running or ended:
+    PostgreSQL's backends each start a session of their own (setsid), so
+    that the postmaster can signal each one's group, and its autovacuum
+    workers come and go (an ended child's time is in its parent's
+    cutime and cstime once reaped)."""
     total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -88,8 +93,10 @@ def group_cpu_seconds(process_group):
                 fields = stat.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == process_group:
+        if int(fields[2]) == process_group or int(fields[1]) == process_group:
             total += int(fields[11]) + int(fields[12])
+        if int(entry) == process_group:
+            total += int(fields[13]) + int(fields[14])
     return total / CLOCK_TICKS
 
 
@@ -102,11 +109,14 @@ class Wrk:
 
     def run(self, port, script, args, connections, duration=None, server=None):
         """Runs wrk; returns the figures its done() printed, and how much of
-        the server CPUs something other than `server` (a process group) used
-        meanwhile: other work on a shared machine, the main source of noise."""
+        the server CPUs something other than `server` (a process group, or a
+        tuple of them: eventfeed and its database) used meanwhile: other work
+        on a shared machine, the main source of noise."""
         duration = duration or self.settings.duration
         cpus = self.pinning.server_cpu_set()
-        before = (cpus_busy_seconds(cpus), group_cpu_seconds(server)) if server and cpus else None
+        groups = server if isinstance(server, tuple) else (server,)
+        server = groups[0]
+        before = (cpus_busy_seconds(cpus), sum(map(group_cpu_seconds, groups))) if server and cpus else None
         written_before = written_bytes(server) if server else None
         combined = self.workdir / f"{script}.combined.lua"
         combined.write_text(self.common + "\n" + (BENCH / "wrk" / f"{script}.lua").read_text())
@@ -125,7 +135,7 @@ class Wrk:
         figures["connections"] = connections
         if before:
             busy = cpus_busy_seconds(cpus) - before[0]
-            own = group_cpu_seconds(server) - before[1]
+            own = sum(map(group_cpu_seconds, groups)) - before[1]
             figures["others_cpu_share"] = max(0.0, busy - own) / (seconds * len(cpus)) if seconds else None
             figures["server_cpu_seconds"] = own
         if written_before is not None:

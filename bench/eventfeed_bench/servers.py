@@ -1,6 +1,7 @@
 """Every process a run starts (eventfeed, nginx, varnishd, Starman with
-AtomBus): each in its own process group, on a loopback port, stopped (the
-group, by its id) at the end, whatever happens."""
+AtomBus, a PostgreSQL cluster): each in its own process group, on a
+loopback port, stopped (the group, by its id) at the end, whatever
+happens."""
 
 import os
 import re
@@ -12,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from .common import BENCH, SERVER_LOG, VCL, eventfeed_binary, free_port, http_request, wait_until
+from .common import BENCH, SERVER_LOG, VCL, eventfeed_binary, free_port, http_request, log, wait_until
 from .install import executable
 
 
@@ -64,10 +65,13 @@ class Processes:
 PROCESSES = Processes()
 
 class Eventfeed:
-    def __init__(self, workdir, pinning, data_dir, durability="fsync", options=()):
+    """eventfeed on a free loopback port; `binary` defaults to the release
+    build (the PostgreSQL section passes the build with that backend)."""
+
+    def __init__(self, workdir, pinning, data_dir, durability="fsync", options=(), binary=None):
         self.data_dir = data_dir
         self.log = workdir / f"eventfeed-{data_dir.name}-{durability}-{int(time.time() * 1000)}.log"
-        argv = pinning.server([str(eventfeed_binary()), "serve", "--data-dir", str(data_dir), "--bind", "127.0.0.1:0",
+        argv = pinning.server([str(binary or eventfeed_binary()), "serve", "--data-dir", str(data_dir), "--bind", "127.0.0.1:0",
                                "--durability", durability, "--log", SERVER_LOG, *options])
         started = time.monotonic()
         self.process = PROCESSES.start(argv, log=self.log, pipe_stderr=True)
@@ -252,3 +256,111 @@ class AtomBus:
     def stop(self):
         PROCESSES.stop(self.process)
 
+
+def postgres_binaries():
+    """The newest PostgreSQL's binaries: Debian keeps them in
+    /usr/lib/postgresql/<version>/bin, off the PATH."""
+    found = sorted((int(entry.name), entry / "bin") for entry in Path("/usr/lib/postgresql").glob("*")
+                   if entry.name.isdigit() and (entry / "bin" / "postgres").is_file())
+    if not found:
+        raise SystemExit("bench/run: no /usr/lib/postgresql/<version>/bin/postgres (Debian: postgresql)")
+    return found[-1][1]
+
+
+class Postgres:
+    """A PostgreSQL cluster of the run's own: `initdb` into `directory`
+    (on the data disk, beside the other stores), `postgres` on a free
+    loopback port with its socket in that directory, pinned with the other
+    servers; as the unprivileged user `nobody` when the run is root, since
+    PostgreSQL refuses to run as root. Clients connect over TCP as the
+    superuser `postgres` (trust authentication, loopback only).
+
+    The settings (SETTINGS, recorded in the results) are those of a 2-core
+    machine's dedicated database, the same for every client of the run:
+    durability is PostgreSQL's default (fsync, full-page writes,
+    synchronous_commit on), so a commit is acknowledged once its WAL is
+    fdatasynced; concurrent commits share WAL flushes as PostgreSQL always
+    does (no commit_delay). The checkpoint distance is set so that no
+    checkpoint falls inside a measurement (it would penalise whichever
+    client ran then); JIT is off (it only slows short queries);
+    pg_stat_statements is loaded to tell where the database's time goes."""
+
+    SETTINGS = {
+        "shared_buffers": "512MB",
+        "max_connections": "200",
+        "fsync": "on",
+        "full_page_writes": "on",
+        "synchronous_commit": "on",
+        "wal_level": "replica",
+        "wal_buffers": "16MB",
+        "max_wal_size": "8GB",
+        "checkpoint_timeout": "30min",
+        "jit": "off",
+        "shared_preload_libraries": "pg_stat_statements",
+        "pg_stat_statements.track": "top",
+    }
+
+    def __init__(self, directory, pinning):
+        self.bin = postgres_binaries()
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        as_user = []
+        if os.geteuid() == 0:
+            import pwd
+
+            nobody = pwd.getpwnam("nobody")
+            os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+            # The user must be able to reach the directory.
+            for parent in directory.parents:
+                if parent.stat().st_uid == 0 and not parent.stat().st_mode & 0o001:
+                    parent.chmod(parent.stat().st_mode | 0o011)
+            as_user = [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={nobody.pw_uid}",
+                       f"--regid={nobody.pw_gid}", "--clear-groups", "--"]
+        data = directory / "data"
+        initdb = subprocess.run([*as_user, str(self.bin / "initdb"), "-D", str(data), "-U", "postgres",
+                                 "--auth=trust", "-E", "UTF8", "--no-locale"],
+                                cwd=directory, capture_output=True, text=True)
+        if initdb.returncode != 0:
+            raise RuntimeError(f"initdb failed: {initdb.stdout}{initdb.stderr}")
+        settings = [arg for name, value in self.SETTINGS.items() for arg in ("-c", f"{name}={value}")]
+        for attempt in range(3):
+            self.port = free_port()
+            argv = pinning.server([*as_user, str(self.bin / "postgres"), "-D", str(data), "-k", str(directory),
+                                   "-p", str(self.port), "-c", "listen_addresses=127.0.0.1", *settings])
+            self.process = PROCESSES.start(argv, log=directory / "postgres.log", cwd=directory)
+            try:
+                wait_until(lambda: self.process.poll() is None and self.psql("postgres", "SELECT 1")[0] == 0,
+                           60, "postgres")
+                log(f"PostgreSQL {self.bin.parent.name} on port {self.port}")
+                return
+            except (RuntimeError, OSError):
+                PROCESSES.stop(self.process)
+        raise RuntimeError("postgres did not start: " + (directory / "postgres.log").read_text(errors="replace"))
+
+    def url(self, database):
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def psql(self, database, sql):
+        """Runs SQL in `database`: (exit status, output), tuples only."""
+        result = subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                                 "-d", database, "-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+        return result.returncode, result.stdout + result.stderr
+
+    def sql(self, database, sql):
+        """Runs SQL in `database`; its rows (tab-separated fields), or an error."""
+        status, output = self.psql(database, sql)
+        if status != 0:
+            raise RuntimeError(f"psql failed: {sql[:200]}: {output}")
+        return [line.split("\t") for line in output.splitlines() if line]
+
+    def stop(self):
+        # A fast shutdown (SIGINT): a smart one (SIGTERM) would wait for
+        # clients to disconnect.
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGINT)
+                self.process.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        PROCESSES.stop(self.process)

@@ -43,6 +43,11 @@ class Settings:
         # metrics: each workload with metrics on (scraped every second) and
         # off, in rounds ordered on/off, off/on, ...
         self.metrics_rounds = 1 if quick else 4
+        # postgres: single-event appends from this many clients, alternating
+        # with the pgbench baseline in this many rounds (then the batches and
+        # pages of the other settings).
+        self.postgres_clients = 64
+        self.postgres_rounds = 1 if quick else 2
         # ui: a store of streams x 100 events (1M), and how often each view
         # is opened with a cold and with a warm browser cache.
         self.ui_streams = 1000 if quick else 10000

@@ -33,8 +33,10 @@ TARGETS = {
                      "≥ 0.8 × single-stream 2-event appends", "same run", "multiappend"),
     "metrics": ("metrics on", "≥ 0.97 × metrics off", "same run", "metrics"),
     "postgres_appends": ("PostgreSQL backend, 64 clients", "≥ 10,000 events/s and ≥ 5 × one transaction per append",
-                         "pgbench, same insert, same database", None),
-    "postgres_page": ("PostgreSQL, uncached 20-entry page", "≥ 10,000 req/s", "the sled backend", None),
+                         "pgbench, same insert, same database", "postgres"),
+    "postgres_batches": ("PostgreSQL backend, 20-event batches", "≥ 50,000 events/s", "the sled backend",
+                         "postgres"),
+    "postgres_page": ("PostgreSQL, uncached 20-entry page", "≥ 10,000 req/s", "the sled backend", "postgres"),
     "cluster_longpoll": ("long-poll on node B after an append on node A", "p99 ≤ 50 ms", "—", None),
     "web_ui": ("web UI first render, 1M-event store", "≤ 300 ms", "a blank static page; the same API call from Python",
                "ui"),
@@ -61,6 +63,10 @@ STARTUP_CLEAN_SECONDS = 0.5
 SUBSCRIPTIONS_PER_SECOND = 100_000
 BASIC_AUTH_SHARE = 0.9
 METRICS_SHARE = 0.97
+POSTGRES_APPENDS_PER_SECOND = 10_000
+POSTGRES_APPENDS_OVER_BASELINE = 5
+POSTGRES_BATCH_EVENTS_PER_SECOND = 50_000
+POSTGRES_PAGES_PER_SECOND = 10_000
 UI_FIRST_RENDER_MS = 300
 UI_TAIL_BUSY_SHARE = 0.5
 

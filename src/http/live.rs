@@ -136,7 +136,11 @@ where
         }
         woken_at_commit = None;
         tokio::select! {
-            () = signal.changed() => woken_at_commit = Some(state.store.notifier().commit_seq()),
+            () = signal.changed() => {
+                let notifier = state.store.notifier();
+                state.metrics.woken(notifier.since_acknowledged());
+                woken_at_commit = Some(notifier.commit_seq());
+            }
             () = tokio::time::sleep_until(deadline) => {}
             _ = shutdown.wait_for(|stopping| *stopping) => {}
         }
@@ -382,7 +386,9 @@ impl EventFeed {
                 }
             }
             tokio::select! {
-                () = signal.changed() => {}
+                () = signal.changed() => {
+                    self.state.metrics.woken(self.state.store.notifier().since_acknowledged());
+                }
                 _ = self.shutdown.wait_for(|stopping| *stopping) => return None,
             }
         }

@@ -24,7 +24,7 @@ use super::auth::authorize_task;
 use super::error::HttpError;
 use crate::security::acl::Task;
 use crate::security::{CredentialCacheFigures, Principal};
-use crate::store::{DiskSpace, ScavengeReport};
+use crate::store::{DiskSpace, PoolFigures, ScavengeReport};
 use crate::subscriptions::GroupInfo;
 
 pub(super) fn router() -> Router<AppState> {
@@ -77,6 +77,8 @@ struct Scrape {
     credentials: CredentialCacheFigures,
     scavenge: Option<ScavengeReport>,
     groups: Vec<GroupInfo>,
+    /// A database backend's connection pool; `None` on sled.
+    pool: Option<PoolFigures>,
 }
 
 impl Scrape {
@@ -106,6 +108,7 @@ impl Scrape {
             credentials: state.security.credential_cache(),
             scavenge: state.store.latest_scavenge(),
             groups,
+            pool: state.store.database_pool(),
         }
     }
 }
@@ -237,6 +240,22 @@ impl Collector for Scrape {
                     Some(&Unit::Bytes),
                     signed(before.saturating_sub(after)),
                 )?;
+            }
+        }
+        if let Some(pool) = &self.pool {
+            let in_use = pool.size.saturating_sub(pool.available);
+            let pool_gauges = [
+                (
+                    "database_pool_max",
+                    "PostgreSQL backend: the most connections reads may hold",
+                    pool.max_size,
+                ),
+                ("database_pool_open", "PostgreSQL backend: read connections open", pool.size),
+                ("database_pool_in_use", "PostgreSQL backend: read connections held by a read now", in_use),
+                ("database_pool_waiting", "PostgreSQL backend: reads waiting for a connection", pool.waiting),
+            ];
+            for (name, help, value) in pool_gauges {
+                gauge(e, name, help, None, signed(value as u64))?;
             }
         }
         self.encode_groups(e)

@@ -52,7 +52,7 @@ use uuid::Uuid;
 #[cfg(feature = "test-support")]
 use self::projections::Projections;
 pub use model::*;
-pub use notify::{AppendWatch, CommitFigures, CommitObserver, Head, Notifier, StreamWatch};
+pub use notify::{AppendWatch, CommitFigures, CommitObserver, DatabaseQuery, Head, Notifier, StreamWatch};
 
 /// Which backend to open, and its options.
 #[derive(Debug, Clone)]
@@ -226,6 +226,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The free space of the store's disk and the floor it keeps, for a
     /// store on a disk (see `--min-free-mb`).
     fn disk_space(&self) -> Option<DiskSpace> {
+        None
+    }
+
+    /// The connection pool of a database backend, read at scrape time;
+    /// `None` for a store that has none.
+    fn database_pool(&self) -> Option<PoolFigures> {
         None
     }
 

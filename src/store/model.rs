@@ -475,3 +475,16 @@ impl DiskSpace {
         self.free_bytes < self.min_free_bytes
     }
 }
+
+/// A database backend's connection pool right now (for `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolFigures {
+    /// The most connections the pool opens.
+    pub max_size: usize,
+    /// Connections open now.
+    pub size: usize,
+    /// Connections open and idle.
+    pub available: usize,
+    /// Requests waiting for a connection.
+    pub waiting: usize,
+}

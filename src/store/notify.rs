@@ -15,16 +15,19 @@
 //! per-waiter sled subscriber. Streams nobody waits on cost nothing either;
 //! their entries are dropped as soon as the last waiter goes.
 //!
-//! The notifier also carries what each commit cost ([`CommitFigures`]) to
-//! whoever observes commits (`/metrics`): every backend already holds its
+//! The notifier also carries what each commit cost ([`CommitFigures`]),
+//! and for a database backend what each query took ([`DatabaseQuery`]),
+//! to whoever observes them (`/metrics`): every backend already holds its
 //! notifier, so this needs no change to the `Store` trait, and a backend
 //! that reports nothing simply never calls [`Notifier::commit_observed`].
+//! It also remembers when the last commit was acknowledged, so a waiter
+//! can tell how long its wake-up took ([`Notifier::since_acknowledged`]).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -58,10 +61,45 @@ pub struct CommitFigures {
     pub duration: Duration,
 }
 
-/// Told of every commit that wrote something (see [`CommitFigures`]); called
-/// on the writer's thread, so it must be quick and never block.
+/// What a database backend timed: a fixed set, so that a metric labelled
+/// by it has a bounded number of series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DatabaseQuery {
+    /// A range of a stream, or one event, in one snapshot.
+    ReadStream,
+    ReadAll,
+    ReadEvent,
+    /// One stream's state (`Store::stream_state`).
+    StreamState,
+    ListStreams,
+    /// One batch's write transaction, from its `BEGIN` to its `COMMIT`'s
+    /// answer (also when it wrote nothing or failed).
+    WriteTransaction,
+}
+
+impl DatabaseQuery {
+    /// Its name, as a metric's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ReadStream => "read_stream",
+            Self::ReadAll => "read_all",
+            Self::ReadEvent => "read_event",
+            Self::StreamState => "stream_state",
+            Self::ListStreams => "list_streams",
+            Self::WriteTransaction => "write_transaction",
+        }
+    }
+}
+
+/// Told of every commit that wrote something (see [`CommitFigures`]) and,
+/// by a database backend, of what each query took; called on the writer's
+/// thread or a reading task, so it must be quick and never block.
 pub trait CommitObserver: Send + Sync + fmt::Debug {
     fn committed(&self, figures: CommitFigures);
+
+    /// A database backend's query (or transaction) took `took`, from
+    /// holding a connection until the answer.
+    fn queried(&self, _query: DatabaseQuery, _took: Duration) {}
 }
 
 #[derive(Debug)]
@@ -82,6 +120,11 @@ pub struct Notifier {
     writes_stopped: Mutex<Option<String>>,
     /// Who is told what each commit cost; set once, by the server.
     commit_observer: OnceLock<Arc<dyn CommitObserver>>,
+    /// What [`Notifier::acknowledged_nanos`] counts from.
+    origin: Instant,
+    /// When the newest commit was acknowledged (its head advanced), in
+    /// nanoseconds since `origin`: the start of every wake-up it causes.
+    acknowledged_nanos: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +189,8 @@ impl Notifier {
             streams: Mutex::new(Registry::default()),
             writes_stopped: Mutex::new(None),
             commit_observer: OnceLock::new(),
+            origin: Instant::now(),
+            acknowledged_nanos: AtomicU64::new(0),
         }
     }
 
@@ -161,6 +206,22 @@ impl Notifier {
         if let Some(observer) = self.commit_observer.get() {
             observer.committed(figures);
         }
+    }
+
+    /// Called by a database backend after each query it timed (see
+    /// [`DatabaseQuery`]). Without an observer it costs one atomic load.
+    pub fn query_observed(&self, query: DatabaseQuery, took: Duration) {
+        if let Some(observer) = self.commit_observer.get() {
+            observer.queried(query, took);
+        }
+    }
+
+    /// How long ago the newest commit was acknowledged: read by a waiter
+    /// as it wakes, that is its wake-up latency (for a commit of another
+    /// node, from when this one learnt of it).
+    pub fn since_acknowledged(&self) -> Duration {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(now.saturating_sub(self.acknowledged_nanos.load(Ordering::Acquire)))
     }
 
     /// Called by a store whose writes failed in a way only a restart
@@ -197,7 +258,10 @@ impl Notifier {
     /// renders; [`Notifier::publish`] does that after the answers).
     pub fn advance(&self, head: Head) {
         self.next_position.fetch_max(head.next_position, Ordering::AcqRel);
-        self.commit_seq.fetch_max(head.commit_seq, Ordering::AcqRel);
+        if self.commit_seq.fetch_max(head.commit_seq, Ordering::AcqRel) < head.commit_seq {
+            let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.acknowledged_nanos.fetch_max(now, Ordering::AcqRel);
+        }
     }
 
     /// Waits until batch `commit_seq` is durable; `false` on timeout, or

@@ -198,3 +198,103 @@ fn start() -> Result<Cluster, String> {
         }
     }
 }
+
+// -- A second cluster from a base backup (tests/postgres_backup.rs) --------
+//
+// Added beside the shared cluster rather than woven into `start`, so that
+// the first cluster's start stays as it is.
+
+impl Cluster {
+    /// The port the cluster listens on (loopback).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Takes a base backup of the running cluster with `pg_basebackup`
+    /// (`-X stream`: the WAL written meanwhile comes with it, so the copy
+    /// is consistent by itself), as the cluster's user, into a new
+    /// temporary directory of that user's; the backup's data directory.
+    pub fn base_backup(&self) -> Result<PathBuf, String> {
+        let root = is_root();
+        let dir = owned_temporary_directory(root)?;
+        let data = dir.join("data");
+        let output = as_cluster_user(&self.bin.join("pg_basebackup"), root, &dir)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-D"])
+            .arg(&data)
+            .args(["-X", "stream", "-c", "fast", "--no-sync"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|error| format!("pg_basebackup: {error}"))?;
+        if !output.status.success() {
+            return Err(format!("pg_basebackup failed: {}", String::from_utf8_lossy(&output.stderr)));
+        }
+        Ok(data)
+    }
+
+    /// Starts a second cluster on `data` (a base backup's data directory,
+    /// which it recovers to its consistent end and then serves read-write)
+    /// on a free loopback port, under a watchdog like the first one's.
+    pub fn start_from(data: &Path) -> Result<Cluster, String> {
+        let bin = binaries().ok_or("no /usr/lib/postgresql/<version>/bin/postgres")?;
+        let root = is_root();
+        let dir = data.parent().ok_or("a data directory has a parent")?.to_path_buf();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|error| format!("a free port: {error}"))?
+            .port();
+        let script = r#"
+            "$1/postgres" -D "$2" -k "$3" -p "$4" -c listen_addresses=127.0.0.1 -c fsync=off \
+                -c full_page_writes=off -c max_connections=300 >"$3/postgres.log" 2>&1 &
+            cluster=$!
+            while [ -d "/proc/$5" ] && kill -0 "$cluster" 2>/dev/null; do sleep 0.2; done
+            kill -QUIT "$cluster" 2>/dev/null
+            wait "$cluster"
+            rm -rf "$3"
+        "#;
+        as_cluster_user(Path::new("/bin/sh"), root, &dir)
+            .args(["-c", script, "watchdog"])
+            .arg(&bin)
+            .arg(data)
+            .arg(&dir)
+            .arg(port.to_string())
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|error| format!("starting postgres: {error}"))?;
+        let cluster = Cluster { bin, port, databases: AtomicU64::new(0) };
+        let started = Instant::now();
+        loop {
+            match cluster.psql("postgres", "SELECT 1") {
+                Ok(_) => return Ok(cluster),
+                Err(error) if started.elapsed() > START_PATIENCE => {
+                    let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
+                    return Err(format!("postgres did not answer: {error}\n{log}"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+/// A new temporary directory, owned by the cluster's user when the tests
+/// run as root; kept (a watchdog or the caller removes it).
+fn owned_temporary_directory(root: bool) -> Result<PathBuf, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("eventfeed-pg-")
+        .tempdir()
+        .map_err(|error| format!("a temporary directory: {error}"))?
+        .keep();
+    if root {
+        let status = Command::new("chown")
+            .arg(format!("{UNPRIVILEGED_USER}:"))
+            .arg(&dir)
+            .status()
+            .map_err(|error| format!("chown: {error}"))?;
+        if !status.success() {
+            return Err(format!("chown {} failed", dir.display()));
+        }
+    }
+    Ok(dir)
+}

@@ -8,8 +8,8 @@ first, then a short method paragraph. A module may also have
 ([what, figure, reference in the same run, target and verdict]); the
 sections without one are left out of it."""
 
-from . import (appends, atombus, auth, longpoll, metrics, multiappend, projections, reads, scavenge, startup,
-               subscriptions, ui, varnish)
+from . import (appends, atombus, auth, longpoll, metrics, multiappend, postgres, projections, reads, scavenge,
+               startup, subscriptions, ui, varnish)
 
 MODULES = {
     "appends": appends,
@@ -22,6 +22,7 @@ MODULES = {
     "subscriptions": subscriptions,
     "auth": auth,
     "metrics": metrics,
+    "postgres": postgres,
     "atombus": atombus,
     "ui": ui,
     "startup": startup,

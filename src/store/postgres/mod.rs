@@ -25,6 +25,7 @@
 
 mod lease;
 mod listen;
+mod prepared;
 mod read;
 mod scavenge;
 pub mod schema;
@@ -35,6 +36,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -43,9 +45,9 @@ use tokio_postgres::{Client, NoTls, Row};
 use uuid::Uuid;
 
 use super::{
-    AllRead, AllSlice, Append, AppendOutcome, ExpectedVersion, Head, Lease, LeaseClaim, Notifier,
-    PostgresOptions, ReadEvent, ScavengeReport, ScavengeStarted, Store, StoreError, StreamRead,
-    StreamSettings, StreamSlice, StreamState, StreamView,
+    AllRead, AllSlice, Append, AppendOutcome, DatabaseQuery, ExpectedVersion, Head, Lease, LeaseClaim,
+    Notifier, PoolFigures, PostgresOptions, ReadEvent, ScavengeReport, ScavengeStarted, Store, StoreError,
+    StreamRead, StreamSettings, StreamSlice, StreamState, StreamView,
 };
 
 /// How many connections reads may hold at once (the writer and the
@@ -276,6 +278,12 @@ impl PgStore {
             other => StoreError::Io(format!("PostgreSQL pool: {other}")),
         })
     }
+
+    /// Tells the notifier's observer (`/metrics`) how long `query` took
+    /// since `started` (once it held a connection).
+    fn timed(&self, query: DatabaseQuery, started: Instant) {
+        self.publisher.notifier.query_observed(query, started.elapsed());
+    }
 }
 
 /// The head as the database has it.
@@ -349,12 +357,18 @@ impl Store for PgStore {
 
     async fn read_stream(&self, read: StreamRead) -> Result<StreamSlice, StoreError> {
         let mut client = self.reader().await?;
-        read::read_stream(&mut client, &read).await
+        let started = Instant::now();
+        let slice = read::read_stream(&mut client, &read).await;
+        self.timed(DatabaseQuery::ReadStream, started);
+        slice
     }
 
     async fn read_all(&self, read: AllRead) -> Result<AllSlice, StoreError> {
         let mut client = self.reader().await?;
-        read::read_all(&mut client, read).await
+        let started = Instant::now();
+        let slice = read::read_all(&mut client, read).await;
+        self.timed(DatabaseQuery::ReadAll, started);
+        slice
     }
 
     async fn read_event(
@@ -364,7 +378,10 @@ impl Store for PgStore {
         resolve_links: bool,
     ) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
         let mut client = self.reader().await?;
-        read::read_event(&mut client, stream, number, resolve_links).await
+        let started = Instant::now();
+        let event = read::read_event(&mut client, stream, number, resolve_links).await;
+        self.timed(DatabaseQuery::ReadEvent, started);
+        event
     }
 
     async fn delete(&self, stream: &str, expected: ExpectedVersion, hard: bool) -> Result<(), StoreError> {
@@ -375,9 +392,15 @@ impl Store for PgStore {
 
     async fn stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
         let client = self.reader().await?;
+        let started = Instant::now();
         let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = $1");
-        let row = client.query_opt(&query, &[&stream]).await.map_err(db_error)?;
-        Ok(row.as_ref().map(state_from_row))
+        // Prepared once per connection: every append's access check asks.
+        let row = match client.prepare_cached(&query).await {
+            Ok(statement) => client.query_opt(&statement, &[&stream]).await.map_err(db_error),
+            Err(error) => Err(db_error(error)),
+        };
+        self.timed(DatabaseQuery::StreamState, started);
+        Ok(row?.as_ref().map(state_from_row))
     }
 
     async fn list_streams(
@@ -397,9 +420,11 @@ impl Store for PgStore {
              ORDER BY name COLLATE \"C\" LIMIT $4"
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let started = Instant::now();
         let rows =
-            client.query(&query, &[&prefix, &after.unwrap_or(""), &end, &limit]).await.map_err(db_error)?;
-        Ok(rows.iter().map(|row| (row.get::<_, String>(0), state_from_row(row))).collect())
+            client.query(&query, &[&prefix, &after.unwrap_or(""), &end, &limit]).await.map_err(db_error);
+        self.timed(DatabaseQuery::ListStreams, started);
+        Ok(rows?.iter().map(|row| (row.get::<_, String>(0), state_from_row(row))).collect())
     }
 
     async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {
@@ -427,6 +452,16 @@ impl Store for PgStore {
 
     fn notifier(&self) -> &Notifier {
         &self.publisher.notifier
+    }
+
+    fn database_pool(&self) -> Option<PoolFigures> {
+        let status = self.pool.status();
+        Some(PoolFigures {
+            max_size: status.max_size,
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        })
     }
 
     /// Stops taking writes and waits for the writer to finish the batch it

@@ -8,12 +8,17 @@
 //! retention rule, links resolved or not, [`rules::READ_BYTES`]); then one
 //! query for the payloads of exactly those events. So a read holds at
 //! most its budget of event data, however large the events it passes.
+//!
+//! Every statement is prepared once per pooled connection (deadpool keeps
+//! each connection's), so each query of a read is one round trip, parsed
+//! and planned once per connection rather than on every read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio_postgres::{IsolationLevel, Row, Transaction};
+use deadpool_postgres::{ClientWrapper, Transaction};
+use tokio_postgres::{IsolationLevel, Row, Statement};
 
 use super::{STATE_COLUMNS, db_error, signed, state_from_row, unsigned};
 use crate::store::links::link_event;
@@ -29,7 +34,7 @@ use crate::store::{
 const ALL_CHUNK: i64 = 1_000;
 
 /// Opens a read-only snapshot.
-async fn snapshot(client: &mut tokio_postgres::Client) -> Result<Transaction<'_>, StoreError> {
+async fn snapshot(client: &mut ClientWrapper) -> Result<Transaction<'_>, StoreError> {
     client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -39,8 +44,13 @@ async fn snapshot(client: &mut tokio_postgres::Client) -> Result<Transaction<'_>
         .map_err(db_error)
 }
 
+/// `sql`, prepared on the read's connection the first time it runs there.
+async fn prepared(tx: &Transaction<'_>, sql: &str) -> Result<Statement, StoreError> {
+    tx.prepare_cached(sql).await.map_err(db_error)
+}
+
 pub(super) async fn read_stream(
-    client: &mut tokio_postgres::Client,
+    client: &mut ClientWrapper,
     read: &StreamRead,
 ) -> Result<StreamSlice, StoreError> {
     let tx = snapshot(client).await?;
@@ -60,7 +70,7 @@ pub(super) async fn read_stream(
 }
 
 pub(super) async fn read_event(
-    client: &mut tokio_postgres::Client,
+    client: &mut ClientWrapper,
     stream: &str,
     number: u64,
     resolve_links: bool,
@@ -83,13 +93,11 @@ pub(super) async fn read_event(
     Ok((view, event))
 }
 
-pub(super) async fn read_all(
-    client: &mut tokio_postgres::Client,
-    read: AllRead,
-) -> Result<AllSlice, StoreError> {
+pub(super) async fn read_all(client: &mut ClientWrapper, read: AllRead) -> Result<AllSlice, StoreError> {
     let tx = snapshot(client).await?;
     let mut reader = Reader::new(&tx);
-    let row = tx.query_one("SELECT next_position FROM log_head", &[]).await.map_err(db_error)?;
+    let head = prepared(&tx, "SELECT next_position FROM log_head").await?;
+    let row = tx.query_one(&head, &[]).await.map_err(db_error)?;
     let next_position = unsigned(row.get(0));
     let mut scanned: Option<(u64, u64)> = None;
     let Some(last) = next_position.checked_sub(1) else {
@@ -106,19 +114,21 @@ pub(super) async fn read_all(
     let (mut budget, mut bytes, mut chosen) = (MAX_ALL_SCAN, ReadBytes::default(), Vec::new());
     'chunks: loop {
         let rows = if forward {
-            tx.query(
+            let scan = prepared(
+                &tx,
                 "SELECT position, stream, number, octet_length(data) + octet_length(metadata) FROM events \
                  WHERE position >= $1 AND position < $2 ORDER BY position LIMIT $3",
-                &[&signed(from), &signed(next_position), &ALL_CHUNK],
             )
-            .await
+            .await?;
+            tx.query(&scan, &[&signed(from), &signed(next_position), &ALL_CHUNK]).await
         } else {
-            tx.query(
+            let scan = prepared(
+                &tx,
                 "SELECT position, stream, number, octet_length(data) + octet_length(metadata) FROM events \
                  WHERE position <= $1 ORDER BY position DESC LIMIT $2",
-                &[&signed(from), &ALL_CHUNK],
             )
-            .await
+            .await?;
+            tx.query(&scan, &[&signed(from), &ALL_CHUNK]).await
         }
         .map_err(db_error)?;
         let names: Vec<String> = rows.iter().map(|row| row.get(1)).collect();
@@ -180,14 +190,13 @@ async fn payloads(
         return Ok(HashMap::new());
     }
     let positions: Vec<i64> = positions.iter().copied().map(signed).collect();
-    let rows = tx
-        .query(
-            "SELECT position, stream, number, id, event_type, created_micros, is_json, metadata_is_json, data, \
-             metadata FROM events WHERE position = ANY($1)",
-            &[&positions],
-        )
-        .await
-        .map_err(db_error)?;
+    let statement = prepared(
+        tx,
+        "SELECT position, stream, number, id, event_type, created_micros, is_json, metadata_is_json, data, \
+         metadata FROM events WHERE position = ANY($1)",
+    )
+    .await?;
+    let rows = tx.query(&statement, &[&positions]).await.map_err(db_error)?;
     // A page mostly has one stream and few types: one copy of each name.
     let mut names: HashMap<String, Arc<str>> = HashMap::new();
     let mut shared =
@@ -237,7 +246,7 @@ impl<'a> Reader<'a> {
 
     async fn state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
         let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = $1");
-        let row = self.tx.query_opt(&query, &[&stream]).await.map_err(db_error)?;
+        let row = self.tx.query_opt(&prepared(self.tx, &query).await?, &[&stream]).await.map_err(db_error)?;
         Ok(row.as_ref().map(state_from_row))
     }
 
@@ -265,23 +274,24 @@ impl<'a> Reader<'a> {
             Some(now) => now,
             None if state.settings.max_age_secs.is_none() => 0,
             None => {
-                let row = self
-                    .tx
-                    .query_one("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint", &[])
-                    .await
-                    .map_err(db_error)?;
+                let clock =
+                    prepared(self.tx, "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint")
+                        .await?;
+                let row = self.tx.query_one(&clock, &[]).await.map_err(db_error)?;
                 *self.now_micros.insert(row.get(0))
             }
         };
         let bounds = visible_bounds(state, now);
         let Some(cutoff) = bounds.max_age_cutoff else { return Ok(bounds.first) };
+        let boundary = prepared(
+            self.tx,
+            "SELECT number FROM stream_entries WHERE stream = $1 AND number >= $2 AND created_micros >= $3 \
+             ORDER BY number LIMIT 1",
+        )
+        .await?;
         let row = self
             .tx
-            .query_opt(
-                "SELECT number FROM stream_entries WHERE stream = $1 AND number >= $2 AND created_micros >= $3 \
-                 ORDER BY number LIMIT 1",
-                &[&stream, &signed(bounds.first), &cutoff],
-            )
+            .query_opt(&boundary, &[&stream, &signed(bounds.first), &cutoff])
             .await
             .map_err(db_error)?;
         Ok(row.map_or(state.next_number, |row| unsigned(row.get(0))).min(state.next_number))
@@ -298,7 +308,7 @@ impl<'a> Reader<'a> {
             return Ok(());
         }
         let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = ANY($1)");
-        let rows = self.tx.query(&query, &[&unknown]).await.map_err(db_error)?;
+        let rows = self.tx.query(&prepared(self.tx, &query).await?, &[&unknown]).await.map_err(db_error)?;
         for row in rows {
             let (name, state): (String, StreamState) = (row.get(0), state_from_row(&row));
             let first = if state.tombstoned || state.soft_deleted {
@@ -332,7 +342,9 @@ impl<'a> Reader<'a> {
              FROM stream_entries e LEFT JOIN events v ON v.position = e.position \
              WHERE e.stream = $1 AND e.number BETWEEN $2 AND $3 ORDER BY e.number {order}"
         );
-        let rows = self.tx.query(&query, &[&stream, &signed(low), &signed(high)]).await.map_err(db_error)?;
+        let statement = prepared(self.tx, &query).await?;
+        let rows =
+            self.tx.query(&statement, &[&stream, &signed(low), &signed(high)]).await.map_err(db_error)?;
         if resolve_links {
             let targets: Vec<String> =
                 rows.iter().filter_map(|row| row.get::<_, Option<String>>(3)).collect();

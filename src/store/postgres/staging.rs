@@ -8,12 +8,31 @@
 
 use std::collections::{HashMap, HashSet};
 
+use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
+use super::prepared::Prepared;
 use super::{STATE_COLUMNS, db_error, schema::error_text, signed, state_from_row, unsigned};
 use crate::store::projections::{Projections, STREAMS_STREAM};
 use crate::store::rules::{self, Part, Parts, SetsMetadata};
 use crate::store::{Append, AppendOutcome, StoreError, StreamState, metadata};
+
+/// The states a batch reads, by name (`$1`).
+pub(super) fn states_query() -> String {
+    format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = ANY($1)")
+}
+
+/// The numbers a batch's ids already have in their streams (`$1` the
+/// streams, `$2` the ids, pairwise).
+pub(super) const IDS_QUERY: &str = "SELECT stream, id, number FROM event_ids \
+     WHERE (stream, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))";
+
+/// What a batch looks up under the head lock ([`Staging::lookups`]).
+pub(super) struct Lookups {
+    pub(super) names: Vec<String>,
+    pub(super) id_streams: Vec<String>,
+    pub(super) ids: Vec<Uuid>,
+}
 
 /// What one request asks and where its answer goes, while its batch runs.
 pub(super) enum Request {
@@ -81,19 +100,16 @@ impl Staging {
         }
     }
 
-    /// Reads every state and id the requests may need, in two queries.
-    pub(super) async fn load(
-        &mut self,
-        tx: &tokio_postgres::Transaction<'_>,
-        requests: &[Request],
-    ) -> Result<(), StoreError> {
+    /// What the batch must read under the head lock: the streams whose
+    /// states its requests may need, and each event id with its stream.
+    pub(super) fn lookups(projections: Projections, requests: &[Request]) -> Lookups {
         let mut names = HashSet::new();
         let (mut id_streams, mut ids) = (Vec::new(), Vec::new());
         for request in requests {
             match request {
                 Request::Append(appends, _) => {
                     for append in appends {
-                        self.names_of(append, &mut names);
+                        names_of(projections, append, &mut names);
                         for event in &append.events {
                             id_streams.push(append.stream.clone());
                             ids.push(event.id);
@@ -105,50 +121,20 @@ impl Staging {
                 }
             }
         }
-        let names: Vec<String> = names.into_iter().collect();
-        let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = ANY($1)");
-        // Both queries pipelined: one round trip.
-        let (states, numbers) =
-            tokio::try_join!(async { tx.query(&query, &[&names]).await.map_err(db_error) }, async {
-                tx.query(
-                    "SELECT stream, id, number FROM event_ids \
-                     WHERE (stream, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))",
-                    &[&id_streams, &ids],
-                )
-                .await
-                .map_err(db_error)
-            },)?;
+        Lookups { names: names.into_iter().collect(), id_streams, ids }
+    }
+
+    /// Takes what the lookups found: rows of [`states_query`] and of
+    /// [`IDS_QUERY`] for `lookups`.
+    pub(super) fn load(&mut self, lookups: Lookups, states: Vec<Row>, numbers: Vec<Row>) {
         for row in states {
             self.states.insert(row.get(0), Some(state_from_row(&row)));
         }
-        for name in names {
+        for name in lookups.names {
             self.states.entry(name).or_insert(None);
         }
         for row in numbers {
             self.ids.insert((row.get(0), row.get(1)), unsigned(row.get(2)));
-        }
-        Ok(())
-    }
-
-    /// The streams an append may read or change the state of.
-    fn names_of(&self, append: &Append, names: &mut HashSet<String>) {
-        names.insert(append.stream.clone());
-        if let Some(basis) = &append.access {
-            names.insert(basis.stream.clone());
-        }
-        if let Some(described) = metadata::described_stream(&append.stream) {
-            names.insert(described.to_owned());
-        }
-        for event in &append.events {
-            // As if every event created its stream: `$streams` is then read
-            // whenever it might be linked to.
-            for link in self.projections.links(&append.stream, &event.event_type, true).into_iter().flatten()
-            {
-                names.insert(link.name());
-            }
-        }
-        if self.projections.streams {
-            names.insert(STREAMS_STREAM.to_owned());
         }
     }
 
@@ -283,28 +269,28 @@ impl Staging {
     }
 
     /// Writes what was staged: one statement per table, pipelined.
-    pub(super) async fn write(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    pub(super) async fn write(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         tokio::try_join!(
-            self.write_events(tx),
-            self.write_entries(tx),
-            self.write_ids(tx),
-            self.write_states(tx)
+            self.write_events(tx, prepared),
+            self.write_entries(tx, prepared),
+            self.write_ids(tx, prepared),
+            self.write_states(tx, prepared)
         )?;
         Ok(())
     }
 
-    async fn write_events(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    async fn write_events(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         let rows = &self.events;
         if !rows.position.is_empty() {
             let data: Vec<&[u8]> = rows.data.iter().map(|data| &data[..]).collect();
             let metadata: Vec<&[u8]> = rows.metadata.iter().map(|metadata| &metadata[..]).collect();
             tx.execute(
-                "INSERT INTO events (position, stream, number, id, event_type, created_micros, is_json, \
+                &prepared.get(tx, "INSERT INTO events (position, stream, number, id, event_type, created_micros, is_json, \
                  metadata_is_json, data, metadata) \
                  SELECT position, stream, number, id, event_type, $10, is_json, metadata_is_json, data, metadata \
                  FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::bool[], \
                  $7::bool[], $8::bytea[], $9::bytea[]) \
-                 AS t(position, stream, number, id, event_type, is_json, metadata_is_json, data, metadata)",
+                 AS t(position, stream, number, id, event_type, is_json, metadata_is_json, data, metadata)").await.map_err(write_error)?,
                 &[
                     &rows.position,
                     &rows.stream,
@@ -324,14 +310,14 @@ impl Staging {
         Ok(())
     }
 
-    async fn write_entries(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    async fn write_entries(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         let rows = &self.entries;
         if !rows.stream.is_empty() {
             tx.execute(
-                "INSERT INTO stream_entries (stream, number, position, created_micros, link_stream, link_number) \
+                &prepared.get(tx, "INSERT INTO stream_entries (stream, number, position, created_micros, link_stream, link_number) \
                  SELECT stream, number, position, $6, link_stream, link_number \
                  FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) \
-                 AS t(stream, number, position, link_stream, link_number)",
+                 AS t(stream, number, position, link_stream, link_number)").await.map_err(write_error)?,
                 &[&rows.stream, &rows.number, &rows.position, &rows.link_stream, &rows.link_number, &self.created_micros],
             )
             .await
@@ -340,13 +326,13 @@ impl Staging {
         Ok(())
     }
 
-    async fn write_ids(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    async fn write_ids(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         if !self.new_ids.is_empty() {
             let streams: Vec<&str> = self.new_ids.iter().map(|(stream, ..)| stream.as_str()).collect();
             let ids: Vec<Uuid> = self.new_ids.iter().map(|(_, id, _)| *id).collect();
             let numbers: Vec<i64> = self.new_ids.iter().map(|(.., number)| signed(*number)).collect();
             tx.execute(
-                "INSERT INTO event_ids (stream, id, number) SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[])",
+                &prepared.get(tx, "INSERT INTO event_ids (stream, id, number) SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[])").await.map_err(write_error)?,
                 &[&streams, &ids, &numbers],
             )
             .await
@@ -355,7 +341,7 @@ impl Staging {
         Ok(())
     }
 
-    async fn write_states(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    async fn write_states(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         let states: Vec<(&String, StreamState)> = self
             .changed
             .iter()
@@ -372,7 +358,7 @@ impl Staging {
         let flag = |get: fn(&StreamState) -> bool| states.iter().map(|(_, s)| get(s)).collect::<Vec<_>>();
         let names: Vec<&str> = states.iter().map(|(name, _)| name.as_str()).collect();
         tx.execute(
-            "INSERT INTO streams (name, next_number, created_position, deleted_before, soft_deleted, tombstoned, \
+            &prepared.get(tx, "INSERT INTO streams (name, next_number, created_position, deleted_before, soft_deleted, tombstoned, \
              max_count, max_age_secs, truncate_before, cache_control_secs, metadata_number, not_public) \
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bool[], $6::bool[], \
              $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bool[]) \
@@ -381,7 +367,7 @@ impl Staging {
              soft_deleted = EXCLUDED.soft_deleted, tombstoned = EXCLUDED.tombstoned, \
              max_count = EXCLUDED.max_count, max_age_secs = EXCLUDED.max_age_secs, \
              truncate_before = EXCLUDED.truncate_before, cache_control_secs = EXCLUDED.cache_control_secs, \
-             metadata_number = EXCLUDED.metadata_number, not_public = EXCLUDED.not_public",
+             metadata_number = EXCLUDED.metadata_number, not_public = EXCLUDED.not_public").await.map_err(write_error)?,
             &[
                 &names,
                 &column(|s| s.next_number),
@@ -400,6 +386,27 @@ impl Staging {
         .await
         .map_err(write_error)?;
         Ok(())
+    }
+}
+
+/// The streams an append may read or change the state of.
+fn names_of(projections: Projections, append: &Append, names: &mut HashSet<String>) {
+    names.insert(append.stream.clone());
+    if let Some(basis) = &append.access {
+        names.insert(basis.stream.clone());
+    }
+    if let Some(described) = metadata::described_stream(&append.stream) {
+        names.insert(described.to_owned());
+    }
+    for event in &append.events {
+        // As if every event created its stream: `$streams` is then read
+        // whenever it might be linked to.
+        for link in projections.links(&append.stream, &event.event_type, true).into_iter().flatten() {
+            names.insert(link.name());
+        }
+    }
+    if projections.streams {
+        names.insert(STREAMS_STREAM.to_owned());
     }
 }
 

@@ -7,27 +7,30 @@
 //!    batch, on any node, commits until this one has, so every state read
 //!    below is the latest and positions are assigned in commit order;
 //! 2. read the states of every stream the batch may touch and the numbers
-//!    its event ids already have, in two queries;
+//!    its event ids already have, in two queries sent with the `BEGIN`
+//!    and the lock (pipelined: one round trip for all four);
 //! 3. check and stage each request in order against those facts and what
 //!    the batch staged before it ([`Staging`](super::staging), with the shared rules of
 //!    [`rules::check_append`]); a refused request stages nothing;
 //! 4. write everything staged with one multi-row statement per table,
-//!    move the head, `pg_notify` the new head and the streams touched,
-//!    and commit.
+//!    move the head, `pg_notify` the new head and the streams touched
+//!    (pipelined: one round trip), and commit.
 //!
 //! Only then are the requests answered. If the transaction fails, every
 //! request of the batch gets the error and nothing of it is written; the
 //! next batch reconnects if the connection was lost.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use super::staging::{Request, Staging};
+use super::prepared::Prepared;
+use super::staging::{self, Request, Staging};
 use super::{CHANNEL, Command, Publisher, connect, db_error, signed, unsigned};
 use crate::store::projections::Projections;
-use crate::store::{AppendOutcome, Durability, Head, StoreError};
+use crate::store::{AppendOutcome, CommitFigures, DatabaseQuery, Durability, Head, StoreError};
 
 /// The most requests one transaction takes: enough to share one commit
 /// among every client of a busy server.
@@ -44,6 +47,8 @@ pub(super) struct Writer {
     /// The writer's own connection; `None` before the first batch and
     /// after it was lost, until the next batch connects.
     client: Option<Client>,
+    /// The statements prepared on `client`.
+    prepared: Prepared,
     projections: Projections,
     publisher: Arc<Publisher>,
 }
@@ -61,8 +66,17 @@ impl Writer {
     /// A writer connecting with `config`, named [`WRITER_NAME`], its
     /// session's `synchronous_commit` set by `durability`: `on` for `fsync`
     /// and `flush` (nothing cheaper survives a crash of the database's
-    /// process), `off` for `none`. Set once per connection rather than per
+    /// process), `off` for `none`; and its `plan_cache_mode` set to
+    /// `force_custom_plan`. Set once per connection rather than per
     /// transaction, which would cost each batch a round trip.
+    ///
+    /// Custom plans: the writer's statements are prepared once, but
+    /// planned for their parameters on every batch. A generic plan is
+    /// chosen once, from the tables' statistics of that moment: prepared
+    /// on a new, empty database, the id lookup got a hash join over a
+    /// sequential scan of `event_ids`, which then grew with the table
+    /// until an autovacuum's analyze (a benchmark run found it at 4.7 ms
+    /// per batch and growing).
     pub(super) fn new(
         config: &tokio_postgres::Config,
         projections: Projections,
@@ -75,13 +89,14 @@ impl Writer {
             Durability::Fsync | Durability::Flush => "on",
             Durability::None => "off",
         };
-        let setting = format!("-c synchronous_commit={synchronous_commit}");
+        let setting =
+            format!("-c synchronous_commit={synchronous_commit} -c plan_cache_mode=force_custom_plan");
         let options = match config.get_options() {
             Some(given) => format!("{given} {setting}"),
             None => setting,
         };
         config.options(&options);
-        Self { config, client: None, projections, publisher }
+        Self { config, client: None, prepared: Prepared::default(), projections, publisher }
     }
 
     /// Takes batches until every sender is gone (the store closed).
@@ -127,17 +142,23 @@ impl Writer {
                 }
             }
         }
+        let appends = requests.iter().filter(|request| matches!(request, Request::Append(..))).count();
+        let started = Instant::now();
         match self.transact(&requests).await {
             Ok((answers, committed)) => {
-                if let Some((head, _)) = &committed {
+                let duration = started.elapsed();
+                if let Some((head, ..)) = &committed {
                     // Reads see the head before anybody hears of the commit.
                     self.publisher.notifier.advance(*head);
                 }
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     reply.send(answer);
                 }
-                if let Some((head, touched)) = committed {
+                if let Some((head, touched, events)) = committed {
                     self.publisher.publish(head, Some(&touched));
+                    // After the answers and the wake-ups, as the sled
+                    // writer does.
+                    self.publisher.notifier.commit_observed(CommitFigures { appends, events, duration });
                 }
             }
             Err(error) => {
@@ -154,20 +175,27 @@ impl Writer {
     async fn transact(
         &mut self,
         requests: &[Request],
-    ) -> Result<(Vec<Answer>, Option<(Head, Vec<String>)>), StoreError> {
+    ) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             let client = connect(&self.config).await.map_err(db_error)?;
             self.client = Some(client);
+            self.prepared = Prepared::default();
         }
         let Some(client) = self.client.as_mut() else { return Err(StoreError::Unavailable) };
-        let result = run_transaction(client, requests, self.projections).await;
+        let started = Instant::now();
+        let result = run_transaction(client, &self.prepared, requests, self.projections).await;
+        self.publisher.notifier.query_observed(DatabaseQuery::WriteTransaction, started.elapsed());
         if let Err(StoreError::Unavailable) = result {
             self.client = None;
         }
         result
     }
 }
+
+/// What a transaction that wrote something leaves: the new head, the
+/// streams it touched and how many events it wrote.
+type Committed = (Head, Vec<String>, u64);
 
 /// Where a request's answer goes.
 enum Reply {
@@ -193,24 +221,57 @@ impl Reply {
     }
 }
 
+/// Locks the head and reads the next position, the commit sequence, the
+/// newest creation time and the database's clock.
+const LOCK_HEAD: &str = "SELECT next_position, commit_seq, last_created_micros, \
+     (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint FROM log_head FOR UPDATE";
+
+/// Runs one batch's transaction (see [`transaction`]); if it failed, ends
+/// whatever the session was left in (an open or aborted transaction), so
+/// the next batch starts from none.
 async fn run_transaction(
     client: &mut Client,
+    prepared: &Prepared,
     requests: &[Request],
     projections: Projections,
-) -> Result<(Vec<Answer>, Option<(Head, Vec<String>)>), StoreError> {
-    let tx = client.transaction().await.map_err(db_error)?;
-    let head = tx
-        .query_one(
-            "SELECT next_position, commit_seq, last_created_micros, \
-             (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint FROM log_head FOR UPDATE",
-            &[],
-        )
-        .await
-        .map_err(db_error)?;
+) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
+    let result = transaction(client, prepared, requests, projections).await;
+    if result.is_err() && !client.is_closed() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// One batch's transaction, in three round trips once its statements are
+/// prepared: `BEGIN`, the head lock and both lookups, pipelined (the
+/// session runs them in order, so the lookups read the states as of the
+/// lock); the writes, the head's move and the notification, pipelined;
+/// `COMMIT`. (`tokio_postgres::Transaction` would wait for its `BEGIN`.)
+async fn transaction(
+    client: &Client,
+    prepared: &Prepared,
+    requests: &[Request],
+    projections: Projections,
+) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
+    // IMPORTANT: every statement of the first flight is prepared before it
+    // is sent: one prepared meanwhile would reach the session after the
+    // statements polled after it, and the lookups could run before the lock.
+    let lock_head = prepared.get(client, LOCK_HEAD).await.map_err(db_error)?;
+    let states_query = prepared.get(client, &staging::states_query()).await.map_err(db_error)?;
+    let ids_query = prepared.get(client, staging::IDS_QUERY).await.map_err(db_error)?;
+    let lookups = Staging::lookups(projections, requests);
+    // Polled together, in this order: sent without waiting for each
+    // other's answers, run by the session in the order sent.
+    let ((), head, states, numbers) = tokio::try_join!(
+        async { client.batch_execute("BEGIN").await.map_err(db_error) },
+        async { client.query_one(&lock_head, &[]).await.map_err(db_error) },
+        async { client.query(&states_query, &[&lookups.names]).await.map_err(db_error) },
+        async { client.query(&ids_query, &[&lookups.id_streams, &lookups.ids]).await.map_err(db_error) },
+    )?;
     let (next_position, commit_seq) = (unsigned(head.get(0)), unsigned(head.get(1)));
     let created_micros = head.get::<_, i64>(3).max(head.get(2));
     let mut staging = Staging::new(projections, next_position, created_micros);
-    staging.load(&tx, requests).await?;
+    staging.load(lookups, states, numbers);
 
     let answers: Vec<Answer> = requests
         .iter()
@@ -227,27 +288,29 @@ async fn run_transaction(
     if staging.touched.is_empty() {
         // Nothing to write: retries, refusals. Ends the transaction (and
         // the head lock) at once.
-        tx.rollback().await.map_err(db_error)?;
+        client.batch_execute("ROLLBACK").await.map_err(db_error)?;
         return Ok((answers, None));
     }
     let head = Head { next_position: staging.next_position, commit_seq: commit_seq + 1 };
+    let events = staging.next_position.saturating_sub(next_position);
     let touched: Vec<String> = staging.touched.iter().cloned().collect();
     let payload = super::listen::payload(head, &touched);
     let (next_position, seq) = (signed(head.next_position), signed(head.commit_seq));
     let move_head = async {
-        tx.execute(
-            "UPDATE log_head SET next_position = $1, commit_seq = $2, last_created_micros = $3",
-            &[&next_position, &seq, &staging.created_micros],
-        )
-        .await
-        .map_err(db_error)
+        let statement = prepared
+            .get(client, "UPDATE log_head SET next_position = $1, commit_seq = $2, last_created_micros = $3")
+            .await
+            .map_err(db_error)?;
+        client.execute(&statement, &[&next_position, &seq, &staging.created_micros]).await.map_err(db_error)
     };
-    let notify =
-        async { tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await.map_err(db_error) };
+    let notify = async {
+        let statement = prepared.get(client, "SELECT pg_notify($1, $2)").await.map_err(db_error)?;
+        client.execute(&statement, &[&CHANNEL, &payload]).await.map_err(db_error)
+    };
     // Polled together, the statements are pipelined: sent without waiting
-    // for each other's answers.
-    tokio::try_join!(staging.write(&tx), move_head, notify)?;
-    tx.commit().await.map_err(|error| match db_error(error) {
+    // for each other's answers. All are answered before the `COMMIT`.
+    tokio::try_join!(staging.write(client, prepared), move_head, notify)?;
+    client.batch_execute("COMMIT").await.map_err(|error| match db_error(error) {
         // Whether a commit whose answer was lost stands is unknown; a retry
         // with the same ids is answered with its outcome if it did.
         StoreError::Unavailable => {
@@ -255,5 +318,5 @@ async fn run_transaction(
         }
         other => other,
     })?;
-    Ok((answers, Some((head, touched))))
+    Ok((answers, Some((head, touched, events))))
 }

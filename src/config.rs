@@ -53,6 +53,14 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTFEED_BIND", default_value = "127.0.0.1:2113")]
     pub bind: SocketAddr,
 
+    /// Where the other servers sharing this PostgreSQL database reach this
+    /// one (`http://node1.internal:2113`): the server that runs the
+    /// persistent subscriptions is called there by the others, which
+    /// forward subscription requests to it. Default: `http://` and the
+    /// address bound, which only works when that is not 0.0.0.0 or ::.
+    #[arg(long, env = "EVENTFEED_ADVERTISE_URL", value_parser = advertise_url)]
+    pub advertise_url: Option<String>,
+
     /// The password of the built-in `admin` account, set when the store is
     /// first opened (without it: v5's default, `changeit`, with a warning at
     /// every start until changed). Ignored once the account exists: change
@@ -232,6 +240,19 @@ fn durability() -> impl TypedValueParser<Value = Durability> {
     })
 }
 
+/// An advertised URL: `http://host:port`, nothing after the authority
+/// (servers forward plain HTTP to each other).
+fn advertise_url(text: &str) -> Result<String, String> {
+    let authority = text
+        .strip_prefix("http://")
+        .ok_or("expected http://host:port (servers forward to each other over plain HTTP)")?
+        .trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') || authority.contains('?') {
+        return Err("expected http://host:port, nothing after the port".into());
+    }
+    Ok(format!("http://{authority}"))
+}
+
 /// Checks a `--store` value: `sled`, or something a PostgreSQL
 /// connection string can be (a URL or `key=value` pairs). The string
 /// itself is read when the store opens, which says what is wrong with it.
@@ -373,6 +394,23 @@ mod tests {
         let error = Cli::try_parse_from(["eventfeed", "serve", "--cors-origin", "a.example"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(error.to_string().contains("scheme://host[:port]"), "{error}");
+    }
+
+    #[test]
+    fn an_advertised_url_is_plain_http_to_a_host_and_port() {
+        let parse = |url: &str| {
+            Cli::try_parse_from(["eventfeed", "serve", "--advertise-url", url]).map(|cli| {
+                let Command::Serve(config) = cli.command;
+                config.advertise_url
+            })
+        };
+        assert_eq!(
+            parse("http://node1.internal:2113/").unwrap().as_deref(),
+            Some("http://node1.internal:2113")
+        );
+        for bad in ["https://node1:2113", "node1:2113", "http://", "http://node1:2113/api"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -28,6 +28,8 @@ async fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
 
+    // Before the server listens: a signal from then on stops it gracefully.
+    let signal = shutdown_signal();
     let server = match Server::bind(&config).await {
         Ok(server) => server,
         Err(error) => {
@@ -35,7 +37,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server.run(shutdown_signal()).await {
+    match server.run(signal).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "eventfeed stopped with an error");

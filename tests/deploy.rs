@@ -43,8 +43,40 @@ fn the_unit_is_hardened_and_restarts_always() {
     assert!(stop >= grace + 60, "TimeoutStopSec={stop} leaves too little after the {grace} s grace");
 }
 
+const NODE_DROP_IN: &str = include_str!("../deploy/systemd/eventfeed.service.d/node.conf");
+
 #[test]
 fn systemd_accepts_the_unit() {
+    verify_unit(UNIT);
+}
+
+/// The node drop-in: systemd merges a drop-in's sections into the unit,
+/// so the unit with the drop-in's text appended is what it loads.
+#[test]
+fn systemd_accepts_the_unit_with_the_node_drop_in() {
+    for setting in ["EnvironmentFile=/etc/eventfeed/store.env", "Environment=EVENTFEED_SHUTDOWN_DRAIN_SECS=5"]
+    {
+        assert!(NODE_DROP_IN.lines().any(|line| line == setting), "{setting}");
+    }
+    verify_unit(&format!("{UNIT}\n{NODE_DROP_IN}"));
+}
+
+/// The sample Patroni members keep the settings the failover guarantee
+/// rests on (docs/scaling-out.md), the same the failover test runs with
+/// (tests/common/patroni.rs).
+#[test]
+fn the_patroni_members_replicate_synchronously_and_never_promote_a_lagging_standby() {
+    let harness = include_str!("common/patroni.rs");
+    for member in [include_str!("../deploy/patroni/pg1.yml"), include_str!("../deploy/patroni/pg2.yml")] {
+        for setting in ["synchronous_mode: true", "synchronous_commit: \"on\"", "maximum_lag_on_failover: 0"]
+        {
+            assert!(member.lines().any(|line| line.trim() == setting), "deploy/patroni: {setting}");
+            assert!(harness.lines().any(|line| line.trim() == setting), "the failover test: {setting}");
+        }
+    }
+}
+
+fn verify_unit(text: &str) {
     let Ok(output) = Command::new("systemd-analyze").arg("--version").output() else {
         eprintln!(
             "systemd-analyze is not installed (Debian package systemd; tests/run installs it): not verified"
@@ -55,7 +87,7 @@ fn systemd_accepts_the_unit() {
     // Verified as installed, but running the binary just built.
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("eventfeed.service");
-    std::fs::write(&unit, UNIT.replace("/usr/local/bin/eventfeed", env!("CARGO_BIN_EXE_eventfeed"))).unwrap();
+    std::fs::write(&unit, text.replace("/usr/local/bin/eventfeed", env!("CARGO_BIN_EXE_eventfeed"))).unwrap();
     let output = Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
     let complaints = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && complaints.trim().is_empty(), "systemd-analyze verify:\n{complaints}");

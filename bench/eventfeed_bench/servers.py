@@ -212,6 +212,8 @@ class Varnish:
         assert '.port = "2113";' in vcl, "the shipped VCL's backend port is 2113"
         vcl_path = directory / ("builtin.vcl" if builtin else "eventfeed.vcl")
         vcl_path.write_text(vcl.replace('.port = "2113";', f'.port = "{backend_port}";', 1))
+        # The shipped VCL includes its rules from the file next to it.
+        shutil.copy(VCL.parent / "eventfeed-rules.vcl", directory / "eventfeed-rules.vcl")
         for attempt in range(3):
             self.port = free_port()
             argv = pinning.server([executable("varnishd"), "-F", "-j", "none", "-n", str(self.work / f"n{attempt}"),

@@ -121,8 +121,9 @@ pub struct Shared {
     pub waiters: live::Waiters,
     /// Pages rendered for long-polls woken together, shared among them.
     pub renders: live::SharedRenders,
-    /// Persistent subscription groups (competing consumers).
-    pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
+    /// Where the persistent subscription groups (competing consumers)
+    /// run: here, or on the server this one forwards to.
+    pub subscription_host: Arc<crate::subscriptions::owner::SubscriptionHost>,
     /// Users, credentials and access rules.
     pub security: Arc<crate::security::Security>,
     /// Notified by `POST /admin/shutdown`: the server stops as on a signal.
@@ -138,6 +139,14 @@ pub struct Shared {
     pub metrics_public: bool,
 }
 
+impl Shared {
+    /// The persistent subscriptions, when they run on this server; `503`
+    /// (with `Retry-After`) while they move between servers.
+    pub fn subscriptions(&self) -> Result<Arc<crate::subscriptions::Subscriptions>, HttpError> {
+        self.subscription_host.local().ok_or_else(|| crate::subscriptions::SubscriptionError::Moved.into())
+    }
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let router = Router::new()
@@ -146,7 +155,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stream_list::router())
         .merge(metadata::router())
         .merge(admin::router())
-        .merge(subscriptions::router())
+        .merge(subscriptions::router(&state))
         .merge(system::router())
         .merge(scrape::router())
         .merge(health::router())

@@ -90,7 +90,11 @@ impl Scrape {
             state.store.writes_stopped().is_none() && !disk.as_ref().is_some_and(DiskSpace::below_floor);
         // A failed listing leaves the groups out of this scrape, rather
         // than failing the whole of it.
-        let groups = state.subscriptions.list(None).await.unwrap_or_default();
+        let groups = match state.subscription_host.local() {
+            Some(subscriptions) => subscriptions.list(None).await.unwrap_or_default(),
+            // Another server runs them, and reports them.
+            None => Vec::new(),
+        };
         Self {
             next_position,
             streams: super::system::stream_count(state).await,

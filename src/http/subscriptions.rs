@@ -43,11 +43,12 @@ use crate::security::Principal;
 use crate::security::acl::Access;
 use crate::subscriptions::{Delivered, NackAction, SubscriptionError, names};
 
+mod forward;
 mod groups;
 
 use self::groups::{create, delete, info, list_all, list_stream, replay_parked, update};
 
-pub(super) fn router() -> Router<AppState> {
+pub(super) fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/subscriptions", get(list_all))
         .route("/subscriptions/{stream}", get(list_stream))
@@ -59,6 +60,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/subscriptions/{stream}/{group}/ack/{id}", post(ack_one))
         .route("/subscriptions/{stream}/{group}/nack/{id}", post(nack_one))
         .route("/subscriptions/{stream}/{group}/{count}", get(messages_count).post(encoded_action))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), forward::to_owner))
 }
 
 /// The longest consumer name accepted, in bytes.
@@ -116,6 +118,14 @@ impl From<SubscriptionError> for HttpError {
                          two message timeouts after its last request.",
                     )
                     .with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+            }
+            SubscriptionError::Moved => {
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+                    .with_detail(
+                        "The persistent subscriptions are moving to another server of those sharing this \
+                     store; retry in a moment.",
+                    )
+                    .with_header(header::RETRY_AFTER, HeaderValue::from(1))
             }
             SubscriptionError::Store(error) => error.into(),
         }
@@ -317,7 +327,7 @@ async fn take_messages(
     count: usize,
     wait: Option<Duration>,
 ) -> Result<Vec<Delivered>, HttpError> {
-    let subscriptions = &state.subscriptions;
+    let subscriptions = &state.subscriptions()?;
     // IMPORTANT: watch before taking, so a message that arrives between
     // the take and the wait wakes the wait.
     let mut changes = subscriptions.changes(stream, group)?;
@@ -404,8 +414,8 @@ fn acknowledge(
 ) -> Result<Response, HttpError> {
     check_names(stream, group)?;
     match nack {
-        None => state.subscriptions.ack(stream, group, &consumer.0, ids)?,
-        Some(action) => state.subscriptions.nack(stream, group, &consumer.0, ids, action)?,
+        None => state.subscriptions()?.ack(stream, group, &consumer.0, ids)?,
+        Some(action) => state.subscriptions()?.nack(stream, group, &consumer.0, ids, action)?,
     }
     Ok(accepted())
 }

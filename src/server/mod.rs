@@ -41,7 +41,7 @@ use crate::http::cors::Cors;
 use crate::http::{AppState, Limits, Shared};
 use crate::security::Security;
 use crate::store::{self, AfterRelease, Store, StoreError};
-use crate::subscriptions::Subscriptions;
+use crate::subscriptions::owner::SubscriptionHost;
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug)]
@@ -76,7 +76,7 @@ pub struct Server {
     /// Closed at the end of [`Server::run`].
     store: Arc<dyn Store>,
     /// Stopped (final checkpoints written) before the store closes.
-    subscriptions: Arc<Subscriptions>,
+    subscriptions: Arc<SubscriptionHost>,
     shutdown: watch::Sender<bool>,
     /// Set at the shutdown signal, `drain` before `shutdown`: readiness
     /// fails while the server still serves (`--shutdown-drain-secs`).
@@ -117,7 +117,9 @@ impl Server {
         let listener = listen(config.bind).map_err(|e| ServerError::Bind(config.bind, e))?;
         // After the bind, so a server that cannot listen starts no
         // subscription drivers.
-        let subscriptions = Subscriptions::load(Arc::clone(&store)).await.map_err(ServerError::Store)?;
+        let address = config.advertise_url.clone().unwrap_or_else(|| advertised(&listener, config.bind));
+        let subscriptions =
+            SubscriptionHost::start(Arc::clone(&store), address).await.map_err(ServerError::Store)?;
         let security = Security::open(Arc::clone(&store), config.admin_password.as_deref())
             .await
             .map_err(ServerError::Store)?;
@@ -141,7 +143,7 @@ impl Server {
             draining: draining_rx,
             waiters: crate::http::live::Waiters::new(config.max_waiters),
             renders: Default::default(),
-            subscriptions: Arc::clone(&subscriptions),
+            subscription_host: Arc::clone(&subscriptions),
             security,
             stop_requested: Arc::default(),
             cors,
@@ -364,6 +366,19 @@ fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The URL the other servers sharing the store reach this one at, when
+/// `--advertise-url` does not say: the address bound (its port, when
+/// bound to port 0). An unspecified address (0.0.0.0) reaches nothing from
+/// elsewhere: loopback then, which serves servers on one machine; on
+/// several, set `--advertise-url`.
+fn advertised(listener: &TcpListener, bind: SocketAddr) -> String {
+    let mut address = listener.local_addr().unwrap_or(bind);
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{address}")
+}
+
 /// How long [`Server::run`] waits for background tasks to let go of the
 /// store before it returns anyway.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
@@ -432,26 +447,36 @@ async fn scavenge_periodically(
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    // Registered here, not at the first poll: once the handlers are in,
+    // SIGTERM and SIGINT never take the default action (exit at once) for
+    // the rest of the process, so a signal that arrives while the server
+    // is still starting shuts it down gracefully too.
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        async fn received(signal: Option<Signal>) {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        let terminate = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            tokio::select! {
+                () = received(terminate) => {}
+                () = received(interrupt) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
     }
 }
 

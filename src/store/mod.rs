@@ -244,6 +244,22 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// writes. Called once at shutdown.
     async fn close(&self) -> Result<(), StoreError>;
 
+    /// Takes or renews the lease `name` for `claim.ttl` if it is free,
+    /// expired or already the claimant's; otherwise says who holds it.
+    /// Several servers share one store only on PostgreSQL; a store only
+    /// one server can open (sled, memory) grants it for good.
+    async fn lease(&self, name: &str, claim: &LeaseClaim) -> Result<Lease, StoreError> {
+        let _ = (name, claim);
+        Ok(Lease::Exclusive)
+    }
+
+    /// Gives lease `name` up if `holder` holds it, so another server can
+    /// take it at once instead of after it expires.
+    async fn release_lease(&self, name: &str, holder: Uuid) -> Result<(), StoreError> {
+        let _ = (name, holder);
+        Ok(())
+    }
+
     /// Work to run after [`close`](Store::close), once the last handle on
     /// the store is dropped (so its files are free), for example to make the
     /// next open quick. `None`: nothing to do. Skipping it must be safe.

@@ -246,6 +246,29 @@ pub struct AllSlice {
     pub events: Vec<RecordedEvent>,
 }
 
+/// A server's claim on a lease ([`Store::lease`](super::Store::lease)).
+#[derive(Debug, Clone)]
+pub struct LeaseClaim {
+    /// The claiming server, for as long as it runs.
+    pub holder: Uuid,
+    /// Where other servers reach the holder (its advertised URL).
+    pub address: String,
+    /// How long the lease lasts unless renewed, by the store's clock.
+    pub ttl: std::time::Duration,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// The store is the claimant's alone (no other server can open it), so
+    /// the lease is its for good: nothing to renew.
+    Exclusive,
+    /// The claimant holds the lease for the claim's time to live.
+    Held,
+    /// Another server holds it; it is reached at `address`.
+    HeldBy { address: String },
+}
+
 /// A failure of the store. Nothing here knows about HTTP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {

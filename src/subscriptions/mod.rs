@@ -26,8 +26,10 @@
 
 pub mod consumers;
 mod driver;
+mod error;
 mod migrate;
 pub mod names;
+pub mod owner;
 pub mod persist;
 pub mod settings;
 pub mod state;
@@ -43,6 +45,7 @@ use uuid::Uuid;
 
 use crate::feed::ALL_STREAM;
 use crate::store::{Store, StoreError};
+pub use error::SubscriptionError;
 use persist::StoredGroup;
 pub use settings::{InvalidSetting, Settings, StartFrom, Strategy};
 use state::GroupState;
@@ -53,45 +56,6 @@ pub use state::{Checkpoint, ConnectionStats, Delivered, Message, NackAction, Sta
 /// read; longer only if the store is failing, and then answering with what
 /// there is is right).
 pub const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why a subscription operation failed. Nothing here knows about HTTP.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubscriptionError {
-    /// No such group.
-    NotFound,
-    /// Creating a group that exists.
-    AlreadyExists,
-    /// The settings are invalid.
-    Invalid(InvalidSetting),
-    /// The group name breaks a rule of [`names::check_group_name`]: which.
-    InvalidName(&'static str),
-    /// The group has `maxSubscriberCount` consumers and this one is new.
-    GroupFull {
-        retry_after: Duration,
-    },
-    Store(StoreError),
-}
-
-impl std::fmt::Display for SubscriptionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NotFound => f.write_str("no such subscription group"),
-            Self::AlreadyExists => f.write_str("the subscription group already exists"),
-            Self::Invalid(invalid) => invalid.fmt(f),
-            Self::InvalidName(problem) => f.write_str(problem),
-            Self::GroupFull { .. } => f.write_str("the group has its maximum number of consumers"),
-            Self::Store(error) => error.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for SubscriptionError {}
-
-impl From<StoreError> for SubscriptionError {
-    fn from(error: StoreError) -> Self {
-        Self::Store(error)
-    }
-}
 
 /// What a group reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +181,9 @@ pub struct Subscriptions {
     /// Serialises creates, updates and deletes, which each write the full
     /// config snapshot.
     config: tokio::sync::Mutex<()>,
+    /// Set when another server took the subscriptions over: every
+    /// operation then fails with [`SubscriptionError::Moved`].
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 impl Subscriptions {
@@ -229,6 +196,7 @@ impl Subscriptions {
             groups: RwLock::new(BTreeMap::new()),
             start_at: Mutex::new(BTreeMap::new()),
             config: tokio::sync::Mutex::new(()),
+            fenced: std::sync::atomic::AtomicBool::new(false),
         });
         for group in stored {
             let checkpoint = persist::load_checkpoint(&*store, &group.stream, &group.group).await?;
@@ -273,7 +241,16 @@ impl Subscriptions {
         self.start_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Fails once [`Self::fence`] was called.
+    fn check_live(&self) -> Result<(), SubscriptionError> {
+        if self.fenced.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(SubscriptionError::Moved);
+        }
+        Ok(())
+    }
+
     fn get(&self, stream: &str, group: &str) -> Result<Arc<Group>, SubscriptionError> {
+        self.check_live()?;
         let groups = self.groups.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         groups.get(&(stream.to_owned(), group.to_owned())).cloned().ok_or(SubscriptionError::NotFound)
     }
@@ -321,6 +298,7 @@ impl Subscriptions {
     ) -> Result<(), SubscriptionError> {
         names::check_group_name(group).map_err(SubscriptionError::InvalidName)?;
         let _config = self.config.lock().await;
+        self.check_live()?;
         if self.get(stream, group).is_ok() {
             return Err(SubscriptionError::AlreadyExists);
         }
@@ -516,6 +494,7 @@ impl Subscriptions {
 
     /// Every group, or those on `stream`, in name order.
     pub async fn list(&self, stream: Option<&str>) -> Result<Vec<GroupInfo>, SubscriptionError> {
+        self.check_live()?;
         let groups: Vec<Arc<Group>> =
             self.all_groups().into_iter().filter(|g| stream.is_none_or(|s| g.stream == s)).collect();
         let mut infos = Vec::with_capacity(groups.len());
@@ -549,6 +528,22 @@ impl Subscriptions {
             parked_count,
             last_known,
         })
+    }
+
+    /// Stops every group at once, writing nothing more (another server
+    /// may be running them already): every operation fails with
+    /// [`SubscriptionError::Moved`] from here on, and consumers waiting
+    /// for messages are woken to learn it.
+    pub async fn fence(&self) {
+        self.fenced.store(true, std::sync::atomic::Ordering::Release);
+        let groups = self.all_groups();
+        for group in &groups {
+            group.stop.send_replace(StopMode::Delete);
+            group.bump();
+        }
+        for group in groups {
+            group.stop(StopMode::Delete).await;
+        }
     }
 
     /// Stops every driver, each writing a final checkpoint. Call after the

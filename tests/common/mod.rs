@@ -21,6 +21,7 @@ pub mod admin;
 pub mod bodies;
 pub mod http;
 pub mod pages;
+pub mod patroni;
 pub mod postgres;
 pub mod server;
 pub mod socket;

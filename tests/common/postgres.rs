@@ -96,7 +96,7 @@ impl Cluster {
 
 /// The newest PostgreSQL's binaries: Debian keeps them in
 /// `/usr/lib/postgresql/<version>/bin`, off the `PATH`.
-fn binaries() -> Option<PathBuf> {
+pub fn binaries() -> Option<PathBuf> {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .filter_map(Result::ok)
@@ -110,13 +110,13 @@ fn binaries() -> Option<PathBuf> {
     found.pop().map(|(_, bin)| bin)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|output| output.stdout.trim_ascii() == b"0")
 }
 
 /// `program` as the unprivileged user when the tests run as root, in
 /// `dir` (the user may not enter the tests' own working directory).
-fn as_cluster_user(program: &Path, root: bool, dir: &Path) -> Command {
+pub fn as_cluster_user(program: &Path, root: bool, dir: &Path) -> Command {
     let mut command = if root {
         let mut command = Command::new("runuser");
         command.args(["-u", UNPRIVILEGED_USER, "--"]).arg(program);

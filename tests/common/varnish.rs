@@ -103,6 +103,13 @@ fn vcl_for(backend: SocketAddr) -> String {
     )
 }
 
+/// The rules the shipped VCLs include, next to a VCL written into `dir`
+/// (an include of `./…` is relative to the including file).
+pub fn copy_rules(dir: &Path) {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/varnish/eventfeed-rules.vcl");
+    std::fs::copy(rules, dir.join("eventfeed-rules.vcl")).unwrap();
+}
+
 fn varnishd_path() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -128,9 +135,29 @@ pub struct Varnish {
 
 impl Varnish {
     pub async fn start(backend: SocketAddr) -> Self {
+        Self::start_with_vcl(&vcl_for(backend)).await
+    }
+
+    /// Varnish with the shipped cluster VCL
+    /// (`deploy/varnish/eventfeed-cluster.vcl`), its two nodes pointed at
+    /// `nodes`.
+    pub async fn start_cluster(nodes: [SocketAddr; 2]) -> Self {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/varnish/eventfeed-cluster.vcl");
+        let mut vcl = std::fs::read_to_string(&path).unwrap();
+        for (shipped, node) in ["2113", "2114"].into_iter().zip(nodes) {
+            let port = format!(".port = \"{shipped}\";");
+            assert!(vcl.contains(&port), "the cluster VCL has a node on port {shipped}");
+            vcl = vcl.replacen(&port, &format!(".port = \"{}\";", node.port()), 1);
+        }
+        Self::start_with_vcl(&vcl).await
+    }
+
+    /// Varnish running `vcl`, which may include the shipped rules.
+    async fn start_with_vcl(vcl_text: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let vcl = dir.path().join("eventfeed.vcl");
-        std::fs::write(&vcl, vcl_for(backend)).unwrap();
+        std::fs::write(&vcl, vcl_text).unwrap();
+        copy_rules(dir.path());
         let log = dir.path().join("varnishd.log");
         // Another process may take the port between free_port() and
         // varnishd's bind: try a few.

@@ -61,7 +61,7 @@ pub(super) async fn create(
     authorize_task(&principal, Task::ManageSubscriptions)?;
     check_names(&stream, &group)?;
     let settings = read_settings(body, stream == feed::ALL_STREAM).await?;
-    state.subscriptions.create(&stream, &group, settings).await?;
+    state.subscriptions()?.create(&stream, &group, settings).await?;
     Ok(with_location(StatusCode::CREATED, &urls, &stream, &group))
 }
 
@@ -76,7 +76,7 @@ pub(super) async fn update(
     authorize_task(&principal, Task::ManageSubscriptions)?;
     check_names(&stream, &group)?;
     let settings = read_settings(body, stream == feed::ALL_STREAM).await?;
-    state.subscriptions.update(&stream, &group, settings).await?;
+    state.subscriptions()?.update(&stream, &group, settings).await?;
     Ok(with_location(StatusCode::OK, &urls, &stream, &group))
 }
 
@@ -87,7 +87,7 @@ pub(super) async fn delete(
 ) -> Result<Response, HttpError> {
     authorize_task(&principal, Task::ManageSubscriptions)?;
     check_names(&stream, &group)?;
-    state.subscriptions.delete(&stream, &group).await?;
+    state.subscriptions()?.delete(&stream, &group).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -100,7 +100,7 @@ pub(super) async fn replay_parked(
 ) -> Result<Response, HttpError> {
     authorize_task(&principal, Task::ManageSubscriptions)?;
     check_names(&stream, &group)?;
-    let replaying = state.subscriptions.replay_parked(&stream, &group).await?;
+    let replaying = state.subscriptions()?.replay_parked(&stream, &group).await?;
     Ok(json_response(&json!({ "result": "Success", "messagesToReplay": replaying })))
 }
 
@@ -115,7 +115,7 @@ pub(super) async fn info(
     authorize_task(&principal, Task::ManageSubscriptions)?;
     let read = async {
         check_names(&stream, &group)?;
-        let info = state.subscriptions.info(&stream, &group).await?;
+        let info = state.subscriptions()?.info(&stream, &group).await?;
         Ok::<_, HttpError>(json_response(&info_json(&urls, &info)))
     };
     read.await.map_err(|error| error.answering_read(&headers, None, STATISTICS))
@@ -129,7 +129,7 @@ pub(super) async fn list_all(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     authorize_task(&principal, Task::ManageSubscriptions)?;
-    match state.subscriptions.list(None).await {
+    match state.subscriptions()?.list(None).await {
         Ok(infos) => Ok(list_response(&urls, &infos)),
         Err(error) => Err(HttpError::from(error).answering_read(&headers, None, LISTING)),
     }
@@ -147,7 +147,7 @@ pub(super) async fn list_stream(
     authorize_task(&principal, Task::ManageSubscriptions)?;
     let read = async {
         params::stream_name(&stream)?;
-        let infos = state.subscriptions.list(Some(&stream)).await?;
+        let infos = state.subscriptions()?.list(Some(&stream)).await?;
         if infos.is_empty() {
             return Err(HttpError::not_found("The stream has no subscription groups."));
         }

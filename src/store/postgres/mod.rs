@@ -23,6 +23,7 @@
 //!
 //! Only this module knows SQL.
 
+mod lease;
 mod listen;
 mod prepared;
 mod read;
@@ -44,9 +45,9 @@ use tokio_postgres::{Client, NoTls, Row};
 use uuid::Uuid;
 
 use super::{
-    AllRead, AllSlice, Append, AppendOutcome, DatabaseQuery, ExpectedVersion, Head, Notifier, PoolFigures,
-    PostgresOptions, ReadEvent, ScavengeReport, ScavengeStarted, Store, StoreError, StreamRead,
-    StreamSettings, StreamSlice, StreamState, StreamView,
+    AllRead, AllSlice, Append, AppendOutcome, DatabaseQuery, ExpectedVersion, Head, Lease, LeaseClaim,
+    Notifier, PoolFigures, PostgresOptions, ReadEvent, ScavengeReport, ScavengeStarted, Store, StoreError,
+    StreamRead, StreamSettings, StreamSlice, StreamState, StreamView,
 };
 
 /// How many connections reads may hold at once (the writer and the
@@ -439,6 +440,14 @@ impl Store for PgStore {
     async fn scavenge_report(&self, id: Uuid) -> Result<Option<ScavengeReport>, StoreError> {
         let client = self.reader().await?;
         scavenge::report(&client, id).await
+    }
+
+    async fn lease(&self, name: &str, claim: &LeaseClaim) -> Result<Lease, StoreError> {
+        lease::claim(&**self.reader().await?, name, claim).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: Uuid) -> Result<(), StoreError> {
+        lease::release(&**self.reader().await?, name, holder).await
     }
 
     fn notifier(&self) -> &Notifier {

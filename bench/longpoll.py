@@ -263,7 +263,7 @@ def append_one(host, port, stream, event_id, timeout=30.0):
 
 
 def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_secs=30, rss_of=None,
-            sockstat=None, settle=0.0, timeout=120.0):
+            sockstat=None, settle=0.0, timeout=120.0, append_port=None):
     """Opens `waiters` long-polls on `stream` past event `next_number - 1`,
     wakes them with one append, and returns the figures.
 
@@ -272,6 +272,8 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
     `sockstat()` likewise (kernel TCP memory) before and after they connect.
     `long_poll_secs` must outlast the connecting, the settling and the RSS
     reading, or the first waiters would be answered (empty) before the append.
+    `append_port`, if given, is another server's port the append goes to
+    (a node on the same database as the waiters' one).
     """
     path = f"/streams/{stream}/{next_number}/forward/20?embed=body"
     request = (
@@ -317,7 +319,7 @@ def measure(host, port, stream, next_number, waiters, *, event_id, long_poll_sec
         # How long the first waiter had been waiting when the append went out:
         # it must stay well below `long_poll_secs`.
         result["oldest_wait_seconds"] = time.monotonic() - started
-        sent_at, acknowledged_at = append_one(host, port, stream, event_id)
+        sent_at, acknowledged_at = append_one(host, append_port or port, stream, event_id)
 
         read_responses(selector, responses, long_poll_secs + 30)
     finally:

@@ -51,10 +51,13 @@ def packages_for(sections):
         # AtomBus, the Plack server its documentation deploys it on, and the
         # SQLite driver for its database.
         packages.update({"libatombus-perl", "starman", "libdbd-sqlite3-perl"})
-    if "postgres" in sections:
+    if {"postgres", "nodes"} & sections:
         # The server, initdb, psql and pgbench (Debian's postgresql-NN
         # holds them all).
         packages.add("postgresql")
+    if "nodes" in sections:
+        # The failover: Patroni and its etcd.
+        packages.update({"patroni", "etcd-server"})
     return sorted(packages)
 
 
@@ -63,7 +66,7 @@ def build(sections=()):
     with the `postgres` feature, copied to `eventfeed-postgres`, so that
     `eventfeed` stays the default build (cargo keeps both builds' objects:
     switching back only links again)."""
-    if "postgres" in sections:
+    if {"postgres", "nodes"} & set(sections):
         log("cargo build --release --locked --features postgres")
         subprocess.run(["cargo", "build", "--release", "--locked", "-q", "--features", "postgres"], cwd=ROOT,
                        check=True)

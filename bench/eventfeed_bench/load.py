@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 
 from .common import BENCH
 
@@ -118,7 +119,9 @@ class Wrk:
         server = groups[0]
         before = (cpus_busy_seconds(cpus), sum(map(group_cpu_seconds, groups))) if server and cpus else None
         written_before = written_bytes(server) if server else None
-        combined = self.workdir / f"{script}.combined.lua"
+        # A file per run: runs in parallel (two nodes at once) must not
+        # rewrite each other's script while wrk loads it.
+        combined = self.workdir / f"{script}.{threading.get_ident()}.combined.lua"
         combined.write_text(self.common + "\n" + (BENCH / "wrk" / f"{script}.lua").read_text())
         argv = self.pinning.load(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
                                   "-s", str(combined), f"http://127.0.0.1:{port}", "--", *map(str, args)])

@@ -3,6 +3,7 @@ AtomBus, a PostgreSQL cluster): each in its own process group, on a
 loopback port, stopped (the group, by its id) at the end, whatever
 happens."""
 
+import json
 import os
 import re
 import shutil
@@ -267,6 +268,25 @@ def postgres_binaries():
     return found[-1][1]
 
 
+def unprivileged(directory):
+    """Creates `directory` for a server that refuses to run as root
+    (PostgreSQL, Patroni): when this run is root, owned by `nobody`, and
+    the argv prefix that runs a program as `nobody`; otherwise `[]`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return []
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    # The user must be able to reach the directory.
+    for parent in directory.parents:
+        if parent.stat().st_uid == 0 and not parent.stat().st_mode & 0o001:
+            parent.chmod(parent.stat().st_mode | 0o011)
+    return [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+            "--clear-groups", "--"]
+
+
 class Postgres:
     """A PostgreSQL cluster of the run's own: `initdb` into `directory`
     (on the data disk, beside the other stores), `postgres` on a free
@@ -303,19 +323,7 @@ class Postgres:
     def __init__(self, directory, pinning):
         self.bin = postgres_binaries()
         self.dir = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        as_user = []
-        if os.geteuid() == 0:
-            import pwd
-
-            nobody = pwd.getpwnam("nobody")
-            os.chown(directory, nobody.pw_uid, nobody.pw_gid)
-            # The user must be able to reach the directory.
-            for parent in directory.parents:
-                if parent.stat().st_uid == 0 and not parent.stat().st_mode & 0o001:
-                    parent.chmod(parent.stat().st_mode | 0o011)
-            as_user = [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={nobody.pw_uid}",
-                       f"--regid={nobody.pw_gid}", "--clear-groups", "--"]
+        as_user = unprivileged(directory)
         data = directory / "data"
         initdb = subprocess.run([*as_user, str(self.bin / "initdb"), "-D", str(data), "-U", "postgres",
                                  "--auth=trust", "-E", "UTF8", "--no-locale"],
@@ -364,3 +372,142 @@ class Postgres:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         PROCESSES.stop(self.process)
+
+
+class Patroni:
+    """A Patroni cluster of the run's own: one etcd and two PostgreSQL
+    members, a primary and a synchronous standby, on free loopback ports
+    in `directory`, as `nobody` when the run is root. The settings are the
+    failover test's (tests/common/patroni.rs): deploy/patroni/'s with a
+    10 s leader-key time to live and 1 s loop, so a dead primary is
+    replaced about 10 s after it died; synchronous_mode on, so the
+    promoted standby holds every acknowledged commit. fsync off: the run
+    kills processes, not the machine."""
+
+    MEMBER = """scope: eventfeed-bench
+name: {name}
+restapi:
+  listen: 127.0.0.1:{api}
+  connect_address: 127.0.0.1:{api}
+etcd3:
+  hosts: 127.0.0.1:{etcd}
+bootstrap:
+  dcs:
+    ttl: 10
+    loop_wait: 1
+    retry_timeout: 5
+    maximum_lag_on_failover: 0
+    synchronous_mode: true
+    postgresql:
+      use_pg_rewind: true
+      parameters:
+        synchronous_commit: "on"
+        wal_log_hints: "on"
+        max_connections: 200
+        fsync: "off"
+  initdb:
+    - encoding: UTF8
+    - no-locale
+    - auth: trust
+  pg_hba:
+    - host replication replicator 127.0.0.1/32 trust
+    - host all all 127.0.0.1/32 trust
+postgresql:
+  listen: 127.0.0.1:{port}
+  connect_address: 127.0.0.1:{port}
+  data_dir: {data}
+  bin_dir: {bin}
+  pgpass: {pgpass}
+  parameters:
+    unix_socket_directories: {dir}
+  authentication:
+    replication:
+      username: replicator
+      password: replicator
+    superuser:
+      username: postgres
+      password: postgres
+"""
+
+    def __init__(self, directory, pinning):
+        for program in ("patroni", "etcd"):
+            if not shutil.which(program):
+                raise SystemExit(f"bench/run: no `{program}` (Debian: patroni, etcd-server)")
+        self.dir = directory
+        self.as_user = unprivileged(directory)
+        self.pinning = pinning
+        etcd_client, etcd_peer = free_port(), free_port()
+        self.members = []
+        for index in (1, 2):
+            member = {"name": f"pg{index}", "port": free_port(), "api": free_port(),
+                      "config": directory / f"pg{index}.yml", "data": directory / f"pg{index}"}
+            member["config"].write_text(self.MEMBER.format(
+                name=member["name"], api=member["api"], etcd=etcd_client, port=member["port"],
+                data=json.dumps(str(member["data"])), bin=json.dumps(str(postgres_binaries())),
+                pgpass=json.dumps(str(directory / f"pg{index}.pgpass")), dir=json.dumps(str(directory))))
+            self.members.append(member)
+        if self.as_user:
+            subprocess.run(["chown", "-R", "nobody:", str(directory)], check=True)
+        self.etcd = PROCESSES.start(
+            pinning.server([*self.as_user, "etcd", "--name", "etcd", "--data-dir", str(directory / "etcd"),
+                            "--listen-client-urls", f"http://127.0.0.1:{etcd_client}",
+                            "--advertise-client-urls", f"http://127.0.0.1:{etcd_client}",
+                            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+                            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+                            "--initial-cluster", f"etcd=http://127.0.0.1:{etcd_peer}"]),
+            log=directory / "etcd.log", cwd=directory)
+        self.patronis = [None, None]
+        self.start_member(0)
+        wait_until(lambda: self.primary() == 0, 90, "a Patroni primary")
+        self.start_member(1)
+        wait_until(lambda: self.answers(1, "/sync"), 90, "a synchronous standby")
+        log("Patroni: a primary and a synchronous standby")
+
+    def start_member(self, index):
+        member = self.members[index]
+        self.patronis[index] = PROCESSES.start(
+            self.pinning.server([*self.as_user, "patroni", str(member["config"])]),
+            log=self.dir / f"{member['name']}.log", cwd=self.dir)
+
+    def url(self):
+        hosts = ",".join(f"127.0.0.1:{member['port']}" for member in self.members)
+        return f"postgres://postgres@{hosts}/postgres?target_session_attrs=read-write"
+
+    def answers(self, index, path):
+        """Whether member `index`'s REST API answers 200 to `path`."""
+        try:
+            return http_request(self.members[index]["api"], "GET", path, timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def primary(self):
+        return next((index for index in range(len(self.members)) if self.answers(index, "/primary")), None)
+
+    def kill_member(self, index):
+        """`kill -9` of member `index` as its machine dies: its Patroni and
+        its postmaster, with no chance to hand over."""
+        postmaster = self.members[index]["data"] / "postmaster.pid"
+        pid = int(postmaster.read_text().split()[0]) if postmaster.exists() else None
+        os.killpg(self.patronis[index].pid, signal.SIGKILL)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def stop(self):
+        for process in [*self.patronis, self.etcd]:
+            if process is not None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                PROCESSES.stop(process)
+        # The postmasters Patroni started outlive it; their pid files say which.
+        for member in self.members:
+            pid_file = member["data"] / "postmaster.pid"
+            if pid_file.exists():
+                try:
+                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass

@@ -37,7 +37,10 @@ TARGETS = {
     "postgres_batches": ("PostgreSQL backend, 20-event batches", "≥ 50,000 events/s", "the sled backend",
                          "postgres"),
     "postgres_page": ("PostgreSQL, uncached 20-entry page", "≥ 10,000 req/s", "the sled backend", "postgres"),
-    "cluster_longpoll": ("long-poll on node B after an append on node A", "p99 ≤ 50 ms", "—", None),
+    "cluster_longpoll": ("long-poll on node B after an append on node A, 100 waiters", "p99 ≤ 50 ms",
+                         "the waiters on node A", "nodes"),
+    "cluster_failover": ("failover with Patroni under append load", "no acknowledged append lost",
+                         "Patroni's promotion time", "nodes"),
     "web_ui": ("web UI first render, 1M-event store", "≤ 300 ms", "a blank static page; the same API call from Python",
                "ui"),
     "web_ui_tail": ("web UI live tail at 1,000 events/s", "none dropped from the window, main thread busy ≤ 50%",
@@ -67,6 +70,7 @@ POSTGRES_APPENDS_PER_SECOND = 10_000
 POSTGRES_APPENDS_OVER_BASELINE = 5
 POSTGRES_BATCH_EVENTS_PER_SECOND = 50_000
 POSTGRES_PAGES_PER_SECOND = 10_000
+CLUSTER_WAKE_P99_MS = 50
 UI_FIRST_RENDER_MS = 300
 UI_TAIL_BUSY_SHARE = 0.5
 

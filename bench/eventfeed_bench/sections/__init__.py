@@ -8,8 +8,8 @@ first, then a short method paragraph. A module may also have
 ([what, figure, reference in the same run, target and verdict]); the
 sections without one are left out of it."""
 
-from . import (appends, atombus, auth, longpoll, metrics, multiappend, postgres, projections, reads, scavenge,
-               startup, subscriptions, ui, varnish)
+from . import (appends, atombus, auth, longpoll, metrics, multiappend, nodes, postgres, projections, reads,
+               scavenge, startup, subscriptions, ui, varnish)
 
 MODULES = {
     "appends": appends,
@@ -23,6 +23,7 @@ MODULES = {
     "auth": auth,
     "metrics": metrics,
     "postgres": postgres,
+    "nodes": nodes,
     "atombus": atombus,
     "ui": ui,
     "startup": startup,

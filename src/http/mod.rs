@@ -26,10 +26,12 @@ mod auth;
 pub mod base_url;
 pub mod caching;
 mod challenge;
+pub mod client;
 pub mod cors;
 mod encoding;
 pub mod error;
 pub mod events_body;
+mod export;
 mod health;
 pub mod live;
 mod metadata;
@@ -146,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stream_list::router())
         .merge(metadata::router())
         .merge(admin::router())
+        .merge(export::router())
         .merge(subscriptions::router())
         .merge(system::router())
         .merge(scrape::router())

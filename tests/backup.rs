@@ -74,9 +74,14 @@ async fn load(base: String, n: usize, stop: Arc<AtomicBool>) -> Vec<Acked> {
     acked
 }
 
-fn max_latency(acked: &[Acked], within: impl Fn(&Acked) -> bool) -> (Duration, usize) {
-    let latencies: Vec<Duration> = acked.iter().filter(|a| within(a)).map(|a| a.answered - a.sent).collect();
-    (latencies.iter().copied().max().unwrap_or_default(), latencies.len())
+/// The longest and the 99th-percentile latency of the appends `within`
+/// selects, and how many there were.
+fn max_latency(acked: &[Acked], within: impl Fn(&Acked) -> bool) -> (Duration, Duration, usize) {
+    let mut latencies: Vec<Duration> =
+        acked.iter().filter(|a| within(a)).map(|a| a.answered - a.sent).collect();
+    latencies.sort_unstable();
+    let p99 = latencies.get(latencies.len() * 99 / 100).copied().unwrap_or_default();
+    (latencies.last().copied().unwrap_or_default(), p99, latencies.len())
 }
 
 fn token(position: u64) -> String {
@@ -141,10 +146,11 @@ async fn a_backup_under_load_holds_exactly_the_log_below_its_head() {
         acked.extend(loader.await.unwrap());
     }
 
-    let (during, during_count) = max_latency(&acked, |a| a.sent >= started && a.answered <= ended);
-    let (before, before_count) = max_latency(&acked, |a| a.answered < started);
+    let (during, during_p99, during_count) =
+        max_latency(&acked, |a| a.sent >= started && a.answered <= ended);
+    let (before, before_p99, before_count) = max_latency(&acked, |a| a.answered < started);
     eprintln!(
-        "backup took {:?}; longest append latency without a backup {before:?} ({before_count} appends), during it {during:?} ({during_count} appends)",
+        "backup took {:?}; append latency without a backup: max {before:?}, p99 {before_p99:?} ({before_count} appends); during it: max {during:?}, p99 {during_p99:?} ({during_count} appends)",
         ended - started
     );
     assert!(during_count > 0, "appends went on during the backup");

@@ -136,6 +136,10 @@ pub async fn write_export(
             if writer.buffered() >= STEP_BYTES {
                 out.write(writer.take()).await?;
             }
+            // IMPORTANT: an export of a running server shares its async
+            // threads with the requests; a chunk is a few milliseconds of
+            // reading and encoding, and the requests waiting go first.
+            tokio::task::yield_now().await;
         }
     }
     let (counts, checksum, rest) = writer.finish()?;

@@ -354,6 +354,20 @@ async fn refusals_name_the_problem_and_write_nothing() {
     let (ok, said) = import_sled(&truncated, &fresh);
     assert!(!ok && said.contains("cut short"), "{said}");
 
+    // Through a pipe: standard output to standard input, checked as it loads.
+    let piped = work.path().join("piped");
+    let bin = env!("CARGO_BIN_EXE_eventfeed");
+    let script = format!(
+        "'{bin}' export --data-dir '{}' | '{bin}' import --from - --data-dir '{}'",
+        source_dir.display(),
+        piped.display()
+    );
+    let output = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let again = work.path().join("piped.ndjson");
+    export_sled(&piped, &again);
+    assert_eq!(std::fs::read(&exported).unwrap(), std::fs::read(&again).unwrap());
+
     // No store where an export looks.
     let (ok, said) =
         eventfeed(&["export", "--data-dir", path_str(&work.path().join("nothing")), "--to", "-"]);

@@ -248,6 +248,9 @@ async fn a_store_round_trips_through_sled_and_postgres_with_identical_pages() {
     original.stop().await;
 
     export_sled(&original_dir, &exported);
+    let text = std::fs::read_to_string(&exported).unwrap();
+    let spent = text.lines().filter(|line| line.starts_with("{\"t\":\"id\"")).count();
+    assert!(spent >= 7 + 5 + 5, "the ids of the events the scavenge removed are carried: {spent}");
     let sled_copy = work.path().join("sled-copy");
     let (ok, said) = import_sled(&exported, &sled_copy);
     assert!(ok, "{said}");

@@ -998,7 +998,8 @@ async fn an_export_loads_into_an_empty_store_unchanged(backend: Backend) {
     use eventfeed::transfer::{self, Quiet, WriteSink};
 
     let store = backend.open().await;
-    put(&store, "Order-1", fresh(4, "Placed")).await;
+    let early = fresh(4, "Placed");
+    put(&store, "Order-1", early.clone()).await;
     let late = fresh(6, "Placed");
     put(&store, "Order-1", late.clone()).await;
     put(&store, "$$Order-1", metadata(r#"{"$maxCount":3}"#)).await;
@@ -1035,11 +1036,13 @@ async fn an_export_loads_into_an_empty_store_unchanged(backend: Backend) {
         };
         assert_eq!(read(Arc::clone(&copy)).await, read(Arc::clone(&store)).await, "{stream}");
     }
-    // The ids of the events it holds stay spent (not those of events a
-    // scavenge removed: an export does not carry them), and both go on
-    // from the same head.
+    // Ids stay spent, those of events a scavenge removed too, and both go
+    // on from the same head.
     let retried = append(&copy, "Order-1", ExpectedVersion::Any, late[3..].to_vec()).await.unwrap();
     assert!(retried.idempotent && retried.first_number == 7, "{retried:?}");
+    let retried = append(&copy, "Order-1", ExpectedVersion::Any, early).await.unwrap();
+    assert!(retried.idempotent && retried.first_number == 0, "a scavenged event's id: {retried:?}");
+    assert_eq!(imported.counts.ids, 4 + 6 - 3 + 2 + 3, "the ids of the events the scavenge removed");
     let next = fresh(1, "Placed");
     let original_next = append(&store, "Order-4", ExpectedVersion::Any, next.clone()).await.unwrap();
     assert_eq!(append(&copy, "Order-4", ExpectedVersion::Any, next).await.unwrap(), original_next);

@@ -29,9 +29,9 @@ use super::projections::Projections;
 use super::retention::{self, now_micros};
 use super::rules::{self, Part, Parts};
 use super::{
-    AllRead, AllSlice, Append, AppendOutcome, ExpectedVersion, Head, ImportStep, Notifier, ReadEvent,
-    RecordedEvent, ScavengeReport, ScavengeStarted, ScavengeStatus, Store, StoreError, StoredEntry,
-    StreamRead, StreamSettings, StreamSlice, StreamState, StreamView,
+    AllRead, AllSlice, Append, AppendOutcome, ExpectedVersion, ExportSnapshot, Head, ImportStep, Notifier,
+    ReadEvent, RecordedEvent, ScavengeReport, ScavengeStarted, ScavengeStatus, SpentId, Store, StoreError,
+    StoredEntry, StreamRead, StreamSettings, StreamSlice, StreamState, StreamView,
 };
 
 /// How many positions one `$all` read examines at most.
@@ -423,6 +423,10 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<StoredEntry>, StoreError> {
         self.lock()?.export_entries(stream, from, below, limit)
+    }
+
+    async fn export_spent_ids(&self, snapshot: &ExportSnapshot) -> Result<Vec<SpentId>, StoreError> {
+        self.lock()?.export_spent_ids(snapshot)
     }
 
     /// Under the lock, like every write; the head moves at the finish.

@@ -274,6 +274,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         Err(StoreError::Invalid("this store cannot be exported".into()))
     }
 
+    /// The ids of the events a scavenge removed from the streams of
+    /// `snapshot`, below their numbers there, by stream and number: they
+    /// stay spent in a store loaded from the export. Held in memory (a few
+    /// dozen bytes each).
+    async fn export_spent_ids(&self, snapshot: &ExportSnapshot) -> Result<Vec<SpentId>, StoreError> {
+        let _ = snapshot;
+        Err(StoreError::Invalid("this store cannot be exported".into()))
+    }
+
     /// Loads an export, step by step (see [`ImportStep`]): records keep
     /// their positions, numbers and creation times. Only into an empty
     /// store, and only one import at a time, with nothing else writing.

@@ -532,6 +532,20 @@ pub enum ImportStep {
 /// What an import writes.
 #[derive(Debug, Clone)]
 pub enum ImportItem {
-    Stream { name: String, state: StreamState },
+    Stream {
+        name: String,
+        state: StreamState,
+    },
     Entry(StoredEntry),
+    /// The id of an event a scavenge removed: still spent.
+    SpentId(SpentId),
+}
+
+/// An event id written as event `number` of `stream`, whose event a
+/// scavenge has removed: ids are spent forever, so an export carries it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SpentId {
+    pub stream: String,
+    pub number: u64,
+    pub id: Uuid,
 }

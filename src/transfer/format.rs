@@ -5,7 +5,8 @@
 //! {"t":"stream","name":"Order-1","nextNumber":3,…,"h":"…"}      every stream's state, in name order,
 //! {"t":"event","stream":"Order-1","number":0,"position":7,…}     each followed by its entries
 //! {"t":"link","stream":"$ce-Order","number":0,"position":7,…}    in number order
-//! {"t":"end","streams":56,"events":1000,"links":2000,"blake2b":"…","h":"…"}
+//! {"t":"id","stream":"Order-1","number":2,"id":"…","h":"…"}          ids of events a scavenge removed
+//! {"t":"end","streams":56,"events":1000,"links":2000,"ids":3,"blake2b":"…","h":"…"}
 //! ```
 //!
 //! Every line ends with `"h"`, a hash chain: the first 8 bytes (hex) of
@@ -85,10 +86,14 @@ pub enum Line {
         target_stream: String,
         target_number: u64,
     },
+    /// The id of an event a scavenge removed (still spent), after every
+    /// stream.
+    Id { stream: String, number: u64, id: Uuid },
     End {
         streams: u64,
         events: u64,
         links: u64,
+        ids: u64,
         /// BLAKE2b-256 (hex) of every byte before this line.
         blake2b: String,
     },
@@ -232,6 +237,7 @@ pub struct Counts {
     pub streams: u64,
     pub events: u64,
     pub links: u64,
+    pub ids: u64,
     /// Bytes of the file, the end line included.
     pub bytes: u64,
 }
@@ -242,6 +248,7 @@ impl Counts {
             Line::Stream { .. } => self.streams += 1,
             Line::Event { .. } => self.events += 1,
             Line::Link { .. } => self.links += 1,
+            Line::Id { .. } => self.ids += 1,
             Line::Header { .. } | Line::End { .. } => {}
         }
     }
@@ -345,9 +352,9 @@ impl<W: Write> LineWriter<W> {
     /// Writes the end line and flushes; returns what was written, the
     /// checksum the end line holds, and the writer's output.
     pub fn finish(mut self) -> Result<(Counts, String, W), TransferError> {
-        let Counts { streams, events, links, .. } = self.counts;
+        let Counts { streams, events, links, ids, .. } = self.counts;
         let checksum = self.hashes.file_checksum();
-        self.write(&Line::End { streams, events, links, blake2b: checksum.clone() })?;
+        self.write(&Line::End { streams, events, links, ids, blake2b: checksum.clone() })?;
         self.out.flush().map_err(|e| TransferError::new(format!("cannot write the export: {e}")))?;
         Ok((self.counts, checksum, self.out))
     }
@@ -444,14 +451,14 @@ impl<R: BufRead> LineReader<R> {
         }
         let line: Line =
             serde_json::from_slice(&body).map_err(|e| corrupt(&format!("not a line of this format: {e}")))?;
-        if let Line::End { streams, events, links, blake2b } = &line {
-            let counted = (self.counts.streams, self.counts.events, self.counts.links);
-            if (*streams, *events, *links) != counted {
+        if let Line::End { streams, events, links, ids, blake2b } = &line {
+            let counted = (self.counts.streams, self.counts.events, self.counts.links, self.counts.ids);
+            if (*streams, *events, *links, *ids) != counted {
                 return Err(TransferError::at(
                     self.line,
                     format!(
-                        "the end line counts {streams} streams, {events} events and {links} links; the file holds {} , {} and {}",
-                        counted.0, counted.1, counted.2
+                        "the end line counts {streams} streams, {events} events, {links} links and {ids} ids; the file holds {}, {}, {} and {}",
+                        counted.0, counted.1, counted.2, counted.3
                     ),
                 ));
             }
@@ -530,7 +537,7 @@ mod tests {
         assert_eq!(lines.len(), 4);
         let event = event_of(lines[2].clone()).unwrap().unwrap();
         assert_eq!(&event.data[..], b"\xff\x00 not utf-8");
-        assert!(matches!(lines[3], Line::End { events: 1, streams: 1, links: 0, .. }));
+        assert!(matches!(lines[3], Line::End { events: 1, streams: 1, links: 0, ids: 0, .. }));
     }
 
     #[test]

@@ -13,9 +13,9 @@
 //! Everything else the server keeps lives in streams, so it comes along:
 //! stream metadata (`$$stream`), users (`$user-…`, `$users`), persistent
 //! subscription groups (`$persistentSubscriptionConfig`) with their
-//! checkpoints and parked messages (`$persistentsubscription-…`). Not
-//! carried: the scavenge reports, and the ids of events a scavenge has
-//! removed (a retry of such an event after the move is a new append).
+//! checkpoints and parked messages (`$persistentsubscription-…`). The ids
+//! of events a scavenge removed come along too, since ids are spent
+//! forever. Not carried: the scavenge reports.
 //!
 //! An export reads the store's state at one moment
 //! ([`Store::export_snapshot`]), then each stream's entries below the
@@ -31,7 +31,7 @@ use std::io::{BufRead, Write};
 use async_trait::async_trait;
 
 use self::format::{Counts, FORMAT, Line, LineReader, LineWriter, TransferError, VERSION};
-use crate::store::{ExportSnapshot, ImportItem, ImportStep, Store, StoredEntry};
+use crate::store::{ExportSnapshot, ImportItem, ImportStep, SpentId, Store, StoredEntry};
 
 /// Entries asked of the store at a time, and items written to it at a time.
 const CHUNK: usize = 1_000;
@@ -142,6 +142,11 @@ pub async fn write_export(
             tokio::task::yield_now().await;
         }
     }
+    // Ids stay spent after a scavenge removed their events; the copy
+    // keeps them so.
+    for spent in store.export_spent_ids(&snapshot).await? {
+        writer.write(&Line::Id { stream: spent.stream, number: spent.number, id: spent.id })?;
+    }
     let (counts, checksum, rest) = writer.finish()?;
     out.write(rest).await?;
     drop(snapshot.hold);
@@ -218,6 +223,8 @@ struct Checks {
     /// The number the next entry of that stream must reach.
     next_entry: u64,
     last_created_micros: i64,
+    /// An id line was read: only ids and the end follow.
+    ids_started: bool,
 }
 
 impl Checks {
@@ -241,9 +248,17 @@ impl Checks {
         }
         match line {
             Line::Header { .. } => Err(fail("a second header".into())),
+            Line::Id { stream, number, id } => {
+                self.stream = None;
+                self.ids_started = true;
+                Ok(Some(ImportItem::SpentId(SpentId { stream, number, id })))
+            }
             Line::End { .. } => Ok(None),
             line @ Line::Stream { .. } => {
                 let Some((name, state)) = format::state_of(&line) else { return Ok(None) };
+                if self.ids_started {
+                    return Err(fail(format!("stream '{name}' comes after the ids, which end the streams")));
+                }
                 if self.stream.as_ref().is_some_and(|(previous, _)| previous.as_bytes() >= name.as_bytes()) {
                     return Err(fail(format!("stream '{name}' is out of order or repeated")));
                 }

@@ -1,11 +1,12 @@
 //! Exports and imports of the memory store: its entries as stored, and an
 //! import that puts records back exactly where they were.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Data, Entry, Stream};
 use crate::store::rules::{READ_BYTES, not_empty_target};
-use crate::store::{ImportItem, ImportStep, StoreError, StoredEntry, StoredLink};
+use crate::store::{ExportSnapshot, ImportItem, ImportStep, SpentId, StoreError, StoredEntry, StoredLink};
 
 impl Data {
     pub(super) fn export_entries(
@@ -41,6 +42,20 @@ impl Data {
             });
         }
         Ok(entries)
+    }
+
+    pub(super) fn export_spent_ids(&self, snapshot: &ExportSnapshot) -> Result<Vec<SpentId>, StoreError> {
+        let below: HashMap<&str, u64> =
+            snapshot.streams.iter().map(|(name, state)| (name.as_str(), state.next_number)).collect();
+        let mut spent: Vec<SpentId> = (self.ids.iter())
+            .filter(|((_, stream), number)| {
+                below.get(stream.as_str()).is_some_and(|below| *number < below)
+                    && self.streams.get(stream).is_some_and(|found| found.entry(**number).is_none())
+            })
+            .map(|((id, stream), number)| SpentId { stream: stream.clone(), number: *number, id: *id })
+            .collect();
+        spent.sort_unstable();
+        Ok(spent)
     }
 
     pub(super) fn import(&mut self, step: ImportStep) -> Result<(), StoreError> {
@@ -86,6 +101,9 @@ impl Data {
                 let stream = event.stream.to_string();
                 let number = event.number;
                 self.place(&stream, number, Entry::Event(event))?;
+            }
+            ImportItem::SpentId(spent) => {
+                self.ids.insert((spent.id, spent.stream), spent.number);
             }
             ImportItem::Entry(StoredEntry::Link(link)) => {
                 let entry = Entry::Link {

@@ -45,9 +45,9 @@ use tokio_postgres::{Client, NoTls, Row};
 use uuid::Uuid;
 
 use super::{
-    AllRead, AllSlice, Append, AppendOutcome, ExpectedVersion, Head, ImportStep, Notifier, PostgresOptions,
-    ReadEvent, ScavengeReport, ScavengeStarted, Store, StoreError, StoredEntry, StreamRead, StreamSettings,
-    StreamSlice, StreamState, StreamView,
+    AllRead, AllSlice, Append, AppendOutcome, ExpectedVersion, ExportSnapshot, Head, ImportStep, Notifier,
+    PostgresOptions, ReadEvent, ScavengeReport, ScavengeStarted, SpentId, Store, StoreError, StoredEntry,
+    StreamRead, StreamSettings, StreamSlice, StreamState, StreamView,
 };
 
 /// How many connections reads may hold at once (the writer and the
@@ -435,6 +435,11 @@ impl Store for PgStore {
     ) -> Result<Vec<StoredEntry>, StoreError> {
         let client = self.reader().await?;
         transfer::export_entries(&client, stream, from, below, limit).await
+    }
+
+    async fn export_spent_ids(&self, snapshot: &ExportSnapshot) -> Result<Vec<SpentId>, StoreError> {
+        let client = self.reader().await?;
+        transfer::export_spent_ids(&client, snapshot).await
     }
 
     /// With `COPY`, a transaction per step (see [`transfer`]).

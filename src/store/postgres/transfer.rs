@@ -7,6 +7,7 @@
 //! meanwhile (other nodes stopped). `Begin` refuses a database that holds
 //! a stream or has used a position, before anything is written.
 
+use std::collections::HashMap;
 use std::pin::pin;
 
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -15,7 +16,7 @@ use tokio_postgres::{Client, Transaction};
 
 use super::{db_error, signed, unsigned};
 use crate::store::rules::{READ_BYTES, not_empty_target};
-use crate::store::{ImportItem, RecordedEvent, StoreError, StoredEntry, StoredLink};
+use crate::store::{ExportSnapshot, ImportItem, RecordedEvent, SpentId, StoreError, StoredEntry, StoredLink};
 
 /// See [`crate::store::Store::export_entries`]: one index range scan of
 /// `stream_entries`, joined to the payloads of its events.
@@ -79,6 +80,30 @@ pub(super) async fn export_entries(
     Ok(entries)
 }
 
+/// See [`crate::store::Store::export_spent_ids`]: the ids without an
+/// entry left, one scan of `event_ids`.
+pub(super) async fn export_spent_ids(
+    client: &Client,
+    snapshot: &ExportSnapshot,
+) -> Result<Vec<SpentId>, StoreError> {
+    let below: HashMap<&str, u64> =
+        snapshot.streams.iter().map(|(name, state)| (name.as_str(), state.next_number)).collect();
+    let rows = client
+        .query(
+            "SELECT i.stream, i.number, i.id FROM event_ids i WHERE NOT EXISTS \
+             (SELECT 1 FROM stream_entries s WHERE s.stream = i.stream AND s.number = i.number)",
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+    let mut spent: Vec<SpentId> = (rows.iter())
+        .map(|row| SpentId { stream: row.get(0), number: unsigned(row.get(1)), id: row.get(2) })
+        .filter(|spent| below.get(spent.stream.as_str()).is_some_and(|below| spent.number < *below))
+        .collect();
+    spent.sort_unstable();
+    Ok(spent)
+}
+
 /// Refuses a database that holds anything.
 pub(super) async fn begin(client: &Client) -> Result<(), StoreError> {
     let row = client
@@ -98,10 +123,11 @@ pub(super) async fn begin(client: &Client) -> Result<(), StoreError> {
 /// Loads `items` in one transaction, a `COPY` per table.
 pub(super) async fn write(client: &mut Client, items: Vec<ImportItem>) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(db_error)?;
-    let (mut streams, mut events, mut entries) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut streams, mut events, mut entries, mut spent) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for item in items {
         match item {
             ImportItem::Stream { name, state } => streams.push((name, state)),
+            ImportItem::SpentId(id) => spent.push(id),
             ImportItem::Entry(StoredEntry::Event(event)) => events.push(event),
             ImportItem::Entry(StoredEntry::Link(link)) => entries.push(link),
         }
@@ -213,11 +239,15 @@ pub(super) async fn write(client: &mut Client, items: Vec<ImportItem>) -> Result
         &tx,
         "COPY event_ids (stream, id, number) FROM STDIN (FORMAT binary)",
         &[Type::TEXT, Type::UUID, Type::INT8],
-        events.iter().map(|event| {
-            let row: Vec<Box<dyn ToSql + Sync + Send>> =
-                vec![Box::new(event.stream.to_string()), Box::new(event.id), Box::new(signed(event.number))];
-            row
-        }),
+        events
+            .iter()
+            .map(|event| (event.stream.to_string(), event.id, event.number))
+            .chain(spent.into_iter().map(|spent| (spent.stream, spent.id, spent.number)))
+            .map(|(stream, id, number)| {
+                let row: Vec<Box<dyn ToSql + Sync + Send>> =
+                    vec![Box::new(stream), Box::new(id), Box::new(signed(number))];
+                row
+            }),
     )
     .await?;
     tx.commit().await.map_err(db_error)

@@ -60,7 +60,7 @@ use self::writer::{Files, Start, Writer};
 use super::projections::Projections;
 use super::{
     AfterRelease, AllRead, AllSlice, Append, AppendOutcome, DiskSpace, Durability, ExpectedVersion,
-    ExportSnapshot, Head, ImportStep, Notifier, ReadEvent, ScavengeReport, ScavengeStarted, Store,
+    ExportSnapshot, Head, ImportStep, Notifier, ReadEvent, ScavengeReport, ScavengeStarted, SpentId, Store,
     StoreError, StoredEntry, StreamRead, StreamSlice, StreamState, StreamView,
 };
 
@@ -395,6 +395,10 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<StoredEntry>, StoreError> {
         transfer::export_entries(&self.db.get(), stream, from, below, limit)
+    }
+
+    async fn export_spent_ids(&self, snapshot: &ExportSnapshot) -> Result<Vec<SpentId>, StoreError> {
+        transfer::export_spent_ids(&self.db.get(), snapshot)
     }
 
     async fn import(&self, step: ImportStep) -> Result<(), StoreError> {

@@ -16,16 +16,19 @@
 //!   as a commit of appends adds them. `Begin` refuses a store that holds
 //!   anything, before anything is written.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use uuid::Uuid;
+
 use super::codec::{self, Entry, EventFields};
-use super::entries::visit_stored_values;
+use super::entries::{stored_entry, visit_stored_values};
 use super::id_index::IdOwners;
 use super::keys;
 use crate::store::rules::{READ_BYTES, not_empty_target};
 use crate::store::{
-    Direction, ExportSnapshot, Head, ImportItem, ImportStep, StoreError, StoredEntry, StoredLink,
+    Direction, ExportSnapshot, Head, ImportItem, ImportStep, SpentId, StoreError, StoredEntry, StoredLink,
 };
 
 /// Every stream's state and `head`, read by the writer between batches.
@@ -84,6 +87,45 @@ pub(super) fn export_entries(
         })
     })?;
     Ok(found)
+}
+
+/// See [`crate::store::Store::export_spent_ids`]. The id index is keyed by
+/// id, not by stream, so this is one scan of it, in key order, as
+/// `IdFilter::fill` scans it (the order in which merges move ids, so none
+/// is missed while they go on; one met twice is kept once), keeping the
+/// ids whose entry is gone.
+pub(super) fn export_spent_ids(db: &sled::Db, snapshot: &ExportSnapshot) -> Result<Vec<SpentId>, StoreError> {
+    let below: HashMap<&str, u64> =
+        snapshot.streams.iter().map(|(name, state)| (name.as_str(), state.next_number)).collect();
+    let mut spent = Vec::new();
+    let mut keep = |stream: &str, number: u64, id: Uuid| -> Result<(), StoreError> {
+        if below.get(stream).is_some_and(|below| number < *below)
+            && stored_entry(db, stream, number)?.is_none()
+        {
+            spent.push(SpentId { stream: stream.to_owned(), number, id });
+        }
+        Ok(())
+    };
+    for item in db.scan_prefix([keys::EVENT_ID]) {
+        let (key, value) = item?;
+        let id = key.get(1..).and_then(|bytes| Uuid::from_slice(bytes).ok());
+        let id = id.ok_or_else(|| StoreError::Corrupt("an event id key is malformed".into()))?;
+        let (stream, number) = codec::decode_event_ref(&value)?;
+        keep(&stream, number, id)?;
+    }
+    for keyspace in [keys::ID_SEGMENT, keys::ID_RUN] {
+        for value in db.scan_prefix([keyspace]).values() {
+            let value = value?;
+            let table = codec::decode_id_table(&value)?;
+            for index in 0..table.len() {
+                let (id, stream, number) = table.get(index)?;
+                keep(stream, number, id)?;
+            }
+        }
+    }
+    spent.sort_unstable();
+    spent.dedup();
+    Ok(spent)
 }
 
 /// The writer's record of an import under way.
@@ -152,6 +194,9 @@ impl Importing {
                             let log_entry = codec::encode_log_entry(&event.stream, event.number, 1);
                             put(&keys::log(event.position), log_entry, &mut staged);
                             staged.ids.insert(event.id, (Arc::clone(&event.stream), event.number));
+                        }
+                        ImportItem::SpentId(spent) => {
+                            staged.ids.insert(spent.id, (Arc::from(spent.stream.as_str()), spent.number));
                         }
                         ImportItem::Entry(StoredEntry::Link(link)) => {
                             let entry = codec::encode_link_entry(

@@ -23,10 +23,108 @@ pub struct Cli {
     pub command: Command,
 }
 
+// One value, parsed once at start: boxing the server's options to make
+// the other commands' variants smaller would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
     Serve(ServeConfig),
+    /// Write a whole store as NDJSON (docs/moving.md), to move it to
+    /// another backend or keep it; the store must not be in use.
+    Export(ExportArgs),
+    /// Load an export into an empty store of either backend, after
+    /// checking the file's every line, counts and checksum.
+    Import(ImportArgs),
+    /// Copy a running server's store, consistent at one head position,
+    /// into a new directory (docs/operations.md, Backup).
+    Backup(BackupArgs),
+    /// Check a backup: its export, its manifest, and its store.
+    Verify(VerifyArgs),
+}
+
+/// Which store an export reads or an import writes: the same options, and
+/// environment variables, as the server's.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// `sled`, the embedded store in `--data-dir`, or a PostgreSQL
+    /// connection string.
+    #[arg(long, env = "EVENTFEED_STORE", default_value = "sled", hide_env_values = true, value_parser = store_choice)]
+    pub store: String,
+    /// Directory of the embedded store.
+    #[arg(long, env = "EVENTFEED_DATA_DIR", default_value = "./eventfeed-data")]
+    pub data_dir: PathBuf,
+    /// As the server's: opening a store with other projections than it
+    /// was maintained with would start rebuilding them.
+    #[arg(long, env = "EVENTFEED_PROJECTION_BY_CATEGORY", default_value_t = true, action = ArgAction::Set)]
+    pub projection_by_category: bool,
+    #[arg(long, env = "EVENTFEED_PROJECTION_BY_EVENT_TYPE", default_value_t = true, action = ArgAction::Set)]
+    pub projection_by_event_type: bool,
+    #[arg(long, env = "EVENTFEED_PROJECTION_STREAMS", default_value_t = true, action = ArgAction::Set)]
+    pub projection_streams: bool,
+}
+
+impl StoreArgs {
+    /// Whether the store is the embedded one.
+    pub fn is_sled(&self) -> bool {
+        !is_postgres(&self.store)
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        let projections = Projections {
+            by_category: self.projection_by_category,
+            by_event_type: self.projection_by_event_type,
+            streams: self.projection_streams,
+        };
+        if is_postgres(&self.store) {
+            return StoreConfig::Postgres(PostgresOptions {
+                url: self.store.clone(),
+                durability: Durability::Fsync,
+                projections,
+            });
+        }
+        let mut options = SledStoreOptions::new(&self.data_dir);
+        options.projections = projections;
+        StoreConfig::Sled(options)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The file to write, `-` for standard output.
+    #[arg(long, default_value = "-")]
+    pub to: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// The directory to make the backup in; it must not exist or be empty.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// The running server, `http://host:port`.
+    #[arg(long, env = "EVENTFEED_BACKUP_SERVER", default_value = "http://127.0.0.1:2113")]
+    pub server: String,
+    /// `login:password` of a member of `$admins`.
+    #[arg(long, env = "EVENTFEED_BACKUP_USER", hide_env_values = true)]
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The backup's directory.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The export to load, `-` for standard input (then it cannot be
+    /// checked before it is loaded: a bad line stops the import there).
+    #[arg(long)]
+    pub from: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -311,7 +409,7 @@ impl ServeConfig {
     /// loopback (for tests and embedding).
     pub fn for_dir(data_dir: impl Into<PathBuf>) -> Self {
         let mut config = Cli::parse_from(["eventfeed", "serve"]);
-        let Command::Serve(ref mut serve) = config.command;
+        let Command::Serve(ref mut serve) = config.command else { unreachable!("parsed as serve") };
         serve.data_dir = data_dir.into();
         serve.bind = SocketAddr::from(([127, 0, 0, 1], 0));
         serve.clone()
@@ -328,28 +426,41 @@ mod tests {
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(error.to_string().contains("not a log filter"), "{error}");
         let Command::Serve(config) =
-            Cli::try_parse_from(["eventfeed", "serve", "--log", "warn,eventfeed=debug"]).unwrap().command;
+            Cli::try_parse_from(["eventfeed", "serve", "--log", "warn,eventfeed=debug"]).unwrap().command
+        else {
+            unreachable!("parsed as serve")
+        };
         assert_eq!(config.log_filter, "warn,eventfeed=debug");
     }
 
     #[test]
     fn metrics_are_on_and_private_unless_told() {
-        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command;
+        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command else {
+            unreachable!("parsed as serve")
+        };
         assert!(config.metrics && !config.metrics_public);
         assert_eq!(config.shutdown_drain_secs, 0);
         let Command::Serve(config) =
-            Cli::try_parse_from(["eventfeed", "serve", "--metrics-public"]).unwrap().command;
+            Cli::try_parse_from(["eventfeed", "serve", "--metrics-public"]).unwrap().command
+        else {
+            unreachable!("parsed as serve")
+        };
         assert!(config.metrics_public);
         let Command::Serve(config) =
             Cli::try_parse_from(["eventfeed", "serve", "--metrics-public", "false", "--metrics", "false"])
                 .unwrap()
-                .command;
+                .command
+        else {
+            unreachable!("parsed as serve")
+        };
         assert!(!config.metrics_public && !config.metrics);
     }
 
     #[test]
     fn timeouts_are_between_a_second_and_a_day() {
-        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command;
+        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command else {
+            unreachable!("parsed as serve")
+        };
         assert_eq!(
             (config.header_timeout_secs, config.body_timeout_secs, config.idle_timeout_secs),
             (10, 10, 75)
@@ -370,7 +481,10 @@ mod tests {
         let Command::Serve(config) =
             Cli::try_parse_from(["eventfeed", "serve", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
                 .unwrap()
-                .command;
+                .command
+        else {
+            unreachable!("parsed as serve")
+        };
         assert_eq!((config.tls_cert.unwrap(), config.tls_key.unwrap()), ("c.pem".into(), "k.pem".into()));
         for alone in [["--tls-cert", "c.pem"], ["--tls-key", "k.pem"]] {
             let error = Cli::try_parse_from(["eventfeed", "serve", alone[0], alone[1]]).unwrap_err();
@@ -389,7 +503,10 @@ mod tests {
             "HTTP://b.example:8080,https://c.example:443",
         ])
         .unwrap()
-        .command;
+        .command
+        else {
+            unreachable!("parsed as serve")
+        };
         assert_eq!(config.cors_origins, ["https://a.example", "http://b.example:8080", "https://c.example"]);
         let error = Cli::try_parse_from(["eventfeed", "serve", "--cors-origin", "a.example"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
@@ -400,7 +517,7 @@ mod tests {
     fn an_advertised_url_is_plain_http_to_a_host_and_port() {
         let parse = |url: &str| {
             Cli::try_parse_from(["eventfeed", "serve", "--advertise-url", url]).map(|cli| {
-                let Command::Serve(config) = cli.command;
+                let Command::Serve(config) = cli.command else { unreachable!("parsed as serve") };
                 config.advertise_url
             })
         };
@@ -415,7 +532,9 @@ mod tests {
 
     #[test]
     fn the_store_is_sled_or_a_postgres_connection_string() {
-        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command;
+        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command else {
+            unreachable!("parsed as serve")
+        };
         assert!(matches!(config.store_config(), StoreConfig::Sled(_)));
         for url in [
             "postgres://u:secret@db/events",
@@ -423,7 +542,10 @@ mod tests {
             "host=db",
         ] {
             let Command::Serve(config) =
-                Cli::try_parse_from(["eventfeed", "serve", "--store", url]).unwrap().command;
+                Cli::try_parse_from(["eventfeed", "serve", "--store", url]).unwrap().command
+            else {
+                unreachable!("parsed as serve")
+            };
             let StoreConfig::Postgres(options) = config.store_config() else { panic!("{url}") };
             assert_eq!(options.url, url);
             assert!(!format!("{options:?}").contains("secret"), "the password stays out of logs");
@@ -438,10 +560,15 @@ mod tests {
             [("fsync", Durability::Fsync), ("flush", Durability::Flush), ("none", Durability::None)]
         {
             let Command::Serve(config) =
-                Cli::try_parse_from(["eventfeed", "serve", "--durability", word]).unwrap().command;
+                Cli::try_parse_from(["eventfeed", "serve", "--durability", word]).unwrap().command
+            else {
+                unreachable!("parsed as serve")
+            };
             assert_eq!(config.durability, mode);
         }
-        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command;
+        let Command::Serve(config) = Cli::try_parse_from(["eventfeed", "serve"]).unwrap().command else {
+            unreachable!("parsed as serve")
+        };
         assert_eq!(config.durability, Durability::Fsync);
         let error = Cli::try_parse_from(["eventfeed", "serve", "--durability", "sometimes"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue);

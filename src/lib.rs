@@ -19,6 +19,8 @@
 //!   group state machine, strategies, checkpoints and parking.
 //! - [`security`]: users, credentials and access control lists, as v5
 //!   defined them; `http::auth` applies them to requests.
+//! - [`transfer`]: moving a store: `export`, `import` (NDJSON, either
+//!   backend), and the online `backup` and `verify` built on them.
 //! - [`hash`]: stable hashes for ETags and derived ids.
 //! - [`json`]: JSON as the server takes it in (no key given twice).
 //! - [`xml`]: XML 1.0's characters and names, and a walk through a
@@ -37,6 +39,7 @@ pub mod security;
 pub mod server;
 pub mod store;
 pub mod subscriptions;
+pub mod transfer;
 pub mod xml;
 
 pub use http::{AppState, Limits};

@@ -2,8 +2,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use eventfeed::config::{Cli, Command, LogFormat};
+use eventfeed::config::{Cli, Command, LogFormat, ServeConfig};
 use eventfeed::server::{Server, shutdown_signal};
+use eventfeed::transfer::{backup, cli};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than the system allocator: the store's B-tree copies
@@ -15,7 +16,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Command::Serve(config) = Cli::parse().command;
+    match Cli::parse().command {
+        Command::Serve(config) => serve(config).await,
+        Command::Export(args) => cli::finish(cli::export(&args).await),
+        Command::Import(args) => cli::finish(cli::import(&args).await),
+        Command::Backup(args) => cli::finish(backup::backup(&args).await),
+        Command::Verify(args) => cli::finish(backup::verify(&args).await),
+    }
+}
+
+async fn serve(config: ServeConfig) -> ExitCode {
     // `--log` was checked when the options were parsed.
     let filter = EnvFilter::new(&config.log_filter);
     // Colours on a terminal only: not into journald, files or pipes.

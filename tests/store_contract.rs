@@ -156,6 +156,7 @@ contract!(
     multi_stream_appends_are_all_or_nothing,
     an_append_allowed_by_rules_that_changed_is_refused,
     streams_are_listed_by_name_from_a_prefix,
+    an_export_loads_into_an_empty_store_unchanged,
 );
 
 // ---------------------------------------------------------------------------
@@ -986,6 +987,72 @@ async fn a_scavenge_changes_no_read(backend: Backend) {
     );
     let again = append(&store, "Order-2", ExpectedVersion::NoStream, fresh(1, "A")).await.unwrap();
     assert_eq!(again.first_number, 2);
+    store.close().await;
+}
+
+/// An export (`eventfeed export`) loaded into an empty store of the same
+/// backend gives the same reads, positions, states and spent ids, and the
+/// copy goes on from the same head; a store that holds anything refuses
+/// an import and is left as it was.
+async fn an_export_loads_into_an_empty_store_unchanged(backend: Backend) {
+    use eventfeed::transfer::{self, Quiet, WriteSink};
+
+    let store = backend.open().await;
+    let early = fresh(4, "Placed");
+    put(&store, "Order-1", early.clone()).await;
+    let late = fresh(6, "Placed");
+    put(&store, "Order-1", late.clone()).await;
+    put(&store, "$$Order-1", metadata(r#"{"$maxCount":3}"#)).await;
+    put(&store, "Order-2", fresh(2, "Placed")).await;
+    store.delete("Order-2", ExpectedVersion::Any, false).await.unwrap();
+    put(&store, "Order-3", fresh(3, "Noted")).await;
+    store.delete("Order-3", ExpectedVersion::Any, true).await.unwrap();
+    put(&store, "Order-4", fresh(2, "Placed")).await;
+    scavenge(&store).await;
+    put(&store, "Order-4", fresh(1, "Placed")).await;
+    let streams = [
+        "Order-1",
+        "Order-2",
+        "Order-3",
+        "Order-4",
+        "$$Order-1",
+        "$ce-Order",
+        "$et-Placed",
+        "$et-Noted",
+        "$streams",
+    ];
+    let mut sink = WriteSink(Vec::new());
+    let exported = transfer::export(store.as_ref(), "test", &mut sink, &Quiet).await.unwrap();
+    let file = sink.0;
+
+    let copy = backend.open().await;
+    let imported = transfer::import(copy.as_ref(), &file[..], &Quiet).await.unwrap();
+    assert_eq!(imported.counts, exported.counts);
+    assert_eq!(all(&copy).await, all(&store).await);
+    for stream in streams {
+        let read = |store: Arc<dyn Store>| async move {
+            let slice = store.read_stream(forward(stream, 0, 100, true)).await.map(|s| (s.view, s.events));
+            (slice, store.stream_state(stream).await.unwrap())
+        };
+        assert_eq!(read(Arc::clone(&copy)).await, read(Arc::clone(&store)).await, "{stream}");
+    }
+    // Ids stay spent, those of events a scavenge removed too, and both go
+    // on from the same head.
+    let retried = append(&copy, "Order-1", ExpectedVersion::Any, late[3..].to_vec()).await.unwrap();
+    assert!(retried.idempotent && retried.first_number == 7, "{retried:?}");
+    let retried = append(&copy, "Order-1", ExpectedVersion::Any, early).await.unwrap();
+    assert!(retried.idempotent && retried.first_number == 0, "a scavenged event's id: {retried:?}");
+    assert_eq!(imported.counts.ids, 4 + 6 - 3 + 2 + 3, "the ids of the events the scavenge removed");
+    let next = fresh(1, "Placed");
+    let original_next = append(&store, "Order-4", ExpectedVersion::Any, next.clone()).await.unwrap();
+    assert_eq!(append(&copy, "Order-4", ExpectedVersion::Any, next).await.unwrap(), original_next);
+
+    // A store that holds anything refuses, and nothing of the file is written.
+    let before = all(&copy).await;
+    let refused = transfer::import(copy.as_ref(), &file[..], &Quiet).await.unwrap_err();
+    assert!(refused.message.contains("not empty") && refused.line == Some(1), "{refused}");
+    assert_eq!(all(&copy).await, before);
+    copy.close().await;
     store.close().await;
 }
 

@@ -301,6 +301,7 @@ pub(super) fn authorize_task(principal: &Principal, task: Task) -> Result<(), Ht
         Task::ReadMetrics => {
             "read the metrics (members of $admins and $ops may, or anyone with --metrics-public)"
         }
+        Task::Export => "export the store (members of $admins may)",
     };
     Err(denied(principal, what))
 }

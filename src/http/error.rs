@@ -112,6 +112,9 @@ impl From<StoreError> for HttpError {
             StoreError::StreamDeleted => HttpError::new(StatusCode::GONE, "Stream deleted"),
             StoreError::StreamNotFound => HttpError::not_found("The stream does not exist."),
             StoreError::Invalid(message) => HttpError::bad_request(message),
+            StoreError::Busy(message) => {
+                HttpError::new(StatusCode::CONFLICT, "Conflict").with_detail(message)
+            }
             StoreError::AccessChanged => {
                 HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
                     .with_detail(

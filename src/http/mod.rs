@@ -26,10 +26,12 @@ mod auth;
 pub mod base_url;
 pub mod caching;
 mod challenge;
+pub mod client;
 pub mod cors;
 mod encoding;
 pub mod error;
 pub mod events_body;
+mod export;
 mod health;
 pub mod live;
 mod metadata;
@@ -156,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metadata::router())
         .merge(admin::router())
         .merge(subscriptions::router(&state))
+        .merge(export::router())
         .merge(system::router())
         .merge(scrape::router())
         .merge(health::router())

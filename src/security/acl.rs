@@ -65,6 +65,10 @@ pub enum Task {
     /// Read the server's metrics (`GET /metrics`): `$admins` and `$ops`
     /// (or anyone, with `--metrics-public`).
     ReadMetrics,
+    /// Export the whole store (`GET /admin/export`, what `eventfeed
+    /// backup` reads): `$admins` only, since it holds every stream,
+    /// whatever its `$acl`, and the users' password hashes.
+    Export,
 }
 
 /// The roles an `$acl` key names.
@@ -189,7 +193,7 @@ pub fn may(principal: &Principal, access: Access, stream: &str, acl: &Acl, defau
 /// Whether `principal` may run `task`.
 pub fn may_run(principal: &Principal, task: Task) -> bool {
     match task {
-        Task::ManageUsers => principal.is_admin(),
+        Task::ManageUsers | Task::Export => principal.is_admin(),
         Task::Scavenge | Task::Shutdown | Task::ManageSubscriptions | Task::ReadMetrics => {
             principal.is_admin() || principal.has_role(OPS)
         }

@@ -17,6 +17,7 @@
 //! for size or speed: every read copies what it returns under the lock.
 
 mod read;
+mod transfer;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,9 +29,9 @@ use super::projections::Projections;
 use super::retention::{self, now_micros};
 use super::rules::{self, Part, Parts};
 use super::{
-    AllRead, AllSlice, Append, AppendOutcome, ExpectedVersion, Head, Notifier, ReadEvent, RecordedEvent,
-    ScavengeReport, ScavengeStarted, ScavengeStatus, Store, StoreError, StreamRead, StreamSettings,
-    StreamSlice, StreamState, StreamView,
+    AllRead, AllSlice, Append, AppendOutcome, ExpectedVersion, ExportSnapshot, Head, ImportStep, Notifier,
+    ReadEvent, RecordedEvent, ScavengeReport, ScavengeStarted, ScavengeStatus, SpentId, Store, StoreError,
+    StoredEntry, StreamRead, StreamSettings, StreamSlice, StreamState, StreamView,
 };
 
 /// How many positions one `$all` read examines at most.
@@ -67,6 +68,8 @@ struct Data {
     scavenges: HashMap<Uuid, ScavengeReport>,
     /// Closed: writes are refused.
     closed: bool,
+    /// An import was begun (see [`Store::import`]).
+    importing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -406,6 +409,38 @@ impl Store for MemoryStore {
     fn latest_scavenge(&self) -> Option<ScavengeReport> {
         let data = self.lock().ok()?;
         data.scavenges.values().max_by_key(|report| report.started_micros).cloned()
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn export_entries(
+        &self,
+        stream: &str,
+        from: u64,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        self.lock()?.export_entries(stream, from, below, limit)
+    }
+
+    async fn export_spent_ids(&self, snapshot: &ExportSnapshot) -> Result<Vec<SpentId>, StoreError> {
+        self.lock()?.export_spent_ids(snapshot)
+    }
+
+    /// Under the lock, like every write; the head moves at the finish.
+    async fn import(&self, step: ImportStep) -> Result<(), StoreError> {
+        let mut data = self.lock()?;
+        if data.closed {
+            return Err(StoreError::Unavailable);
+        }
+        let finish = matches!(step, ImportStep::Finish { .. });
+        data.import(step)?;
+        if finish {
+            self.commit(&mut data, &HashSet::new());
+        }
+        Ok(())
     }
 
     fn notifier(&self) -> &Notifier {

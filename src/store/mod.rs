@@ -214,6 +214,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// The backend's name, as exports record their source: `sled`,
+    /// `postgres`, `memory`.
+    fn backend_name(&self) -> &'static str;
+
     /// Where live readers learn of new events.
     fn notifier(&self) -> &Notifier;
 
@@ -238,6 +242,59 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The system projections still being built from the log.
     fn projections_building(&self) -> Vec<&'static str> {
         Vec::new()
+    }
+
+    /// The head and every stream's state, for an export. This default
+    /// reads the head, then pages through the states: exact for a store
+    /// nothing writes to meanwhile (an offline export). A backend that
+    /// can take both at one point between commits does (the sled store
+    /// asks its writer), so an export of a running store is of one moment.
+    async fn export_snapshot(&self) -> Result<ExportSnapshot, StoreError> {
+        let notifier = self.notifier();
+        let head = Head { next_position: notifier.next_position(), commit_seq: notifier.commit_seq() };
+        let mut streams: Vec<(String, StreamState)> = Vec::new();
+        loop {
+            let after = streams.last().map(|(name, _)| name.clone());
+            let page = self.list_streams("", after.as_deref(), 1_000).await?;
+            if page.is_empty() {
+                break;
+            }
+            streams.extend(page);
+        }
+        Ok(ExportSnapshot { head, streams, hold: ScavengeHold::default() })
+    }
+
+    /// Up to about `limit` entries of `stream` as stored, numbered from
+    /// `from` and below `below`, in number order: every record and link a
+    /// scavenge has not removed, whether reads can see it or not (numbers
+    /// removed are skipped). Fewer when they reach [`rules::READ_BYTES`]
+    /// of event data; none when there are no more.
+    async fn export_entries(
+        &self,
+        stream: &str,
+        from: u64,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let _ = (stream, from, below, limit);
+        Err(StoreError::Invalid("this store cannot be exported".into()))
+    }
+
+    /// The ids of the events a scavenge removed from the streams of
+    /// `snapshot`, below their numbers there, by stream and number: they
+    /// stay spent in a store loaded from the export. Held in memory (a few
+    /// dozen bytes each).
+    async fn export_spent_ids(&self, snapshot: &ExportSnapshot) -> Result<Vec<SpentId>, StoreError> {
+        let _ = snapshot;
+        Err(StoreError::Invalid("this store cannot be exported".into()))
+    }
+
+    /// Loads an export, step by step (see [`ImportStep`]): records keep
+    /// their positions, numbers and creation times. Only into an empty
+    /// store, and only one import at a time, with nothing else writing.
+    async fn import(&self, step: ImportStep) -> Result<(), StoreError> {
+        let _ = step;
+        Err(StoreError::Invalid("this store cannot import".into()))
     }
 
     /// Makes everything acknowledged so far durable and stops accepting

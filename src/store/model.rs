@@ -300,6 +300,10 @@ pub enum StoreError {
     /// (every one of them), or that only repeat an earlier write while
     /// other parts are new; nothing was written.
     Conflicts(Vec<Conflict>),
+    /// Another task holds what this one needs for now (a scavenge while
+    /// an export reads the store, or the other way round); nothing was
+    /// done. It goes through once that task ends.
+    Busy(String),
     /// The stream's access rules changed between the check that allowed
     /// the append and its write; nothing was written. The caller checks
     /// again against the new rules.
@@ -340,6 +344,7 @@ impl fmt::Display for StoreError {
                 }
                 Ok(())
             }
+            Self::Busy(message) => write!(f, "busy: {message}"),
             Self::AccessChanged => f.write_str("the stream's access rules changed while the write waited"),
             Self::InPart { stream, error } => write!(f, "stream '{stream}': {error}"),
         }
@@ -487,4 +492,96 @@ pub struct PoolFigures {
     pub available: usize,
     /// Requests waiting for a connection.
     pub waiting: usize,
+}
+
+/// What a store holds under one number of a stream, as an export carries
+/// it: an event record, or (in a system stream) a link to one. Events no
+/// read can see are included as long as a scavenge has not removed them,
+/// so that a store rebuilt from an export holds exactly the same records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredEntry {
+    Event(RecordedEvent),
+    Link(StoredLink),
+}
+
+impl StoredEntry {
+    /// The number it has in its stream.
+    pub fn number(&self) -> u64 {
+        match self {
+            Self::Event(event) => event.number,
+            Self::Link(link) => link.number,
+        }
+    }
+}
+
+/// Link `number` of system stream `stream`: it points at event
+/// `target_number` of `target_stream`, at `target_position`, and has its
+/// target's creation time (see [`super::links::link_event`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLink {
+    pub stream: String,
+    pub number: u64,
+    pub target_position: u64,
+    pub created_micros: i64,
+    pub target_stream: String,
+    pub target_number: u64,
+}
+
+/// Where an export starts: every stream's state and the head, as of one
+/// point between commits, so that an export is of one moment of the store.
+#[derive(Debug, Default)]
+pub struct ExportSnapshot {
+    pub head: super::Head,
+    /// Every stream the store keeps a state for, in name (byte) order.
+    pub streams: Vec<(String, StreamState)>,
+    /// Keeps scavenges off until the export is read (dropped).
+    pub hold: ScavengeHold,
+}
+
+/// While it lives, no scavenge starts: an export reads entries below the
+/// numbers of its snapshot, which only a scavenge removes. Dropping it
+/// lets scavenges start again.
+#[derive(Default)]
+pub struct ScavengeHold(pub Option<Box<dyn Send + Sync>>);
+
+impl fmt::Debug for ScavengeHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "ScavengeHold(held)" } else { "ScavengeHold(none)" })
+    }
+}
+
+/// One step of loading an export into an empty store (see
+/// [`super::Store::import`]).
+#[derive(Debug, Clone)]
+pub enum ImportStep {
+    /// Checks that the store is empty (no stream state, no position used)
+    /// and starts the import; refused, with nothing written, otherwise.
+    Begin,
+    /// Writes streams' states and stored entries, as they were, positions
+    /// and creation times included.
+    Write(Vec<ImportItem>),
+    /// Sets the head: the next position the store assigns (positions a
+    /// scavenge removed stay unused), and the newest creation time.
+    Finish { next_position: u64, last_created_micros: i64 },
+}
+
+/// What an import writes.
+#[derive(Debug, Clone)]
+pub enum ImportItem {
+    Stream {
+        name: String,
+        state: StreamState,
+    },
+    Entry(StoredEntry),
+    /// The id of an event a scavenge removed: still spent.
+    SpentId(SpentId),
+}
+
+/// An event id written as event `number` of `stream`, whose event a
+/// scavenge has removed: ids are spent forever, so an export carries it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SpentId {
+    pub stream: String,
+    pub number: u64,
+    pub id: Uuid,
 }

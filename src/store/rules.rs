@@ -369,6 +369,15 @@ pub fn read_range(read: &StreamRead, last: u64) -> (u64, u64) {
     }
 }
 
+/// Why an import is refused by a store that holds anything: an export is
+/// loaded only into an empty store, so that nothing of it mixes with what
+/// was there.
+pub fn not_empty_target() -> StoreError {
+    StoreError::Invalid(
+        "the target store is not empty (it holds streams or has used positions): an export is only imported into an empty store".into(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;

@@ -14,6 +14,8 @@
 //! - [`listen`]: `pg_notify` in the commit, and a `LISTEN` connection that
 //!   moves the [`Notifier`] for commits of other nodes and re-reads the
 //!   head after every reconnection, so no wake-up is missed.
+//! - [`transfer`]: the entries an export reads, and an import through
+//!   `COPY`.
 //! - [`scavenge`]: plain `DELETE`s of what no read can see, one stream per
 //!   small transaction under the head lock, so it never races an append
 //!   that changes what is visible.
@@ -30,6 +32,7 @@ mod read;
 mod scavenge;
 pub mod schema;
 mod staging;
+mod transfer;
 mod writer;
 
 use std::fmt;
@@ -45,8 +48,9 @@ use tokio_postgres::{Client, NoTls, Row};
 use uuid::Uuid;
 
 use super::{
-    AllRead, AllSlice, Append, AppendOutcome, DatabaseQuery, ExpectedVersion, Head, Lease, LeaseClaim,
-    Notifier, PoolFigures, PostgresOptions, ReadEvent, ScavengeReport, ScavengeStarted, Store, StoreError,
+    AllRead, AllSlice, Append, AppendOutcome, DatabaseQuery, ExpectedVersion, ExportSnapshot, Head,
+    ImportStep, Lease, LeaseClaim, Notifier, PoolFigures, PostgresOptions, ReadEvent, ScavengeReport,
+    ScavengeStarted, SpentId, Store, StoreError, StoredEntry,
     StreamRead, StreamSettings, StreamSlice, StreamState, StreamView,
 };
 
@@ -155,6 +159,8 @@ pub struct PgStore {
     shutdown: watch::Sender<bool>,
     /// Whether `close` was called: writes are refused from then on.
     closed: AtomicBool,
+    /// An import was begun and found the database empty.
+    importing: AtomicBool,
     /// The scavenge running now, if any.
     scavenging: Arc<Mutex<Option<Uuid>>>,
     /// The report of the scavenge running or started last.
@@ -247,6 +253,7 @@ impl PgStore {
             publisher,
             shutdown,
             closed: AtomicBool::new(false),
+            importing: AtomicBool::new(false),
             scavenging: Arc::new(Mutex::new(None)),
             latest_scavenge: Arc::new(Mutex::new(latest_scavenge)),
             options,
@@ -448,6 +455,50 @@ impl Store for PgStore {
 
     async fn release_lease(&self, name: &str, holder: Uuid) -> Result<(), StoreError> {
         lease::release(&**self.reader().await?, name, holder).await
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn export_entries(
+        &self,
+        stream: &str,
+        from: u64,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let client = self.reader().await?;
+        transfer::export_entries(&client, stream, from, below, limit).await
+    }
+
+    async fn export_spent_ids(&self, snapshot: &ExportSnapshot) -> Result<Vec<SpentId>, StoreError> {
+        let client = self.reader().await?;
+        transfer::export_spent_ids(&client, snapshot).await
+    }
+
+    /// With `COPY`, a transaction per step (see [`transfer`]).
+    async fn import(&self, step: ImportStep) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable);
+        }
+        let mut client = self.reader().await?;
+        match step {
+            ImportStep::Begin => {
+                transfer::begin(&client).await?;
+                self.importing.store(true, Ordering::Release);
+            }
+            _ if !self.importing.load(Ordering::Acquire) => {
+                return Err(StoreError::Invalid("no import was begun".into()));
+            }
+            ImportStep::Write(items) => transfer::write(&mut client, items).await?,
+            ImportStep::Finish { next_position, last_created_micros } => {
+                transfer::finish(&client, next_position, last_created_micros).await?;
+                self.importing.store(false, Ordering::Release);
+                self.publisher.publish(read_head(&client).await?, None);
+            }
+        }
+        Ok(())
     }
 
     fn notifier(&self) -> &Notifier {

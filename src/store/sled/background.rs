@@ -3,7 +3,7 @@
 //! builds, and the scavenger (its steps, compaction and reports).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use super::keys;
 use super::scavenge::{Cursor, directory_bytes};
 use crate::store::projections::Projection;
 use crate::store::retention::now_micros;
-use crate::store::{ScavengeReport, ScavengeStarted, ScavengeStatus, StoreError};
+use crate::store::{ScavengeHold, ScavengeReport, ScavengeStarted, ScavengeStatus, StoreError};
 
 /// The thread that adds the id index to the writer's [`IdFilter`] after
 /// start-up. Stopped at close: it holds a handle of the database, and the
@@ -178,6 +178,18 @@ pub(super) struct Scavenger {
     /// files open (through `db`), so closing the store waits for it: a
     /// restart in the same process must not find the files still locked.
     task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// Exports reading the store now: no scavenge starts while any does
+    /// (see [`Scavenger::hold`]). Changed under the `running` lock.
+    holds: Arc<AtomicUsize>,
+}
+
+/// An export's hold on scavenges; released when dropped.
+struct Hold(Arc<AtomicUsize>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How often a running scavenge saves its report (so that a kill leaves a
@@ -201,6 +213,7 @@ impl Scavenger {
             running: Arc::default(),
             last: Arc::new(Mutex::new(last)),
             task: Arc::default(),
+            holds: Arc::default(),
         })
     }
 
@@ -232,10 +245,30 @@ impl Scavenger {
         self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
+    /// Keeps scavenges from starting until the hold is dropped, for an
+    /// export: it reads entries that a scavenge would remove. Refused
+    /// while a scavenge runs.
+    pub fn hold(&self) -> Result<ScavengeHold, StoreError> {
+        let running = self.lock_running();
+        if let Some(report) = &*running {
+            return Err(StoreError::Busy(format!(
+                "scavenge {} is running; export or back up once it has finished",
+                report.scavenge_id
+            )));
+        }
+        self.holds.fetch_add(1, Ordering::AcqRel);
+        Ok(ScavengeHold(Some(Box::new(Hold(Arc::clone(&self.holds))))))
+    }
+
     pub fn start(&self) -> Result<ScavengeStarted, StoreError> {
         let mut running = self.lock_running();
         if let Some(report) = &*running {
             return Ok(ScavengeStarted::AlreadyRunning(report.scavenge_id));
+        }
+        if self.holds.load(Ordering::Acquire) > 0 {
+            return Err(StoreError::Busy(
+                "an export or backup is reading the store; scavenge once it has finished".into(),
+            ));
         }
         let id = Uuid::new_v4();
         let report = ScavengeReport::starting(id, directory_bytes(&self.path));

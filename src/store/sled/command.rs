@@ -8,7 +8,7 @@ use super::compact::CompactProgress;
 use super::rebuild::Progress;
 use super::scavenge;
 use crate::store::projections::Projection;
-use crate::store::{Append, AppendOutcome, ExpectedVersion, StoreError};
+use crate::store::{Append, AppendOutcome, ExpectedVersion, ExportSnapshot, ImportStep, StoreError};
 
 /// A request to the writer.
 pub(super) enum Command {
@@ -45,6 +45,16 @@ pub(super) enum Command {
     /// A tick, a few times a second: a writer that has had nothing else to
     /// do for a while maintains the id index (see [`Writer::upkeep`]).
     Upkeep,
+    /// Every stream's state and the head, read between two batches (see
+    /// [`super::transfer`]).
+    Snapshot {
+        reply: oneshot::Sender<Result<ExportSnapshot, StoreError>>,
+    },
+    /// One step of an import (see [`super::transfer`]).
+    Import {
+        step: ImportStep,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Flush everything and stop.
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -68,12 +78,19 @@ impl std::fmt::Debug for Command {
             Self::Scavenge { cursor, .. } => f.debug_struct("Scavenge").field("cursor", cursor).finish(),
             Self::Compact { .. } => f.write_str("Compact"),
             Self::Upkeep => f.write_str("Upkeep"),
+            Self::Snapshot { .. } => f.write_str("Snapshot"),
+            Self::Import { .. } => f.write_str("Import"),
             Self::Close { .. } => f.write_str("Close"),
         }
     }
 }
 
 impl Command {
+    /// Whether the writer runs it alone, between two batches.
+    pub(super) fn is_transfer(&self) -> bool {
+        matches!(self, Self::Snapshot { .. } | Self::Import { .. })
+    }
+
     pub(super) fn payload_bytes(&self) -> usize {
         match self {
             Self::Append { append, .. } => append.events.iter().map(|e| e.size()).sum(),

@@ -148,6 +148,37 @@ pub(crate) fn current(data_dir: &Path) -> Result<PathBuf, StoreError> {
     Ok(data_dir.join(name))
 }
 
+/// Whether `data_dir` holds a store (it names a current generation).
+pub(crate) fn exists(data_dir: &Path) -> bool {
+    data_dir.join(CURRENT).is_file()
+}
+
+/// Whether the store in `data_dir` is open, in this process or another:
+/// sled holds an exclusive `flock` on its `db` file while it is open.
+/// Asked before opening a store for an export, since an open tidies the
+/// data directory ([`current`] removes other generations) before it meets
+/// the lock, which must never happen under a running server.
+pub(crate) fn in_use(data_dir: &Path) -> Result<bool, StoreError> {
+    let current_file = data_dir.join(CURRENT);
+    let name = match fs::read_to_string(&current_file) {
+        Ok(text) => text.trim().to_owned(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(io("cannot read", &current_file, error)),
+    };
+    let db_file = data_dir.join(name).join("db");
+    let file = match File::open(&db_file) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(io("cannot open", &db_file, error)),
+    };
+    // Released when `file` is closed, at the end of this function.
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        Ok(()) => Ok(false),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
+        Err(error) => Err(io("cannot test the lock of", &db_file, error.into())),
+    }
+}
+
 /// A new, empty generation directory beside `current` (not yet current).
 pub(crate) fn next(data_dir: &Path, current: &Path) -> Result<PathBuf, StoreError> {
     let number = current

@@ -11,7 +11,10 @@
 //! - [`staging`]: a batch's validation and overlay (the rules of an append);
 //! - [`rebuild`], [`scavenge`]: the steps of a projection build and of a
 //!   scavenge, which run inside the writer's batches;
-//! - [`command`] and [`writer`]: what the writer is asked, and the writer;
+//! - [`command`] and [`writer`]: what the writer is asked, and the writer
+//!   ([`syncer`]: how it makes sled's files durable);
+//! - [`transfer`]: exports' snapshots and reads, and imports, run by the
+//!   writer between batches;
 //! - [`background`]: every thread and task that feeds the writer commands;
 //! - [`read`]: the read path.
 //!
@@ -34,6 +37,8 @@ mod rebuild;
 mod scavenge;
 mod space;
 mod staging;
+mod syncer;
+mod transfer;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -54,9 +59,9 @@ use self::read::ReadContext;
 use self::writer::{Files, Start, Writer};
 use super::projections::Projections;
 use super::{
-    AfterRelease, AllRead, AllSlice, Append, AppendOutcome, DiskSpace, Durability, ExpectedVersion, Head,
-    Notifier, ReadEvent, ScavengeReport, ScavengeStarted, Store, StoreError, StreamRead, StreamSlice,
-    StreamState, StreamView,
+    AfterRelease, AllRead, AllSlice, Append, AppendOutcome, DiskSpace, Durability, ExpectedVersion,
+    ExportSnapshot, Head, ImportStep, Notifier, ReadEvent, ScavengeReport, ScavengeStarted, SpentId, Store,
+    StoreError, StoredEntry, StreamRead, StreamSlice, StreamState, StreamView,
 };
 
 impl From<::sled::Error> for StoreError {
@@ -260,6 +265,12 @@ impl SledStore {
         Ok(())
     }
 
+    /// Whether `data_dir` holds a store, and whether something (a running
+    /// server) has it open; see [`generation::in_use`].
+    pub fn probe(data_dir: &Path) -> Result<(bool, bool), StoreError> {
+        Ok((generation::exists(data_dir), generation::in_use(data_dir)?))
+    }
+
     /// Sends a command to the writer and waits for its answer.
     async fn send_to_writer<T>(
         &self,
@@ -351,6 +362,47 @@ impl Store for SledStore {
         // Without `read_durable`'s wait: see the trait.
         let state = ReadContext::new(self.db.get()).state(stream)?;
         Ok(state.and_then(|state| state.settings.metadata_number))
+    }
+
+    /// Holds scavenges off (they remove entries), then asks the writer,
+    /// which reads the states between two batches: appends wait for that
+    /// read, and for nothing else of the export.
+    async fn export_snapshot(&self) -> Result<ExportSnapshot, StoreError> {
+        let building = self.projections_building();
+        if !building.is_empty() {
+            return Err(StoreError::Busy(format!(
+                "projections are being built ({}); export once they are",
+                building.join(", ")
+            )));
+        }
+        let hold = self.scavenger.hold()?;
+        let mut snapshot = self.send_to_writer(|reply| Command::Snapshot { reply }).await?;
+        snapshot.hold = hold;
+        Ok(snapshot)
+    }
+
+    /// Straight from sled, without waiting for a commit: the entries
+    /// below a snapshot's numbers are durable.
+    fn backend_name(&self) -> &'static str {
+        "sled"
+    }
+
+    async fn export_entries(
+        &self,
+        stream: &str,
+        from: u64,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        transfer::export_entries(&self.db.get(), stream, from, below, limit)
+    }
+
+    async fn export_spent_ids(&self, snapshot: &ExportSnapshot) -> Result<Vec<SpentId>, StoreError> {
+        transfer::export_spent_ids(&self.db.get(), snapshot)
+    }
+
+    async fn import(&self, step: ImportStep) -> Result<(), StoreError> {
+        self.send_to_writer(|reply| Command::Import { step, reply }).await
     }
 
     fn notifier(&self) -> &Notifier {

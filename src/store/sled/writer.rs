@@ -10,10 +10,7 @@
 //! It runs on a dedicated OS thread rather than a tokio task because every
 //! step of a commit (sled apply, flush, fdatasync) blocks.
 
-use std::collections::HashSet;
-use std::ffi::OsString;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +24,8 @@ use super::rebuild::{self, Phase, Progress};
 use super::scavenge;
 use super::space::SpaceFloor;
 use super::staging::{Finished, Staging, StateCache};
+use super::syncer::FileSyncer;
+use super::transfer;
 use crate::store::projections::{Projection, Projections};
 use crate::store::retention::now_micros;
 use crate::store::{AppendOutcome, CommitFigures, Durability, Head, Notifier, StoreError};
@@ -143,6 +142,8 @@ pub(crate) struct Writer {
     last_created_micros: i64,
     /// When the last batch with writes committed.
     last_write: Instant,
+    /// An import under way, if one was begun.
+    importing: transfer::Importing,
 }
 
 impl Writer {
@@ -173,6 +174,7 @@ impl Writer {
             commit_seq: head.commit_seq,
             last_created_micros,
             last_write: Instant::now(),
+            importing: transfer::Importing::default(),
         })
     }
 
@@ -187,12 +189,18 @@ impl Writer {
                     None => break,
                 },
             };
+            if first.is_transfer() {
+                if let Flow::Stop = self.transfer(first) {
+                    break;
+                }
+                continue;
+            }
             let mut batch_bytes = first.payload_bytes();
             let mut batch = vec![first];
             while batch.len() < MAX_COMMANDS_PER_BATCH {
                 let Ok(next) = commands.try_recv() else { break };
                 batch_bytes += next.payload_bytes();
-                if batch_bytes > MAX_BATCH_BYTES {
+                if batch_bytes > MAX_BATCH_BYTES || next.is_transfer() {
                     carried = Some(next);
                     break;
                 }
@@ -303,6 +311,8 @@ impl Writer {
                     compacting = Some((reply, copied));
                 }
                 Command::Upkeep => {}
+                // Taken alone, before a batch (see `transfer`); never here.
+                command @ (Command::Snapshot { .. } | Command::Import { .. }) => refuse(command),
                 Command::Close { reply } => close = Some(reply),
             }
         }
@@ -406,6 +416,56 @@ impl Writer {
             flow = Flow::Stop;
         }
         flow
+    }
+
+    /// A snapshot or an import step, alone between two batches (see
+    /// [`transfer`]): a snapshot reads what every batch so far committed.
+    fn transfer(&mut self, command: Command) -> Flow {
+        let head = Head { next_position: self.next_position, commit_seq: self.commit_seq };
+        match command {
+            Command::Snapshot { reply } => {
+                let started = Instant::now();
+                let snapshot = transfer::snapshot(&self.db, head);
+                let streams = snapshot.as_ref().map_or(0, |snapshot| snapshot.streams.len());
+                tracing::info!(
+                    streams,
+                    pause_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "export snapshot taken"
+                );
+                drop(reply.send(snapshot));
+            }
+            Command::Import { step, reply } => {
+                let commit_seq = self.commit_seq + 1;
+                let mut batch = sled::Batch::default();
+                let staged = match self.importing.stage(&self.db, head, step, commit_seq, &mut batch) {
+                    Ok(staged) => staged,
+                    Err(error) => {
+                        drop(reply.send(Err(error)));
+                        return Flow::Continue;
+                    }
+                };
+                let written = (self.id_index.stage(&self.db, commit_seq, &staged.ids, &mut batch))
+                    .and_then(|index_bytes| self.write(batch, staged.bytes + index_bytes));
+                if let Err(error) = written {
+                    tracing::error!(%error, "writer failed to commit an import step; refusing further writes");
+                    self.notifier.stop_writes(format!("an import step failed: {error}"));
+                    drop(reply.send(Err(StoreError::CommitFailed(error.to_string()))));
+                    return Flow::Stop;
+                }
+                self.commit_seq = commit_seq;
+                if let Some((next_position, last_created_micros)) = staged.finished {
+                    self.next_position = next_position;
+                    self.last_created_micros = last_created_micros;
+                    self.states = StateCache::default();
+                }
+                let head = Head { next_position: self.next_position, commit_seq };
+                self.notifier.advance(head);
+                drop(reply.send(Ok(())));
+                self.notifier.publish_all(head);
+            }
+            other => refuse(other),
+        }
+        Flow::Continue
     }
 
     /// Maintains the id index (its merges and garbage), a bounded step
@@ -518,64 +578,8 @@ fn refuse(command: Command) {
         Command::BuildProjection { reply, .. } => drop(reply.send(Err(StoreError::Unavailable))),
         Command::Scavenge { reply, .. } => drop(reply.send(Err(StoreError::Unavailable))),
         Command::Compact { reply } => drop(reply.send(Err(StoreError::Unavailable))),
+        Command::Snapshot { reply } => drop(reply.send(Err(StoreError::Unavailable))),
+        Command::Import { reply, .. } => drop(reply.send(Err(StoreError::Unavailable))),
         Command::Upkeep => {}
-    }
-}
-
-/// Makes sled's files durable: sled's own flush writes its log with
-/// `sync_file_range`, which does not flush the device cache and does not
-/// cover file-size metadata, and it never syncs blob files (values of large
-/// nodes) at all.
-struct FileSyncer {
-    /// sled's log, kept open so each sync is one syscall.
-    log: File,
-    blobs_dir: PathBuf,
-    /// Blob files already synced. Blob files are written once and never
-    /// modified, so each needs one sync; names of removed blobs are dropped
-    /// on the next listing.
-    synced_blobs: HashSet<OsString>,
-}
-
-impl FileSyncer {
-    fn open(path: &Path) -> Result<Self, StoreError> {
-        let log = File::open(path.join("db"))
-            .map_err(|e| StoreError::Io(format!("cannot open sled's log for syncing: {e}")))?;
-        // The data directory's entries (db, conf, blobs/) must be durable too.
-        File::open(path)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| StoreError::Io(format!("cannot sync the data directory: {e}")))?;
-        let mut syncer = Self { log, blobs_dir: path.join("blobs"), synced_blobs: HashSet::new() };
-        syncer.sync().map_err(|e| StoreError::Io(format!("initial fdatasync failed: {e}")))?;
-        Ok(syncer)
-    }
-
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.log.sync_data()?;
-        let entries = match std::fs::read_dir(&self.blobs_dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mut present = HashSet::with_capacity(self.synced_blobs.len());
-        let mut synced_new = false;
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            if !self.synced_blobs.contains(&name) {
-                match File::open(entry.path()) {
-                    Ok(file) => file.sync_data()?,
-                    // sled's garbage collector removed it meanwhile.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                }
-                synced_new = true;
-            }
-            present.insert(name);
-        }
-        if synced_new {
-            File::open(&self.blobs_dir)?.sync_all()?;
-        }
-        self.synced_blobs = present;
-        Ok(())
     }
 }

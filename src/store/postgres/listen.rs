@@ -82,6 +82,7 @@ pub(super) async fn run(
             ended = listen(&config, &publisher, &mut listened) => {
                 if let Err(error) = ended {
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "the PostgreSQL listener has no connection");
+                    publisher.outage.lost(&super::schema::error_text(&error));
                 }
             }
             _ = shutdown.changed() => return,
@@ -137,6 +138,8 @@ async fn listen(
             // After connecting, and now and then: whatever commits this
             // connection did not hear of wake everybody.
             catch_up(&client, publisher).await?;
+            // The database answers: if it was away, it is back.
+            publisher.outage.back();
             let deadline = tokio::time::sleep(SAFETY_POLL);
             tokio::pin!(deadline);
             loop {

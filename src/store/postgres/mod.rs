@@ -119,6 +119,36 @@ struct Publisher {
     notifier: Notifier,
     /// The commit sequence last published.
     published: Mutex<u64>,
+    /// Whether the database is away now, as the writer and the listener
+    /// (which both hold the publisher) last found it.
+    outage: Outage,
+}
+
+/// Why the database is known to be away now, if it is: set when the
+/// writer or the listener loses it, cleared when either reaches it again
+/// (the listener tries every few seconds, so it clears without appends).
+/// `/health/ready` answers `503` meanwhile.
+#[derive(Debug, Default)]
+struct Outage(Mutex<Option<String>>);
+
+impl Outage {
+    fn lost(&self, why: &str) {
+        let mut outage = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if outage.is_none() {
+            tracing::warn!(%why, "the PostgreSQL database cannot be reached; appends answer 503 until it is back");
+        }
+        *outage = Some(why.to_owned());
+    }
+
+    fn back(&self) {
+        if self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take().is_some() {
+            tracing::info!("the PostgreSQL database is reachable again");
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
 }
 
 impl Publisher {
@@ -166,15 +196,16 @@ impl fmt::Debug for PgStore {
 }
 
 /// A failure of the database, as the store reports it: a lost or
-/// unreachable database is `Unavailable` (the request may be retried), a
-/// refusal by the database is a storage failure.
+/// unreachable database is `Unreachable` (nothing was written; the
+/// request may be retried), a refusal by the database is a storage
+/// failure.
 pub(crate) fn db_error(error: tokio_postgres::Error) -> StoreError {
     let unavailable = match error.as_db_error() {
         None => true,
         Some(db) => UNAVAILABLE_CLASSES.iter().any(|class| db.code().code().starts_with(class)),
     };
     if unavailable || error.is_closed() {
-        StoreError::Unavailable
+        StoreError::Unreachable(schema::error_text(&error))
     } else {
         StoreError::Io(format!("PostgreSQL: {}", schema::error_text(&error)))
     }
@@ -217,7 +248,11 @@ impl PgStore {
         let head = read_head(&client).await?;
         tracing::info!(database = %describe(&options.url), next_position = head.next_position, "PostgreSQL store open");
         let publisher =
-            Arc::new(Publisher { notifier: Notifier::new(head), published: Mutex::new(head.commit_seq) });
+            Arc::new(Publisher {
+            notifier: Notifier::new(head),
+            published: Mutex::new(head.commit_seq),
+            outage: Outage::default(),
+        });
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -418,6 +453,10 @@ impl Store for PgStore {
 
     fn notifier(&self) -> &Notifier {
         &self.publisher.notifier
+    }
+
+    fn unreachable(&self) -> Option<String> {
+        self.publisher.outage.reason().map(|why| format!("the PostgreSQL database cannot be reached: {why}"))
     }
 
     /// Stops taking writes and waits for the writer to finish the batch it

@@ -206,7 +206,7 @@ async fn subscriptions_and_users_live_in_the_database_not_in_the_data_directory(
     assert_eq!(response.status(), 201);
 
     // A group with a checkpoint past event 2 and event 3 parked.
-    let settings = json!({"minCheckPointCount": 1, "maxCheckPointCount": 1});
+    let settings = json!({"minCheckPointCount": 1});
     api.set_up("orders", "billing", settings, 6).await;
     let mut taken = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -21,6 +21,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use eventfeed::store::projections::Projections;
+use eventfeed::store::sled::SledStoreOptions;
+use eventfeed::store::{Durability, PostgresOptions, StoreConfig};
+
 /// The variable that picks the backend: `sled` (or unset) or `postgres`.
 pub const VARIABLE: &str = "EVENTFEED_TEST_STORE";
 
@@ -64,6 +68,20 @@ pub fn store_for(data_dir: &Path) -> Option<String> {
         cluster.create_database()
     });
     Some(url.clone())
+}
+
+/// The store a server on `data_dir` opens, for tests that write into it
+/// directly before a server starts on it (as an older release left it):
+/// the sled store in `data_dir`, or the database [`store_for`] gives it.
+pub fn store_config(data_dir: &Path) -> StoreConfig {
+    match store_for(data_dir) {
+        Some(url) => StoreConfig::Postgres(PostgresOptions {
+            url,
+            durability: Durability::Fsync,
+            projections: Projections::default(),
+        }),
+        None => StoreConfig::Sled(SledStoreOptions::new(data_dir.to_owned())),
+    }
 }
 
 /// On PostgreSQL, says `SKIPPED` with the test's name and `why` (what the

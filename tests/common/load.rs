@@ -133,10 +133,7 @@ async fn write(
                         break;
                     }
                     503 => {
-                        assert!(
-                            response.headers().contains_key("retry-after"),
-                            "a 503 says when to retry"
-                        );
+                        assert!(response.headers().contains_key("retry-after"), "a 503 says when to retry");
                         unavailable.fetch_add(1, Ordering::Relaxed);
                         if stop.load(Ordering::Relaxed) {
                             break 'load;

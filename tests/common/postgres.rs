@@ -18,11 +18,11 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long the cluster may take to start.
@@ -311,8 +311,7 @@ fn start() -> Result<Cluster, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|error| format!("starting the watchdog: {error}"))?;
-    let cluster =
-        Cluster { bin, port, root, dir, process: Mutex::new(None), databases: AtomicU64::new(0) };
+    let cluster = Cluster { bin, port, root, dir, process: Mutex::new(None), databases: AtomicU64::new(0) };
     cluster.launch()?;
     Ok(cluster)
 }

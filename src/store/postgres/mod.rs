@@ -32,7 +32,7 @@ mod writer;
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -122,6 +122,9 @@ struct Publisher {
     /// Whether the database is away now, as the writer and the listener
     /// (which both hold the publisher) last found it.
     outage: Outage,
+    /// The database's size in bytes (`pg_database_size`), as the listener
+    /// last read it with the head; `u64::MAX` before it has.
+    size_bytes: AtomicU64,
 }
 
 /// Why the database is known to be away now, if it is: set when the
@@ -247,11 +250,11 @@ impl PgStore {
         let latest_scavenge = scavenge::newest(&client).await?;
         let head = read_head(&client).await?;
         tracing::info!(database = %describe(&options.url), next_position = head.next_position, "PostgreSQL store open");
-        let publisher =
-            Arc::new(Publisher {
+        let publisher = Arc::new(Publisher {
             notifier: Notifier::new(head),
             published: Mutex::new(head.commit_seq),
             outage: Outage::default(),
+            size_bytes: AtomicU64::new(u64::MAX),
         });
         let manager = Manager::from_config(
             config.clone(),
@@ -453,6 +456,13 @@ impl Store for PgStore {
 
     fn notifier(&self) -> &Notifier {
         &self.publisher.notifier
+    }
+
+    /// The database's files, as the listener measures them every few
+    /// seconds (a query of its own here would need the async threads).
+    fn size_on_disk(&self) -> Option<u64> {
+        let bytes = self.publisher.size_bytes.load(Ordering::Relaxed);
+        (bytes != u64::MAX).then_some(bytes)
     }
 
     fn unreachable(&self) -> Option<String> {

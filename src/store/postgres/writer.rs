@@ -20,6 +20,7 @@
 //! next batch reconnects if the connection was lost.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
@@ -27,7 +28,7 @@ use tokio_postgres::Client;
 use super::staging::{Request, Staging};
 use super::{CHANNEL, Command, Publisher, connect, db_error, signed, unsigned};
 use crate::store::projections::Projections;
-use crate::store::{AppendOutcome, Durability, Head, StoreError};
+use crate::store::{AppendOutcome, CommitFigures, Durability, Head, StoreError};
 
 /// The most requests one transaction takes: enough to share one commit
 /// among every client of a busy server.
@@ -127,16 +128,20 @@ impl Writer {
                 }
             }
         }
+        let appends = requests.iter().filter(|request| matches!(request, Request::Append(..))).count();
+        let started = Instant::now();
         match self.transact(&requests).await {
             Ok((answers, committed)) => {
-                if let Some((head, _)) = &committed {
+                if let Some((head, _, events)) = &committed {
                     // Reads see the head before anybody hears of the commit.
                     self.publisher.notifier.advance(*head);
+                    let figures = CommitFigures { appends, events: *events, duration: started.elapsed() };
+                    self.publisher.notifier.commit_observed(figures);
                 }
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     reply.send(answer);
                 }
-                if let Some((head, touched)) = committed {
+                if let Some((head, touched, _)) = committed {
                     self.publisher.publish(head, Some(&touched));
                 }
             }
@@ -150,11 +155,9 @@ impl Writer {
     }
 
     /// Runs one batch's transaction: the answers, in the requests' order,
-    /// and the new head with the streams touched if anything was written.
-    async fn transact(
-        &mut self,
-        requests: &[Request],
-    ) -> Result<(Vec<Answer>, Option<(Head, Vec<String>)>), StoreError> {
+    /// and, if anything was written, the new head, the streams touched and
+    /// the events written.
+    async fn transact(&mut self, requests: &[Request]) -> Result<Transacted, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             match connect(&self.config).await.map_err(db_error) {
@@ -211,11 +214,15 @@ impl Reply {
     }
 }
 
+/// A transaction's answers, and what it committed if it wrote anything:
+/// the new head, the streams touched, the events written.
+type Transacted = (Vec<Answer>, Option<(Head, Vec<String>, u64)>);
+
 async fn run_transaction(
     client: &mut Client,
     requests: &[Request],
     projections: Projections,
-) -> Result<(Vec<Answer>, Option<(Head, Vec<String>)>), StoreError> {
+) -> Result<Transacted, StoreError> {
     let tx = client.transaction().await.map_err(db_error)?;
     let head = tx
         .query_one(
@@ -226,6 +233,7 @@ async fn run_transaction(
         .await
         .map_err(db_error)?;
     let (next_position, commit_seq) = (unsigned(head.get(0)), unsigned(head.get(1)));
+    let staging_from = next_position;
     let created_micros = head.get::<_, i64>(3).max(head.get(2));
     let mut staging = Staging::new(projections, next_position, created_micros);
     staging.load(&tx, requests).await?;
@@ -277,5 +285,6 @@ async fn run_transaction(
         }
         other => other,
     })?;
-    Ok((answers, Some((head, touched))))
+    let events = head.next_position - staging_from;
+    Ok((answers, Some((head, touched, events))))
 }

@@ -11,6 +11,9 @@
 //! - a start with a bad connection string, an unreachable database or a
 //!   schema newer than the binary stops with a clear message and a
 //!   non-zero exit;
+//! - a commit whose connection is cut while PostgreSQL commits it is
+//!   answered `503` (its outcome unknown), and its retry with the same ids
+//!   is safe whether it stood or not;
 //! - persistent subscriptions and users live in the database: another
 //!   server process with an empty data directory finds them.
 //!
@@ -26,6 +29,7 @@ mod common;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::load::{AppendLoad, check_survivors};
@@ -34,6 +38,8 @@ use common::subscriptions::Api;
 use common::varnish::{Chain, is_cache_hit};
 use common::{ATOM_XML, BinaryServer, TestServer, anonymous_client, client, event, header};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// How long the server may take to notice that the database is back: the
 /// listener retries at most every 5 s.
@@ -262,4 +268,112 @@ async fn subscriptions_and_users_live_in_the_database_not_in_the_data_directory(
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
+}
+
+/// A relay between eventfeed and PostgreSQL that cuts the writer's
+/// connection at its next `COMMIT` when armed: after passing it on and
+/// seeing PostgreSQL answer (the batch stands, the writer never hears
+/// so), or before passing it on (the batch is rolled back).
+struct CommitCutter {
+    port: u16,
+    /// `Some(pass_on)` while armed; taken by the cut.
+    armed: Arc<Mutex<Option<bool>>>,
+}
+
+impl CommitCutter {
+    async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(Mutex::new(None));
+        let arming = Arc::clone(&armed);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = tokio::net::TcpStream::connect(("127.0.0.1", target)).await.unwrap();
+                tokio::spawn(relay(client, upstream, Arc::clone(&arming)));
+            }
+        });
+        Self { port, armed }
+    }
+
+    fn arm(&self, pass_on: bool) {
+        *self.armed.lock().unwrap() = Some(pass_on);
+    }
+}
+
+async fn relay(client: TcpStream, upstream: TcpStream, armed: Arc<Mutex<Option<bool>>>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    let (mut up, mut down) = (vec![0; 64 * 1024], vec![0; 64 * 1024]);
+    // The startup message names the connection (`application_name`).
+    let mut is_writer = false;
+    loop {
+        tokio::select! {
+            read = client_read.read(&mut up) => {
+                let Ok(n @ 1..) = read else { return };
+                let chunk = &up[..n];
+                is_writer |= contains(chunk, b"eventfeed-writer");
+                if is_writer && contains(chunk, b"COMMIT\0") {
+                    let cut = armed.lock().unwrap().take();
+                    if let Some(pass_on) = cut {
+                        if pass_on {
+                            upstream_write.write_all(chunk).await.unwrap();
+                            // PostgreSQL's answer: the commit is done.
+                            let answer = upstream_read.read(&mut down);
+                            let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
+                        }
+                        return;
+                    }
+                }
+                if upstream_write.write_all(chunk).await.is_err() {
+                    return;
+                }
+            }
+            read = upstream_read.read(&mut down) => {
+                let Ok(n @ 1..) = read else { return };
+                if client_write.write_all(&down[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+/// A commit whose connection is lost while PostgreSQL commits it: eventfeed
+/// cannot know whether it stands, so it answers neither `201` nor a
+/// refusal, but `503` saying so; the retry with the same ids is answered
+/// `201` with the first try's `Location` if it stood, and written if it
+/// did not. Either way the event is there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_cut_off_is_neither_acknowledged_nor_refused_and_its_retry_is_safe() {
+    let Some(cluster) = common::postgres::cluster() else { return };
+    let url = cluster.create_database();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let cutter = CommitCutter::start(cluster.port()).await;
+    let through_cutter = format!("postgres://postgres@127.0.0.1:{}/{name}", cutter.port);
+    let server = TestServer::start_with(|config| config.store = through_cutter).await;
+    server.append_n("cut", 1).await;
+
+    for (number, pass_on) in [(1, true), (2, false)] {
+        let body = json!([event("Cut", json!({ "number": number }))]);
+        cutter.arm(pass_on);
+        let (status, retry_after, text) = append(&server.base, "cut", &body).await;
+        assert_eq!(status, 503, "COMMIT passed on: {pass_on}: {text}");
+        assert!(retry_after.is_some(), "Retry-After");
+        assert!(text.contains("whether it stands is unknown"), "{text}");
+        let committed = cluster.psql(&name, "SELECT count(*) FROM event_ids WHERE stream = 'cut'").unwrap();
+        let expected = if pass_on { number + 1 } else { number };
+        assert_eq!(committed, expected.to_string(), "the commit stood: {pass_on}");
+
+        let response = server.post_events("cut", &body).await;
+        assert_eq!(response.status(), 201, "the retry");
+        let location = header(response.headers(), "location").unwrap();
+        assert!(location.ends_with(&format!("/streams/cut/{number}")), "{location}");
+    }
+    let events = common::read_all_events(&server.client, &server.base, "cut").await;
+    let numbers: Vec<u64> = events.iter().map(|event| event["eventNumber"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [0, 1, 2], "each event once");
 }

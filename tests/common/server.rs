@@ -203,7 +203,8 @@ impl BinaryServer {
 
     fn launch(mut command: Command, data_dir: &Path, extra_args: &[&str]) -> Self {
         let log_level: &[&str] = if extra_args.contains(&"--log") { &[] } else { &["--log", "info"] };
-        if !extra_args.contains(&"--store") {
+        let on_postgres = !extra_args.contains(&"--store") && backend::on_postgres();
+        if on_postgres {
             if let Some(url) = backend::store_for(data_dir) {
                 command.env("EVENTFEED_STORE", url);
             }
@@ -230,6 +231,13 @@ impl BinaryServer {
             }
             before.push(line);
         };
+        // The run asked for PostgreSQL: make sure that is what it tests.
+        if on_postgres {
+            assert!(
+                before.iter().any(|line| line.contains("PostgreSQL store open")),
+                "the server opened no PostgreSQL store: {before:?}"
+            );
+        }
         // Keep draining the log so the server never blocks on a full pipe.
         let log = Arc::new(Mutex::new(before));
         let kept = Arc::clone(&log);

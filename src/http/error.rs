@@ -147,7 +147,8 @@ impl From<StoreError> for HttpError {
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("10"))
             }
             // Nothing was written; the store comes back by itself when its
-            // database does (the database's own restart takes seconds).
+            // database does (the database's own restart takes seconds). The
+            // store logs the outage once, not every request it fails.
             StoreError::Unreachable(cause) => {
                 tracing::debug!(%cause, "the store's database cannot be reached");
                 HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
@@ -157,8 +158,9 @@ impl From<StoreError> for HttpError {
                     )
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static(DATABASE_RETRY_AFTER))
             }
+            // The store logged the cut-off commit once, for its whole batch.
             StoreError::OutcomeUnknown(cause) => {
-                tracing::error!(%cause, "a write's commit was cut off; its outcome is unknown");
+                tracing::debug!(%cause, "a write's commit was cut off; its outcome is unknown");
                 HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
                     .with_detail(
                         "The connection to the store's database was lost while the write committed, so \

@@ -145,6 +145,12 @@ impl Writer {
                     self.publisher.publish(head, Some(&touched));
                 }
             }
+            Err(error @ StoreError::OutcomeUnknown(_)) => {
+                tracing::error!(%error, requests = replies.len(), "a PostgreSQL commit was cut off; whether it stands is unknown");
+                for reply in replies {
+                    reply.fail(error.clone());
+                }
+            }
             Err(error) => {
                 tracing::warn!(%error, requests = replies.len(), "a PostgreSQL commit failed; nothing of it was written");
                 for reply in replies {
@@ -179,9 +185,7 @@ impl Writer {
         }
         result
     }
-}
 
-impl Writer {
     /// Records that the database was lost (the connection is gone).
     fn note_outage(&self, error: &StoreError) {
         if let StoreError::Unreachable(why) | StoreError::OutcomeUnknown(why) = error {

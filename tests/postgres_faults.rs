@@ -36,7 +36,7 @@ use common::load::{AppendLoad, check_survivors};
 use common::postgres::Cluster;
 use common::subscriptions::Api;
 use common::varnish::{Chain, is_cache_hit};
-use common::{ATOM_XML, BinaryServer, TestServer, anonymous_client, client, event, header};
+use common::{ATOM_JSON, ATOM_XML, BinaryServer, TestServer, anonymous_client, client, event, header};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -101,11 +101,25 @@ async fn a_lost_database_answers_503_keeps_cached_pages_and_comes_back_by_itself
     // The same request again, still without its database: still refused.
     let (status, _, _) = append(&base, "lost", &one).await;
     assert_eq!(status, 503);
+    // What reaches the server itself needs the database: 503 too, and
+    // says when to come back; the process is alive, and says why it is
+    // not ready.
+    let head = client().get(format!("{base}/streams/kept")).header("accept", ATOM_JSON).send().await.unwrap();
+    assert_eq!(head.status(), 503, "an uncached read");
+    assert!(head.headers().contains_key("retry-after"));
+    let live = anonymous_client().get(format!("{base}/health/live")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let info: Value = client().get(format!("{base}/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["writes"]["accepting"], false, "{info}");
+    let reason = info["writes"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("PostgreSQL database cannot be reached"), "{reason}");
 
     cluster.start_again();
     wait_for_ready(&base, 200, COMEBACK).await;
     let (status, _, text) = append(&base, "lost", &one).await;
     assert_eq!(status, 201, "appends come back by themselves: {text}");
+    let info: Value = client().get(format!("{base}/info")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["writes"]["accepting"], true, "{info}");
     let stream = chain.server.get_json("/streams/lost/0/forward/20").await;
     assert_eq!(stream["entries"].as_array().map(Vec::len), Some(1), "the refused tries wrote nothing");
 }

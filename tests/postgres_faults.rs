@@ -113,6 +113,8 @@ async fn a_lost_database_answers_503_keeps_cached_pages_and_comes_back_by_itself
     assert_eq!(info["writes"]["accepting"], false, "{info}");
     let reason = info["writes"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("PostgreSQL database cannot be reached"), "{reason}");
+    let metrics = client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|line| line == "eventfeed_writes_accepting 0"), "{metrics}");
 
     cluster.start_again();
     wait_for_ready(&base, 200, COMEBACK).await;

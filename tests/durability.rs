@@ -6,148 +6,31 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::pages::Walk;
-use common::{BinaryServer, EVENTS_JSON, TestServer, client, read_all_events};
+use common::backend::sled_only;
+use common::load::{AppendLoad, check_survivors};
+use common::{BinaryServer, EVENTS_JSON, TestServer, read_all_events};
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-const BATCH: usize = 5;
-
-/// One acknowledged append: its ids, in order.
-#[derive(Debug, Clone)]
-struct Acked {
-    stream: String,
-    first_number: u64,
-    ids: Vec<String>,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_event_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let mut server = BinaryServer::start(&data_dir, &[]);
-    let base = server.base.clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(AtomicUsize::new(0));
-
-    let mut writers = Vec::new();
-    for writer in 0..16 {
-        let base = base.clone();
-        let stop = Arc::clone(&stop);
-        let acknowledged = Arc::clone(&acknowledged);
-        writers.push(tokio::spawn(async move {
-            let client = client();
-            let mut acked = Vec::new();
-            let mut round = 0;
-            'load: while !stop.load(Ordering::Relaxed) {
-                // Half the writers share one stream, so batches interleave.
-                let stream =
-                    if writer % 2 == 0 { "crash-shared".to_owned() } else { format!("crash-{writer}") };
-                let ids: Vec<String> = (0..BATCH).map(|_| Uuid::new_v4().to_string()).collect();
-                let events: Vec<Value> = ids
-                    .iter()
-                    .enumerate()
-                    .map(|(i, id)| json!({"eventId": id, "eventType": "Crash", "data": {"writer": writer, "round": round, "i": i}}))
-                    .collect();
-                let body = Value::Array(events).to_string();
-                round += 1;
-                // Every batch twice, with the same ids, as one command's
-                // events in two streams: ids are unique per stream.
-                for stream in [stream, format!("crash-mirror-{writer}")] {
-                    let sent = client
-                        .post(format!("{base}/streams/{stream}"))
-                        .header("content-type", EVENTS_JSON)
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(response) if response.status() == 201 => {
-                            let location = response.headers()["location"].to_str().unwrap().to_owned();
-                            let first_number = location.rsplit('/').next().unwrap().parse().unwrap();
-                            acked.push(Acked { stream, first_number, ids: ids.clone() });
-                            acknowledged.fetch_add(1, Ordering::Relaxed);
-                        }
-                        // The server died mid-request: not acknowledged.
-                        _ => break 'load,
-                    }
-                }
-            }
-            acked
-        }));
-    }
-
+    let load = AppendLoad::start(&server.base, 16);
     // Killed mid-load: once a few hundred batches are in, however long a
     // slow disk takes to get there (a fixed sleep counted on its speed).
-    common::wait_until("300 acknowledged batches", Duration::from_secs(60), || {
-        acknowledged.load(Ordering::Relaxed) >= 300
-    })
-    .await;
+    load.wait_for_acknowledged(300, Duration::from_secs(60)).await;
     server.kill9();
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for writer in writers {
-        acked.extend(writer.await.unwrap());
-    }
+    let acked = load.stop().await;
     assert!(acked.len() > 100, "the load ran (acknowledged {} batches)", acked.len());
 
     let server = BinaryServer::start(&data_dir, &[]);
-    let client = client();
-
-    // Every stream: numbers dense from 0, batches whole, every ack present.
-    let streams: HashSet<&str> = acked.iter().map(|a| a.stream.as_str()).collect();
-    let mut found: HashMap<(String, String), u64> = HashMap::new();
-    let mut total_events = 0;
-    for stream in &streams {
-        let events = read_all_events(&client, &server.base, stream).await;
-        total_events += events.len();
-        assert_eq!(events.len() % BATCH, 0, "{stream} holds whole batches only");
-        for (expected_number, event) in events.iter().enumerate() {
-            assert_eq!(event["eventNumber"], expected_number as u64, "{stream} is dense");
-            let id = event["eventId"].as_str().unwrap().to_owned();
-            assert_eq!(found.insert((id, stream.to_string()), expected_number as u64), None, "once");
-        }
-        for batch in events.chunks(BATCH) {
-            let data: Vec<Value> =
-                batch.iter().map(|e| serde_json::from_str(e["data"].as_str().unwrap()).unwrap()).collect();
-            assert!(
-                data.iter().all(|d| d["writer"] == data[0]["writer"] && d["round"] == data[0]["round"]),
-                "a batch is contiguous and complete: {data:?}"
-            );
-        }
-    }
-    for batch in &acked {
-        for (offset, id) in batch.ids.iter().enumerate() {
-            assert_eq!(
-                found.get(&(id.clone(), batch.stream.clone())),
-                Some(&(batch.first_number + offset as u64)),
-                "acknowledged event {id} of {} is where its Location said",
-                batch.stream
-            );
-        }
-    }
-
-    // $all: positions dense from 0 and holding exactly the streams' events.
-    let start = server.url("/streams/$all/00000000000000000000000000000000/forward/250");
-    let mut in_all = 0;
-    for page in Walk::forward(&client, start).until_empty().pages().await.iter() {
-        let entries = page.entries().len();
-        in_all += entries;
-        let Some(previous) = page.link("previous") else { break };
-        let from = position_in(&page.url);
-        let to = position_in(&previous);
-        assert_eq!(to - from, entries as u64, "no position between {from} and {to} is missing");
-    }
-    assert_eq!(in_all, total_events, "$all holds every event once");
-}
-
-fn position_in(url: &str) -> u64 {
-    let segment = url.split('/').rev().nth(2).unwrap();
-    u64::from_str_radix(&segment[..16], 16).unwrap()
+    check_survivors(&server.base, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,6 +110,9 @@ async fn racing_writers_get_exactly_one_winner_per_version() {
 /// of its lock a moment after its last handle; opening waits for that).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_store_per_directory_and_reopening_at_once() {
+    if sled_only("sled's lock on its data directory") {
+        return;
+    }
     use eventfeed::store::{self, StoreConfig, sled::SledStoreOptions};
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
@@ -256,6 +142,9 @@ async fn one_store_per_directory_and_reopening_at_once() {
 /// events there whose retries are recognised in turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
+    if sled_only("the sled store's id index; tests/store_contract.rs checks retries on PostgreSQL") {
+        return;
+    }
     use eventfeed::store::{
         self, Append, ExpectedVersion, ProposedEvent, Store, StoreConfig, StoreError, sled::SledStoreOptions,
     };
@@ -330,6 +219,9 @@ async fn retries_are_recognised_after_the_id_index_sorts_and_merges_its_runs() {
 /// answer arrives, on both worker threads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_append_is_already_behind_the_head() {
+    if sled_only("opens a sled store directly; tests/store_contract.rs checks the head on every backend") {
+        return;
+    }
     use eventfeed::store::{
         self, Append, ExpectedVersion, ProposedEvent, StoreConfig, sled::SledStoreOptions,
     };
@@ -405,6 +297,9 @@ async fn write_two_mib(server: &TestServer) {
 /// a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_checkpoints_the_store_after_enough_writes() {
+    if sled_only("sled's snapshots in its data directory") {
+        return;
+    }
     for (after_mb, checkpoints) in [(1, true), (64, false)] {
         let mut server = TestServer::start_with(|config| config.checkpoint_after_mb = after_mb).await;
         let at_start = newest_snapshot(server.data_dir());

@@ -271,7 +271,7 @@ async fn appends_come_back_by_themselves_after_the_writer_loses_its_connection()
                 assert_eq!(outcome.first_number, acknowledged, "attempt {attempt}");
                 acknowledged += 1;
             }
-            Err(StoreError::Unavailable | StoreError::CommitFailed(_)) if attempt < 2 => {}
+            Err(StoreError::Unreachable(_) | StoreError::OutcomeUnknown(_)) if attempt < 2 => {}
             Err(error) => panic!("attempt {attempt}: {error}"),
         }
     }

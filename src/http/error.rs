@@ -98,6 +98,11 @@ impl HttpError {
     }
 }
 
+/// `Retry-After` while the store's database is away, in seconds: about
+/// the time PostgreSQL takes to restart, and the longest the store waits
+/// between attempts to reconnect.
+const DATABASE_RETRY_AFTER: &str = "5";
+
 /// The `ES-CurrentVersion` header.
 pub const CURRENT_VERSION: HeaderName = HeaderName::from_static("es-currentversion");
 
@@ -143,6 +148,30 @@ impl From<StoreError> for HttpError {
                          its original Location.",
                     )
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("10"))
+            }
+            // Nothing was written; the store comes back by itself when its
+            // database does (the database's own restart takes seconds). The
+            // store logs the outage once, not every request it fails.
+            StoreError::Unreachable(cause) => {
+                tracing::debug!(%cause, "the store's database cannot be reached");
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+                    .with_detail(
+                        "The store's database cannot be reached; nothing was written. The server \
+                         reconnects by itself: retry the request after the time Retry-After says.",
+                    )
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static(DATABASE_RETRY_AFTER))
+            }
+            // The store logged the cut-off commit once, for its whole batch.
+            StoreError::OutcomeUnknown(cause) => {
+                tracing::debug!(%cause, "a write's commit was cut off; its outcome is unknown");
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+                    .with_detail(
+                        "The connection to the store's database was lost while the write committed, so \
+                         whether it stands is unknown. Retry it with the same event ids: a write that \
+                         stood is then answered with its original Location, one that did not is \
+                         written then.",
+                    )
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static(DATABASE_RETRY_AFTER))
             }
             // The multi-stream append route answers conflicts with a JSON
             // body of its own; this is the plain form.

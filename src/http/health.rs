@@ -10,7 +10,9 @@
 //!   server keeps serving for `--shutdown-drain-secs` first), once
 //!   a failed commit stopped the store (the server is stopping), and while
 //!   appends are refused because the disk is below `--min-free-mb` (reads
-//!   still work, but a writer would get 507 here and should go elsewhere).
+//!   still work, but a writer would get 507 here and should go elsewhere),
+//!   and while the store's database is away (PostgreSQL: appends get 503
+//!   until it is back, and ready turns 200 by itself then).
 //!   The store is open whenever the server answers at all: it is opened
 //!   before the server binds and closed after it stops answering.
 
@@ -47,6 +49,9 @@ fn not_ready_because(state: &AppState) -> Option<String> {
     }
     if let Some(stopped) = state.store.writes_stopped() {
         return Some(format!("the store takes no writes: {stopped}"));
+    }
+    if let Some(unreachable) = state.store.unreachable() {
+        return Some(format!("the store takes no writes for now: {unreachable}"));
     }
     match state.store.disk_space() {
         Some(disk) if disk.below_floor() => Some(format!(

@@ -86,8 +86,9 @@ impl Scrape {
         let next_position = state.store.notifier().next_position();
         let activity = state.activity.snapshot(next_position);
         let disk = state.store.disk_space();
-        let writes_accepting =
-            state.store.writes_stopped().is_none() && !disk.as_ref().is_some_and(DiskSpace::below_floor);
+        let writes_accepting = state.store.writes_stopped().is_none()
+            && state.store.unreachable().is_none()
+            && !disk.as_ref().is_some_and(DiskSpace::below_floor);
         // A failed listing leaves the groups out of this scrape, rather
         // than failing the whole of it.
         let groups = match state.subscription_host.local() {

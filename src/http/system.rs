@@ -125,8 +125,12 @@ fn scavenge(report: &ScavengeReport) -> serde_json::Value {
 
 /// Whether the store takes appends now, and if not, why.
 fn writes(state: &AppState) -> serde_json::Value {
+    let unreachable = state.store.unreachable();
     let reason = match (state.store.writes_stopped(), state.store.disk_space()) {
         (Some(stopped), _) => Some(format!("{stopped}; the server is stopping, and a restart recovers it")),
+        (None, _) if unreachable.is_some() => {
+            unreachable.map(|why| format!("{why}; appends get 503 until it is back"))
+        }
         (None, Some(disk)) if disk.below_floor() => Some(format!(
             "the disk has {} bytes free, below the {} the store keeps (--min-free-mb): appends get 507 until space is freed",
             disk.free_bytes, disk.min_free_bytes

@@ -227,6 +227,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         self.notifier().writes_stopped()
     }
 
+    /// Why the store cannot take writes for now, if it cannot: its
+    /// database is away (PostgreSQL). Unlike [`Store::writes_stopped`] it
+    /// passes by itself, without a restart, once the database is back.
+    fn unreachable(&self) -> Option<String> {
+        None
+    }
+
     /// The free space of the store's disk and the floor it keeps, for a
     /// store on a disk (see `--min-free-mb`).
     fn disk_space(&self) -> Option<DiskSpace> {

@@ -296,6 +296,15 @@ pub enum StoreError {
     /// with the same event ids is safe: if the write stood, the retry is
     /// recognised and answered with its original outcome.
     CommitFailed(String),
+    /// The store's database cannot be reached now (stopped, restarting,
+    /// or out of connections); nothing was written. The store goes on and
+    /// takes writes again by itself once the database is back.
+    Unreachable(String),
+    /// The connection to the database was lost while it committed the
+    /// write, so whether it stands is unknown; the store goes on. A retry
+    /// with the same event ids is safe: if the write stood, the retry is
+    /// recognised and answered with its original outcome.
+    OutcomeUnknown(String),
     /// Parts of a multi-stream append whose expected versions did not hold
     /// (every one of them), or that only repeat an earlier write while
     /// other parts are new; nothing was written.
@@ -337,6 +346,8 @@ impl fmt::Display for StoreError {
             Self::Unavailable => f.write_str("store unavailable"),
             Self::InsufficientStorage(message) => write!(f, "insufficient storage: {message}"),
             Self::CommitFailed(message) => write!(f, "the write could not be made durable: {message}"),
+            Self::Unreachable(message) => write!(f, "the database cannot be reached: {message}"),
+            Self::OutcomeUnknown(message) => write!(f, "the write's outcome is unknown: {message}"),
             Self::Conflicts(conflicts) => {
                 f.write_str("expected versions did not hold:")?;
                 for Conflict { stream, expected, current } in conflicts {

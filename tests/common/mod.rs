@@ -2,10 +2,14 @@
 //! folder as its `common` module; the names most tests use are re-exported
 //! here.
 //!
+//! - [`backend`]: the store the servers run on, sled or PostgreSQL
+//!   (`EVENTFEED_TEST_STORE`), and the tests that only sled can run.
 //! - [`bodies`]: random events bodies, valid and broken, for the property
 //!   suites.
 //! - [`server`]: servers on loopback ports ([`TestServer`] in process,
 //!   [`BinaryServer`] the real binary).
+//! - [`load`]: append load for the crash tests, and the check of what
+//!   survived it.
 //! - [`http`]: media types, the client, event bodies, headers, raw requests.
 //! - [`admin`]: waiting for projections, waiters and scavenges.
 //! - [`pages`]: walking a feed page by page.
@@ -18,8 +22,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
+pub mod backend;
 pub mod bodies;
 pub mod http;
+pub mod load;
 pub mod pages;
 pub mod patroni;
 pub mod postgres;

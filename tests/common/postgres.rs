@@ -3,11 +3,13 @@
 //! directory, as an unprivileged user when the tests run as root
 //! (PostgreSQL refuses to run as root). One cluster per test binary,
 //! started by the first test that asks; every test gets a fresh database
-//! in it ([`database`]).
+//! in it ([`database`]). A test that stops, kills or restarts PostgreSQL
+//! gets a cluster of its own ([`Cluster::dedicated`]), so that it disturbs
+//! no other test.
 //!
-//! The cluster runs under a small shell watchdog that stops it (and
-//! removes its directory) once the test process is gone: a test binary's
-//! statics are never dropped, so nothing in this process could.
+//! A small shell watchdog stops a cluster (and removes its directory) once
+//! the test process is gone: a test binary's statics are never dropped, so
+//! nothing in this process could.
 //!
 //! Without PostgreSQL (Debian: `apt-get install postgresql`; tests/run
 //! installs it) the tests that need it say `SKIPPED` and pass, unless `CI`
@@ -16,10 +18,11 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long the cluster may take to start.
@@ -32,6 +35,13 @@ const UNPRIVILEGED_USER: &str = "nobody";
 pub struct Cluster {
     bin: PathBuf,
     port: u16,
+    /// Whether its processes run as [`UNPRIVILEGED_USER`].
+    root: bool,
+    /// Its temporary directory: the data directory, the socket, the log.
+    dir: PathBuf,
+    /// The process started (`runuser` or `postgres`), whose process group
+    /// holds the postmaster and its children; `None` while it is stopped.
+    process: Mutex<Option<Child>>,
     /// Numbers the databases created.
     databases: AtomicU64,
 }
@@ -42,21 +52,25 @@ static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
 /// `SKIPPED` and why) when PostgreSQL cannot be started and `CI` is
 /// unset. Under `CI` that fails the test.
 pub fn cluster() -> Option<&'static Cluster> {
-    CLUSTER
-        .get_or_init(|| match start() {
-            Ok(cluster) => Some(cluster),
-            Err(why) => {
-                let message = format!(
-                    "PostgreSQL cannot be started: {why} (Debian: apt-get install postgresql; tests/run installs it)"
-                );
-                if std::env::var_os("CI").is_some() {
-                    panic!("{message}");
-                }
-                eprintln!("SKIPPED: {message}");
-                None
+    CLUSTER.get_or_init(|| unavailable_unless_ci(start())).as_ref()
+}
+
+/// A started cluster, or `None` having said why it is skipped; panics
+/// under `CI`.
+fn unavailable_unless_ci(started: Result<Cluster, String>) -> Option<Cluster> {
+    match started {
+        Ok(cluster) => Some(cluster),
+        Err(why) => {
+            let message = format!(
+                "PostgreSQL cannot be started: {why} (Debian: apt-get install postgresql; tests/run installs it)"
+            );
+            if std::env::var_os("CI").is_some() {
+                panic!("{message}");
             }
-        })
-        .as_ref()
+            eprintln!("SKIPPED: {message}");
+            None
+        }
+    }
 }
 
 /// The connection string of a new, empty database in the tests' cluster;
@@ -66,11 +80,22 @@ pub fn database() -> Option<String> {
 }
 
 impl Cluster {
+    /// A cluster for one test alone, which it may stop, kill and start
+    /// again; `None` as for [`cluster`]. Dropping it stops it.
+    pub fn dedicated() -> Option<Self> {
+        unavailable_unless_ci(start())
+    }
+
     /// Creates an empty database and returns its connection string.
     pub fn create_database(&self) -> String {
         let name = format!("test_{}", self.databases.fetch_add(1, Ordering::Relaxed));
         self.psql("postgres", &format!("CREATE DATABASE {name}")).expect("a database is created");
         self.url(&name)
+    }
+
+    /// The loopback port the cluster listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The connection string of database `name`.
@@ -92,6 +117,115 @@ impl Cluster {
             Err(String::from_utf8_lossy(&output.stderr).into_owned())
         }
     }
+
+    /// The postmaster's process id, from its lock file.
+    fn postmaster(&self) -> Option<u32> {
+        let lock = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).ok()?;
+        lock.lines().next()?.trim().parse().ok()
+    }
+
+    /// Kills the postmaster and every process of it with `SIGKILL`, as a
+    /// crash of the database's machine would (less the page cache, which
+    /// survives: with `fsync` off nothing else would), and waits until
+    /// they are gone.
+    pub fn kill9(&self) {
+        let process = self.process.lock().unwrap().take().expect("the cluster runs");
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", process.id())]).status();
+        wait_for_group_gone(process);
+    }
+
+    /// Stops the cluster as an operator would (`SIGINT`: a fast shutdown,
+    /// which ends every session), and waits until it is gone.
+    pub fn stop(&self) {
+        let process = self.process.lock().unwrap().take().expect("the cluster runs");
+        if let Some(postmaster) = self.postmaster() {
+            let _ = Command::new("kill").args(["-INT", &postmaster.to_string()]).status();
+        }
+        wait_for_group_gone(process);
+    }
+
+    /// Starts the cluster again on its data directory and port (after
+    /// [`Cluster::stop`] or [`Cluster::kill9`]), and waits until it answers.
+    pub fn start_again(&self) {
+        self.launch().expect("PostgreSQL starts again");
+    }
+
+    /// Starts `postgres` in a process group of its own and waits until it
+    /// answers. `fsync` off: the tests crash no machine (a killed
+    /// postmaster leaves what it wrote in the page cache), and it spares
+    /// the disk the other builds share.
+    fn launch(&self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("postgres.log"))
+            .map_err(|error| format!("the log: {error}"))?;
+        let child = as_cluster_user(&self.bin.join("postgres"), self.root, &self.dir)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-k")
+            .arg(&self.dir)
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(["-c", "max_connections=300"])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|error| format!("the log: {error}"))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|error| format!("starting postgres: {error}"))?;
+        *self.process.lock().unwrap() = Some(child);
+        let started = Instant::now();
+        loop {
+            match self.psql("postgres", "SELECT 1") {
+                Ok(_) => return Ok(()),
+                Err(error) if started.elapsed() > START_PATIENCE => {
+                    let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+                    return Err(format!("postgres did not answer: {error}\n{log}"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let process = self.process.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let (Some(mut process), Some(postmaster)) = (process, self.postmaster()) {
+            // An immediate shutdown; the watchdog removes the directory
+            // when the test process ends.
+            let _ = Command::new("kill").args(["-QUIT", &postmaster.to_string()]).status();
+            let _ = process.wait();
+        }
+    }
+}
+
+/// Reaps `process` and waits until no process of its group is left but
+/// zombies (whose parent, the killed postmaster, is gone).
+fn wait_for_group_gone(mut process: Child) {
+    let group = process.id();
+    let _ = process.wait();
+    let started = Instant::now();
+    while group_alive(group) {
+        assert!(started.elapsed() < START_PATIENCE, "PostgreSQL did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether a process of process group `group` still runs (zombies aside).
+fn group_alive(group: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.filter_map(Result::ok).any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { return false };
+        // `pid (name) state ppid pgrp …`; the name may hold anything, so
+        // the fields are counted after its closing parenthesis.
+        let Some((_, fields)) = stat.rsplit_once(')') else { return false };
+        let mut fields = fields.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|pgrp| pgrp.parse::<u32>().ok());
+        pgrp == Some(group) && state != Some("Z")
+    })
 }
 
 /// The newest PostgreSQL's binaries: Debian keeps them in
@@ -161,55 +295,40 @@ fn start() -> Result<Cluster, String> {
         .and_then(|listener| listener.local_addr())
         .map_err(|error| format!("a free port: {error}"))?
         .port();
-    // The watchdog: the cluster lives as long as this process does.
-    // fsync off: the tests crash no machine, and it spares the disk the
-    // other builds share.
+    watch(&dir, root)?;
+    let cluster = Cluster { bin, port, root, dir, process: Mutex::new(None), databases: AtomicU64::new(0) };
+    cluster.launch()?;
+    Ok(cluster)
+}
+
+/// Starts the watchdog of the cluster in `dir`: once the test process is
+/// gone, it stops whatever postmaster runs in the directory (an immediate
+/// shutdown), waits for it, and removes the directory.
+fn watch(dir: &Path, root: bool) -> Result<(), String> {
     let script = r#"
-        "$1/postgres" -D "$2" -k "$3" -p "$4" -c listen_addresses=127.0.0.1 -c fsync=off \
-            -c full_page_writes=off -c max_connections=300 >"$3/postgres.log" 2>&1 &
-        cluster=$!
-        while [ -d "/proc/$5" ] && kill -0 "$cluster" 2>/dev/null; do sleep 0.2; done
-        kill -QUIT "$cluster" 2>/dev/null
-        wait "$cluster"
-        rm -rf "$3"
+        while [ -d "/proc/$2" ]; do sleep 0.2; done
+        postmaster=$(head -n 1 "$1/data/postmaster.pid" 2>/dev/null)
+        if [ -n "$postmaster" ] && kill -QUIT "$postmaster" 2>/dev/null; then
+            while kill -0 "$postmaster" 2>/dev/null; do sleep 0.1; done
+        fi
+        rm -rf "$1"
     "#;
-    as_cluster_user(Path::new("/bin/sh"), root, &dir)
+    as_cluster_user(Path::new("/bin/sh"), root, dir)
         .args(["-c", script, "watchdog"])
-        .arg(&bin)
-        .arg(&data)
-        .arg(&dir)
-        .arg(port.to_string())
+        .arg(dir)
         .arg(std::process::id().to_string())
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|error| format!("starting postgres: {error}"))?;
-    let cluster = Cluster { bin, port, databases: AtomicU64::new(0) };
-    let started = Instant::now();
-    loop {
-        match cluster.psql("postgres", "SELECT 1") {
-            Ok(_) => return Ok(cluster),
-            Err(error) if started.elapsed() > START_PATIENCE => {
-                let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
-                return Err(format!("postgres did not answer: {error}\n{log}"));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+        .map_err(|error| format!("starting the watchdog: {error}"))?;
+    Ok(())
 }
 
 // -- A second cluster from a base backup (tests/postgres_backup.rs) --------
-//
-// Added beside the shared cluster rather than woven into `start`, so that
-// the first cluster's start stays as it is.
 
 impl Cluster {
-    /// The port the cluster listens on (loopback).
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Takes a base backup of the running cluster with `pg_basebackup`
     /// (`-X stream`: the WAL written meanwhile comes with it, so the copy
     /// is consistent by itself), as the cluster's user, into a new
@@ -242,39 +361,11 @@ impl Cluster {
             .and_then(|listener| listener.local_addr())
             .map_err(|error| format!("a free port: {error}"))?
             .port();
-        let script = r#"
-            "$1/postgres" -D "$2" -k "$3" -p "$4" -c listen_addresses=127.0.0.1 -c fsync=off \
-                -c full_page_writes=off -c max_connections=300 >"$3/postgres.log" 2>&1 &
-            cluster=$!
-            while [ -d "/proc/$5" ] && kill -0 "$cluster" 2>/dev/null; do sleep 0.2; done
-            kill -QUIT "$cluster" 2>/dev/null
-            wait "$cluster"
-            rm -rf "$3"
-        "#;
-        as_cluster_user(Path::new("/bin/sh"), root, &dir)
-            .args(["-c", script, "watchdog"])
-            .arg(&bin)
-            .arg(data)
-            .arg(&dir)
-            .arg(port.to_string())
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|error| format!("starting postgres: {error}"))?;
-        let cluster = Cluster { bin, port, databases: AtomicU64::new(0) };
-        let started = Instant::now();
-        loop {
-            match cluster.psql("postgres", "SELECT 1") {
-                Ok(_) => return Ok(cluster),
-                Err(error) if started.elapsed() > START_PATIENCE => {
-                    let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
-                    return Err(format!("postgres did not answer: {error}\n{log}"));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        watch(&dir, root)?;
+        let cluster =
+            Cluster { bin, port, root, dir, process: Mutex::new(None), databases: AtomicU64::new(0) };
+        cluster.launch()?;
+        Ok(cluster)
     }
 }
 

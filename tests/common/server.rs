@@ -2,7 +2,9 @@
 //! [`TestServer`] runs the server in this process (fast to start, easy to
 //! restart on the same directory, its configuration adjustable);
 //! [`BinaryServer`] runs the real binary, for tests that kill it or signal
-//! it.
+//! it. Both keep their events on the backend `common::backend` picks: on
+//! PostgreSQL each data directory stands for a database of its own, so a
+//! restart on the same directory reopens the same store.
 
 #![allow(dead_code)]
 
@@ -21,6 +23,7 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::backend;
 use super::http::{ATOM_JSON, EVENTS_JSON, client, event};
 
 /// A server running inside the test process.
@@ -45,6 +48,12 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = ServeConfig::for_dir(dir.path().join("data"));
         adjust(&mut config);
+        // A test that chose its store keeps it; the others get this run's.
+        if config.store == "sled" {
+            if let Some(url) = backend::store_for(&config.data_dir) {
+                config.store = url;
+            }
+        }
         let path = config.data_dir.clone();
         Self::launch(config, Some(dir), path).await
     }
@@ -167,7 +176,9 @@ impl Drop for TestServer {
 
 /// The real binary, started with `--bind 127.0.0.1:0` (and `--log info`
 /// unless `extra_args` has a `--log`); `base` is `https://` when it was
-/// given a TLS certificate.
+/// given a TLS certificate. Unless `extra_args` has a `--store`, its store
+/// is this run's backend's for `data_dir` (in `EVENTFEED_STORE`, as an
+/// operator would give it).
 pub struct BinaryServer {
     pub child: Child,
     pub base: String,
@@ -192,6 +203,12 @@ impl BinaryServer {
 
     fn launch(mut command: Command, data_dir: &Path, extra_args: &[&str]) -> Self {
         let log_level: &[&str] = if extra_args.contains(&"--log") { &[] } else { &["--log", "info"] };
+        let on_postgres = !extra_args.contains(&"--store") && backend::on_postgres();
+        if on_postgres {
+            if let Some(url) = backend::store_for(data_dir) {
+                command.env("EVENTFEED_STORE", url);
+            }
+        }
         let mut child = command
             .arg("serve")
             .arg("--data-dir")
@@ -214,6 +231,13 @@ impl BinaryServer {
             }
             before.push(line);
         };
+        // The run asked for PostgreSQL: make sure that is what it tests.
+        if on_postgres {
+            assert!(
+                before.iter().any(|line| line.contains("PostgreSQL store open")),
+                "the server opened no PostgreSQL store: {before:?}"
+            );
+        }
         // Keep draining the log so the server never blocks on a full pipe.
         let log = Arc::new(Mutex::new(before));
         let kept = Arc::clone(&log);

@@ -46,7 +46,11 @@ pub struct Chain {
 
 impl Chain {
     pub async fn start() -> Self {
-        let server = TestServer::start().await;
+        Self::start_on(TestServer::start().await).await
+    }
+
+    /// The chain in front of a server started as the test needs it.
+    pub async fn start_on(server: TestServer) -> Self {
         let proxy = RecordingProxy::start(server.addr).await;
         let varnish = Varnish::start(proxy.addr).await;
         Self { server, proxy, varnish }

@@ -80,9 +80,12 @@ async fn check_row(server: &TestServer, target: &str, op: StreamOp, allowed: &[W
                 .await;
                 assert_eq!(meta.status(), 201);
             }
+            // Messages handed out stay in flight for the whole test: a
+            // timeout returning one while a later row is checked would
+            // change the fingerprint (seen on a slower store).
+            let settings = json!({ "messageTimeoutMilliseconds": 600_000 });
             let group =
-                admin(server, Method::PUT, &format!("/subscriptions/{stream}/readers"), Some(json!({})))
-                    .await;
+                admin(server, Method::PUT, &format!("/subscriptions/{stream}/readers"), Some(settings)).await;
             assert_eq!(group.status(), 201);
         }
         let before = fingerprint(server).await;

@@ -12,14 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use eventfeed::store::{
-    self, Append, ExpectedVersion, ProposedEvent, Store, StoreConfig, sled::SledStoreOptions,
-};
+use eventfeed::store::{self, Append, ExpectedVersion, ProposedEvent, Store};
 use eventfeed::subscriptions::Settings;
 use eventfeed::subscriptions::persist::{StoredGroup, write_config};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::common::backend;
 use crate::common::subscriptions::{Api, ids};
 use crate::common::{ATOM_JSON, BinaryServer, TestServer, raw_status, reason};
 
@@ -49,7 +48,7 @@ async fn append(store: &Arc<dyn Store>, stream: &str, events: Vec<ProposedEvent>
 /// group `y::h` on `dA`, created with `settings` (its checkpoints capped at
 /// one event, as creating a group did), then each of `appends` in turn.
 async fn write_old_store(data_dir: &Path, settings: Value, appends: Vec<(&str, Vec<ProposedEvent>)>) {
-    let store = store::open(&StoreConfig::Sled(SledStoreOptions::new(data_dir.to_owned()))).await.unwrap();
+    let store = store::open(&backend::store_config(data_dir)).await.unwrap();
     let settings = Settings::parse(settings.to_string().as_bytes(), false).unwrap();
     let capped = proposed("$metadata", true, &json!({ "$maxCount": 1 }).to_string(), &Value::Null);
     append(&store, &format!("$${OLD_CHECKPOINTS}"), vec![capped]).await;

@@ -82,6 +82,7 @@ pub(super) async fn run(
             ended = listen(&config, &publisher, &mut listened) => {
                 if let Err(error) = ended {
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "the PostgreSQL listener has no connection");
+                    publisher.outage.lost(&super::schema::error_text(&error));
                 }
             }
             _ = shutdown.changed() => return,
@@ -137,6 +138,8 @@ async fn listen(
             // After connecting, and now and then: whatever commits this
             // connection did not hear of wake everybody.
             catch_up(&client, publisher).await?;
+            // The database answers: if it was away, it is back.
+            publisher.outage.back();
             let deadline = tokio::time::sleep(SAFETY_POLL);
             tokio::pin!(deadline);
             loop {
@@ -159,16 +162,24 @@ async fn listen(
 }
 
 /// Publishes the database's head, waking every stream, if it is newer
-/// than the head published.
+/// than the head published; and notes the database's size (`/info`,
+/// `/metrics`) on the way.
 async fn catch_up(
     client: &tokio_postgres::Client,
     publisher: &Publisher,
 ) -> Result<(), tokio_postgres::Error> {
-    let row = client.query_one("SELECT next_position, commit_seq FROM log_head", &[]).await?;
+    let row = client
+        .query_one(
+            "SELECT next_position, commit_seq, pg_database_size(current_database()) FROM log_head",
+            &[],
+        )
+        .await?;
     let head = Head {
         next_position: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
         commit_seq: u64::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
     };
+    let size = u64::try_from(row.get::<_, i64>(2)).unwrap_or_default();
+    publisher.size_bytes.store(size, std::sync::atomic::Ordering::Relaxed);
     publisher.publish(head, None);
     Ok(())
 }

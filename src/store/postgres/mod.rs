@@ -37,7 +37,7 @@ mod writer;
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -50,8 +50,8 @@ use uuid::Uuid;
 use super::{
     AllRead, AllSlice, Append, AppendOutcome, DatabaseQuery, ExpectedVersion, ExportSnapshot, Head,
     ImportStep, Lease, LeaseClaim, Notifier, PoolFigures, PostgresOptions, ReadEvent, ScavengeReport,
-    ScavengeStarted, SpentId, Store, StoreError, StoredEntry,
-    StreamRead, StreamSettings, StreamSlice, StreamState, StreamView,
+    ScavengeStarted, SpentId, Store, StoreError, StoredEntry, StreamRead, StreamSettings, StreamSlice,
+    StreamState, StreamView,
 };
 
 /// How many connections reads may hold at once (the writer and the
@@ -126,6 +126,39 @@ struct Publisher {
     notifier: Notifier,
     /// The commit sequence last published.
     published: Mutex<u64>,
+    /// Whether the database is away now, as the writer and the listener
+    /// (which both hold the publisher) last found it.
+    outage: Outage,
+    /// The database's size in bytes (`pg_database_size`), as the listener
+    /// last read it with the head; `u64::MAX` before it has.
+    size_bytes: AtomicU64,
+}
+
+/// Why the database is known to be away now, if it is: set when the
+/// writer or the listener loses it, cleared when either reaches it again
+/// (the listener tries every few seconds, so it clears without appends).
+/// `/health/ready` answers `503` meanwhile.
+#[derive(Debug, Default)]
+struct Outage(Mutex<Option<String>>);
+
+impl Outage {
+    fn lost(&self, why: &str) {
+        let mut outage = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if outage.is_none() {
+            tracing::warn!(%why, "the PostgreSQL database cannot be reached; appends answer 503 until it is back");
+        }
+        *outage = Some(why.to_owned());
+    }
+
+    fn back(&self) {
+        if self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take().is_some() {
+            tracing::info!("the PostgreSQL database is reachable again");
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
 }
 
 impl Publisher {
@@ -175,15 +208,16 @@ impl fmt::Debug for PgStore {
 }
 
 /// A failure of the database, as the store reports it: a lost or
-/// unreachable database is `Unavailable` (the request may be retried), a
-/// refusal by the database is a storage failure.
+/// unreachable database is `Unreachable` (nothing was written; the
+/// request may be retried), a refusal by the database is a storage
+/// failure.
 pub(crate) fn db_error(error: tokio_postgres::Error) -> StoreError {
     let unavailable = match error.as_db_error() {
         None => true,
         Some(db) => UNAVAILABLE_CLASSES.iter().any(|class| db.code().code().starts_with(class)),
     };
     if unavailable || error.is_closed() {
-        StoreError::Unavailable
+        StoreError::Unreachable(schema::error_text(&error))
     } else {
         StoreError::Io(format!("PostgreSQL: {}", schema::error_text(&error)))
     }
@@ -225,8 +259,12 @@ impl PgStore {
         let latest_scavenge = scavenge::newest(&client).await?;
         let head = read_head(&client).await?;
         tracing::info!(database = %describe(&options.url), next_position = head.next_position, "PostgreSQL store open");
-        let publisher =
-            Arc::new(Publisher { notifier: Notifier::new(head), published: Mutex::new(head.commit_seq) });
+        let publisher = Arc::new(Publisher {
+            notifier: Notifier::new(head),
+            published: Mutex::new(head.commit_seq),
+            outage: Outage::default(),
+            size_bytes: AtomicU64::new(u64::MAX),
+        });
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -513,6 +551,17 @@ impl Store for PgStore {
             available: status.available,
             waiting: status.waiting,
         })
+    }
+
+    /// The database's files, as the listener measures them every few
+    /// seconds (a query of its own here would need the async threads).
+    fn size_on_disk(&self) -> Option<u64> {
+        let bytes = self.publisher.size_bytes.load(Ordering::Relaxed);
+        (bytes != u64::MAX).then_some(bytes)
+    }
+
+    fn unreachable(&self) -> Option<String> {
+        self.publisher.outage.reason().map(|why| format!("the PostgreSQL database cannot be reached: {why}"))
     }
 
     /// Stops taking writes and waits for the writer to finish the batch it

@@ -161,6 +161,12 @@ impl Writer {
                     self.publisher.notifier.commit_observed(CommitFigures { appends, events, duration });
                 }
             }
+            Err(error @ StoreError::OutcomeUnknown(_)) => {
+                tracing::error!(%error, requests = replies.len(), "a PostgreSQL commit was cut off; whether it stands is unknown");
+                for reply in replies {
+                    reply.fail(error.clone());
+                }
+            }
             Err(error) => {
                 tracing::warn!(%error, requests = replies.len(), "a PostgreSQL commit failed; nothing of it was written");
                 for reply in replies {
@@ -178,18 +184,34 @@ impl Writer {
     ) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            let client = connect(&self.config).await.map_err(db_error)?;
-            self.client = Some(client);
+            match connect(&self.config).await.map_err(db_error) {
+                Ok(client) => self.client = Some(client),
+                Err(error) => {
+                    self.note_outage(&error);
+                    return Err(error);
+                }
+            }
             self.prepared = Prepared::default();
         }
         let Some(client) = self.client.as_mut() else { return Err(StoreError::Unavailable) };
         let started = Instant::now();
         let result = run_transaction(client, &self.prepared, requests, self.projections).await;
         self.publisher.notifier.query_observed(DatabaseQuery::WriteTransaction, started.elapsed());
-        if let Err(StoreError::Unavailable) = result {
-            self.client = None;
+        match &result {
+            Err(error @ (StoreError::Unreachable(_) | StoreError::OutcomeUnknown(_))) => {
+                self.client = None;
+                self.note_outage(error);
+            }
+            _ => self.publisher.outage.back(),
         }
         result
+    }
+
+    /// Records that the database was lost (the connection is gone).
+    fn note_outage(&self, error: &StoreError) {
+        if let StoreError::Unreachable(why) | StoreError::OutcomeUnknown(why) = error {
+            self.publisher.outage.lost(why);
+        }
     }
 }
 
@@ -311,10 +333,14 @@ async fn transaction(
     // for each other's answers. All are answered before the `COMMIT`.
     tokio::try_join!(staging.write(client, prepared), move_head, notify)?;
     client.batch_execute("COMMIT").await.map_err(|error| match db_error(error) {
-        // Whether a commit whose answer was lost stands is unknown; a retry
-        // with the same ids is answered with its outcome if it did.
-        StoreError::Unavailable => {
-            StoreError::CommitFailed("the database went away during the commit".into())
+        // IMPORTANT: the connection was lost after COMMIT was sent, so
+        // whether the batch stands is unknown: never answered as written,
+        // nor as refused. A retry with the same ids is answered with the
+        // original outcome if it stood (ids are spent forever), and written
+        // if it did not. The head is learnt again by the next batch (which
+        // locks it) and by the listener (which reads it on reconnecting).
+        StoreError::Unreachable(why) => {
+            StoreError::OutcomeUnknown(format!("the connection was lost during the commit: {why}"))
         }
         other => other,
     })?;

@@ -84,8 +84,9 @@ def parallel(count, work):
 
 def care(ctx, pinning, size):
     """Clicks appended by 4 front ends in 20-click appends (the reference
-    rate), then for 1, 2, 3, 4 instances a group of its own from the start
-    drained by that many instance processes, 50 messages a take."""
+    rate), then for 1, 2, 3, 4 instances, twice each, a group of its own
+    from the start drained by that many instance processes, 50 messages a
+    take."""
     clicks = size["clicks"]
     server = Eventfeed(ctx.workdir, pinning, ctx.workdir / "story-care", "fsync")
     try:
@@ -98,17 +99,27 @@ def care(ctx, pinning, size):
         started = time.monotonic()
         parallel(4, front_end)
         figures = {"clicks": clicks, "append_events_per_second": clicks / (time.monotonic() - started), "runs": []}
-        for instances in (1, 2, 3, 4):
-            group = f"page-counts-{instances}"
+        # Two rounds, in the order 1 2 3 4 4 3 2 1, so that a slow minute of
+        # a shared machine does not land on one count only.
+        measured = {instances: [] for instances in (1, 2, 3, 4)}
+        for round_index, instances in enumerate((1, 2, 3, 4, 4, 3, 2, 1)):
+            group = f"page-counts-{round_index}"
             status, _, body = http_request(server.port, "PUT", f"/subscriptions/Cares/{group}",
                                            {"Content-Type": "application/json", **ADMIN},
                                            json.dumps({"startFrom": 0, "messageTimeoutMilliseconds": 60000}).encode())
             if status != 201:
                 raise RuntimeError(f"creating {group} answered {status}: {body[:200]!r}")
-            figures["runs"].append(drain(server.port, group, instances, clicks))
-            run = figures["runs"][-1]
+            run = drain(server.port, group, instances, clicks)
+            measured[instances].append(run)
             log(f"care button, {instances} instance(s): {run['messages_per_second']:.0f} messages/s, "
                 f"{run['requests_per_event']:.3f} requests/event, {run['duplicates']} duplicates")
+        for instances, runs in measured.items():
+            figures["runs"].append({
+                "instances": instances,
+                "messages_per_second": statistics.mean(run["messages_per_second"] for run in runs),
+                "rounds": [run["messages_per_second"] for run in runs],
+                "duplicates": sum(run["duplicates"] for run in runs),
+                "requests_per_event": max(run["requests_per_event"] for run in runs)})
         for run in figures["runs"]:
             run["over_one"] = ratio(run["messages_per_second"], figures["runs"][0]["messages_per_second"])
             run["over_appends"] = ratio(run["messages_per_second"], figures["append_events_per_second"])
@@ -153,8 +164,9 @@ def write_orders(port, orders):
                                         "data": {"customer": f"customer-{order % 97}"}}]
                         + [{"eventId": str(uuid.uuid4()), "eventType": "ItemAdded",
                             "data": {"sku": f"SKU-{(order + item) % 113}", "price": 100 + item}} for item in range(7)])
-            post_events(port, stream, [{"eventId": str(uuid.uuid4()), "eventType": "OrderPaid", "data": {"amount": 721}},
-                                       {"eventId": str(uuid.uuid4()), "eventType": "OrderShipped", "data": {}}])
+            post_events(port, stream, [
+                {"eventId": str(uuid.uuid4()), "eventType": "OrderPaid", "data": {"amount": 721}},
+                {"eventId": str(uuid.uuid4()), "eventType": "OrderShipped", "data": {}}])
 
     parallel(16, writer)
 
@@ -297,9 +309,9 @@ def cache(ctx, size):
         server.stop()
     reflect = [(follower.reflected[i] - sent[i]) * 1000 for i in sent]
     append = [(acknowledged[i] - sent[i]) * 1000 for i in sent]
-    figures = {"events": len(sent), "reflect_p50_ms": percentile(reflect, 0.5), "reflect_p99_ms": percentile(reflect, 0.99),
-               "reflect_max_ms": max(reflect), "append_p50_ms": percentile(append, 0.5),
-               "append_p99_ms": percentile(append, 0.99)}
+    figures = {"events": len(sent), "reflect_p50_ms": percentile(reflect, 0.5),
+               "reflect_p99_ms": percentile(reflect, 0.99), "reflect_max_ms": max(reflect),
+               "append_p50_ms": percentile(append, 0.5), "append_p99_ms": percentile(append, 0.99)}
     figures["reflect_over_append_p99"] = ratio(figures["reflect_p99_ms"], figures["append_p99_ms"])
     log(f"preloaded cache: reflected p99 {figures['reflect_p99_ms']:.1f} ms; the appends' p99 "
         f"{figures['append_p99_ms']:.1f} ms")
@@ -410,6 +422,11 @@ def check_acknowledged(ctx, data_dir, writers):
 # -- the report --------------------------------------------------------------------
 
 
+def recovered(figures):
+    """Story 4's verdict: every kill recovered in time, nothing lost."""
+    return figures["worst_seconds"] <= targets.STORY_RECOVERY_SECONDS and not figures["lost"]
+
+
 def summary(figures):
     rows = []
     care_runs = figures["care"]["runs"]
@@ -441,7 +458,7 @@ def summary(figures):
                  f"{recovery_figures['lost']} acknowledged events lost",
                  f"SIGTERM → first ack: {fmt(recovery_figures['clean_seconds'], 2)} s",
                  f"{targets.target('story_recovery')}: "
-                 f"{verdict(recovery_figures['worst_seconds'] <= targets.STORY_RECOVERY_SECONDS and not recovery_figures['lost'])}"])
+                 f"{verdict(recovered(recovery_figures))}"])
     return rows
 
 
@@ -449,14 +466,17 @@ def render(figures, settings):
     size = figures["sizes"]
     care_figures = figures["care"]
     out = ["### 1. The Care button: read-side instances on one persistent subscription\n",
-           table(["instances", "messages/s", "× one instance", "× appends", "requests per event", "duplicates"],
-                 [[run["instances"], fmt(run["messages_per_second"]), times(run["over_one"], "one"),
+           table(["instances", "messages/s (mean)", "rounds", "× one instance", "× appends", "requests per event",
+                  "duplicates"],
+                 [[run["instances"], fmt(run["messages_per_second"]),
+                   " / ".join(fmt(value) for value in run.get("rounds", [])), times(run["over_one"], "one"),
                    times(run["over_appends"], "appends"), fmt(run["requests_per_event"], 3), run["duplicates"]]
                   for run in care_figures["runs"]]), "",
            f"Reference: the {fmt(care_figures['clicks'])} clicks appended by 4 front ends in 20-click appends, "
-           f"{fmt(care_figures['append_events_per_second'])} events/s. Method: a group of its own for each row, "
-           "drained from the start by that many instance processes, each taking 50 messages a request with "
-           "`embed=body` (long-poll 1 s), counting the pages and acknowledging through `ackAll`; the server "
+           f"{fmt(care_figures['append_events_per_second'])} events/s. Method: a group of its own for each "
+           "round, drained from the start by that many instance processes (two rounds each, in the order 1 2 3 4 "
+           "4 3 2 1), each taking 50 messages a request with `embed=body` (long-poll 1 s), counting the pages and "
+           "acknowledging through `ackAll`; the server "
            "(default durability) and the instances share both cores (no pinning).", ""]
     replay_figures = figures["replay"]
     cold_note = "page cache dropped first" if replay_figures.get("page_cache_dropped") else "page cache not dropped"
@@ -503,12 +523,12 @@ def render(figures, settings):
                     f"{fmt(recovery_figures['clean_seconds'], 2)} s", fmt(recovery_figures["acknowledged_appends"]),
                     recovery_figures["lost"],
                     f"{targets.target('story_recovery')}: "
-                    f"{verdict(recovery_figures['worst_seconds'] <= targets.STORY_RECOVERY_SECONDS and not recovery_figures['lost'])}"]]),
+                    f"{verdict(recovered(recovery_figures))}"]]),
             "",
             f"Method: the store written with durability none (1,000 streams) and stopped cleanly; then a supervisor "
-            f"runs the server in the default mode on a fixed port and restarts it {fmt(recovery_figures['restart_delay_seconds'], 1)} s "
-            "after any exit (the shipped unit's `RestartSec`); 8 writers append 5-event batches, sending an "
-            "unanswered append again with the same ids; after each 3 s of load the server is killed with SIGKILL, "
-            "then once stopped with SIGTERM. Each figure runs from the signal to the first `201` from the restarted "
-            "server. Afterwards every acknowledged event is looked up where its `Location` said."]
+            "runs the server in the default mode on a fixed port and restarts it "
+            f"{fmt(recovery_figures['restart_delay_seconds'], 1)} s after any exit (the shipped unit's `RestartSec`); "
+            "8 writers append 5-event batches, sending an unanswered append again with the same ids; after each "
+            "3 s of load the server is killed with SIGKILL, then once stopped with SIGTERM. Each figure runs from "
+            "the signal to the first `201` from the restarted server. Afterwards every acknowledged event is looked up where its `Location` said."]
     return out

@@ -309,9 +309,12 @@ def cache(ctx, size):
         server.stop()
     reflect = [(follower.reflected[i] - sent[i]) * 1000 for i in sent]
     append = [(acknowledged[i] - sent[i]) * 1000 for i in sent]
+    # The cache may apply an event before its writer has read the 201.
+    after_ack = [max(0.0, (follower.reflected[i] - acknowledged[i]) * 1000) for i in sent]
     figures = {"events": len(sent), "reflect_p50_ms": percentile(reflect, 0.5),
                "reflect_p99_ms": percentile(reflect, 0.99), "reflect_max_ms": max(reflect),
-               "append_p50_ms": percentile(append, 0.5), "append_p99_ms": percentile(append, 0.99)}
+               "append_p50_ms": percentile(append, 0.5), "append_p99_ms": percentile(append, 0.99),
+               "after_ack_p50_ms": percentile(after_ack, 0.5), "after_ack_p99_ms": percentile(after_ack, 0.99)}
     figures["reflect_over_append_p99"] = ratio(figures["reflect_p99_ms"], figures["append_p99_ms"])
     log(f"preloaded cache: reflected p99 {figures['reflect_p99_ms']:.1f} ms; the appends' p99 "
         f"{figures['append_p99_ms']:.1f} ms")
@@ -503,17 +506,20 @@ def render(figures, settings):
             f"was warmed by one replay first ({fmt(replay_figures['varnish_first_seconds'], 2)} s).", ""]
     cache_figures = figures["cache"]
     out += ["### 3. The preloaded cache\n",
-            table(["events", "reflected after the append: p50", "p99", "max", "the append (201): p50", "p99",
-                   "target"],
+            table(["events", "reflected after the append was sent: p50", "p99", "max", "the append (201): p50",
+                   "p99", "reflected after the 201: p50", "p99", "target"],
                   [[fmt(cache_figures["events"]), f"{fmt(cache_figures['reflect_p50_ms'], 1)} ms",
                     f"{fmt(cache_figures['reflect_p99_ms'], 1)} ms", f"{fmt(cache_figures['reflect_max_ms'], 1)} ms",
                     f"{fmt(cache_figures['append_p50_ms'], 1)} ms", f"{fmt(cache_figures['append_p99_ms'], 1)} ms",
+                    f"{fmt(cache_figures.get('after_ack_p50_ms'), 1)} ms",
+                    f"{fmt(cache_figures.get('after_ack_p99_ms'), 1)} ms",
                     f"{targets.target('story_reflect')}: "
                     f"{verdict(cache_figures['reflect_p99_ms'] <= targets.STORY_REFLECT_P99_MS)}"]]), "",
             f"Method: {fmt(size['products'])} products × 10 events; a cache reads `$ce-Product` from the start "
             "(pages of 100, `embed=body`), then long-polls the head; events are appended one at a time, 10 ms "
             "apart, each timed from just before its request was sent to the moment the cache applied it (the "
-            "reference: the same appends' own time to their `201`).", ""]
+            "reference: the same appends' own time to their `201`); the target holds the first to it. *After the "
+            "201*: from the moment the writer read its `201` (zero when the cache was first).", ""]
     recovery_figures = figures["recovery"]
     out += ["### 4. Rapid recovery\n",
             table(["store", "kill -9 → first acknowledged append", "SIGTERM → first acknowledged append (reference)",
@@ -530,5 +536,6 @@ def render(figures, settings):
             f"{fmt(recovery_figures['restart_delay_seconds'], 1)} s after any exit (the shipped unit's `RestartSec`); "
             "8 writers append 5-event batches, sending an unanswered append again with the same ids; after each "
             "3 s of load the server is killed with SIGKILL, then once stopped with SIGTERM. Each figure runs from "
-            "the signal to the first `201` from the restarted server. Afterwards every acknowledged event is looked up where its `Location` said."]
+            "the signal to the first `201` from the restarted server. Afterwards every acknowledged event is "
+            "looked up where its `Location` said."]
     return out

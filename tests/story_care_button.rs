@@ -285,12 +285,14 @@ async fn bodies_fetched_one_by_one_through_varnish_are_hits_the_second_time() {
     const EVENTS: usize = 200;
     let chain = Chain::start().await;
     for group in ["page-counts", "page-counts-rebuild"] {
+        // No lease may time out: a redelivered event would be fetched twice
+        // in the first drain, and its second fetch is a hit.
         let created = chain
             .server
             .client
             .put(chain.server.url(&format!("/subscriptions/Cares/{group}")))
             .header("content-type", "application/json")
-            .body("{}")
+            .body(json!({"messageTimeoutMilliseconds": MESSAGE_TIMEOUT_MS}).to_string())
             .send()
             .await
             .unwrap();

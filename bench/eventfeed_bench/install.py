@@ -42,8 +42,10 @@ def packages_for(sections):
     packages = {"wrk"}
     if {"reads", "varnish"} & sections and not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
         packages.add("nginx-light")
-    if "varnish" in sections:
+    if "varnish" in sections or "stories" in sections:
         packages.add("varnish")
+    if "stories" in sections and not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
+        packages.add("nginx-light")
     if "ui" in sections:
         # Headless Chromium and its WebDriver server, for the web UI.
         packages.update({"chromium", "chromium-driver"})

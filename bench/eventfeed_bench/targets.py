@@ -45,6 +45,14 @@ TARGETS = {
                "ui"),
     "web_ui_tail": ("web UI live tail at 1,000 events/s", "none dropped from the window, main thread busy ≤ 50%",
                     "the same tail idle", "ui"),
+    "story_care": ("story 1, Care button: 1 → 4 read-side instances on one subscription",
+                   "4 instances ≥ 1.5 × one; ≤ 0.1 requests per event", "one instance; appends/s", "stories"),
+    "story_replay": ("story 2, replay of 50,000 events over HTTP", "≤ 5 s (≥ 240 × the story's 20 minutes)",
+                     "the story; nginx serving the same pages", "stories"),
+    "story_reflect": ("story 3, preloaded cache: an event reflected after its append", "p99 ≤ 100 ms",
+                      "the append's own latency", "stories"),
+    "story_recovery": ("story 4, `kill -9` → first acknowledged append, 1M events", "≤ 2 s, nothing lost",
+                       "SIGTERM → first acknowledged append", "stories"),
 }
 
 # The thresholds the sections check, in the units they record.
@@ -73,6 +81,11 @@ POSTGRES_PAGES_PER_SECOND = 10_000
 CLUSTER_WAKE_P99_MS = 50
 UI_FIRST_RENDER_MS = 300
 UI_TAIL_BUSY_SHARE = 0.5
+STORY_CARE_SCALING = 1.5
+STORY_CARE_REQUESTS_PER_EVENT = 0.1
+STORY_REPLAY_SECONDS = 5.0
+STORY_REFLECT_P99_MS = 100
+STORY_RECOVERY_SECONDS = 2.0
 
 
 def target(key):

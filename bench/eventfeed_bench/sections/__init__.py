@@ -9,7 +9,7 @@ first, then a short method paragraph. A module may also have
 sections without one are left out of it."""
 
 from . import (appends, atombus, auth, longpoll, metrics, multiappend, nodes, postgres, projections, reads,
-               scavenge, startup, subscriptions, ui, varnish)
+               scavenge, startup, stories, subscriptions, ui, varnish)
 
 MODULES = {
     "appends": appends,
@@ -27,8 +27,10 @@ MODULES = {
     "atombus": atombus,
     "ui": ui,
     "startup": startup,
+    "stories": stories,
 }
 SECTIONS = list(MODULES)
 # Run only when named: `startup` writes a 10M-event store (about 7 GB and
-# five minutes).
-OPT_IN = {"startup"}
+# five minutes); `stories` writes a 1M-event store besides its own
+# workloads (about five minutes).
+OPT_IN = {"startup", "stories"}

@@ -34,5 +34,5 @@ SECTIONS = list(MODULES)
 # Run only when named: `startup` writes a 10M-event store (about 7 GB and
 # five minutes); `stories` writes a 1M-event store besides its own
 # workloads (about five minutes); `backup` writes a 1M-event store and
-# backs it up twice (about five minutes).
+# backs it up twice, under appends that last as long (about ten minutes).
 OPT_IN = {"startup", "stories", "backup"}

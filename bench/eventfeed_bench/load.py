@@ -5,6 +5,7 @@ others took on the server CPUs, and a server's CPU time and written bytes."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 
@@ -114,36 +115,63 @@ class Wrk:
         tuple of them: eventfeed and its database) used meanwhile: other work
         on a shared machine, the main source of noise."""
         duration = duration or self.settings.duration
-        cpus = self.pinning.server_cpu_set()
-        groups = server if isinstance(server, tuple) else (server,)
-        server = groups[0]
-        before = (cpus_busy_seconds(cpus), sum(map(group_cpu_seconds, groups))) if server and cpus else None
-        written_before = written_bytes(server) if server else None
+        return self.start(port, script, args, connections, duration, server).finish(timeout=duration + 120)
+
+    def start(self, port, script, args, connections, duration, server=None):
+        """Starts wrk for at most `duration` seconds and returns at once: the
+        run's `finish()` waits for it, its `stop()` ends it early (SIGINT:
+        wrk then reports what it measured until then, as at its end)."""
+        return WrkRun(self, port, script, args, connections, duration, server)
+
+
+class WrkRun:
+    """One wrk process, with what is accounted around it (see Wrk.run)."""
+
+    def __init__(self, wrk, port, script, args, connections, duration, server):
+        self.connections = connections
+        self.cpus = wrk.pinning.server_cpu_set()
+        self.groups = server if isinstance(server, tuple) else (server,)
+        self.server = self.groups[0]
+        self.before = ((cpus_busy_seconds(self.cpus), sum(map(group_cpu_seconds, self.groups)))
+                       if self.server and self.cpus else None)
+        self.written_before = written_bytes(self.server) if self.server else None
         # A file per run: runs in parallel (two nodes at once) must not
         # rewrite each other's script while wrk loads it.
-        combined = self.workdir / f"{script}.{threading.get_ident()}.combined.lua"
-        combined.write_text(self.common + "\n" + (BENCH / "wrk" / f"{script}.lua").read_text())
-        argv = self.pinning.load(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
-                                  "-s", str(combined), f"http://127.0.0.1:{port}", "--", *map(str, args)])
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
-        line = next((l for l in result.stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
-        if result.returncode != 0 or line is None:
-            raise RuntimeError(f"wrk failed ({result.returncode}): {result.stdout}\n{result.stderr}")
+        combined = wrk.workdir / f"{script}.{threading.get_ident()}.combined.lua"
+        combined.write_text(wrk.common + "\n" + (BENCH / "wrk" / f"{script}.lua").read_text())
+        argv = wrk.pinning.load(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
+                                 "-s", str(combined), f"http://127.0.0.1:{port}", "--", *map(str, args)])
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+
+    def stop(self, timeout=60):
+        self.process.send_signal(signal.SIGINT)
+        return self.finish(timeout)
+
+    def finish(self, timeout):
+        try:
+            stdout, stderr = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise
+        line = next((l for l in stdout.splitlines() if l.startswith("BENCH_RESULT ")), None)
+        if self.process.returncode != 0 or line is None:
+            raise RuntimeError(f"wrk failed ({self.process.returncode}): {stdout}\n{stderr}")
         figures = json.loads(line[len("BENCH_RESULT "):])
         seconds = figures["duration_us"] / 1e6
         figures["seconds"] = seconds
         figures["rps"] = figures["requests"] / seconds if seconds else 0.0
         figures["errors"] = (figures["connect_errors"] + figures["read_errors"] + figures["write_errors"]
                              + figures["timeouts"] + max(figures["status_errors"], figures["non_2xx"]))
-        figures["connections"] = connections
-        if before:
-            busy = cpus_busy_seconds(cpus) - before[0]
-            own = sum(map(group_cpu_seconds, groups)) - before[1]
-            figures["others_cpu_share"] = max(0.0, busy - own) / (seconds * len(cpus)) if seconds else None
+        figures["connections"] = self.connections
+        if self.before:
+            busy = cpus_busy_seconds(self.cpus) - self.before[0]
+            own = sum(map(group_cpu_seconds, self.groups)) - self.before[1]
+            figures["others_cpu_share"] = max(0.0, busy - own) / (seconds * len(self.cpus)) if seconds else None
             figures["server_cpu_seconds"] = own
-        if written_before is not None:
-            written_after = written_bytes(server)
+        if self.written_before is not None:
+            written_after = written_bytes(self.server)
             if written_after is not None:
-                figures["server_written_bytes"] = written_after - written_before
+                figures["server_written_bytes"] = written_after - self.written_before
         return figures
-

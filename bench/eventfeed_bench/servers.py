@@ -67,13 +67,16 @@ PROCESSES = Processes()
 
 class Eventfeed:
     """eventfeed on a free loopback port; `binary` defaults to the release
-    build (the PostgreSQL section passes the build with that backend)."""
+    build (the PostgreSQL section passes the build with that backend),
+    `log_filter` to the suite's (a section that reads more of the server's
+    log widens it)."""
 
-    def __init__(self, workdir, pinning, data_dir, durability="fsync", options=(), binary=None):
+    def __init__(self, workdir, pinning, data_dir, durability="fsync", options=(), binary=None,
+                 log_filter=SERVER_LOG):
         self.data_dir = data_dir
         self.log = workdir / f"eventfeed-{data_dir.name}-{durability}-{int(time.time() * 1000)}.log"
         argv = pinning.server([str(binary or eventfeed_binary()), "serve", "--data-dir", str(data_dir), "--bind", "127.0.0.1:0",
-                               "--durability", durability, "--log", SERVER_LOG, *options])
+                               "--durability", durability, "--log", log_filter, *options])
         started = time.monotonic()
         self.process = PROCESSES.start(argv, log=self.log, pipe_stderr=True)
         self.port = None

@@ -54,6 +54,10 @@ class Settings:
         self.ui_runs = 3 if quick else 10
         # startup: streams x 1,000 events, written in 100-event appends.
         self.startup_streams = 200 if quick else 10000
+        # backup: streams x 1,000 events (1M), written in 1,000-event
+        # appends; single-event appends from this many clients meanwhile.
+        self.backup_streams = 100 if quick else 1000
+        self.backup_clients = 8
 
     def as_dict(self):
         return {name: value for name, value in vars(self).items()}

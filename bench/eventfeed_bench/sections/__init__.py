@@ -8,8 +8,8 @@ first, then a short method paragraph. A module may also have
 ([what, figure, reference in the same run, target and verdict]); the
 sections without one are left out of it."""
 
-from . import (appends, atombus, auth, longpoll, metrics, multiappend, nodes, postgres, projections, reads,
-               scavenge, startup, stories, subscriptions, ui, varnish)
+from . import (appends, atombus, auth, backup, longpoll, metrics, multiappend, nodes, postgres, projections,
+               reads, scavenge, startup, stories, subscriptions, ui, varnish)
 
 MODULES = {
     "appends": appends,
@@ -28,9 +28,11 @@ MODULES = {
     "ui": ui,
     "startup": startup,
     "stories": stories,
+    "backup": backup,
 }
 SECTIONS = list(MODULES)
 # Run only when named: `startup` writes a 10M-event store (about 7 GB and
 # five minutes); `stories` writes a 1M-event store besides its own
-# workloads (about five minutes).
-OPT_IN = {"startup", "stories"}
+# workloads (about five minutes); `backup` writes a 1M-event store and
+# backs it up twice, under appends that last as long (about ten minutes).
+OPT_IN = {"startup", "stories", "backup"}

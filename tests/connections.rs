@@ -299,3 +299,51 @@ async fn a_flood_of_idle_connections_neither_starves_clients_nor_fails_the_store
         client().get(server.url("/streams/flooded/0")).header("accept", ATOM_JSON).send().await.unwrap();
     assert_eq!(read.status(), 200, "the append acknowledged during the flood survived kill -9");
 }
+
+/// The value of sample `name` (no labels) in a `/metrics` text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_report_open_connections_the_cap_and_the_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        BinaryServer::start(&dir.path().join("data"), &["--max-connections", "3", "--metrics-public"]);
+    let mut scraper = RawSocket::connect(server.addr).await;
+    let mut scrape = async || {
+        scraper.request("GET", "/metrics", &[], "").await;
+        let scraped = scraper.response(BOUND).await.expect("a scrape is answered");
+        assert_eq!(scraped.status, 200);
+        let text = scraped.text();
+        ["eventfeed_connections", "eventfeed_connections_max", "eventfeed_connections_refused_total"]
+            .map(|name| sample(&text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}")))
+    };
+    assert_eq!(scrape().await, [1.0, 3.0, 0.0], "the scraper's own connection");
+
+    let mut idlers = Vec::new();
+    for _ in 0..2 {
+        idlers.push(RawSocket::connect(server.addr).await);
+    }
+    // Accepted in the server's time: wait until both hold a slot.
+    let deadline = Instant::now() + BOUND;
+    while scrape().await[0] < 3.0 {
+        assert!(Instant::now() < deadline, "two idle connections never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut refused = Vec::new();
+    for _ in 0..2 {
+        refused.push(RawSocket::connect(server.addr).await);
+    }
+    for socket in &mut refused {
+        assert!(socket.closed_within(BOUND).await, "a connection beyond the cap was kept open");
+    }
+    assert_eq!(scrape().await, [3.0, 3.0, 2.0]);
+
+    drop(idlers);
+    let deadline = Instant::now() + BOUND;
+    while scrape().await[0] > 1.0 {
+        assert!(Instant::now() < deadline, "closed connections still counted as open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

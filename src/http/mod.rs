@@ -27,6 +27,7 @@ pub mod base_url;
 pub mod caching;
 mod challenge;
 pub mod client;
+pub mod connection_slots;
 pub mod cors;
 mod encoding;
 pub mod error;
@@ -139,6 +140,8 @@ pub struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     /// Anyone may read `/metrics` (`--metrics-public`).
     pub metrics_public: bool,
+    /// The cap on open connections, which the accept loop keeps.
+    pub connections: Arc<connection_slots::ConnectionSlots>,
 }
 
 impl Shared {

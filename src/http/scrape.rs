@@ -2,7 +2,7 @@
 //! the figures read at scrape time from state the server keeps anyway
 //! ([`Scrape`], a `prometheus-client` collector): the head position, the
 //! stream count and store size `/info` reports, the disk and its floor,
-//! waiters, the reads `activity` counts, the credential cache, the last
+//! waiters, open connections and their cap, the reads `activity` counts, the credential cache, the last
 //! scavenge and every persistent-subscription group's figures. Requests
 //! pay nothing for these.
 
@@ -74,6 +74,9 @@ struct Scrape {
     uptime: Duration,
     waiters: usize,
     max_waiters: usize,
+    connections: usize,
+    max_connections: usize,
+    refused_connections: u64,
     credentials: CredentialCacheFigures,
     scavenge: Option<ScavengeReport>,
     groups: Vec<GroupInfo>,
@@ -106,6 +109,9 @@ impl Scrape {
             uptime: activity.uptime,
             waiters: state.waiters.in_use(state.limits.max_waiters),
             max_waiters: state.limits.max_waiters,
+            connections: state.connections.open(),
+            max_connections: state.connections.max(),
+            refused_connections: state.connections.refused(),
             credentials: state.security.credential_cache(),
             scavenge: state.store.latest_scavenge(),
             groups,
@@ -202,6 +208,26 @@ impl Collector for Scrape {
             "The cap on long-polls and SSE streams (--max-waiters); 503 beyond",
             None,
             signed(self.max_waiters as u64),
+        )?;
+        gauge(
+            e,
+            "connections",
+            "Connections open (each holds a slot of the cap)",
+            None,
+            signed(self.connections as u64),
+        )?;
+        gauge(
+            e,
+            "connections_max",
+            "The cap on open connections (--max-connections, or what the open-file limit allows)",
+            None,
+            signed(self.max_connections as u64),
+        )?;
+        counter(
+            e,
+            "connections_refused",
+            "Connections closed at once because every slot of the cap was taken",
+            self.refused_connections,
         )?;
         counter(
             e,

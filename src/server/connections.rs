@@ -33,7 +33,7 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -41,6 +41,7 @@ use super::timeouts::{Activity, InFlight, TimedBody, TimedIo, Timeouts};
 use super::tls::TlsHandshake;
 use crate::http::HttpError;
 use crate::http::base_url::ServedOverTls;
+use crate::http::connection_slots::ConnectionSlots;
 
 /// How long the accept loop pauses after an error that is not about one
 /// connection (`EMFILE`, `ENFILE`, `ENOBUFS`): such an error repeats at
@@ -69,10 +70,10 @@ pub(super) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    slots: Arc<ConnectionSlots>,
     tls: Option<TlsHandshake>,
     stop: impl Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection's task holds a receiver: the sender's `closed`
     // says when the last one has ended.
     let (stopping, stopping_seen) = watch::channel(false);
@@ -86,11 +87,11 @@ pub(super) async fn serve(
             () = &mut stop => break,
         };
         match accepted {
-            Ok((socket, peer)) => match Arc::clone(&slots).try_acquire_owned() {
-                Ok(slot) => {
+            Ok((socket, peer)) => match slots.take() {
+                Some(slot) => {
                     tokio::spawn(connection.clone().serve(socket, peer, slot, stopping_seen.clone()));
                 }
-                Err(_) => {
+                None => {
                     drop(socket);
                     if let Some(refused) = refused.due() {
                         tracing::warn!(

@@ -37,6 +37,7 @@ use self::timeouts::Timeouts;
 pub use self::tls::TlsError;
 use self::tls::TlsHandshake;
 use crate::config::ServeConfig;
+use crate::http::connection_slots::ConnectionSlots;
 use crate::http::cors::Cors;
 use crate::http::{AppState, Limits, Shared};
 use crate::security::Security;
@@ -150,6 +151,7 @@ impl Server {
             activity,
             metrics,
             metrics_public: config.metrics_public,
+            connections: Arc::new(ConnectionSlots::new(connections.max_connections)),
         });
         Ok(Self {
             listener,
@@ -239,8 +241,9 @@ impl Server {
         }
 
         let mut stopping = state.shutdown.clone();
+        let slots = Arc::clone(&state.connections);
         let app = crate::app(state);
-        let serve = connections::serve(listener, app, connections, tls, async move {
+        let serve = connections::serve(listener, app, connections, slots, tls, async move {
             signal.await;
             // Receivers live in AppState clones; a send error only means
             // none is left.

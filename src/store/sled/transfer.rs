@@ -93,10 +93,17 @@ pub(super) fn export_entries(
 /// id, not by stream, so this is one scan of it, in key order, as
 /// `IdFilter::fill` scans it (the order in which merges move ids, so none
 /// is missed while they go on; one met twice is kept once), keeping the
-/// ids whose entry is gone.
-pub(super) fn export_spent_ids(db: &sled::Db, snapshot: &ExportSnapshot) -> Result<Vec<SpentId>, StoreError> {
-    let below: HashMap<&str, u64> =
-        snapshot.streams.iter().map(|(name, state)| (name.as_str(), state.next_number)).collect();
+/// ids whose entry is gone. `below` holds each stream's next number as of
+/// the export's snapshot.
+///
+/// A scan of the whole index, with a lookup per id below its stream's
+/// number: seconds on a store of millions of events, so it runs on a
+/// blocking thread (see `PersistentStore::export_spent_ids`), never on a
+/// thread that serves requests.
+pub(super) fn export_spent_ids(
+    db: &sled::Db,
+    below: &HashMap<String, u64>,
+) -> Result<Vec<SpentId>, StoreError> {
     let mut spent = Vec::new();
     let mut keep = |stream: &str, number: u64, id: Uuid| -> Result<(), StoreError> {
         if below.get(stream).is_some_and(|below| number < *below)

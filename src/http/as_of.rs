@@ -17,10 +17,11 @@
 //! the bound, or deleted since, reads as `404` (`410` when hard-deleted).
 //!
 //! Once the bound is settled, no commit can ever fall under it, and every
-//! page read as of it is served as immutable (as the full pages of a live
-//! stream are, retention hides events from cached copies only when they
-//! expire). Until then the page is live, with an ETag of its own. Nothing
-//! here runs for a read without `asOf`.
+//! page read as of it is served as immutable. Like a full page of a live
+//! stream, a cached copy goes on showing an event deleted since, until
+//! the cache drops it (the shipped Varnish rules ban a stream's pages on a
+//! delete, these included). Until then the page is live, with an ETag of
+//! its own. Nothing here runs for a read without `asOf`.
 
 use std::ops::RangeInclusive;
 
@@ -104,7 +105,8 @@ pub(super) async fn resolve(state: &AppState, text: &str) -> Result<AsOf, HttpEr
 }
 
 /// `text` as a bound: 32 hex digits (an `$all` position as its links write
-/// it), a decimal position, or an RFC 3339 time.
+/// it), a decimal position, or an RFC 3339 time. 32 digits are always the
+/// hex form: no decimal position needs that many (`u64` has 20).
 fn parse(text: &str) -> Option<Bound> {
     if let Some(position) = feed::parse_position(text) {
         return Some(Bound::Position(position));

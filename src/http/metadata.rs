@@ -11,6 +11,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::AppState;
+use super::as_of;
 use super::auth::{append_checked, authorize_append, authorize_read};
 use super::base_url::RequestUrls;
 use super::caching::{Caching, header_value, respond};
@@ -63,6 +64,7 @@ async fn read_metadata(
 ) -> Result<Response, HttpError> {
     let read = async {
         described(&stream)?;
+        as_of::refuse_outside_pages(query.as_of.as_deref())?;
         let media = negotiate::choose(&headers, query.format.as_deref(), METADATA_TYPES)?;
         let reader = Reader { state: &state, principal: &principal };
         metadata_event_of(reader, &urls, &stream, PageStart::Head, &headers, media).await
@@ -83,6 +85,7 @@ async fn metadata_event(
     let read = async {
         described(&stream)?;
         let start = params::page_start(&event)?;
+        as_of::refuse_outside_pages(query.as_of.as_deref())?;
         let media = negotiate::choose(&headers, query.format.as_deref(), EVENT_TYPES)?;
         let reader = Reader { state: &state, principal: &principal };
         metadata_event_of(reader, &urls, &stream, start, &headers, media).await

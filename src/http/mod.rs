@@ -3,7 +3,8 @@
 //! this module knows about headers and status codes.
 //!
 //! The resources share a few modules below them: `pages` is the one
-//! page-read pipeline (stream, `$all` and metadata pages, single events),
+//! page-read pipeline (stream, `$all` and metadata pages, single events;
+//! `as_of` reads its pages as of a past `$all` position or time),
 //! `live` the long-polls and Server-Sent Events, `activity` the counters
 //! and rates `/info` reports, `events_body` reading and
 //! parsing request bodies (`encoding` decodes them first), and
@@ -22,6 +23,7 @@
 
 pub mod activity;
 mod admin;
+mod as_of;
 mod auth;
 pub mod base_url;
 pub mod caching;

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::AppState;
+use super::as_of::{self, AsOf};
 use super::auth::authorize_read;
 use super::caching::{Caching, respond};
 use super::error::HttpError;
@@ -86,14 +87,20 @@ pub(super) async fn read_page(
 ) -> Result<Response, HttpError> {
     reader.state.activity.read_served();
     let is_all = stream == feed::ALL_STREAM;
+    let as_of = match &query.as_of {
+        Some(text) => Some(as_of::resolve(reader.state, text).await?),
+        None => None,
+    };
+    let as_of = as_of.as_ref();
     let read = || async {
         if is_all {
-            all_page(reader, urls, request, query, headers, media).await
+            all_page(reader, urls, request, query, headers, media, as_of).await
         } else {
-            stream_page(reader, urls, stream, request, query, headers, media).await
+            stream_page(reader, urls, stream, request, query, headers, media, as_of).await
         }
     };
-    if request.direction == Direction::Backward {
+    // A page as of a bound is not followed live: it shows the past.
+    if request.direction == Direction::Backward || as_of.is_some() {
         return read().await.map(|rendered| rendered.response);
     }
     let watched = if is_all { Watched::All } else { Watched::Stream(stream) };
@@ -114,7 +121,8 @@ pub(super) async fn read_page(
     live::long_poll(reader.state, headers, watched, page, read).await
 }
 
-/// Reads and renders one page of a stream.
+/// Reads and renders one page of a stream, as of a bound if given.
+#[allow(clippy::too_many_arguments)]
 async fn stream_page(
     reader: Reader<'_>,
     urls: &Urls,
@@ -123,18 +131,24 @@ async fn stream_page(
     query: &ReadQuery,
     headers: &HeaderMap,
     media: &'static str,
+    as_of: Option<&AsOf>,
 ) -> Result<Rendered, HttpError> {
-    let read = StreamRead {
-        stream: stream.to_owned(),
-        from: match request.start {
-            PageStart::Head => None,
-            PageStart::Number(number) => Some(number),
-        },
-        direction: request.direction,
-        count: request.count,
-        resolve_links: params::resolve_link_tos(headers)?,
+    let resolve_links = params::resolve_link_tos(headers)?;
+    let bounded = match as_of {
+        Some(as_of) => {
+            let last = last_number_then(reader, stream, as_of).await?;
+            Some((last, as_of::stream_range(request, last)))
+        }
+        None => None,
     };
-    let slice = match reader.state.store.read_stream(read).await {
+    let (from, count) = match (&bounded, request.start) {
+        (Some((_, (start, count, _))), _) => (Some(*start), *count),
+        (None, PageStart::Head) => (None, request.count),
+        (None, PageStart::Number(number)) => (Some(number), request.count),
+    };
+    let read =
+        StreamRead { stream: stream.to_owned(), from, direction: request.direction, count, resolve_links };
+    let mut slice = match reader.state.store.read_stream(read).await {
         Ok(slice) => slice,
         Err(error) => {
             // Who may not read the stream learns nothing of it either.
@@ -143,11 +157,38 @@ async fn stream_page(
         }
     };
     let settings = authorize_read(reader.state, reader.principal, stream, Some(slice.view.settings)).await?;
-    let feed = feed::stream_feed(urls, stream, request, slice);
+    if let Some((last, (_, _, keep))) = &bounded {
+        as_of::bound_stream_slice(&mut slice, keep, *last);
+    }
+    let mut feed = feed::stream_feed(urls, stream, request, slice);
+    if let Some(as_of) = as_of {
+        as_of::settle(&mut feed, as_of);
+    }
     Ok(render_feed(headers, urls, feed, &settings, media, query.embed()))
 }
 
-/// Reads and renders one page of `$all`.
+/// The stream's last event number as of the bound; `404` when no event of
+/// it visible now had been committed by then (after the access check, so
+/// that the answer tells only a reader whether the stream exists).
+async fn last_number_then(reader: Reader<'_>, stream: &str, as_of: &AsOf) -> Result<u64, HttpError> {
+    let found = match reader.state.store.read_stream(StreamRead::last(stream)).await {
+        Ok(last) => as_of::last_number(reader.state, stream, as_of.end, &last).await,
+        Err(error) => Err(error),
+    };
+    match found {
+        Ok(Some(last)) => Ok(last),
+        Ok(None) => {
+            authorize_read(reader.state, reader.principal, stream, None).await?;
+            Err(read_error(StoreError::StreamNotFound))
+        }
+        Err(error) => {
+            authorize_read(reader.state, reader.principal, stream, None).await?;
+            Err(read_error(error))
+        }
+    }
+}
+
+/// Reads and renders one page of `$all`, as of a bound if given.
 async fn all_page(
     reader: Reader<'_>,
     urls: &Urls,
@@ -155,18 +196,28 @@ async fn all_page(
     query: &ReadQuery,
     headers: &HeaderMap,
     media: &'static str,
+    as_of: Option<&AsOf>,
 ) -> Result<Rendered, HttpError> {
-    let read = AllRead {
-        from: match request.start {
-            PageStart::Head => None,
-            PageStart::Number(position) => Some(position),
+    let read = match as_of {
+        Some(as_of) => as_of::all_read(request, as_of.end),
+        None => AllRead {
+            from: match request.start {
+                PageStart::Head => None,
+                PageStart::Number(position) => Some(position),
+            },
+            direction: request.direction,
+            count: request.count,
         },
-        direction: request.direction,
-        count: request.count,
     };
     let settings = authorize_read(reader.state, reader.principal, feed::ALL_STREAM, None).await?;
-    let slice = reader.state.store.read_all(read).await?;
-    let feed = feed::all_feed(urls, request, slice);
+    let mut slice = reader.state.store.read_all(read).await?;
+    if let Some(as_of) = as_of {
+        as_of::bound_all_slice(&mut slice, as_of.end);
+    }
+    let mut feed = feed::all_feed(urls, request, slice);
+    if let Some(as_of) = as_of {
+        as_of::settle(&mut feed, as_of);
+    }
     Ok(render_feed(headers, urls, feed, &settings, media, query.embed()))
 }
 

@@ -81,6 +81,10 @@ pub struct ReadQuery {
     pub format: Option<String>,
     /// `?from=N`: where a Server-Sent Events stream starts.
     pub from: Option<String>,
+    /// `?asOf=`: the page as it was at a past `$all` position or time
+    /// (`http::as_of`).
+    #[serde(rename = "asOf")]
+    pub as_of: Option<String>,
 }
 
 impl ReadQuery {

@@ -12,6 +12,7 @@ use hyper::ext::ReasonPhrase;
 use uuid::Uuid;
 
 use super::AppState;
+use super::as_of;
 use super::auth::{append_checked, authorize, authorize_append};
 use super::base_url::RequestUrls;
 use super::caching::{content_type, header_value};
@@ -54,6 +55,7 @@ async fn head_page(
             return Ok(ui::entry_page_for(&headers));
         }
         if media == EVENT_STREAM {
+            as_of::refuse_outside_pages(query.as_of.as_deref())?;
             let from = query.from.as_deref();
             let (state, principal, urls) = (state.clone(), principal.clone(), urls.clone());
             return live::server_sent_events(state, principal, urls, stream.clone(), &headers, from).await;
@@ -153,6 +155,7 @@ async fn event(
             ));
         }
         let start = params::page_start(&event)?;
+        as_of::refuse_outside_pages(query.as_of.as_deref())?;
         let media = negotiate::choose(&headers, query.format.as_deref(), EVENT_TYPES)?;
         if opens_ui(media, &query) {
             return Ok(ui::entry_page_for(&headers));

@@ -285,4 +285,4 @@ def render(result, settings):
                f"(10 s leader-key time to live), one node on the multi-host string, {FAILOVER_CLIENTS} threads "
                "appending one event at a time; the outage is the longest gap between acknowledgements; every "
                "acknowledged event is read back afterwards.")
-    return "\n".join(out)
+    return out

@@ -123,7 +123,10 @@ mod tests {
 
     #[test]
     fn every_migration_is_numbered_in_order() {
-        assert_eq!(SCHEMA_VERSION, 1);
+        // The version is the number of migrations applied, and each file
+        // is named for its place: `0001_…`, `0002_…`.
+        assert_eq!(SCHEMA_VERSION, 2);
         assert!(MIGRATIONS[0].contains("CREATE TABLE log_head"));
+        assert!(MIGRATIONS[1].contains("CREATE TABLE leases"), "{}", MIGRATIONS[1]);
     }
 }

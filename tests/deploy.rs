@@ -164,7 +164,7 @@ async fn exposed_metrics(server: &common::TestServer) -> BTreeSet<String> {
         .await
         .unwrap();
     assert!(conflict.status().is_client_error());
-    let api = common::subscriptions::Api::of(&server);
+    let api = common::subscriptions::Api::of(server);
     api.create("deployed", "g", json!({ "startFrom": 0 })).await;
     let id = common::start_scavenge(&server.client, &server.base).await;
     common::wait_for(&server.client, &server.base, &id, |report| report["status"] != "running").await;

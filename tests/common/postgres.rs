@@ -265,21 +265,7 @@ pub fn as_cluster_user(program: &Path, root: bool, dir: &Path) -> Command {
 fn start() -> Result<Cluster, String> {
     let bin = binaries().ok_or("no /usr/lib/postgresql/<version>/bin/postgres")?;
     let root = is_root();
-    let dir = tempfile::Builder::new()
-        .prefix("eventfeed-pg-")
-        .tempdir()
-        .map_err(|error| format!("a temporary directory: {error}"))?
-        .keep();
-    if root {
-        let status = Command::new("chown")
-            .arg(format!("{UNPRIVILEGED_USER}:"))
-            .arg(&dir)
-            .status()
-            .map_err(|error| format!("chown: {error}"))?;
-        if !status.success() {
-            return Err(format!("chown {} failed", dir.display()));
-        }
-    }
+    let dir = owned_temporary_directory(root)?;
     let data = dir.join("data");
     let initdb = as_cluster_user(&bin.join("initdb"), root, &dir)
         .arg("-D")

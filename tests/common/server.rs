@@ -249,6 +249,12 @@ impl BinaryServer {
         Self { child, base: format!("{scheme}://{addr}"), addr, log }
     }
 
+    /// The last `count` lines it logged.
+    pub fn last_logged(&self, count: usize) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log[log.len().saturating_sub(count)..].to_vec()
+    }
+
     /// Waits up to `timeout` for a logged line that contains `text`.
     pub async fn logged(&self, text: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -27,6 +27,7 @@
 
 mod lease;
 mod listen;
+mod page;
 mod prepared;
 mod read;
 mod scavenge;
@@ -369,22 +370,23 @@ fn signed(value: u64) -> i64 {
 const STATE_COLUMNS: &str = "name, next_number, created_position, deleted_before, soft_deleted, tombstoned, \
      max_count, max_age_secs, truncate_before, cache_control_secs, metadata_number, not_public";
 
-/// A stream's state from a row of [`STATE_COLUMNS`] (the name not read).
-fn state_from_row(row: &Row) -> StreamState {
-    let optional = |index: usize| row.get::<_, Option<i64>>(index).map(unsigned);
+/// A stream's state from the [`STATE_COLUMNS`] of a row that start at
+/// `offset` (the name not read).
+fn state_from_row(row: &Row, offset: usize) -> StreamState {
+    let optional = |index: usize| row.get::<_, Option<i64>>(offset + index).map(unsigned);
     StreamState {
-        next_number: unsigned(row.get(1)),
-        created_position: unsigned(row.get(2)),
-        deleted_before: unsigned(row.get(3)),
-        soft_deleted: row.get(4),
-        tombstoned: row.get(5),
+        next_number: unsigned(row.get(offset + 1)),
+        created_position: unsigned(row.get(offset + 2)),
+        deleted_before: unsigned(row.get(offset + 3)),
+        soft_deleted: row.get(offset + 4),
+        tombstoned: row.get(offset + 5),
         settings: StreamSettings {
             max_count: optional(6),
             max_age_secs: optional(7),
             truncate_before: optional(8),
             cache_control_secs: optional(9),
             metadata_number: optional(10),
-            not_public: row.get(11),
+            not_public: row.get(offset + 11),
         },
     }
 }
@@ -445,7 +447,7 @@ impl Store for PgStore {
             Err(error) => Err(db_error(error)),
         };
         self.timed(DatabaseQuery::StreamState, started);
-        Ok(row?.as_ref().map(state_from_row))
+        Ok(row?.as_ref().map(|row| state_from_row(row, 0)))
     }
 
     async fn list_streams(
@@ -469,7 +471,7 @@ impl Store for PgStore {
         let rows =
             client.query(&query, &[&prefix, &after.unwrap_or(""), &end, &limit]).await.map_err(db_error);
         self.timed(DatabaseQuery::ListStreams, started);
-        Ok(rows?.iter().map(|row| (row.get::<_, String>(0), state_from_row(row))).collect())
+        Ok(rows?.iter().map(|row| (row.get::<_, String>(0), state_from_row(row, 0))).collect())
     }
 
     async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {

@@ -2,7 +2,11 @@
 //! read-only snapshot (`REPEATABLE READ`), so a read sees whole commits
 //! and the head that goes with them.
 //!
-//! Every read is two steps: an index range scan that returns no payload
+//! A stream page or a single event is first asked of [`super::page`], in
+//! one statement; this module's path serves what that one cannot answer
+//! alone (`$maxAge`, the bytes near their limit) and `$all`.
+//!
+//! Every read here is two steps: an index range scan that returns no payload
 //! (`stream_entries` by stream and number, or `events` by position) with
 //! each event's size, from which the read decides what it returns (the
 //! retention rule, links resolved or not, [`rules::READ_BYTES`]); then one
@@ -20,7 +24,7 @@ use bytes::Bytes;
 use deadpool_postgres::{ClientWrapper, Transaction};
 use tokio_postgres::{IsolationLevel, Row, Statement};
 
-use super::{STATE_COLUMNS, db_error, signed, state_from_row, unsigned};
+use super::{STATE_COLUMNS, db_error, page, signed, state_from_row, unsigned};
 use crate::store::links::link_event;
 use crate::store::retention::visible_bounds;
 use crate::store::rules::{self, MAX_ALL_SCAN, ReadBytes};
@@ -53,6 +57,9 @@ pub(super) async fn read_stream(
     client: &mut ClientWrapper,
     read: &StreamRead,
 ) -> Result<StreamSlice, StoreError> {
+    if let Some(slice) = page::read_stream(client, read).await? {
+        return Ok(slice);
+    }
     let tx = snapshot(client).await?;
     let mut reader = Reader::new(&tx);
     let state = reader.readable(&read.stream).await?;
@@ -75,6 +82,9 @@ pub(super) async fn read_event(
     number: u64,
     resolve_links: bool,
 ) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
+    if let Some(found) = page::read_event(client, stream, number, resolve_links).await? {
+        return Ok(found);
+    }
     let tx = snapshot(client).await?;
     let mut reader = Reader::new(&tx);
     let state = reader.readable(stream).await?;
@@ -197,28 +207,43 @@ async fn payloads(
     )
     .await?;
     let rows = tx.query(&statement, &[&positions]).await.map_err(db_error)?;
-    // A page mostly has one stream and few types: one copy of each name.
-    let mut names: HashMap<String, Arc<str>> = HashMap::new();
-    let mut shared =
-        |name: String| names.entry(name).or_insert_with_key(|name| Arc::from(name.as_str())).clone();
+    let mut names = Names::default();
     Ok(rows
-        .into_iter()
+        .iter()
         .map(|row| {
-            let event = RecordedEvent {
-                position: unsigned(row.get(0)),
-                stream: shared(row.get(1)),
-                number: unsigned(row.get(2)),
-                id: row.get(3),
-                event_type: shared(row.get(4)),
-                created_micros: row.get(5),
-                is_json: row.get(6),
-                metadata_is_json: row.get(7),
-                data: Bytes::from(row.get::<_, Vec<u8>>(8)),
-                metadata: Bytes::from(row.get::<_, Vec<u8>>(9)),
-            };
+            let event = event_from_row(row, 0, &mut names);
             (event.position, event)
         })
         .collect())
+}
+
+/// One copy of each stream and type name of a read: a page mostly has
+/// one stream and few types.
+#[derive(Default)]
+pub(super) struct Names(HashMap<String, Arc<str>>);
+
+impl Names {
+    fn shared(&mut self, name: String) -> Arc<str> {
+        self.0.entry(name).or_insert_with_key(|name| Arc::from(name.as_str())).clone()
+    }
+}
+
+/// The event in columns `offset..offset + 10` of `row`: position, stream,
+/// number, id, event_type, created_micros, is_json, metadata_is_json,
+/// data, metadata.
+pub(super) fn event_from_row(row: &Row, offset: usize, names: &mut Names) -> RecordedEvent {
+    RecordedEvent {
+        position: unsigned(row.get(offset)),
+        stream: names.shared(row.get(offset + 1)),
+        number: unsigned(row.get(offset + 2)),
+        id: row.get(offset + 3),
+        event_type: names.shared(row.get(offset + 4)),
+        created_micros: row.get(offset + 5),
+        is_json: row.get(offset + 6),
+        metadata_is_json: row.get(offset + 7),
+        data: Bytes::from(row.get::<_, Vec<u8>>(offset + 8)),
+        metadata: Bytes::from(row.get::<_, Vec<u8>>(offset + 9)),
+    }
 }
 
 /// One read's look at stream states, in its snapshot.
@@ -232,7 +257,7 @@ struct Reader<'a> {
 }
 
 /// What one entry of a stream comes to, before its payload is fetched.
-enum Planned {
+pub(super) enum Planned {
     /// The event at this position (the stream's own, or a link's target).
     Event { position: u64, link: Option<RecordedEvent> },
     /// A link shown as a `$>` event.
@@ -247,7 +272,7 @@ impl<'a> Reader<'a> {
     async fn state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
         let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = $1");
         let row = self.tx.query_opt(&prepared(self.tx, &query).await?, &[&stream]).await.map_err(db_error)?;
-        Ok(row.as_ref().map(state_from_row))
+        Ok(row.as_ref().map(|row| state_from_row(row, 0)))
     }
 
     /// The state of a stream a read may read, or why it may not.
@@ -310,7 +335,7 @@ impl<'a> Reader<'a> {
         let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = ANY($1)");
         let rows = self.tx.query(&prepared(self.tx, &query).await?, &[&unknown]).await.map_err(db_error)?;
         for row in rows {
-            let (name, state): (String, StreamState) = (row.get(0), state_from_row(&row));
+            let (name, state): (String, StreamState) = (row.get(0), state_from_row(&row, 0));
             let first = if state.tombstoned || state.soft_deleted {
                 None
             } else {
@@ -345,63 +370,123 @@ impl<'a> Reader<'a> {
         let statement = prepared(self.tx, &query).await?;
         let rows =
             self.tx.query(&statement, &[&stream, &signed(low), &signed(high)]).await.map_err(db_error)?;
+        let entries: Vec<Entry> = rows.iter().map(|row| Entry::from_row(row, 0)).collect();
         if resolve_links {
-            let targets: Vec<String> =
-                rows.iter().filter_map(|row| row.get::<_, Option<String>>(3)).collect();
+            let targets: Vec<String> = entries
+                .iter()
+                .filter_map(|entry| entry.link.as_ref().map(|(target, _)| target.clone()))
+                .collect();
             self.load_visibility(&targets).await?;
         }
-        let mut bytes = ReadBytes::default();
-        let mut planned = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let (number, position, present) =
-                (unsigned(row.get(0)), unsigned(row.get(1)), row.get::<_, bool>(6));
-            let link = row.get::<_, Option<String>>(3).map(|target| {
-                let target_number = unsigned(row.get::<_, Option<i64>>(4).unwrap_or_default());
-                let link = link_event(stream, number, position, row.get(2), target_number, &target);
-                let visible =
-                    self.visible.get(&target).copied().flatten().is_some_and(|first| target_number >= first);
-                (link, resolve_links && present && visible)
-            });
-            let (plan, size) = match link {
-                None if !present => {
-                    return Err(StoreError::Corrupt(format!("event {number}@{stream} has no record")));
-                }
-                None => (Planned::Event { position, link: None }, size(row, 5)),
-                Some((link, true)) => (Planned::Event { position, link: Some(link) }, size(row, 5)),
-                Some((link, false)) => {
-                    let size = link.data.len();
-                    (Planned::Link(link), size)
-                }
-            };
-            if !bytes.take_size(size) {
-                break;
-            }
-            planned.push(plan);
-        }
-        if direction == Direction::Backward {
-            planned.reverse();
-        }
-        let positions: Vec<u64> = planned
-            .iter()
-            .filter_map(|plan| match plan {
-                Planned::Event { position, .. } => Some(*position),
-                Planned::Link(_) => None,
-            })
-            .collect();
-        let found = payloads(self.tx, &positions).await?;
-        planned
-            .into_iter()
-            .map(|plan| match plan {
-                Planned::Link(link) => Ok((ReadEvent { event: link, link: None }, true)),
-                Planned::Event { position, link } => {
-                    let event = found
-                        .get(&position)
-                        .cloned()
-                        .ok_or_else(|| StoreError::Corrupt(format!("position {position} vanished")))?;
-                    let is_link = link.is_some();
-                    Ok((ReadEvent { event, link: link.map(Box::new) }, is_link))
-                }
-            })
-            .collect()
+        let planned = plan(stream, &entries, &self.visible, direction, resolve_links)?;
+        let found = payloads(self.tx, &positions(&planned)).await?;
+        assemble(planned, &found)
     }
+}
+
+/// One entry of a stream as its range scan finds it, before any payload.
+pub(super) struct Entry {
+    pub(super) number: u64,
+    /// The event's position: the stream's own, or a link's target's.
+    pub(super) position: u64,
+    created_micros: i64,
+    /// A link's target stream and number.
+    pub(super) link: Option<(String, u64)>,
+    /// The size (data plus metadata) of the event at `position`.
+    size: usize,
+    /// Whether an event is at `position` (a link's target may be gone).
+    present: bool,
+}
+
+impl Entry {
+    /// The entry in columns `offset..offset + 7` of `row`: number,
+    /// position, created_micros, link_stream, link_number, size, present.
+    pub(super) fn from_row(row: &Row, offset: usize) -> Self {
+        let link = row
+            .get::<_, Option<String>>(offset + 3)
+            .map(|target| (target, unsigned(row.get::<_, Option<i64>>(offset + 4).unwrap_or_default())));
+        Self {
+            number: unsigned(row.get(offset)),
+            position: unsigned(row.get(offset + 1)),
+            created_micros: row.get(offset + 2),
+            link,
+            size: size(row, offset + 5),
+            present: row.get(offset + 6),
+        }
+    }
+}
+
+/// What a read returns of `entries` (in the read's direction), within
+/// its bytes (kept from the start of the read's direction), in ascending
+/// order; `visible` holds the lowest visible number of every link target
+/// when links are resolved.
+pub(super) fn plan(
+    stream: &str,
+    entries: &[Entry],
+    visible: &HashMap<String, Option<u64>>,
+    direction: Direction,
+    resolve_links: bool,
+) -> Result<Vec<Planned>, StoreError> {
+    let mut bytes = ReadBytes::default();
+    let mut planned = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let (number, position, present) = (entry.number, entry.position, entry.present);
+        let link = entry.link.as_ref().map(|(target, target_number)| {
+            let link = link_event(stream, number, position, entry.created_micros, *target_number, target);
+            let visible = visible.get(target).copied().flatten().is_some_and(|first| *target_number >= first);
+            (link, resolve_links && present && visible)
+        });
+        let (plan, size) = match link {
+            None if !present => {
+                return Err(StoreError::Corrupt(format!("event {number}@{stream} has no record")));
+            }
+            None => (Planned::Event { position, link: None }, entry.size),
+            Some((link, true)) => (Planned::Event { position, link: Some(link) }, entry.size),
+            Some((link, false)) => {
+                let size = link.data.len();
+                (Planned::Link(link), size)
+            }
+        };
+        if !bytes.take_size(size) {
+            break;
+        }
+        planned.push(plan);
+    }
+    if direction == Direction::Backward {
+        planned.reverse();
+    }
+    Ok(planned)
+}
+
+/// The positions whose payloads `planned` needs.
+pub(super) fn positions(planned: &[Planned]) -> Vec<u64> {
+    planned
+        .iter()
+        .filter_map(|plan| match plan {
+            Planned::Event { position, .. } => Some(*position),
+            Planned::Link(_) => None,
+        })
+        .collect()
+}
+
+/// `planned` with the payloads `found`; each with whether it is a link
+/// entry.
+pub(super) fn assemble(
+    planned: Vec<Planned>,
+    found: &HashMap<u64, RecordedEvent>,
+) -> Result<Vec<(ReadEvent, bool)>, StoreError> {
+    planned
+        .into_iter()
+        .map(|plan| match plan {
+            Planned::Link(link) => Ok((ReadEvent { event: link, link: None }, true)),
+            Planned::Event { position, link } => {
+                let event = found
+                    .get(&position)
+                    .cloned()
+                    .ok_or_else(|| StoreError::Corrupt(format!("position {position} vanished")))?;
+                let is_link = link.is_some();
+                Ok((ReadEvent { event, link: link.map(Box::new) }, is_link))
+            }
+        })
+        .collect()
 }

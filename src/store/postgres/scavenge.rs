@@ -165,7 +165,7 @@ async fn step(client: &Client, stream: &str, report: &mut ScavengeReport) -> Res
             .map_err(db_error)?;
         let now: i64 = row.get(0);
         let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = $1");
-        let Some(state) = client.query_opt(&query, &[&stream]).await.map_err(db_error)?.map(|row| state_from_row(&row))
+        let Some(state) = client.query_opt(&query, &[&stream]).await.map_err(db_error)?.map(|row| state_from_row(&row, 0))
         else {
             return Ok((0, 0));
         };

@@ -128,7 +128,7 @@ impl Staging {
     /// [`IDS_QUERY`] for `lookups`.
     pub(super) fn load(&mut self, lookups: Lookups, states: Vec<Row>, numbers: Vec<Row>) {
         for row in states {
-            self.states.insert(row.get(0), Some(state_from_row(&row)));
+            self.states.insert(row.get(0), Some(state_from_row(&row, 0)));
         }
         for name in lookups.names {
             self.states.entry(name).or_insert(None);

@@ -1,0 +1,249 @@
+//! A stream page (or a single event) in one statement: the stream's
+//! state, its entries in the range the request names, their events'
+//! payloads and, when links are resolved, their targets' states, all from
+//! one query, which is a snapshot by itself, with no `BEGIN` or `COMMIT`.
+//! One round trip and one statement for PostgreSQL to run, where the
+//! transactional path of [`super::read`] takes five.
+//!
+//! The range is worked out in SQL from the request alone (`from` and
+//! `count`, or the head's number from the same row of `streams`), before
+//! retention: it holds every entry the read can return, and the rules of
+//! [`super::read`] (retention, links, [`rules::READ_BYTES`]) then choose
+//! among them in Rust, the same functions for both paths.
+//!
+//! Bytes: a row carries its event's data and metadata only while the
+//! running size of the events counted so far, in the read's direction,
+//! stays within [`rules::READ_BYTES`] (the first counted one always), as
+//! [`rules::ReadBytes`] counts; so a read still holds at most its budget
+//! of event data, however large the events it passes. Unresolved links
+//! carry none (their events are made from the entry).
+//!
+//! This path answers `None` when it cannot answer alone, and the caller
+//! takes the transactional path: a stream (or a link's target, when
+//! resolved) with `$maxAge`, whose boundary needs the database's clock and
+//! an index scan, or a page whose chosen events go past the payloads the
+//! statement carried (possible only near [`rules::READ_BYTES`]).
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use deadpool_postgres::ClientWrapper;
+
+use super::read::{Entry, Names, assemble, event_from_row, plan, positions};
+use super::{STATE_COLUMNS, db_error, signed, state_from_row};
+use crate::store::retention::visible_bounds;
+use crate::store::rules::{self, READ_BYTES};
+use crate::store::{Direction, ReadEvent, StoreError, StreamRead, StreamSlice, StreamState, StreamView};
+
+/// Where each part of a [`PAGE_QUERY`] row starts.
+const ENTRY: usize = 12;
+const FETCHED: usize = ENTRY + 7;
+const EVENT: usize = FETCHED + 1;
+const TARGET: usize = EVENT + 10;
+
+/// The page statements: ascending and descending, each without and with
+/// links resolved (index `2 * resolve + descending`). Parameters: `$1`
+/// the stream, `$2`/`$3` the lowest and highest number (`NULL` for the
+/// head's, `$4` below it for the lowest), `$5` whether links are resolved,
+/// `$6` the read's bytes. Its plan: the `streams` key, then one range
+/// scan of `stream_entries (stream, number)` with a lookup of
+/// `events (position)` per entry, and of `streams` per link target when
+/// resolving (a join kept out of the other two, where it cost every read
+/// a probe per entry). No `ORDER BY` outside: the rows come in the
+/// window's order, and are sorted again in Rust for a few microseconds
+/// rather than by a sort node in the database.
+static PAGE_QUERY: LazyLock<[String; 4]> = LazyLock::new(|| {
+    [("ASC", false), ("DESC", false), ("ASC", true), ("DESC", true)]
+        .map(|(order, resolve)| page_query(order, resolve))
+});
+
+fn page_query(order: &str, resolve: bool) -> String {
+    let columns = |alias: &str| STATE_COLUMNS.split(", ").map(|c| format!("{alias}.{c}")).collect::<Vec<_>>();
+    let own = columns("s").join(", ");
+    let (target, join) = if resolve {
+        (format!(", {}", columns("t").join(", ")), " LEFT JOIN streams t ON t.name = r.link_stream")
+    } else {
+        (String::new(), "")
+    };
+    // `counted`: the bytes of the event this entry returns, as
+    // `ReadBytes` counts them (an unresolved link's are its own, small,
+    // and carry no payload); `running`: those of the entries up to it.
+    let counted = "CASE WHEN e.link_stream IS NULL OR $5 \
+                   THEN coalesce(octet_length(v.data) + octet_length(v.metadata), 0) ELSE 0 END";
+    format!(
+        "SELECT {own}, r.number, r.position, r.created_micros, r.link_stream, r.link_number, r.size, r.present, \
+         r.fetched, r.event_position, r.event_stream, r.event_number, r.id, r.event_type, r.event_created, \
+         r.is_json, r.metadata_is_json, CASE WHEN r.fetched THEN r.data END, \
+         CASE WHEN r.fetched THEN r.metadata END{target} \
+         FROM streams s LEFT JOIN LATERAL ( \
+           SELECT w.*, w.present AND (w.link_stream IS NULL OR $5) \
+                  AND (w.running = w.counted OR w.running <= $6::bigint) AS fetched \
+           FROM ( \
+             SELECT e.number, e.position, e.created_micros, e.link_stream, e.link_number, \
+                    octet_length(v.data) + octet_length(v.metadata) AS size, v.position IS NOT NULL AS present, \
+                    v.position AS event_position, v.stream AS event_stream, v.number AS event_number, v.id, \
+                    v.event_type, v.created_micros AS event_created, v.is_json, v.metadata_is_json, v.data, \
+                    v.metadata, {counted} AS counted, sum({counted}) OVER (ORDER BY e.number {order}) AS running \
+             FROM stream_entries e LEFT JOIN events v ON v.position = e.position \
+             WHERE e.stream = s.name AND e.number BETWEEN \
+                   coalesce($2::bigint, s.next_number - 1 - least($4::bigint, s.next_number)) \
+                   AND coalesce($3::bigint, s.next_number - 1) \
+           ) w \
+         ) r ON true{join} \
+         WHERE s.name = $1"
+    )
+}
+
+/// What the page statement found.
+struct Found {
+    state: StreamState,
+    /// The entries in the statement's range, in the read's direction.
+    entries: Vec<Entry>,
+    /// Per link target (when resolving), the lowest number a read sees.
+    visible: HashMap<String, Option<u64>>,
+    /// The payloads the statement carried, by position.
+    payloads: HashMap<u64, crate::store::RecordedEvent>,
+}
+
+/// The stream's rows for `low..=high` (`None`: from the head, `below` under
+/// it), or `None` when this path cannot answer.
+async fn fetch(
+    client: &ClientWrapper,
+    stream: &str,
+    (low, high, below): (Option<u64>, Option<u64>, u64),
+    direction: Direction,
+    resolve_links: bool,
+) -> Result<Option<Found>, StoreError> {
+    let sql = &PAGE_QUERY[2 * usize::from(resolve_links) + usize::from(direction == Direction::Backward)];
+    let statement = client.prepare_cached(sql).await.map_err(db_error)?;
+    let budget = i64::try_from(READ_BYTES).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            &statement,
+            &[&stream, &low.map(signed), &high.map(signed), &signed(below), &resolve_links, &budget],
+        )
+        .await
+        .map_err(db_error)?;
+    let Some(first) = rows.first() else { return Err(StoreError::StreamNotFound) };
+    let state = state_from_row(first, 0);
+    if state.tombstoned {
+        return Err(StoreError::StreamDeleted);
+    }
+    if !state.exists() {
+        return Err(StoreError::StreamNotFound);
+    }
+    let (mut entries, mut visible, mut payloads) = (Vec::new(), HashMap::new(), HashMap::new());
+    let mut names = Names::default();
+    for row in rows.iter().filter(|row| row.get::<_, Option<i64>>(ENTRY).is_some()) {
+        let entry = Entry::from_row(row, ENTRY);
+        if let Some((target, _)) = entry.link.as_ref().filter(|_| resolve_links) {
+            let first = match row.get::<_, Option<String>>(TARGET) {
+                None => None,
+                Some(_) => match state_from_row(row, TARGET) {
+                    target if target.tombstoned || target.soft_deleted => None,
+                    target => match visible_bounds(&target, 0) {
+                        bounds if bounds.max_age_cutoff.is_some() => return Ok(None),
+                        bounds => Some(bounds.first),
+                    },
+                },
+            };
+            visible.insert(target.clone(), first);
+        }
+        if row.get::<_, bool>(FETCHED) {
+            let event = event_from_row(row, EVENT, &mut names);
+            payloads.insert(event.position, event);
+        }
+        entries.push(entry);
+    }
+    match direction {
+        Direction::Forward => entries.sort_unstable_by_key(|entry| entry.number),
+        Direction::Backward => entries.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.number)),
+    }
+    Ok(Some(Found { state, entries, visible, payloads }))
+}
+
+impl Found {
+    /// The stream's view, or `None` when `$maxAge` needs the clock.
+    fn view(&self) -> Option<StreamView> {
+        let bounds = visible_bounds(&self.state, 0);
+        bounds.max_age_cutoff.is_none().then(|| StreamView {
+            last_number: self.state.next_number.saturating_sub(1),
+            first_visible: bounds.first,
+            settings: self.state.settings,
+        })
+    }
+
+    /// The entries `low..=high` returned as [`super::read`] returns them,
+    /// or `None` when a chosen event's payload was not carried.
+    fn events(
+        mut self,
+        stream: &str,
+        (low, high): (u64, u64),
+        direction: Direction,
+        resolve_links: bool,
+    ) -> Result<Option<Vec<(ReadEvent, bool)>>, StoreError> {
+        self.entries.retain(|entry| (low..=high).contains(&entry.number));
+        let planned = plan(stream, &self.entries, &self.visible, direction, resolve_links)?;
+        if positions(&planned).iter().any(|position| !self.payloads.contains_key(position)) {
+            return Ok(None);
+        }
+        assemble(planned, &self.payloads).map(Some)
+    }
+}
+
+/// [`super::read::read_stream`] in one statement, or `None`.
+pub(super) async fn read_stream(
+    client: &ClientWrapper,
+    read: &StreamRead,
+) -> Result<Option<StreamSlice>, StoreError> {
+    let count = read.count.max(1);
+    // The range of `rules::read_range` before the head is known: from the
+    // head, forward it is the head alone and backward `count` up to it.
+    let range = match (read.from, read.direction) {
+        (Some(_), _) => {
+            let (low, high) = rules::read_range(read, 0);
+            (Some(low), Some(high), 0)
+        }
+        (None, Direction::Forward) => (None, None, 0),
+        (None, Direction::Backward) => (None, None, count - 1),
+    };
+    let Some(found) = fetch(client, &read.stream, range, read.direction, read.resolve_links).await? else {
+        return Ok(None);
+    };
+    let Some(view) = found.view() else { return Ok(None) };
+    let (low, high) = rules::read_range(read, view.last_number);
+    let (low, high) = (low.max(view.first_visible), high.min(view.last_number));
+    if low > high {
+        return Ok(Some(StreamSlice { view, events: Vec::new() }));
+    }
+    let events = found.events(&read.stream, (low, high), read.direction, read.resolve_links)?;
+    Ok(events
+        .map(|events| StreamSlice { view, events: events.into_iter().map(|(event, _)| event).collect() }))
+}
+
+/// [`super::read::read_event`] in one statement, or `None`.
+pub(super) async fn read_event(
+    client: &ClientWrapper,
+    stream: &str,
+    number: u64,
+    resolve_links: bool,
+) -> Result<Option<(StreamView, Option<ReadEvent>)>, StoreError> {
+    let range = (Some(number), Some(number), 0);
+    let Some(found) = fetch(client, stream, range, Direction::Forward, resolve_links).await? else {
+        return Ok(None);
+    };
+    let Some(view) = found.view() else { return Ok(None) };
+    if number < view.first_visible {
+        return Ok(Some((view, None)));
+    }
+    let Some(found) = found.events(stream, (number, number), Direction::Forward, resolve_links)? else {
+        return Ok(None);
+    };
+    // v5: a resolved read of a link whose target is gone is a 404.
+    let event = found
+        .into_iter()
+        .next()
+        .filter(|(event, is_link)| !(*is_link && resolve_links && event.link.is_none()))
+        .map(|(event, _)| event);
+    Ok(Some((view, event)))
+}

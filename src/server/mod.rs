@@ -21,6 +21,7 @@
 
 mod connections;
 mod descriptors;
+mod identity;
 mod timeouts;
 mod tls;
 
@@ -33,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use self::connections::ConnectionLimits;
+use self::identity::Identity;
 use self::timeouts::Timeouts;
 pub use self::tls::TlsError;
 use self::tls::TlsHandshake;
@@ -90,6 +92,8 @@ pub struct Server {
     connections: ConnectionLimits,
     /// The handshake of HTTPS connections; `None`: plain HTTP.
     tls: Option<TlsHandshake>,
+    /// Held while the server runs: its identity's lock.
+    _identity: Identity,
 }
 
 impl Server {
@@ -119,8 +123,16 @@ impl Server {
         // After the bind, so a server that cannot listen starts no
         // subscription drivers.
         let address = config.advertise_url.clone().unwrap_or_else(|| advertised(&listener, config.bind));
-        let subscriptions =
-            SubscriptionHost::start(Arc::clone(&store), address).await.map_err(ServerError::Store)?;
+        // Only a store that servers share has leases to hold, and wants a
+        // lasting identity; the embedded store is this server's alone.
+        let identity = if store.backend_name() == "postgres" {
+            Identity::of(&config.data_dir)
+        } else {
+            Identity::fresh()
+        };
+        let subscriptions = SubscriptionHost::start(Arc::clone(&store), address, identity.id)
+            .await
+            .map_err(ServerError::Store)?;
         let security = Security::open(Arc::clone(&store), config.admin_password.as_deref())
             .await
             .map_err(ServerError::Store)?;
@@ -166,6 +178,7 @@ impl Server {
                 .then(|| Duration::from_secs(config.scavenge_interval_secs)),
             connections,
             tls,
+            _identity: identity,
         })
     }
 
@@ -188,6 +201,8 @@ impl Server {
             scavenge_interval,
             connections,
             tls,
+            // Kept to the end: the identity stays this server's until it exits.
+            _identity,
         } = self;
         // A store whose writes failed stops the server as a signal would,
         // and the exit is a failure: a restart recovers it (see

@@ -75,11 +75,17 @@ pub struct SubscriptionHost {
 impl SubscriptionHost {
     /// Claims the lease once (a lone server owns at once, its groups loaded
     /// before its first request) and keeps claiming it in the background.
-    /// `address` is this server's advertised URL.
-    pub async fn start(store: Arc<dyn Store>, address: String) -> Result<Arc<Self>, StoreError> {
+    /// `address` is this server's advertised URL, `holder` its identity
+    /// (the same after a restart on the same data directory, so that it
+    /// takes back a lease its previous life held).
+    pub async fn start(
+        store: Arc<dyn Store>,
+        address: String,
+        holder: Uuid,
+    ) -> Result<Arc<Self>, StoreError> {
         let host = Arc::new(Self {
             store,
-            claim: LeaseClaim { holder: Uuid::new_v4(), address, ttl: TTL },
+            claim: LeaseClaim { holder, address, ttl: TTL },
             role: RwLock::new(Role::Unknown),
             valid_until: Mutex::new(None),
             stop: watch::Sender::new(false),

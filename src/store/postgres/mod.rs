@@ -405,7 +405,7 @@ impl Store for PgStore {
     async fn read_stream(&self, read: StreamRead) -> Result<StreamSlice, StoreError> {
         let mut client = self.reader().await?;
         let started = Instant::now();
-        let slice = read::read_stream(&mut client, &read).await;
+        let slice = page::stream(&mut client, &read).await;
         self.timed(DatabaseQuery::ReadStream, started);
         slice
     }
@@ -426,7 +426,7 @@ impl Store for PgStore {
     ) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
         let mut client = self.reader().await?;
         let started = Instant::now();
-        let event = read::read_event(&mut client, stream, number, resolve_links).await;
+        let event = page::event(&mut client, stream, number, resolve_links).await;
         self.timed(DatabaseQuery::ReadEvent, started);
         event
     }

@@ -191,11 +191,31 @@ impl Found {
     }
 }
 
+/// A stream page: in one statement when it can be, else in a snapshot's
+/// several ([`super::read::read_stream`]).
+pub(super) async fn stream(client: &mut ClientWrapper, read: &StreamRead) -> Result<StreamSlice, StoreError> {
+    match read_stream(client, read).await? {
+        Some(slice) => Ok(slice),
+        None => super::read::read_stream(client, read).await,
+    }
+}
+
+/// One event: in one statement when it can be, else in a snapshot's
+/// several ([`super::read::read_event`]).
+pub(super) async fn event(
+    client: &mut ClientWrapper,
+    stream: &str,
+    number: u64,
+    resolve_links: bool,
+) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
+    match read_event(client, stream, number, resolve_links).await? {
+        Some(found) => Ok(found),
+        None => super::read::read_event(client, stream, number, resolve_links).await,
+    }
+}
+
 /// [`super::read::read_stream`] in one statement, or `None`.
-pub(super) async fn read_stream(
-    client: &ClientWrapper,
-    read: &StreamRead,
-) -> Result<Option<StreamSlice>, StoreError> {
+async fn read_stream(client: &ClientWrapper, read: &StreamRead) -> Result<Option<StreamSlice>, StoreError> {
     let count = read.count.max(1);
     // The range of `rules::read_range` before the head is known: from the
     // head, forward it is the head alone and backward `count` up to it.
@@ -222,7 +242,7 @@ pub(super) async fn read_stream(
 }
 
 /// [`super::read::read_event`] in one statement, or `None`.
-pub(super) async fn read_event(
+async fn read_event(
     client: &ClientWrapper,
     stream: &str,
     number: u64,

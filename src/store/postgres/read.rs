@@ -24,7 +24,7 @@ use bytes::Bytes;
 use deadpool_postgres::{ClientWrapper, Transaction};
 use tokio_postgres::{IsolationLevel, Row, Statement};
 
-use super::{STATE_COLUMNS, db_error, page, signed, state_from_row, unsigned};
+use super::{STATE_COLUMNS, db_error, signed, state_from_row, unsigned};
 use crate::store::links::link_event;
 use crate::store::retention::visible_bounds;
 use crate::store::rules::{self, MAX_ALL_SCAN, ReadBytes};
@@ -57,9 +57,6 @@ pub(super) async fn read_stream(
     client: &mut ClientWrapper,
     read: &StreamRead,
 ) -> Result<StreamSlice, StoreError> {
-    if let Some(slice) = page::read_stream(client, read).await? {
-        return Ok(slice);
-    }
     let tx = snapshot(client).await?;
     let mut reader = Reader::new(&tx);
     let state = reader.readable(&read.stream).await?;
@@ -82,9 +79,6 @@ pub(super) async fn read_event(
     number: u64,
     resolve_links: bool,
 ) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
-    if let Some(found) = page::read_event(client, stream, number, resolve_links).await? {
-        return Ok(found);
-    }
     let tx = snapshot(client).await?;
     let mut reader = Reader::new(&tx);
     let state = reader.readable(stream).await?;

@@ -37,6 +37,8 @@ struct Seen {
     refused: HashMap<u16, u64>,
     /// `503`s without a `Retry-After`.
     without_retry_after: u64,
+    /// The bodies of answers neither `201` nor `503`, to say what they were.
+    unexpected: Vec<String>,
 }
 
 fn cluster() -> Option<patroni::Patroni> {
@@ -94,6 +96,10 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_append() {
                             seen.without_retry_after += 1;
                         }
                         *seen.refused.entry(status).or_default() += 1;
+                        if status != 503 {
+                            seen.unexpected
+                                .push(format!("{status}: {}", response.text().await.unwrap_or_default()));
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     Err(_) => {
@@ -150,7 +156,8 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_append() {
     assert_eq!(seen.iter().map(|s| s.without_retry_after).sum::<u64>(), 0, "every 503 says Retry-After");
     assert!(
         refused.keys().all(|status| [0, 503].contains(status)),
-        "while there is no primary appends are refused with 503 (or not answered): {refused:?}"
+        "while there is no primary appends are refused with 503 (or not answered): {refused:?} {:?}",
+        seen.iter().flat_map(|s| s.unexpected.iter()).collect::<Vec<_>>()
     );
 
     // Every acknowledged append is readable, on both nodes, where its

@@ -215,7 +215,10 @@ impl fmt::Debug for PgStore {
 pub(crate) fn db_error(error: tokio_postgres::Error) -> StoreError {
     let unavailable = match error.as_db_error() {
         None => true,
-        Some(db) => UNAVAILABLE_CLASSES.iter().any(|class| db.code().code().starts_with(class)),
+        Some(db) => {
+            let code = db.code().code();
+            UNAVAILABLE_CLASSES.iter().any(|class| code.starts_with(class)) || code == READ_ONLY
+        }
     };
     if unavailable || error.is_closed() {
         StoreError::Unreachable(schema::error_text(&error))
@@ -228,8 +231,10 @@ pub(crate) fn db_error(error: tokio_postgres::Error) -> StoreError {
 /// "the database refused this": connection exceptions (08), insufficient
 /// resources such as too many connections (53), and operator
 /// intervention (57: a shutdown, a terminated connection, a database
-/// still starting).
+/// still starting); and [`READ_ONLY`]: the server is read-only now (a
+/// standby, a primary on its way down in a failover), no primary to write to.
 const UNAVAILABLE_CLASSES: [&str; 3] = ["08", "53", "57"];
+const READ_ONLY: &str = "25006";
 
 /// Connects one client and drives its connection in the background.
 async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {

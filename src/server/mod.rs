@@ -325,17 +325,32 @@ impl Server {
 /// (the systemd unit in `deploy/` does); on a disk still full, the start
 /// refuses until space returns, and the next one succeeds.
 async fn stop_when_writes_fail(store: Arc<dyn Store>) {
-    let mut head = store.notifier().head();
+    let mut head = Some(store.notifier().head());
     loop {
         if let Some(reason) = store.writes_stopped() {
             tracing::error!(%reason, "the store takes no more writes; stopping so that a restart recovers it");
             return;
         }
-        if head.changed().await.is_err() {
-            std::future::pending::<()>().await;
+        // IMPORTANT: a failed commit moves no head, so a failure that
+        // comes after the last move is seen by looking again, not by
+        // waiting for a move alone (which may never come: a server stuck
+        // up instead of restarting, as tests/disk_full.rs once saw).
+        match head.as_mut() {
+            Some(watch) => tokio::select! {
+                changed = watch.changed() => {
+                    if changed.is_err() {
+                        head = None;
+                    }
+                }
+                () = tokio::time::sleep(WRITES_RECHECK) => {}
+            },
+            None => tokio::time::sleep(WRITES_RECHECK).await,
         }
     }
 }
+
+/// How often [`stop_when_writes_fail`] looks again without a head move.
+const WRITES_RECHECK: Duration = Duration::from_millis(250);
 
 /// Runs the store's work after its release (see [`Store::after_release`])
 /// on a thread of its own, unless a second signal asks to stop at once.

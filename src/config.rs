@@ -262,6 +262,12 @@ pub struct ServeConfig {
     #[arg(long, env = "EVENTFEED_CACHE_MB", default_value_t = 512)]
     pub cache_mb: u64,
 
+    /// Memory for rendered pages that can no longer change, in MiB: a page
+    /// read again is answered from it without reading the store (the
+    /// stream's state is still looked up). 0 turns it off.
+    #[arg(long, env = "EVENTFEED_PAGE_CACHE_MB", default_value_t = 128)]
+    pub page_cache_mb: u64,
+
     /// Free space, in MiB, the store always leaves on its disk: appends
     /// that could take it lower get `507 Insufficient Storage` (and go
     /// through once space is freed, no restart needed), and the server does

@@ -622,3 +622,118 @@ async fn write_errors_are_reason_phrase_plus_text_body() {
     }
     assert!(response.text().await.unwrap().starts_with("ES-ExpectedVersion header in wrong format."));
 }
+
+/// Does the same to a server that keeps rendered pages in memory and to one
+/// that does not, and reads the same pages from both (twice from the first,
+/// so the second read is answered from its page cache): every answer must
+/// be the same, through appends, `$tb`, `$maxCount`, `$maxAge`, a soft
+/// delete and a rewrite, a read `$acl` and a hard delete.
+#[tokio::test]
+async fn pages_kept_in_memory_answer_exactly_as_a_fresh_read() {
+    let kept = TestServer::start().await;
+    let read = TestServer::start_with(|config| config.page_cache_mb = 0).await;
+    let servers = [&kept, &read];
+    let stream = "Cached-1";
+    let mut next = 0;
+    let mut append = async |count: usize| {
+        for server in servers {
+            let events: Vec<Value> = (next..next + count)
+                .map(|n| {
+                    json!({"eventId": format!("20000000-0000-4000-8000-{n:012}"), "eventType": "Noted",
+                                "data": {"n": n}})
+                })
+                .collect();
+            assert_eq!(server.post_events(stream, &Value::Array(events)).await.status(), 201);
+        }
+        next += count;
+    };
+    let compare = async |step: &str| {
+        for page in ["0/forward/20", "20/forward/20", "40/forward/20", "19/backward/20", "39/backward/20"] {
+            for (accept, query) in [(ATOM_XML, ""), (ATOM_JSON, "?embed=body"), (ATOM_JSON, "")] {
+                let path = format!("/streams/{stream}/{page}{query}");
+                let mut answers = Vec::new();
+                for server in [&kept, &kept, &read] {
+                    let response = get(server, &path, accept).await;
+                    let status = response.status();
+                    let cache_control = common::header(&response, "cache-control");
+                    let text = normalise_times(&response.text().await.unwrap());
+                    answers.push((status, cache_control, text));
+                }
+                assert_eq!(answers[0], answers[1], "{step}: GET {path} ({accept}) read again");
+                assert_eq!(
+                    answers[0], answers[2],
+                    "{step}: GET {path} ({accept}) with and without the cache"
+                );
+            }
+        }
+    };
+    append(60).await;
+    compare("60 events").await;
+    let metrics = kept.client.get(kept.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let hits = metrics.lines().find_map(|line| line.strip_prefix("eventfeed_page_cache_hits_total "));
+    assert!(hits.is_some_and(|hits| hits.parse::<u64>().unwrap() > 0), "no page was kept:\n{metrics}");
+
+    for (step, metadata) in [
+        ("$tb", json!({"$tb": 25})),
+        ("$maxCount", json!({"$maxCount": 30})),
+        ("$maxAge", json!({"$maxAge": 3600})),
+        ("no retention", json!({})),
+    ] {
+        for server in servers {
+            assert_eq!(server.set_metadata(stream, metadata.clone()).await.status(), 201);
+        }
+        compare(step).await;
+        append(5).await;
+        compare(&format!("{step}, 5 events later")).await;
+    }
+
+    // A soft delete, then the stream written again.
+    for server in servers {
+        let deleted = server.client.delete(server.url(&format!("/streams/{stream}"))).send().await.unwrap();
+        assert_eq!(deleted.status(), 204);
+    }
+    compare("soft-deleted").await;
+    append(25).await;
+    compare("rewritten").await;
+
+    // Reading restricted to $admins: the anonymous never get a kept page.
+    for server in servers {
+        let acl = json!({"$acl": {"$r": "$admins"}});
+        assert_eq!(server.set_metadata(stream, acl).await.status(), 201);
+    }
+    compare("read by $admins only").await;
+    let anonymous = common::anonymous_client();
+    let denied = anonymous
+        .get(kept.url(&format!("/streams/{stream}/0/forward/20")))
+        .header("accept", ATOM_XML)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+
+    for server in servers {
+        let deleted = server
+            .client
+            .delete(server.url(&format!("/streams/{stream}")))
+            .header("es-harddelete", "true")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), 204);
+    }
+    compare("hard-deleted").await;
+}
+
+/// A full page that ends at the last event says `headOfStream: true` until
+/// the next append; it is not kept while it does.
+#[tokio::test]
+async fn a_full_page_at_the_head_is_not_kept_before_the_next_append() {
+    let server = TestServer::start().await;
+    server.append_n("Cached-2", 20).await;
+    let path = "/streams/Cached-2/0/forward/20?embed=body";
+    let first: Value = serde_json::from_str(&body(&server, path, ATOM_JSON).await).unwrap();
+    assert_eq!(first["headOfStream"], true);
+    server.append_n("Cached-2", 1).await;
+    let second: Value = serde_json::from_str(&body(&server, path, ATOM_JSON).await).unwrap();
+    assert_eq!(second["headOfStream"], false);
+}

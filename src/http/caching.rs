@@ -65,11 +65,11 @@ impl Caching<'_> {
 /// Builds the response for a representation: `304` when the client's
 /// `If-None-Match` still matches (without rendering), else `200` with the
 /// body `render` produces, given the ETag it may embed.
-pub fn respond(
+pub fn respond<B: Into<Body>>(
     request: &HeaderMap,
     caching: &Caching<'_>,
     media_type: &'static str,
-    render: impl FnOnce(Option<&str>) -> Vec<u8>,
+    render: impl FnOnce(Option<&str>) -> B,
 ) -> Response {
     let etag = caching.etag(media_type);
     let not_modified = etag.as_deref().is_some_and(|etag| if_none_match(request, etag));
@@ -79,7 +79,7 @@ pub fn respond(
         response
     } else {
         let body = render(etag.as_deref());
-        let mut response = Response::new(Body::from(body));
+        let mut response = Response::new(body.into());
         response.headers_mut().insert(header::CONTENT_TYPE, content_type(media_type));
         response
     };

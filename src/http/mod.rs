@@ -41,6 +41,7 @@ mod metadata;
 pub mod metrics;
 mod multi_append;
 pub mod negotiate;
+pub mod page_cache;
 mod pages;
 mod params;
 mod read_errors;
@@ -144,6 +145,8 @@ pub struct Shared {
     pub metrics_public: bool,
     /// The cap on open connections, which the accept loop keeps.
     pub connections: Arc<connection_slots::ConnectionSlots>,
+    /// Rendered pages that can no longer change (`--page-cache-mb`).
+    pub page_cache: page_cache::PageCache,
 }
 
 impl Shared {

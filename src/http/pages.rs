@@ -9,6 +9,7 @@
 //! global position (32 hex digits) instead of event number. It is read
 //! here like any stream, and never written.
 
+use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
@@ -21,10 +22,11 @@ use super::live::{self, Rendered, Watched};
 use super::negotiate::{
     self, APPLICATION_XML, ATOM_JSON, EVENT_JSON, EVENT_XML, HTML, JSON, OCTET_STREAM, TEXT_XML,
 };
+use super::page_cache::{PageCache, PageKey};
 use super::params::{self, ReadQuery};
 use crate::feed::{self, Feed, Freshness, PageRequest, PageStart, Urls};
 use crate::security::Principal;
-use crate::store::{AllRead, Direction, ReadEvent, StoreError, StreamRead, StreamSettings};
+use crate::store::{AllRead, Direction, ReadEvent, StoreError, StreamRead, StreamSettings, retention};
 
 /// Who reads: the application, and the principal the request speaks for,
 /// whose access every read checks.
@@ -134,6 +136,13 @@ async fn stream_page(
     as_of: Option<&AsOf>,
 ) -> Result<Rendered, HttpError> {
     let resolve_links = params::resolve_link_tos(headers)?;
+    let cache_key = (as_of.is_none() && media != HTML && reader.state.page_cache.enabled())
+        .then(|| PageKey { base: urls.base(), stream, request, media, embed: query.embed(), resolve_links });
+    if let Some(key) = &cache_key
+        && let Some(kept) = kept_page(reader, key, headers).await?
+    {
+        return Ok(kept);
+    }
     let bounded = match as_of {
         Some(as_of) => {
             let last = last_number_then(reader, stream, as_of).await?;
@@ -160,11 +169,46 @@ async fn stream_page(
     if let Some((last, (_, _, keep))) = &bounded {
         as_of::bound_stream_slice(&mut slice, keep, *last);
     }
+    let first_visible = slice.view.first_visible;
     let mut feed = feed::stream_feed(urls, stream, request, slice);
     if let Some(as_of) = as_of {
         as_of::settle(&mut feed, as_of);
     }
-    Ok(render_feed(headers, urls, feed, &settings, media, query.embed()))
+    let keep = cache_key.and_then(|key| reader.state.page_cache.key_for(&key, &settings, first_visible));
+    let keep = keep.filter(|_| can_be_kept(&feed)).map(|key| (&reader.state.page_cache, key));
+    Ok(render_feed(headers, urls, feed, &settings, media, query.embed(), keep))
+}
+
+/// The page kept in memory for this read, when there is one: the stream's
+/// state is looked up (and the reader's access checked) first, so a deleted
+/// stream or a metadata write since the page was kept is never answered
+/// from it. `None`: read the page.
+async fn kept_page(
+    reader: Reader<'_>,
+    key: &PageKey<'_>,
+    headers: &HeaderMap,
+) -> Result<Option<Rendered>, HttpError> {
+    let state = match reader.state.store.stream_state(key.stream).await {
+        Ok(Some(state)) if state.exists() => state,
+        // Missing, deleted or failing: the read itself answers.
+        _ => return Ok(None),
+    };
+    let settings = authorize_read(reader.state, reader.principal, key.stream, Some(state.settings)).await?;
+    let first_visible = retention::visible_bounds(&state, 0).first;
+    let Some(page) = reader.state.page_cache.get(key, &settings, first_visible) else { return Ok(None) };
+    let caching = Caching { freshness: &Freshness::Immutable, settings: &settings };
+    Ok(Some(Rendered { response: respond(headers, &caching, key.media, |_| page), has_events: true }))
+}
+
+/// Whether a page just read can never change but by a metadata write (the
+/// rest is in the key: see `page_cache`): immutable, not at the head of
+/// its stream (`headOfStream` flips with the next append), and with no
+/// resolved link (its target may be deleted).
+fn can_be_kept(feed: &Feed) -> bool {
+    feed.freshness == Freshness::Immutable
+        && !feed.head_of_stream
+        && !feed.entries.is_empty()
+        && feed.entries.iter().all(|entry| entry.link.is_none())
 }
 
 /// The stream's last event number as of the bound; `404` when no event of
@@ -218,10 +262,11 @@ async fn all_page(
     if let Some(as_of) = as_of {
         as_of::settle(&mut feed, as_of);
     }
-    Ok(render_feed(headers, urls, feed, &settings, media, query.embed()))
+    Ok(render_feed(headers, urls, feed, &settings, media, query.embed(), None))
 }
 
-/// Renders a feed in the negotiated representation with its cache headers.
+/// Renders a feed in the negotiated representation with its cache headers,
+/// and keeps it in the page cache under the key given.
 fn render_feed(
     headers: &HeaderMap,
     urls: &Urls,
@@ -229,6 +274,7 @@ fn render_feed(
     settings: &StreamSettings,
     media: &'static str,
     embed: feed::Embed,
+    keep: Option<(&PageCache, String)>,
 ) -> Rendered {
     let freshness = feed.freshness.clone();
     let caching = Caching { freshness: &freshness, settings };
@@ -237,11 +283,15 @@ fn render_feed(
         if feed.is_head {
             feed.etag = etag.map(str::to_owned);
         }
-        match media {
+        let page = Bytes::from(match media {
             HTML => feed::html::render_feed(&feed, urls),
             _ if negotiate::is_json(media) => feed::json::render_feed(&feed, urls, embed),
             _ => feed::atom::render_feed(&feed, urls, embed),
+        });
+        if let Some((cache, key)) = keep {
+            cache.insert(key, page.clone());
         }
+        page
     });
     // A 304 tells the client nothing new: a long-poll keeps waiting.
     let has_events = has_events && response.status() != StatusCode::NOT_MODIFIED;

@@ -22,6 +22,7 @@ use prometheus_client::registry::{Registry, Unit};
 use super::AppState;
 use super::auth::authorize_task;
 use super::error::HttpError;
+use super::page_cache::PageCacheFigures;
 use crate::security::acl::Task;
 use crate::security::{CredentialCacheFigures, Principal};
 use crate::store::{DiskSpace, PoolFigures, ScavengeReport};
@@ -78,6 +79,7 @@ struct Scrape {
     max_connections: usize,
     refused_connections: u64,
     credentials: CredentialCacheFigures,
+    pages: PageCacheFigures,
     scavenge: Option<ScavengeReport>,
     groups: Vec<GroupInfo>,
     /// A database backend's connection pool; `None` on sled.
@@ -113,6 +115,7 @@ impl Scrape {
             max_connections: state.connections.max(),
             refused_connections: state.connections.refused(),
             credentials: state.security.credential_cache(),
+            pages: state.page_cache.figures(),
             scavenge: state.store.latest_scavenge(),
             groups,
             pool: state.store.database_pool(),
@@ -247,6 +250,28 @@ impl Collector for Scrape {
             "Verified credentials held in the cache",
             None,
             signed(self.credentials.entries as u64),
+        )?;
+        counter(e, "page_cache_hits", "Page reads answered from the page cache", self.pages.hits)?;
+        counter(
+            e,
+            "page_cache_misses",
+            "Page reads that could have been answered from the page cache but were read",
+            self.pages.misses,
+        )?;
+        gauge(
+            e,
+            "page_cache_pages",
+            "Rendered pages held in the page cache",
+            None,
+            signed(self.pages.pages),
+        )?;
+        gauge(e, "page_cache", "Bytes held in the page cache", Some(&Unit::Bytes), signed(self.pages.bytes))?;
+        gauge(
+            e,
+            "page_cache_capacity",
+            "The page cache's bound (--page-cache-mb)",
+            Some(&Unit::Bytes),
+            signed(self.pages.capacity_bytes),
         )?;
         let running = self.scavenge.as_ref().is_some_and(|report| report.finished_micros.is_none());
         gauge(e, "scavenge_running", "1 while a scavenge runs", None, i64::from(running))?;

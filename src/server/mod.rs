@@ -164,6 +164,9 @@ impl Server {
             metrics,
             metrics_public: config.metrics_public,
             connections: Arc::new(ConnectionSlots::new(connections.max_connections)),
+            page_cache: crate::http::page_cache::PageCache::new(
+                config.page_cache_mb.saturating_mul(1024 * 1024),
+            ),
         });
         Ok(Self {
             listener,

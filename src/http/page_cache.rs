@@ -1,0 +1,252 @@
+//! Rendered stream pages that can no longer change, kept in memory and
+//! bounded by bytes (`--page-cache-mb`), so that a page read a second time
+//! costs one state lookup instead of 20 event reads and a render.
+//!
+//! A page is kept only when nothing but a metadata write or a delete could
+//! change its bytes, and the key holds the number of the metadata event the
+//! page was rendered under and the stream's lowest visible event number, so
+//! a metadata write or a soft delete (which hides every earlier event once
+//! the stream is written again) makes every kept page of that stream
+//! unreachable. Hence kept pages are:
+//! - full and *immutable* (`Freshness::Immutable`), and not at the head of
+//!   the stream (whose `headOfStream` flips with the next append);
+//! - of a stream without `$maxCount` or `$maxAge`, whose events vanish
+//!   with later appends or with time;
+//! - public (any reader may have them; the access check still runs on
+//!   every hit);
+//! - free of resolved links (a link's target may be deleted later);
+//! - read as they are now (no `asOf`), in a feed representation (Atom or
+//!   JSON; the HTML view is left out).
+//!
+//! A hard-deleted or soft-deleted stream does not reach the cache: its state
+//! is looked up first. Pages of `$all` are not kept: a retention change on
+//! any stream changes them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Bytes;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+
+use crate::feed::{Embed, PageRequest, PageStart};
+use crate::store::{Direction, StreamSettings};
+
+/// Bytes counted for an entry besides its key and page: the cache's own
+/// bookkeeping and the allocations' headers, roughly.
+const ENTRY_OVERHEAD: u64 = 96;
+
+/// A page's average size, to size the cache's table: about 8 KiB for 20
+/// Atom entries.
+const TYPICAL_PAGE: u64 = 8 * 1024;
+
+/// The kept pages, and how often reads found one.
+#[derive(Debug)]
+pub struct PageCache {
+    pages: Option<Cache<String, Bytes, PageWeight>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What a page weighs: its key and its bytes.
+#[derive(Debug, Clone, Copy)]
+struct PageWeight;
+
+impl Weighter<String, Bytes> for PageWeight {
+    fn weight(&self, key: &String, page: &Bytes) -> u64 {
+        (key.len() + page.len()) as u64 + ENTRY_OVERHEAD
+    }
+}
+
+/// The counts `/metrics` reports.
+#[derive(Debug, Clone, Copy)]
+pub struct PageCacheFigures {
+    pub hits: u64,
+    pub misses: u64,
+    pub pages: u64,
+    pub bytes: u64,
+    pub capacity_bytes: u64,
+}
+
+/// Everything a kept page's bytes depend on, besides the store.
+#[derive(Debug, Clone, Copy)]
+pub struct PageKey<'a> {
+    /// The absolute base of every link (host, scheme, prefix).
+    pub base: &'a str,
+    pub stream: &'a str,
+    pub request: PageRequest,
+    pub media: &'static str,
+    pub embed: Embed,
+    pub resolve_links: bool,
+}
+
+impl PageKey<'_> {
+    /// The key under these settings; `None` when a page under them may
+    /// change without a metadata write (see the module doc).
+    fn under(&self, settings: &StreamSettings, first_visible: u64) -> Option<String> {
+        let PageStart::Number(start) = self.request.start else { return None };
+        if settings.max_count.is_some() || settings.max_age_secs.is_some() || settings.not_public {
+            return None;
+        }
+        let direction = match self.request.direction {
+            Direction::Forward => 'f',
+            Direction::Backward => 'b',
+        };
+        let metadata = settings.metadata_number.map_or(-1, |number| number as i128);
+        // NUL never occurs in a stream name or a URL: the fields cannot run
+        // into each other.
+        Some(format!(
+            "{}\0{}\0{start}\0{direction}\0{}\0{}\0{:?}\0{}\0{metadata}\0{first_visible}",
+            self.base, self.stream, self.request.count, self.media, self.embed, self.resolve_links
+        ))
+    }
+}
+
+impl PageCache {
+    /// A cache of at most `capacity_bytes`; 0 keeps nothing.
+    pub fn new(capacity_bytes: u64) -> Self {
+        let pages = (capacity_bytes > 0).then(|| {
+            let items = usize::try_from(capacity_bytes / TYPICAL_PAGE).unwrap_or(usize::MAX).max(16);
+            Cache::with_weighter(items, capacity_bytes, PageWeight)
+        });
+        Self { pages, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+    }
+
+    /// Whether pages are kept at all.
+    pub fn enabled(&self) -> bool {
+        self.pages.is_some()
+    }
+
+    /// The page kept for `key` under the stream's current `settings` and
+    /// lowest visible event number.
+    pub fn get(&self, key: &PageKey<'_>, settings: &StreamSettings, first_visible: u64) -> Option<Bytes> {
+        let pages = self.pages.as_ref()?;
+        let key = key.under(settings, first_visible)?;
+        let found = pages.get(&key);
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// The key to keep a page just rendered under `settings` and
+    /// `first_visible` by, when it may be kept; the caller checks the page
+    /// itself (see the module doc).
+    pub fn key_for(
+        &self,
+        key: &PageKey<'_>,
+        settings: &StreamSettings,
+        first_visible: u64,
+    ) -> Option<String> {
+        self.pages.as_ref()?;
+        key.under(settings, first_visible)
+    }
+
+    /// Keeps a page under a key from [`Self::key_for`].
+    pub fn insert(&self, key: String, page: Bytes) {
+        if let Some(pages) = &self.pages {
+            pages.insert(key, page);
+        }
+    }
+
+    pub fn figures(&self) -> PageCacheFigures {
+        let (pages, bytes, capacity_bytes) = match &self.pages {
+            Some(cache) => (cache.len() as u64, cache.weight(), cache.capacity()),
+            None => (0, 0, 0),
+        };
+        PageCacheFigures {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            pages,
+            bytes,
+            capacity_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(stream: &str) -> PageKey<'_> {
+        PageKey {
+            base: "http://localhost:2113",
+            stream,
+            request: PageRequest { start: PageStart::Number(20), direction: Direction::Forward, count: 20 },
+            media: "application/atom+xml",
+            embed: Embed::None,
+            resolve_links: true,
+        }
+    }
+
+    #[test]
+    fn a_metadata_write_makes_the_kept_page_unreachable() {
+        let cache = PageCache::new(1 << 20);
+        let settings = StreamSettings::default();
+        let page = key("orders");
+        let kept = cache.key_for(&page, &settings, 0).expect("a plain stream's page is kept");
+        cache.insert(kept, Bytes::from_static(b"<feed/>"));
+        assert_eq!(cache.get(&page, &settings, 0).as_deref(), Some(&b"<feed/>"[..]));
+        let rewritten = StreamSettings { metadata_number: Some(0), ..settings };
+        assert_eq!(cache.get(&page, &rewritten, 0), None);
+        // Soft-deleted, then written again.
+        assert_eq!(cache.get(&page, &settings, 60), None);
+        let figures = cache.figures();
+        assert_eq!((figures.hits, figures.misses, figures.pages), (1, 2, 1));
+    }
+
+    #[test]
+    fn pages_that_change_without_a_metadata_write_are_not_kept() {
+        let cache = PageCache::new(1 << 20);
+        let page = key("orders");
+        for settings in [
+            StreamSettings { max_count: Some(10), ..Default::default() },
+            StreamSettings { max_age_secs: Some(60), ..Default::default() },
+            StreamSettings { not_public: true, ..Default::default() },
+        ] {
+            assert_eq!(cache.key_for(&page, &settings, 0), None, "{settings:?}");
+        }
+        let head = PageKey { request: PageRequest { start: PageStart::Head, ..page.request }, ..page };
+        assert_eq!(cache.key_for(&head, &StreamSettings::default(), 0), None);
+    }
+
+    #[test]
+    fn every_field_of_the_request_is_in_the_key() {
+        let cache = PageCache::new(1 << 20);
+        let settings = StreamSettings::default();
+        let page = key("orders");
+        let variants = [
+            PageKey { base: "http://other:2113", ..page },
+            PageKey { stream: "orders2", ..page },
+            PageKey { request: PageRequest { count: 21, ..page.request }, ..page },
+            PageKey { request: PageRequest { direction: Direction::Backward, ..page.request }, ..page },
+            PageKey { request: PageRequest { start: PageStart::Number(21), ..page.request }, ..page },
+            PageKey { media: "application/vnd.eventstore.atom+json", ..page },
+            PageKey { embed: Embed::Body, ..page },
+            PageKey { resolve_links: false, ..page },
+        ];
+        let original = cache.key_for(&page, &settings, 0);
+        for variant in variants {
+            assert_ne!(cache.key_for(&variant, &settings, 0), original, "{variant:?}");
+        }
+    }
+
+    #[test]
+    fn the_cache_holds_no_more_than_its_bytes() {
+        let cache = PageCache::new(64 * 1024);
+        let settings = StreamSettings::default();
+        for stream in 0..100 {
+            let name = format!("s-{stream}");
+            let kept = cache.key_for(&key(&name), &settings, 0).expect("kept");
+            cache.insert(kept, Bytes::from(vec![b'x'; 4096]));
+        }
+        let figures = cache.figures();
+        assert!(figures.bytes <= 64 * 1024, "{figures:?}");
+        assert!(figures.pages >= 8, "{figures:?}");
+    }
+
+    #[test]
+    fn a_cache_of_no_bytes_keeps_nothing() {
+        let cache = PageCache::new(0);
+        assert!(!cache.enabled());
+        assert_eq!(cache.key_for(&key("orders"), &StreamSettings::default(), 0), None);
+    }
+}

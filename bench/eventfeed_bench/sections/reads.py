@@ -1,9 +1,12 @@
 """Uncached 20-entry stream pages from the read store (Atom, and JSON with
 embed=body) against nginx serving the same bytes from files, and the HTTP
-floor: `GET /ping` against nginx sending the same bytes."""
+floor: `GET /ping` against nginx sending the same bytes; and the same
+pages from the same store with the rendered-page cache off
+(`--page-cache-mb 0`), the workload without the feature."""
 
 from .. import targets
 from ..common import EVENTS_PER_READ_STREAM, PAGES_PER_READ_STREAM, http_request
+from ..servers import Eventfeed
 from ..fmt import errors, fmt, ms, others, ratio, table, times, verdict
 
 TITLE = "Uncached page reads"
@@ -30,6 +33,20 @@ def measure(ctx, result):
         mine, reference = ctx.cache[("read", "eventfeed", representation)], ctx.cache[("read", "nginx", representation)]
         result["rows"].append({"representation": representation, "eventfeed": mine, "nginx": reference,
                                "eventfeed_over_nginx": ratio(mine["rps"], reference["rps"])})
+    # The same pages with the page cache off: the store is reopened by a
+    # server started with `--page-cache-mb 0`, then by the default one
+    # again for the sections that follow.
+    server.stop()
+    without = Eventfeed(ctx.workdir, ctx.pinning, server.data_dir, "fsync", options=["--page-cache-mb", "0"])
+    try:
+        for row in result["rows"]:
+            row["without_page_cache"] = ctx.read_run(
+                without.port, row["representation"], settings.read_streams,
+                label="eventfeed without the page cache", server=without.process.pid)
+            row["over_without"] = ratio(row["eventfeed"]["rps"], row["without_page_cache"]["rps"])
+    finally:
+        without.stop()
+    server = ctx.read_server = Eventfeed(ctx.workdir, ctx.pinning, server.data_dir, "fsync")
     # The floor: what answering any request costs eventfeed's HTTP stack
     # (hyper, axum, tower-http's layers) with no store read and no
     # rendering, against nginx sending the same bytes from a file.
@@ -72,11 +89,14 @@ def render(result, settings):
     rows = []
     for row in result["rows"]:
         mine, reference = row["eventfeed"], row.get("nginx") or {}
+        without = row.get("without_page_cache") or {}
         rows.append([LABELS[row["representation"]], fmt(mine["rps"]), ms(mine, "p99_us"), errors(mine),
+                     fmt(without.get("rps")), times(row.get("over_without"), "without"),
                      fmt(reference.get("rps")), ms(reference, "p99_us"),
                      times(row.get("eventfeed_over_nginx"), "nginx"), others(mine, reference), target_cell(row)])
-    out = [table(["representation", "eventfeed req/s", "p99 ms", "errors", "nginx req/s", "nginx p99 ms",
-                  "eventfeed ÷ nginx", "others on server CPU (eventfeed / nginx)", "target"], rows), ""]
+    out = [table(["representation", "eventfeed req/s", "p99 ms", "errors", "without the page cache req/s",
+                  "eventfeed ÷ without", "nginx req/s", "nginx p99 ms", "eventfeed ÷ nginx",
+                  "others on server CPU (eventfeed / nginx)", "target"], rows), ""]
     floor = result.get("floor")
     if floor:
         parts = [f"**The HTTP floor.** `GET /ping` ({floor['bytes']} bytes; no store read, no rendering) on the same "
@@ -108,7 +128,10 @@ def render(result, settings):
                  f"{fmt(sizes['json']['identity'] / 1024, 1)} KiB (JSON)." if sizes else "")
     out.append(f"Method: full 20-entry forward pages picked at random from a store of {fmt(result['events'])} events "
                f"({result['streams']} streams × {EVENTS_PER_READ_STREAM}), {settings.read_connections} connections, "
-               f"no compression, after {settings.warmup} s of unrecorded warm-up. Reference: nginx (one worker) "
+               f"no compression, after {settings.warmup} s of unrecorded warm-up. The server keeps rendered pages that "
+               "can no longer change in memory (`--page-cache-mb`, default 128 MiB: every page of this store fits); "
+               "*without the page cache*: the same store and pages, served by a server started with "
+               "`--page-cache-mb 0`, which reads and renders every page. Reference: nginx (one worker) "
                f"serving the same bytes from files, for a sample of {result['sample_pages']} pages, with the same "
                f"Content-Type.{size_note}")
     return out

@@ -14,6 +14,8 @@
 //! - [`admin`]: waiting for projections, waiters and scavenges.
 //! - [`pages`]: walking a feed page by page.
 //! - [`postgres`]: a PostgreSQL cluster of the tests' own, a database per test.
+//! - [`recording`]: the recording proxy the cache harnesses put in front
+//!   of eventfeed.
 //! - [`socket`]: a raw HTTP/1.1 client on one TCP connection.
 //! - [`subscriptions`]: a client for persistent subscriptions.
 //! - [`varnish`]: eventfeed behind a real Varnish, through a recording proxy.
@@ -29,6 +31,7 @@ pub mod load;
 pub mod pages;
 pub mod patroni;
 pub mod postgres;
+pub mod recording;
 pub mod server;
 pub mod socket;
 pub mod subscriptions;

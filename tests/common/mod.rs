@@ -13,6 +13,8 @@
 //! - [`http`]: media types, the client, event bodies, headers, raw requests.
 //! - [`admin`]: waiting for projections, waiters and scavenges.
 //! - [`pages`]: walking a feed page by page.
+//! - [`nginx`]: eventfeed behind a real nginx running the shipped
+//!   `proxy_cache` configuration, through a recording proxy.
 //! - [`postgres`]: a PostgreSQL cluster of the tests' own, a database per test.
 //! - [`recording`]: the recording proxy the cache harnesses put in front
 //!   of eventfeed.
@@ -28,6 +30,7 @@ pub mod backend;
 pub mod bodies;
 pub mod http;
 pub mod load;
+pub mod nginx;
 pub mod pages;
 pub mod patroni;
 pub mod postgres;

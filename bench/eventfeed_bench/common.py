@@ -21,6 +21,7 @@ BENCH = PACKAGE.parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 VCL = ROOT / "deploy" / "varnish" / "eventfeed.vcl"
+NGINX_CONF = ROOT / "deploy" / "nginx" / "eventfeed.conf"
 ATOM_XML = "application/atom+xml"
 ATOM_JSON = "application/vnd.eventstore.atom+json"
 PAGE_SIZE = 20

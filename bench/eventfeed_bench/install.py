@@ -40,7 +40,7 @@ def ensure_packages(packages):
 
 def packages_for(sections):
     packages = {"wrk"}
-    if {"reads", "varnish"} & sections and not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
+    if {"reads", "varnish", "nginxcache"} & sections and not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
         packages.add("nginx-light")
     if "varnish" in sections or "stories" in sections:
         packages.add("varnish")

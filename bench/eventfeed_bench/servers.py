@@ -14,7 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from .common import BENCH, SERVER_LOG, VCL, eventfeed_binary, free_port, http_request, log, wait_until
+from .common import (BENCH, NGINX_CONF, SERVER_LOG, VCL, eventfeed_binary, free_port, http_request, log,
+                     wait_until)
 from .install import executable
 
 
@@ -190,6 +191,81 @@ http {{
             except (RuntimeError, OSError):
                 PROCESSES.stop(self.process)
         raise RuntimeError("nginx did not start: " + (directory / "error.log").read_text(errors="replace"))
+
+    def stop(self):
+        PROCESSES.stop(self.process)
+
+
+class NginxCache:
+    """nginx running the shipped proxy_cache configuration
+    (deploy/nginx/eventfeed.conf, which belongs in an `http` block) in front
+    of eventfeed: its four machine-specific values (eventfeed's address, the
+    listening address, the cache directory, the relay's socket) replaced,
+    inside the same main context and http settings as the static reference
+    (Nginx above: one worker, sendfile, the same keep-alive, the same open
+    file cache, no access log), so that what differs between the two is the
+    shipped file."""
+
+    MAIN = """
+{user}worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 65;
+    keepalive_requests 100000000;
+    open_file_cache max=20000 inactive=60s;
+    include {dir}/eventfeed.conf;
+}}
+"""
+
+    SHIPPED = {
+        "backend": "server 127.0.0.1:2113;",
+        "listen": "listen 127.0.0.1:6092;",
+        "cache": "/var/lib/nginx/eventfeed-cache",
+        "relay": "unix:/run/nginx-eventfeed-relay.sock",
+    }
+
+    def __init__(self, directory, pinning, backend_port):
+        self.dir = directory
+        (directory / "tmp").mkdir(parents=True, exist_ok=True)
+        user = ""
+        if os.geteuid() == 0:
+            import pwd
+
+            user = f"user {pwd.getpwuid(os.getuid()).pw_name};\n"
+        shipped = NGINX_CONF.read_text()
+        for value in self.SHIPPED.values():
+            assert value in shipped, f"{NGINX_CONF} names {value}"
+        for attempt in range(3):
+            self.port = free_port()
+            conf = (shipped.replace(self.SHIPPED["backend"], f"server 127.0.0.1:{backend_port};")
+                    .replace(self.SHIPPED["listen"], f"listen 127.0.0.1:{self.port};")
+                    .replace(self.SHIPPED["cache"], str(directory / "cache"))
+                    .replace(self.SHIPPED["relay"], f"unix:{directory / f'relay{attempt}.sock'}"))
+            (directory / "eventfeed.conf").write_text(conf)
+            (directory / "nginx.conf").write_text(self.MAIN.format(user=user, dir=directory))
+            argv = pinning.server([executable("nginx"), "-p", str(directory), "-c", str(directory / "nginx.conf"),
+                                   "-e", str(directory / "error.log")])
+            self.process = PROCESSES.start(argv, log=directory / "nginx.out")
+            try:
+                wait_until(lambda: self.process.poll() is None and http_request(self.port, "GET", "/ping")[0] == 200,
+                           20, "nginx proxy_cache")
+                return
+            except (RuntimeError, OSError):
+                PROCESSES.stop(self.process)
+        raise RuntimeError("nginx (proxy_cache) did not start: "
+                           + (directory / "error.log").read_text(errors="replace"))
 
     def stop(self):
         PROCESSES.stop(self.process)

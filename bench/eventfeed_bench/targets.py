@@ -18,6 +18,8 @@ TARGETS = {
     "all_pages": ("random `$all` pages", "≥ 0.5 × nginx", "same", "projections"),
     "cached": ("cached pages through Varnish with the shipped VCL", "≥ 0.8 × nginx", "nginx serving the same bytes",
                "varnish"),
+    "cached_nginx": ("cached pages through nginx `proxy_cache` with the shipped configuration", "≥ 0.8 × nginx static",
+                     "nginx serving the same bytes from files", "nginxcache"),
     "projections": ("durable appends with the system projections on", "≥ 0.8 × without projections",
                     "the same workloads with them off", "projections"),
     "ce_replay": ("`$ce-` replay, one client following links, `embed=body`, cold", "≥ 100,000 events/s", "—", None),
@@ -65,6 +67,7 @@ UNCACHED_ATOM_SHARE = 0.8
 UNCACHED_JSON_SHARE = 0.7
 ALL_PAGES_SHARE = 0.5
 CACHED_SHARE = 0.8
+NGINX_CACHED_SHARE = 0.8
 PROJECTIONS_SHARE = 0.8
 WAKEUP_OVER_FLOOR = 1.5
 IDLE_WAITERS = 10_000

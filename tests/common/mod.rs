@@ -13,7 +13,11 @@
 //! - [`http`]: media types, the client, event bodies, headers, raw requests.
 //! - [`admin`]: waiting for projections, waiters and scavenges.
 //! - [`pages`]: walking a feed page by page.
+//! - [`nginx`]: eventfeed behind a real nginx running the shipped
+//!   `proxy_cache` configuration, through a recording proxy.
 //! - [`postgres`]: a PostgreSQL cluster of the tests' own, a database per test.
+//! - [`recording`]: the recording proxy the cache harnesses put in front
+//!   of eventfeed.
 //! - [`socket`]: a raw HTTP/1.1 client on one TCP connection.
 //! - [`subscriptions`]: a client for persistent subscriptions.
 //! - [`varnish`]: eventfeed behind a real Varnish, through a recording proxy.
@@ -26,9 +30,11 @@ pub mod backend;
 pub mod bodies;
 pub mod http;
 pub mod load;
+pub mod nginx;
 pub mod pages;
 pub mod patroni;
 pub mod postgres;
+pub mod recording;
 pub mod server;
 pub mod socket;
 pub mod subscriptions;

@@ -8,14 +8,15 @@ first, then a short method paragraph. A module may also have
 ([what, figure, reference in the same run, target and verdict]); the
 sections without one are left out of it."""
 
-from . import (appends, atombus, auth, backup, longpoll, metrics, multiappend, nodes, postgres, projections,
-               reads, scavenge, startup, stories, subscriptions, ui, varnish)
+from . import (appends, atombus, auth, backup, longpoll, metrics, multiappend, nginxcache, nodes, postgres,
+               projections, reads, scavenge, startup, stories, subscriptions, ui, varnish)
 
 MODULES = {
     "appends": appends,
     "multiappend": multiappend,
     "reads": reads,
     "varnish": varnish,
+    "nginxcache": nginxcache,
     "projections": projections,
     "scavenge": scavenge,
     "longpoll": longpoll,

@@ -46,7 +46,10 @@ impl FromRequestParts<AppState> for Principal {
                 "The Authorization header is not valid Basic credentials (Basic base64(login:password)).",
             )
         })?;
-        state.security.authenticate(credentials).await.map_err(|error| match error {
+        // Boxed: a request's extractors live in one future for as long as
+        // it is served, a long-poll's for as long as it waits, and this
+        // one (a store read, an argon2 verification) is the largest.
+        Box::pin(state.security.authenticate(credentials)).await.map_err(|error| match error {
             AuthError::Invalid => unauthorized("The login or password is wrong, or the account is disabled."),
             AuthError::Throttled(retry_after) => {
                 let seconds = retry_after.as_secs().max(1);

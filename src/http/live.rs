@@ -117,7 +117,10 @@ where
     loop {
         let mut signal = watched.watch(state);
         let outcome = match (&page, woken_at_commit) {
-            (Some(page), Some(seen)) => state.renders.read(page, seen, state.store.notifier(), &read).await,
+            // Boxed, as `read`'s future is (see `pages::read_page`).
+            (Some(page), Some(seen)) => {
+                Box::pin(state.renders.read(page, seen, state.store.notifier(), &read)).await
+            }
             _ => read().await,
         };
         let nothing_yet = match &outcome {

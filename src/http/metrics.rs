@@ -20,12 +20,10 @@
 //! `/streams/{stream}`), never by a raw path, so the number of series stays
 //! bounded whatever the stream names; unknown URLs share `unmatched`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::MatchedPath;
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,7 +31,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use super::AppState;
 use crate::store::{AppendOutcome, CommitFigures, CommitObserver, DatabaseQuery, StoreError};
 
 /// What became of an append request (one single-stream or multi-stream
@@ -96,7 +93,7 @@ struct OutcomeLabels {
 /// `unmatched`. Holds axum's own `MatchedPath` (an `Arc<str>`), so that
 /// labelling a request copies no string.
 #[derive(Debug, Clone)]
-enum Route {
+pub(super) enum Route {
     Matched(MatchedPath),
     Unmatched,
 }
@@ -330,7 +327,7 @@ impl Metrics {
         self.scavenges_started.inc();
     }
 
-    fn request(&self, route: Route, method: &'static str, status: StatusCode, took: Duration) {
+    pub(super) fn request(&self, route: Route, method: &'static str, status: StatusCode, took: Duration) {
         if status == StatusCode::NOT_MODIFIED {
             self.not_modified.inc();
         }
@@ -382,7 +379,7 @@ fn status_class(status: StatusCode) -> &'static str {
 
 /// The `method` label: the methods the API answers, the rest as `other`
 /// (a client may send any token, and each would be a series).
-fn method_label(method: &Method) -> &'static str {
+pub(super) fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
@@ -392,20 +389,6 @@ fn method_label(method: &Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     }
-}
-
-/// The layer that counts and times every request (installed by
-/// `http::router` only when metrics are on).
-pub(super) async fn track_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = match request.extensions().get::<MatchedPath>() {
-        Some(path) => Route::Matched(path.clone()),
-        None => Route::Unmatched,
-    };
-    let method = method_label(request.method());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state.metrics.request(route, method, response.status(), started.elapsed());
-    response
 }
 
 #[cfg(test)]

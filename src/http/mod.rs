@@ -50,6 +50,7 @@ mod stream_list;
 mod streams;
 mod subscriptions;
 mod system;
+mod track_requests;
 mod ui;
 mod users;
 
@@ -181,7 +182,7 @@ pub fn router(state: AppState) -> Router {
     // Inside the routes' layers, so it sees each route's template
     // (`MatchedPath`), and outside the rest, so it times the whole answer.
     let router = if state.metrics.enabled() {
-        router.layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_requests))
+        router.layer(track_requests::TrackRequestsLayer { metrics: Arc::clone(&state.metrics) })
     } else {
         router
     };

@@ -90,16 +90,20 @@ pub(super) async fn read_page(
     reader.state.activity.read_served();
     let is_all = stream == feed::ALL_STREAM;
     let as_of = match &query.as_of {
-        Some(text) => Some(as_of::resolve(reader.state, text).await?),
+        Some(text) => Some(Box::pin(as_of::resolve(reader.state, text)).await?),
         None => None,
     };
     let as_of = as_of.as_ref();
-    let read = || async {
-        if is_all {
-            all_page(reader, urls, request, query, headers, media, as_of).await
-        } else {
-            stream_page(reader, urls, stream, request, query, headers, media, as_of).await
-        }
+    // Boxed: a long-poll waits with this future's space in its own, for
+    // as long as it waits; boxed, the read's space is freed once it is done.
+    let read = || {
+        Box::pin(async move {
+            if is_all {
+                all_page(reader, urls, request, query, headers, media, as_of).await
+            } else {
+                stream_page(reader, urls, stream, request, query, headers, media, as_of).await
+            }
+        })
     };
     // A page as of a bound is not followed live: it shows the past.
     if request.direction == Direction::Backward || as_of.is_some() {

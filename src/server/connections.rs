@@ -204,7 +204,9 @@ impl Http1 {
             },
             _ = stopping.wait_for(|stopping| *stopping) => return,
         };
-        self.serve_http(stream, peer, stopping).await;
+        // Boxed: a TLS stream makes this future some kilobytes larger,
+        // and every plain connection's task would be allocated that large.
+        Box::pin(self.serve_http(stream, peer, stopping)).await;
     }
 
     /// Serves HTTP/1.1 on `stream`, a socket or a TLS stream over one.

@@ -239,7 +239,7 @@ async fn four_read_side_instances_count_every_click_once_with_a_request_per_ten_
 /// One take of a group through Varnish, without bodies; returns the feed.
 async fn take_without_bodies(chain: &Chain, group: &str, consumer: &str) -> Value {
     let response = anonymous_client()
-        .get(chain.varnish.url(&format!("/subscriptions/Cares/{group}/{TAKE}")))
+        .get(chain.url(&format!("/subscriptions/Cares/{group}/{TAKE}")))
         .header("accept", COMPETING_JSON)
         .header("es-consumer", consumer)
         .header("es-longpoll", "1")

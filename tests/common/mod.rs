@@ -6,6 +6,10 @@
 //!   (`EVENTFEED_TEST_STORE`), and the tests that only sled can run.
 //! - [`bodies`]: random events bodies, valid and broken, for the property
 //!   suites.
+//! - [`cache_chain`]: eventfeed behind a recording proxy behind an HTTP
+//!   cache ([`cache_chain::CacheFront`]: Varnish or nginx).
+//! - [`cache_scenarios`]: the caching guarantees both caches must give,
+//!   written once for the varnish and nginx tests.
 //! - [`server`]: servers on loopback ports ([`TestServer`] in process,
 //!   [`BinaryServer`] the real binary).
 //! - [`load`]: append load for the crash tests, and the check of what
@@ -28,6 +32,8 @@
 pub mod admin;
 pub mod backend;
 pub mod bodies;
+pub mod cache_chain;
+pub mod cache_scenarios;
 pub mod http;
 pub mod load;
 pub mod nginx;

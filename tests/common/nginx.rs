@@ -6,9 +6,10 @@
 //! client ──► nginx (cache ──► relay) ──► recording proxy ──► eventfeed (in-process)
 //! ```
 //!
-//! [`Chain`] starts all of it. nginx's `X-Cache-Status` header says what
-//! the cache believes it did ([`cache_status`]); the recording proxy
-//! (`common::recording`) says what actually reached eventfeed.
+//! [`Chain`] (`common::cache_chain`) starts all of it. nginx's
+//! `X-Cache-Status` header says what the cache believes it did
+//! ([`cache_status`]); the recording proxy (`common::recording`) says what
+//! actually reached eventfeed.
 //!
 //! The shipped file belongs inside nginx's `http { }` block. The harness
 //! writes the rest around it (the main context: pid file, error log, temp
@@ -32,11 +33,9 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use tempfile::TempDir;
 
+use super::cache_chain::CacheFront;
 use super::http::{client, header};
 use super::postgres::is_root;
-pub use super::recording::Exchange;
-use super::recording::RecordingProxy;
-use super::server::TestServer;
 use super::varnish::free_port;
 
 /// The shipped configuration, relative to the repository.
@@ -58,43 +57,8 @@ const UNPRIVILEGED_USER: &str = "nobody";
 // ---------------------------------------------------------------------------
 
 /// eventfeed, the recording proxy in front of it, and nginx in front of
-/// that. Dropping it stops all three.
-pub struct Chain {
-    pub server: TestServer,
-    proxy: RecordingProxy,
-    pub nginx: Nginx,
-}
-
-impl Chain {
-    pub async fn start() -> Self {
-        Self::start_on(TestServer::start().await).await
-    }
-
-    /// The chain in front of a server started as the test needs it.
-    pub async fn start_on(server: TestServer) -> Self {
-        let proxy = RecordingProxy::start(server.addr).await;
-        let nginx = Nginx::start(proxy.addr).await;
-        Self { server, proxy, nginx }
-    }
-
-    /// GET through nginx with extra headers (no credentials unless they
-    /// include them); returns status, headers, body.
-    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, String) {
-        let mut request = super::http::anonymous_client().get(self.nginx.url(path));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        (status, headers, response.text().await.unwrap())
-    }
-
-    /// What eventfeed received for `path` (query string included), in order.
-    pub fn backend_requests(&self, path: &str) -> Vec<Exchange> {
-        self.proxy.exchanges().into_iter().filter(|exchange| exchange.path == path).collect()
-    }
-}
+/// that (`common::cache_chain`). Dropping it stops all three.
+pub type Chain = super::cache_chain::Chain<Nginx>;
 
 /// nginx's `X-Cache-Status` (HIT, MISS, EXPIRED, REVALIDATED, ...), absent
 /// on what the configuration passes straight through.
@@ -105,6 +69,28 @@ pub fn cache_status(headers: &HeaderMap) -> Option<String> {
 /// Whether nginx answered from its cache without asking eventfeed.
 pub fn is_cache_hit(headers: &HeaderMap) -> bool {
     cache_status(headers).as_deref() == Some("HIT")
+}
+
+impl CacheFront for Nginx {
+    const NAME: &'static str = "nginx";
+    const PASS_AFTER_FETCH: Duration = Duration::ZERO;
+    const MAY_WEAKEN_ETAGS: bool = false;
+
+    async fn start(backend: SocketAddr) -> Self {
+        Nginx::start(backend).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        Nginx::url(self, path)
+    }
+
+    fn is_cache_hit(headers: &HeaderMap) -> bool {
+        is_cache_hit(headers)
+    }
+
+    fn assert_miss(headers: &HeaderMap, context: &str) {
+        assert_eq!(cache_status(headers).as_deref(), Some("MISS"), "{context}: {headers:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -5,12 +5,12 @@
 //! client ──► varnishd ──► recording proxy ──► eventfeed (in-process)
 //! ```
 //!
-//! [`Chain`] starts all three. Varnish's own headers (`X-Varnish` with two
-//! transaction ids on a hit, `Age`) say what the cache believes it did
-//! ([`is_cache_hit`]); the recording proxy (`common::recording`), a small
-//! HTTP/1.1 relay, says what actually reached eventfeed: every request
-//! Varnish sent (method, path, headers) and the status eventfeed answered
-//! ([`Exchange`]).
+//! [`Chain`] (`common::cache_chain`) starts all three. Varnish's own
+//! headers (`X-Varnish` with two transaction ids on a hit, `Age`) say what
+//! the cache believes it did ([`is_cache_hit`]); the recording proxy
+//! (`common::recording`), a small HTTP/1.1 relay, says what actually
+//! reached eventfeed: every request Varnish sent (method, path, headers)
+//! and the status eventfeed answered (`Exchange`).
 //!
 //! `varnishd` comes from Debian's `varnish` package (`tests/run` installs it).
 
@@ -24,53 +24,16 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use tempfile::TempDir;
 
+use super::cache_chain::CacheFront;
 use super::http::{client, header};
-pub use super::recording::Exchange;
-use super::recording::RecordingProxy;
-use super::server::TestServer;
 
 // ---------------------------------------------------------------------------
 // The chain
 // ---------------------------------------------------------------------------
 
 /// eventfeed, the recording proxy in front of it, and Varnish in front of
-/// that. Dropping it stops all three.
-pub struct Chain {
-    pub server: TestServer,
-    proxy: RecordingProxy,
-    pub varnish: Varnish,
-}
-
-impl Chain {
-    pub async fn start() -> Self {
-        Self::start_on(TestServer::start().await).await
-    }
-
-    /// The chain in front of a server started as the test needs it.
-    pub async fn start_on(server: TestServer) -> Self {
-        let proxy = RecordingProxy::start(server.addr).await;
-        let varnish = Varnish::start(proxy.addr).await;
-        Self { server, proxy, varnish }
-    }
-
-    /// GET through Varnish with extra headers (no credentials unless they
-    /// include them); returns status, headers, body.
-    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, String) {
-        let mut request = super::http::anonymous_client().get(self.varnish.url(path));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        (status, headers, response.text().await.unwrap())
-    }
-
-    /// What eventfeed received for `path` (query string included), in order.
-    pub fn backend_requests(&self, path: &str) -> Vec<Exchange> {
-        self.proxy.exchanges().into_iter().filter(|exchange| exchange.path == path).collect()
-    }
-}
+/// that (`common::cache_chain`). Dropping it stops all three.
+pub type Chain = super::cache_chain::Chain<Varnish>;
 
 /// Whether Varnish answered from its cache: on a hit `X-Varnish` carries two
 /// transaction ids (this request's and the one that stored the object), and
@@ -81,9 +44,29 @@ pub fn is_cache_hit(headers: &HeaderMap) -> bool {
     ids.split_whitespace().count() == 2 && age_present
 }
 
-/// A stream name no other test uses.
-pub fn fresh_stream(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+impl CacheFront for Varnish {
+    const NAME: &'static str = "Varnish";
+    /// Longer than the one-millisecond TTL the VCL gives head pages.
+    const PASS_AFTER_FETCH: Duration = Duration::from_millis(20);
+    const MAY_WEAKEN_ETAGS: bool = true;
+
+    async fn start(backend: SocketAddr) -> Self {
+        Varnish::start(backend).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        Varnish::url(self, path)
+    }
+
+    fn is_cache_hit(headers: &HeaderMap) -> bool {
+        is_cache_hit(headers)
+    }
+
+    /// Varnish's headers tell a miss from a pass only in its log: a miss
+    /// here is an answer that is not a hit.
+    fn assert_miss(headers: &HeaderMap, context: &str) {
+        assert!(!is_cache_hit(headers), "{context}: {headers:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------

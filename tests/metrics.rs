@@ -503,11 +503,15 @@ async fn a_long_poll_woken_by_an_append_is_timed_from_the_commit() {
         assert!(Instant::now() < deadline, "the long-poll never waited");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(wakeups(&scrape(&server).await), wakeups(&before), "nothing woke yet");
+    // The first append's wake-up is published after its 201, so it may
+    // still reach this waiter (which then reads again and waits on): the
+    // figures count from here.
+    let before = scrape(&server).await;
     server.append_n("awaited", 1).await;
     tokio::time::timeout(Duration::from_secs(20), waiter).await.unwrap().unwrap();
     let after = scrape(&server).await;
-    assert_eq!(wakeups(&after) - wakeups(&before), 1.0);
+    let woken = wakeups(&after) - wakeups(&before);
+    assert!((1.0..=2.0).contains(&woken), "{woken} wake-ups counted for one append");
     // Timed from the commit, not from the start of the wait (which began
     // before the append, whatever the machine's speed).
     let took =

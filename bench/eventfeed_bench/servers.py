@@ -120,11 +120,11 @@ class Eventfeed:
         PROCESSES.stop(self.process)
 
 
-class Nginx:
-    """nginx as an unprivileged-style process: its own prefix, config, pid
-    and logs under `directory`, one worker, no access log."""
-
-    CONF = """
+# The main context and http settings every nginx of the suite runs in: one
+# worker, sendfile, long keep-alive, an open file cache, no access log; the
+# static reference and the shipped proxy_cache configuration differ only in
+# what `{http}` holds.
+NGINX_MAIN = """
 {user}worker_processes 1;
 daemon off;
 pid {dir}/nginx.pid;
@@ -143,6 +143,28 @@ http {{
     keepalive_timeout 65;
     keepalive_requests 100000000;
     open_file_cache max=20000 inactive=60s;
+{http}
+}}
+"""
+
+
+def nginx_main(directory, http):
+    """nginx.conf for a server under `directory`. Workers of a root master
+    run as `user`: this user, so they can read the files under the
+    temporary directory."""
+    user = ""
+    if os.geteuid() == 0:
+        import pwd
+
+        user = f"user {pwd.getpwuid(os.getuid()).pw_name};\n"
+    return NGINX_MAIN.format(user=user, dir=directory, http=http)
+
+
+class Nginx:
+    """nginx as an unprivileged-style process: its own prefix, config, pid
+    and logs under `directory`, one worker, no access log."""
+
+    SERVER = """
     types {{ }}
     server {{
         listen 127.0.0.1:{port};
@@ -165,22 +187,15 @@ http {{
             add_header Content-Encoding gzip;
         }}
     }}
-}}
 """
 
     def __init__(self, directory, pinning):
         self.dir = directory
         (directory / "tmp").mkdir(parents=True, exist_ok=True)
-        # Workers of a root master run as `user`: make that this user, so they
-        # can read the files under the temporary directory.
-        user = ""
-        if os.geteuid() == 0:
-            import pwd
-
-            user = f"user {pwd.getpwuid(os.getuid()).pw_name};\n"
         for attempt in range(3):
             self.port = free_port()
-            (directory / "nginx.conf").write_text(self.CONF.format(user=user, dir=directory, port=self.port))
+            server = self.SERVER.format(dir=directory, port=self.port)
+            (directory / "nginx.conf").write_text(nginx_main(directory, server))
             argv = pinning.server([executable("nginx"), "-p", str(directory), "-c", str(directory / "nginx.conf"),
                                    "-e", str(directory / "error.log")])
             self.process = PROCESSES.start(argv, log=directory / "nginx.out")
@@ -206,28 +221,6 @@ class NginxCache:
     file cache, no access log), so that what differs between the two is the
     shipped file."""
 
-    MAIN = """
-{user}worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/tmp/body;
-    proxy_temp_path {dir}/tmp/proxy;
-    fastcgi_temp_path {dir}/tmp/fastcgi;
-    uwsgi_temp_path {dir}/tmp/uwsgi;
-    scgi_temp_path {dir}/tmp/scgi;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
-    keepalive_timeout 65;
-    keepalive_requests 100000000;
-    open_file_cache max=20000 inactive=60s;
-    include {dir}/eventfeed.conf;
-}}
-"""
 
     SHIPPED = {
         "backend": "server 127.0.0.1:2113;",
@@ -239,11 +232,6 @@ http {{
     def __init__(self, directory, pinning, backend_port):
         self.dir = directory
         (directory / "tmp").mkdir(parents=True, exist_ok=True)
-        user = ""
-        if os.geteuid() == 0:
-            import pwd
-
-            user = f"user {pwd.getpwuid(os.getuid()).pw_name};\n"
         shipped = NGINX_CONF.read_text()
         for value in self.SHIPPED.values():
             assert value in shipped, f"{NGINX_CONF} names {value}"
@@ -254,7 +242,7 @@ http {{
                     .replace(self.SHIPPED["cache"], str(directory / "cache"))
                     .replace(self.SHIPPED["relay"], f"unix:{directory / f'relay{attempt}.sock'}"))
             (directory / "eventfeed.conf").write_text(conf)
-            (directory / "nginx.conf").write_text(self.MAIN.format(user=user, dir=directory))
+            (directory / "nginx.conf").write_text(nginx_main(directory, f"    include {directory}/eventfeed.conf;"))
             argv = pinning.server([executable("nginx"), "-p", str(directory), "-c", str(directory / "nginx.conf"),
                                    "-e", str(directory / "error.log")])
             self.process = PROCESSES.start(argv, log=directory / "nginx.out")

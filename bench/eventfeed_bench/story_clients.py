@@ -2,14 +2,17 @@
 teams in those stories wrote theirs, over plain HTTP/1.1 keep-alive
 connections: read-side instances sharing a persistent subscription (run as
 processes of their own), a projection replaying a category page by page
-with a checkpoint per page, a cache following a category with long-polls,
-writers that retry an unanswered append with the same ids, and a supervisor
-that restarts a killed server as the shipped systemd unit does."""
+with a checkpoint per page, a client that only walks a category counting
+its entries (the ceiling of any such replay), a cache following a category
+with long-polls, writers that retry an unanswered append with the same ids,
+and a supervisor that restarts a killed server as the shipped systemd unit
+does."""
 
 import http.client
 import json
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -48,9 +51,55 @@ class Connection:
             self.connection = None
 
 
+class LeanConnection:
+    """One keep-alive HTTP/1.1 connection for GETs that does as little as
+    a client can: the request written in one send, of the answer's head
+    only the status and Content-Length read, the body read in one piece
+    through a 1 MiB buffer. (http.client, which parses every header into a
+    message and reads through 8 KiB, walked nginx's copy of the `$ce-`
+    pages at 0.65-0.9 × this rate on the 2-core machine, busy 0.35-0.4 of
+    the walk against this one's 0.2-0.25.)"""
+
+    def __init__(self, port, headers, timeout=60):
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = self.socket.makefile("rb", buffering=1 << 20)
+        self.head = "".join(f"{name}: {value}\r\n" for name, value in {"Host": "127.0.0.1", **headers}.items())
+
+    def get(self, path):
+        """(status, body) of `GET path`."""
+        self.socket.sendall(f"GET {path} HTTP/1.1\r\n{self.head}\r\n".encode())
+        status, length = int(self.line(path).split()[1]), None
+        while (line := self.line(path)) != b"\r\n":
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is None:
+            raise RuntimeError(f"GET {path}: an answer without Content-Length")
+        body = self.reader.read(length)
+        if len(body) != length:
+            raise ConnectionError(f"GET {path}: the connection closed within the body")
+        return status, body
+
+    def line(self, path):
+        line = self.reader.readline()
+        if not line:
+            raise ConnectionError(f"GET {path}: the connection closed before the answer")
+        return line
+
+    def close(self):
+        self.reader.close()
+        self.socket.close()
+
+
 def path_of(uri):
     """`http://host:port/path?q` → `/path?q`."""
     return "/" + uri.split("://", 1)[1].split("/", 1)[1]
+
+
+def with_bodies(uri):
+    """A page's link → its path with `embed=body`."""
+    return path_of(uri) + "?embed=body"
 
 
 def link(feed, relation):
@@ -95,8 +144,7 @@ def care_instance(port, group, name, take, total, handled_counter, start_barrier
 # -- story 2: a projection replaying a category -------------------------------
 
 
-def replay(port, start_path, page_path=lambda uri: path_of(uri) + "?embed=body", checkpoint_port=None,
-           checkpoints=None, authorization=True):
+def replay(port, start_path, page_path=with_bodies, checkpoint_port=None, checkpoints=None, authorization=True):
     """Walks a category from `start_path` (pages with bodies, following
     `previous` links) to its head, applying every event to a dict as a
     projection does and, when `checkpoints` names a stream, writing one
@@ -130,6 +178,38 @@ def replay(port, start_path, page_path=lambda uri: path_of(uri) + "?embed=body",
         onwards = link(page, "previous")
         path = None if page["headOfStream"] or not onwards else page_path(onwards)
     return events, pages
+
+
+# The feed's own `previous` link (the entries' links are `edit` and
+# `alternate` only), whether the page is the head, and one key every entry
+# has once: events' data is a JSON string, its quotes escaped, so the key
+# cannot match inside it.
+PREVIOUS = re.compile(rb'"uri":\s*"([^"]+)",\s*"relation":\s*"previous"')
+HEAD_OF_STREAM = re.compile(rb'"headOfStream":\s*(true|false)')
+ENTRY_KEY = b'"positionEventNumber":'
+
+
+def walk(port, start_path, page_path=with_bodies, authorization=True):
+    """Walks a category from `start_path` to its head as a client that only
+    counts: one keep-alive connection, each page read whole, its entries
+    counted and its `previous` link found by byte searches, nothing
+    decoded (LeanConnection). Returns the entries seen and the pages
+    read."""
+    connection = LeanConnection(port, {"Accept": ATOM_JSON, **(ADMIN if authorization else {})})
+    entries, pages, path = 0, 0, start_path
+    try:
+        while path:
+            status, data = connection.get(path)
+            if status != 200:
+                raise RuntimeError(f"GET {path} answered {status}")
+            pages += 1
+            entries += data.count(ENTRY_KEY)
+            onwards = PREVIOUS.search(data)
+            at_head = HEAD_OF_STREAM.search(data).group(1) == b"true"
+            path = None if at_head or not onwards else page_path(onwards.group(1).decode())
+    finally:
+        connection.close()
+    return entries, pages
 
 
 # -- story 3: a cache following a category ------------------------------------

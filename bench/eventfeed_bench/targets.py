@@ -22,7 +22,8 @@ TARGETS = {
                      "nginx serving the same bytes from files", "nginxcache"),
     "projections": ("durable appends with the system projections on", "≥ 0.8 × without projections",
                     "the same workloads with them off", "projections"),
-    "ce_replay": ("`$ce-` replay, one client following links, `embed=body`, cold", "≥ 100,000 events/s", "—", None),
+    "ce_replay": ("`$ce-` replay, one client following links, `embed=body`, cold", "≥ 100,000 events/s",
+                  "nginx serving the same pages; the same walk warm", "stories"),
     "wakeup_1000": ("long-poll wake-up, 1,000 waiters, p99 after the 201", "≤ 1.5 × the floor",
                     "a bare loop writing the same answers to the same sockets", "longpoll"),
     "idle_10000": ("idle long-polls", "10,000 in ≤ 150 MB RSS", "—", "longpoll"),
@@ -87,6 +88,7 @@ UI_TAIL_BUSY_SHARE = 0.5
 STORY_CARE_SCALING = 1.5
 STORY_CARE_REQUESTS_PER_EVENT = 0.1
 STORY_REPLAY_SECONDS = 5.0
+CE_REPLAY_EVENTS_PER_SECOND = 100_000
 STORY_REFLECT_P99_MS = 100
 STORY_RECOVERY_SECONDS = 2.0
 

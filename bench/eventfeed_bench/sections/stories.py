@@ -7,7 +7,9 @@ figure beside a reference measured in the same run:
 2. the order projection: the replay of 50,000 events over 5,000 orders,
    from a freshly started server (page cache dropped when run as root) and
    through a warm Varnish, against the story's 20 minutes and nginx
-   serving the same pages from files;
+   serving the same pages from files; and the same category walked by a
+   client that only counts its entries (the `$ce-` replay target, issue
+   34), cold and warm, against nginx serving the same pages;
 3. the preloaded cache: how soon after its append a cache following
    `$ce-Product` with long-polls reflects each event, against the appends'
    own latency;
@@ -33,10 +35,11 @@ from ..fmt import fmt, ratio, table, times, verdict
 from ..load import Pinning
 from ..servers import PROCESSES, Eventfeed, Nginx, Varnish
 from ..story_clients import (EVENTS_JSON, CacheFollower, RetryingWriter, Supervisor, care_instance, path_of,
-                             replay, restart_delay)
+                             replay, restart_delay, walk)
 
 TITLE = "The stories (docs/recipes.md)"
 STORY_REPLAY_SECONDS = 20 * 60  # the story: "a little over 50,000 events took 20 minutes"
+REPLAY_PAGE_SIZE = 100
 
 
 def sizes(quick):
@@ -179,6 +182,23 @@ def drop_page_cache():
     return True
 
 
+def timed(label, client, events, port, **options):
+    """`client` (replay or walk) run against `port`: its seconds, after
+    checking that it saw every one of `events`."""
+    started = time.monotonic()
+    seen, pages = client(port, **options)
+    seconds = time.monotonic() - started
+    if seen != events:
+        raise RuntimeError(f"{label}: {seen} of {events} events seen")
+    log(f"{label}: {events} events, {pages} pages in {seconds:.2f} s ({events / seconds:,.0f} events/s)")
+    return seconds
+
+
+def from_nginx(start):
+    """The options that point replay or walk at nginx_copy's files."""
+    return {"start_path": "/json" + start, "page_path": lambda uri: "/json" + path_of(uri), "authorization": False}
+
+
 def replay_story(ctx, size):
     """Orders written with --durability none, the server restarted in the
     default mode; then the projection's replay (pages of 100 with bodies)
@@ -186,7 +206,8 @@ def replay_story(ctx, size):
     story's projection does) and reads only: from a freshly started server
     with the page cache dropped; through Varnish (a first pass warms it);
     and from nginx serving copies of the same pages (the floor of this
-    client)."""
+    client). Last, the same pages walked by a client that only counts
+    (ce_replay)."""
     orders, events = size["orders"], size["orders"] * 10
     data_dir = ctx.workdir / "story-orders"
     filler = Eventfeed(ctx.workdir, ctx.pinning, data_dir, "none")
@@ -195,17 +216,11 @@ def replay_story(ctx, size):
     finally:
         filler.stop()
     figures = {"events": events, "rows": {}}
-    start = "/streams/$ce-CustomerOrder/0/forward/100?embed=body"
+    start = f"/streams/$ce-CustomerOrder/0/forward/{REPLAY_PAGE_SIZE}?embed=body"
     checkpointing = {"checkpoints": "CustomerOrder_replay_checkpoints"}
 
-    def timed(label, port, start_path=start, **options):
-        started = time.monotonic()
-        applied, pages = replay(port, start_path, **options)
-        seconds = time.monotonic() - started
-        if applied != events:
-            raise RuntimeError(f"{label}: the replay applied {applied} of {events} events")
-        log(f"order projection, {label}: {events} events, {pages} pages in {seconds:.2f} s")
-        return seconds
+    def projection(label, port, **options):
+        return timed(f"order projection, {label}", replay, events, port, **{"start_path": start, **options})
 
     def row(name, checkpoints, reads_only):
         figures["rows"][name] = {"checkpoints": checkpoints, "reads_only": reads_only}
@@ -216,7 +231,7 @@ def replay_story(ctx, size):
         figures["page_cache_dropped"] = drop_page_cache()
         server = Eventfeed(ctx.workdir, ctx.pinning, data_dir, "fsync")
         try:
-            cold[mode] = timed(f"cold server, {mode}", server.port, **options)
+            cold[mode] = projection(f"cold server, {mode}", server.port, **options)
         finally:
             server.stop()
     row("cold", cold["checkpoints"], cold["reads_only"])
@@ -224,19 +239,19 @@ def replay_story(ctx, size):
     try:
         varnish = Varnish(ctx.workdir / "story-varnish", ctx.pinning, server.port)
         try:
-            figures["varnish_first_seconds"] = timed("through Varnish, first (warming it)", varnish.port)
-            row("varnish_warm", timed("through Varnish, warm, checkpoints", varnish.port,
-                                      checkpoint_port=server.port, **checkpointing),
-                timed("through Varnish, warm, reads only", varnish.port))
+            figures["varnish_first_seconds"] = projection("through Varnish, first (warming it)", varnish.port)
+            row("varnish_warm", projection("through Varnish, warm, checkpoints", varnish.port,
+                                           checkpoint_port=server.port, **checkpointing),
+                projection("through Varnish, warm, reads only", varnish.port))
         finally:
             varnish.stop()
         nginx = nginx_copy(ctx, server.port, start)
         try:
-            from_nginx = {"start_path": "/json" + start, "page_path": lambda uri: "/json" + path_of(uri),
-                          "authorization": False}
-            row("nginx", timed("nginx, same bytes, checkpoints", nginx.port, checkpoint_port=server.port,
-                               **checkpointing, **from_nginx),
-                timed("nginx, same bytes, reads only", nginx.port, **from_nginx))
+            row("nginx", projection("nginx, same bytes, checkpoints", nginx.port, checkpoint_port=server.port,
+                                    **checkpointing, **from_nginx(start)),
+                projection("nginx, same bytes, reads only", nginx.port, **from_nginx(start)))
+            server.stop()  # ce_replay starts its own on the same store
+            figures["walk"] = ce_replay(ctx, data_dir, nginx, start, events)
         finally:
             nginx.stop()
     finally:
@@ -249,6 +264,27 @@ def replay_story(ctx, size):
             timings[f"{mode}_nginx_share"] = ratio(figures["rows"]["nginx"][mode], timings[mode])
     figures["cold_seconds"] = figures["rows"]["cold"]["checkpoints"]
     figures["varnish_warm_seconds"] = figures["rows"]["varnish_warm"]["checkpoints"]
+    return figures
+
+
+def ce_replay(ctx, data_dir, nginx, start, events):
+    """The `$ce-` replay target (issue 34): the category walked to its head
+    by one client that only counts (story_clients.walk, the same pages as
+    the projection): from nginx serving the same bytes (its files still in
+    the page cache), the reference and this client's own ceiling; cold,
+    from a freshly started server on the orders' store (page cache dropped
+    first when run as root); warm, a second walk on the same process."""
+    seconds = {"nginx": timed("$ce- walk, nginx, same bytes", walk, events, nginx.port, **from_nginx(start))}
+    figures = {"events": events, "page_size": REPLAY_PAGE_SIZE, "page_cache_dropped": drop_page_cache()}
+    server = Eventfeed(ctx.workdir, ctx.pinning, data_dir, "fsync")
+    try:
+        for name in ("cold", "warm"):
+            seconds[name] = timed(f"$ce- walk, {name} server", walk, events, server.port, start_path=start)
+    finally:
+        server.stop()
+    for name, value in seconds.items():
+        figures[name] = {"seconds": value, "events_per_second": events / value,
+                         "over_nginx": ratio(seconds["nginx"], value)}
     return figures
 
 
@@ -432,6 +468,11 @@ def care_scaled(figures):
             and four["requests_per_event"] <= targets.STORY_CARE_REQUESTS_PER_EVENT)
 
 
+def walked(figures):
+    """The `$ce-` replay target's verdict: the cold walk fast enough."""
+    return figures["cold"]["events_per_second"] >= targets.CE_REPLAY_EVENTS_PER_SECOND
+
+
 def recovered(figures):
     """Story 4's verdict: every kill recovered in time, nothing lost."""
     return figures["worst_seconds"] <= targets.STORY_RECOVERY_SECONDS and not figures["lost"]
@@ -456,6 +497,16 @@ def summary(figures):
                  f"the story: {fmt(STORY_REPLAY_SECONDS)} s; nginx serving the same pages: "
                  f"{fmt(replay_figures['rows']['nginx']['checkpoints'], 2)} s",
                  f"{targets.target('story_replay')}: {verdict(cold['checkpoints'] <= targets.STORY_REPLAY_SECONDS)}"])
+    walk_figures = replay_figures.get("walk")  # none in runs from before it was measured
+    if walk_figures:
+        rows.append([f"`$ce-` category replay with `embed=body`, cold, {fmt(walk_figures['events'] / 1000)}k events, "
+                     f"pages of {walk_figures['page_size']}, one client following links",
+                     f"{fmt(walk_figures['cold']['events_per_second'])} events/s "
+                     f"({fmt(walk_figures['cold']['seconds'], 2)} s); warm: "
+                     f"{fmt(walk_figures['warm']['events_per_second'])} events/s",
+                     f"nginx serving the same pages: {fmt(walk_figures['nginx']['events_per_second'])} events/s "
+                     f"({times(walk_figures['cold']['over_nginx'], 'nginx')} cold)",
+                     f"{targets.target('ce_replay')}: {verdict(walked(walk_figures))}"])
     cache_figures = figures["cache"]
     rows.append(["story 3, preloaded cache: an event reflected after its append",
                  f"p99 {fmt(cache_figures['reflect_p99_ms'], 1)} ms",
@@ -470,6 +521,25 @@ def summary(figures):
                  f"{targets.target('story_recovery')}: "
                  f"{verdict(recovered(recovery_figures))}"])
     return rows
+
+
+def render_walk(figures):
+    """Story 2's pages walked by a client that only counts: the `$ce-`
+    replay target."""
+    cold_note = "page cache dropped first" if figures["page_cache_dropped"] else "page cache not dropped"
+    labels = {"cold": f"freshly started server ({cold_note})", "warm": "the same server, a second walk",
+              "nginx": "nginx serving the same pages (reference)"}
+    rows = [[label, f"{fmt(figures[name]['seconds'], 2)} s", fmt(figures[name]["events_per_second"]),
+             times(figures[name]["over_nginx"], "nginx")] for name, label in labels.items()]
+    return [f"The same `$ce-CustomerOrder` pages walked by one client following links that only counts the events "
+            f"({fmt(figures['events'])} events, pages of {figures['page_size']}, `embed=body`; the `$ce-` replay "
+            "target):\n",
+            table(["walk", "time", "events/s", "× nginx"], rows), "",
+            f"Target: cold {targets.target('ce_replay')}: {verdict(walked(figures))}. Method: one Python client, one "
+            "keep-alive connection, each page read whole, its entries counted and its `previous` link found by "
+            "byte searches, nothing decoded; every walk must count every event. nginx is walked first, its files "
+            "still in the page cache: its rate is this client's ceiling on this machine. Then the page cache is "
+            "dropped (when run as root), a fresh server opens the same store and is walked twice.", ""]
 
 
 def render(figures, settings):
@@ -513,6 +583,8 @@ def render(figures, settings):
             "event to its state, and, as the story's projection does, appends a checkpoint event per page "
             "(durable, to eventfeed also when reading through Varnish or nginx), or not (reads only). Varnish "
             f"was warmed by one replay first ({fmt(replay_figures['varnish_first_seconds'], 2)} s).", ""]
+    if replay_figures.get("walk"):  # none in runs from before it was measured
+        out += render_walk(replay_figures["walk"])
     cache_figures = figures["cache"]
     out += ["### 3. The preloaded cache\n",
             table(["events", "reflected after the append was sent: p50", "p99", "max", "the append (201): p50",

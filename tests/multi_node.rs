@@ -377,3 +377,106 @@ async fn messages_leased_on_a_killed_node_are_redelivered_through_the_other() {
         "the other node took the subscriptions over and drained the group {took_over:?} after the kill"
     );
 }
+
+/// The values of counters in a node's `/metrics`, from one scrape (0 for
+/// one absent).
+async fn counters<const N: usize>(client: &reqwest::Client, base: &str, line_starts: [&str; N]) -> [f64; N] {
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    line_starts.map(|start| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(start))
+            .map_or(0.0, |value| value.trim().parse().unwrap())
+    })
+}
+
+/// Polls `check` until it holds, for at most `within`; how long it took.
+async fn settles<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> Duration {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "not settled within {within:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+/// A page node B keeps in memory is answered there without asking the
+/// database even for the stream's state; yet a `$tb` and a hard delete
+/// written through node A reach it with their commit's notification, long
+/// before the listener's safety poll (5 s) would forget every state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_kept_on_one_node_follows_writes_made_through_the_other() {
+    let Some((_dirs, [a, b])) = two_nodes(&[]) else { return };
+    let client = client();
+    let events: Vec<Value> =
+        (0..25).map(|n| json!({"eventId": Uuid::new_v4(), "eventType": "Noted", "data": {"n": n}})).collect();
+    let posted = client
+        .post(format!("{}/streams/kept", a.base))
+        .header("content-type", EVENTS_JSON)
+        .body(Value::from(events).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    let page = |base: &str| {
+        let request = client.get(format!("{base}/streams/kept/0/forward/20")).header("accept", ATOM_JSON);
+        let base = base.to_owned();
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap().replace(&base, "BASE"))
+        }
+    };
+    let first = page(&b.base).await;
+    assert_eq!(first.0, 200);
+
+    // The scrape itself reads `$streams`' state (the stream count).
+    let wanted = [
+        "eventfeed_page_cache_hits_total ",
+        "eventfeed_database_query_duration_seconds_count{query=\"stream_state\"} ",
+    ];
+    let [hits_before, reads_before] = counters(&client, &b.base, wanted).await;
+    for _ in 0..20 {
+        assert_eq!(page(&b.base).await, first);
+    }
+    let [hits_after, reads_after] = counters(&client, &b.base, wanted).await;
+    assert_eq!(hits_after - hits_before, 20.0, "every read again was answered from memory");
+    let reads = reads_after - reads_before;
+    eprintln!("20 kept pages and a scrape read a stream's state {reads} times");
+    assert!(reads <= 1.0, "20 kept pages and a scrape read a stream's state {reads} times");
+
+    // `$tb` through A: B's page changes to A's.
+    let metadata = client
+        .post(format!("{}/streams/kept/metadata", a.base))
+        .header("content-type", "application/json")
+        .body(json!({"$tb": 5}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), 201);
+    let truncated = page(&a.base).await;
+    assert_ne!(truncated, first);
+    let took = settles(Duration::from_millis(1500), || {
+        let (page, truncated) = (page(&b.base), &truncated);
+        async move { page.await == *truncated }
+    })
+    .await;
+    eprintln!("a $tb written through A reached B's kept page in {took:?}");
+
+    // A hard delete through A: B answers 410.
+    let deleted = client
+        .delete(format!("{}/streams/kept", a.base))
+        .header("es-harddelete", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let took = settles(Duration::from_millis(1500), || {
+        let page = page(&b.base);
+        async move { page.await.0 == 410 }
+    })
+    .await;
+    eprintln!("a hard delete through A reached B's kept page in {took:?}");
+}

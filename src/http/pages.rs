@@ -186,13 +186,14 @@ async fn stream_page(
 /// The page kept in memory for this read, when there is one: the stream's
 /// state is looked up (and the reader's access checked) first, so a deleted
 /// stream or a metadata write since the page was kept is never answered
-/// from it. `None`: read the page.
+/// from it (on PostgreSQL, once the write's notification has reached this
+/// node: see `Store::recent_stream_state`). `None`: read the page.
 async fn kept_page(
     reader: Reader<'_>,
     key: &PageKey<'_>,
     headers: &HeaderMap,
 ) -> Result<Option<Rendered>, HttpError> {
-    let state = match reader.state.store.stream_state(key.stream).await {
+    let state = match reader.state.store.recent_stream_state(key.stream).await {
         Ok(Some(state)) if state.exists() => state,
         // Missing, deleted or failing: the read itself answers.
         _ => return Ok(None),

@@ -173,6 +173,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The current state of a stream, `None` when it was never written.
     async fn stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError>;
 
+    /// A stream's state as of a recent moment, for answers that do not
+    /// depend on its head (pages kept in memory): it never misses this
+    /// node's acknowledged writes, but may miss another node's for as long
+    /// as their notification takes to arrive. A single node's store is
+    /// always current.
+    async fn recent_stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
+        self.stream_state(stream).await
+    }
+
     /// Up to `limit` streams whose names start with `prefix`, in name
     /// (byte) order, each after `after` when given: a listing that pages by
     /// name, one range scan per page however many streams there are.

@@ -134,6 +134,8 @@ async fn listen(
     let listening = async {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         *listened = true;
+        // Every commit from now on is heard: recent states may be kept.
+        publisher.states.set_hearing(true);
         loop {
             // After connecting, and now and then: whatever commits this
             // connection did not hear of wake everybody.
@@ -147,7 +149,10 @@ async fn listen(
                     payload = hearing.recv() => match payload {
                         Some(payload) => match parse(&payload) {
                             Some((head, streams)) => publisher.publish(head, streams.as_deref()),
-                            None => tracing::warn!(%payload, "an unreadable commit notification"),
+                            None => {
+                                tracing::warn!(%payload, "an unreadable commit notification");
+                                publisher.states.forget_all();
+                            }
                         },
                         None => return client.batch_execute("SELECT 1").await,
                     },
@@ -157,12 +162,14 @@ async fn listen(
         }
     };
     let ended = listening.await;
+    publisher.states.set_hearing(false);
     driver.abort();
     ended
 }
 
 /// Publishes the database's head, waking every stream, if it is newer
-/// than the head published; and notes the database's size (`/info`,
+/// than the head published (forgetting every recent state, whatever the
+/// head: commits may have gone unheard); and notes the database's size (`/info`,
 /// `/metrics`) on the way.
 async fn catch_up(
     client: &tokio_postgres::Client,

@@ -34,6 +34,7 @@ mod read;
 mod scavenge;
 pub mod schema;
 mod staging;
+mod states;
 mod transfer;
 mod writer;
 
@@ -136,6 +137,8 @@ struct Publisher {
     /// The database's size in bytes (`pg_database_size`), as the listener
     /// last read it with the head; `u64::MAX` before it has.
     size_bytes: AtomicU64,
+    /// What kept pages are checked against (`recent_stream_state`).
+    states: states::RecentStates,
 }
 
 /// Why the database is known to be away now, if it is: set when the
@@ -168,7 +171,12 @@ impl Outage {
 impl Publisher {
     /// Publishes `head`, waking `streams` (every stream for `None`),
     /// unless a head at least as new was published already.
+    /// Forgets the recent states of `streams` whatever the head's order.
     fn publish(&self, head: Head, streams: Option<&[String]>) {
+        match streams {
+            Some(streams) => self.states.forget(streams.iter().map(String::as_str)),
+            None => self.states.forget_all(),
+        }
         // IMPORTANT: held while publishing, so that two publishers cannot
         // interleave an older head after a newer one.
         let mut published = self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -245,6 +253,7 @@ impl PgStore {
             published: Mutex::new(head.commit_seq),
             outage: Outage::default(),
             size_bytes: AtomicU64::new(u64::MAX),
+            states: states::RecentStates::default(),
         });
         let manager = Manager::from_config(
             config.clone(),
@@ -428,6 +437,19 @@ impl Store for PgStore {
         };
         self.timed(DatabaseQuery::StreamState, started);
         Ok(row?.as_ref().map(|row| state_from_row(row, 0)))
+    }
+
+    async fn recent_stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
+        let states = &self.publisher.states;
+        if let Some(state) = states.get(stream) {
+            return Ok(Some(state));
+        }
+        let stamp = states.stamp(stream);
+        let state = self.stream_state(stream).await?;
+        if let (Some(stamp), Some(state)) = (stamp, &state) {
+            states.keep(stream, state.clone(), stamp);
+        }
+        Ok(state)
     }
 
     async fn list_streams(

@@ -147,9 +147,11 @@ impl Writer {
         match self.transact(&requests).await {
             Ok((answers, committed)) => {
                 let duration = started.elapsed();
-                if let Some((head, ..)) = &committed {
-                    // Reads see the head before anybody hears of the commit.
+                if let Some((head, touched, _)) = &committed {
+                    // Reads see the head, and kept pages the streams'
+                    // new states, before anybody hears of the commit.
                     self.publisher.notifier.advance(*head);
+                    self.publisher.states.forget(touched.iter().map(String::as_str));
                 }
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     reply.send(answer);
@@ -163,6 +165,7 @@ impl Writer {
             }
             Err(error @ StoreError::OutcomeUnknown(_)) => {
                 tracing::error!(%error, requests = replies.len(), "a PostgreSQL commit was cut off; whether it stands is unknown");
+                self.publisher.states.forget_all();
                 for reply in replies {
                     reply.fail(error.clone());
                 }

@@ -8,8 +8,10 @@
 //! a metadata write or a soft delete (which hides every earlier event once
 //! the stream is written again) makes every kept page of that stream
 //! unreachable. Hence kept pages are:
-//! - full and *immutable* (`Freshness::Immutable`), and not at the head of
-//!   the stream (whose `headOfStream` flips with the next append);
+//! - full and *immutable* (`Freshness::Immutable`); a full forward page
+//!   that ends at the stream's last event (whose `headOfStream` flips with
+//!   the next append) is kept under that last number too, so the next
+//!   append makes it unreachable (polling readers re-read it until then);
 //! - of a stream without `$maxCount` or `$maxAge`, whose events vanish
 //!   with later appends or with time;
 //! - public (any reader may have them; the access check still runs on
@@ -80,9 +82,10 @@ pub struct PageKey<'a> {
 }
 
 impl PageKey<'_> {
-    /// The key under these settings; `None` when a page under them may
-    /// change without a metadata write (see the module doc).
-    fn under(&self, settings: &StreamSettings, first_visible: u64) -> Option<String> {
+    /// The key under these settings, lowest visible and last event numbers;
+    /// `None` when a page under them may change without a metadata write
+    /// (see the module doc).
+    fn under(&self, settings: &StreamSettings, first_visible: u64, last: Option<u64>) -> Option<String> {
         let PageStart::Number(start) = self.request.start else { return None };
         if settings.max_count.is_some() || settings.max_age_secs.is_some() || settings.not_public {
             return None;
@@ -92,10 +95,15 @@ impl PageKey<'_> {
             Direction::Backward => 'b',
         };
         let metadata = settings.metadata_number.map_or(-1, |number| number as i128);
+        // A forward page whose last slot is the last event is at the head
+        // (or cut short by its bytes): its bytes last until the next append.
+        let ends = start.checked_add(self.request.count - 1);
+        let at_head = self.request.direction == Direction::Forward && last.is_some() && ends == last;
+        let head = if at_head { last.map_or(-1, i128::from) } else { -1 };
         // NUL never occurs in a stream name or a URL: the fields cannot run
         // into each other.
         Some(format!(
-            "{}\0{}\0{start}\0{direction}\0{}\0{}\0{:?}\0{}\0{metadata}\0{first_visible}",
+            "{}\0{}\0{start}\0{direction}\0{}\0{}\0{:?}\0{}\0{metadata}\0{first_visible}\0{head}",
             self.base, self.stream, self.request.count, self.media, self.embed, self.resolve_links
         ))
     }
@@ -116,28 +124,35 @@ impl PageCache {
         self.pages.is_some()
     }
 
-    /// The page kept for `key` under the stream's current `settings` and
-    /// lowest visible event number.
-    pub fn get(&self, key: &PageKey<'_>, settings: &StreamSettings, first_visible: u64) -> Option<Bytes> {
+    /// The page kept for `key` under the stream's current `settings`,
+    /// lowest visible and last event numbers.
+    pub fn get(
+        &self,
+        key: &PageKey<'_>,
+        settings: &StreamSettings,
+        first_visible: u64,
+        last: Option<u64>,
+    ) -> Option<Bytes> {
         let pages = self.pages.as_ref()?;
-        let key = key.under(settings, first_visible)?;
+        let key = key.under(settings, first_visible, last)?;
         let found = pages.get(&key);
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
     }
 
-    /// The key to keep a page just rendered under `settings` and
-    /// `first_visible` by, when it may be kept; the caller checks the page
-    /// itself (see the module doc).
+    /// The key to keep a page just rendered under `settings`,
+    /// `first_visible` and `last` by, when it may be kept; the caller checks
+    /// the page itself (see the module doc).
     pub fn key_for(
         &self,
         key: &PageKey<'_>,
         settings: &StreamSettings,
         first_visible: u64,
+        last: Option<u64>,
     ) -> Option<String> {
         self.pages.as_ref()?;
-        key.under(settings, first_visible)
+        key.under(settings, first_visible, last)
     }
 
     /// Keeps a page under a key from [`Self::key_for`].
@@ -182,15 +197,38 @@ mod tests {
         let cache = PageCache::new(1 << 20);
         let settings = StreamSettings::default();
         let page = key("orders");
-        let kept = cache.key_for(&page, &settings, 0).expect("a plain stream's page is kept");
+        let kept = cache.key_for(&page, &settings, 0, Some(99)).expect("a plain stream's page is kept");
         cache.insert(kept, Bytes::from_static(b"<feed/>"));
-        assert_eq!(cache.get(&page, &settings, 0).as_deref(), Some(&b"<feed/>"[..]));
+        assert_eq!(cache.get(&page, &settings, 0, Some(99)).as_deref(), Some(&b"<feed/>"[..]));
         let rewritten = StreamSettings { metadata_number: Some(0), ..settings };
-        assert_eq!(cache.get(&page, &rewritten, 0), None);
+        assert_eq!(cache.get(&page, &rewritten, 0, Some(99)), None);
         // Soft-deleted, then written again.
-        assert_eq!(cache.get(&page, &settings, 60), None);
+        assert_eq!(cache.get(&page, &settings, 60, Some(99)), None);
         let figures = cache.figures();
         assert_eq!((figures.hits, figures.misses, figures.pages), (1, 2, 1));
+    }
+
+    #[test]
+    fn a_page_at_the_head_is_kept_until_the_next_append() {
+        let cache = PageCache::new(1 << 20);
+        let settings = StreamSettings::default();
+        // Events 20 to 39, the last being 39.
+        let page = key("orders");
+        let kept = cache.key_for(&page, &settings, 0, Some(39)).expect("kept");
+        cache.insert(kept, Bytes::from_static(b"<feed/>"));
+        assert!(cache.get(&page, &settings, 0, Some(39)).is_some());
+        assert_eq!(cache.get(&page, &settings, 0, Some(40)), None, "appended to");
+        // Away from the head, the last number plays no part.
+        assert_eq!(
+            cache.key_for(&page, &settings, 0, Some(40)),
+            cache.key_for(&page, &settings, 0, Some(41))
+        );
+        let backward =
+            PageKey { request: PageRequest { direction: Direction::Backward, ..page.request }, ..page };
+        assert_eq!(
+            cache.key_for(&backward, &settings, 0, Some(39)),
+            cache.key_for(&backward, &settings, 0, Some(40))
+        );
     }
 
     #[test]
@@ -202,10 +240,10 @@ mod tests {
             StreamSettings { max_age_secs: Some(60), ..Default::default() },
             StreamSettings { not_public: true, ..Default::default() },
         ] {
-            assert_eq!(cache.key_for(&page, &settings, 0), None, "{settings:?}");
+            assert_eq!(cache.key_for(&page, &settings, 0, Some(99)), None, "{settings:?}");
         }
         let head = PageKey { request: PageRequest { start: PageStart::Head, ..page.request }, ..page };
-        assert_eq!(cache.key_for(&head, &StreamSettings::default(), 0), None);
+        assert_eq!(cache.key_for(&head, &StreamSettings::default(), 0, Some(99)), None);
     }
 
     #[test]
@@ -223,9 +261,9 @@ mod tests {
             PageKey { embed: Embed::Body, ..page },
             PageKey { resolve_links: false, ..page },
         ];
-        let original = cache.key_for(&page, &settings, 0);
+        let original = cache.key_for(&page, &settings, 0, Some(99));
         for variant in variants {
-            assert_ne!(cache.key_for(&variant, &settings, 0), original, "{variant:?}");
+            assert_ne!(cache.key_for(&variant, &settings, 0, Some(99)), original, "{variant:?}");
         }
     }
 
@@ -235,7 +273,7 @@ mod tests {
         let settings = StreamSettings::default();
         for stream in 0..100 {
             let name = format!("s-{stream}");
-            let kept = cache.key_for(&key(&name), &settings, 0).expect("kept");
+            let kept = cache.key_for(&key(&name), &settings, 0, Some(99)).expect("kept");
             cache.insert(kept, Bytes::from(vec![b'x'; 4096]));
         }
         let figures = cache.figures();
@@ -247,6 +285,6 @@ mod tests {
     fn a_cache_of_no_bytes_keeps_nothing() {
         let cache = PageCache::new(0);
         assert!(!cache.enabled());
-        assert_eq!(cache.key_for(&key("orders"), &StreamSettings::default(), 0), None);
+        assert_eq!(cache.key_for(&key("orders"), &StreamSettings::default(), 0, Some(99)), None);
     }
 }

@@ -173,12 +173,13 @@ async fn stream_page(
     if let Some((last, (_, _, keep))) = &bounded {
         as_of::bound_stream_slice(&mut slice, keep, *last);
     }
-    let first_visible = slice.view.first_visible;
+    let (first_visible, last) = (slice.view.first_visible, Some(slice.view.last_number));
     let mut feed = feed::stream_feed(urls, stream, request, slice);
     if let Some(as_of) = as_of {
         as_of::settle(&mut feed, as_of);
     }
-    let keep = cache_key.and_then(|key| reader.state.page_cache.key_for(&key, &settings, first_visible));
+    let keep =
+        cache_key.and_then(|key| reader.state.page_cache.key_for(&key, &settings, first_visible, last));
     let keep = keep.filter(|_| can_be_kept(&feed)).map(|key| (&reader.state.page_cache, key));
     Ok(render_feed(headers, urls, feed, &settings, media, query.embed(), keep))
 }
@@ -200,18 +201,19 @@ async fn kept_page(
     };
     let settings = authorize_read(reader.state, reader.principal, key.stream, Some(state.settings)).await?;
     let first_visible = retention::visible_bounds(&state, 0).first;
-    let Some(page) = reader.state.page_cache.get(key, &settings, first_visible) else { return Ok(None) };
+    let last = state.next_number.checked_sub(1);
+    let Some(page) = reader.state.page_cache.get(key, &settings, first_visible, last) else {
+        return Ok(None);
+    };
     let caching = Caching { freshness: &Freshness::Immutable, settings: &settings };
     Ok(Some(Rendered { response: respond(headers, &caching, key.media, |_| page), has_events: true }))
 }
 
-/// Whether a page just read can never change but by a metadata write (the
-/// rest is in the key: see `page_cache`): immutable, not at the head of
-/// its stream (`headOfStream` flips with the next append), and with no
-/// resolved link (its target may be deleted).
+/// Whether a page just read can never change but by a metadata write or,
+/// at the head, an append (the rest is in the key: see `page_cache`):
+/// immutable, and with no resolved link (its target may be deleted).
 fn can_be_kept(feed: &Feed) -> bool {
     feed.freshness == Freshness::Immutable
-        && !feed.head_of_stream
         && !feed.entries.is_empty()
         && feed.entries.iter().all(|entry| entry.link.is_none())
 }

@@ -66,6 +66,22 @@ class Context:
             f"{self.read_server.startup_seconds:.2f} s")
         return self.read_server
 
+    def read_runs_without_page_cache(self, representations, label="eventfeed without the page cache"):
+        """The read store's pages, one run per representation, served by a
+        server started with `--page-cache-mb 0` (the workload without the
+        rendered-page cache); the default server serves the store again
+        afterwards (sled opens a store in one process at a time)."""
+        server = self.ensure_read_server()
+        server.stop()
+        without = Eventfeed(self.workdir, self.pinning, server.data_dir, "fsync", options=["--page-cache-mb", "0"])
+        try:
+            return {representation: self.read_run(without.port, representation, self.settings.read_streams,
+                                                  label=label, server=without.process.pid)
+                    for representation in representations}
+        finally:
+            without.stop()
+            self.read_server = Eventfeed(self.workdir, self.pinning, server.data_dir, "fsync")
+
     def page_path(self, representation, stream, page):
         query = "?embed=body" if representation == "json" else ""
         return f"/streams/{READ_STREAM_PREFIX}{stream}/{page * PAGE_SIZE}/forward/{PAGE_SIZE}{query}"

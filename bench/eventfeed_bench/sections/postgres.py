@@ -31,10 +31,13 @@ results and below), one database `bench` in it, and:
   then eventfeed first, ...); then 20-event batches from 16 connections;
   then uncached 20-entry Atom pages picked at random from 1,000 streams
   × 100 events written to the same database beforehand, 16 connections,
-  after a warm-up.
+  after a warm-up (no HTTP cache; the server's rendered-page cache on,
+  its default); then the same pages from a server started on the same
+  database with `--page-cache-mb 0`, each page read and rendered.
 - **sled**: the same append workloads on a fresh sled store (the default
   release build, default durability: fdatasync per batch), and the same
-  pages from the run's read store (1,000 streams × 100 events).
+  pages from the run's read store (1,000 streams × 100 events), with and
+  without the page cache.
 
 pg_stat_statements is reset before eventfeed's appends and again before its
 reads: the statements that took most of the database's time in each are
@@ -197,6 +200,15 @@ def measure_postgres(ctx, result):
         result["reads"] = ctx.read_run(server.port, "atom", settings.read_streams, label="eventfeed on PostgreSQL",
                                        server=(server.process.pid, cluster.process.pid))
         result["read_statements"] = top_statements(cluster)
+        # The same pages with the rendered-page cache off: every page read
+        # from the database and rendered.
+        server.stop()
+        server = Eventfeed(ctx.workdir, ctx.pinning, ctx.workdir / "postgres-eventfeed", "fsync",
+                           ("--store", cluster.url(DATABASE), "--page-cache-mb", "0"),
+                           binary=eventfeed_postgres_binary())
+        result["reads_without_page_cache"] = ctx.read_run(
+            server.port, "atom", settings.read_streams, label="eventfeed on PostgreSQL without the page cache",
+            server=(server.process.pid, cluster.process.pid))
         result["database_bytes"] = int(cluster.sql(DATABASE, "SELECT pg_database_size(current_database())")[0][0])
     finally:
         if server:
@@ -218,6 +230,8 @@ def measure_sled(ctx, result):
     read_server = ctx.ensure_read_server()
     result["reads"] = ctx.read_run(read_server.port, "atom", settings.read_streams, label="eventfeed on sled",
                                    server=read_server.process.pid)
+    result["reads_without_page_cache"] = ctx.read_runs_without_page_cache(
+        ["atom"], label="eventfeed on sled without the page cache")["atom"]
 
 
 def measure(ctx, result):
@@ -233,6 +247,9 @@ def measure(ctx, result):
     result["appends_over_sled"] = ratio(result["appends"]["events_per_second"], sled["appends"]["events_per_second"])
     result["batches_over_sled"] = ratio(result["batches"]["events_per_second"], sled["batches"]["events_per_second"])
     result["reads_over_sled"] = ratio(result["reads"]["rps"], sled["reads"]["rps"])
+    if "reads_without_page_cache" in result:
+        result["reads_without_page_cache_over_sled"] = ratio(result["reads_without_page_cache"]["rps"],
+                                                             sled["reads_without_page_cache"]["rps"])
 
 
 def verdicts(result):
@@ -263,8 +280,10 @@ def summary(result):
          f"sled: {fmt(sled['batches']['events_per_second'])} events/s "
          f"({times(result.get('batches_over_sled'), 'sled')})",
          f"{targets.target('postgres_batches')}: {verdict(batches_met)}"],
-        ["PostgreSQL backend, uncached 20-entry Atom page", f"{fmt(result['reads']['rps'])} req/s",
-         f"sled: {fmt(sled['reads']['rps'])} req/s ({times(result.get('reads_over_sled'), 'sled')})",
+        ["PostgreSQL backend, uncached 20-entry Atom page (the page cache on)", f"{fmt(result['reads']['rps'])} req/s",
+         f"sled: {fmt(sled['reads']['rps'])} req/s ({times(result.get('reads_over_sled'), 'sled')})"
+         + (f"; without the page cache {fmt(result['reads_without_page_cache']['rps'])} vs sled's "
+            f"{fmt(sled['reads_without_page_cache']['rps'])} req/s" if "reads_without_page_cache" in result else ""),
          f"{targets.target('postgres_page')}: {verdict(reads_met)}"],
     ]
 
@@ -297,16 +316,26 @@ def render(result, settings):
          f"{fmt(sled['batches']['events_per_second'])} events/s (p99 {ms(sled['batches'], 'p99_us')} ms)",
          f"**{times(result.get('batches_over_sled'), 'sled')}**",
          f"{targets.target('postgres_batches')}: {verdict(batches_met)}"],
-        [f"uncached 20-entry Atom pages, {settings.read_connections} connections", f"{fmt(reads['rps'])} req/s",
+        [f"uncached 20-entry Atom pages, {settings.read_connections} connections (no HTTP cache; the server's "
+         "page cache on, its default)", f"{fmt(reads['rps'])} req/s",
          ms(reads, "p50_us"), ms(reads, "p99_us"), errors(reads), "—", "—",
          f"{fmt(sled['reads']['rps'])} req/s (p99 {ms(sled['reads'], 'p99_us')} ms)",
          f"**{times(result.get('reads_over_sled'), 'sled')}**",
          f"{targets.target('postgres_page')}: {verdict(reads_met)}"],
     ]
+    without = result.get("reads_without_page_cache")
+    if without:
+        sled_without = sled["reads_without_page_cache"]
+        rows.append([f"the same pages without the page cache (`--page-cache-mb 0`): every page read from the "
+                     "store and rendered", f"{fmt(without['rps'])} req/s", ms(without, "p50_us"),
+                     ms(without, "p99_us"), errors(without), "—", "—",
+                     f"{fmt(sled_without['rps'])} req/s (p99 {ms(sled_without, 'p99_us')} ms)",
+                     f"**{times(result.get('reads_without_page_cache_over_sled'), 'sled')}**", "—"])
     out = [table(["workload", "eventfeed on PostgreSQL", "p50 ms", "p99 ms", "errors", "baseline, same database",
                   "÷ baseline", "eventfeed on sled, same run", "÷ sled", "target"], rows), ""]
     cpu = [(name, cpu_per_event(result[key]), cpu_per_event(sled[key]))
-           for name, key in (("appends", "appends"), ("batches", "batches"), ("pages", "reads"))]
+           for name, key in (("appends", "appends"), ("batches", "batches"), ("pages", "reads"),
+                             ("pages without the page cache", "reads_without_page_cache")) if key in result]
     out += ["**CPU per event or page** (µs of the server CPUs' time: eventfeed's and PostgreSQL's processes, "
             "against eventfeed's on sled): " + "; ".join(f"{name} {fmt(pg, 1)} vs {fmt(own, 1)}"
                                                          for name, pg, own in cpu) + ".", ""]

@@ -6,7 +6,6 @@ pages from the same store with the rendered-page cache off
 
 from .. import targets
 from ..common import EVENTS_PER_READ_STREAM, PAGES_PER_READ_STREAM, http_request
-from ..servers import Eventfeed
 from ..fmt import errors, fmt, ms, others, ratio, table, times, verdict
 
 TITLE = "Uncached page reads"
@@ -33,20 +32,12 @@ def measure(ctx, result):
         mine, reference = ctx.cache[("read", "eventfeed", representation)], ctx.cache[("read", "nginx", representation)]
         result["rows"].append({"representation": representation, "eventfeed": mine, "nginx": reference,
                                "eventfeed_over_nginx": ratio(mine["rps"], reference["rps"])})
-    # The same pages with the page cache off: the store is reopened by a
-    # server started with `--page-cache-mb 0`, then by the default one
-    # again for the sections that follow.
-    server.stop()
-    without = Eventfeed(ctx.workdir, ctx.pinning, server.data_dir, "fsync", options=["--page-cache-mb", "0"])
-    try:
-        for row in result["rows"]:
-            row["without_page_cache"] = ctx.read_run(
-                without.port, row["representation"], settings.read_streams,
-                label="eventfeed without the page cache", server=without.process.pid)
-            row["over_without"] = ratio(row["eventfeed"]["rps"], row["without_page_cache"]["rps"])
-    finally:
-        without.stop()
-    server = ctx.read_server = Eventfeed(ctx.workdir, ctx.pinning, server.data_dir, "fsync")
+    # The same pages with the page cache off.
+    without = ctx.read_runs_without_page_cache([row["representation"] for row in result["rows"]])
+    for row in result["rows"]:
+        row["without_page_cache"] = without[row["representation"]]
+        row["over_without"] = ratio(row["eventfeed"]["rps"], row["without_page_cache"]["rps"])
+    server = ctx.read_server
     # The floor: what answering any request costs eventfeed's HTTP stack
     # (hyper, axum, tower-http's layers) with no store read and no
     # rendering, against nginx sending the same bytes from a file.

@@ -9,18 +9,27 @@ use crate::store::StoreError;
 /// request may be retried), a refusal by the database is a storage
 /// failure.
 pub(crate) fn db_error(error: tokio_postgres::Error) -> StoreError {
-    let unavailable = match error.as_db_error() {
+    if is_unavailable(&error) {
+        StoreError::Unreachable(schema::error_text(&error))
+    } else {
+        StoreError::Io(format!("PostgreSQL: {}", schema::error_text(&error)))
+    }
+}
+
+/// Whether `error` says the database is not there now (see
+/// [`UNAVAILABLE_CLASSES`]) rather than that it refused what was asked:
+/// no answer at all, a closed connection, or one of those classes. A
+/// backend told of its postmaster's death answers a statement in flight
+/// with `57P01`, which is the database going away, not a refusal.
+pub(crate) fn is_unavailable(error: &tokio_postgres::Error) -> bool {
+    let unavailable_code = match error.as_db_error() {
         None => true,
         Some(db) => {
             let code = db.code().code();
             UNAVAILABLE_CLASSES.iter().any(|class| code.starts_with(class)) || code == READ_ONLY
         }
     };
-    if unavailable || error.is_closed() {
-        StoreError::Unreachable(schema::error_text(&error))
-    } else {
-        StoreError::Io(format!("PostgreSQL: {}", schema::error_text(&error)))
-    }
+    unavailable_code || error.is_closed()
 }
 
 /// The SQLSTATE classes that mean "the database is not there now", not

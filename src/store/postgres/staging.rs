@@ -410,13 +410,16 @@ fn names_of(projections: Projections, append: &Append, names: &mut HashSet<Strin
     }
 }
 
-/// A write the database refused: with the head locked and every state
-/// read under it, a key already taken means the store is not what this
-/// writer believes, which it reports rather than guesses about.
+/// A write that failed. Refused by the database: with the head locked and
+/// every state read under it, a key already taken means the store is not
+/// what this writer believes, which it reports rather than guesses about.
+/// Cut short by the database going away (a lost connection, or a backend
+/// terminated because its postmaster died, `57P01`): the transaction did
+/// not commit, and the request may be retried (`503`).
 fn write_error(error: tokio_postgres::Error) -> StoreError {
-    if error.as_db_error().is_some() {
-        StoreError::Corrupt(format!("PostgreSQL refused a write: {}", error_text(&error)))
-    } else {
+    if super::errors::is_unavailable(&error) {
         db_error(error)
+    } else {
+        StoreError::Corrupt(format!("PostgreSQL refused a write: {}", error_text(&error)))
     }
 }

@@ -733,14 +733,10 @@ async fn a_full_page_at_the_head_is_kept_until_the_next_append() {
     let path = "/streams/Cached-2/0/forward/20?embed=body";
     let first = body(&server, path, ATOM_JSON).await;
     assert_eq!(serde_json::from_str::<Value>(&first).unwrap()["headOfStream"], true);
-    let hits = || async {
-        let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        let hits = metrics.lines().find_map(|line| line.strip_prefix("eventfeed_page_cache_hits_total "));
-        hits.map_or(0, |hits| hits.parse::<u64>().unwrap())
-    };
-    let before = hits().await;
+    let hits = || common::counters(&server.client, &server.base, ["eventfeed_page_cache_hits_total "]);
+    let [before] = hits().await;
     assert_eq!(body(&server, path, ATOM_JSON).await, first);
-    assert_eq!(hits().await, before + 1, "read again from memory");
+    assert_eq!(hits().await, [before + 1.0], "read again from memory");
     server.append_n("Cached-2", 1).await;
     let second: Value = serde_json::from_str(&body(&server, path, ATOM_JSON).await).unwrap();
     assert_eq!(second["headOfStream"], false);

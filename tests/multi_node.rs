@@ -378,18 +378,6 @@ async fn messages_leased_on_a_killed_node_are_redelivered_through_the_other() {
     );
 }
 
-/// The values of counters in a node's `/metrics`, from one scrape (0 for
-/// one absent).
-async fn counters<const N: usize>(client: &reqwest::Client, base: &str, line_starts: [&str; N]) -> [f64; N] {
-    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    line_starts.map(|start| {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(start))
-            .map_or(0.0, |value| value.trim().parse().unwrap())
-    })
-}
-
 /// Polls `check` until it holds, for at most `within`; how long it took.
 async fn settles<F: std::future::Future<Output = bool>>(
     within: Duration,
@@ -437,11 +425,11 @@ async fn a_page_kept_on_one_node_follows_writes_made_through_the_other() {
         "eventfeed_page_cache_hits_total ",
         "eventfeed_database_query_duration_seconds_count{query=\"stream_state\"} ",
     ];
-    let [hits_before, reads_before] = counters(&client, &b.base, wanted).await;
+    let [hits_before, reads_before] = common::counters(&client, &b.base, wanted).await;
     for _ in 0..20 {
         assert_eq!(page(&b.base).await, first);
     }
-    let [hits_after, reads_after] = counters(&client, &b.base, wanted).await;
+    let [hits_after, reads_after] = common::counters(&client, &b.base, wanted).await;
     assert_eq!(hits_after - hits_before, 20.0, "every read again was answered from memory");
     let reads = reads_after - reads_before;
     eprintln!("20 kept pages and a scrape read a stream's state {reads} times");

@@ -75,3 +75,15 @@ pub async fn wait_for(client: &Client, base: &str, id: &str, until: impl Fn(&Val
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The values of counters in a node's `/metrics`, from one scrape (0 for
+/// one absent).
+pub async fn counters<const N: usize>(client: &Client, base: &str, line_starts: [&str; N]) -> [f64; N] {
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    line_starts.map(|start| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(start))
+            .map_or(0.0, |value| value.trim().parse().unwrap())
+    })
+}

@@ -51,7 +51,9 @@ pub mod webdriver;
 // Each test binary uses some of these, and a re-export it leaves unused
 // would warn there.
 #[allow(unused_imports)]
-pub use admin::{report, start_scavenge, wait_for, wait_for_projections, wait_for_waiters, wait_until};
+pub use admin::{
+    counters, report, start_scavenge, wait_for, wait_for_projections, wait_for_waiters, wait_until,
+};
 #[allow(unused_imports)]
 pub use http::{
     ADMIN_AUTHORIZATION, ATOM_JSON, ATOM_XML, EVENTS_JSON, anonymous_client, client, event, header,

@@ -148,7 +148,15 @@ async fn listen(
                 tokio::select! {
                     payload = hearing.recv() => match payload {
                         Some(payload) => match parse(&payload) {
-                            Some((head, streams)) => publisher.publish(head, streams.as_deref()),
+                            Some((head, streams)) => {
+                                // Whatever the head's order: the publisher
+                                // skips a head older than one published.
+                                match &streams {
+                                    Some(names) => publisher.states.forget(names.iter().map(String::as_str)),
+                                    None => publisher.states.forget_all(),
+                                }
+                                publisher.publish(head, streams.as_deref());
+                            }
                             None => {
                                 tracing::warn!(%payload, "an unreadable commit notification");
                                 publisher.states.forget_all();
@@ -187,6 +195,7 @@ async fn catch_up(
     };
     let size = u64::try_from(row.get::<_, i64>(2)).unwrap_or_default();
     publisher.size_bytes.store(size, std::sync::atomic::Ordering::Relaxed);
+    publisher.states.forget_all();
     publisher.publish(head, None);
     Ok(())
 }

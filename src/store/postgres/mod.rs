@@ -171,12 +171,7 @@ impl Outage {
 impl Publisher {
     /// Publishes `head`, waking `streams` (every stream for `None`),
     /// unless a head at least as new was published already.
-    /// Forgets the recent states of `streams` whatever the head's order.
     fn publish(&self, head: Head, streams: Option<&[String]>) {
-        match streams {
-            Some(streams) => self.states.forget(streams.iter().map(String::as_str)),
-            None => self.states.forget_all(),
-        }
         // IMPORTANT: held while publishing, so that two publishers cannot
         // interleave an older head after a newer one.
         let mut published = self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -469,3 +469,133 @@ async fn links_written_together_read_like_links_written_alone() {
     assert_eq!(server.get("/streams/$ce-Bulk/81", ATOM_JSON).await.status(), 200);
     assert_eq!(server.get("/streams/$ce-Bulk/100", ATOM_JSON).await.status(), 200);
 }
+
+/// Does the same to a server that keeps rendered pages in memory and to one
+/// that does not, and reads every page of `$all` from both (twice from the
+/// first, so the second read may come from its page cache): every answer
+/// must be the same, through `$tb`, `$maxCount` (and appends under it),
+/// `$maxAge`, a soft delete and a rewrite, a hard delete and a scavenge,
+/// each of which hides events already in `$all`.
+#[tokio::test]
+async fn all_pages_kept_in_memory_answer_exactly_as_a_fresh_read() {
+    let kept = TestServer::start().await;
+    let read = TestServer::start_with(|config| config.page_cache_mb = 0).await;
+    let servers = [&kept, &read];
+    let mut next = 0;
+    let mut append = async |streams: &[&str], count: usize| {
+        for n in next..next + count {
+            for stream in streams {
+                let id = format!("30000000-0000-4000-8000-{:06}{n:06}", stream.len());
+                let body = json!([{"eventId": id, "eventType": "Noted", "data": {"n": n}}]);
+                for server in servers {
+                    assert_eq!(server.post_events(stream, &body).await.status(), 201);
+                }
+            }
+        }
+        next += count;
+    };
+    let compare = async |step: &str| {
+        let mut heads = Vec::new();
+        for server in servers {
+            let url = server.url("/streams/$all/head/backward/1");
+            let page: Value = server
+                .client
+                .get(url)
+                .header("accept", ATOM_JSON)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            // The head's ETag starts with its position, in hex.
+            let etag = page["eTag"].as_str().unwrap().to_owned();
+            heads.push(u64::from_str_radix(&etag[..16], 16).unwrap());
+        }
+        assert_eq!(heads[0], heads[1], "{step}: both servers hold as many positions");
+        let last = heads[0];
+        let mut pages = Vec::new();
+        // The full page that ends at the head says so until the next append.
+        let at_head = last.saturating_sub(19);
+        pages.push(format!("/streams/$all/{at_head:016X}{at_head:016X}/forward/20"));
+        for position in (0..=last).step_by(7) {
+            let at = format!("{position:016X}{position:016X}");
+            pages.push(format!("/streams/$all/{at}/forward/20"));
+            pages.push(format!("/streams/$all/{at}/backward/20"));
+        }
+        for page in pages {
+            for (accept, query) in [(ATOM_XML, ""), (ATOM_JSON, "?embed=body")] {
+                let path = format!("{page}{query}");
+                let mut answers = Vec::new();
+                for server in [&kept, &kept, &read] {
+                    let response =
+                        server.client.get(server.url(&path)).header("accept", accept).send().await.unwrap();
+                    let status = response.status();
+                    let cache_control = common::header(&response, "cache-control");
+                    let text = common::pages::normalise_times(&response.text().await.unwrap())
+                        .replace(&server.base, "http://server");
+                    answers.push((status, cache_control, text));
+                }
+                assert_eq!(answers[0], answers[1], "{step}: GET {path} ({accept}) read again");
+                assert_eq!(
+                    answers[0], answers[2],
+                    "{step}: GET {path} ({accept}) with and without the cache"
+                );
+            }
+        }
+    };
+    let both = async |what: &str, send: &dyn Fn(&TestServer) -> reqwest::RequestBuilder| {
+        for server in servers {
+            let status = send(server).send().await.unwrap().status();
+            assert!(status.is_success(), "{what}: {status}");
+        }
+    };
+    append(&["Kept-a", "Kept-b", "Kept-c"], 30).await;
+    compare("90 events").await;
+    if !common::backend::on_postgres() {
+        let [hits] = common::counters(&kept.client, &kept.base, ["eventfeed_page_cache_hits_total "]).await;
+        assert!(hits > 0.0, "no page of $all was kept");
+    }
+    append(&["Kept-d"], 1).await;
+    compare("one more event").await;
+    let mut written = 0;
+    let mut metadata = async |stream: &str, document: Value| {
+        written += 1;
+        // The same id on both servers, so that their pages are the same.
+        let body = json!([{"eventId": format!("40000000-0000-4000-8000-{written:012}"),
+                           "eventType": "$metadata", "data": document}]);
+        for server in servers {
+            let path = format!("/streams/{stream}/metadata");
+            let response = server
+                .client
+                .post(server.url(&path))
+                .header("content-type", EVENTS_JSON)
+                .json(&body)
+                .send()
+                .await;
+            assert_eq!(response.unwrap().status(), 201);
+        }
+    };
+    metadata("Kept-a", json!({"$tb": 12})).await;
+    compare("$tb on Kept-a").await;
+    metadata("Kept-b", json!({"$maxCount": 20})).await;
+    compare("$maxCount on Kept-b").await;
+    append(&["Kept-b"], 5).await;
+    compare("5 more events under $maxCount").await;
+    metadata("Kept-c", json!({"$maxAge": 3600})).await;
+    compare("$maxAge on Kept-c").await;
+    both("soft delete", &|server: &TestServer| server.client.delete(server.url("/streams/Kept-a"))).await;
+    compare("Kept-a soft-deleted").await;
+    append(&["Kept-a"], 3).await;
+    compare("Kept-a written again").await;
+    both("hard delete", &|server: &TestServer| {
+        server.client.delete(server.url("/streams/Kept-c")).header("es-harddelete", "true")
+    })
+    .await;
+    compare("Kept-c hard-deleted").await;
+    for server in servers {
+        let id = common::start_scavenge(&server.client, &server.base).await;
+        common::wait_for(&server.client, &server.base, &id, |report| report["status"] == "completed").await;
+    }
+    compare("scavenged").await;
+}

@@ -146,6 +146,7 @@ fn all_pages_step_by_scanned_positions() {
         next_position: 100,
         scanned,
         events: events.into_iter().map(|position| test_event("s", position)).collect(),
+        may_expire: false,
     };
     // Positions 10..=14 scanned, 12 hidden: a full page of 4.
     let forward = all_feed(

@@ -21,8 +21,15 @@
 //!   JSON; the HTML view is left out).
 //!
 //! A hard-deleted or soft-deleted stream does not reach the cache: its state
-//! is looked up first. Pages of `$all` are not kept: a retention change on
-//! any stream changes them.
+//! is looked up first.
+//!
+//! Pages of `$all` are kept under the store's epoch of commits that may hide
+//! events (`Store::all_pages_epoch`: metadata writes, deletes, scavenges),
+//! so that any such commit makes every kept `$all` page unreachable. Kept
+//! are full, immutable pages not at the head, holding no event of a stream
+//! with `$maxCount` or `$maxAge` (`AllSlice::may_expire`), read as they are
+//! now, on a backend that keeps the epoch (the sled store; a PostgreSQL node
+//! would miss the other nodes' commits).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -109,6 +116,33 @@ impl PageKey<'_> {
     }
 }
 
+/// Everything a kept page of `$all` depends on, besides the store.
+#[derive(Debug, Clone, Copy)]
+pub struct AllPageKey<'a> {
+    pub base: &'a str,
+    pub request: PageRequest,
+    pub media: &'static str,
+    pub embed: Embed,
+}
+
+impl AllPageKey<'_> {
+    /// The key under the store's epoch of hiding commits; `None` for the
+    /// head page, which moves with every append.
+    fn under(&self, epoch: u64) -> Option<String> {
+        let PageStart::Number(start) = self.request.start else { return None };
+        let direction = match self.request.direction {
+            Direction::Forward => 'f',
+            Direction::Backward => 'b',
+        };
+        // `$` never starts a stream page's key (a base does), and NUL never
+        // occurs in a URL: no stream page's key is the same.
+        Some(format!(
+            "$all\0{}\0{start}\0{direction}\0{}\0{}\0{:?}\0{epoch}",
+            self.base, self.request.count, self.media, self.embed
+        ))
+    }
+}
+
 impl PageCache {
     /// A cache of at most `capacity_bytes`; 0 keeps nothing.
     pub fn new(capacity_bytes: u64) -> Self {
@@ -155,7 +189,25 @@ impl PageCache {
         key.under(settings, first_visible, last)
     }
 
-    /// Keeps a page under a key from [`Self::key_for`].
+    /// The `$all` page kept for `key` under the store's `epoch`.
+    pub fn get_all(&self, key: &AllPageKey<'_>, epoch: u64) -> Option<Bytes> {
+        let pages = self.pages.as_ref()?;
+        let key = key.under(epoch)?;
+        let found = pages.get(&key);
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// The key to keep an `$all` page read under `epoch` by, when pages
+    /// are kept; the caller checks the page itself (see the module doc).
+    pub fn all_key_for(&self, key: &AllPageKey<'_>, epoch: u64) -> Option<String> {
+        self.pages.as_ref()?;
+        key.under(epoch)
+    }
+
+    /// Keeps a page under a key from [`Self::key_for`] or
+    /// [`Self::all_key_for`].
     pub fn insert(&self, key: String, page: Bytes) {
         if let Some(pages) = &self.pages {
             pages.insert(key, page);
@@ -265,6 +317,34 @@ mod tests {
         for variant in variants {
             assert_ne!(cache.key_for(&variant, &settings, 0, Some(99)), original, "{variant:?}");
         }
+    }
+
+    #[test]
+    fn an_all_page_is_kept_under_the_epoch_and_every_field_of_its_request() {
+        let cache = PageCache::new(1 << 20);
+        let page = AllPageKey {
+            base: "http://localhost:2113",
+            request: PageRequest { start: PageStart::Number(40), direction: Direction::Forward, count: 20 },
+            media: "application/atom+xml",
+            embed: Embed::None,
+        };
+        let kept = cache.all_key_for(&page, 7).expect("kept");
+        cache.insert(kept, Bytes::from_static(b"<feed/>"));
+        assert!(cache.get_all(&page, 7).is_some());
+        assert_eq!(cache.get_all(&page, 8), None, "a commit hid events since");
+        let variants = [
+            AllPageKey { base: "http://other:2113", ..page },
+            AllPageKey { request: PageRequest { count: 21, ..page.request }, ..page },
+            AllPageKey { request: PageRequest { direction: Direction::Backward, ..page.request }, ..page },
+            AllPageKey { request: PageRequest { start: PageStart::Number(41), ..page.request }, ..page },
+            AllPageKey { media: "application/vnd.eventstore.atom+json", ..page },
+            AllPageKey { embed: Embed::Body, ..page },
+        ];
+        for variant in variants {
+            assert_eq!(cache.get_all(&variant, 7), None, "{variant:?}");
+        }
+        let head = AllPageKey { request: PageRequest { start: PageStart::Head, ..page.request }, ..page };
+        assert_eq!(cache.all_key_for(&head, 7), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::live::{self, Rendered, Watched};
 use super::negotiate::{
     self, APPLICATION_XML, ATOM_JSON, EVENT_JSON, EVENT_XML, HTML, JSON, OCTET_STREAM, TEXT_XML,
 };
-use super::page_cache::{PageCache, PageKey};
+use super::page_cache::{AllPageKey, PageCache, PageKey};
 use super::params::{self, ReadQuery};
 use crate::feed::{self, Feed, Freshness, PageRequest, PageStart, Urls};
 use crate::security::Principal;
@@ -261,7 +261,22 @@ async fn all_page(
         },
     };
     let settings = authorize_read(reader.state, reader.principal, feed::ALL_STREAM, None).await?;
+    let cache = &reader.state.page_cache;
+    // IMPORTANT: the epoch is taken before the read, so that a page read
+    // across a hiding commit is kept under the epoch before it, which no
+    // read after the commit asks for (see `Notifier::hid_events`).
+    let kept = (as_of.is_none() && media != HTML && cache.enabled())
+        .then(|| reader.state.store.all_pages_epoch())
+        .flatten()
+        .map(|epoch| (AllPageKey { base: urls.base(), request, media, embed: query.embed() }, epoch));
+    if let Some((key, epoch)) = &kept
+        && let Some(page) = cache.get_all(key, *epoch)
+    {
+        let caching = Caching { freshness: &Freshness::Immutable, settings: &settings };
+        return Ok(Rendered { response: respond(headers, &caching, media, |_| page), has_events: true });
+    }
     let mut slice = reader.state.store.read_all(read).await?;
+    let may_expire = slice.may_expire;
     if let Some(as_of) = as_of {
         as_of::bound_all_slice(&mut slice, as_of.end);
     }
@@ -269,7 +284,12 @@ async fn all_page(
     if let Some(as_of) = as_of {
         as_of::settle(&mut feed, as_of);
     }
-    Ok(render_feed(headers, urls, feed, &settings, media, query.embed(), None))
+    // A full page at the head says so (`headOfStream`) until the next append.
+    let keep = kept
+        .filter(|_| !may_expire && !feed.head_of_stream && can_be_kept(&feed))
+        .and_then(|(key, epoch)| cache.all_key_for(&key, epoch))
+        .map(|key| (cache, key));
+    Ok(render_feed(headers, urls, feed, &settings, media, query.embed(), keep))
 }
 
 /// Renders a feed in the negotiated representation with its cache headers,

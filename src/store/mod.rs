@@ -182,6 +182,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         self.stream_state(stream).await
     }
 
+    /// A number that moves whenever a commit may hide events already
+    /// written to `$all` (a metadata write, a delete, a scavenge), so that
+    /// a full page of `$all` read under it, holding no event of a stream
+    /// with `$maxCount` or `$maxAge` ([`AllSlice::may_expire`]), keeps its
+    /// bytes for as long as the number stays. `None`: this backend cannot
+    /// tell (the PostgreSQL store, where another node's commit would have
+    /// to reach every node first), and `$all` pages are never kept.
+    fn all_pages_epoch(&self) -> Option<u64> {
+        None
+    }
+
     /// Up to `limit` streams whose names start with `prefix`, in name
     /// (byte) order, each after `after` when given: a listing that pages by
     /// name, one range scan per page however many streams there are.

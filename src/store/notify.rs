@@ -112,6 +112,10 @@ pub struct Notifier {
     /// it. `head` and the waiters follow just after.
     next_position: AtomicU64,
     commit_seq: AtomicU64,
+    /// Moves whenever a commit may hide events already in `$all` (a
+    /// metadata write, a delete, a scavenge step, an import): see
+    /// `Store::all_pages_epoch`.
+    hiding_epoch: AtomicU64,
     /// Per-stream signals, held weakly so that a stream's entry lives only as
     /// long as somebody waits on it. The value is a change counter.
     streams: Mutex<Registry>,
@@ -186,6 +190,7 @@ impl Notifier {
             head: watch::Sender::new(head),
             next_position: AtomicU64::new(head.next_position),
             commit_seq: AtomicU64::new(head.commit_seq),
+            hiding_epoch: AtomicU64::new(0),
             streams: Mutex::new(Registry::default()),
             writes_stopped: Mutex::new(None),
             commit_observer: OnceLock::new(),
@@ -245,6 +250,19 @@ impl Notifier {
     /// The next global position right now.
     pub fn next_position(&self) -> u64 {
         self.next_position.load(Ordering::Acquire)
+    }
+
+    /// How many commits so far may have hidden events of `$all`.
+    pub fn hiding_epoch(&self) -> u64 {
+        self.hiding_epoch.load(Ordering::Acquire)
+    }
+
+    /// Records a commit that may hide events of `$all`. Called once the
+    /// commit is applied and before anybody is answered, so that a read
+    /// that meets the new epoch sees what the commit hid, and a page
+    /// rendered before it is never found under the new epoch.
+    pub fn hid_events(&self) {
+        self.hiding_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The sequence number of the last durable batch right now.

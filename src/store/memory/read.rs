@@ -131,13 +131,13 @@ impl Data {
         let mut events = Vec::new();
         let mut scanned: Option<(u64, u64)> = None;
         let Some(last) = next_position.checked_sub(1) else {
-            return Ok(AllSlice { next_position, scanned, events });
+            return Ok(AllSlice { next_position, scanned, events, may_expire: true });
         };
         let positions: Box<dyn Iterator<Item = u64>> = match read.direction {
             Direction::Forward => {
                 let from = read.from.unwrap_or(last);
                 if from > last {
-                    return Ok(AllSlice { next_position, scanned, events });
+                    return Ok(AllSlice { next_position, scanned, events, may_expire: true });
                 }
                 Box::new(from..=last)
             }
@@ -176,7 +176,7 @@ impl Data {
         if read.direction == Direction::Backward {
             events.reverse();
         }
-        Ok(AllSlice { next_position, scanned, events })
+        Ok(AllSlice { next_position, scanned, events, may_expire: true })
     }
 }
 

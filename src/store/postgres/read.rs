@@ -105,14 +105,14 @@ pub(super) async fn read_all(client: &mut ClientWrapper, read: AllRead) -> Resul
     let next_position = unsigned(row.get(0));
     let mut scanned: Option<(u64, u64)> = None;
     let Some(last) = next_position.checked_sub(1) else {
-        return Ok(AllSlice { next_position, scanned, events: Vec::new() });
+        return Ok(AllSlice { next_position, scanned, events: Vec::new(), may_expire: true });
     };
     let (mut from, forward) = match read.direction {
         Direction::Forward => (read.from.unwrap_or(last), true),
         Direction::Backward => (read.from.unwrap_or(last).min(last), false),
     };
     if forward && from > last {
-        return Ok(AllSlice { next_position, scanned, events: Vec::new() });
+        return Ok(AllSlice { next_position, scanned, events: Vec::new(), may_expire: true });
     }
     let count = usize::try_from(read.count.max(1)).unwrap_or(usize::MAX);
     let (mut budget, mut bytes, mut chosen) = (MAX_ALL_SCAN, ReadBytes::default(), Vec::new());
@@ -177,7 +177,7 @@ pub(super) async fn read_all(client: &mut ClientWrapper, read: AllRead) -> Resul
         })
         .collect::<Result<Vec<_>, _>>()?;
     tx.commit().await.map_err(db_error)?;
-    Ok(AllSlice { next_position, scanned, events })
+    Ok(AllSlice { next_position, scanned, events, may_expire: true })
 }
 
 /// An event's size (data plus metadata) from column `index`.

@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 use super::compact::CompactProgress;
 use super::rebuild::Progress;
 use super::scavenge;
+use crate::store::metadata;
 use crate::store::projections::Projection;
 use crate::store::{Append, AppendOutcome, ExpectedVersion, ExportSnapshot, ImportStep, StoreError};
 
@@ -89,6 +90,22 @@ impl Command {
     /// Whether the writer runs it alone, between two batches.
     pub(super) fn is_transfer(&self) -> bool {
         matches!(self, Self::Snapshot { .. } | Self::Import { .. })
+    }
+
+    /// Whether the command may hide events already in `$all` (see
+    /// `Notifier::hid_events`): anything but plain appends. A metadata
+    /// write is an append to a `$$` stream.
+    pub(super) fn may_hide_events(&self) -> bool {
+        let describes = |append: &Append| metadata::described_stream(&append.stream).is_some();
+        match self {
+            Self::Append { append, .. } => describes(append),
+            Self::AppendAll { appends, .. } => appends.iter().any(describes),
+            Self::Upkeep | Self::Close { .. } | Self::Compact { .. } | Self::Snapshot { .. } => false,
+            Self::Delete { .. }
+            | Self::Scavenge { .. }
+            | Self::BuildProjection { .. }
+            | Self::Import { .. } => true,
+        }
     }
 
     pub(super) fn payload_bytes(&self) -> usize {

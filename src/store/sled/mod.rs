@@ -349,6 +349,10 @@ impl Store for SledStore {
         self.read_durable(|context| context.state(stream)).await
     }
 
+    fn all_pages_epoch(&self) -> Option<u64> {
+        Some(self.notifier.hiding_epoch())
+    }
+
     async fn list_streams(
         &self,
         prefix: &str,

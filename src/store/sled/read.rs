@@ -25,6 +25,15 @@ use crate::store::{
 /// expired, not yet scavenged) events; the page then simply holds fewer.
 const MAX_ALL_SCAN: usize = 100_000;
 
+/// Which events of a stream a read can see.
+#[derive(Debug, Clone, Copy)]
+struct Visible {
+    first: u64,
+    /// The stream has `$maxCount` or `$maxAge`: its visible events may
+    /// vanish with later appends or with time, without a metadata write.
+    expiring: bool,
+}
+
 /// One read's access to the store: it memoises the stream states it loads
 /// and remembers the newest commit among them (see
 /// [`super::SledStore::read_durable`]).
@@ -34,7 +43,7 @@ pub(super) struct ReadContext {
     db: sled::Db,
     /// Per stream touched (link targets, `$all` entries): the first visible
     /// event number, `None` when nothing is visible.
-    first_visible: HashMap<String, Option<u64>>,
+    first_visible: HashMap<String, Option<Visible>>,
     newest_commit: u64,
 }
 
@@ -172,36 +181,39 @@ impl ReadContext {
 
     /// Event `number` of user stream `stream`, if it is still visible.
     fn visible_event(&mut self, stream: &str, number: u64) -> Result<Option<RecordedEvent>, StoreError> {
-        if self.visible_from(stream)?.is_none_or(|first| number < first) {
+        if self.visible_from(stream)?.is_none_or(|visible| number < visible.first) {
             return Ok(None);
         }
         stored_entry(self.db(), stream, number)?.map(|entry| entry.into_event(stream, number)).transpose()
     }
 
-    /// The events of a span of the log that reads can see, oldest first.
-    fn visible_events(&mut self, span: &LogSpan) -> Result<Vec<RecordedEvent>, StoreError> {
-        let Some(first) = self.visible_from(&span.stream)? else { return Ok(Vec::new()) };
-        let (low, high) = (first.max(span.number), span.last_number());
+    /// The events of a span of the log that reads can see, oldest first,
+    /// and whether their stream expires events (see [`Visible`]).
+    fn visible_events(&mut self, span: &LogSpan) -> Result<(Vec<RecordedEvent>, bool), StoreError> {
+        let Some(visible) = self.visible_from(&span.stream)? else { return Ok((Vec::new(), false)) };
+        let (low, high) = (visible.first.max(span.number), span.last_number());
         if low > high {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
-        stored_entries(self.db(), &span.stream, low, high)?
+        let events = stored_entries(self.db(), &span.stream, low, high)?
             .into_iter()
             .map(|(number, entry)| entry.into_event(&span.stream, number))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((events, visible.expiring))
     }
 
     /// The lowest event number of `stream` reads can see (retention, soft
     /// delete), or `None` when none can be (deleted, tombstoned, missing).
     /// Memoised for the read.
-    fn visible_from(&mut self, stream: &str) -> Result<Option<u64>, StoreError> {
+    fn visible_from(&mut self, stream: &str) -> Result<Option<Visible>, StoreError> {
         if let Some(first) = self.first_visible.get(stream) {
             return Ok(*first);
         }
         let first = match self.state(stream)? {
-            Some(state) if !state.tombstoned && !state.soft_deleted => {
-                Some(self.view(stream, &state)?.first_visible)
-            }
+            Some(state) if !state.tombstoned && !state.soft_deleted => Some(Visible {
+                first: self.view(stream, &state)?.first_visible,
+                expiring: state.settings.max_count.is_some() || state.settings.max_age_secs.is_some(),
+            }),
             _ => None,
         };
         self.first_visible.insert(stream.to_owned(), first);
@@ -249,16 +261,17 @@ impl ReadContext {
         let count = usize::try_from(read.count.max(1)).unwrap_or(usize::MAX);
         let mut events = Vec::with_capacity(count.min(4096));
         let mut scanned: Option<(u64, u64)> = None;
+        let mut may_expire = false;
         // Only positions below `next_position` are acknowledged; a batch
         // being applied right now is not.
         let Some(last) = next_position.checked_sub(1) else {
-            return Ok(AllSlice { next_position, scanned, events });
+            return Ok(AllSlice { next_position, scanned, events, may_expire });
         };
         let (low, high, backward) = match read.direction {
             Direction::Forward => {
                 let from = read.from.unwrap_or(last);
                 if from > last {
-                    return Ok(AllSlice { next_position, scanned, events });
+                    return Ok(AllSlice { next_position, scanned, events, may_expire });
                 }
                 (from, last, false)
             }
@@ -274,7 +287,8 @@ impl ReadContext {
             // going backward.
             let span = span?.part(budget, backward);
             budget = budget.saturating_sub(span.count);
-            let mut found = self.visible_events(&span)?;
+            let (mut found, expiring) = self.visible_events(&span)?;
+            may_expire |= expiring && !found.is_empty();
             if backward {
                 found.reverse();
             }
@@ -306,7 +320,7 @@ impl ReadContext {
         if backward {
             events.reverse();
         }
-        Ok(AllSlice { next_position, scanned, events })
+        Ok(AllSlice { next_position, scanned, events, may_expire })
     }
 }
 

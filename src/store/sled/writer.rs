@@ -256,6 +256,7 @@ impl Writer {
         // projection goes live for the appends that follow, so each event is
         // linked exactly once.
         batch.sort_by_key(|command| !matches!(command, Command::BuildProjection { .. }));
+        let hides = batch.iter().any(Command::may_hide_events);
         for command in batch {
             match command {
                 Command::BuildProjection { projection, reply } => {
@@ -361,8 +362,12 @@ impl Writer {
             }
         }
         // IMPORTANT: the head reads see moves before anybody is answered, so
-        // that a client reading `$all` after its 201 finds its own events.
+        // that a client reading `$all` after its 201 finds its own events;
+        // likewise the epoch of kept `$all` pages.
         if let Some((head, _)) = &published {
+            if hides {
+                self.notifier.hid_events();
+            }
             self.notifier.advance(*head);
         }
         for reply in replies {
@@ -459,6 +464,7 @@ impl Writer {
                     self.states = StateCache::default();
                 }
                 let head = Head { next_position: self.next_position, commit_seq };
+                self.notifier.hid_events();
                 self.notifier.advance(head);
                 drop(reply.send(Ok(())));
                 self.notifier.publish_all(head);

@@ -66,17 +66,19 @@ class Context:
             f"{self.read_server.startup_seconds:.2f} s")
         return self.read_server
 
-    def read_runs_without_page_cache(self, representations, label="eventfeed without the page cache"):
+    def read_runs_without_page_cache(self, representations, label="eventfeed without the page cache", run=None):
         """The read store's pages, one run per representation, served by a
         server started with `--page-cache-mb 0` (the workload without the
         rendered-page cache); the default server serves the store again
-        afterwards (sled opens a store in one process at a time)."""
+        afterwards (sled opens a store in one process at a time). `run`
+        (port, representation, label, pid) replaces the stream-page run."""
         server = self.ensure_read_server()
         server.stop()
         without = Eventfeed(self.workdir, self.pinning, server.data_dir, "fsync", options=["--page-cache-mb", "0"])
+        run = run or (lambda port, representation, label, pid: self.read_run(
+            port, representation, self.settings.read_streams, label=label, server=pid))
         try:
-            return {representation: self.read_run(without.port, representation, self.settings.read_streams,
-                                                  label=label, server=without.process.pid)
+            return {representation: run(without.port, representation, label, without.process.pid)
                     for representation in representations}
         finally:
             without.stop()

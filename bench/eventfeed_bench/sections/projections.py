@@ -127,7 +127,8 @@ def all_reads(ctx, result):
     figures = result["all_pages"] = {"pages": pages, "events": settings.read_streams * EVENTS_PER_READ_STREAM,
                                      "sample_pages": len(sampled), "page_sizes": sizes, "rows": [],
                                      "authorization": "admin"}
-    for representation, accept in (("atom", ATOM_XML), ("json", ATOM_JSON)):
+    accepts = {"atom": ATOM_XML, "json": ATOM_JSON}
+    for representation, accept in accepts.items():
         mine = [all_page_path(representation, page * PAGE_SIZE) for page in range(pages)]
         reference = [f"/{representation}" + all_page_path(representation, page * PAGE_SIZE) for page in sampled]
         # nginx answers the paths as written in the list with eventfeed's bytes.
@@ -142,6 +143,15 @@ def all_reads(ctx, result):
         figures["rows"].append({"representation": representation, "eventfeed": eventfeed, "nginx": static,
                                 "eventfeed_over_nginx": ratio(eventfeed["rps"], static["rps"]),
                                 "stream_pages": ctx.cache.get(("read", "eventfeed", representation))})
+
+    def without_cache(port, representation, label, pid):
+        mine = [all_page_path(representation, page * PAGE_SIZE) for page in range(pages)]
+        return ctx.list_run(port, mine, accepts[representation], label=f"{label} $all {representation}",
+                            server=pid, authorization=ADMIN_AUTHORIZATION)
+
+    without = ctx.read_runs_without_page_cache(list(accepts), run=without_cache)
+    for row in figures["rows"]:
+        row["without_page_cache"] = without[row["representation"]]
     if "reads" not in ctx.sections:
         result["read_store_restart"] = ctx.read_store_restart
 
@@ -176,11 +186,13 @@ def render(result, settings):
             stream_pages = row.get("stream_pages") or {}
             read_rows.append([LABELS[row["representation"]], fmt(mine["rps"]), ms(mine, "p99_us"), errors(mine),
                               fmt(reference["rps"]), ms(reference, "p99_us"), times(share, "nginx"),
+                              fmt((row.get("without_page_cache") or {}).get("rps")),
                               fmt(stream_pages.get("rps")), others(mine, reference),
                               f"{targets.target('all_pages')}: "
                               f"{verdict(share is not None and share >= targets.ALL_PAGES_SHARE)}"])
         out += [table(["`$all` pages", "eventfeed req/s", "p99 ms", "errors", "nginx req/s", "nginx p99 ms",
-                       "eventfeed ÷ nginx", "stream pages req/s", "others on server CPU (eventfeed / nginx)",
+                       "eventfeed ÷ nginx", "without the page cache req/s", "stream pages req/s",
+                       "others on server CPU (eventfeed / nginx)",
                        "target"], read_rows), ""]
     checks = result.get("check")
     if checks:
@@ -209,7 +221,9 @@ def render(result, settings):
                    f"random among all {fmt(all_pages['pages'])} of the read store ({fmt(all_pages['events'])} events), "
                    f"{settings.read_connections} connections, no compression, after {settings.warmup} s of warm-up, "
                    f"as the uncached stream pages. Reference: nginx serving the same bytes for a sample of "
-                   f"{fmt(all_pages['sample_pages'])} pages. *Stream pages* repeats eventfeed's uncached stream-page "
+                   f"{fmt(all_pages['sample_pages'])} pages. The server keeps full `$all` pages not at the head in "
+                   "memory (`--page-cache-mb`, default 128 MiB); *without the page cache*: the same pages from a "
+                   "server started with `--page-cache-mb 0`. *Stream pages* repeats eventfeed's uncached stream-page "
                    "figure of the same run, when the reads section ran too."
                    + (" Only `$admins` may read `$all`: every request carries the built-in admin's Basic credentials "
                       "(verified once, then remembered by the server), nginx's too, while the stream pages are read "

@@ -175,6 +175,12 @@ pub fn choose(
             .copied()
             .ok_or_else(|| HttpError::not_acceptable(offered));
     }
+    let mut values = headers.get_all(header::ACCEPT).iter();
+    if let (Some(only), None) = (values.next(), values.next())
+        && let Some(offer) = only.to_str().ok().and_then(|text| exactly(text, offered))
+    {
+        return Ok(offer);
+    }
     let accept = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -182,6 +188,14 @@ pub fn choose(
         .collect::<Vec<_>>()
         .join(",");
     best(&accept, offered).ok_or_else(|| HttpError::not_acceptable(offered))
+}
+
+/// The offer an `Accept` of one bare type names, as most clients send it:
+/// what [`best`] would pick (no other offer can match a type without a
+/// wildcard), without parsing the header.
+fn exactly(accept: &str, offered: &'static [&'static str]) -> Option<&'static str> {
+    let accept = accept.trim();
+    offered.iter().find(|offer| offer.eq_ignore_ascii_case(accept)).copied()
 }
 
 fn best(accept: &str, offered: &'static [&'static str]) -> Option<&'static str> {
@@ -262,6 +276,25 @@ mod tests {
         assert_eq!(best(EVENTS_JSON, PAGE_TYPES), Some(EVENTS_JSON));
         assert_eq!(best("application/*", PAGE_TYPES), Some(ATOM_XML));
         assert_eq!(best(EVENTS_JSON, EVENT_TYPES), None, "v5 offers no events type for one event");
+    }
+
+    #[test]
+    fn one_bare_type_is_chosen_as_the_full_negotiation_chooses_it() {
+        let lists: [&'static [&'static str]; 3] = [FEED_TYPES, PAGE_TYPES, EVENT_TYPES];
+        for offered in lists {
+            let mut accepts: Vec<String> =
+                [FEED_TYPES, PAGE_TYPES, EVENT_TYPES].concat().iter().map(|t| t.to_string()).collect();
+            accepts.extend(
+                ["APPLICATION/ATOM+XML", " application/json ", "*/*", "image/png", "application/json;q=0"]
+                    .map(String::from),
+            );
+            for accept in accepts {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::ACCEPT, accept.parse().unwrap());
+                let chosen = choose(&headers, None, offered).ok();
+                assert_eq!(chosen, best(&accept, offered), "Accept: {accept:?} among {offered:?}");
+            }
+        }
     }
 
     #[test]

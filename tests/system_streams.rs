@@ -497,17 +497,7 @@ async fn all_pages_kept_in_memory_answer_exactly_as_a_fresh_read() {
     let compare = async |step: &str| {
         let mut heads = Vec::new();
         for server in servers {
-            let url = server.url("/streams/$all/head/backward/1");
-            let page: Value = server
-                .client
-                .get(url)
-                .header("accept", ATOM_JSON)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let page = server.get_json("/streams/$all/head/backward/1").await;
             // The head's ETag starts with its position, in hex.
             let etag = page["eTag"].as_str().unwrap().to_owned();
             heads.push(u64::from_str_radix(&etag[..16], 16).unwrap());

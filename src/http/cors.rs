@@ -22,7 +22,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
@@ -88,32 +87,29 @@ const ALLOWED_HEADERS: [&str; 14] = [
 /// every page may.
 const EXPOSED_HEADERS: [&str; 4] = ["location", "es-position", "es-currentversion", "etag"];
 
-/// Wraps `routes` in the CORS layers of `cors`.
-pub(super) fn apply<S>(cors: &Cors, routes: Router<S>) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
+/// The CORS layer of `cors`, and for listed origins the origins that
+/// [`tidy_listed`] finishes its answers for (the caller puts it outside).
+pub(super) fn layers(cors: &Cors) -> (CorsLayer, Option<Arc<[HeaderValue]>>) {
     let methods = [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS];
     let layer =
         CorsLayer::new().allow_methods(methods).expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static));
     match cors {
-        Cors::Anonymous => routes.layer(
+        Cors::Anonymous => (
             layer
                 .allow_origin(AllowOrigin::any())
                 .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static)),
+            None,
         ),
         // tower-http refuses `*` for anything alongside credentials, hence
         // the explicit lists; it adds `Vary: Origin` for a list of origins.
         Cors::Origins(origins) => {
             let headers =
                 ALLOWED_HEADERS.map(HeaderName::from_static).into_iter().chain([header::AUTHORIZATION]);
-            let listed = routes.layer(
-                layer
-                    .allow_origin(AllowOrigin::list(origins.iter().cloned()))
-                    .allow_headers(headers.collect::<Vec<_>>())
-                    .allow_credentials(true),
-            );
-            listed.layer(axum::middleware::from_fn_with_state(Arc::clone(origins), tidy_listed))
+            let listed = layer
+                .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+                .allow_headers(headers.collect::<Vec<_>>())
+                .allow_credentials(true);
+            (listed, Some(Arc::clone(origins)))
         }
     }
 }
@@ -125,7 +121,11 @@ where
 ///   lists would suggest otherwise to anyone reading the answer;
 /// - joins tower-http's `Vary: origin` to the page's own `Vary`, as one
 ///   header: some caches read only the first.
-async fn tidy_listed(State(origins): State<Arc<[HeaderValue]>>, request: Request, next: Next) -> Response {
+pub(super) async fn tidy_listed(
+    State(origins): State<Arc<[HeaderValue]>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let listed = request.headers().get(header::ORIGIN).is_some_and(|origin| origins.contains(origin));
     let mut response = next.run(request).await;
     let headers = response.headers_mut();

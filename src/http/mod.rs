@@ -58,8 +58,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use tokio::sync::watch;
+use tower::ServiceBuilder;
+use tower::util::MapResponseLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -159,8 +162,14 @@ impl Shared {
 }
 
 /// The whole HTTP application.
+///
+/// The layers that need nothing of the route wrap the router once, as one
+/// tower stack: `Router::layer` wraps every route apart, boxing each
+/// layer's service and future, which cost every request an allocation and
+/// a dynamic call per layer. Only the request metrics, which read the
+/// route's template (`MatchedPath`), are a layer of the routes.
 pub fn router(state: AppState) -> Router {
-    let router = Router::new()
+    let routes = Router::new()
         .merge(streams::router())
         .merge(multi_append::router())
         .merge(stream_list::router())
@@ -173,27 +182,45 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(users::router())
         .merge(ui::router())
-        .fallback(system::not_found)
-        .layer(challenge::UiChallengeLayer)
-        .layer(encoding::DecodeBodiesLayer { encoded_limit: state.limits.max_request_bytes })
-        .layer(compression())
-        .layer(tower::util::MapResponseLayer::new(caching::weak_etag_when_encoded));
-    let router = if request_logs_wanted() { router.layer(TraceLayer::new_for_http()) } else { router };
-    // Inside the routes' layers, so it sees each route's template
-    // (`MatchedPath`), and outside the rest, so it times the whole answer.
-    let router = if state.metrics.enabled() {
-        router.layer(track_requests::TrackRequestsLayer { metrics: Arc::clone(&state.metrics) })
+        .fallback(system::not_found);
+    // tower-http's request logs (wanted only when debugging) as a layer of
+    // the routes, inside the metrics, as before the stack below existed.
+    let routes = if request_logs_wanted() { routes.layer(TraceLayer::new_for_http()) } else { routes };
+    let routes = if state.metrics.enabled() {
+        routes.layer(track_requests::TrackRequestsLayer { metrics: Arc::clone(&state.metrics) })
     } else {
-        router
+        routes
     };
-    let routes = cors::apply(&state.cors, router).with_state(state);
-    // IMPORTANT: axum adds `Allow` to a 405 outside every layer of the
-    // routes, so the words that repeat it wrap the whole router, and
-    // `nosniff` wraps them, to be on every response.
-    Router::new()
-        .fallback_service(routes)
-        .layer(tower::util::MapResponseLayer::new(system::explain_method_not_allowed))
+    let (cors, listed_origins) = cors::layers(&state.cors);
+    let tidy_listed =
+        listed_origins.map(|origins| axum::middleware::from_fn_with_state(origins, cors::tidy_listed));
+    let limit = state.limits.max_request_bytes;
+    let routes = routes.with_state(state);
+    // Outermost first. IMPORTANT: axum adds `Allow` to a 405 in the
+    // router, so the words that repeat it are outside it, and `nosniff`
+    // outside them, to be on every response.
+    let stack = ServiceBuilder::new()
         .layer(nosniff())
+        .layer(MapResponseLayer::new(system::explain_method_not_allowed))
+        .option_layer(tidy_listed)
+        .layer(cors)
+        .layer(MapResponseLayer::new(finish_encoded))
+        .layer(compression())
+        .layer(encoding::DecodeBodiesLayer { encoded_limit: limit })
+        .layer(challenge::UiChallengeLayer)
+        .service(routes);
+    Router::new().fallback_service(stack)
+}
+
+/// A response as the compression leaves it: its ETag weak when encoded
+/// (see [`caching::weak_etag_when_encoded`]), its body an axum body again
+/// for the layers outside.
+fn finish_encoded<B>(response: axum::http::Response<B>) -> axum::http::Response<Body>
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    caching::weak_etag_when_encoded(response).map(Body::new)
 }
 
 /// `X-Content-Type-Options: nosniff` on every response: browsers then take

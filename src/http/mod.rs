@@ -183,8 +183,8 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(ui::router())
         .fallback(system::not_found);
-    // tower-http's request logs (wanted only when debugging) as a layer of
-    // the routes, inside the metrics, as before the stack below existed.
+    // tower-http's request logs, wanted only when debugging: a layer of
+    // the routes, inside the metrics.
     let routes = if request_logs_wanted() { routes.layer(TraceLayer::new_for_http()) } else { routes };
     let routes = if state.metrics.enabled() {
         routes.layer(track_requests::TrackRequestsLayer { metrics: Arc::clone(&state.metrics) })
@@ -209,6 +209,8 @@ pub fn router(state: AppState) -> Router {
         .layer(encoding::DecodeBodiesLayer { encoded_limit: limit })
         .layer(challenge::UiChallengeLayer)
         .service(routes);
+    // A router again, the type the server and embedding programs take; its
+    // one route-less fallback costs one boxed call.
     Router::new().fallback_service(stack)
 }
 

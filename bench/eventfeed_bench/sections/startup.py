@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import targets
-from ..common import event_data, http_request, log, logged_number
+from ..common import SERVER_LOG, event_data, http_request, log, logged_number
 from ..fmt import fmt, table, verdict
 from ..servers import Eventfeed
 
@@ -51,7 +51,8 @@ def measure(ctx, result):
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(fill_stream, range(streams)))
 
-    filler = Eventfeed(ctx.workdir, ctx.pinning, data_dir, "none")
+    # The store's own log lines too: the checkpoint's size is one of them.
+    filler = Eventfeed(ctx.workdir, ctx.pinning, data_dir, "none", log_filter=f"{SERVER_LOG},eventfeed::store=info")
     started = time.monotonic()
     try:
         fill(filler, "startup", per_stream)

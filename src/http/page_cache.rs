@@ -38,7 +38,7 @@ use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
 use crate::feed::{Embed, PageRequest, PageStart};
-use crate::store::{Direction, StreamSettings};
+use crate::store::{Direction, StreamSettings, retention};
 
 /// Bytes counted for an entry besides its key and page: the cache's own
 /// bookkeeping and the allocations' headers, roughly.
@@ -94,7 +94,7 @@ impl PageKey<'_> {
     /// (see the module doc).
     fn under(&self, settings: &StreamSettings, first_visible: u64, last: Option<u64>) -> Option<String> {
         let PageStart::Number(start) = self.request.start else { return None };
-        if settings.max_count.is_some() || settings.max_age_secs.is_some() || settings.not_public {
+        if retention::expires_events(settings) || settings.not_public {
             return None;
         }
         let direction = match self.request.direction {
@@ -167,12 +167,8 @@ impl PageCache {
         first_visible: u64,
         last: Option<u64>,
     ) -> Option<Bytes> {
-        let pages = self.pages.as_ref()?;
-        let key = key.under(settings, first_visible, last)?;
-        let found = pages.get(&key);
-        let counter = if found.is_some() { &self.hits } else { &self.misses };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
+        self.pages.as_ref()?;
+        self.look_up(&key.under(settings, first_visible, last)?)
     }
 
     /// The key to keep a page just rendered under `settings`,
@@ -191,9 +187,13 @@ impl PageCache {
 
     /// The `$all` page kept for `key` under the store's `epoch`.
     pub fn get_all(&self, key: &AllPageKey<'_>, epoch: u64) -> Option<Bytes> {
-        let pages = self.pages.as_ref()?;
-        let key = key.under(epoch)?;
-        let found = pages.get(&key);
+        self.pages.as_ref()?;
+        self.look_up(&key.under(epoch)?)
+    }
+
+    /// The page kept under `key`, counted as a hit or a miss.
+    fn look_up(&self, key: &str) -> Option<Bytes> {
+        let found = self.pages.as_ref()?.get(key);
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found

@@ -244,10 +244,7 @@ pub struct AllSlice {
     /// examined none (nothing in range).
     pub scanned: Option<(u64, u64)>,
     pub events: Vec<RecordedEvent>,
-    /// Some event in `events` belongs to a stream with `$maxCount` or
-    /// `$maxAge`, so it may vanish with later appends or with time (true
-    /// when the backend does not tell). Otherwise only a metadata write or
-    /// a delete hides an event of the slice (see `Store::all_pages_epoch`).
+    /// An event here may vanish with appends or time (`$maxCount`, `$maxAge`; true if unknown).
     pub may_expire: bool,
 }
 

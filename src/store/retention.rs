@@ -3,7 +3,7 @@
 //! scavenge can never remove an event a read would still show, and two
 //! backends holding the same events show the same ones.
 
-use super::{StoreError, StreamState};
+use super::{StoreError, StreamSettings, StreamState};
 
 /// The lowest event number reads can see, applying soft delete (`deleted
 /// before`), `$tb`, `$maxCount` and `$maxAge`. A tombstoned stream shows
@@ -62,6 +62,12 @@ pub fn visible_bounds(state: &StreamState, now_micros: i64) -> VisibleBounds {
         now_micros.saturating_sub(max_age)
     });
     VisibleBounds { first, max_age_cutoff }
+}
+
+/// Whether `settings` hide events without a metadata write: `$maxCount`
+/// with later appends, `$maxAge` with time.
+pub fn expires_events(settings: &StreamSettings) -> bool {
+    settings.max_count.is_some() || settings.max_age_secs.is_some()
 }
 
 /// Microseconds since the Unix epoch, now: the clock creation times and

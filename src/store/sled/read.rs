@@ -13,7 +13,7 @@ use super::entries::{
 };
 use super::keys;
 use crate::store::links::link_event;
-use crate::store::retention::now_micros;
+use crate::store::retention::{self, now_micros};
 use crate::store::rules;
 use crate::store::{
     AllRead, AllSlice, Direction, ReadEvent, RecordedEvent, StoreError, StreamRead, StreamSlice, StreamState,
@@ -41,15 +41,15 @@ pub(super) struct ReadContext {
     /// The generation this read uses from start to end, even if a
     /// compaction switches generations meanwhile.
     db: sled::Db,
-    /// Per stream touched (link targets, `$all` entries): the first visible
-    /// event number, `None` when nothing is visible.
-    first_visible: HashMap<String, Option<Visible>>,
+    /// Per stream touched (link targets, `$all` entries): which events are
+    /// visible, `None` when none is.
+    visible: HashMap<String, Option<Visible>>,
     newest_commit: u64,
 }
 
 impl ReadContext {
     pub(super) fn new(db: sled::Db) -> Self {
-        Self { db, first_visible: HashMap::new(), newest_commit: 0 }
+        Self { db, visible: HashMap::new(), newest_commit: 0 }
     }
 
     /// The newest commit among the states this read used.
@@ -202,22 +202,22 @@ impl ReadContext {
         Ok((events, visible.expiring))
     }
 
-    /// The lowest event number of `stream` reads can see (retention, soft
-    /// delete), or `None` when none can be (deleted, tombstoned, missing).
-    /// Memoised for the read.
+    /// Which events of `stream` reads can see (retention, soft delete), or
+    /// `None` when none (deleted, tombstoned, missing). Memoised for the
+    /// read.
     fn visible_from(&mut self, stream: &str) -> Result<Option<Visible>, StoreError> {
-        if let Some(first) = self.first_visible.get(stream) {
-            return Ok(*first);
+        if let Some(visible) = self.visible.get(stream) {
+            return Ok(*visible);
         }
-        let first = match self.state(stream)? {
+        let visible = match self.state(stream)? {
             Some(state) if !state.tombstoned && !state.soft_deleted => Some(Visible {
                 first: self.view(stream, &state)?.first_visible,
-                expiring: state.settings.max_count.is_some() || state.settings.max_age_secs.is_some(),
+                expiring: retention::expires_events(&state.settings),
             }),
             _ => None,
         };
-        self.first_visible.insert(stream.to_owned(), first);
-        Ok(first)
+        self.visible.insert(stream.to_owned(), visible);
+        Ok(visible)
     }
 
     pub(super) fn read_stream(&mut self, read: &StreamRead) -> Result<StreamSlice, StoreError> {

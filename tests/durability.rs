@@ -33,6 +33,35 @@ async fn every_acknowledged_event_survives_kill_9() {
     check_survivors(&server.base, &acked).await;
 }
 
+/// A lone append killed right after its `201` is in the write-ahead log
+/// alone: sled writes its own files every half second, so a restart must
+/// replay the log to find it. Five rounds, each killing the server that
+/// replayed the round before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_killed_right_after_its_201_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let client = reqwest::Client::new();
+    let mut written = Vec::new();
+    for round in 0..5 {
+        let mut server = BinaryServer::start(&data_dir, &[]);
+        let found = read_all_events(&client, &server.base, "lone").await;
+        let ids: Vec<&str> = found.iter().map(|event| event["eventId"].as_str().unwrap()).collect();
+        assert_eq!(ids, written.iter().map(String::as_str).collect::<Vec<_>>(), "round {round}");
+        let id = Uuid::new_v4().to_string();
+        let response = client
+            .post(format!("{}/streams/lone", server.base))
+            .header("content-type", EVENTS_JSON)
+            .body(json!([{"eventId": id, "eventType": "Lone", "data": {"round": round}}]).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        server.kill9();
+        written.push(id);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_get_exactly_one_winner_per_version() {
     let server = Arc::new(TestServer::start().await);

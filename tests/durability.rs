@@ -33,10 +33,10 @@ async fn every_acknowledged_event_survives_kill_9() {
     check_survivors(&server.base, &acked).await;
 }
 
-/// A lone append killed right after its `201` is in the write-ahead log
-/// alone: sled writes its own files every half second, so a restart must
-/// replay the log to find it. Five rounds, each killing the server that
-/// replayed the round before.
+/// A lone append killed right after its `201`, with no later commit to
+/// carry it to disk: the restart finds it. Five rounds, each killing the
+/// server that recovered the round before, so recovering a store that was
+/// itself just recovered is covered too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_killed_right_after_its_201_is_replayed() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,6 @@ use super::generation;
 use super::id_filter::IdFilter;
 use super::id_index::{IdIndex, IdOwners};
 use super::keys;
-use super::wal::Batch;
 
 /// An id index in a sled database of its own, as the writer keeps it.
 #[derive(Debug)]
@@ -40,12 +39,12 @@ impl IdLookup {
         for (commit_seq, commit) in (1..).zip(ids.chunks(per_commit.max(1))) {
             let owners: IdOwners =
                 commit.iter().map(|&(id, stream, number)| (id, (Arc::from(stream), number))).collect();
-            let mut batch = Batch::default();
+            let mut batch = sled::Batch::default();
             index.stage(&db, commit_seq, &owners, &mut batch)?;
             apply(&db, batch)?;
         }
         while index.has_upkeep() {
-            let mut batch = Batch::default();
+            let mut batch = sled::Batch::default();
             index.upkeep(&db, &mut batch)?;
             apply(&db, batch)?;
         }
@@ -82,8 +81,8 @@ impl IdLookup {
 /// accountant waits for a truncation queued behind writes that wait for
 /// the accountant; fixed after 0.34 by sled PR 1269). Unflushed, a build
 /// hung about one run in two.
-fn apply(db: &sled::Db, batch: Batch) -> Result<(), StoreError> {
-    db.apply_batch(batch.into_parts().0)?;
+fn apply(db: &sled::Db, batch: sled::Batch) -> Result<(), StoreError> {
+    db.apply_batch(batch)?;
     db.flush()?;
     Ok(())
 }

@@ -59,7 +59,6 @@ use uuid::Uuid;
 use self::merge::Merge;
 pub(crate) use self::owners::IdOwners;
 use super::id_filter::IdFilter;
-use super::wal::Batch;
 use super::{StoreError, codec, keys};
 
 /// How the index is shaped; fixed in production, small in tests.
@@ -277,7 +276,7 @@ impl IdIndex {
         db: &sled::Db,
         commit_seq: u64,
         ids: &IdOwners,
-        batch: &mut Batch,
+        batch: &mut sled::Batch,
     ) -> Result<u64, StoreError> {
         let mut writes = Writes { batch, bytes: 0 };
         let merge_budget = self.limits.merge_step.max(ids.len().saturating_mul(MERGE_PER_ID));
@@ -317,7 +316,7 @@ impl IdIndex {
     /// Stages a step of upkeep alone, for a writer with nothing else to
     /// do: [`UPKEEP_STEPS`] commits' worth, so that an append arriving
     /// meanwhile waits a few milliseconds at most. Returns the bytes staged.
-    pub(crate) fn upkeep(&mut self, db: &sled::Db, batch: &mut Batch) -> Result<u64, StoreError> {
+    pub(crate) fn upkeep(&mut self, db: &sled::Db, batch: &mut sled::Batch) -> Result<u64, StoreError> {
         let mut writes = Writes { batch, bytes: 0 };
         let merge_budget = self.limits.merge_step * UPKEEP_STEPS;
         self.collect_garbage(db, self.garbage_budget(merge_budget), &mut writes)?;
@@ -451,7 +450,7 @@ impl IdIndex {
 
 /// The writes the index stages, and their bytes.
 struct Writes<'a> {
-    batch: &'a mut Batch,
+    batch: &'a mut sled::Batch,
     bytes: u64,
 }
 

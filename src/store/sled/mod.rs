@@ -12,8 +12,7 @@
 //! - [`rebuild`], [`scavenge`]: the steps of a projection build and of a
 //!   scavenge, which run inside the writer's batches;
 //! - [`command`] and [`writer`]: what the writer is asked, and the writer
-//!   ([`wal`]: how it makes a batch durable; [`syncer`]: how it makes
-//!   sled's files durable);
+//!   ([`syncer`]: how it makes sled's files durable);
 //! - [`transfer`]: exports' snapshots and reads, and imports, run by the
 //!   writer between batches;
 //! - [`background`]: every thread and task that feeds the writer commands;
@@ -40,7 +39,6 @@ mod space;
 mod staging;
 mod syncer;
 mod transfer;
-mod wal;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -160,9 +158,6 @@ impl SledStore {
         space::check_before_open(&options.path, options.min_free_bytes)?;
         let generation = generation::current(&options.path)?;
         let db = generation::open(&generation, options.cache_capacity)?;
-        // IMPORTANT: before anything reads the store: what was
-        // acknowledged after sled's last flush is only in the log.
-        let wal = wal::Wal::open(&options.path, &generation, &db, options.durability)?;
 
         let layout_key = keys::counter(keys::LAYOUT_VERSION);
         match db.get(&layout_key)? {
@@ -226,7 +221,7 @@ impl SledStore {
             cache_capacity: options.cache_capacity,
             written: Arc::clone(&written),
         };
-        let writer = Writer::new(db.clone(), files, wal, options.durability, Arc::clone(&notifier), start)?;
+        let writer = Writer::new(db.clone(), files, options.durability, Arc::clone(&notifier), start)?;
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let writer_thread = std::thread::Builder::new()
             .name("eventfeed-writer".into())

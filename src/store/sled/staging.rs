@@ -16,7 +16,6 @@ use super::codec::{self, EventFields};
 use super::entries::{LogSpan, load_state};
 use super::id_index::{IdIndex, IdOwners};
 use super::keys;
-use super::wal::Batch;
 use crate::store::projections::{Projection, Projections};
 use crate::store::rules;
 use crate::store::{
@@ -34,7 +33,7 @@ pub(crate) struct Staging<'a> {
     id_index: &'a IdIndex,
     /// The projections maintained live; a build may activate one mid-batch.
     pub(super) projections: Projections,
-    batch: Batch,
+    batch: sled::Batch,
     writes: usize,
     /// Streams this batch changed, with their new state.
     states: HashMap<String, StreamState>,
@@ -72,7 +71,7 @@ impl<'a> Staging<'a> {
             cache,
             id_index,
             projections,
-            batch: Batch::default(),
+            batch: sled::Batch::default(),
             writes: 0,
             states: HashMap::new(),
             removed: HashSet::new(),
@@ -432,7 +431,7 @@ struct PlannedLinks {
 
 /// A batch ready to apply, and the stream states it leaves.
 pub(super) struct Finished {
-    pub batch: Batch,
+    pub batch: sled::Batch,
     /// Bytes of keys and values in `batch`.
     pub bytes: u64,
     pub states: HashMap<String, StreamState>,

@@ -26,7 +26,6 @@ use super::codec::{self, Entry, EventFields};
 use super::entries::{stored_entry, visit_stored_values};
 use super::id_index::IdOwners;
 use super::keys;
-use super::wal::Batch;
 use crate::store::rules::{READ_BYTES, not_empty_target};
 use crate::store::{
     Direction, ExportSnapshot, Head, ImportItem, ImportStep, SpentId, StoreError, StoredEntry, StoredLink,
@@ -163,7 +162,7 @@ impl Importing {
         head: Head,
         step: ImportStep,
         commit_seq: u64,
-        batch: &mut Batch,
+        batch: &mut sled::Batch,
     ) -> Result<Staged, StoreError> {
         let mut staged = Staged::default();
         let mut put = |key: &[u8], value: Vec<u8>, staged: &mut Staged| {

@@ -26,7 +26,6 @@ use super::space::SpaceFloor;
 use super::staging::{Finished, Staging, StateCache};
 use super::syncer::FileSyncer;
 use super::transfer;
-use super::wal::{Batch, Wal};
 use crate::store::projections::{Projection, Projections};
 use crate::store::retention::now_micros;
 use crate::store::{AppendOutcome, CommitFigures, Durability, Head, Notifier, StoreError};
@@ -123,9 +122,8 @@ pub(crate) struct Writer {
     files: Files,
     /// A compaction in progress: every batch is written to it too.
     compaction: Option<Compaction>,
-    /// Makes each batch durable, in the durable modes.
-    wal: Option<Wal>,
-    /// Present in `fsync` mode: makes sled's files durable at a close.
+    durability: Durability,
+    /// Present in `fsync` mode: makes sled's files durable after its flush.
     syncer: Option<FileSyncer>,
     notifier: Arc<Notifier>,
     /// The projections maintained live.
@@ -152,7 +150,6 @@ impl Writer {
     pub(crate) fn new(
         db: sled::Db,
         files: Files,
-        wal: Option<Wal>,
         durability: Durability,
         notifier: Arc<Notifier>,
         start: Start,
@@ -166,7 +163,7 @@ impl Writer {
             db,
             files,
             compaction: None,
-            wal,
+            durability,
             syncer,
             notifier,
             projections,
@@ -444,7 +441,7 @@ impl Writer {
             }
             Command::Import { step, reply } => {
                 let commit_seq = self.commit_seq + 1;
-                let mut batch = Batch::default();
+                let mut batch = sled::Batch::default();
                 let staged = match self.importing.stage(&self.db, head, step, commit_seq, &mut batch) {
                     Ok(staged) => staged,
                     Err(error) => {
@@ -484,7 +481,7 @@ impl Writer {
     /// last merges would stay until the next append).
     fn upkeep(&mut self, commands: &mpsc::Receiver<Command>) -> Flow {
         while self.id_index.has_upkeep() && commands.is_empty() {
-            let mut batch = Batch::default();
+            let mut batch = sled::Batch::default();
             let written =
                 self.id_index.upkeep(&self.db, &mut batch).and_then(|bytes| self.write(batch, bytes));
             if let Err(error) = written {
@@ -497,9 +494,7 @@ impl Writer {
         Flow::Continue
     }
 
-    /// Applies a batch and, in the durable modes, logs it (see [`Wal`]).
-    fn write(&mut self, batch: Batch, bytes: u64) -> Result<(), StoreError> {
-        let (batch, record) = batch.into_parts();
+    fn write(&mut self, batch: sled::Batch, bytes: u64) -> Result<(), StoreError> {
         let shadow = self.compaction.is_some().then(|| batch.clone());
         self.db.apply_batch(batch)?;
         self.files.written.add(bytes);
@@ -510,8 +505,17 @@ impl Writer {
                 }
             }
         }
-        if let (Some(wal), Some(record)) = (self.wal.as_mut(), record) {
-            wal.append(record, &self.db, &self.files.generation)?;
+        match self.durability {
+            Durability::Fsync => {
+                self.db.flush()?;
+                if let Some(syncer) = self.syncer.as_mut() {
+                    syncer.sync().map_err(|e| StoreError::Io(format!("fdatasync failed: {e}")))?;
+                }
+            }
+            Durability::Flush => {
+                self.db.flush()?;
+            }
+            Durability::None => {}
         }
         Ok(())
     }
@@ -552,16 +556,12 @@ impl Writer {
         Ok(Ok((Retired { dir: old_dir, handles: vec![old_db, old_cell_db] }, copied)))
     }
 
-    /// Makes sled durable and empties the log (at a close).
     fn flush_all(&mut self) -> Result<(), StoreError> {
         self.db.flush()?;
         if let Some(syncer) = self.syncer.as_mut() {
             syncer.sync().map_err(|e| StoreError::Io(format!("fdatasync failed: {e}")))?;
         }
-        match self.wal.take() {
-            Some(wal) => wal.close(),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 

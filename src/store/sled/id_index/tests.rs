@@ -17,9 +17,9 @@ type Written = HashMap<(Uuid, String), u64>;
 fn commit(index: &mut IdIndex, db: &sled::Db, seq: u64, ids: &Written) {
     let owners: IdOwners =
         ids.iter().map(|((id, stream), number)| (*id, (Arc::from(stream.as_str()), *number))).collect();
-    let mut batch = Batch::default();
+    let mut batch = sled::Batch::default();
     index.stage(db, seq, &owners, &mut batch).expect("stage");
-    db.apply_batch(batch.into_parts().0).expect("apply");
+    db.apply_batch(batch).expect("apply");
 }
 
 /// Commits 1..=`commits`, each of 0 to 6 ids (random and ordered ones)
@@ -56,9 +56,9 @@ fn assert_all_found(index: &IdIndex, db: &sled::Db, all: &Written) {
 fn settle(index: &mut IdIndex, db: &sled::Db) {
     let mut steps = 0;
     while index.has_upkeep() {
-        let mut batch = Batch::default();
+        let mut batch = sled::Batch::default();
         index.upkeep(db, &mut batch).expect("upkeep");
-        db.apply_batch(batch.into_parts().0).expect("apply");
+        db.apply_batch(batch).expect("apply");
         steps += 1;
         assert!(steps < 10_000, "upkeep never ends");
     }

@@ -89,7 +89,7 @@ impl Staging<'_> {
 
 /// A copy of what a batch had staged (see [`Staging::savepoint`]).
 struct Savepoint {
-    batch: super::Batch,
+    batch: sled::Batch,
     writes: usize,
     states: std::collections::HashMap<String, crate::store::StreamState>,
     removed: std::collections::HashSet<String>,

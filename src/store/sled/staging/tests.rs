@@ -45,7 +45,7 @@ fn commit(db: &sled::Db, ids: &mut IdIndex, requests: &[Append]) -> Vec<Result<A
     let results = requests.iter().map(|request| staging.append(request)).collect();
     let mut finished = staging.finish();
     ids.stage(db, commit_seq, &finished.ids, &mut finished.batch).expect("ids stage");
-    db.apply_batch(finished.batch.into_parts().0).expect("batch applies");
+    db.apply_batch(finished.batch).expect("batch applies");
     results
 }
 

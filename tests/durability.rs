@@ -38,7 +38,7 @@ async fn every_acknowledged_event_survives_kill_9() {
 /// server that recovered the round before, so recovering a store that was
 /// itself just recovered is covered too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_append_killed_right_after_its_201_is_replayed() {
+async fn an_append_killed_right_after_its_201_is_there_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let client = reqwest::Client::new();

@@ -34,9 +34,11 @@ async fn every_acknowledged_event_survives_kill_9() {
 }
 
 /// A lone append killed right after its `201`, with no later commit to
-/// carry it to disk: the restart finds it. Five rounds, each killing the
-/// server that recovered the round before, so recovering a store that was
-/// itself just recovered is covered too.
+/// carry it to disk: the restart finds it. (With `--durability none`,
+/// which answers before sled has written the commit, it is lost, and this
+/// test fails at once.) Five rounds, each killing the server that
+/// recovered the round before, so recovering a store that was itself just
+/// recovered is covered too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_killed_right_after_its_201_is_there_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();

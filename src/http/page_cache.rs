@@ -167,6 +167,7 @@ impl PageCache {
         first_visible: u64,
         last: Option<u64>,
     ) -> Option<Bytes> {
+        // No key is built when nothing is kept.
         self.pages.as_ref()?;
         self.look_up(&key.under(settings, first_visible, last)?)
     }

@@ -130,7 +130,7 @@ def summary(result):
         fsyncs = f"{fmt(probe.get('per_second'))} fdatasyncs/s ({fmt(row['events_per_fsync'], 1)} events per fsync)"
         if clients == 1 and batch == 1:
             reference = f"one fdatasync: p50 {ms(probe, 'p50_us')} ms"
-            unsynced = lone_unsynced(result)
+            unsynced = lone_load(result, "none")
             if unsynced:
                 reference += f"; the same append with durability none, nothing synced: p50 {ms(unsynced, 'p50_us')} ms"
             rows.append(["lone client, durable append", f"p50 {ms(load, 'p50_us')} ms", reference, target_cell(row)])
@@ -144,11 +144,13 @@ def summary(result):
     return rows
 
 
-def lone_unsynced(result):
-    """The lone client's load with durability none: what a lone append costs
-    the server with no sync at all, the floor under the fsync row."""
+def lone_load(result, durability):
+    """The lone client's load (one event per request, ordered ids) in
+    `durability`; with none, what a lone append costs the server with no
+    sync at all, the floor under the fsync row."""
     for row in result.get("rows", []):
-        if row["durability"] == "none" and row["clients"] == 1 and row["events_per_request"] == 1:
+        if (row["durability"] == durability and row["ids"] == "ordered" and row["clients"] == 1
+                and row["events_per_request"] == 1):
             return row["load"]
     return None
 
@@ -171,9 +173,7 @@ def render(result, settings):
                       f"the same range again): **{fmt(pages['first_mib_s'])} MiB/s** the first time "
                       f"({fmt(pages['first_us_per_kib'], 2)} µs of kernel time per KiB), "
                       f"{fmt(pages['again_mib_s'])} MiB/s again." if pages else "") + "\n")
-    unsynced = lone_unsynced(result)
-    lone = next((row["load"] for row in result["rows"] if row["durability"] == "fsync" and row["ids"] == "ordered"
-                 and row["clients"] == 1 and row["events_per_request"] == 1), None)
+    unsynced, lone = lone_load(result, "none"), lone_load(result, "fsync")
     if probe and unsynced and lone:
         floor = unsynced["p50_us"] + probe["p50_us"]
         out.append(f"**The lone append's floor**: the same lone append with durability `none` (nothing synced) "

@@ -317,3 +317,53 @@ async fn two_stores_on_one_database_wake_each_other_even_after_a_lost_connection
     one.close().await.unwrap();
     two.close().await.unwrap();
 }
+
+/// The writer's lookups stay probes of a primary key however the tables
+/// grow: its statements are planned once, on a new database's empty
+/// tables, and a plan that scans a whole table (a hash join over
+/// `event_ids`, as a join once got) would be kept while the table grows.
+/// Counted by PostgreSQL's own statistics of `event_ids`: no row read by
+/// a sequential scan (the migration's index build scans the empty table),
+/// no more index entries read than ids looked up (a probe for a new id
+/// reads none, a full scan of the index reads every entry each batch), and
+/// an index scan for every batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writers_id_lookups_never_scan_the_whole_table() {
+    let Some(cluster) = common::postgres::cluster() else { return };
+    let url = cluster.create_database();
+    let store = store::open(&store_config(&url)).await.unwrap();
+    // Enough batches for the generic plan to be made and reused, some of
+    // them of many appends at once, on tables that start empty.
+    for round in 0..20 {
+        let appends = (0..10).map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { append_one(&store, &format!("grow-{round}-{n}")).await })
+        });
+        for append in appends {
+            append.await.unwrap();
+        }
+    }
+    let name = url.rsplit('/').next().unwrap();
+    let stats = "SELECT seq_tup_read || ' ' || coalesce(idx_scan, 0) || ' ' || coalesce(idx_tup_fetch, 0) \
+                 || ' ' || n_tup_ins FROM pg_stat_user_tables WHERE relname = 'event_ids'";
+    // A backend reports its statistics at the end of a transaction at most
+    // once a second: appends go on until the 200 are counted.
+    let mut counted = String::new();
+    for _ in 0..60 {
+        append_one(&store, "tick").await;
+        counted = cluster.psql(name, stats).unwrap();
+        let figures: Vec<u64> = counted.split(' ').map(|figure| figure.parse().unwrap()).collect();
+        let [scanned, index_scans, index_read, rows] = figures[..] else { panic!("{counted}") };
+        if rows >= 200 {
+            let what =
+                format!("rows read by sequential scans, index scans, rows read by them, rows: {counted}");
+            assert_eq!(scanned, 0, "{what}");
+            assert!(index_scans >= 20, "{what}");
+            assert!(index_read <= rows, "{what}");
+            store.close().await.unwrap();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("PostgreSQL never counted the appends: {counted}");
+}

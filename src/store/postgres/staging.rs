@@ -23,9 +23,15 @@ pub(super) fn states_query() -> String {
 }
 
 /// The numbers a batch's ids already have in their streams (`$1` the
-/// streams, `$2` the ids, pairwise).
-pub(super) const IDS_QUERY: &str = "SELECT stream, id, number FROM event_ids \
-     WHERE (stream, id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))";
+/// streams, `$2` the ids, pairwise): one probe of the primary key per id.
+/// Written as a lateral subquery so that its plan cannot be anything else
+/// (the writer's session runs generic plans with sequential scans
+/// disabled, see [`super::writer::Writer::new`]): a join would let the
+/// planner choose a hash join over a full scan of `event_ids`, costed when
+/// the table was small and kept while it grows.
+pub(super) const IDS_QUERY: &str = "SELECT k.stream, k.id, i.number \
+     FROM unnest($1::text[], $2::uuid[]) AS k(stream, id) \
+     CROSS JOIN LATERAL (SELECT number FROM event_ids WHERE stream = k.stream AND id = k.id) i";
 
 /// What a batch looks up under the head lock ([`Staging::lookups`]).
 pub(super) struct Lookups {

@@ -66,17 +66,22 @@ impl Writer {
     /// A writer connecting with `config`, named [`WRITER_NAME`], its
     /// session's `synchronous_commit` set by `durability`: `on` for `fsync`
     /// and `flush` (nothing cheaper survives a crash of the database's
-    /// process), `off` for `none`; and its `plan_cache_mode` set to
-    /// `force_custom_plan`. Set once per connection rather than per
+    /// process), `off` for `none`; with generic plans and sequential
+    /// scans disabled (below). Set once per connection rather than per
     /// transaction, which would cost each batch a round trip.
     ///
-    /// Custom plans: the writer's statements are prepared once, but
-    /// planned for their parameters on every batch. A generic plan is
-    /// chosen once, from the tables' statistics of that moment: prepared
-    /// on a new, empty database, the id lookup got a hash join over a
-    /// sequential scan of `event_ids`, which then grew with the table
-    /// until an autovacuum's analyze (a benchmark run found it at 4.7 ms
-    /// per batch and growing).
+    /// Plans: every statement of the writer is prepared once and planned
+    /// once (`plan_cache_mode=force_generic_plan`). Planning each batch's
+    /// statements for their parameters took 16 % of the writer's backend
+    /// at 64 clients (perf); none of them has a better plan for other
+    /// parameters. A generic plan is costed from the tables' statistics of
+    /// its moment, and a new database's are those of empty tables: once,
+    /// the id lookup got a hash join over a sequential scan of
+    /// `event_ids`, kept while the table grew until an autovacuum's analyze
+    /// (4.7 ms per batch and growing). So the session disables sequential
+    /// scans (`enable_seqscan=off`: costed out, never chosen where an index
+    /// serves) and each lookup is written as probes of a primary key
+    /// ([`super::staging::IDS_QUERY`]): the plan is right at any size.
     pub(super) fn new(
         config: &tokio_postgres::Config,
         projections: Projections,
@@ -89,8 +94,9 @@ impl Writer {
             Durability::Fsync | Durability::Flush => "on",
             Durability::None => "off",
         };
-        let setting =
-            format!("-c synchronous_commit={synchronous_commit} -c plan_cache_mode=force_custom_plan");
+        let setting = format!(
+            "-c synchronous_commit={synchronous_commit} -c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
+        );
         let options = match config.get_options() {
             Some(given) => format!("{given} {setting}"),
             None => setting,

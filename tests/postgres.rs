@@ -367,3 +367,91 @@ async fn the_writers_id_lookups_never_scan_the_whole_table() {
     }
     panic!("PostgreSQL never counted the appends: {counted}");
 }
+
+/// Stream names compare byte for byte whatever the database's collation:
+/// on a database created in a linguistic one (`C.UTF-8`, always there on
+/// Debian), every stream-name column is `"C"` (its indexes then compare
+/// with `memcmp`, not the C library's collation rules). A store at schema
+/// version 2, with names in the database's collation and their own index
+/// for the listing, is migrated with its data: pages, ids already spent
+/// and the listing by prefix are as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_names_compare_byte_for_byte_also_after_migrating_a_version_2_store() {
+    let Some(cluster) = common::postgres::cluster() else { return };
+    let url = cluster.create_database();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let linguistic = format!("{name}_c_utf8");
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "CREATE DATABASE {linguistic} TEMPLATE template0 LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8'"
+            ),
+        )
+        .unwrap();
+    let collations = "SELECT string_agg(table_name || '.' || column_name || ' ' || coalesce(collation_name, \
+                      'default'), ', ' ORDER BY table_name, column_name) FROM information_schema.columns \
+                      WHERE table_schema = 'public' AND (column_name IN ('stream', 'link_stream') \
+                      OR (table_name = 'streams' AND column_name = 'name'))";
+    let byte_order = "event_ids.stream C, events.stream C, stream_entries.link_stream C, \
+                      stream_entries.stream C, streams.name C";
+    for database in [&name, &linguistic] {
+        let store = store::open(&store_config(&cluster.url(database))).await.unwrap();
+        for stream in ["Order-b", "Order-a", "Order-B", "Other"] {
+            append_one(&store, stream).await;
+        }
+        assert_eq!(cluster.psql(database, collations).unwrap(), byte_order, "{database}");
+        let listed: Vec<String> =
+            store.list_streams("Order-", None, 10).await.unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(listed, ["Order-B", "Order-a", "Order-b"], "{database}");
+        store.close().await.unwrap();
+    }
+
+    // Back to version 2 as it was: names in the database's collation and
+    // the listing's own index.
+    let version_2 = "ALTER TABLE streams ALTER COLUMN name TYPE text COLLATE pg_catalog.default; \
+                     ALTER TABLE events ALTER COLUMN stream TYPE text COLLATE pg_catalog.default; \
+                     ALTER TABLE stream_entries ALTER COLUMN stream TYPE text COLLATE pg_catalog.default, \
+                     ALTER COLUMN link_stream TYPE text COLLATE pg_catalog.default; \
+                     ALTER TABLE event_ids ALTER COLUMN stream TYPE text COLLATE pg_catalog.default; \
+                     CREATE INDEX streams_by_name_bytes ON streams (name COLLATE \"C\"); \
+                     UPDATE schema_version SET version = 2";
+    cluster.psql(&linguistic, version_2).unwrap();
+    assert!(cluster.psql(&linguistic, collations).unwrap().contains("streams.name default"));
+    let store = store::open(&store_config(&cluster.url(&linguistic))).await.unwrap();
+    assert_eq!(cluster.psql(&linguistic, collations).unwrap(), byte_order);
+    assert_eq!(cluster.psql(&linguistic, "SELECT version FROM schema_version").unwrap(), "3");
+    let read = StreamRead {
+        stream: "Order-a".into(),
+        from: Some(0),
+        direction: Direction::Forward,
+        count: 20,
+        resolve_links: false,
+    };
+    let events = store.read_stream(read).await.unwrap().events;
+    assert_eq!(events.len(), 1);
+    // The id of that event is spent in its stream: appended again, it is
+    // answered as the append it was.
+    let again = store
+        .append(Append {
+            stream: "Order-a".into(),
+            expected: ExpectedVersion::Any,
+            events: vec![ProposedEvent {
+                id: events[0].event.id,
+                event_type: "Ticked".into(),
+                is_json: true,
+                data: Bytes::from_static(b"{}"),
+                metadata_is_json: false,
+                metadata: Bytes::new(),
+            }],
+            access: None,
+        })
+        .await
+        .unwrap();
+    assert!(again.idempotent && again.first_number == 0, "{again:?}");
+    let listed: Vec<String> =
+        store.list_streams("Order-", None, 10).await.unwrap().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(listed, ["Order-B", "Order-a", "Order-b"]);
+    append_one(&store, "Order-0").await;
+    store.close().await.unwrap();
+}

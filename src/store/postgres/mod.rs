@@ -454,14 +454,14 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<(String, StreamState)>, StoreError> {
         let client = self.reader().await?;
-        // Byte order, on the index made for it: one range scan from the
-        // prefix to the first name after every name that has it.
+        // Byte order (names compare byte for byte: migration 0003), on the
+        // primary key: one range scan from the prefix to the first name
+        // after every name that has it.
         let end = prefix_end(prefix);
         let query = format!(
             "SELECT {STATE_COLUMNS} FROM streams \
-             WHERE name COLLATE \"C\" >= $1 AND name COLLATE \"C\" > $2 \
-             AND ($3::text IS NULL OR name COLLATE \"C\" < $3) \
-             ORDER BY name COLLATE \"C\" LIMIT $4"
+             WHERE name >= $1 AND name > $2 AND ($3::text IS NULL OR name < $3) \
+             ORDER BY name LIMIT $4"
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let started = Instant::now();

@@ -15,8 +15,11 @@ use crate::store::projections::Projections;
 
 /// The migrations, in order: the schema version after applying the `n`th
 /// (1-based) is `n`.
-const MIGRATIONS: [&str; 2] =
-    [include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_leases.sql")];
+const MIGRATIONS: [&str; 3] = [
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_leases.sql"),
+    include_str!("migrations/0003_byte_order_names.sql"),
+];
 
 /// The schema version this binary writes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -128,8 +128,9 @@ mod tests {
     fn every_migration_is_numbered_in_order() {
         // The version is the number of migrations applied, and each file
         // is named for its place: `0001_…`, `0002_…`.
-        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(SCHEMA_VERSION, 3);
         assert!(MIGRATIONS[0].contains("CREATE TABLE log_head"));
         assert!(MIGRATIONS[1].contains("CREATE TABLE leases"), "{}", MIGRATIONS[1]);
+        assert!(MIGRATIONS[2].contains("DROP INDEX streams_by_name_bytes"), "{}", MIGRATIONS[2]);
     }
 }

@@ -28,7 +28,7 @@ results and below), one database `bench` in it, and:
   synchronous_commit is on): durable single-event appends from 64 wrk
   connections (the same events+json bodies as the appends section, to
   100 streams), alternating with the baseline in rounds (baseline first,
-  then eventfeed first, ...); then 20-event batches from 16 connections;
+  then eventfeed first, ...); then 20-event batches from 16 connections, in as many rounds;
   then uncached 20-entry Atom pages picked at random from 1,000 streams
   × 100 events written to the same database beforehand, 16 connections,
   after a warm-up (no HTTP cache; the server's rendered-page cache on,
@@ -185,12 +185,14 @@ def measure_postgres(ctx, result):
                     runs[kind].append(pgbench(ctx, cluster, clients, settings.duration))
                 else:
                     runs[kind].append(append_run(ctx, server, clients, 1, "eventfeed on PostgreSQL", database=cluster))
-        batches = append_run(ctx, server, settings.batch_clients, settings.batch_size, "eventfeed on PostgreSQL",
-                             database=cluster)
+        # In rounds too: one run of a few seconds can fall on a pause of
+        # the database's own (an autovacuum of the tables the appends grew).
+        batches = [append_run(ctx, server, settings.batch_clients, settings.batch_size, "eventfeed on PostgreSQL",
+                              database=cluster) for _ in range(settings.postgres_rounds)]
         result["append_statements"] = top_statements(cluster)
         result["baseline"] = dict(combined(runs["baseline"]), runs=runs["baseline"])
         result["appends"] = dict(combined(runs["eventfeed"]), runs=runs["eventfeed"])
-        result["batches"] = batches
+        result["batches"] = dict(combined(batches), runs=batches)
 
         log(f"filling PostgreSQL: {settings.read_streams} streams x {EVENTS_PER_READ_STREAM} events")
         fill_streams(server.port, READ_STREAM_PREFIX, settings.read_streams, EVENTS_PER_READ_STREAM,

@@ -211,8 +211,13 @@ async fn a_restart_finds_everything_and_a_newer_schema_is_refused() {
 
 /// An append of one event to `stream`.
 async fn try_append(store: &Arc<dyn Store>, stream: &str) -> Result<AppendOutcome, StoreError> {
+    try_append_id(store, stream, Uuid::new_v4()).await
+}
+
+/// An append of one event with id `id` to `stream`.
+async fn try_append_id(store: &Arc<dyn Store>, stream: &str, id: Uuid) -> Result<AppendOutcome, StoreError> {
     let event = ProposedEvent {
-        id: Uuid::new_v4(),
+        id,
         event_type: "Ticked".into(),
         is_json: true,
         data: Bytes::from_static(b"{}"),
@@ -227,6 +232,11 @@ async fn try_append(store: &Arc<dyn Store>, stream: &str) -> Result<AppendOutcom
             access: None,
         })
         .await
+}
+
+/// The names of the streams whose names start with `prefix`, as listed.
+async fn listed(store: &Arc<dyn Store>, prefix: &str) -> Vec<String> {
+    store.list_streams(prefix, None, 10).await.unwrap().into_iter().map(|(name, _)| name).collect()
 }
 
 /// An append of one event to `stream` that succeeds; its position.
@@ -401,9 +411,7 @@ async fn stream_names_compare_byte_for_byte_also_after_migrating_a_version_2_sto
             append_one(&store, stream).await;
         }
         assert_eq!(cluster.psql(database, collations).unwrap(), byte_order, "{database}");
-        let listed: Vec<String> =
-            store.list_streams("Order-", None, 10).await.unwrap().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(listed, ["Order-B", "Order-a", "Order-b"], "{database}");
+        assert_eq!(listed(&store, "Order-").await, ["Order-B", "Order-a", "Order-b"], "{database}");
         store.close().await.unwrap();
     }
 
@@ -432,26 +440,9 @@ async fn stream_names_compare_byte_for_byte_also_after_migrating_a_version_2_sto
     assert_eq!(events.len(), 1);
     // The id of that event is spent in its stream: appended again, it is
     // answered as the append it was.
-    let again = store
-        .append(Append {
-            stream: "Order-a".into(),
-            expected: ExpectedVersion::Any,
-            events: vec![ProposedEvent {
-                id: events[0].event.id,
-                event_type: "Ticked".into(),
-                is_json: true,
-                data: Bytes::from_static(b"{}"),
-                metadata_is_json: false,
-                metadata: Bytes::new(),
-            }],
-            access: None,
-        })
-        .await
-        .unwrap();
+    let again = try_append_id(&store, "Order-a", events[0].event.id).await.unwrap();
     assert!(again.idempotent && again.first_number == 0, "{again:?}");
-    let listed: Vec<String> =
-        store.list_streams("Order-", None, 10).await.unwrap().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(listed, ["Order-B", "Order-a", "Order-b"]);
+    assert_eq!(listed(&store, "Order-").await, ["Order-B", "Order-a", "Order-b"]);
     append_one(&store, "Order-0").await;
     store.close().await.unwrap();
 }

@@ -5,7 +5,7 @@ pages from the same store with the rendered-page cache off
 (`--page-cache-mb 0`), the workload without the feature."""
 
 from .. import targets
-from ..common import EVENTS_PER_READ_STREAM, PAGES_PER_READ_STREAM, http_request
+from ..common import EVENTS_PER_READ_STREAM, PAGES_PER_READ_STREAM, ROOT, http_request
 from ..fmt import errors, fmt, ms, others, ratio, table, times, verdict
 
 TITLE = "Uncached page reads"
@@ -55,7 +55,28 @@ def measure(ctx, result):
                                server=nginx.process.pid)
     result["floor"] = {"bytes": len(ping), "eventfeed": floor, "nginx": floor_nginx,
                        "eventfeed_over_nginx": ratio(floor["rps"], floor_nginx["rps"])}
+    result["body_floor"] = body_floor(ctx, server, nginx)
     result["read_store_restart"] = ctx.read_store_restart
+
+
+def body_floor(ctx, server, nginx):
+    """The floor for a body of a page's size: the web UI's largest file,
+    embedded in the binary (no store read, no rendering, its headers and
+    ETag made once), against nginx sending the same bytes from a file. A
+    page cannot cost less than constant bytes of its size."""
+    largest = max((path for path in (ROOT / "static").iterdir() if path.is_file()), key=lambda p: p.stat().st_size)
+    status, _, body = http_request(server.port, "GET", f"/ui/{largest.name}", {"Accept": "*/*"})
+    if status != 200:
+        raise RuntimeError(f"GET /ui/{largest.name} answered {status}")
+    copy = nginx.dir / "www" / "floor" / largest.name
+    copy.write_bytes(body)
+    copy.chmod(0o644)
+    mine = ctx.list_run(server.port, [f"/ui/{largest.name}"], "*/*", label=f"eventfeed /ui/{largest.name}",
+                        server=server.process.pid)
+    reference = ctx.list_run(nginx.port, [f"/floor/{largest.name}"], "*/*", label="nginx the same bytes",
+                             server=nginx.process.pid)
+    return {"path": f"/ui/{largest.name}", "bytes": len(body), "eventfeed": mine, "nginx": reference,
+            "eventfeed_over_nginx": ratio(mine["rps"], reference["rps"])}
 
 
 def target_cell(row):
@@ -108,6 +129,17 @@ def render(result, settings):
                          f"{fmt(allowed_us - floor_us, 1)} µs above the floor ({fmt(floor_us, 1)} µs) to read 20 "
                          f"events, render them and send the larger body; eventfeed took {fmt(took_us, 1)} µs, "
                          f"{fmt(took_us - floor_us, 1)} µs above it.")
+        out += [" ".join(parts), ""]
+    body = result.get("body_floor")
+    if body:
+        parts = [f"**The floor for a page-sized body.** `GET {body['path']}` ({fmt(body['bytes'])} bytes: a web UI "
+                 f"file embedded in the binary, no store read, no rendering): {fmt(body['eventfeed']['rps'])} req/s "
+                 f"against nginx's {fmt(body['nginx']['rps'])} for the same bytes "
+                 f"({times(body.get('eventfeed_over_nginx'), 'nginx')}). No page can be served faster than constant "
+                 "bytes of its size;"]
+        parts.append(", ".join(f"{'Atom' if row['representation'] == 'atom' else 'JSON'} pages ran at "
+                               f"{times(ratio(row['eventfeed']['rps'], body['eventfeed']['rps']), 'this floor')}"
+                               for row in result["rows"]) + ".")
         out += [" ".join(parts), ""]
     restart = result.get("read_store_restart")
     if restart:

@@ -14,6 +14,9 @@
 //! - a commit whose connection is cut while PostgreSQL commits it is
 //!   answered `503` (its outcome unknown), and its retry with the same ids
 //!   is safe whether it stood or not;
+//! - a database that stops answering without closing its connections (a
+//!   partition, a frozen host) is a lost database within seconds, not at
+//!   the system's TCP timeouts, and comes back by itself;
 //! - persistent subscriptions and users live in the database: another
 //!   server process with an empty data directory finds them.
 //!
@@ -40,6 +43,8 @@ use common::{ATOM_JSON, ATOM_XML, BinaryServer, TestServer, anonymous_client, cl
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
 
 /// How long the server may take to notice that the database is back: the
 /// listener retries at most every 5 s.
@@ -392,4 +397,88 @@ async fn a_commit_cut_off_is_neither_acknowledged_nor_refused_and_its_retry_is_s
     let events = common::read_all_events(&server.client, &server.base, "cut").await;
     let numbers: Vec<u64> = events.iter().map(|event| event["eventNumber"].as_u64().unwrap()).collect();
     assert_eq!(numbers, [0, 1, 2], "each event once");
+}
+
+/// A relay between eventfeed and PostgreSQL that, while frozen, passes no
+/// byte either way and closes nothing: what reaches it waits, as on a
+/// network partition or a host that stopped. New connections are taken
+/// and wait the same way.
+struct Freezer {
+    port: u16,
+    frozen: watch::Sender<bool>,
+}
+
+impl Freezer {
+    async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (frozen, seen) = watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = TcpStream::connect(("127.0.0.1", target)).await.unwrap();
+                let ((client_read, client_write), (upstream_read, upstream_write)) =
+                    (client.into_split(), upstream.into_split());
+                tokio::spawn(pass(client_read, upstream_write, seen.clone()));
+                tokio::spawn(pass(upstream_read, client_write, seen.clone()));
+            }
+        });
+        Self { port, frozen }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+}
+
+/// Passes what `from` sends on to `to`, holding it while frozen.
+async fn pass(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut frozen: watch::Receiver<bool>) {
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let Ok(n @ 1..) = from.read(&mut buffer).await else { return };
+        if frozen.wait_for(|frozen| !frozen).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A database that goes silent with every connection open: an append and
+/// a read that need it answer `503` within seconds (the store's deadline
+/// is 10 s; the system's TCP timeouts would take minutes), the append
+/// saying nothing was written, and `/health/ready` says so; once the
+/// database answers again everything comes back by itself, and the
+/// append's retry with the same id is written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_is_lost_within_seconds_and_comes_back() {
+    let Some(cluster) = common::postgres::cluster() else { return };
+    let url = cluster.create_database();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let freezer = Freezer::start(cluster.port()).await;
+    let through_freezer = format!("postgres://postgres@127.0.0.1:{}/{name}", freezer.port);
+    let server = TestServer::start_with(|config| config.store = through_freezer).await;
+    server.append_n("silent", 1).await;
+    assert_eq!(ready(&server.base).await, 200);
+
+    freezer.freeze(true);
+    let body = json!([event("Silent", json!({}))]);
+    let started = Instant::now();
+    let (status, retry_after, text) = append(&server.base, "silent", &body).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "an append to a silent database: {text}");
+    assert!(retry_after.is_some(), "Retry-After");
+    assert!(text.contains("nothing was written"), "its COMMIT was never sent: {text}");
+    assert!(waited < Duration::from_secs(25), "answered after {waited:?}");
+    wait_for_ready(&server.base, 503, Duration::from_secs(5)).await;
+    let started = Instant::now();
+    let read =
+        client().get(server.url("/streams/never-written")).header("accept", ATOM_JSON).send().await.unwrap();
+    assert_eq!(read.status(), 503, "a read the database must answer");
+    assert!(started.elapsed() < Duration::from_secs(25), "answered after {:?}", started.elapsed());
+
+    freezer.freeze(false);
+    wait_for_ready(&server.base, 200, COMEBACK).await;
+    let (status, _, text) = append(&server.base, "silent", &body).await;
+    assert_eq!(status, 201, "the retry: {text}");
+    let events = common::read_all_events(&server.client, &server.base, "silent").await;
+    assert_eq!(events.len(), 2, "the first event and the retried one, once: {events:?}");
+    assert_eq!(cluster.psql(&name, "SELECT count(*) FROM event_ids WHERE stream = 'silent'").unwrap(), "2");
 }

@@ -25,6 +25,7 @@
 //!
 //! Only this module knows SQL.
 
+mod connection;
 mod errors;
 mod lease;
 mod listen;
@@ -41,7 +42,6 @@ mod writer;
 pub(crate) use errors::db_error;
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -67,31 +67,8 @@ const READ_CONNECTIONS: usize = 16;
 /// send, which slows them down rather than queueing without bound.
 const WRITER_QUEUE: usize = 16 * 1024;
 
-/// How long a connection may take to open, unless the connection string
-/// says (`connect_timeout`): an unreachable database fails a start, an
-/// append or a read in this time instead of the system's TCP timeout.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The channel every commit notifies, with its head and streams.
 const CHANNEL: &str = "eventfeed_commits";
-
-/// Where a connection string points, without its password, for logs.
-pub fn describe(url: &str) -> String {
-    match tokio_postgres::Config::from_str(url) {
-        Ok(config) => {
-            let hosts: Vec<String> = config
-                .get_hosts()
-                .iter()
-                .map(|host| match host {
-                    tokio_postgres::config::Host::Tcp(name) => name.clone(),
-                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-                })
-                .collect();
-            format!("postgres {} database {}", hosts.join(","), config.get_dbname().unwrap_or("(default)"))
-        }
-        Err(_) => "postgres (an unreadable connection string)".to_owned(),
-    }
-}
 
 /// The commands the writer takes.
 #[derive(Debug)]
@@ -142,7 +119,9 @@ struct Publisher {
 }
 
 /// Why the database is known to be away now, if it is: set when the
-/// writer or the listener loses it, cleared when either reaches it again
+/// writer, the listener or a read loses it (a read that gets no answer in
+/// time, see `connection`), cleared when the writer or the listener
+/// reaches it again
 /// (the listener tries every few seconds, so it clears without appends).
 /// `/health/ready` answers `503` meanwhile.
 #[derive(Debug, Default)]
@@ -214,35 +193,20 @@ impl fmt::Debug for PgStore {
     }
 }
 
-/// Connects one client and drives its connection in the background.
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "a PostgreSQL connection ended");
-        }
-    });
-    Ok(client)
-}
-
 impl PgStore {
     /// Connects, migrates the schema, checks the projections, reads the
     /// head and starts the writer and the listener. A bad connection
     /// string, an unreachable database or a newer schema fail here.
     pub async fn open(options: PostgresOptions) -> Result<Self, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(&options.url)
-            .map_err(|error| StoreError::Invalid(format!("not a PostgreSQL connection string: {error}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        let mut client = connect(&config).await.map_err(|error| {
-            StoreError::Io(format!("cannot connect to {}: {error}", describe(&options.url)))
+        let config = connection::config(&options.url)?;
+        let mut client = connection::connect(&config).await.map_err(|error| {
+            StoreError::Io(format!("cannot connect to {}: {error}", connection::describe(&options.url)))
         })?;
         schema::migrate(&mut client).await?;
         schema::check_projections(&client, options.projections).await?;
         let latest_scavenge = scavenge::newest(&client).await?;
         let head = read_head(&client).await?;
-        tracing::info!(database = %describe(&options.url), next_position = head.next_position, "PostgreSQL store open");
+        tracing::info!(database = %connection::describe(&options.url), next_position = head.next_position, "PostgreSQL store open");
         let publisher = Arc::new(Publisher {
             notifier: Notifier::new(head),
             published: Mutex::new(head.commit_seq),
@@ -255,8 +219,13 @@ impl PgStore {
             NoTls,
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
+        // A request waits for a free connection no longer than for an
+        // answer: with every connection held by a silent database it
+        // answers 503, as the statements holding them will.
         let pool = Pool::builder(manager)
             .max_size(READ_CONNECTIONS)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(connection::ANSWER_DEADLINE))
             .build()
             .map_err(|error| StoreError::Io(format!("PostgreSQL pool: {error}")))?;
         let (shutdown, shutdown_seen) = watch::channel(false);
@@ -305,8 +274,20 @@ impl PgStore {
     async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|error| match error {
             deadpool_postgres::PoolError::Backend(error) => db_error(error),
+            deadpool_postgres::PoolError::Timeout(_) => connection::no_answer(connection::ANSWER_DEADLINE),
             other => StoreError::Io(format!("PostgreSQL pool: {other}")),
         })
+    }
+
+    /// `work` within its deadline (see [`connection::within`]); a database
+    /// that misses it is lost until it answers again.
+    async fn within<T>(&self, work: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let lost = self.publisher.outage.reason().is_some();
+        let result = connection::within(work, lost).await;
+        if let Err(StoreError::Unreachable(why)) = &result {
+            self.publisher.outage.lost(why);
+        }
+        result
     }
 
     /// Tells the notifier's observer (`/metrics`) how long `query` took
@@ -387,19 +368,25 @@ impl Store for PgStore {
     }
 
     async fn read_stream(&self, read: StreamRead) -> Result<StreamSlice, StoreError> {
-        let mut client = self.reader().await?;
-        let started = Instant::now();
-        let slice = page::stream(&mut client, &read).await;
-        self.timed(DatabaseQuery::ReadStream, started);
-        slice
+        self.within(async {
+            let mut client = self.reader().await?;
+            let started = Instant::now();
+            let slice = page::stream(&mut client, &read).await;
+            self.timed(DatabaseQuery::ReadStream, started);
+            slice
+        })
+        .await
     }
 
     async fn read_all(&self, read: AllRead) -> Result<AllSlice, StoreError> {
-        let mut client = self.reader().await?;
-        let started = Instant::now();
-        let slice = read::read_all(&mut client, read).await;
-        self.timed(DatabaseQuery::ReadAll, started);
-        slice
+        self.within(async {
+            let mut client = self.reader().await?;
+            let started = Instant::now();
+            let slice = read::read_all(&mut client, read).await;
+            self.timed(DatabaseQuery::ReadAll, started);
+            slice
+        })
+        .await
     }
 
     async fn read_event(
@@ -408,11 +395,14 @@ impl Store for PgStore {
         number: u64,
         resolve_links: bool,
     ) -> Result<(StreamView, Option<ReadEvent>), StoreError> {
-        let mut client = self.reader().await?;
-        let started = Instant::now();
-        let event = page::event(&mut client, stream, number, resolve_links).await;
-        self.timed(DatabaseQuery::ReadEvent, started);
-        event
+        self.within(async {
+            let mut client = self.reader().await?;
+            let started = Instant::now();
+            let event = page::event(&mut client, stream, number, resolve_links).await;
+            self.timed(DatabaseQuery::ReadEvent, started);
+            event
+        })
+        .await
     }
 
     async fn delete(&self, stream: &str, expected: ExpectedVersion, hard: bool) -> Result<(), StoreError> {
@@ -422,16 +412,19 @@ impl Store for PgStore {
     }
 
     async fn stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
-        let client = self.reader().await?;
-        let started = Instant::now();
-        let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = $1");
-        // Prepared once per connection: every append's access check asks.
-        let row = match client.prepare_cached(&query).await {
-            Ok(statement) => client.query_opt(&statement, &[&stream]).await.map_err(db_error),
-            Err(error) => Err(db_error(error)),
-        };
-        self.timed(DatabaseQuery::StreamState, started);
-        Ok(row?.as_ref().map(|row| state_from_row(row, 0)))
+        self.within(async {
+            let client = self.reader().await?;
+            let started = Instant::now();
+            let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = $1");
+            // Prepared once per connection: every append's access check asks.
+            let row = match client.prepare_cached(&query).await {
+                Ok(statement) => client.query_opt(&statement, &[&stream]).await.map_err(db_error),
+                Err(error) => Err(db_error(error)),
+            };
+            self.timed(DatabaseQuery::StreamState, started);
+            Ok(row?.as_ref().map(|row| state_from_row(row, 0)))
+        })
+        .await
     }
 
     async fn recent_stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
@@ -453,7 +446,6 @@ impl Store for PgStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, StreamState)>, StoreError> {
-        let client = self.reader().await?;
         // Byte order (names compare byte for byte: migration 0003), on the
         // primary key: one range scan from the prefix to the first name
         // after every name that has it.
@@ -464,11 +456,15 @@ impl Store for PgStore {
              ORDER BY name LIMIT $4"
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let started = Instant::now();
-        let rows =
-            client.query(&query, &[&prefix, &after.unwrap_or(""), &end, &limit]).await.map_err(db_error);
-        self.timed(DatabaseQuery::ListStreams, started);
-        Ok(rows?.iter().map(|row| (row.get::<_, String>(0), state_from_row(row, 0))).collect())
+        self.within(async {
+            let client = self.reader().await?;
+            let started = Instant::now();
+            let rows =
+                client.query(&query, &[&prefix, &after.unwrap_or(""), &end, &limit]).await.map_err(db_error);
+            self.timed(DatabaseQuery::ListStreams, started);
+            Ok(rows?.iter().map(|row| (row.get::<_, String>(0), state_from_row(row, 0))).collect())
+        })
+        .await
     }
 
     async fn start_scavenge(&self) -> Result<ScavengeStarted, StoreError> {
@@ -487,11 +483,11 @@ impl Store for PgStore {
     }
 
     async fn lease(&self, name: &str, claim: &LeaseClaim) -> Result<Lease, StoreError> {
-        lease::claim(&**self.reader().await?, name, claim).await
+        self.within(async { lease::claim(&**self.reader().await?, name, claim).await }).await
     }
 
     async fn release_lease(&self, name: &str, holder: Uuid) -> Result<(), StoreError> {
-        lease::release(&**self.reader().await?, name, holder).await
+        self.within(async { lease::release(&**self.reader().await?, name, holder).await }).await
     }
 
     fn backend_name(&self) -> &'static str {

@@ -21,14 +21,16 @@
 //! next batch reconnects if the connection was lost.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
+use super::connection::{self, connect};
 use super::prepared::Prepared;
 use super::staging::{self, Request, Staging};
-use super::{CHANNEL, Command, Publisher, connect, db_error, signed, unsigned};
+use super::{CHANNEL, Command, Publisher, db_error, signed, unsigned};
 use crate::store::projections::Projections;
 use crate::store::{AppendOutcome, CommitFigures, DatabaseQuery, Durability, Head, StoreError};
 
@@ -53,6 +55,15 @@ pub(super) struct Writer {
     publisher: Arc<Publisher>,
 }
 
+/// How long PostgreSQL lets the writer's session sit idle inside a
+/// transaction before ending it. The writer never does (its statements are
+/// sent back to back); a session left so is one whose batch was abandoned
+/// on a connection cut off without PostgreSQL noticing (a network
+/// partition): it holds the head's lock, and every later batch would wait
+/// for it until the server's TCP keepalives found the connection dead,
+/// two hours by default.
+const IDLE_IN_TRANSACTION_MS: u64 = 30_000;
+
 /// The `application_name` of the writer's connection.
 pub const WRITER_NAME: &str = "eventfeed-writer";
 
@@ -67,8 +78,9 @@ impl Writer {
     /// session's `synchronous_commit` set by `durability`: `on` for `fsync`
     /// and `flush` (nothing cheaper survives a crash of the database's
     /// process), `off` for `none`; with generic plans and sequential
-    /// scans disabled (below). Set once per connection rather than per
-    /// transaction, which would cost each batch a round trip.
+    /// scans disabled (below), and [`IDLE_IN_TRANSACTION_MS`]. Set once
+    /// per connection rather than per transaction, which would cost each
+    /// batch a round trip.
     ///
     /// Plans: every statement of the writer is prepared once and planned
     /// once (`plan_cache_mode=force_generic_plan`). Planning each batch's
@@ -95,7 +107,8 @@ impl Writer {
             Durability::None => "off",
         };
         let setting = format!(
-            "-c synchronous_commit={synchronous_commit} -c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
+            "-c synchronous_commit={synchronous_commit} -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
+             -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
         );
         let options = match config.get_options() {
             Some(given) => format!("{given} {setting}"),
@@ -204,7 +217,19 @@ impl Writer {
         }
         let Some(client) = self.client.as_mut() else { return Err(StoreError::Unavailable) };
         let started = Instant::now();
-        let result = run_transaction(client, &self.prepared, requests, self.projections).await;
+        // A database that does not answer (see `connection`): the batch is
+        // abandoned with its connection, whose transaction PostgreSQL then
+        // rolls back, unless its COMMIT was already on its way.
+        let commit_sent = AtomicBool::new(false);
+        let work = run_transaction(client, &self.prepared, requests, self.projections, &commit_sent);
+        let result = match tokio::time::timeout(connection::ANSWER_DEADLINE, work).await {
+            Ok(result) => result,
+            Err(_) if commit_sent.load(Ordering::Acquire) => Err(StoreError::OutcomeUnknown(format!(
+                "the database did not answer the commit within {} s",
+                connection::ANSWER_DEADLINE.as_secs()
+            ))),
+            Err(_) => Err(connection::no_answer(connection::ANSWER_DEADLINE)),
+        };
         self.publisher.notifier.query_observed(DatabaseQuery::WriteTransaction, started.elapsed());
         match &result {
             Err(error @ (StoreError::Unreachable(_) | StoreError::OutcomeUnknown(_))) => {
@@ -265,8 +290,9 @@ async fn run_transaction(
     prepared: &Prepared,
     requests: &[Request],
     projections: Projections,
+    commit_sent: &AtomicBool,
 ) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
-    let result = transaction(client, prepared, requests, projections).await;
+    let result = transaction(client, prepared, requests, projections, commit_sent).await;
     if result.is_err() && !client.is_closed() {
         let _ = client.batch_execute("ROLLBACK").await;
     }
@@ -283,6 +309,7 @@ async fn transaction(
     prepared: &Prepared,
     requests: &[Request],
     projections: Projections,
+    commit_sent: &AtomicBool,
 ) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
     // IMPORTANT: every statement of the first flight is prepared before it
     // is sent: one prepared meanwhile would reach the session after the
@@ -341,6 +368,7 @@ async fn transaction(
     // Polled together, the statements are pipelined: sent without waiting
     // for each other's answers. All are answered before the `COMMIT`.
     tokio::try_join!(staging.write(client, prepared), move_head, notify)?;
+    commit_sent.store(true, Ordering::Release);
     client.batch_execute("COMMIT").await.map_err(|error| match db_error(error) {
         // IMPORTANT: the connection was lost after COMMIT was sent, so
         // whether the batch stands is unknown: never answered as written,

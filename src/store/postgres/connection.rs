@@ -1,0 +1,171 @@
+//! How the store connects to PostgreSQL, and how long it waits for it.
+//!
+//! A database that stops answering without closing its connections: a
+//! network partition, a host or a disk that hangs, a frozen process. A
+//! closed connection fails at once; a silent one would hold an append or a
+//! read for as long as the system's TCP timeouts (retransmissions give up
+//! after about 15 minutes on Linux) and every request behind it too.
+//!
+//! Two guards:
+//!
+//! - **The sockets** ([`harden`]): unless the connection string says
+//!   otherwise, TCP keepalives probe an idle connection after 10 s and
+//!   every 5 s, giving up after 3 unanswered; and `TCP_USER_TIMEOUT`
+//!   drops a connection whose sent data is unacknowledged for 20 s. A
+//!   host gone or cut off then fails the connection, which the store
+//!   already treats as a lost database.
+//! - **The requests** ([`within`]): a database host that still acknowledges
+//!   at the TCP level but does not answer (a frozen process, a disk that
+//!   hangs under it) is caught by a deadline on each interactive statement:
+//!   [`ANSWER_DEADLINE`] ([`LOST_DEADLINE`] for reads while the database
+//!   is known lost). A read past it answers `503`; a write batch past
+//!   it too, its connection dropped, as "nothing was written" when its
+//!   `COMMIT` had not been sent and as "whether it stands is unknown" when
+//!   it had (see `writer`). Bulk work (an import, a scavenge) is not bound
+//!   by it: its steps may rightly take longer.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::store::StoreError;
+
+/// How long a connection may take to open, unless the connection string
+/// says (`connect_timeout`): an unreachable database fails a start, an
+/// append or a read in this time instead of the system's TCP timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection settings of `url`, with the guards it leaves unset:
+/// [`CONNECT_TIMEOUT`] and [`harden`]'s.
+pub fn config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|error| StoreError::Invalid(format!("not a PostgreSQL connection string: {error}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    harden(&mut config);
+    Ok(config)
+}
+
+/// Connects one client and drives its connection in the background.
+pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "a PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Where a connection string points, without its password, for logs.
+pub fn describe(url: &str) -> String {
+    match tokio_postgres::Config::from_str(url) {
+        Ok(config) => {
+            let hosts: Vec<String> = config
+                .get_hosts()
+                .iter()
+                .map(|host| match host {
+                    tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .collect();
+            format!("postgres {} database {}", hosts.join(","), config.get_dbname().unwrap_or("(default)"))
+        }
+        Err(_) => "postgres (an unreadable connection string)".to_owned(),
+    }
+}
+
+/// The longest an interactive statement (a page, a state, a write batch)
+/// waits for the database's answer. Far above what a healthy database
+/// takes even for the largest batch (32 MiB), far below the system's
+/// TCP timeouts.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Keepalive probes and the unacknowledged-data timeout, for connection
+/// strings that do not set their own (`keepalives_idle`,
+/// `keepalives_interval`, `keepalives_retries`, `tcp_user_timeout`).
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVES_RETRIES: u32 = 3;
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// tokio-postgres's `keepalives_idle` when the string does not set it.
+const LIBRARY_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// Sets the socket guards the connection string leaves unset.
+pub fn harden(config: &mut tokio_postgres::Config) {
+    if config.get_keepalives_idle() == LIBRARY_KEEPALIVES_IDLE {
+        config.keepalives_idle(KEEPALIVES_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(KEEPALIVES_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(KEEPALIVES_RETRIES);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+}
+
+/// The deadline of a read while the database is known to be lost: a
+/// request that asks it several things (a state, a page, the state again
+/// for the access check) is not held for each one's full deadline, and a
+/// database back (it answers in milliseconds) is still read.
+pub const LOST_DEADLINE: Duration = Duration::from_secs(1);
+
+/// `work` if the database answers within [`ANSWER_DEADLINE`] (within
+/// [`LOST_DEADLINE`] when it is known to be `lost`); else the database
+/// counts as unreachable (nothing was written: for reads, and for writes
+/// that had not committed).
+pub async fn within<T>(
+    work: impl Future<Output = Result<T, StoreError>>,
+    lost: bool,
+) -> Result<T, StoreError> {
+    let deadline = if lost { LOST_DEADLINE } else { ANSWER_DEADLINE };
+    tokio::time::timeout(deadline, work).await.unwrap_or_else(|_| Err(no_answer(deadline)))
+}
+
+/// The error of a database that did not answer within `deadline`.
+pub fn no_answer(deadline: Duration) -> StoreError {
+    StoreError::Unreachable(format!("the database did not answer within {} s", deadline.as_secs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_string_wins_over_the_defaults() {
+        let mut unset = tokio_postgres::Config::from_str("postgres://u@localhost/db").unwrap();
+        harden(&mut unset);
+        assert_eq!(unset.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(unset.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(unset.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        assert_eq!(unset.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+
+        let given = "postgres://u@localhost/db?keepalives_idle=30&keepalives_interval=7\
+                     &keepalives_retries=9&tcp_user_timeout=60";
+        let mut set = tokio_postgres::Config::from_str(given).unwrap();
+        harden(&mut set);
+        assert_eq!(set.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(set.get_keepalives_interval(), Some(Duration::from_secs(7)));
+        assert_eq!(set.get_keepalives_retries(), Some(9));
+        assert_eq!(set.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_statement_without_an_answer_is_the_database_unreachable() {
+        let answered = within(async { Ok::<_, StoreError>(7) }, false).await;
+        assert!(matches!(answered, Ok(7)));
+        for (lost, deadline) in [(false, ANSWER_DEADLINE), (true, LOST_DEADLINE)] {
+            let started = tokio::time::Instant::now();
+            let silent = within(std::future::pending::<Result<(), StoreError>>(), lost).await;
+            assert!(matches!(silent, Err(StoreError::Unreachable(why)) if why.contains("did not answer")));
+            assert_eq!(started.elapsed(), deadline, "lost: {lost}");
+        }
+    }
+}

@@ -51,6 +51,12 @@ pub struct StoreArgs {
     /// connection string.
     #[arg(long, env = "EVENTFEED_STORE", default_value = "sled", hide_env_values = true, value_parser = store_choice)]
     pub store: String,
+    /// PEM file of the CAs that sign the PostgreSQL server's certificate,
+    /// checked over TLS (`sslmode=require` in the connection string, which
+    /// also checks that the certificate names the host); without it, the
+    /// system's CAs.
+    #[arg(long, env = "EVENTFEED_STORE_CA", value_name = "PEM")]
+    pub store_ca: Option<PathBuf>,
     /// Directory of the embedded store.
     #[arg(long, env = "EVENTFEED_DATA_DIR", default_value = "./eventfeed-data")]
     pub data_dir: PathBuf,
@@ -81,6 +87,7 @@ impl StoreArgs {
                 url: self.store.clone(),
                 durability: Durability::Fsync,
                 projections,
+                ca_file: self.store_ca.clone(),
             });
         }
         let mut options = SledStoreOptions::new(&self.data_dir);
@@ -143,6 +150,12 @@ pub struct ServeConfig {
     /// tables in at start (needs the `postgres` build feature).
     #[arg(long, env = "EVENTFEED_STORE", default_value = "sled", hide_env_values = true, value_parser = store_choice)]
     pub store: String,
+    /// PEM file of the CAs that sign the PostgreSQL server's certificate,
+    /// checked over TLS (`sslmode=require` in the connection string, which
+    /// also checks that the certificate names the host); without it, the
+    /// system's CAs.
+    #[arg(long, env = "EVENTFEED_STORE_CA", value_name = "PEM")]
+    pub store_ca: Option<PathBuf>,
     /// Directory of the embedded store; created if missing.
     #[arg(long, env = "EVENTFEED_DATA_DIR", default_value = "./eventfeed-data")]
     pub data_dir: PathBuf,
@@ -399,6 +412,7 @@ impl ServeConfig {
                 url: self.store.clone(),
                 durability: self.durability,
                 projections,
+                ca_file: self.store_ca.clone(),
             });
         }
         StoreConfig::Sled(SledStoreOptions {

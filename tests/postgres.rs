@@ -14,6 +14,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -251,6 +252,7 @@ fn store_config(url: &str) -> StoreConfig {
         url: url.to_owned(),
         durability: Durability::Fsync,
         projections: Projections::default(),
+        ca_file: None,
     })
 }
 
@@ -445,4 +447,80 @@ async fn stream_names_compare_byte_for_byte_also_after_migrating_a_version_2_sto
     assert_eq!(listed(&store, "Order-").await, ["Order-B", "Order-a", "Order-b"]);
     append_one(&store, "Order-0").await;
     store.close().await.unwrap();
+}
+
+/// TLS to the database (`sslmode=require`): every connection eventfeed
+/// opens (the writer's, the listener's, the readers') is encrypted, and the
+/// server's certificate is checked against `--store-ca`. A certificate
+/// that no CA given signed, a CA file given for a plain connection, or TLS
+/// asked of a server without it, stop the open with a message that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_encrypts_every_connection_and_checks_the_certificate() {
+    let Some(cluster) = common::postgres::Cluster::dedicated() else { return };
+    let plain_url = cluster.create_database();
+    let name = plain_url.rsplit('/').next().unwrap().to_owned();
+    // Asked before the server has TLS: refused by the server.
+    let tls_url = format!("{plain_url}?sslmode=require");
+    let files = tempfile::tempdir().unwrap();
+    let (ca, certificate, key) = certificates(&["localhost", "127.0.0.1"]);
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let refused = open_error(&tls_url, Some(&ca_file)).await;
+    assert!(refused.contains("TLS handshake: server does not support TLS"), "{refused}");
+
+    cluster.enable_tls(&certificate, &key);
+    let server = TestServer::start_with(|config| {
+        config.store = tls_url.clone();
+        config.store_ca = Some(ca_file.clone());
+    })
+    .await;
+    server.append_n("tls", 3).await;
+    let page = server.get_json("/streams/tls/0/forward/20").await;
+    assert_eq!(page["entries"].as_array().map(Vec::len), Some(3));
+    let connections = cluster
+        .psql(
+            &name,
+            "SELECT count(*) FILTER (WHERE s.ssl) || ' of ' || count(*) FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() \
+             AND a.application_name <> 'psql'",
+        )
+        .unwrap();
+    let (encrypted, all) = connections.split_once(" of ").unwrap();
+    assert!(all.parse::<u32>().unwrap() >= 3, "the writer, the listener and a reader: {connections}");
+    assert_eq!(encrypted, all, "every connection of eventfeed's is encrypted: {connections}");
+
+    // Another CA's certificate: not trusted.
+    let (other_ca, _, _) = certificates(&["localhost"]);
+    let other_file = files.path().join("other.pem");
+    std::fs::write(&other_file, other_ca).unwrap();
+    let untrusted = open_error(&tls_url, Some(&other_file)).await;
+    assert!(untrusted.contains("invalid peer certificate"), "{untrusted}");
+    // A CA without sslmode=require is a mistake, not silently ignored.
+    let ignored = open_error(&plain_url, Some(&ca_file)).await;
+    assert!(ignored.contains("sslmode=require"), "{ignored}");
+}
+
+/// A CA's certificate, and a certificate for `names` it signed with its
+/// key, all PEM.
+fn certificates(names: &[&str]) -> (String, String, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "eventfeed test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    let certificate = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
+    (ca.pem(), certificate.pem(), key.serialize_pem())
+}
+
+/// Why opening a store on `url` with `ca_file` fails.
+async fn open_error(url: &str, ca_file: Option<&Path>) -> String {
+    let mut config = store_config(url);
+    if let StoreConfig::Postgres(options) = &mut config {
+        options.ca_file = ca_file.map(Path::to_owned);
+    }
+    match store::open(&config).await {
+        Ok(_) => panic!("a store opened on {url} with {ca_file:?}"),
+        Err(error) => error.to_string(),
+    }
 }

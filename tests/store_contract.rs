@@ -91,6 +91,7 @@ impl Backend {
                         url,
                         durability: Durability::Fsync,
                         projections,
+                        ca_file: None,
                     }),
                     None,
                 )

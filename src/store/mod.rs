@@ -102,6 +102,9 @@ pub struct PostgresOptions {
     pub durability: Durability,
     /// The system projections maintained.
     pub projections: self::projections::Projections,
+    /// A PEM file of the CAs whose certificates the database's are checked
+    /// against over TLS (`sslmode=require`); `None`: the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for PostgresOptions {

@@ -140,6 +140,7 @@ async fn backup_into(args: &BackupArgs, dir: &Path) -> Result<Manifest, Transfer
 fn store_args(dir: &Path) -> StoreArgs {
     StoreArgs {
         store: "sled".into(),
+        store_ca: None,
         data_dir: dir.to_owned(),
         projection_by_category: true,
         projection_by_event_type: true,

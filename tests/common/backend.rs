@@ -79,6 +79,7 @@ pub fn store_config(data_dir: &Path) -> StoreConfig {
             url,
             durability: Durability::Fsync,
             projections: Projections::default(),
+            ca_file: None,
         }),
         None => StoreConfig::Sled(SledStoreOptions::new(data_dir.to_owned())),
     }

@@ -118,6 +118,34 @@ impl Cluster {
         }
     }
 
+    /// Turns TLS on with this certificate and key (PEM), written into the
+    /// data directory as its owner's (the key readable by it alone, as
+    /// PostgreSQL demands); plain connections stay allowed.
+    pub fn enable_tls(&self, certificate: &str, key: &str) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let data = self.dir.join("data");
+        let owner = std::fs::metadata(&data).unwrap();
+        for (file, text, mode) in [("server.crt", certificate, 0o644), ("server.key", key, 0o600)] {
+            let path = data.join(file);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+        }
+        for setting in ["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'"] {
+            self.psql("postgres", &format!("ALTER SYSTEM SET {setting}")).unwrap();
+        }
+        self.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+        let started = Instant::now();
+        while self.psql("postgres", "SHOW ssl").as_deref() != Ok("on") {
+            assert!(
+                started.elapsed() < START_PATIENCE,
+                "TLS did not turn on: {:?}",
+                self.psql("postgres", "SHOW ssl")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The postmaster's process id, from its lock file.
     fn postmaster(&self) -> Option<u32> {
         let lock = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).ok()?;

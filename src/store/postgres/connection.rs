@@ -25,10 +25,18 @@
 //!   by it: its steps may rightly take longer.
 
 use std::future::Future;
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, Connection, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::StoreError;
 
@@ -49,15 +57,108 @@ pub fn config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     Ok(config)
 }
 
+/// How the store's connections talk to PostgreSQL: in the clear, or over
+/// TLS when the connection string says `sslmode=require`.
+///
+/// Over TLS the server's certificate is always verified, against the CAs
+/// of `--store-ca` or else the system's, and must name the host connected
+/// to (libpq's `verify-full`; its `require` checks nothing). `prefer`,
+/// tokio-postgres's default, stays in the clear: it would otherwise try
+/// TLS first and fail on the many servers whose certificate no CA signed
+/// (Debian's clusters come with a self-signed one), where it connects today.
+#[derive(Clone)]
+pub enum Tls {
+    Plain,
+    Verified(MakeRustlsConnect),
+}
+
+impl Tls {
+    /// The TLS for `config`, with the CAs of `ca_file` if given.
+    pub fn for_config(config: &tokio_postgres::Config, ca_file: Option<&Path>) -> Result<Self, StoreError> {
+        if config.get_ssl_mode() != SslMode::Require {
+            return match ca_file {
+                Some(_) => Err(StoreError::Invalid(
+                    "--store-ca is for TLS to the database: add sslmode=require to the connection string"
+                        .into(),
+                )),
+                None => Ok(Self::Plain),
+            };
+        }
+        let mut roots = RootCertStore::empty();
+        match ca_file {
+            Some(path) => {
+                let unreadable = |error: rustls_pki_types::pem::Error| {
+                    StoreError::Invalid(format!("--store-ca {}: {error}", path.display()))
+                };
+                for certificate in CertificateDer::pem_file_iter(path).map_err(unreadable)? {
+                    let added = roots.add(certificate.map_err(unreadable)?);
+                    added.map_err(|error| {
+                        StoreError::Invalid(format!("--store-ca {}: {error}", path.display()))
+                    })?;
+                }
+            }
+            None => {
+                let (added, _) =
+                    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                if added == 0 {
+                    return Err(StoreError::Invalid(
+                        "sslmode=require, but this system has no CA certificates: give the database's CA with \
+                         --store-ca"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(StoreError::Invalid(
+                "--store-ca: no certificate in it (a PEM `BEGIN CERTIFICATE` block)".into(),
+            ));
+        }
+        // ring, as for HTTPS (see `server::tls`).
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| StoreError::Invalid(format!("TLS to the database: {error}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self::Verified(MakeRustlsConnect::new(config)))
+    }
+
+    /// The readers' pool's connection manager.
+    pub fn manager(&self, config: tokio_postgres::Config) -> deadpool_postgres::Manager {
+        let fast =
+            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast };
+        match self {
+            Self::Plain => deadpool_postgres::Manager::from_config(config, NoTls, fast),
+            Self::Verified(tls) => deadpool_postgres::Manager::from_config(config, tls.clone(), fast),
+        }
+    }
+}
+
 /// Connects one client and drives its connection in the background.
-pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+pub async fn connect(config: &tokio_postgres::Config, tls: &Tls) -> Result<Client, tokio_postgres::Error> {
+    match tls {
+        Tls::Plain => config.connect(NoTls).await.map(|(client, connection)| drive(client, connection)),
+        Tls::Verified(tls) => {
+            config.connect(tls.clone()).await.map(|(client, connection)| drive(client, connection))
+        }
+    }
+}
+
+/// `client`, its connection driven in the background until it ends,
+/// whatever its stream.
+fn drive<S, T>(client: Client, connection: Connection<S, T>) -> Client
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "a PostgreSQL connection ended");
         }
     });
-    Ok(client)
+    client
 }
 
 /// Where a connection string points, without its password, for logs.

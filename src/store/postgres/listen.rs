@@ -14,9 +14,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 
+use super::connection::Tls;
 use super::{CHANNEL, Publisher};
 use crate::store::Head;
 
@@ -66,6 +69,7 @@ fn parse(payload: &str) -> Option<(Head, Option<Vec<String>>)> {
 /// Listens until `shutdown` says so, reconnecting after any failure.
 pub(super) async fn run(
     mut config: tokio_postgres::Config,
+    tls: Tls,
     publisher: Arc<Publisher>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -79,7 +83,7 @@ pub(super) async fn run(
         }
         let mut listened = false;
         tokio::select! {
-            ended = listen(&config, &publisher, &mut listened) => {
+            ended = listen(&config, &tls, &publisher, &mut listened) => {
                 if let Err(error) = ended {
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "the PostgreSQL listener has no connection");
                     publisher.outage.lost(&super::schema::error_text(&error));
@@ -107,30 +111,16 @@ pub(super) async fn run(
 /// `listened` is set once `LISTEN` took.
 async fn listen(
     config: &tokio_postgres::Config,
+    tls: &Tls,
     publisher: &Publisher,
     listened: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
-    let (heard, mut hearing) = mpsc::unbounded_channel();
-    // The connection is driven here, and its notifications forwarded; it
-    // ends (and `hearing` closes) when the connection fails.
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(notification)) => {
-                    if heard.send(notification.payload().to_owned()).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::debug!(%error, "the PostgreSQL listener's connection failed");
-                    return;
-                }
-            }
+    let (client, mut hearing, driver) = match tls {
+        Tls::Plain => config.connect(NoTls).await.map(|(client, connection)| forward(client, connection))?,
+        Tls::Verified(tls) => {
+            config.connect(tls.clone()).await.map(|(client, connection)| forward(client, connection))?
         }
-    });
+    };
     let listening = async {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         *listened = true;
@@ -174,6 +164,38 @@ async fn listen(
     driver.abort();
     ended
 }
+
+/// Drives `connection` in the background and forwards its notifications
+/// (their payloads); it ends, and what it forwards to closes, when the
+/// connection fails.
+fn forward<S, T>(client: Client, mut connection: Connection<S, T>) -> (Client, Hearing, JoinHandle<()>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (heard, hearing) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(notification)) => {
+                    if heard.send(notification.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "the PostgreSQL listener's connection failed");
+                    return;
+                }
+            }
+        }
+    });
+    (client, hearing, driver)
+}
+
+/// The notifications' payloads, as [`forward`] passes them on.
+type Hearing = mpsc::UnboundedReceiver<String>;
 
 /// Publishes the database's head, waking every stream, if it is newer
 /// than the head published (forgetting every recent state, whatever the

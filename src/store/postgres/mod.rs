@@ -47,9 +47,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
 use super::{
@@ -199,8 +199,13 @@ impl PgStore {
     /// string, an unreachable database or a newer schema fail here.
     pub async fn open(options: PostgresOptions) -> Result<Self, StoreError> {
         let config = connection::config(&options.url)?;
-        let mut client = connection::connect(&config).await.map_err(|error| {
-            StoreError::Io(format!("cannot connect to {}: {error}", connection::describe(&options.url)))
+        let tls = connection::Tls::for_config(&config, options.ca_file.as_deref())?;
+        let mut client = connection::connect(&config, &tls).await.map_err(|error| {
+            StoreError::Io(format!(
+                "cannot connect to {}: {}",
+                connection::describe(&options.url),
+                schema::error_text(&error)
+            ))
         })?;
         schema::migrate(&mut client).await?;
         schema::check_projections(&client, options.projections).await?;
@@ -214,11 +219,7 @@ impl PgStore {
             size_bytes: AtomicU64::new(u64::MAX),
             states: states::RecentStates::default(),
         });
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let manager = tls.manager(config.clone());
         // A request waits for a free connection no longer than for an
         // answer: with every connection held by a silent database it
         // answers 503, as the statements holding them will.
@@ -229,11 +230,16 @@ impl PgStore {
             .build()
             .map_err(|error| StoreError::Io(format!("PostgreSQL pool: {error}")))?;
         let (shutdown, shutdown_seen) = watch::channel(false);
-        tokio::spawn(listen::run(config.clone(), Arc::clone(&publisher), shutdown_seen));
+        tokio::spawn(listen::run(config.clone(), tls.clone(), Arc::clone(&publisher), shutdown_seen));
         let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
         let (done, writer_done) = oneshot::channel();
-        let writer =
-            writer::Writer::new(&config, options.projections, options.durability, Arc::clone(&publisher));
+        let writer = writer::Writer::new(
+            &config,
+            tls,
+            options.projections,
+            options.durability,
+            Arc::clone(&publisher),
+        );
         tokio::spawn(async move {
             writer.run(receiver).await;
             let _ = done.send(());

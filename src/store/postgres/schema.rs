@@ -110,7 +110,17 @@ fn projections_text(projections: Projections) -> String {
 pub fn error_text(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => error.to_string(),
+        None => {
+            // tokio-postgres says what failed but not why ("error
+            // performing TLS handshake"); the why is its sources.
+            let mut text = error.to_string();
+            let mut cause = std::error::Error::source(error);
+            while let Some(source) = cause {
+                text.push_str(&format!(": {source}"));
+                cause = source.source();
+            }
+            text
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use super::connection::{self, connect};
+use super::connection::{self, Tls, connect};
 use super::prepared::Prepared;
 use super::staging::{self, Request, Staging};
 use super::{CHANNEL, Command, Publisher, db_error, signed, unsigned};
@@ -46,6 +46,7 @@ const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 pub(super) struct Writer {
     /// How the writer connects (see [`Writer::new`]).
     config: tokio_postgres::Config,
+    tls: Tls,
     /// The writer's own connection; `None` before the first batch and
     /// after it was lost, until the next batch connects.
     client: Option<Client>,
@@ -96,6 +97,7 @@ impl Writer {
     /// ([`super::staging::IDS_QUERY`]): the plan is right at any size.
     pub(super) fn new(
         config: &tokio_postgres::Config,
+        tls: Tls,
         projections: Projections,
         durability: Durability,
         publisher: Arc<Publisher>,
@@ -115,7 +117,7 @@ impl Writer {
             None => setting,
         };
         config.options(&options);
-        Self { config, client: None, prepared: Prepared::default(), projections, publisher }
+        Self { config, tls, client: None, prepared: Prepared::default(), projections, publisher }
     }
 
     /// Takes batches until every sender is gone (the store closed).
@@ -206,7 +208,7 @@ impl Writer {
     ) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            match connect(&self.config).await.map_err(db_error) {
+            match connect(&self.config, &self.tls).await.map_err(db_error) {
                 Ok(client) => self.client = Some(client),
                 Err(error) => {
                     self.note_outage(&error);

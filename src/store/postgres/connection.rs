@@ -1,4 +1,6 @@
-//! How the store connects to PostgreSQL, and how long it waits for it.
+//! How the store connects to PostgreSQL: the connection settings, TLS
+//! ([`Tls`]: `sslmode=require`, the server's certificate verified), and
+//! how long it waits for the database.
 //!
 //! A database that stops answering without closing its connections: a
 //! network partition, a host or a disk that hangs, a frozen process. A

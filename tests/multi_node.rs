@@ -468,3 +468,113 @@ async fn a_page_kept_on_one_node_follows_writes_made_through_the_other() {
     .await;
     eprintln!("a hard delete through A reached B's kept page in {took:?}");
 }
+
+/// A projection turned off and on again through one node (issue 30):
+/// both nodes follow the database's projections from their next batch;
+/// the build from the log runs while the other node appends, and ends
+/// with every event of the category linked once, in position order,
+/// numbered densely, as live maintenance would have linked it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_turned_on_through_one_node_is_built_while_the_other_appends() {
+    let Some(url) = common::postgres::database() else { return };
+    let cluster = common::postgres::cluster().unwrap();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let start = |dir: &tempfile::TempDir, by_category: &str| {
+        BinaryServer::start(
+            &dir.path().join("data"),
+            &["--store", &url, "--projection-by-category", by_category],
+        )
+    };
+    let a = start(&dirs[0], "true");
+    let mut b = start(&dirs[1], "true");
+    let client = client();
+    // More events than one step of a build links (5,000), through both.
+    for batch in 0..60 {
+        let node = if batch % 2 == 0 { &a.base } else { &b.base };
+        let events: Vec<Value> = (0..200)
+            .map(|n| json!({"eventId": Uuid::new_v4(), "eventType": "Noted", "data": {"n": n}}))
+            .collect();
+        let response = client
+            .post(format!("{node}/streams/Order-{}", batch % 7))
+            .header("content-type", EVENTS_JSON)
+            .body(Value::from(events).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let linked = |stream: &str| {
+        let sql = format!(
+            "SELECT count(*) FROM stream_entries WHERE stream = '$ce-Order' AND link_stream = '{stream}'"
+        );
+        cluster.psql(&database, &sql).unwrap()
+    };
+
+    // Off through b: a, started with it on, no longer links either.
+    b.terminate();
+    let mut b = start(&dirs[1], "false");
+    assert_eq!(append(&client, &a.base, "Order-late", json!({})).await.status(), 201);
+    assert_eq!(linked("Order-late"), "0", "not linked while off");
+
+    // On again through b, while a appends.
+    b.terminate();
+    let b = start(&dirs[1], "true");
+    let stop = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let (client, base, stop) = (client.clone(), a.base.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut written = 0;
+            while !stop.load(Ordering::Relaxed) && written < 5_000 {
+                assert_eq!(append(&client, &base, "Order-live", json!({})).await.status(), 201);
+                written += 1;
+            }
+            written
+        })
+    };
+    common::wait_for_projections(&client, &b.base).await;
+    stop.store(true, Ordering::Relaxed);
+    let written = appender.await.unwrap();
+    common::wait_for_projections(&client, &a.base).await;
+    // Linked live from now on, through either node.
+    assert_eq!(append(&client, &a.base, "Order-live", json!({})).await.status(), 201);
+    assert_eq!(append(&client, &b.base, "Order-live", json!({})).await.status(), 201);
+
+    let expected = 60 * 200 + 1 + written + 2;
+    let check = "WITH expected AS (SELECT row_number() OVER (ORDER BY position) - 1 AS n, position, stream, number \
+                 FROM events WHERE stream LIKE 'Order-%'), \
+                 got AS (SELECT number AS n, position, link_stream AS stream, link_number AS number \
+                 FROM stream_entries WHERE stream = '$ce-Order') \
+                 SELECT (SELECT count(*) FROM expected) || ' ' || (SELECT count(*) FROM got) || ' ' || \
+                 (SELECT count(*) FROM expected JOIN got USING (n, position, stream, number)) || ' ' || \
+                 (SELECT next_number FROM streams WHERE name = '$ce-Order')";
+    assert_eq!(
+        cluster.psql(&database, check).unwrap(),
+        format!("{expected} {expected} {expected} {expected}")
+    );
+    assert_eq!(linked("Order-late"), "1");
+    // The projection left on was linked live throughout.
+    let noted =
+        cluster.psql(&database, "SELECT count(*) FROM stream_entries WHERE stream = '$et-Noted'").unwrap();
+    assert_eq!(noted, expected.to_string());
+    // Both nodes serve the same head page of the rebuilt stream.
+    let head = |base: String| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .get(format!("{base}/streams/$ce-Order"))
+                .header("accept", ATOM_JSON)
+                .header("host", "eventfeed.test")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.text().await.unwrap()
+        }
+    };
+    let (page_a, page_b) = (head(a.base.clone()).await, head(b.base.clone()).await);
+    assert!(page_a == page_b, "the nodes' pages differ:\n{page_a}\n{page_b}");
+    let page: Value = serde_json::from_str(&page_a).unwrap();
+    assert_eq!(page["entries"][0]["title"], format!("{}@Order-live", written + 1));
+    eprintln!("{written} appends through the other node while the build ran");
+}

@@ -248,12 +248,16 @@ async fn append_one(store: &Arc<dyn Store>, stream: &str) -> u64 {
 
 /// A store on database `url`.
 fn store_config(url: &str) -> StoreConfig {
-    StoreConfig::Postgres(PostgresOptions {
+    StoreConfig::Postgres(postgres_options(url))
+}
+
+fn postgres_options(url: &str) -> PostgresOptions {
+    PostgresOptions {
         url: url.to_owned(),
         durability: Durability::Fsync,
         projections: Projections::default(),
         ca_file: None,
-    })
+    }
 }
 
 /// Terminates the connections named `application_name` to the database
@@ -418,8 +422,12 @@ async fn stream_names_compare_byte_for_byte_also_after_migrating_a_version_2_sto
     }
 
     // Back to version 2 as it was: names in the database's collation and
-    // the listing's own index.
-    let version_2 = "ALTER TABLE streams ALTER COLUMN name TYPE text COLLATE pg_catalog.default; \
+    // the listing's own index, and the projections in `settings` (with
+    // one turned off, so that the move to the head is seen).
+    let version_2 = "ALTER TABLE log_head DROP COLUMN projections, DROP COLUMN building, \
+                     DROP COLUMN build_cleared, DROP COLUMN build_next; \
+                     INSERT INTO settings (key, value) VALUES ('projections', 'by-category,streams'); \
+                     ALTER TABLE streams ALTER COLUMN name TYPE text COLLATE pg_catalog.default; \
                      ALTER TABLE events ALTER COLUMN stream TYPE text COLLATE pg_catalog.default; \
                      ALTER TABLE stream_entries ALTER COLUMN stream TYPE text COLLATE pg_catalog.default, \
                      ALTER COLUMN link_stream TYPE text COLLATE pg_catalog.default; \
@@ -428,9 +436,19 @@ async fn stream_names_compare_byte_for_byte_also_after_migrating_a_version_2_sto
                      UPDATE schema_version SET version = 2";
     cluster.psql(&linguistic, version_2).unwrap();
     assert!(cluster.psql(&linguistic, collations).unwrap().contains("streams.name default"));
-    let store = store::open(&store_config(&cluster.url(&linguistic))).await.unwrap();
+    // Started with what the database had: nothing to change or build.
+    let config = StoreConfig::Postgres(PostgresOptions {
+        projections: Projections { by_event_type: false, ..Projections::default() },
+        ..postgres_options(&cluster.url(&linguistic))
+    });
+    let store = store::open(&config).await.unwrap();
     assert_eq!(cluster.psql(&linguistic, collations).unwrap(), byte_order);
-    assert_eq!(cluster.psql(&linguistic, "SELECT version FROM schema_version").unwrap(), "3");
+    assert_eq!(cluster.psql(&linguistic, "SELECT version FROM schema_version").unwrap(), "4");
+    assert_eq!(
+        cluster.psql(&linguistic, "SELECT projections || ' ' || building FROM log_head").unwrap(),
+        "by-category,streams none"
+    );
+    assert_eq!(cluster.psql(&linguistic, "SELECT count(*) FROM settings").unwrap(), "0");
     let read = StreamRead {
         stream: "Order-a".into(),
         from: Some(0),

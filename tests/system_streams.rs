@@ -293,12 +293,6 @@ async fn projection_pages(server: &TestServer) -> Vec<(String, bytes::Bytes)> {
 
 #[tokio::test]
 async fn a_projection_built_later_is_byte_identical_to_one_maintained_throughout() {
-    // Not inherent to sled: the PostgreSQL store cannot build a projection
-    // from its log yet, and refuses a start with other projections than
-    // its database was created with (docs/postgres.md, "not done yet").
-    if common::backend::sled_only("building a projection from the log after a restart with it turned on") {
-        return;
-    }
     let server = TestServer::start().await;
     // Zed-1's event 0 (in $streams) exists from the start; its later event
     // proves the build runs, in streams the comparison leaves out.

@@ -280,6 +280,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// can take both at one point between commits does (the sled store
     /// asks its writer), so an export of a running store is of one moment.
     async fn export_snapshot(&self) -> Result<ExportSnapshot, StoreError> {
+        let building = self.projections_building();
+        if !building.is_empty() {
+            // Their streams are half built: an import would take them so.
+            return Err(StoreError::Busy(format!(
+                "projections are being built ({}); export once they are",
+                building.join(", ")
+            )));
+        }
         let notifier = self.notifier();
         let head = Head { next_position: notifier.next_position(), commit_seq: notifier.commit_seq() };
         let mut streams: Vec<(String, StreamState)> = Vec::new();

@@ -52,6 +52,11 @@ pub(super) fn payload(head: Head, streams: &[String]) -> String {
     serde_json::json!([head.next_position, head.commit_seq, null]).to_string()
 }
 
+/// The notification of a commit that may have changed any stream.
+pub(super) fn payload_every(head: Head) -> String {
+    serde_json::json!([head.next_position, head.commit_seq, null]).to_string()
+}
+
 /// Reads a [`payload`]: the head, and the streams (`None`: every stream).
 fn parse(payload: &str) -> Option<(Head, Option<Vec<String>>)> {
     let Value::Array(parts) = serde_json::from_str(payload).ok()? else { return None };
@@ -207,7 +212,7 @@ async fn catch_up(
 ) -> Result<(), tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT next_position, commit_seq, pg_database_size(current_database()) FROM log_head",
+            "SELECT next_position, commit_seq, pg_database_size(current_database()), building FROM log_head",
             &[],
         )
         .await?;
@@ -217,6 +222,11 @@ async fn catch_up(
     };
     let size = u64::try_from(row.get::<_, i64>(2)).unwrap_or_default();
     publisher.size_bytes.store(size, std::sync::atomic::Ordering::Relaxed);
+    // A build another server started: this node's writer takes steps too,
+    // and its `/info` says so.
+    if let Ok(building) = super::build::parse(row.get(3)) {
+        publisher.building.send_if_modified(|known| std::mem::replace(known, building) != building);
+    }
     publisher.states.forget_all();
     publisher.publish(head, None);
     Ok(())

@@ -25,6 +25,7 @@
 //!
 //! Only this module knows SQL.
 
+mod build;
 mod connection;
 mod errors;
 mod lease;
@@ -58,6 +59,7 @@ use super::{
     ScavengeStarted, SpentId, Store, StoreError, StoredEntry, StreamRead, StreamSettings, StreamSlice,
     StreamState, StreamView,
 };
+use crate::store::projections::{Projection, Projections};
 
 /// How many connections reads may hold at once (the writer and the
 /// listener have one each besides).
@@ -116,6 +118,8 @@ struct Publisher {
     size_bytes: AtomicU64,
     /// What kept pages are checked against (`recent_stream_state`).
     states: states::RecentStates,
+    /// The projections being built from the log, as last read from the head.
+    building: watch::Sender<Projections>,
 }
 
 /// Why the database is known to be away now, if it is: set when the
@@ -208,7 +212,7 @@ impl PgStore {
             ))
         })?;
         schema::migrate(&mut client).await?;
-        schema::check_projections(&client, options.projections).await?;
+        let projected = build::reconcile(&mut client, options.projections).await?;
         let latest_scavenge = scavenge::newest(&client).await?;
         let head = read_head(&client).await?;
         tracing::info!(database = %connection::describe(&options.url), next_position = head.next_position, "PostgreSQL store open");
@@ -218,6 +222,7 @@ impl PgStore {
             outage: Outage::default(),
             size_bytes: AtomicU64::new(u64::MAX),
             states: states::RecentStates::default(),
+            building: watch::channel(projected.building).0,
         });
         let manager = tls.manager(config.clone());
         // A request waits for a free connection no longer than for an
@@ -233,13 +238,7 @@ impl PgStore {
         tokio::spawn(listen::run(config.clone(), tls.clone(), Arc::clone(&publisher), shutdown_seen));
         let (sender, receiver) = mpsc::channel(WRITER_QUEUE);
         let (done, writer_done) = oneshot::channel();
-        let writer = writer::Writer::new(
-            &config,
-            tls,
-            options.projections,
-            options.durability,
-            Arc::clone(&publisher),
-        );
+        let writer = writer::Writer::new(&config, tls, projected, options.durability, Arc::clone(&publisher));
         tokio::spawn(async move {
             writer.run(receiver).await;
             let _ = done.send(());
@@ -498,6 +497,11 @@ impl Store for PgStore {
 
     fn backend_name(&self) -> &'static str {
         "postgres"
+    }
+
+    fn projections_building(&self) -> Vec<&'static str> {
+        let building = *self.publisher.building.borrow();
+        Projection::ALL.into_iter().filter(|p| building.is_enabled(*p)).map(Projection::name).collect()
     }
 
     async fn export_entries(

@@ -11,14 +11,14 @@ use tokio_postgres::Client;
 
 use super::db_error;
 use crate::store::StoreError;
-use crate::store::projections::Projections;
 
 /// The migrations, in order: the schema version after applying the `n`th
 /// (1-based) is `n`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_leases.sql"),
     include_str!("migrations/0003_byte_order_names.sql"),
+    include_str!("migrations/0004_projection_builds.sql"),
 ];
 
 /// The schema version this binary writes and reads.
@@ -67,45 +67,6 @@ pub async fn migrate(client: &mut Client) -> Result<i32, StoreError> {
     Ok(from)
 }
 
-/// Records the projections a new database maintains, or checks that they
-/// are the ones it was created with: every node must add the same links
-/// to every append, and this backend cannot yet build a projection from
-/// the log afterwards (the sled store can).
-pub async fn check_projections(client: &Client, projections: Projections) -> Result<(), StoreError> {
-    let wanted = projections_text(projections);
-    client
-        .execute(
-            "INSERT INTO settings (key, value) VALUES ('projections', $1) ON CONFLICT (key) DO NOTHING",
-            &[&wanted],
-        )
-        .await
-        .map_err(db_error)?;
-    let row = client
-        .query_one("SELECT value FROM settings WHERE key = 'projections'", &[])
-        .await
-        .map_err(db_error)?;
-    let recorded: String = row.get(0);
-    if recorded == wanted {
-        return Ok(());
-    }
-    Err(StoreError::Invalid(format!(
-        "the database maintains the projections '{recorded}', this server was started with '{wanted}'; \
-         start it with the same --projection-* options (changing them on a PostgreSQL store is not supported yet)"
-    )))
-}
-
-/// The projections as words, in a fixed order (`by-category,streams`;
-/// `none`).
-fn projections_text(projections: Projections) -> String {
-    use crate::store::projections::Projection;
-    let names: Vec<&str> = Projection::ALL
-        .into_iter()
-        .filter(|projection| projections.is_enabled(*projection))
-        .map(Projection::name)
-        .collect();
-    if names.is_empty() { "none".to_owned() } else { names.join(",") }
-}
-
 /// An error's message with the database's own detail, when it has one.
 pub fn error_text(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
@@ -129,18 +90,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn projections_are_recorded_in_words() {
-        assert_eq!(projections_text(Projections::default()), "by-category,by-event-type,streams");
-        assert_eq!(projections_text(Projections::NONE), "none");
-    }
-
-    #[test]
     fn every_migration_is_numbered_in_order() {
         // The version is the number of migrations applied, and each file
         // is named for its place: `0001_…`, `0002_…`.
-        assert_eq!(SCHEMA_VERSION, 3);
+        assert_eq!(SCHEMA_VERSION, 4);
         assert!(MIGRATIONS[0].contains("CREATE TABLE log_head"));
         assert!(MIGRATIONS[1].contains("CREATE TABLE leases"), "{}", MIGRATIONS[1]);
         assert!(MIGRATIONS[2].contains("DROP INDEX streams_by_name_bytes"), "{}", MIGRATIONS[2]);
+        assert!(MIGRATIONS[3].contains("ADD COLUMN building"), "{}", MIGRATIONS[3]);
     }
 }

@@ -348,51 +348,63 @@ impl Staging {
     }
 
     async fn write_states(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
-        let states: Vec<(&String, StreamState)> = self
+        let states: Vec<(&str, StreamState)> = self
             .changed
             .iter()
-            .filter_map(|name| self.states.get(name).and_then(Clone::clone).map(|state| (name, state)))
+            .filter_map(|name| {
+                self.states.get(name).and_then(Clone::clone).map(|state| (name.as_str(), state))
+            })
             .collect();
-        if states.is_empty() {
-            return Ok(());
-        }
-        let column =
-            |get: fn(&StreamState) -> u64| states.iter().map(|(_, s)| signed(get(s))).collect::<Vec<_>>();
-        let setting = |get: fn(&StreamState) -> Option<u64>| {
-            states.iter().map(|(_, s)| get(s).map(signed)).collect::<Vec<Option<i64>>>()
-        };
-        let flag = |get: fn(&StreamState) -> bool| states.iter().map(|(_, s)| get(s)).collect::<Vec<_>>();
-        let names: Vec<&str> = states.iter().map(|(name, _)| name.as_str()).collect();
-        tx.execute(
-            &prepared.get(tx, "INSERT INTO streams (name, next_number, created_position, deleted_before, soft_deleted, tombstoned, \
-             max_count, max_age_secs, truncate_before, cache_control_secs, metadata_number, not_public) \
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bool[], $6::bool[], \
-             $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bool[]) \
-             ON CONFLICT (name) DO UPDATE SET next_number = EXCLUDED.next_number, \
-             created_position = EXCLUDED.created_position, deleted_before = EXCLUDED.deleted_before, \
-             soft_deleted = EXCLUDED.soft_deleted, tombstoned = EXCLUDED.tombstoned, \
-             max_count = EXCLUDED.max_count, max_age_secs = EXCLUDED.max_age_secs, \
-             truncate_before = EXCLUDED.truncate_before, cache_control_secs = EXCLUDED.cache_control_secs, \
-             metadata_number = EXCLUDED.metadata_number, not_public = EXCLUDED.not_public").await.map_err(write_error)?,
-            &[
-                &names,
-                &column(|s| s.next_number),
-                &column(|s| s.created_position),
-                &column(|s| s.deleted_before),
-                &flag(|s| s.soft_deleted),
-                &flag(|s| s.tombstoned),
-                &setting(|s| s.settings.max_count),
-                &setting(|s| s.settings.max_age_secs),
-                &setting(|s| s.settings.truncate_before),
-                &setting(|s| s.settings.cache_control_secs),
-                &setting(|s| s.settings.metadata_number),
-                &flag(|s| s.settings.not_public),
-            ],
-        )
-        .await
-        .map_err(write_error)?;
-        Ok(())
+        write_states(tx, prepared, &states).await
     }
+}
+
+/// Writes `states` (inserted, or updated where the stream has one) in one
+/// statement.
+pub(super) async fn write_states(
+    tx: &Client,
+    prepared: &Prepared,
+    states: &[(&str, StreamState)],
+) -> Result<(), StoreError> {
+    if states.is_empty() {
+        return Ok(());
+    }
+    let column =
+        |get: fn(&StreamState) -> u64| states.iter().map(|(_, s)| signed(get(s))).collect::<Vec<_>>();
+    let setting = |get: fn(&StreamState) -> Option<u64>| {
+        states.iter().map(|(_, s)| get(s).map(signed)).collect::<Vec<Option<i64>>>()
+    };
+    let flag = |get: fn(&StreamState) -> bool| states.iter().map(|(_, s)| get(s)).collect::<Vec<_>>();
+    let names: Vec<&str> = states.iter().map(|(name, _)| *name).collect();
+    tx.execute(
+        &prepared.get(tx, "INSERT INTO streams (name, next_number, created_position, deleted_before, soft_deleted, tombstoned, \
+         max_count, max_age_secs, truncate_before, cache_control_secs, metadata_number, not_public) \
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bool[], $6::bool[], \
+         $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bool[]) \
+         ON CONFLICT (name) DO UPDATE SET next_number = EXCLUDED.next_number, \
+         created_position = EXCLUDED.created_position, deleted_before = EXCLUDED.deleted_before, \
+         soft_deleted = EXCLUDED.soft_deleted, tombstoned = EXCLUDED.tombstoned, \
+         max_count = EXCLUDED.max_count, max_age_secs = EXCLUDED.max_age_secs, \
+         truncate_before = EXCLUDED.truncate_before, cache_control_secs = EXCLUDED.cache_control_secs, \
+         metadata_number = EXCLUDED.metadata_number, not_public = EXCLUDED.not_public").await.map_err(write_error)?,
+        &[
+            &names,
+            &column(|s| s.next_number),
+            &column(|s| s.created_position),
+            &column(|s| s.deleted_before),
+            &flag(|s| s.soft_deleted),
+            &flag(|s| s.tombstoned),
+            &setting(|s| s.settings.max_count),
+            &setting(|s| s.settings.max_age_secs),
+            &setting(|s| s.settings.truncate_before),
+            &setting(|s| s.settings.cache_control_secs),
+            &setting(|s| s.settings.metadata_number),
+            &flag(|s| s.settings.not_public),
+        ],
+    )
+    .await
+    .map_err(write_error)?;
+    Ok(())
 }
 
 /// The streams an append may read or change the state of.

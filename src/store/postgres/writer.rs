@@ -22,16 +22,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tokio::sync::watch;
 use tokio_postgres::Client;
 
+use super::build::{self, Projected};
 use super::connection::{self, Tls, connect};
 use super::prepared::Prepared;
 use super::staging::{self, Request, Staging};
 use super::{CHANNEL, Command, Publisher, db_error, signed, unsigned};
-use crate::store::projections::Projections;
+use crate::store::projections::{Projection, Projections};
 use crate::store::{AppendOutcome, CommitFigures, DatabaseQuery, Durability, Head, StoreError};
 
 /// The most requests one transaction takes: enough to share one commit
@@ -52,9 +54,21 @@ pub(super) struct Writer {
     client: Option<Client>,
     /// The statements prepared on `client`.
     prepared: Prepared,
-    projections: Projections,
+    /// The projections as the head said at this writer's last batch.
+    projected: Projected,
     publisher: Arc<Publisher>,
+    /// When a build's step may be tried again after one failed.
+    retry_build_at: Option<Instant>,
+    /// When the build this writer takes part in started, and when it last
+    /// logged its progress.
+    build_log: Option<(Instant, Instant)>,
 }
+
+/// How long a writer waits to try a build's step again after one failed.
+const BUILD_RETRY: Duration = Duration::from_secs(1);
+
+/// How often a build logs its progress.
+const BUILD_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// How long PostgreSQL lets the writer's session sit idle inside a
 /// transaction before ending it. The writer never does (its statements are
@@ -98,7 +112,7 @@ impl Writer {
     pub(super) fn new(
         config: &tokio_postgres::Config,
         tls: Tls,
-        projections: Projections,
+        projected: Projected,
         durability: Durability,
         publisher: Arc<Publisher>,
     ) -> Self {
@@ -117,7 +131,16 @@ impl Writer {
             None => setting,
         };
         config.options(&options);
-        Self { config, tls, client: None, prepared: Prepared::default(), projections, publisher }
+        Self {
+            config,
+            tls,
+            client: None,
+            prepared: Prepared::default(),
+            projected,
+            publisher,
+            retry_build_at: None,
+            build_log: None,
+        }
     }
 
     /// Takes batches until every sender is gone (the store closed).
@@ -125,10 +148,11 @@ impl Writer {
         // The command that would have taken a batch past its bytes: the
         // first of the next one.
         let mut carried = None;
+        let mut building = self.publisher.building.subscribe();
         loop {
             let first = match carried.take() {
                 Some(command) => command,
-                None => match commands.recv().await {
+                None => match self.next_command(&mut commands, &mut building).await {
                     Some(command) => command,
                     None => return,
                 },
@@ -145,7 +169,149 @@ impl Writer {
                 batch.push(command);
             }
             self.commit(batch).await;
+            // A step after every batch, so that a build finishes however
+            // busy the server is.
+            if self.may_build() {
+                self.build_step().await;
+            }
         }
+    }
+
+    /// The next command; while it waits and a build runs, the build's
+    /// steps.
+    async fn next_command(
+        &mut self,
+        commands: &mut mpsc::Receiver<Command>,
+        building: &mut watch::Receiver<Projections>,
+    ) -> Option<Command> {
+        loop {
+            if self.may_build() {
+                match commands.try_recv() {
+                    Ok(command) => return Some(command),
+                    Err(TryRecvError::Disconnected) => return None,
+                    Err(TryRecvError::Empty) => {
+                        self.build_step().await;
+                        continue;
+                    }
+                }
+            }
+            let retry = self.retry_build_at.map(tokio::time::Instant::from_std);
+            tokio::select! {
+                command = commands.recv() => return command,
+                // A build another server started, heard by the listener.
+                Ok(()) = building.changed() => {}
+                () = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => {}
+            }
+        }
+    }
+
+    /// Whether a build runs and this writer may take its next step.
+    fn may_build(&self) -> bool {
+        *self.publisher.building.borrow() != Projections::NONE
+            && self.retry_build_at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// Takes one step of the build the head records (see [`build`]).
+    async fn build_step(&mut self) {
+        let started = Instant::now();
+        let result = match self.connect().await {
+            Ok(()) => {
+                let Some(client) = self.client.as_mut() else { return };
+                let prepared = &self.prepared;
+                let work = async {
+                    let result = build::step(client, prepared).await;
+                    if result.is_err() && !client.is_closed() {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                    }
+                    result
+                };
+                tokio::time::timeout(connection::ANSWER_DEADLINE, work)
+                    .await
+                    .unwrap_or_else(|_| Err(connection::no_answer(connection::ANSWER_DEADLINE)))
+            }
+            Err(error) => Err(error),
+        };
+        self.publisher.notifier.query_observed(DatabaseQuery::WriteTransaction, started.elapsed());
+        let progress = match result {
+            Ok(progress) => progress,
+            Err(error) => {
+                // Whatever the step did, the head says where the build is:
+                // the next step, on any node, starts from there.
+                tracing::warn!(%error, "a step of building projections failed; trying again");
+                if matches!(error, StoreError::Unreachable(_) | StoreError::OutcomeUnknown(_)) {
+                    self.client = None;
+                    self.note_outage(&error);
+                }
+                self.retry_build_at = Some(Instant::now() + BUILD_RETRY);
+                return;
+            }
+        };
+        self.retry_build_at = None;
+        self.learn(progress.projected);
+        if let Some((head, touched)) = &progress.committed {
+            self.publisher.notifier.advance(*head);
+            match touched {
+                Some(names) => self.publisher.states.forget(names.iter().map(String::as_str)),
+                None => self.publisher.states.forget_all(),
+            }
+            self.publisher.publish(*head, touched.as_deref());
+        }
+        self.log_build(&progress);
+    }
+
+    fn log_build(&mut self, progress: &build::Progress) {
+        let now = Instant::now();
+        let building = progress.projected.building != Projections::NONE;
+        match self.build_log {
+            None if building => {
+                tracing::info!(
+                    projections = build::text(progress.projected.building),
+                    "building projections from the log"
+                );
+                self.build_log = Some((now, now));
+            }
+            Some((started, _)) if !building => {
+                tracing::info!(
+                    events = progress.head,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "projections built; maintained live from now on"
+                );
+                self.build_log = None;
+            }
+            Some((started, reported)) if now.duration_since(reported) >= BUILD_PROGRESS_EVERY => {
+                tracing::info!(
+                    projections = build::text(progress.projected.building),
+                    linked = progress.next,
+                    of = progress.head,
+                    "building projections"
+                );
+                self.build_log = Some((started, now));
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes what the head said of the projections.
+    fn learn(&mut self, projected: Projected) {
+        self.projected = projected;
+        let building = projected.building;
+        self.publisher.building.send_if_modified(|known| std::mem::replace(known, building) != building);
+    }
+
+    /// Connects the writer if it has no connection.
+    async fn connect(&mut self) -> Result<(), StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            match connect(&self.config, &self.tls).await.map_err(db_error) {
+                Ok(client) => self.client = Some(client),
+                Err(error) => {
+                    self.note_outage(&error);
+                    return Err(error);
+                }
+            }
+            self.prepared = Prepared::default();
+        }
+        Ok(())
     }
 
     async fn commit(&mut self, batch: Vec<Command>) {
@@ -206,24 +372,33 @@ impl Writer {
         &mut self,
         requests: &[Request],
     ) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = None;
-            match connect(&self.config, &self.tls).await.map_err(db_error) {
-                Ok(client) => self.client = Some(client),
-                Err(error) => {
-                    self.note_outage(&error);
-                    return Err(error);
+        // A batch read with other projections than the head now says is
+        // read again (another server changed them): at most a few times.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.transact_once(requests).await? {
+                (Outcome::Stale, projected) if attempts < 4 => self.learn(projected),
+                (Outcome::Stale, _) => {
+                    return Err(StoreError::Busy("the projections changed under every attempt".into()));
+                }
+                (Outcome::Done(answers, committed), projected) => {
+                    self.learn(projected);
+                    return Ok((answers, committed));
                 }
             }
-            self.prepared = Prepared::default();
         }
+    }
+
+    async fn transact_once(&mut self, requests: &[Request]) -> Result<(Outcome, Projected), StoreError> {
+        self.connect().await?;
         let Some(client) = self.client.as_mut() else { return Err(StoreError::Unavailable) };
         let started = Instant::now();
         // A database that does not answer (see `connection`): the batch is
         // abandoned with its connection, whose transaction PostgreSQL then
         // rolls back, unless its COMMIT was already on its way.
         let commit_sent = AtomicBool::new(false);
-        let work = run_transaction(client, &self.prepared, requests, self.projections, &commit_sent);
+        let work = run_transaction(client, &self.prepared, requests, self.projected, &commit_sent);
         let result = match tokio::time::timeout(connection::ANSWER_DEADLINE, work).await {
             Ok(result) => result,
             Err(_) if commit_sent.load(Ordering::Acquire) => Err(StoreError::OutcomeUnknown(format!(
@@ -280,9 +455,19 @@ impl Reply {
 }
 
 /// Locks the head and reads the next position, the commit sequence, the
-/// newest creation time and the database's clock.
+/// newest creation time, the database's clock and the projections.
 const LOCK_HEAD: &str = "SELECT next_position, commit_seq, last_created_micros, \
-     (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint FROM log_head FOR UPDATE";
+     (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint, projections, building FROM log_head FOR UPDATE";
+
+/// What a batch's transaction came to.
+enum Outcome {
+    /// The answers, in the requests' order, and the new head with the
+    /// streams touched if anything was written.
+    Done(Vec<Answer>, Option<Committed>),
+    /// Nothing: the head maintains a projection the batch's lookups left
+    /// out. Rolled back, to be run again.
+    Stale,
+}
 
 /// Runs one batch's transaction (see [`transaction`]); if it failed, ends
 /// whatever the session was left in (an open or aborted transaction), so
@@ -291,10 +476,10 @@ async fn run_transaction(
     client: &mut Client,
     prepared: &Prepared,
     requests: &[Request],
-    projections: Projections,
+    projected: Projected,
     commit_sent: &AtomicBool,
-) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
-    let result = transaction(client, prepared, requests, projections, commit_sent).await;
+) -> Result<(Outcome, Projected), StoreError> {
+    let result = transaction(client, prepared, requests, projected, commit_sent).await;
     if result.is_err() && !client.is_closed() {
         let _ = client.batch_execute("ROLLBACK").await;
     }
@@ -310,16 +495,16 @@ async fn transaction(
     client: &Client,
     prepared: &Prepared,
     requests: &[Request],
-    projections: Projections,
+    projected: Projected,
     commit_sent: &AtomicBool,
-) -> Result<(Vec<Answer>, Option<Committed>), StoreError> {
+) -> Result<(Outcome, Projected), StoreError> {
     // IMPORTANT: every statement of the first flight is prepared before it
     // is sent: one prepared meanwhile would reach the session after the
     // statements polled after it, and the lookups could run before the lock.
     let lock_head = prepared.get(client, LOCK_HEAD).await.map_err(db_error)?;
     let states_query = prepared.get(client, &staging::states_query()).await.map_err(db_error)?;
     let ids_query = prepared.get(client, staging::IDS_QUERY).await.map_err(db_error)?;
-    let lookups = Staging::lookups(projections, requests);
+    let lookups = Staging::lookups(projected.maintained, requests);
     // Polled together, in this order: sent without waiting for each
     // other's answers, run by the session in the order sent.
     let ((), head, states, numbers) = tokio::try_join!(
@@ -329,8 +514,13 @@ async fn transaction(
         async { client.query(&ids_query, &[&lookups.id_streams, &lookups.ids]).await.map_err(db_error) },
     )?;
     let (next_position, commit_seq) = (unsigned(head.get(0)), unsigned(head.get(1)));
+    let found = Projected::from_columns(head.get(4), head.get(5))?.unwrap_or(projected);
+    if !covers(projected.maintained, found.maintained) {
+        client.batch_execute("ROLLBACK").await.map_err(db_error)?;
+        return Ok((Outcome::Stale, found));
+    }
     let created_micros = head.get::<_, i64>(3).max(head.get(2));
-    let mut staging = Staging::new(projections, next_position, created_micros);
+    let mut staging = Staging::new(found.maintained, next_position, created_micros);
     staging.load(lookups, states, numbers);
 
     let answers: Vec<Answer> = requests
@@ -349,7 +539,7 @@ async fn transaction(
         // Nothing to write: retries, refusals. Ends the transaction (and
         // the head lock) at once.
         client.batch_execute("ROLLBACK").await.map_err(db_error)?;
-        return Ok((answers, None));
+        return Ok((Outcome::Done(answers, None), found));
     }
     let head = Head { next_position: staging.next_position, commit_seq: commit_seq + 1 };
     let events = staging.next_position.saturating_sub(next_position);
@@ -383,5 +573,12 @@ async fn transaction(
         }
         other => other,
     })?;
-    Ok((answers, Some((head, touched, events))))
+    Ok((Outcome::Done(answers, Some((head, touched, events))), found))
+}
+
+/// Whether lookups made for `read` read every state `needed` links need.
+fn covers(read: Projections, needed: Projections) -> bool {
+    Projection::ALL
+        .into_iter()
+        .all(|projection| read.is_enabled(projection) || !needed.is_enabled(projection))
 }

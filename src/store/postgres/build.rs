@@ -1,0 +1,420 @@
+//! The system projections on PostgreSQL: which ones every append links
+//! (recorded on the head, so that every node links the same), and the
+//! build from the log of one turned on after events were written.
+//!
+//! The head row carries both sets (migration 0004). Every batch locks the
+//! head and reads them with the lock, so a change made by one node holds
+//! for the next batch of every node: a server started with other
+//! `--projection-*` options than the database's changes them for all.
+//!
+//! A build makes exactly what live maintenance would have made, as the
+//! sled store's does: it clears the projections' streams, then links the
+//! log in position order, in steps of [`STEP`]. Each step is one
+//! transaction holding the head's lock, so it is serialised with every
+//! node's batches and its progress is on the head: whichever node's
+//! writer takes the next step (each writer takes steps while the head says
+//! a build runs), the build goes on where it was, and a node that dies
+//! mid-build loses nothing of it. The step that reaches the head moves
+//! the projections to the maintained set in the same transaction, so the
+//! next batch links live and no event is linked twice or missed.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use super::prepared::Prepared;
+use super::staging::{states_query, write_states};
+use super::{CHANNEL, db_error, prefix_end, signed, state_from_row, unsigned};
+use crate::store::projections::{Projection, Projections};
+use crate::store::{Head, StoreError, StreamState};
+
+/// How many log events one step links, or how many entries it removes.
+/// One step holds every node's appends back while it runs: a few tens of
+/// milliseconds at this size, and a million events take 200 steps.
+const STEP: i64 = 5_000;
+
+/// What the head says of the projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Projected {
+    /// Linked by every append.
+    pub(super) maintained: Projections,
+    /// Being built from the log.
+    pub(super) building: Projections,
+}
+
+impl Projected {
+    /// From the head's `projections` and `building` columns; `None` for
+    /// the first while no server has recorded any.
+    pub(super) fn from_columns(maintained: Option<&str>, building: &str) -> Result<Option<Self>, StoreError> {
+        let Some(maintained) = maintained else { return Ok(None) };
+        Ok(Some(Self { maintained: parse(maintained)?, building: parse(building)? }))
+    }
+}
+
+/// The projections as words, in a fixed order (`by-category,streams`;
+/// `none`).
+pub(super) fn text(projections: Projections) -> String {
+    let names: Vec<&str> = Projection::ALL
+        .into_iter()
+        .filter(|projection| projections.is_enabled(*projection))
+        .map(Projection::name)
+        .collect();
+    if names.is_empty() { "none".to_owned() } else { names.join(",") }
+}
+
+/// Reads [`text`].
+pub(super) fn parse(text: &str) -> Result<Projections, StoreError> {
+    let mut projections = Projections::NONE;
+    for word in text.split(',').filter(|word| *word != "none") {
+        let projection =
+            Projection::ALL.into_iter().find(|projection| projection.name() == word).ok_or_else(|| {
+                StoreError::Corrupt(format!("the database names an unknown projection '{word}'"))
+            })?;
+        projections.set(projection, true);
+    }
+    Ok(projections)
+}
+
+/// What the head should say once a server started with `configured`
+/// meets `current`, and whether a build starts from the beginning (a
+/// projection joined it). With an empty log nothing needs building.
+fn plan(current: Option<Projected>, configured: Projections, empty_log: bool) -> (Projected, bool) {
+    let Some(current) = current else {
+        // The first server on this database (or one created before builds
+        // existed, recorded nothing): what it was started with.
+        return (Projected { maintained: configured, building: Projections::NONE }, false);
+    };
+    let mut next = current;
+    let mut restart = false;
+    for projection in Projection::ALL {
+        let maintained = current.maintained.is_enabled(projection);
+        let building = current.building.is_enabled(projection);
+        match (configured.is_enabled(projection), maintained, building) {
+            (true, false, false) if empty_log => next.maintained.set(projection, true),
+            (true, false, false) => {
+                next.building.set(projection, true);
+                restart = true;
+            }
+            // Turned off: the streams stay as they are, no longer linked;
+            // turned on again, they are cleared and built anew.
+            (false, true, _) => next.maintained.set(projection, false),
+            (false, _, true) => next.building.set(projection, false),
+            _ => {}
+        }
+    }
+    (next, restart)
+}
+
+/// At start: records the projections a server was started with as the
+/// ones every node maintains from now on, starting the build of those
+/// turned on, and returns what the head says then.
+pub(super) async fn reconcile(client: &mut Client, configured: Projections) -> Result<Projected, StoreError> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    let row = tx
+        .query_one("SELECT next_position, projections, building FROM log_head FOR UPDATE", &[])
+        .await
+        .map_err(db_error)?;
+    let current = Projected::from_columns(row.get(1), row.get(2))?;
+    let (next, restart) = plan(current, configured, row.get::<_, i64>(0) == 0);
+    if Some(next) != current {
+        tx.execute(
+            "UPDATE log_head SET projections = $1, building = $2, \
+             build_cleared = build_cleared AND NOT $3, build_next = CASE WHEN $3 THEN 0 ELSE build_next END",
+            &[&text(next.maintained), &text(next.building), &restart],
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    if let Some(current) = current.filter(|current| *current != next) {
+        tracing::warn!(
+            was = text(current.maintained),
+            now = text(next.maintained),
+            building = text(next.building),
+            "this server was started with other projections than the database had: \
+             every server on this database follows them from its next batch"
+        );
+    }
+    Ok(next)
+}
+
+/// What one step did.
+#[derive(Debug, Clone)]
+pub(super) struct Progress {
+    /// What the head says after the step.
+    pub(super) projected: Projected,
+    /// The next log position to link (0 while clearing), and the head.
+    pub(super) next: u64,
+    pub(super) head: u64,
+    /// The commit the step made, if it changed anything, with the streams
+    /// whose states it changed (`None`: any stream, a step that cleared).
+    pub(super) committed: Option<(Head, Option<Vec<String>>)>,
+}
+
+/// Takes the next step of the build the head records, as one transaction
+/// (the caller rolls back on an error). A step when no build runs changes
+/// nothing.
+pub(super) async fn step(client: &Client, prepared: &Prepared) -> Result<Progress, StoreError> {
+    client.batch_execute("BEGIN").await.map_err(db_error)?;
+    let row = client
+        .query_one(
+            "SELECT next_position, commit_seq, projections, building, build_cleared, build_next \
+             FROM log_head FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+    let (head, commit_seq) = (unsigned(row.get(0)), unsigned(row.get(1)));
+    let projected = Projected::from_columns(row.get(2), row.get(3))?
+        .ok_or_else(|| StoreError::Corrupt("the database records no projections".into()))?;
+    let (cleared, next) = (row.get::<_, bool>(4), unsigned(row.get(5)));
+    let mut progress = Progress { projected, next, head, committed: None };
+    if projected.building == Projections::NONE {
+        client.batch_execute("ROLLBACK").await.map_err(db_error)?;
+        return Ok(progress);
+    }
+    let new_head = Head { next_position: head, commit_seq: commit_seq + 1 };
+    let (touched, now_cleared) = if cleared {
+        let (linked_to, touched) = link(client, prepared, projected.building, next, head).await?;
+        progress.next = linked_to;
+        if linked_to >= head {
+            progress.projected = Projected {
+                maintained: union(projected.maintained, projected.building),
+                building: Projections::NONE,
+            };
+        }
+        (Some(touched), true)
+    } else {
+        progress.next = 0;
+        (None, clear(client, projected.building).await?)
+    };
+    // A finished build leaves the columns as a new one starts them.
+    let finished = progress.projected.building == Projections::NONE;
+    client
+        .execute(
+            "UPDATE log_head SET commit_seq = $1, projections = $2, building = $3, build_cleared = $4, build_next = $5",
+            &[
+                &signed(new_head.commit_seq),
+                &text(progress.projected.maintained),
+                &text(progress.projected.building),
+                &(now_cleared && !finished),
+                &signed(if finished { 0 } else { progress.next }),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+    let payload = match &touched {
+        Some(streams) => super::listen::payload(new_head, streams),
+        None => super::listen::payload_every(new_head),
+    };
+    client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await.map_err(db_error)?;
+    client.batch_execute("COMMIT").await.map_err(db_error)?;
+    progress.committed = Some((new_head, touched));
+    Ok(progress)
+}
+
+fn union(a: Projections, b: Projections) -> Projections {
+    let mut both = a;
+    for projection in Projection::ALL {
+        if b.is_enabled(projection) {
+            both.set(projection, true);
+        }
+    }
+    both
+}
+
+/// Removes up to [`STEP`] entries of the streams of `building`; once none
+/// is left, their states too. Whether they are all gone.
+async fn clear(client: &Client, building: Projections) -> Result<bool, StoreError> {
+    let mut removed: i64 = 0;
+    for projection in Projection::ALL.into_iter().filter(|projection| building.is_enabled(*projection)) {
+        let (low, high) = range(projection);
+        let limit = STEP - removed;
+        let count = client
+            .execute(
+                "DELETE FROM stream_entries WHERE (stream, number) IN (SELECT stream, number FROM stream_entries \
+                 WHERE stream >= $1 AND stream < $2 LIMIT $3)",
+                &[&low, &high, &limit],
+            )
+            .await
+            .map_err(db_error)?;
+        removed += i64::try_from(count).unwrap_or(i64::MAX);
+        if removed >= STEP {
+            return Ok(false);
+        }
+    }
+    for projection in Projection::ALL.into_iter().filter(|projection| building.is_enabled(*projection)) {
+        let (low, high) = range(projection);
+        client
+            .execute("DELETE FROM streams WHERE name >= $1 AND name < $2", &[&low, &high])
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(true)
+}
+
+/// The names of a projection's streams, as a range in byte order.
+fn range(projection: Projection) -> (String, String) {
+    let (prefix, exact) = projection.stream_prefix();
+    // `$streams` alone: no name lies between it and itself followed by
+    // U+0001 (PostgreSQL's text holds no NUL).
+    let high = if exact { format!("{prefix}\u{1}") } else { prefix_end(prefix).unwrap_or_default() };
+    (prefix.to_owned(), high)
+}
+
+/// Links the events from position `next` on, up to [`STEP`] of them and
+/// not past `head`, into the streams of `building`, as the appends that
+/// wrote them would have. Where it got to, and the streams it changed.
+async fn link(
+    client: &Client,
+    prepared: &Prepared,
+    building: Projections,
+    next: u64,
+    head: u64,
+) -> Result<(u64, Vec<String>), StoreError> {
+    let end = next.saturating_add(STEP as u64).min(head);
+    // Events a scavenge removed since they were logged are absent: nothing
+    // to link, as in the other stores.
+    let events = client
+        .query(
+            "SELECT position, stream, number, event_type, created_micros FROM events \
+             WHERE position >= $1 AND position < $2 ORDER BY position",
+            &[&signed(next), &signed(end)],
+        )
+        .await
+        .map_err(db_error)?;
+    let mut names: Vec<String> = Vec::new();
+    let mut links: Vec<(String, &tokio_postgres::Row)> = Vec::new();
+    for event in &events {
+        let (stream, number): (&str, i64) = (event.get(1), event.get(2));
+        // Event 0 created its stream: numbering never restarts, so this is
+        // what the append decided.
+        for link in building.links(stream, event.get(3), number == 0).into_iter().flatten() {
+            let name = link.name();
+            if !names.contains(&name) {
+                names.push(name.clone());
+            }
+            links.push((name, event));
+        }
+    }
+    let mut states: HashMap<String, StreamState> = HashMap::new();
+    if !names.is_empty() {
+        let statement = prepared.get(client, &states_query()).await.map_err(db_error)?;
+        for row in client.query(&statement, &[&names]).await.map_err(db_error)? {
+            states.insert(row.get(0), state_from_row(&row, 0));
+        }
+    }
+    let mut entries = Entries::default();
+    for (name, event) in &links {
+        let position: i64 = event.get(0);
+        let state = states.entry(name.clone()).or_default();
+        if state.next_number == 0 {
+            state.created_position = unsigned(position);
+        }
+        entries.stream.push(name.clone());
+        entries.number.push(signed(state.next_number));
+        entries.position.push(position);
+        entries.created_micros.push(event.get(4));
+        entries.link_stream.push(event.get(1));
+        entries.link_number.push(event.get(2));
+        state.next_number += 1;
+    }
+    if !entries.stream.is_empty() {
+        client
+            .execute(
+                "INSERT INTO stream_entries (stream, number, position, created_micros, link_stream, link_number) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[])",
+                &[
+                    &entries.stream,
+                    &entries.number,
+                    &entries.position,
+                    &entries.created_micros,
+                    &entries.link_stream,
+                    &entries.link_number,
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        let changed: Vec<(&str, StreamState)> = names
+            .iter()
+            .filter_map(|name| states.get(name).map(|state| (name.as_str(), state.clone())))
+            .collect();
+        write_states(client, prepared, &changed).await?;
+    }
+    Ok((end, names))
+}
+
+/// The `stream_entries` rows of a step, column by column.
+#[derive(Default)]
+struct Entries {
+    stream: Vec<String>,
+    number: Vec<i64>,
+    position: Vec<i64>,
+    created_micros: Vec<i64>,
+    link_stream: Vec<String>,
+    link_number: Vec<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(text: &str) -> Projections {
+        parse(text).unwrap()
+    }
+
+    fn projected(maintained: &str, building: &str) -> Projected {
+        Projected { maintained: set(maintained), building: set(building) }
+    }
+
+    #[test]
+    fn projections_are_recorded_in_words() {
+        assert_eq!(text(Projections::default()), "by-category,by-event-type,streams");
+        assert_eq!(text(Projections::NONE), "none");
+        for words in ["none", "streams", "by-category,streams", "by-category,by-event-type,streams"] {
+            assert_eq!(text(set(words)), words);
+        }
+        assert!(parse("by-category,by-nothing").is_err());
+    }
+
+    #[test]
+    fn a_server_with_other_projections_changes_them_for_every_node() {
+        let all = Projections::default();
+        // The first server records what it was started with.
+        assert_eq!(plan(None, all, false), (projected("by-category,by-event-type,streams", "none"), false));
+        // The same: nothing changes.
+        let current = projected("by-category,by-event-type,streams", "none");
+        assert_eq!(plan(Some(current), all, false), (current, false));
+        // Turned off: no longer maintained.
+        let (next, restart) = plan(Some(current), set("streams"), false);
+        assert_eq!((next, restart), (projected("streams", "none"), false));
+        // Turned on after events were written: built, from the beginning.
+        let (next, restart) = plan(Some(next), all, false);
+        assert_eq!((next, restart), (projected("streams", "by-category,by-event-type"), true));
+        // Turned on with an empty log: maintained at once.
+        assert_eq!(
+            plan(Some(projected("none", "none")), all, true),
+            (projected("by-category,by-event-type,streams", "none"), false)
+        );
+        // A build that goes on keeps its progress; one turned off stops.
+        let building = projected("streams", "by-category,by-event-type");
+        assert_eq!(plan(Some(building), all, false), (building, false));
+        assert_eq!(
+            plan(Some(building), set("by-category,streams"), false),
+            (projected("streams", "by-category"), false)
+        );
+    }
+
+    #[test]
+    fn a_projections_streams_are_one_range_of_names() {
+        assert_eq!(range(Projection::ByCategory), ("$ce-".to_owned(), "$ce.".to_owned()));
+        assert_eq!(range(Projection::Streams), ("$streams".to_owned(), "$streams\u{1}".to_owned()));
+        for (projection, name) in [(Projection::ByEventType, "$et-Placed"), (Projection::Streams, "$streams")]
+        {
+            let (low, high) = range(projection);
+            assert!(low.as_str() <= name && name < high.as_str(), "{name}");
+        }
+        let (low, high) = range(Projection::Streams);
+        assert!(!(low.as_str() <= "$streams2" && "$streams2" < high.as_str()));
+    }
+}

@@ -210,6 +210,75 @@ async fn a_restart_finds_everything_and_a_newer_schema_is_refused() {
     assert!(refused.to_string().contains("newer than this eventfeed"), "{refused}");
 }
 
+/// A build of a projection left half done by the server that started it
+/// (closed mid-build, as a server that dies) is finished by another
+/// server on the database, one that did not start it and learns of it
+/// from the head, with every link where live maintenance puts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_left_half_done_is_finished_by_another_server() {
+    let Some(cluster) = common::postgres::cluster() else { return };
+    let url = cluster.create_database();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let with_category = |by_category: bool| {
+        StoreConfig::Postgres(PostgresOptions {
+            projections: Projections { by_category, ..Projections::default() },
+            ..postgres_options(&url)
+        })
+    };
+    let a = store::open(&with_category(true)).await.unwrap();
+    // Several steps' worth (a step links 5,000 events).
+    for batch in 0..60 {
+        let events = (0..250)
+            .map(|_| ProposedEvent {
+                id: Uuid::new_v4(),
+                event_type: "Ticked".into(),
+                is_json: true,
+                data: Bytes::from_static(b"{}"),
+                metadata_is_json: false,
+                metadata: Bytes::new(),
+            })
+            .collect();
+        let append = Append {
+            stream: format!("Order-{}", batch % 9),
+            expected: ExpectedVersion::Any,
+            events,
+            access: None,
+        };
+        a.append(append).await.unwrap();
+    }
+    // Off, then on through another server that stops after its first step
+    // (closing ends its writer at the next step).
+    store::open(&with_category(false)).await.unwrap().close().await.unwrap();
+    append_one(&a, "Order-late").await;
+    let b = store::open(&with_category(true)).await.unwrap();
+    assert_eq!(b.projections_building(), ["by-category"]);
+    b.close().await.unwrap();
+    let head = "SELECT building || ' ' || build_cleared || ' ' || build_next FROM log_head";
+    let left = cluster.psql(&database, head).unwrap();
+    assert!(left.starts_with("by-category "), "the build was left half done: {left}");
+
+    // `a` learns of it from the head (its next batch, or its listener's
+    // next read) and takes the remaining steps.
+    append_one(&a, "Order-live").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !a.projections_building().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not finished: {}",
+            cluster.psql(&database, head).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    append_one(&a, "Order-live").await;
+    let expected = 60 * 250 + 3;
+    assert_eq!(
+        cluster.category_agreement(&database, "Order"),
+        format!("{expected} {expected} {expected} {expected}")
+    );
+    assert_eq!(cluster.psql(&database, head).unwrap(), "none false 0");
+    a.close().await.unwrap();
+}
+
 /// An append of one event to `stream`.
 async fn try_append(store: &Arc<dyn Store>, stream: &str) -> Result<AppendOutcome, StoreError> {
     try_append_id(store, stream, Uuid::new_v4()).await

@@ -103,6 +103,24 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 
+    /// How `$ce-{category}` in database `name` agrees with the log: four
+    /// counts, equal when it links every event of the category once, in
+    /// position order, numbered densely (the events of the category, the
+    /// stream's entries, those two matched entry for entry, and the
+    /// stream's length).
+    pub fn category_agreement(&self, name: &str, category: &str) -> String {
+        let sql = format!(
+            "WITH expected AS (SELECT row_number() OVER (ORDER BY position) - 1 AS n, position, stream, number \
+             FROM events WHERE stream LIKE '{category}-%'), \
+             got AS (SELECT number AS n, position, link_stream AS stream, link_number AS number \
+             FROM stream_entries WHERE stream = '$ce-{category}') \
+             SELECT (SELECT count(*) FROM expected) || ' ' || (SELECT count(*) FROM got) || ' ' || \
+             (SELECT count(*) FROM expected JOIN got USING (n, position, stream, number)) || ' ' || \
+             (SELECT next_number FROM streams WHERE name = '$ce-{category}')"
+        );
+        self.psql(name, &sql).unwrap()
+    }
+
     /// Runs one SQL command in database `name` with `psql`; its output.
     pub fn psql(&self, name: &str, sql: &str) -> Result<String, String> {
         let output = Command::new(self.bin.join("psql"))

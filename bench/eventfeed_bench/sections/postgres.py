@@ -38,19 +38,27 @@ results and below), one database `bench` in it, and:
   release build, default durability: fdatasync per batch), and the same
   pages from the run's read store (1,000 streams × 100 events), with and
   without the page cache.
+- **A projection built from the log**, on each backend's store once its
+  workloads are done: the server restarted with `$ce-` turned off, then
+  on again, timed from that start until `GET /info` lists no projection
+  being built (so including the start): the log's events linked per
+  second.
 
 pg_stat_statements is reset before eventfeed's appends and again before its
 reads: the statements that took most of the database's time in each are
 recorded, to show where the time goes."""
 
+import json
 import random
 import re
 import shutil
 import statistics
 import subprocess
+import time
 
 from .. import targets
-from ..common import (EVENTS_PER_READ_STREAM, READ_STREAM_PREFIX, eventfeed_postgres_binary, fill_streams, log)
+from ..common import (EVENTS_PER_READ_STREAM, READ_STREAM_PREFIX, eventfeed_postgres_binary, fill_streams,
+                      http_request, log, wait_until)
 from ..fmt import errors, fmt, fmt_share, ms, ratio, table, times, verdict
 from ..servers import Eventfeed, Postgres
 
@@ -160,6 +168,26 @@ def top_statements(cluster):
             for share, calls, mean, rows, query in cluster.sql(DATABASE, TOP_STATEMENTS)]
 
 
+def build_run(start, label):
+    """Turns the `$ce-` projection off and on again and times its build from
+    the log: from the start of the server with it on (its build starts as
+    it opens the store) until `/info` lists nothing being built. `start`
+    starts the server with extra options."""
+    start(("--projection-by-category", "false")).stop()
+    started = time.monotonic()
+    server = start(())
+    try:
+        def info():
+            return json.loads(http_request(server.port, "GET", "/info")[2])
+        log(f"{label}: building $ce- from the log")
+        wait_until(lambda: not info()["projectionsBuilding"], 1800, f"{label}: the build of $ce-")
+        seconds = time.monotonic() - started
+        events = info()["nextPosition"]
+    finally:
+        server.stop()
+    return {"events": events, "seconds": seconds, "events_per_second": events / seconds}
+
+
 def measure_postgres(ctx, result):
     settings = ctx.settings
     cluster = Postgres(ctx.workdir / "postgres", ctx.pinning)
@@ -212,6 +240,12 @@ def measure_postgres(ctx, result):
             server.port, "atom", settings.read_streams, label="eventfeed on PostgreSQL without the page cache",
             server=(server.process.pid, cluster.process.pid))
         result["database_bytes"] = int(cluster.sql(DATABASE, "SELECT pg_database_size(current_database())")[0][0])
+        server.stop()
+        server = None
+        result["build"] = build_run(
+            lambda options: Eventfeed(ctx.workdir, ctx.pinning, ctx.workdir / "postgres-eventfeed", "fsync",
+                                      ("--store", cluster.url(DATABASE), *options),
+                                      binary=eventfeed_postgres_binary()), "eventfeed on PostgreSQL")
     finally:
         if server:
             server.stop()
@@ -226,6 +260,9 @@ def measure_sled(ctx, result):
         append_run(ctx, server, settings.postgres_clients, 1, "sled", duration=settings.warmup)
         result["appends"] = append_run(ctx, server, settings.postgres_clients, 1, "sled")
         result["batches"] = append_run(ctx, server, settings.batch_clients, settings.batch_size, "sled")
+        server.stop()
+        result["build"] = build_run(
+            lambda options: Eventfeed(ctx.workdir, ctx.pinning, server.data_dir, "fsync", options), "sled")
     finally:
         server.stop()
         shutil.rmtree(server.data_dir, ignore_errors=True)
@@ -249,6 +286,8 @@ def measure(ctx, result):
     result["appends_over_sled"] = ratio(result["appends"]["events_per_second"], sled["appends"]["events_per_second"])
     result["batches_over_sled"] = ratio(result["batches"]["events_per_second"], sled["batches"]["events_per_second"])
     result["reads_over_sled"] = ratio(result["reads"]["rps"], sled["reads"]["rps"])
+    if "build" in result and "build" in sled:
+        result["build_over_sled"] = ratio(result["build"]["events_per_second"], sled["build"]["events_per_second"])
     if "reads_without_page_cache" in result:
         result["reads_without_page_cache_over_sled"] = ratio(result["reads_without_page_cache"]["rps"],
                                                              sled["reads_without_page_cache"]["rps"])
@@ -333,6 +372,13 @@ def render(result, settings):
                      ms(without, "p99_us"), errors(without), "—", "—",
                      f"{fmt(sled_without['rps'])} req/s (p99 {ms(sled_without, 'p99_us')} ms)",
                      f"**{times(result.get('reads_without_page_cache_over_sled'), 'sled')}**", "—"])
+    build, sled_build = result.get("build"), sled.get("build")
+    if build and sled_build:
+        rows.append([f"`$ce-` built from the log ({fmt(build['events'])} events; sled's store "
+                     f"{fmt(sled_build['events'])}), from the server's start until `/info` lists no build",
+                     f"{fmt(build['events_per_second'])} events/s ({fmt(build['seconds'], 1)} s)", "—", "—", "—",
+                     "—", "—", f"{fmt(sled_build['events_per_second'])} events/s ({fmt(sled_build['seconds'], 1)} s)",
+                     f"**{times(result.get('build_over_sled'), 'sled')}**", "—"])
     out = [table(["workload", "eventfeed on PostgreSQL", "p50 ms", "p99 ms", "errors", "baseline, same database",
                   "÷ baseline", "eventfeed on sled, same run", "÷ sled", "target"], rows), ""]
     cpu = [(name, cpu_per_event(result[key]), cpu_per_event(sled[key]))

@@ -232,8 +232,8 @@ async fn clear(client: &Client, building: Projections) -> Result<bool, StoreErro
         let limit = STEP - removed;
         let count = client
             .execute(
-                "DELETE FROM stream_entries WHERE (stream, number) IN (SELECT stream, number FROM stream_entries \
-                 WHERE stream >= $1 AND stream < $2 LIMIT $3)",
+                "DELETE FROM stream_entries WHERE ctid = ANY(ARRAY(SELECT ctid FROM stream_entries \
+                 WHERE stream >= $1 AND stream < $2 LIMIT $3))",
                 &[&low, &high, &limit],
             )
             .await

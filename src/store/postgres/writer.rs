@@ -582,3 +582,21 @@ fn covers(read: Projections, needed: Projections) -> bool {
         .into_iter()
         .all(|projection| read.is_enabled(projection) || !needed.is_enabled(projection))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_read_again_only_when_the_head_links_more_than_it_looked_up() {
+        let all = Projections::default();
+        let streams_only = Projections { by_category: false, by_event_type: false, streams: true };
+        assert!(covers(all, all));
+        // Turned off elsewhere: the lookups read a state more, no harm.
+        assert!(covers(all, streams_only));
+        assert!(covers(streams_only, Projections::NONE));
+        // Turned on elsewhere: the states of its streams were not read.
+        assert!(!covers(streams_only, all));
+        assert!(!covers(Projections::NONE, streams_only));
+    }
+}

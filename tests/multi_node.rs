@@ -50,6 +50,20 @@ async fn append(client: &reqwest::Client, base: &str, stream: &str, data: Value)
         .unwrap()
 }
 
+/// Appends `count` events to `stream` in one request.
+async fn append_many(client: &reqwest::Client, base: &str, stream: &str, count: usize) -> reqwest::Response {
+    let events: Vec<Value> = (0..count)
+        .map(|n| json!({"eventId": Uuid::new_v4(), "eventType": "Noted", "data": {"n": n}}))
+        .collect();
+    client
+        .post(format!("{base}/streams/{stream}"))
+        .header("content-type", EVENTS_JSON)
+        .body(Value::from(events).to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_nodes_serve_the_same_bytes_and_wake_each_others_readers() {
     let Some((_dirs, [a, b])) = two_nodes(&[]) else { return };
@@ -399,16 +413,7 @@ async fn settles<F: std::future::Future<Output = bool>>(
 async fn a_page_kept_on_one_node_follows_writes_made_through_the_other() {
     let Some((_dirs, [a, b])) = two_nodes(&[]) else { return };
     let client = client();
-    let events: Vec<Value> =
-        (0..25).map(|n| json!({"eventId": Uuid::new_v4(), "eventType": "Noted", "data": {"n": n}})).collect();
-    let posted = client
-        .post(format!("{}/streams/kept", a.base))
-        .header("content-type", EVENTS_JSON)
-        .body(Value::from(events).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(posted.status(), 201);
+    assert_eq!(append_many(&client, &a.base, "kept", 25).await.status(), 201);
     let page = |base: &str| {
         let request = client.get(format!("{base}/streams/kept/0/forward/20")).header("accept", ATOM_JSON);
         let base = base.to_owned();
@@ -492,17 +497,8 @@ async fn a_projection_turned_on_through_one_node_is_built_while_the_other_append
     // More events than one step of a build links (5,000), through both.
     for batch in 0..60 {
         let node = if batch % 2 == 0 { &a.base } else { &b.base };
-        let events: Vec<Value> = (0..200)
-            .map(|n| json!({"eventId": Uuid::new_v4(), "eventType": "Noted", "data": {"n": n}}))
-            .collect();
-        let response = client
-            .post(format!("{node}/streams/Order-{}", batch % 7))
-            .header("content-type", EVENTS_JSON)
-            .body(Value::from(events).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
+        let stream = format!("Order-{}", batch % 7);
+        assert_eq!(append_many(&client, node, &stream, 200).await.status(), 201);
     }
     let linked = |stream: &str| {
         let sql = format!(

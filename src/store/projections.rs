@@ -121,6 +121,30 @@ impl Projections {
         ]
     }
 
+    /// The projections as words, in a fixed order (`by-category,streams`;
+    /// `none`): how a database records them.
+    pub fn words(self) -> String {
+        let names: Vec<&str> = Projection::ALL
+            .into_iter()
+            .filter(|projection| self.is_enabled(*projection))
+            .map(Projection::name)
+            .collect();
+        if names.is_empty() { "none".to_owned() } else { names.join(",") }
+    }
+
+    /// Reads [`Self::words`]; a word that names no projection is the error.
+    pub fn from_words(text: &str) -> Result<Self, String> {
+        let mut projections = Projections::NONE;
+        for word in text.split(',').filter(|word| *word != "none") {
+            let projection = Projection::ALL
+                .into_iter()
+                .find(|projection| projection.name() == word)
+                .ok_or_else(|| word.to_owned())?;
+            projections.set(projection, true);
+        }
+        Ok(projections)
+    }
+
     /// Like [`Self::links_for`], restricted to one projection (rebuilds).
     pub fn links_of(
         projection: Projection,

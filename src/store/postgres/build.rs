@@ -51,28 +51,15 @@ impl Projected {
     }
 }
 
-/// The projections as words, in a fixed order (`by-category,streams`;
-/// `none`).
+/// The projections as the head records them ([`Projections::words`]).
 pub(super) fn text(projections: Projections) -> String {
-    let names: Vec<&str> = Projection::ALL
-        .into_iter()
-        .filter(|projection| projections.is_enabled(*projection))
-        .map(Projection::name)
-        .collect();
-    if names.is_empty() { "none".to_owned() } else { names.join(",") }
+    projections.words()
 }
 
 /// Reads [`text`].
 pub(super) fn parse(text: &str) -> Result<Projections, StoreError> {
-    let mut projections = Projections::NONE;
-    for word in text.split(',').filter(|word| *word != "none") {
-        let projection =
-            Projection::ALL.into_iter().find(|projection| projection.name() == word).ok_or_else(|| {
-                StoreError::Corrupt(format!("the database names an unknown projection '{word}'"))
-            })?;
-        projections.set(projection, true);
-    }
-    Ok(projections)
+    Projections::from_words(text)
+        .map_err(|word| StoreError::Corrupt(format!("the database names an unknown projection '{word}'")))
 }
 
 /// What the head should say once a server started with `configured`

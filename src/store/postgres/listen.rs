@@ -22,6 +22,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 use super::connection::Tls;
 use super::{CHANNEL, Publisher};
 use crate::store::Head;
+use crate::store::projections::Projections;
 
 /// How often the head is read even when nothing was heard: a bound on how
 /// long a wake-up lost without a broken connection (which PostgreSQL does
@@ -224,7 +225,7 @@ async fn catch_up(
     publisher.size_bytes.store(size, std::sync::atomic::Ordering::Relaxed);
     // A build another server started: this node's writer takes steps too,
     // and its `/info` says so.
-    if let Ok(building) = super::build::parse(row.get(3)) {
+    if let Ok(building) = Projections::from_words(row.get(3)) {
         publisher.building.send_if_modified(|known| std::mem::replace(known, building) != building);
     }
     publisher.states.forget_all();

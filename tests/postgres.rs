@@ -252,6 +252,9 @@ async fn a_build_left_half_done_is_finished_by_another_server() {
     append_one(&a, "Order-late").await;
     let b = store::open(&with_category(true)).await.unwrap();
     assert_eq!(b.projections_building(), ["by-category"]);
+    // Half-built streams are not exported.
+    let refused = b.export_snapshot().await.unwrap_err();
+    assert!(refused.to_string().contains("being built (by-category)"), "{refused}");
     b.close().await.unwrap();
     let head = "SELECT building || ' ' || build_cleared || ' ' || build_next FROM log_head";
     let left = cluster.psql(&database, head).unwrap();

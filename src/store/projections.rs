@@ -124,12 +124,17 @@ impl Projections {
     /// The projections as words, in a fixed order (`by-category,streams`;
     /// `none`): how a database records them.
     pub fn words(self) -> String {
-        let names: Vec<&str> = Projection::ALL
+        let names = self.names();
+        if names.is_empty() { "none".to_owned() } else { names.join(",") }
+    }
+
+    /// The names of the projections on, in a fixed order.
+    pub fn names(self) -> Vec<&'static str> {
+        Projection::ALL
             .into_iter()
             .filter(|projection| self.is_enabled(*projection))
             .map(Projection::name)
-            .collect();
-        if names.is_empty() { "none".to_owned() } else { names.join(",") }
+            .collect()
     }
 
     /// Reads [`Self::words`]; a word that names no projection is the error.

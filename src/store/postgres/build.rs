@@ -19,6 +19,7 @@
 //! next batch links live and no event is linked twice or missed.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
@@ -51,12 +52,7 @@ impl Projected {
     }
 }
 
-/// The projections as the head records them ([`Projections::words`]).
-pub(super) fn text(projections: Projections) -> String {
-    projections.words()
-}
-
-/// Reads [`text`].
+/// Reads the head's record of projections ([`Projections::words`]).
 pub(super) fn parse(text: &str) -> Result<Projections, StoreError> {
     Projections::from_words(text)
         .map_err(|word| StoreError::Corrupt(format!("the database names an unknown projection '{word}'")))
@@ -107,7 +103,7 @@ pub(super) async fn reconcile(client: &mut Client, configured: Projections) -> R
         tx.execute(
             "UPDATE log_head SET projections = $1, building = $2, \
              build_cleared = build_cleared AND NOT $3, build_next = CASE WHEN $3 THEN 0 ELSE build_next END",
-            &[&text(next.maintained), &text(next.building), &restart],
+            &[&next.maintained.words(), &next.building.words(), &restart],
         )
         .await
         .map_err(db_error)?;
@@ -115,9 +111,9 @@ pub(super) async fn reconcile(client: &mut Client, configured: Projections) -> R
     tx.commit().await.map_err(db_error)?;
     if let Some(current) = current.filter(|current| *current != next) {
         tracing::warn!(
-            was = text(current.maintained),
-            now = text(next.maintained),
-            building = text(next.building),
+            was = current.maintained.words(),
+            now = next.maintained.words(),
+            building = next.building.words(),
             "this server was started with other projections than the database had: \
              every server on this database follows them from its next batch"
         );
@@ -136,6 +132,50 @@ pub(super) struct Progress {
     /// The commit the step made, if it changed anything, with the streams
     /// whose states it changed (`None`: any stream, a step that cleared).
     pub(super) committed: Option<(Head, Option<Vec<String>>)>,
+}
+
+/// How often a build logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// The log lines of the build a writer takes part in: when it started and
+/// when it last said how far it got.
+#[derive(Debug, Default)]
+pub(super) struct BuildLog(Option<(Instant, Instant)>);
+
+impl BuildLog {
+    /// Logs a step's progress: the build's start and end, and where it is
+    /// every [`PROGRESS_EVERY`].
+    pub(super) fn record(&mut self, progress: &Progress) {
+        let now = Instant::now();
+        let building = progress.projected.building != Projections::NONE;
+        match self.0 {
+            None if building => {
+                tracing::info!(
+                    projections = progress.projected.building.words(),
+                    "building projections from the log"
+                );
+                self.0 = Some((now, now));
+            }
+            Some((started, _)) if !building => {
+                tracing::info!(
+                    events = progress.head,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "projections built; maintained live from now on"
+                );
+                self.0 = None;
+            }
+            Some((started, reported)) if now.duration_since(reported) >= PROGRESS_EVERY => {
+                tracing::info!(
+                    projections = progress.projected.building.words(),
+                    linked = progress.next,
+                    of = progress.head,
+                    "building projections"
+                );
+                self.0 = Some((started, now));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Takes the next step of the build the head records, as one transaction
@@ -182,8 +222,8 @@ pub(super) async fn step(client: &Client, prepared: &Prepared) -> Result<Progres
             "UPDATE log_head SET commit_seq = $1, projections = $2, building = $3, build_cleared = $4, build_next = $5",
             &[
                 &signed(new_head.commit_seq),
-                &text(progress.projected.maintained),
-                &text(progress.projected.building),
+                &progress.projected.maintained.words(),
+                &progress.projected.building.words(),
                 &(now_cleared && !finished),
                 &signed(if finished { 0 } else { progress.next }),
             ],
@@ -397,10 +437,10 @@ mod tests {
 
     #[test]
     fn projections_are_recorded_in_words() {
-        assert_eq!(text(Projections::default()), "by-category,by-event-type,streams");
-        assert_eq!(text(Projections::NONE), "none");
+        assert_eq!(Projections::default().words(), "by-category,by-event-type,streams");
+        assert_eq!(Projections::NONE.words(), "none");
         for words in ["none", "streams", "by-category,streams", "by-category,by-event-type,streams"] {
-            assert_eq!(text(set(words)), words);
+            assert_eq!(set(words).words(), words);
         }
         assert!(parse("by-category,by-nothing").is_err());
     }

@@ -50,7 +50,7 @@ pub(super) fn payload(head: Head, streams: &[String]) -> String {
     if full.len() <= MAX_PAYLOAD {
         return full;
     }
-    serde_json::json!([head.next_position, head.commit_seq, null]).to_string()
+    payload_every(head)
 }
 
 /// The notification of a commit that may have changed any stream.

@@ -59,7 +59,7 @@ use super::{
     ScavengeStarted, SpentId, Store, StoreError, StoredEntry, StreamRead, StreamSettings, StreamSlice,
     StreamState, StreamView,
 };
-use crate::store::projections::{Projection, Projections};
+use crate::store::projections::Projections;
 
 /// How many connections reads may hold at once (the writer and the
 /// listener have one each besides).
@@ -500,8 +500,7 @@ impl Store for PgStore {
     }
 
     fn projections_building(&self) -> Vec<&'static str> {
-        let building = *self.publisher.building.borrow();
-        Projection::ALL.into_iter().filter(|p| building.is_enabled(*p)).map(Projection::name).collect()
+        self.publisher.building.borrow().names()
     }
 
     async fn export_entries(

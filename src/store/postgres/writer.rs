@@ -59,16 +59,11 @@ pub(super) struct Writer {
     publisher: Arc<Publisher>,
     /// When a build's step may be tried again after one failed.
     retry_build_at: Option<Instant>,
-    /// When the build this writer takes part in started, and when it last
-    /// logged its progress.
-    build_log: Option<(Instant, Instant)>,
+    build_log: build::BuildLog,
 }
 
 /// How long a writer waits to try a build's step again after one failed.
 const BUILD_RETRY: Duration = Duration::from_secs(1);
-
-/// How often a build logs its progress.
-const BUILD_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// How long PostgreSQL lets the writer's session sit idle inside a
 /// transaction before ending it. The writer never does (its statements are
@@ -139,7 +134,7 @@ impl Writer {
             projected,
             publisher,
             retry_build_at: None,
-            build_log: None,
+            build_log: build::BuildLog::default(),
         }
     }
 
@@ -256,39 +251,7 @@ impl Writer {
             }
             self.publisher.publish(*head, touched.as_deref());
         }
-        self.log_build(&progress);
-    }
-
-    fn log_build(&mut self, progress: &build::Progress) {
-        let now = Instant::now();
-        let building = progress.projected.building != Projections::NONE;
-        match self.build_log {
-            None if building => {
-                tracing::info!(
-                    projections = build::text(progress.projected.building),
-                    "building projections from the log"
-                );
-                self.build_log = Some((now, now));
-            }
-            Some((started, _)) if !building => {
-                tracing::info!(
-                    events = progress.head,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "projections built; maintained live from now on"
-                );
-                self.build_log = None;
-            }
-            Some((started, reported)) if now.duration_since(reported) >= BUILD_PROGRESS_EVERY => {
-                tracing::info!(
-                    projections = build::text(progress.projected.building),
-                    linked = progress.next,
-                    of = progress.head,
-                    "building projections"
-                );
-                self.build_log = Some((started, now));
-            }
-            _ => {}
-        }
+        self.build_log.record(&progress);
     }
 
     /// Takes what the head said of the projections.

@@ -38,6 +38,23 @@ results and below), one database `bench` in it, and:
   release build, default durability: fdatasync per batch), and the same
   pages from the run's read store (1,000 streams × 100 events), with and
   without the page cache.
+- **The floor on this machine**: what no server here can beat, however
+  it is written. PostgreSQL alone, storing 20-event batches from 16
+  pgbench clients (`FLOOR_SCRIPT`: one multi-row INSERT per transaction)
+  as bare rows of a table with the columns of `events` and only the
+  indexes the backend's promises need (the position for `$all`; unique
+  (stream, id) for idempotency; unique (stream, number) for a stream's
+  pages), with nothing else written and no HTTP: its rate, and the
+  database's CPU time per event; and the same rows in transactions of
+  64 (every one of 64 clients' single-event appends in one commit, the
+  most that group commit could gather; 4 pgbench clients), for the
+  single-event appends' bound. And `GET /ping` (no store, no
+  rendering) on the same eventfeed server from 64 connections: the
+  server's CPU time per HTTP request. Both run on the server CPUs,
+  which eventfeed and its database share, so no server can append
+  faster than those CPUs' time ÷ (one request's share + one event's
+  rows): the section's bounds, computed for single-event appends and
+  for 20-event batches, that eventfeed's figures are divided by.
 - **A projection built from the log**, on each backend's store once its
   workloads are done: the server restarted with `$ce-` turned off, then
   on again, timed from that start until `GET /info` lists no projection
@@ -60,6 +77,7 @@ from .. import targets
 from ..common import (EVENTS_PER_READ_STREAM, READ_STREAM_PREFIX, eventfeed_postgres_binary, fill_streams,
                       http_request, log, wait_until)
 from ..fmt import errors, fmt, fmt_share, ms, ratio, table, times, verdict
+from ..load import group_cpu_seconds
 from ..servers import Eventfeed, Postgres
 
 TITLE = "PostgreSQL backend"
@@ -88,6 +106,38 @@ VALUES ('bench-baseline-' || :stream, :client_id, gen_random_uuid(), 'OrderPlace
         ''::bytea);
 """
 
+# The floor: the bare rows of 20-event batches, with the indexes any
+# design meeting the backend's promises needs and nothing else.
+FLOOR_TABLE = """
+CREATE SEQUENCE floor_numbers;
+CREATE TABLE floor_events (
+    position bigserial PRIMARY KEY,
+    stream text NOT NULL,
+    number bigint NOT NULL,
+    id uuid NOT NULL,
+    event_type text NOT NULL,
+    created_micros bigint NOT NULL,
+    is_json boolean NOT NULL,
+    metadata_is_json boolean NOT NULL,
+    data bytea NOT NULL,
+    metadata bytea NOT NULL,
+    UNIQUE (stream, id),
+    UNIQUE (stream, number)
+)"""
+
+FLOOR_SCRIPT = """\\set stream random(1, 100)
+INSERT INTO floor_events (stream, number, id, event_type, created_micros, is_json, metadata_is_json, data, metadata)
+SELECT 'bench-floor-' || :stream, nextval('floor_numbers'), gen_random_uuid(), 'OrderPlaced',
+       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint, true, false,
+       convert_to('{"orderId":"order-1","amount":1.5,"currency":"EUR","note":"benchmark event"}', 'UTF8'),
+       ''::bytea
+FROM generate_series(1, :rows);
+"""
+
+# The appends' floor runs transactions as large as all the clients' appends
+# from a few pgbench clients, enough to keep the database busy.
+FLOOR_APPENDS_CLIENTS = 4
+
 # pg_stat_statements' view of one workload: the statements that took the
 # most time, as (share of the total, calls, mean ms, rows per call, query).
 TOP_STATEMENTS = """
@@ -98,14 +148,18 @@ FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname 
 ORDER BY total_exec_time DESC LIMIT 6"""
 
 
-def pgbench(ctx, cluster, clients, duration):
-    """One pgbench run of the baseline script; its figures."""
-    script = ctx.workdir / "baseline.sql"
-    script.write_text(BASELINE_SCRIPT)
+def pgbench(ctx, cluster, clients, duration, script=BASELINE_SCRIPT, rows=1, label="pgbench baseline"):
+    """One pgbench run of a script whose transactions store `rows` events
+    each (the baseline's by default); its figures, with the database's CPU
+    time per event."""
+    path = ctx.workdir / f"pgbench-{rows}.sql"
+    path.write_text(script)
     argv = ctx.pinning.load([str(cluster.bin / "pgbench"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U",
                              "postgres", "-n", "-c", str(clients), "-j", "1", "-M", "prepared", "-T", str(duration),
-                             "-f", str(script), DATABASE])
+                             "-D", f"rows={rows}", "-f", str(path), DATABASE])
+    cpu_before = group_cpu_seconds(cluster.process.pid)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
+    cpu = group_cpu_seconds(cluster.process.pid) - cpu_before
     output = result.stdout + result.stderr
     tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
     if result.returncode != 0 or not tps:
@@ -113,12 +167,47 @@ def pgbench(ctx, cluster, clients, duration):
     processed = re.search(r"number of transactions actually processed: (\d+)", output)
     failed = re.search(r"number of failed transactions: (\d+)", output)
     latency = re.search(r"latency average = ([\d.]+) ms", output)
-    figures = {"events_per_second": float(tps.group(1)), "transactions": int(processed.group(1)) if processed else None,
+    transactions = int(processed.group(1)) if processed else None
+    figures = {"events_per_second": float(tps.group(1)) * rows, "transactions": transactions,
                "failed": int(failed.group(1)) if failed else 0, "seconds": duration, "clients": clients,
-               "latency_mean_ms": float(latency.group(1)) if latency else None}
-    log(f"pgbench baseline, {clients} clients: {figures['events_per_second']:.0f} inserts/s, "
-        f"mean latency {figures['latency_mean_ms']} ms, failed {figures['failed']}")
+               "events_per_transaction": rows, "latency_mean_ms": float(latency.group(1)) if latency else None,
+               "database_cpu_us_per_event": cpu * 1e6 / (transactions * rows) if transactions else None}
+    log(f"{label}, {clients} clients x{rows}: {figures['events_per_second']:.0f} events/s, "
+        f"mean latency {figures['latency_mean_ms']} ms, failed {figures['failed']}, "
+        f"database CPU {fmt(figures['database_cpu_us_per_event'], 1)} µs/event")
     return figures
+
+
+def ping_run(ctx, server, clients):
+    """`GET /ping` from `clients` connections: the server's CPU time per
+    HTTP request with no store and no rendering."""
+    paths = ctx.workdir / "ping-paths.txt"
+    paths.write_text("/ping\n")
+    args = [paths, "application/json", "-"]
+    ctx.wrk.run(server.port, "read_list", args, clients, duration=ctx.settings.warmup)
+    figures = ctx.wrk.run(server.port, "read_list", args, clients, server=server.process.pid)
+    requests = figures["requests"]
+    figures["cpu_us_per_request"] = (figures["server_cpu_seconds"] * 1e6 / requests
+                                     if figures.get("server_cpu_seconds") and requests else None)
+    log(f"eventfeed /ping, {clients} connections: {figures['rps']:.0f} req/s, "
+        f"{fmt(figures['cpu_us_per_request'], 1)} µs of CPU per request")
+    return figures
+
+
+def floor_bounds(ctx, result):
+    """The section's bounds (see the docstring): events/s that the server
+    CPUs' time allows at the floor's costs, for one event per request and
+    for the batches' size; None without pinning or CPU figures."""
+    floors = result.get("floor"), result.get("floor_appends")
+    ping, cpus = result.get("ping"), ctx.pinning.server_cpu_set()
+    if not all(floors) or not ping or not cpus or not ping["cpu_us_per_request"]:
+        return None
+    if not all(floor["database_cpu_us_per_event"] for floor in floors):
+        return None
+    per_request = ping["cpu_us_per_request"]
+    return {"cpus": len(cpus),
+            "appends": len(cpus) * 1e6 / (per_request + floors[1]["database_cpu_us_per_event"]),
+            "batches": len(cpus) * 1e6 / (per_request / result["batch_size"] + floors[0]["database_cpu_us_per_event"])}
 
 
 def append_run(ctx, server, clients, batch, label, duration=None, database=None):
@@ -198,6 +287,7 @@ def measure_postgres(ctx, result):
         cluster.sql("postgres", f"CREATE DATABASE {DATABASE}")
         cluster.sql(DATABASE, "CREATE EXTENSION pg_stat_statements")
         cluster.sql(DATABASE, BASELINE_TABLE)
+        cluster.sql(DATABASE, FLOOR_TABLE)
         server = Eventfeed(ctx.workdir, ctx.pinning, ctx.workdir / "postgres-eventfeed", "fsync",
                            ("--store", cluster.url(DATABASE)), binary=eventfeed_postgres_binary())
         clients = settings.postgres_clients
@@ -218,6 +308,17 @@ def measure_postgres(ctx, result):
         batches = [append_run(ctx, server, settings.batch_clients, settings.batch_size, "eventfeed on PostgreSQL",
                               database=cluster) for _ in range(settings.postgres_rounds)]
         result["append_statements"] = top_statements(cluster)
+        # The batches' floor: their clients and size. The appends' floor:
+        # every client's event in one transaction, the most that group
+        # commit could ever gather (the database's cost per event only
+        # falls as transactions grow).
+        for key, floor_clients, rows in (("floor", settings.batch_clients, settings.batch_size),
+                                         ("floor_appends", FLOOR_APPENDS_CLIENTS, clients)):
+            floor = [pgbench(ctx, cluster, floor_clients, settings.duration, FLOOR_SCRIPT, rows, "the floor: bare rows")
+                     for _ in range(settings.postgres_rounds)]
+            result[key] = dict(combined(floor), runs=floor, database_cpu_us_per_event=statistics.mean(
+                run["database_cpu_us_per_event"] for run in floor))
+        result["ping"] = ping_run(ctx, server, clients)
         result["baseline"] = dict(combined(runs["baseline"]), runs=runs["baseline"])
         result["appends"] = dict(combined(runs["eventfeed"]), runs=runs["eventfeed"])
         result["batches"] = dict(combined(batches), runs=batches)
@@ -286,6 +387,13 @@ def measure(ctx, result):
     result["appends_over_sled"] = ratio(result["appends"]["events_per_second"], sled["appends"]["events_per_second"])
     result["batches_over_sled"] = ratio(result["batches"]["events_per_second"], sled["batches"]["events_per_second"])
     result["reads_over_sled"] = ratio(result["reads"]["rps"], sled["reads"]["rps"])
+    bounds = floor_bounds(ctx, result)
+    if bounds:
+        result["bounds"] = bounds
+        result["appends_over_bound"] = ratio(result["appends"]["events_per_second"], bounds["appends"])
+        result["batches_over_bound"] = ratio(result["batches"]["events_per_second"], bounds["batches"])
+        result["batches_over_floor"] = ratio(result["batches"]["events_per_second"],
+                                             result["floor"]["events_per_second"])
     if "build" in result and "build" in sled:
         result["build_over_sled"] = ratio(result["build"]["events_per_second"], sled["build"]["events_per_second"])
     if "reads_without_page_cache" in result:
@@ -319,7 +427,9 @@ def summary(result):
         [f"PostgreSQL backend, {result['batch_clients']} clients, durable {result['batch_size']}-event batches",
          f"{fmt(result['batches']['events_per_second'])} events/s",
          f"sled: {fmt(sled['batches']['events_per_second'])} events/s "
-         f"({times(result.get('batches_over_sled'), 'sled')})",
+         f"({times(result.get('batches_over_sled'), 'sled')})"
+         + (f"; the floor, PostgreSQL alone storing bare rows: {fmt(result['floor']['events_per_second'])} "
+            f"events/s ({times(result.get('batches_over_floor'), 'the floor')})" if "floor" in result else ""),
          f"{targets.target('postgres_batches')}: {verdict(batches_met)}"],
         ["PostgreSQL backend, uncached 20-entry Atom page (the page cache on)", f"{fmt(result['reads']['rps'])} req/s",
          f"sled: {fmt(sled['reads']['rps'])} req/s ({times(result.get('reads_over_sled'), 'sled')})"
@@ -327,6 +437,38 @@ def summary(result):
             f"{fmt(sled['reads_without_page_cache']['rps'])} req/s" if "reads_without_page_cache" in result else ""),
          f"{targets.target('postgres_page')}: {verdict(reads_met)}"],
     ]
+
+
+def floor_paragraph(result):
+    """The floor's figures and the bounds they set, against the targets."""
+    floor, ping, bounds = result.get("floor"), result.get("ping"), result.get("bounds")
+    floor_appends = result.get("floor_appends")
+    if not floor or not floor_appends or not ping or not bounds:
+        return []
+    wanted = targets.POSTGRES_APPENDS_OVER_BASELINE * result["baseline"]["events_per_second"]
+
+    def against(bound, target):
+        return "out of reach on this machine" if bound < target else "within the bound"
+
+    rounds = ", ".join(fmt(value) for value in floor["rounds"])
+    return [f"**The floor on this machine.** PostgreSQL alone, storing {floor['runs'][0]['events_per_transaction']}"
+            f"-event batches from {floor['runs'][0]['clients']} pgbench clients as bare rows (the columns of "
+            "`events`; indexes on the position, unique (stream, id) and unique (stream, number); nothing else "
+            f"written, no HTTP): **{fmt(floor['events_per_second'])} events/s** (rounds {rounds}), "
+            f"{fmt(floor['database_cpu_us_per_event'], 1)} µs of the server CPUs' time per event; in transactions "
+            f"of {floor_appends['runs'][0]['events_per_transaction']} rows (every client's append in one commit, "
+            f"from {floor_appends['runs'][0]['clients']} pgbench clients): {fmt(floor_appends['events_per_second'])} "
+            f"events/s, {fmt(floor_appends['database_cpu_us_per_event'], 1)} µs per event. `GET /ping` on "
+            f"the same eventfeed server from {ping['connections']} connections: {fmt(ping['rps'])} req/s, "
+            f"{fmt(ping['cpu_us_per_request'], 1)} µs per request. With both on the same {bounds['cpus']} server "
+            f"CPU(s), no server can take single-event appends faster than **{fmt(bounds['appends'])} events/s** "
+            f"(the 5 × pgbench target asks for {fmt(wanted)}: {against(bounds['appends'], wanted)}; eventfeed ran "
+            f"at {times(result.get('appends_over_bound'), 'this bound')}), nor {result['batch_size']}-event "
+            f"batches faster than **{fmt(bounds['batches'])} events/s** (the target asks for "
+            f"{fmt(targets.POSTGRES_BATCH_EVENTS_PER_SECOND)}: "
+            f"{against(bounds['batches'], targets.POSTGRES_BATCH_EVENTS_PER_SECOND)}; eventfeed ran at "
+            f"{times(result.get('batches_over_bound'), 'this bound')}, "
+            f"{times(result.get('batches_over_floor'), 'the floor')}'s own rate).", ""]
 
 
 def statements_table(statements):
@@ -381,6 +523,7 @@ def render(result, settings):
                      f"**{times(result.get('build_over_sled'), 'sled')}**", "—"])
     out = [table(["workload", "eventfeed on PostgreSQL", "p50 ms", "p99 ms", "errors", "baseline, same database",
                   "÷ baseline", "eventfeed on sled, same run", "÷ sled", "target"], rows), ""]
+    out += floor_paragraph(result)
     cpu = [(name, cpu_per_event(result[key]), cpu_per_event(sled[key]))
            for name, key in (("appends", "appends"), ("batches", "batches"), ("pages", "reads"),
                              ("pages without the page cache", "reads_without_page_cache")) if key in result]

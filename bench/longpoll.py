@@ -369,6 +369,36 @@ def read_responses(selector, responses, timeout):
     return pending
 
 
+def idle_connections(host, port, count, rss_of, *, settle=1.0, timeout=120.0):
+    """The reference under idle long-polls' memory: `count` keep-alive
+    connections that have each had one `GET /ping` answered and stay open,
+    idle, the server's RSS read before and once they all are. What a
+    connection costs the server between requests, before any long-poll
+    holds anything: no long-poll can cost less."""
+    request = f"GET /ping HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    rss_before = rss_of()
+    sockets = []
+    selector = selectors.DefaultSelector()
+    try:
+        sockets, failures = open_requests(host, port, request, count, timeout=timeout)
+        responses = {}
+        for sock in sockets:
+            responses[sock.fileno()] = Response()
+            selector.register(sock, selectors.EVENT_READ)
+        pending = read_responses(selector, responses, timeout)
+        answered = sum(1 for response in responses.values() if response.status() == 200)
+        if pending or answered != count:
+            raise RuntimeError(f"{count - answered} of {count} /ping requests were not answered 200")
+        time.sleep(settle)
+        rss = rss_of()
+    finally:
+        selector.close()
+        for sock in sockets:
+            sock.close()
+    return {"connections": count, "connect_failures": failures, "rss_before_bytes": rss_before, "rss_bytes": rss,
+            "per_connection_bytes": (rss - rss_before) / count}
+
+
 def send_floor(count, response, cpus=None, timeout=60.0):
     """Writes `response` (the exact bytes of one waiter's answer) to `count`
     connected loopback sockets from a bare loop in a separate process on

@@ -1,6 +1,7 @@
 """Long-polls: wake-up latency of 1/100/1000 waiters after an append, each
 round next to its floor (the same answer written to as many sockets by a
-bare loop), and the server's memory with 10,000 idle long-polls."""
+bare loop), and the server's memory with 10,000 idle long-polls, next to
+the same number of idle keep-alive connections that have served one `/ping`."""
 
 import json
 import shutil
@@ -68,6 +69,17 @@ def measure(ctx, result):
                        "the waiters to leave")
     finally:
         server.stop()
+    # The idle round's reference, on a server of its own (the allocator
+    # keeps what the long-polls freed, and would lend it to these).
+    server = Eventfeed(ctx.workdir, ctx.pinning, ctx.workdir / "longpoll-connections", "fsync")
+    try:
+        result["idle_connections"] = figures = longpoll.idle_connections("127.0.0.1", server.port,
+                                                                         ctx.settings.idle_waiters, server.rss_bytes)
+        log(f"{figures['connections']} idle keep-alive connections (one /ping each): RSS "
+            f"{figures['rss_bytes'] / 2**20:.0f} MiB, {figures['per_connection_bytes'] / 1024:.1f} KiB per connection")
+    finally:
+        server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
         shutil.rmtree(server.data_dir, ignore_errors=True)
 
 # -- persistent subscriptions -----------------------------------------------
@@ -132,6 +144,19 @@ def render(result, settings):
                         f"{targets.target('idle_10000')}: "
                         + (verdict(met) if met is not None else f"not measured at 10,000 ({fmt(waiting)} waiting)")]]),
                 ""]
+        reference = result.get("idle_connections")
+        if reference and per_waiter is not None:
+            allowed = (targets.IDLE_RSS_BYTES - idle["rss_before_bytes"]) / targets.IDLE_WAITERS
+            out.append(f"**The floor under it.** {fmt(reference['connections'])} keep-alive connections to a fresh "
+                       "server, each idle after one `GET /ping` was answered, no long-poll: RSS "
+                       f"{fmt(reference['rss_bytes'] / 1e6)} MB (before: {fmt(reference['rss_before_bytes'] / 1e6)}), "
+                       f"**{fmt(reference['per_connection_bytes'] / 1024, 1)} KiB per connection** (hyper, the HTTP "
+                       "library, gives every connection a read and a write buffer of 8 KiB at least, a size hyper "
+                       "1.x does not let its users lower). "
+                       f"A waiter costs {times(ratio(per_waiter, reference['per_connection_bytes']), 'that')}; "
+                       f"the target leaves {fmt(allowed / 1024, 1)} KiB per waiter over this run's start, "
+                       + ("less than an idle connection alone." if allowed < reference["per_connection_bytes"]
+                          else "more than an idle connection alone.") + "\n")
         out.append(f"The idle round (`ES-LongPoll: {idle['long_poll_secs']}`, so that none expires before the "
                    f"append): all connected in {fmt(idle['open_seconds'], 1)} s, all waiting after "
                    f"{fmt(idle['connect_seconds'], 1)} s, the append {fmt(idle['oldest_wait_seconds'], 1)} s after the "

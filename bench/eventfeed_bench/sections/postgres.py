@@ -83,8 +83,9 @@ from ..servers import Eventfeed, Postgres
 TITLE = "PostgreSQL backend"
 DATABASE = "bench"
 
-BASELINE_TABLE = """
-CREATE TABLE baseline_events (
+# The columns of eventfeed's `events` table, for the baseline's and the
+# floor's tables, with a `bigserial` position.
+EVENT_COLUMNS = """
     position bigserial PRIMARY KEY,
     stream text NOT NULL,
     number bigint NOT NULL,
@@ -94,43 +95,34 @@ CREATE TABLE baseline_events (
     is_json boolean NOT NULL,
     metadata_is_json boolean NOT NULL,
     data bytea NOT NULL,
-    metadata bytea NOT NULL,
-    UNIQUE (stream, id)
-)"""
+    metadata bytea NOT NULL"""
 
-BASELINE_SCRIPT = """\\set stream random(1, 100)
-INSERT INTO baseline_events (stream, number, id, event_type, created_micros, is_json, metadata_is_json, data, metadata)
-VALUES ('bench-baseline-' || :stream, :client_id, gen_random_uuid(), 'OrderPlaced',
+# What both insert: the columns, and every value after the stream's name
+# and number (the same event each time).
+INSERTED = "(stream, number, id, event_type, created_micros, is_json, metadata_is_json, data, metadata)"
+EVENT_VALUES = """gen_random_uuid(), 'OrderPlaced',
         (extract(epoch FROM clock_timestamp()) * 1000000)::bigint, true, false,
         convert_to('{"orderId":"order-1","amount":1.5,"currency":"EUR","note":"benchmark event"}', 'UTF8'),
-        ''::bytea);
+        ''::bytea"""
+
+BASELINE_TABLE = f"CREATE TABLE baseline_events ({EVENT_COLUMNS},\n    UNIQUE (stream, id)\n)"
+
+BASELINE_SCRIPT = f"""\\set stream random(1, 100)
+INSERT INTO baseline_events {INSERTED}
+VALUES ('bench-baseline-' || :stream, :client_id, {EVENT_VALUES});
 """
 
 # The floor: the bare rows of 20-event batches, with the indexes any
 # design meeting the backend's promises needs and nothing else.
-FLOOR_TABLE = """
-CREATE SEQUENCE floor_numbers;
-CREATE TABLE floor_events (
-    position bigserial PRIMARY KEY,
-    stream text NOT NULL,
-    number bigint NOT NULL,
-    id uuid NOT NULL,
-    event_type text NOT NULL,
-    created_micros bigint NOT NULL,
-    is_json boolean NOT NULL,
-    metadata_is_json boolean NOT NULL,
-    data bytea NOT NULL,
-    metadata bytea NOT NULL,
+FLOOR_TABLE = f"""CREATE SEQUENCE floor_numbers;
+CREATE TABLE floor_events ({EVENT_COLUMNS},
     UNIQUE (stream, id),
     UNIQUE (stream, number)
 )"""
 
-FLOOR_SCRIPT = """\\set stream random(1, 100)
-INSERT INTO floor_events (stream, number, id, event_type, created_micros, is_json, metadata_is_json, data, metadata)
-SELECT 'bench-floor-' || :stream, nextval('floor_numbers'), gen_random_uuid(), 'OrderPlaced',
-       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint, true, false,
-       convert_to('{"orderId":"order-1","amount":1.5,"currency":"EUR","note":"benchmark event"}', 'UTF8'),
-       ''::bytea
+FLOOR_SCRIPT = f"""\\set stream random(1, 100)
+INSERT INTO floor_events {INSERTED}
+SELECT 'bench-floor-' || :stream, nextval('floor_numbers'), {EVENT_VALUES}
 FROM generate_series(1, :rows);
 """
 

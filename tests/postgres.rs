@@ -479,9 +479,9 @@ async fn stream_names_compare_byte_for_byte_also_after_migrating_a_version_2_sto
         .unwrap();
     let collations = "SELECT string_agg(table_name || '.' || column_name || ' ' || coalesce(collation_name, \
                       'default'), ', ' ORDER BY table_name, column_name) FROM information_schema.columns \
-                      WHERE table_schema = 'public' AND (column_name IN ('stream', 'link_stream') \
+                      WHERE table_schema = 'public' AND (column_name IN ('stream', 'link_stream', 'link_streams') \
                       OR (table_name = 'streams' AND column_name = 'name'))";
-    let byte_order = "event_ids.stream C, events.stream C, stream_entries.link_stream C, \
+    let byte_order = "event_ids.stream C, events.stream C, link_runs.link_streams C, link_runs.stream C, \
                       stream_entries.stream C, streams.name C";
     for database in [&name, &linguistic] {
         let store = store::open(&store_config(&cluster.url(database))).await.unwrap();
@@ -496,7 +496,14 @@ async fn stream_names_compare_byte_for_byte_also_after_migrating_a_version_2_sto
     // Back to version 2 as it was: names in the database's collation and
     // the listing's own index, and the projections in `settings` (with
     // one turned off, so that the move to the head is seen).
-    let version_2 = "ALTER TABLE log_head DROP COLUMN projections, DROP COLUMN building, \
+    let version_2 = "ALTER TABLE stream_entries ADD COLUMN link_stream text COLLATE \"C\", \
+                     ADD COLUMN link_number bigint; \
+                     INSERT INTO stream_entries (stream, number, position, created_micros, link_stream, link_number) \
+                     SELECT r.stream, r.first_number + u.i - 1, u.position, r.created_micros, u.link_stream, \
+                     u.link_number FROM link_runs r, unnest(r.positions, r.link_streams, r.link_numbers) \
+                     WITH ORDINALITY AS u(position, link_stream, link_number, i); \
+                     DROP TABLE link_runs; \
+                     ALTER TABLE log_head DROP COLUMN projections, DROP COLUMN building, \
                      DROP COLUMN build_cleared, DROP COLUMN build_next; \
                      INSERT INTO settings (key, value) VALUES ('projections', 'by-category,streams'); \
                      ALTER TABLE streams ALTER COLUMN name TYPE text COLLATE pg_catalog.default; \
@@ -515,7 +522,24 @@ async fn stream_names_compare_byte_for_byte_also_after_migrating_a_version_2_sto
     });
     let store = store::open(&config).await.unwrap();
     assert_eq!(cluster.psql(&linguistic, collations).unwrap(), byte_order);
-    assert_eq!(cluster.psql(&linguistic, "SELECT version FROM schema_version").unwrap(), "4");
+    assert_eq!(cluster.psql(&linguistic, "SELECT version FROM schema_version").unwrap(), "5");
+    // The links written as rows before version 5, one run each now, read
+    // as before.
+    assert_eq!(
+        cluster.psql(&linguistic, "SELECT count(*) FROM link_runs WHERE stream = '$ce-Order'").unwrap(),
+        "3"
+    );
+    let category = StreamRead {
+        stream: "$ce-Order".into(),
+        from: Some(0),
+        direction: Direction::Forward,
+        count: 20,
+        resolve_links: true,
+    };
+    let linked: Vec<_> = (store.read_stream(category).await.unwrap().events.iter())
+        .map(|read| format!("{}@{}", read.event.number, read.event.stream))
+        .collect();
+    assert_eq!(linked, ["0@Order-b", "0@Order-a", "0@Order-B"]);
     assert_eq!(
         cluster.psql(&linguistic, "SELECT projections || ' ' || building FROM log_head").unwrap(),
         "by-category,streams none"

@@ -28,7 +28,7 @@ use eventfeed::store::projections::Projections;
 use eventfeed::store::{
     self, AccessBasis, AllRead, AllSlice, Append, AppendOutcome, Direction, Durability, ExpectedVersion,
     PostgresOptions, ProposedEvent, ReadEvent, RecordedEvent, ScavengeReport, ScavengeStarted,
-    ScavengeStatus, Store, StoreConfig, StoreError, StreamRead, StreamSlice, StreamState,
+    ScavengeStatus, Store, StoreConfig, StoreError, StreamRead, StreamSlice, StreamState, StreamView,
 };
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -152,6 +152,7 @@ contract!(
     watches_taken_before_an_append_are_woken,
     stream_state_reports_what_the_store_keeps,
     a_scavenge_changes_no_read,
+    rules_on_system_streams_cut_what_one_append_linked,
     a_closed_store_refuses_writes,
     a_read_returns_at_most_its_bytes_and_at_least_one_event,
     multi_stream_appends_are_all_or_nothing,
@@ -988,6 +989,73 @@ async fn a_scavenge_changes_no_read(backend: Backend) {
     );
     let again = append(&store, "Order-2", ExpectedVersion::NoStream, fresh(1, "A")).await.unwrap();
     assert_eq!(again.first_number, 2);
+    store.close().await;
+}
+
+/// Every read of `stream` in windows of 1, 7 and 20 from every number up
+/// to `end`, both ways, links resolved and not.
+async fn windows(
+    store: &Arc<dyn Store>,
+    stream: &str,
+    end: u64,
+) -> Vec<Result<(StreamView, Vec<ReadEvent>), StoreError>> {
+    let mut slices = Vec::new();
+    for from in 0..end {
+        for count in [1, 7, 20] {
+            for direction in [Direction::Forward, Direction::Backward] {
+                let resolve_links = from % 2 == 0;
+                let read = StreamRead {
+                    stream: stream.to_owned(),
+                    from: Some(from),
+                    direction,
+                    count,
+                    resolve_links,
+                };
+                slices.push(store.read_stream(read).await.map(|slice| (slice.view, slice.events)));
+            }
+        }
+    }
+    slices
+}
+
+/// A system stream's `$maxCount` and `$maxAge` hide, and a scavenge then
+/// removes, exactly the links they name, wherever they fall among the
+/// links one append added (which a store may keep together: the
+/// PostgreSQL store keeps up to 20 in one row); every window of the
+/// stream reads the same before and after.
+async fn rules_on_system_streams_cut_what_one_append_linked(backend: Backend) {
+    let store = backend.open().await;
+    put(&store, "Order-1", fresh(25, "Placed")).await;
+    put(&store, "Order-2", fresh(10, "Placed")).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    put(&store, "Order-3", fresh(3, "Placed")).await;
+    let targets: Vec<String> =
+        (store.read_stream(forward("$ce-Order", 0, 100, true)).await.unwrap().events.iter())
+            .map(|read| format!("{}@{}", read.event.number, read.event.stream))
+            .collect();
+    let expected: Vec<String> = [("Order-1", 25), ("Order-2", 10), ("Order-3", 3)]
+        .iter()
+        .flat_map(|&(stream, count)| (0..count).map(move |number| format!("{number}@{stream}")))
+        .collect();
+    assert_eq!(targets, expected);
+
+    // The count cuts the first append's links at 8; the age (with a count
+    // that would keep more) leaves only the last append's.
+    put(&store, "$$$ce-Order", metadata(r#"{"$maxCount":30}"#)).await;
+    put(&store, "$$$et-Placed", metadata(r#"{"$maxAge":2,"$maxCount":36}"#)).await;
+    assert_eq!(numbers(&read(&store, "$ce-Order").await.unwrap()), (8..38).collect::<Vec<_>>());
+    assert_eq!(numbers(&read(&store, "$et-Placed").await.unwrap()), [35, 36, 37]);
+    let before = (windows(&store, "$ce-Order", 40).await, windows(&store, "$et-Placed", 40).await);
+
+    let report = scavenge(&store).await;
+    assert_eq!(report.links_removed, 8 + 35, "{report:?}");
+    assert_eq!(report.events_removed, 0, "{report:?}");
+    let after = (windows(&store, "$ce-Order", 40).await, windows(&store, "$et-Placed", 40).await);
+    assert!(before == after, "a window reads otherwise after the scavenge");
+    // Linked on from where the cut run ended.
+    put(&store, "Order-1", fresh(1, "Placed")).await;
+    // (`$maxCount` still keeps 30.)
+    assert_eq!(numbers(&read(&store, "$ce-Order").await.unwrap()), (9..39).collect::<Vec<_>>());
     store.close().await;
 }
 

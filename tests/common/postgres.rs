@@ -112,8 +112,9 @@ impl Cluster {
         let sql = format!(
             "WITH expected AS (SELECT row_number() OVER (ORDER BY position) - 1 AS n, position, stream, number \
              FROM events WHERE stream LIKE '{category}-%'), \
-             got AS (SELECT number AS n, position, link_stream AS stream, link_number AS number \
-             FROM stream_entries WHERE stream = '$ce-{category}') \
+             got AS (SELECT r.first_number + u.i - 1 AS n, u.position, u.stream, u.number \
+             FROM link_runs r, unnest(r.positions, r.link_streams, r.link_numbers) WITH ORDINALITY \
+             AS u(position, stream, number, i) WHERE r.stream = '$ce-{category}') \
              SELECT (SELECT count(*) FROM expected) || ' ' || (SELECT count(*) FROM got) || ' ' || \
              (SELECT count(*) FROM expected JOIN got USING (n, position, stream, number)) || ' ' || \
              (SELECT next_number FROM streams WHERE name = '$ce-{category}')"

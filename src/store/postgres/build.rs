@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use super::links::{self, LinkRuns};
 use super::prepared::Prepared;
 use super::staging::{states_query, write_states};
 use super::{CHANNEL, db_error, prefix_end, signed, state_from_row, unsigned};
@@ -291,10 +292,12 @@ async fn clear(client: &Client, building: Projections) -> Result<bool, StoreErro
                 }
             }
             if !whole.is_empty() {
-                client
-                    .execute("DELETE FROM stream_entries WHERE stream = ANY($1)", &[&whole])
-                    .await
-                    .map_err(db_error)?;
+                for table in ["stream_entries", "link_runs"] {
+                    client
+                        .execute(&format!("DELETE FROM {table} WHERE stream = ANY($1)"), &[&whole])
+                        .await
+                        .map_err(db_error)?;
+                }
                 client
                     .execute("DELETE FROM streams WHERE name = ANY($1)", &[&whole])
                     .await
@@ -308,6 +311,7 @@ async fn clear(client: &Client, building: Projections) -> Result<bool, StoreErro
                     )
                     .await
                     .map_err(db_error)?;
+                client.execute(links::REMOVE_FROM, &[&name, &down_to]).await.map_err(db_error)?;
                 client
                     .execute("UPDATE streams SET next_number = $2 WHERE name = $1", &[&name, &down_to])
                     .await
@@ -372,37 +376,18 @@ async fn link(
             states.insert(row.get(0), state_from_row(&row, 0));
         }
     }
-    let mut entries = Entries::default();
+    let mut runs = LinkRuns::default();
     for (name, event) in &links {
         let position: i64 = event.get(0);
         let state = states.entry(name.clone()).or_default();
         if state.next_number == 0 {
             state.created_position = unsigned(position);
         }
-        entries.stream.push(name.clone());
-        entries.number.push(signed(state.next_number));
-        entries.position.push(position);
-        entries.created_micros.push(event.get(4));
-        entries.link_stream.push(event.get(1));
-        entries.link_number.push(event.get(2));
+        runs.push((name, signed(state.next_number)), position, event.get(4), (event.get(1), event.get(2)));
         state.next_number += 1;
     }
-    if !entries.stream.is_empty() {
-        client
-            .execute(
-                "INSERT INTO stream_entries (stream, number, position, created_micros, link_stream, link_number) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[])",
-                &[
-                    &entries.stream,
-                    &entries.number,
-                    &entries.position,
-                    &entries.created_micros,
-                    &entries.link_stream,
-                    &entries.link_number,
-                ],
-            )
-            .await
-            .map_err(db_error)?;
+    if !runs.is_empty() {
+        runs.write(client, prepared).await.map_err(db_error)?;
         let changed: Vec<(&str, StreamState)> = names
             .iter()
             .filter_map(|name| states.get(name).map(|state| (name.as_str(), state.clone())))
@@ -410,17 +395,6 @@ async fn link(
         write_states(client, prepared, &changed).await?;
     }
     Ok((end, names))
-}
-
-/// The `stream_entries` rows of a step, column by column.
-#[derive(Default)]
-struct Entries {
-    stream: Vec<String>,
-    number: Vec<i64>,
-    position: Vec<i64>,
-    created_micros: Vec<i64>,
-    link_stream: Vec<String>,
-    link_number: Vec<i64>,
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ mod build;
 mod connection;
 mod errors;
 mod lease;
+mod links;
 mod listen;
 mod page;
 mod prepared;

@@ -30,7 +30,7 @@ use std::sync::LazyLock;
 use deadpool_postgres::ClientWrapper;
 
 use super::read::{Entry, Names, assemble, event_from_row, plan, positions};
-use super::{STATE_COLUMNS, db_error, signed, state_from_row};
+use super::{STATE_COLUMNS, db_error, links, signed, state_from_row};
 use crate::store::retention::visible_bounds;
 use crate::store::rules::{self, READ_BYTES};
 use crate::store::{Direction, ReadEvent, StoreError, StreamRead, StreamSlice, StreamState, StreamView};
@@ -46,7 +46,8 @@ const TARGET: usize = EVENT + 10;
 /// the stream, `$2`/`$3` the lowest and highest number (`NULL` for the
 /// head's, `$4` below it for the lowest), `$5` whether links are resolved,
 /// `$6` the read's bytes. Its plan: the `streams` key, then one range
-/// scan of `stream_entries (stream, number)` with a lookup of
+/// scan of `stream_entries (stream, number)` and one of `link_runs
+/// (stream, first_number)` ([`links::entries_between`]) with a lookup of
 /// `events (position)` per entry, and of `streams` per link target when
 /// resolving (a join kept out of the other two, where it cost every read
 /// a probe per entry). No `ORDER BY` outside: the rows come in the
@@ -84,13 +85,15 @@ fn page_query(order: &str, resolve: bool) -> String {
                     v.position AS event_position, v.stream AS event_stream, v.number AS event_number, v.id, \
                     v.event_type, v.created_micros AS event_created, v.is_json, v.metadata_is_json, v.data, \
                     v.metadata, {counted} AS counted, sum({counted}) OVER (ORDER BY e.number {order}) AS running \
-             FROM stream_entries e LEFT JOIN events v ON v.position = e.position \
-             WHERE e.stream = s.name AND e.number BETWEEN \
-                   coalesce($2::bigint, s.next_number - 1 - least($4::bigint, s.next_number)) \
-                   AND coalesce($3::bigint, s.next_number - 1) \
+             FROM {entries} e LEFT JOIN events v ON v.position = e.position \
            ) w \
          ) r ON true{join} \
-         WHERE s.name = $1"
+         WHERE s.name = $1",
+        entries = links::entries_between(
+            "s.name",
+            "coalesce($2::bigint, s.next_number - 1 - least($4::bigint, s.next_number))",
+            "coalesce($3::bigint, s.next_number - 1)"
+        )
     )
 }
 

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use deadpool_postgres::{ClientWrapper, Transaction};
 use tokio_postgres::{IsolationLevel, Row, Statement};
 
-use super::{STATE_COLUMNS, db_error, signed, state_from_row, unsigned};
+use super::{STATE_COLUMNS, db_error, links, signed, state_from_row, unsigned};
 use crate::store::links::link_event;
 use crate::store::retention::visible_bounds;
 use crate::store::rules::{self, MAX_ALL_SCAN, ReadBytes};
@@ -302,18 +302,13 @@ impl<'a> Reader<'a> {
         };
         let bounds = visible_bounds(state, now);
         let Some(cutoff) = bounds.max_age_cutoff else { return Ok(bounds.first) };
-        let boundary = prepared(
-            self.tx,
-            "SELECT number FROM stream_entries WHERE stream = $1 AND number >= $2 AND created_micros >= $3 \
-             ORDER BY number LIMIT 1",
-        )
-        .await?;
+        let boundary = prepared(self.tx, &links::MAX_AGE_BOUNDARY).await?;
         let row = self
             .tx
-            .query_opt(&boundary, &[&stream, &signed(bounds.first), &cutoff])
+            .query_one(&boundary, &[&stream, &signed(bounds.first), &cutoff])
             .await
             .map_err(db_error)?;
-        Ok(row.map_or(state.next_number, |row| unsigned(row.get(0))).min(state.next_number))
+        Ok(row.get::<_, Option<i64>>(0).map_or(state.next_number, unsigned).min(state.next_number))
     }
 
     /// Works out [`Reader::visible`] for every stream of `names` not yet
@@ -358,8 +353,8 @@ impl<'a> Reader<'a> {
         let query = format!(
             "SELECT e.number, e.position, e.created_micros, e.link_stream, e.link_number, \
              octet_length(v.data) + octet_length(v.metadata), v.position IS NOT NULL \
-             FROM stream_entries e LEFT JOIN events v ON v.position = e.position \
-             WHERE e.stream = $1 AND e.number BETWEEN $2 AND $3 ORDER BY e.number {order}"
+             FROM {} e LEFT JOIN events v ON v.position = e.position ORDER BY e.number {order}",
+            links::entries_between("$1", "$2", "$3")
         );
         let statement = prepared(self.tx, &query).await?;
         let rows =

@@ -18,7 +18,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::{STATE_COLUMNS, db_error, signed, state_from_row, unsigned};
+use super::{STATE_COLUMNS, db_error, links, signed, state_from_row, unsigned};
 use crate::store::retention::{now_micros, visible_bounds};
 use crate::store::{ScavengeReport, ScavengeStarted, ScavengeStatus, StoreError};
 
@@ -173,27 +173,23 @@ async fn step(client: &Client, stream: &str, report: &mut ScavengeReport) -> Res
         let first = match bounds.max_age_cutoff {
             None => bounds.first,
             Some(cutoff) => client
-                .query_opt(
-                    "SELECT number FROM stream_entries WHERE stream = $1 AND number >= $2 AND created_micros >= $3 \
-                     ORDER BY number LIMIT 1",
-                    &[&stream, &signed(bounds.first), &cutoff],
-                )
+                .query_one(links::MAX_AGE_BOUNDARY.as_str(), &[&stream, &signed(bounds.first), &cutoff])
                 .await
                 .map_err(db_error)?
-                .map_or(state.next_number, |row| unsigned(row.get(0))),
+                .get::<_, Option<i64>>(0)
+                .map_or(state.next_number, unsigned),
         };
-        let removed = client
-            .query(
-                "WITH gone AS (DELETE FROM stream_entries WHERE stream = $1 AND number < $2 \
-                 RETURNING position, link_stream IS NOT NULL AS is_link), \
-                 events_gone AS (DELETE FROM events WHERE position IN (SELECT position FROM gone WHERE NOT is_link)) \
-                 SELECT count(*) FILTER (WHERE NOT is_link), count(*) FILTER (WHERE is_link) FROM gone",
+        let events = client
+            .query_one(
+                "WITH gone AS (DELETE FROM stream_entries WHERE stream = $1 AND number < $2 RETURNING position), \
+                 events_gone AS (DELETE FROM events WHERE position IN (SELECT position FROM gone)) \
+                 SELECT count(*) FROM gone",
                 &[&stream, &signed(first)],
             )
             .await
             .map_err(db_error)?;
-        let counts = removed.first().map_or((0, 0), |row| (unsigned(row.get(0)), unsigned(row.get(1))));
-        Ok::<_, StoreError>(counts)
+        let links_gone = client.query_one(links::REMOVE_BELOW, &[&stream, &signed(first)]).await.map_err(db_error)?;
+        Ok::<_, StoreError>((unsigned(events.get(0)), unsigned(links_gone.get(0))))
     }
     .await;
     match done {

@@ -14,11 +14,12 @@ use crate::store::StoreError;
 
 /// The migrations, in order: the schema version after applying the `n`th
 /// (1-based) is `n`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_leases.sql"),
     include_str!("migrations/0003_byte_order_names.sql"),
     include_str!("migrations/0004_projection_builds.sql"),
+    include_str!("migrations/0005_link_runs.sql"),
 ];
 
 /// The schema version this binary writes and reads.
@@ -93,10 +94,11 @@ mod tests {
     fn every_migration_is_numbered_in_order() {
         // The version is the number of migrations applied, and each file
         // is named for its place: `0001_…`, `0002_…`.
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(SCHEMA_VERSION, 5);
         assert!(MIGRATIONS[0].contains("CREATE TABLE log_head"));
         assert!(MIGRATIONS[1].contains("CREATE TABLE leases"), "{}", MIGRATIONS[1]);
         assert!(MIGRATIONS[2].contains("DROP INDEX streams_by_name_bytes"), "{}", MIGRATIONS[2]);
         assert!(MIGRATIONS[3].contains("ADD COLUMN building"), "{}", MIGRATIONS[3]);
+        assert!(MIGRATIONS[4].contains("CREATE TABLE link_runs"), "{}", MIGRATIONS[4]);
     }
 }

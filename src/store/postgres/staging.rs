@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
+use super::links::LinkRuns;
 use super::prepared::Prepared;
 use super::{STATE_COLUMNS, db_error, schema::error_text, signed, state_from_row, unsigned};
 use crate::store::projections::{Projections, STREAMS_STREAM};
@@ -61,6 +62,7 @@ pub(super) struct Staging {
     pub(super) created_micros: i64,
     events: EventRows,
     entries: EntryRows,
+    links: LinkRuns,
     new_ids: Vec<(String, Uuid, u64)>,
     /// Streams whose waiters the commit wakes.
     pub(super) touched: HashSet<String>,
@@ -80,14 +82,13 @@ struct EventRows {
     metadata: Vec<bytes::Bytes>,
 }
 
-/// The `stream_entries` rows a batch writes, column by column.
+/// The `stream_entries` rows a batch writes (its streams' own events),
+/// column by column.
 #[derive(Default)]
 struct EntryRows {
     stream: Vec<String>,
     number: Vec<i64>,
     position: Vec<i64>,
-    link_stream: Vec<Option<String>>,
-    link_number: Vec<Option<i64>>,
 }
 
 impl Staging {
@@ -101,6 +102,7 @@ impl Staging {
             created_micros,
             events: EventRows::default(),
             entries: EntryRows::default(),
+            links: LinkRuns::default(),
             new_ids: Vec::new(),
             touched: HashSet::new(),
         }
@@ -220,7 +222,10 @@ impl Staging {
             let state = self.state_mut(stream);
             let number = state.next_number;
             state.next_number += 1;
-            self.push_entry(stream, number, position, None);
+            let entries = &mut self.entries;
+            entries.stream.push(stream.to_owned());
+            entries.number.push(signed(number));
+            entries.position.push(signed(position));
             let rows = &mut self.events;
             rows.position.push(signed(position));
             rows.stream.push(stream.to_owned());
@@ -246,7 +251,12 @@ impl Staging {
                 }
                 let link_number = system.next_number;
                 system.next_number += 1;
-                self.push_entry(&name, link_number, position, Some((stream, number)));
+                self.links.push(
+                    (&name, signed(link_number)),
+                    signed(position),
+                    self.created_micros,
+                    (stream, signed(number)),
+                );
                 self.touched.insert(name);
             }
         }
@@ -265,20 +275,12 @@ impl Staging {
         AppendOutcome { first_number, last_number, position: Some(first_position), idempotent: false }
     }
 
-    fn push_entry(&mut self, stream: &str, number: u64, position: u64, link: Option<(&str, u64)>) {
-        let rows = &mut self.entries;
-        rows.stream.push(stream.to_owned());
-        rows.number.push(signed(number));
-        rows.position.push(signed(position));
-        rows.link_stream.push(link.map(|(stream, _)| stream.to_owned()));
-        rows.link_number.push(link.map(|(_, number)| signed(number)));
-    }
-
     /// Writes what was staged: one statement per table, pipelined.
     pub(super) async fn write(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         tokio::try_join!(
             self.write_events(tx, prepared),
             self.write_entries(tx, prepared),
+            async { self.links.write(tx, prepared).await.map_err(write_error) },
             self.write_ids(tx, prepared),
             self.write_states(tx, prepared)
         )?;
@@ -320,11 +322,16 @@ impl Staging {
         let rows = &self.entries;
         if !rows.stream.is_empty() {
             tx.execute(
-                &prepared.get(tx, "INSERT INTO stream_entries (stream, number, position, created_micros, link_stream, link_number) \
-                 SELECT stream, number, position, $6, link_stream, link_number \
-                 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[]) \
-                 AS t(stream, number, position, link_stream, link_number)").await.map_err(write_error)?,
-                &[&rows.stream, &rows.number, &rows.position, &rows.link_stream, &rows.link_number, &self.created_micros],
+                &prepared
+                    .get(
+                        tx,
+                        "INSERT INTO stream_entries (stream, number, position, created_micros) \
+                 SELECT stream, number, position, $4 \
+                 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t(stream, number, position)",
+                    )
+                    .await
+                    .map_err(write_error)?,
+                &[&rows.stream, &rows.number, &rows.position, &self.created_micros],
             )
             .await
             .map_err(write_error)?;

@@ -14,12 +14,14 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
+use super::links::{self, LinkRuns};
 use super::{db_error, signed, unsigned};
 use crate::store::rules::{READ_BYTES, not_empty_target};
 use crate::store::{ExportSnapshot, ImportItem, RecordedEvent, SpentId, StoreError, StoredEntry, StoredLink};
 
 /// See [`crate::store::Store::export_entries`]: one index range scan of
-/// `stream_entries`, joined to the payloads of its events.
+/// `stream_entries` and one of `link_runs`, joined to the payloads of its
+/// events.
 pub(super) async fn export_entries(
     client: &Client,
     stream: &str,
@@ -30,10 +32,13 @@ pub(super) async fn export_entries(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = client
         .query(
-            "SELECT s.number, s.position, s.created_micros, s.link_stream, s.link_number, \
-             e.id, e.event_type, e.is_json, e.metadata_is_json, e.data, e.metadata \
-             FROM stream_entries s LEFT JOIN events e ON s.link_stream IS NULL AND e.position = s.position \
-             WHERE s.stream = $1 AND s.number >= $2 AND s.number < $3 ORDER BY s.number LIMIT $4",
+            &format!(
+                "SELECT s.number, s.position, s.created_micros, s.link_stream, s.link_number, \
+                 e.id, e.event_type, e.is_json, e.metadata_is_json, e.data, e.metadata \
+                 FROM {} s LEFT JOIN events e ON s.link_stream IS NULL AND e.position = s.position \
+                 ORDER BY s.number LIMIT $4",
+                links::entries_between("$1", "$2::bigint", "$3::bigint - 1")
+            ),
             &[&stream, &signed(from), &signed(below), &limit],
         )
         .await
@@ -205,34 +210,46 @@ pub(super) async fn write(client: &mut Client, items: Vec<ImportItem>) -> Result
         }),
     )
     .await?;
-    let event_entries = events.iter().map(|event| {
-        let row: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-            Box::new(event.stream.to_string()),
-            Box::new(signed(event.number)),
-            Box::new(signed(event.position)),
-            Box::new(event.created_micros),
-            Box::new(None::<String>),
-            Box::new(None::<i64>),
-        ];
-        row
-    });
-    let link_entries = entries.iter().map(|link| {
-        let row: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-            Box::new(link.stream.clone()),
-            Box::new(signed(link.number)),
-            Box::new(signed(link.target_position)),
-            Box::new(link.created_micros),
-            Box::new(Some(link.target_stream.clone())),
-            Box::new(Some(signed(link.target_number))),
-        ];
-        row
-    });
     copy(
         &tx,
-        "COPY stream_entries (stream, number, position, created_micros, link_stream, link_number) \
+        "COPY stream_entries (stream, number, position, created_micros) FROM STDIN (FORMAT binary)",
+        &[Type::TEXT, Type::INT8, Type::INT8, Type::INT8],
+        events.iter().map(|event| {
+            let row: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+                Box::new(event.stream.to_string()),
+                Box::new(signed(event.number)),
+                Box::new(signed(event.position)),
+                Box::new(event.created_micros),
+            ];
+            row
+        }),
+    )
+    .await?;
+    let mut runs = LinkRuns::default();
+    for link in &entries {
+        runs.push(
+            (&link.stream, signed(link.number)),
+            signed(link.target_position),
+            link.created_micros,
+            (&link.target_stream, signed(link.target_number)),
+        );
+    }
+    copy(
+        &tx,
+        "COPY link_runs (stream, first_number, created_micros, positions, link_streams, link_numbers) \
          FROM STDIN (FORMAT binary)",
-        &[Type::TEXT, Type::INT8, Type::INT8, Type::INT8, Type::TEXT, Type::INT8],
-        event_entries.chain(link_entries),
+        &[Type::TEXT, Type::INT8, Type::INT8, Type::INT8_ARRAY, Type::TEXT_ARRAY, Type::INT8_ARRAY],
+        runs.into_rows().map(|run| {
+            let row: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+                Box::new(run.stream),
+                Box::new(run.first_number),
+                Box::new(run.created_micros),
+                Box::new(run.positions),
+                Box::new(run.link_streams),
+                Box::new(run.link_numbers),
+            ];
+            row
+        }),
     )
     .await?;
     copy(

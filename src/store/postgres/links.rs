@@ -18,9 +18,9 @@
 //! or, in a projection's build, their events'), which is what the
 //! `$maxAge` boundary needs.
 //!
-//! Reads see links and a stream's own events as one set of entries
-//! ([`entries_between`]), so the rest of the backend reads entries as
-//! before.
+//! Reads see links and a stream's own events (`events`, by its index on
+//! stream and number) as one set of entries ([`entries_between`]), so the
+//! rest of the backend reads entries as before.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -33,14 +33,14 @@ use super::prepared::Prepared;
 pub(super) const RUN: i64 = 20;
 
 /// SQL for the entries of the stream `stream` numbered `low..=high` (SQL
-/// expressions, each used more than once), its own events' and its
-/// links', in no order: columns `stream, number, position,
+/// expressions, each used more than once), its own events' (from
+/// `events`) and its links', in no order: columns `stream, number, position,
 /// created_micros, link_stream, link_number` (the last two `NULL` for an
 /// event of the stream's own). Two index range scans.
 pub(super) fn entries_between(stream: &str, low: &str, high: &str) -> String {
     format!(
         "(SELECT stream, number, position, created_micros, NULL::text AS link_stream, NULL::bigint AS link_number \
-           FROM stream_entries WHERE stream = {stream} AND number BETWEEN {low} AND {high} \
+           FROM events WHERE stream = {stream} AND number BETWEEN {low} AND {high} \
          UNION ALL \
          SELECT r.stream, r.first_number + u.i - 1, u.position, r.created_micros, u.link_stream, u.link_number \
            FROM link_runs r CROSS JOIN LATERAL unnest(r.positions, r.link_streams, r.link_numbers) \
@@ -55,7 +55,7 @@ pub(super) fn entries_between(stream: &str, low: &str, high: &str) -> String {
 pub(super) static MAX_AGE_BOUNDARY: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT min(number) FROM ( \
-           (SELECT number FROM stream_entries WHERE stream = $1 AND number >= $2 AND created_micros >= $3 \
+           (SELECT number FROM events WHERE stream = $1 AND number >= $2 AND created_micros >= $3 \
             ORDER BY number LIMIT 1) \
            UNION ALL \
            (SELECT greatest(first_number, $2) FROM link_runs WHERE stream = $1 AND first_number > $2 - {RUN} \

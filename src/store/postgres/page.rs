@@ -46,7 +46,7 @@ const TARGET: usize = EVENT + 10;
 /// the stream, `$2`/`$3` the lowest and highest number (`NULL` for the
 /// head's, `$4` below it for the lowest), `$5` whether links are resolved,
 /// `$6` the read's bytes. Its plan: the `streams` key, then one range
-/// scan of `stream_entries (stream, number)` and one of `link_runs
+/// scan of `events (stream, number)` and one of `link_runs
 /// (stream, first_number)` ([`links::entries_between`]) with a lookup of
 /// `events (position)` per entry, and of `streams` per link target when
 /// resolving (a join kept out of the other two, where it cost every read

@@ -7,7 +7,7 @@
 //! alone (`$maxAge`, the bytes near their limit) and `$all`.
 //!
 //! Every read here is two steps: an index range scan that returns no payload
-//! (`stream_entries` by stream and number, or `events` by position) with
+//! (a stream's entries by number, or `events` by position) with
 //! each event's size, from which the read decides what it returns (the
 //! retention rule, links resolved or not, [`rules::READ_BYTES`]); then one
 //! query for the payloads of exactly those events. So a read holds at

@@ -165,7 +165,8 @@ async fn step(client: &Client, stream: &str, report: &mut ScavengeReport) -> Res
             .map_err(db_error)?;
         let now: i64 = row.get(0);
         let query = format!("SELECT {STATE_COLUMNS} FROM streams WHERE name = $1");
-        let Some(state) = client.query_opt(&query, &[&stream]).await.map_err(db_error)?.map(|row| state_from_row(&row, 0))
+        let Some(state) =
+            client.query_opt(&query, &[&stream]).await.map_err(db_error)?.map(|row| state_from_row(&row, 0))
         else {
             return Ok((0, 0));
         };
@@ -181,14 +182,14 @@ async fn step(client: &Client, stream: &str, report: &mut ScavengeReport) -> Res
         };
         let events = client
             .query_one(
-                "WITH gone AS (DELETE FROM stream_entries WHERE stream = $1 AND number < $2 RETURNING position), \
-                 events_gone AS (DELETE FROM events WHERE position IN (SELECT position FROM gone)) \
+                "WITH gone AS (DELETE FROM events WHERE stream = $1 AND number < $2 RETURNING 1) \
                  SELECT count(*) FROM gone",
                 &[&stream, &signed(first)],
             )
             .await
             .map_err(db_error)?;
-        let links_gone = client.query_one(links::REMOVE_BELOW, &[&stream, &signed(first)]).await.map_err(db_error)?;
+        let links_gone =
+            client.query_one(links::REMOVE_BELOW, &[&stream, &signed(first)]).await.map_err(db_error)?;
         Ok::<_, StoreError>((unsigned(events.get(0)), unsigned(links_gone.get(0))))
     }
     .await;

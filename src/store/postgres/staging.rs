@@ -61,7 +61,6 @@ pub(super) struct Staging {
     /// Every event of the batch is created at this time.
     pub(super) created_micros: i64,
     events: EventRows,
-    entries: EntryRows,
     links: LinkRuns,
     new_ids: Vec<(String, Uuid, u64)>,
     /// Streams whose waiters the commit wakes.
@@ -82,15 +81,6 @@ struct EventRows {
     metadata: Vec<bytes::Bytes>,
 }
 
-/// The `stream_entries` rows a batch writes (its streams' own events),
-/// column by column.
-#[derive(Default)]
-struct EntryRows {
-    stream: Vec<String>,
-    number: Vec<i64>,
-    position: Vec<i64>,
-}
-
 impl Staging {
     pub(super) fn new(projections: Projections, next_position: u64, created_micros: i64) -> Self {
         Self {
@@ -101,7 +91,6 @@ impl Staging {
             next_position,
             created_micros,
             events: EventRows::default(),
-            entries: EntryRows::default(),
             links: LinkRuns::default(),
             new_ids: Vec::new(),
             touched: HashSet::new(),
@@ -222,10 +211,6 @@ impl Staging {
             let state = self.state_mut(stream);
             let number = state.next_number;
             state.next_number += 1;
-            let entries = &mut self.entries;
-            entries.stream.push(stream.to_owned());
-            entries.number.push(signed(number));
-            entries.position.push(signed(position));
             let rows = &mut self.events;
             rows.position.push(signed(position));
             rows.stream.push(stream.to_owned());
@@ -279,7 +264,6 @@ impl Staging {
     pub(super) async fn write(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
         tokio::try_join!(
             self.write_events(tx, prepared),
-            self.write_entries(tx, prepared),
             async { self.links.write(tx, prepared).await.map_err(write_error) },
             self.write_ids(tx, prepared),
             self.write_states(tx, prepared)
@@ -311,27 +295,6 @@ impl Staging {
                     &metadata,
                     &self.created_micros,
                 ],
-            )
-            .await
-            .map_err(write_error)?;
-        }
-        Ok(())
-    }
-
-    async fn write_entries(&self, tx: &Client, prepared: &Prepared) -> Result<(), StoreError> {
-        let rows = &self.entries;
-        if !rows.stream.is_empty() {
-            tx.execute(
-                &prepared
-                    .get(
-                        tx,
-                        "INSERT INTO stream_entries (stream, number, position, created_micros) \
-                 SELECT stream, number, position, $4 \
-                 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t(stream, number, position)",
-                    )
-                    .await
-                    .map_err(write_error)?,
-                &[&rows.stream, &rows.number, &rows.position, &self.created_micros],
             )
             .await
             .map_err(write_error)?;

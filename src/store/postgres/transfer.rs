@@ -20,7 +20,7 @@ use crate::store::rules::{READ_BYTES, not_empty_target};
 use crate::store::{ExportSnapshot, ImportItem, RecordedEvent, SpentId, StoreError, StoredEntry, StoredLink};
 
 /// See [`crate::store::Store::export_entries`]: one index range scan of
-/// `stream_entries` and one of `link_runs`, joined to the payloads of its
+/// `events` by stream and one of `link_runs`, with the payloads of its
 /// events.
 pub(super) async fn export_entries(
     client: &Client,
@@ -96,7 +96,7 @@ pub(super) async fn export_spent_ids(
     let rows = client
         .query(
             "SELECT i.stream, i.number, i.id FROM event_ids i WHERE NOT EXISTS \
-             (SELECT 1 FROM stream_entries s WHERE s.stream = i.stream AND s.number = i.number)",
+             (SELECT 1 FROM events e WHERE e.stream = i.stream AND e.number = i.number)",
             &[],
         )
         .await
@@ -205,21 +205,6 @@ pub(super) async fn write(client: &mut Client, items: Vec<ImportItem>) -> Result
                 Box::new(event.metadata_is_json),
                 Box::new(event.data.to_vec()),
                 Box::new(event.metadata.to_vec()),
-            ];
-            row
-        }),
-    )
-    .await?;
-    copy(
-        &tx,
-        "COPY stream_entries (stream, number, position, created_micros) FROM STDIN (FORMAT binary)",
-        &[Type::TEXT, Type::INT8, Type::INT8, Type::INT8],
-        events.iter().map(|event| {
-            let row: Vec<Box<dyn ToSql + Sync + Send>> = vec![
-                Box::new(event.stream.to_string()),
-                Box::new(signed(event.number)),
-                Box::new(signed(event.position)),
-                Box::new(event.created_micros),
             ];
             row
         }),

@@ -214,6 +214,45 @@ pub fn harden(config: &mut tokio_postgres::Config) {
     }
 }
 
+/// The pool of the reads' connections, at most [`READ_CONNECTIONS`].
+///
+/// Their statements run on generic plans, planned once per connection. On
+/// PostgreSQL's default (`plan_cache_mode=auto`), a page's statement
+/// estimated its generic plan at ten times a custom one's once
+/// `link_runs` held one system stream's 100,000 runs, and so was planned
+/// again on every read: 0.3-0.4 ms of planning for 0.3 ms of execution
+/// (EXPLAIN, by hand), the same index scans either way; only the guesses
+/// of the ranges' sizes differ.
+///
+/// A request waits for a free connection no longer than for an answer:
+/// with every connection held by a silent database it answers 503, as the
+/// statements holding them will.
+pub fn read_pool(config: &tokio_postgres::Config, tls: &Tls) -> Result<deadpool_postgres::Pool, StoreError> {
+    let manager = tls.manager(with_options(config, "-c plan_cache_mode=force_generic_plan"));
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(READ_CONNECTIONS)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(ANSWER_DEADLINE))
+        .build()
+        .map_err(|error| StoreError::Io(format!("PostgreSQL pool: {error}")))
+}
+
+/// How many connections reads may hold at once (the writer and the
+/// listener have one each besides).
+pub const READ_CONNECTIONS: usize = 16;
+
+/// `config` with the session settings `settings` (`-c name=value …`)
+/// after those the connection string gives.
+pub fn with_options(config: &tokio_postgres::Config, settings: &str) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    let options = match config.get_options() {
+        Some(given) => format!("{given} {settings}"),
+        None => settings.to_owned(),
+    };
+    config.options(&options);
+    config
+}
+
 /// The deadline of a read while the database is known to be lost: a
 /// request that asks it several things (a state, a page, the state again
 /// for the access check) is not held for each one's full deadline, and a

@@ -34,19 +34,51 @@ pub(super) const RUN: i64 = 20;
 
 /// SQL for the entries of the stream `stream` numbered `low..=high` (SQL
 /// expressions, each used more than once), its own events' (from
-/// `events`) and its links', in no order: columns `stream, number, position,
+/// `events`) and its links', in no order: columns `number, position,
 /// created_micros, link_stream, link_number` (the last two `NULL` for an
 /// event of the stream's own). Two index range scans.
 pub(super) fn entries_between(stream: &str, low: &str, high: &str) -> String {
     format!(
-        "(SELECT stream, number, position, created_micros, NULL::text AS link_stream, NULL::bigint AS link_number \
+        "(SELECT number, position, created_micros, NULL::text AS link_stream, NULL::bigint AS link_number \
            FROM events WHERE stream = {stream} AND number BETWEEN {low} AND {high} \
          UNION ALL \
-         SELECT r.stream, r.first_number + u.i - 1, u.position, r.created_micros, u.link_stream, u.link_number \
-           FROM link_runs r CROSS JOIN LATERAL unnest(r.positions, r.link_streams, r.link_numbers) \
-                WITH ORDINALITY AS u(position, link_stream, link_number, i) \
-           WHERE r.stream = {stream} AND r.first_number > ({low}) - {RUN} AND r.first_number <= {high} \
-             AND r.first_number + u.i - 1 BETWEEN {low} AND {high})"
+         SELECT {LINK_ENTRY} {})",
+        links_between(stream, low, high, "")
+    )
+}
+
+/// [`entries_between`] with each entry's event, the stream's own or a
+/// link's target (`NULL`s when it is gone), after the entry's columns:
+/// `event_position, event_stream, event_number, id, event_type,
+/// event_created, is_json, metadata_is_json, data, metadata`. A stream's
+/// own events come with their rows; a link's target is one lookup by
+/// position.
+pub(super) fn entries_with_events_between(stream: &str, low: &str, high: &str) -> String {
+    format!(
+        "(SELECT number, position, created_micros, NULL::text AS link_stream, NULL::bigint AS link_number, \
+                 position AS event_position, stream AS event_stream, number AS event_number, id, event_type, \
+                 created_micros AS event_created, is_json, metadata_is_json, data, metadata \
+           FROM events WHERE stream = {stream} AND number BETWEEN {low} AND {high} \
+         UNION ALL \
+         SELECT {LINK_ENTRY}, v.position, v.stream, v.number, v.id, v.event_type, v.created_micros, v.is_json, \
+                v.metadata_is_json, v.data, v.metadata {})",
+        links_between(stream, low, high, "LEFT JOIN events v ON v.position = u.position")
+    )
+}
+
+/// A link's entry columns, from `r` (its run) and `u` (its place in it).
+const LINK_ENTRY: &str =
+    "r.first_number + u.i - 1, u.position, r.created_micros, u.link_stream, u.link_number";
+
+/// The `FROM … WHERE` of the links of `stream` numbered `low..=high`,
+/// each a row of `r` (its run) and `u` (its target and place in the run),
+/// with `join` after them.
+fn links_between(stream: &str, low: &str, high: &str, join: &str) -> String {
+    format!(
+        "FROM link_runs r CROSS JOIN LATERAL unnest(r.positions, r.link_streams, r.link_numbers) \
+              WITH ORDINALITY AS u(position, link_stream, link_number, i) {join} \
+         WHERE r.stream = {stream} AND r.first_number > ({low}) - {RUN} AND r.first_number <= {high} \
+           AND r.first_number + u.i - 1 BETWEEN {low} AND {high}"
     )
 }
 

@@ -62,10 +62,6 @@ use super::{
 };
 use crate::store::projections::Projections;
 
-/// How many connections reads may hold at once (the writer and the
-/// listener have one each besides).
-const READ_CONNECTIONS: usize = 16;
-
 /// How many requests may wait for the writer; beyond it callers wait to
 /// send, which slows them down rather than queueing without bound.
 const WRITER_QUEUE: usize = 16 * 1024;
@@ -225,16 +221,7 @@ impl PgStore {
             states: states::RecentStates::default(),
             building: watch::channel(projected.building).0,
         });
-        let manager = tls.manager(config.clone());
-        // A request waits for a free connection no longer than for an
-        // answer: with every connection held by a silent database it
-        // answers 503, as the statements holding them will.
-        let pool = Pool::builder(manager)
-            .max_size(READ_CONNECTIONS)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(connection::ANSWER_DEADLINE))
-            .build()
-            .map_err(|error| StoreError::Io(format!("PostgreSQL pool: {error}")))?;
+        let pool = connection::read_pool(&config, &tls)?;
         let (shutdown, shutdown_seen) = watch::channel(false);
         tokio::spawn(listen::run(config.clone(), tls.clone(), Arc::clone(&publisher), shutdown_seen));
         let (sender, receiver) = mpsc::channel(WRITER_QUEUE);

@@ -352,9 +352,9 @@ impl<'a> Reader<'a> {
         let order = if direction == Direction::Forward { "ASC" } else { "DESC" };
         let query = format!(
             "SELECT e.number, e.position, e.created_micros, e.link_stream, e.link_number, \
-             octet_length(v.data) + octet_length(v.metadata), v.position IS NOT NULL \
-             FROM {} e LEFT JOIN events v ON v.position = e.position ORDER BY e.number {order}",
-            links::entries_between("$1", "$2", "$3")
+             octet_length(e.data) + octet_length(e.metadata), e.event_position IS NOT NULL \
+             FROM {} e ORDER BY e.number {order}",
+            links::entries_with_events_between("$1", "$2", "$3")
         );
         let statement = prepared(self.tx, &query).await?;
         let rows =

@@ -111,8 +111,6 @@ impl Writer {
         durability: Durability,
         publisher: Arc<Publisher>,
     ) -> Self {
-        let mut config = config.clone();
-        config.application_name(WRITER_NAME);
         let synchronous_commit = match durability {
             Durability::Fsync | Durability::Flush => "on",
             Durability::None => "off",
@@ -121,11 +119,8 @@ impl Writer {
             "-c synchronous_commit={synchronous_commit} -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
              -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
         );
-        let options = match config.get_options() {
-            Some(given) => format!("{given} {setting}"),
-            None => setting,
-        };
-        config.options(&options);
+        let mut config = connection::with_options(config, &setting);
+        config.application_name(WRITER_NAME);
         Self {
             config,
             tls,

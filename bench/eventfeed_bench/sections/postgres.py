@@ -464,9 +464,11 @@ def floor_paragraph(result):
             f"CPU(s), no server can take single-event appends faster than **{fmt(bounds['appends'])} events/s** "
             f"(the 5 × pgbench target asks for {fmt(wanted)}: {against(bounds['appends'], wanted)}; eventfeed ran "
             f"at {times(result.get('appends_over_bound'), 'this bound')}), nor {result['batch_size']}-event "
-            f"batches faster than **{fmt(bounds['batches'])} events/s** (the target asks for "
-            f"{fmt(targets.POSTGRES_BATCH_EVENTS_PER_SECOND)}: "
-            f"{against(bounds['batches'], targets.POSTGRES_BATCH_EVENTS_PER_SECOND)}; eventfeed ran at "
+            f"batches, each committed on its own, faster than **{fmt(bounds['batches'])} events/s** (the target "
+            f"asks for {fmt(targets.POSTGRES_BATCH_EVENTS_PER_SECOND)}: "
+            f"{'above this bound' if bounds['batches'] < targets.POSTGRES_BATCH_EVENTS_PER_SECOND else 'within it'}"
+            "; a server that commits several batches together, as eventfeed's writer does, pays less per event "
+            "than this floor; eventfeed ran at "
             f"{times(result.get('batches_over_bound'), 'this bound')}, "
             f"{times(result.get('batches_over_floor'), 'the floor')}'s own rate).", ""]
 

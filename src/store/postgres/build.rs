@@ -307,7 +307,7 @@ async fn clear(client: &Client, building: Projections) -> Result<bool, StoreErro
                     .map_err(db_error)?;
             }
             if let Some((name, down_to)) = part {
-                client.execute(links::REMOVE_FROM, &[&name, &down_to]).await.map_err(db_error)?;
+                client.execute(links::REMOVE_FROM.as_str(), &[&name, &down_to]).await.map_err(db_error)?;
                 client
                     .execute("UPDATE streams SET next_number = $2 WHERE name = $1", &[&name, &down_to])
                     .await

@@ -97,23 +97,36 @@ pub(super) static MAX_AGE_BOUNDARY: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Removes the links of `$1` numbered below `$2`, cutting the run that
-/// holds `$2`; one row: how many were removed.
-pub(super) const REMOVE_BELOW: &str = "WITH cut AS (SELECT first_number FROM link_runs \
-       WHERE stream = $1 AND first_number < $2 AND first_number + cardinality(positions) > $2), \
-     trimmed AS (UPDATE link_runs SET first_number = $2, positions = positions[$2 - first_number + 1:], \
-       link_streams = link_streams[$2 - first_number + 1:], link_numbers = link_numbers[$2 - first_number + 1:] \
-       WHERE stream = $1 AND first_number IN (SELECT first_number FROM cut)), \
-     gone AS (DELETE FROM link_runs WHERE stream = $1 AND first_number + cardinality(positions) <= $2 \
-       RETURNING cardinality(positions) AS links) \
-     SELECT (SELECT coalesce(sum(links), 0) FROM gone)::bigint + (SELECT coalesce(sum($2 - first_number), 0) FROM cut)::bigint";
+/// holds `$2`; one row: how many were removed. Each part a range of the
+/// primary key.
+pub(super) static REMOVE_BELOW: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH cut AS (SELECT first_number FROM link_runs WHERE stream = $1 AND first_number > $2::bigint - {RUN} \
+           AND first_number < $2 AND first_number + cardinality(positions) > $2), \
+         trimmed AS (UPDATE link_runs SET first_number = $2, positions = positions[$2 - first_number + 1:], \
+           link_streams = link_streams[$2 - first_number + 1:], \
+           link_numbers = link_numbers[$2 - first_number + 1:] \
+           WHERE stream = $1 AND first_number IN (SELECT first_number FROM cut)), \
+         gone AS (DELETE FROM link_runs WHERE stream = $1 AND first_number < $2 \
+           AND first_number + cardinality(positions) <= $2 RETURNING cardinality(positions) AS links) \
+         SELECT (SELECT coalesce(sum(links), 0) FROM gone)::bigint \
+           + (SELECT coalesce(sum($2 - first_number), 0) FROM cut)::bigint"
+    )
+});
 
 /// Removes the links of `$1` numbered `$2` and above, cutting the run that
-/// holds `$2`.
-pub(super) const REMOVE_FROM: &str = "WITH trimmed AS (UPDATE link_runs \
-       SET positions = positions[1:$2 - first_number], link_streams = link_streams[1:$2 - first_number], \
-       link_numbers = link_numbers[1:$2 - first_number] \
-       WHERE stream = $1 AND first_number < $2 AND first_number + cardinality(positions) > $2) \
-     DELETE FROM link_runs WHERE stream = $1 AND first_number >= $2";
+/// holds `$2`. Each part a range of the primary key. (`$2` is cast where
+/// PostgreSQL first meets it, the `WHERE` of the `UPDATE`: `$2 - 20` alone
+/// would make it an `integer`.)
+pub(super) static REMOVE_FROM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH trimmed AS (UPDATE link_runs SET positions = positions[1:$2 - first_number], \
+           link_streams = link_streams[1:$2 - first_number], link_numbers = link_numbers[1:$2 - first_number] \
+           WHERE stream = $1 AND first_number > $2::bigint - {RUN} AND first_number < $2 \
+             AND first_number + cardinality(positions) > $2) \
+         DELETE FROM link_runs WHERE stream = $1 AND first_number >= $2"
+    )
+});
 
 /// The links a batch (or a build's step) adds, gathered into runs.
 #[derive(Default)]

@@ -188,8 +188,10 @@ async fn step(client: &Client, stream: &str, report: &mut ScavengeReport) -> Res
             )
             .await
             .map_err(db_error)?;
-        let links_gone =
-            client.query_one(links::REMOVE_BELOW, &[&stream, &signed(first)]).await.map_err(db_error)?;
+        let links_gone = client
+            .query_one(links::REMOVE_BELOW.as_str(), &[&stream, &signed(first)])
+            .await
+            .map_err(db_error)?;
         Ok::<_, StoreError>((unsigned(events.get(0)), unsigned(links_gone.get(0))))
     }
     .await;

@@ -19,8 +19,9 @@
 //! `$maxAge` boundary needs.
 //!
 //! Reads see links and a stream's own events (`events`, by its index on
-//! stream and number) as one set of entries ([`entries_between`]), so the
-//! rest of the backend reads entries as before.
+//! stream and number) as one set of entries
+//! ([`entries_with_events_between`]), so the rest of the backend reads
+//! entries as before.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -33,26 +34,14 @@ use super::prepared::Prepared;
 pub(super) const RUN: i64 = 20;
 
 /// SQL for the entries of the stream `stream` numbered `low..=high` (SQL
-/// expressions, each used more than once), its own events' (from
-/// `events`) and its links', in no order: columns `number, position,
-/// created_micros, link_stream, link_number` (the last two `NULL` for an
-/// event of the stream's own). Two index range scans.
-pub(super) fn entries_between(stream: &str, low: &str, high: &str) -> String {
-    format!(
-        "(SELECT number, position, created_micros, NULL::text AS link_stream, NULL::bigint AS link_number \
-           FROM events WHERE stream = {stream} AND number BETWEEN {low} AND {high} \
-         UNION ALL \
-         SELECT {LINK_ENTRY} {})",
-        links_between(stream, low, high, "")
-    )
-}
-
-/// [`entries_between`] with each entry's event, the stream's own or a
-/// link's target (`NULL`s when it is gone), after the entry's columns:
-/// `event_position, event_stream, event_number, id, event_type,
-/// event_created, is_json, metadata_is_json, data, metadata`. A stream's
-/// own events come with their rows; a link's target is one lookup by
-/// position.
+/// expressions, each used more than once), its own events (from
+/// `events`) and its links, in no order, each with its event: the
+/// stream's own, or a link's target (`NULL`s when it is gone). Columns:
+/// the entry's `number, position, created_micros, link_stream,
+/// link_number` (the last two `NULL` for an event of the stream's own),
+/// then the event's `event_position, event_stream, event_number, id,
+/// event_type, event_created, is_json, metadata_is_json, data, metadata`.
+/// Two index range scans; a link's target is one lookup by position.
 pub(super) fn entries_with_events_between(stream: &str, low: &str, high: &str) -> String {
     format!(
         "(SELECT number, position, created_micros, NULL::text AS link_stream, NULL::bigint AS link_number, \

@@ -9,19 +9,44 @@
 
 use std::collections::HashMap;
 use std::pin::pin;
+use std::sync::LazyLock;
 
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
-use super::links::{self, LinkRuns};
+use super::links::{LinkRuns, RUN};
 use super::{db_error, signed, unsigned};
 use crate::store::rules::{READ_BYTES, not_empty_target};
 use crate::store::{ExportSnapshot, ImportItem, RecordedEvent, SpentId, StoreError, StoredEntry, StoredLink};
 
+/// The first `$4` entries of `$1` numbered from `$2` and below `$3`, each
+/// side of the union limited first, so that a chunk of a long stream
+/// reads one chunk of each index, not the rest of the stream. Each side
+/// gives the first `$4` of its own entries (or all): the events by their
+/// index; the links from the first `$4 + 20` runs, since fewer than 20 of
+/// the runs from `$2 - 20` on can end before `$2`, and every other one
+/// gives at least one link.
+static EXPORT_ENTRIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT * FROM ( \
+           (SELECT number, position, created_micros, NULL::text, NULL::bigint, id, event_type, is_json, \
+                   metadata_is_json, data, metadata \
+            FROM events WHERE stream = $1 AND number >= $2::bigint AND number < $3::bigint ORDER BY number LIMIT $4) \
+           UNION ALL \
+           (SELECT r.first_number + u.i - 1, u.position, r.created_micros, u.link_stream, u.link_number, \
+                   NULL::uuid, NULL::text, NULL::bool, NULL::bool, NULL::bytea, NULL::bytea \
+            FROM (SELECT * FROM link_runs WHERE stream = $1 AND first_number > $2 - {RUN} AND first_number < $3 \
+                  ORDER BY first_number LIMIT $4 + {RUN}) r \
+            CROSS JOIN LATERAL unnest(r.positions, r.link_streams, r.link_numbers) \
+                 WITH ORDINALITY AS u(position, link_stream, link_number, i) \
+            WHERE r.first_number + u.i - 1 >= $2 AND r.first_number + u.i - 1 < $3) \
+         ) s ORDER BY 1 LIMIT $4"
+    )
+});
+
 /// See [`crate::store::Store::export_entries`]: one index range scan of
-/// `events` by stream and one of `link_runs`, with the payloads of its
-/// events.
+/// `events` by stream and one of `link_runs` ([`EXPORT_ENTRIES`]).
 pub(super) async fn export_entries(
     client: &Client,
     stream: &str,
@@ -31,16 +56,7 @@ pub(super) async fn export_entries(
 ) -> Result<Vec<StoredEntry>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = client
-        .query(
-            &format!(
-                "SELECT s.number, s.position, s.created_micros, s.link_stream, s.link_number, \
-                 e.id, e.event_type, e.is_json, e.metadata_is_json, e.data, e.metadata \
-                 FROM {} s LEFT JOIN events e ON s.link_stream IS NULL AND e.position = s.position \
-                 ORDER BY s.number LIMIT $4",
-                links::entries_between("$1", "$2::bigint", "$3::bigint - 1")
-            ),
-            &[&stream, &signed(from), &signed(below), &limit],
-        )
+        .query(EXPORT_ENTRIES.as_str(), &[&stream, &signed(from), &signed(below), &limit])
         .await
         .map_err(db_error)?;
     let mut entries = Vec::with_capacity(rows.len());

@@ -49,25 +49,14 @@ pub(super) fn entries_with_events_between(stream: &str, low: &str, high: &str) -
                  created_micros AS event_created, is_json, metadata_is_json, data, metadata \
            FROM events WHERE stream = {stream} AND number BETWEEN {low} AND {high} \
          UNION ALL \
-         SELECT {LINK_ENTRY}, v.position, v.stream, v.number, v.id, v.event_type, v.created_micros, v.is_json, \
-                v.metadata_is_json, v.data, v.metadata {})",
-        links_between(stream, low, high, "LEFT JOIN events v ON v.position = u.position")
-    )
-}
-
-/// A link's entry columns, from `r` (its run) and `u` (its place in it).
-const LINK_ENTRY: &str =
-    "r.first_number + u.i - 1, u.position, r.created_micros, u.link_stream, u.link_number";
-
-/// The `FROM … WHERE` of the links of `stream` numbered `low..=high`,
-/// each a row of `r` (its run) and `u` (its target and place in the run),
-/// with `join` after them.
-fn links_between(stream: &str, low: &str, high: &str, join: &str) -> String {
-    format!(
-        "FROM link_runs r CROSS JOIN LATERAL unnest(r.positions, r.link_streams, r.link_numbers) \
-              WITH ORDINALITY AS u(position, link_stream, link_number, i) {join} \
-         WHERE r.stream = {stream} AND r.first_number > ({low}) - {RUN} AND r.first_number <= {high} \
-           AND r.first_number + u.i - 1 BETWEEN {low} AND {high}"
+         SELECT r.first_number + u.i - 1, u.position, r.created_micros, u.link_stream, u.link_number, \
+                v.position, v.stream, v.number, v.id, v.event_type, v.created_micros, v.is_json, \
+                v.metadata_is_json, v.data, v.metadata \
+           FROM link_runs r CROSS JOIN LATERAL unnest(r.positions, r.link_streams, r.link_numbers) \
+                WITH ORDINALITY AS u(position, link_stream, link_number, i) \
+                LEFT JOIN events v ON v.position = u.position \
+           WHERE r.stream = {stream} AND r.first_number > ({low}) - {RUN} AND r.first_number <= {high} \
+             AND r.first_number + u.i - 1 BETWEEN {low} AND {high})"
     )
 }
 

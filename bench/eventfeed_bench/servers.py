@@ -229,7 +229,27 @@ class NginxCache:
         "relay": "unix:/run/nginx-eventfeed-relay.sock",
     }
 
-    def __init__(self, directory, pinning, backend_port):
+    # The reference under the shipped file (minimal=True): nginx's
+    # proxy_cache and nothing else. One key of the URL and the encoding (so
+    # that the gzip and identity copies do not replace each other), no maps,
+    # no relay, no location for live reads: what any proxy_cache hit costs
+    # nginx, whatever its configuration says.
+    MINIMAL = """
+proxy_cache_path {cache} keys_zone=eventfeed:32m;
+server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        proxy_pass http://127.0.0.1:{backend};
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_cache eventfeed;
+        proxy_cache_key $request_uri|$http_accept_encoding;
+        add_header X-Cache-Status $upstream_cache_status always;
+    }}
+}}
+"""
+
+    def __init__(self, directory, pinning, backend_port, minimal=False):
         self.dir = directory
         (directory / "tmp").mkdir(parents=True, exist_ok=True)
         shipped = NGINX_CONF.read_text()
@@ -237,10 +257,13 @@ class NginxCache:
             assert value in shipped, f"{NGINX_CONF} names {value}"
         for attempt in range(3):
             self.port = free_port()
-            conf = (shipped.replace(self.SHIPPED["backend"], f"server 127.0.0.1:{backend_port};")
-                    .replace(self.SHIPPED["listen"], f"listen 127.0.0.1:{self.port};")
-                    .replace(self.SHIPPED["cache"], str(directory / "cache"))
-                    .replace(self.SHIPPED["relay"], f"unix:{directory / f'relay{attempt}.sock'}"))
+            if minimal:
+                conf = self.MINIMAL.format(cache=directory / "cache", port=self.port, backend=backend_port)
+            else:
+                conf = (shipped.replace(self.SHIPPED["backend"], f"server 127.0.0.1:{backend_port};")
+                        .replace(self.SHIPPED["listen"], f"listen 127.0.0.1:{self.port};")
+                        .replace(self.SHIPPED["cache"], str(directory / "cache"))
+                        .replace(self.SHIPPED["relay"], f"unix:{directory / f'relay{attempt}.sock'}"))
             (directory / "eventfeed.conf").write_text(conf)
             (directory / "nginx.conf").write_text(nginx_main(directory, f"    include {directory}/eventfeed.conf;"))
             argv = pinning.server([executable("nginx"), "-p", str(directory), "-c", str(directory / "nginx.conf"),

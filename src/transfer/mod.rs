@@ -31,6 +31,7 @@ use std::io::{BufRead, Write};
 use async_trait::async_trait;
 
 use self::format::{Counts, FORMAT, Line, LineReader, LineWriter, TransferError, VERSION};
+use crate::store::projections::is_system_stream;
 use crate::store::{ExportSnapshot, ImportItem, ImportStep, SpentId, Store, StoredEntry};
 
 /// Entries asked of the store at a time, and items written to it at a time.
@@ -282,6 +283,14 @@ impl Checks {
             }
             line @ Line::Link { .. } => {
                 let Some(link) = format::link_of(line) else { return Ok(None) };
+                // Only projections link, into system streams; the stores
+                // read other streams' entries as their own events alone.
+                if !is_system_stream(&link.stream) {
+                    return Err(fail(format!(
+                        "a link in '{}', which is no system stream: only streams whose names start with '$' hold links",
+                        link.stream
+                    )));
+                }
                 self.entry(&link.stream, link.number).map_err(&fail)?;
                 if link.target_position >= self.head {
                     return Err(fail(format!(
@@ -310,5 +319,68 @@ impl Checks {
             }
             _ => Err(format!("an entry of '{stream}' that does not follow that stream's line")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(name: &str) -> Line {
+        Line::Stream {
+            name: name.to_owned(),
+            next_number: 1,
+            created_position: 0,
+            deleted_before: 0,
+            soft_deleted: false,
+            tombstoned: false,
+            max_count: None,
+            max_age_secs: None,
+            truncate_before: None,
+            cache_control_secs: None,
+            metadata_number: None,
+            not_public: false,
+        }
+    }
+
+    fn link(stream: &str) -> Line {
+        Line::Link {
+            stream: stream.to_owned(),
+            number: 0,
+            position: 0,
+            created: 1,
+            target_stream: "Order-1".to_owned(),
+            target_number: 0,
+        }
+    }
+
+    /// Checks that read a header of a store whose head is 1.
+    fn checks() -> Checks {
+        let mut checks = Checks::default();
+        let header = Line::Header {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            source: "sled".to_owned(),
+            head: 1,
+            streams: 1,
+        };
+        assert!(checks.check(1, header).unwrap().is_none());
+        checks
+    }
+
+    #[test]
+    fn links_are_taken_in_system_streams_only() {
+        let mut checks = checks();
+        checks.check(2, stream("$ce-Order")).unwrap();
+        let taken = checks.check(3, link("$ce-Order")).unwrap();
+        assert!(matches!(taken, Some(ImportItem::Entry(StoredEntry::Link(_)))));
+
+        let mut checks = self::checks();
+        checks.check(2, stream("Order-2")).unwrap();
+        let refused = checks.check(3, link("Order-2")).unwrap_err().to_string();
+        assert!(
+            refused.contains("line 3") && refused.contains("'Order-2', which is no system stream"),
+            "{refused}"
+        );
     }
 }

@@ -44,10 +44,7 @@ pub(super) const RUN: i64 = 20;
 /// Two index range scans; a link's target is one lookup by position.
 pub(super) fn entries_with_events_between(stream: &str, low: &str, high: &str) -> String {
     format!(
-        "(SELECT number, position, created_micros, NULL::text AS link_stream, NULL::bigint AS link_number, \
-                 position AS event_position, stream AS event_stream, number AS event_number, id, event_type, \
-                 created_micros AS event_created, is_json, metadata_is_json, data, metadata \
-           FROM events WHERE stream = {stream} AND number BETWEEN {low} AND {high} \
+        "({own} \
          UNION ALL \
          SELECT r.first_number + u.i - 1, u.position, r.created_micros, u.link_stream, u.link_number, \
                 v.position, v.stream, v.number, v.id, v.event_type, v.created_micros, v.is_json, \
@@ -56,7 +53,21 @@ pub(super) fn entries_with_events_between(stream: &str, low: &str, high: &str) -
                 WITH ORDINALITY AS u(position, link_stream, link_number, i) \
                 LEFT JOIN events v ON v.position = u.position \
            WHERE r.stream = {stream} AND r.first_number > ({low}) - {RUN} AND r.first_number <= {high} \
-             AND r.first_number + u.i - 1 BETWEEN {low} AND {high})"
+             AND r.first_number + u.i - 1 BETWEEN {low} AND {high})",
+        own = own_events_between(stream, low, high)
+    )
+}
+
+/// [`entries_with_events_between`] for a stream that holds no links (no
+/// system stream: only projections link, into `$` streams, and an import
+/// takes links for no other): its own events alone, the same columns, one
+/// index range scan.
+pub(super) fn own_events_between(stream: &str, low: &str, high: &str) -> String {
+    format!(
+        "SELECT number, position, created_micros, NULL::text AS link_stream, NULL::bigint AS link_number, \
+                position AS event_position, stream AS event_stream, number AS event_number, id, event_type, \
+                created_micros AS event_created, is_json, metadata_is_json, data, metadata \
+           FROM events WHERE stream = {stream} AND number BETWEEN {low} AND {high}"
     )
 }
 

@@ -355,7 +355,7 @@ mod tests {
     }
 
     /// Checks that read a header of a store whose head is 1.
-    fn checks() -> Checks {
+    fn after_header() -> Checks {
         let mut checks = Checks::default();
         let header = Line::Header {
             format: FORMAT.to_owned(),
@@ -370,12 +370,12 @@ mod tests {
 
     #[test]
     fn links_are_taken_in_system_streams_only() {
-        let mut checks = checks();
+        let mut checks = after_header();
         checks.check(2, stream("$ce-Order")).unwrap();
         let taken = checks.check(3, link("$ce-Order")).unwrap();
         assert!(matches!(taken, Some(ImportItem::Entry(StoredEntry::Link(_)))));
 
-        let mut checks = self::checks();
+        let mut checks = after_header();
         checks.check(2, stream("Order-2")).unwrap();
         let refused = checks.check(3, link("Order-2")).unwrap_err().to_string();
         assert!(

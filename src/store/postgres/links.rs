@@ -29,6 +29,7 @@ use std::sync::LazyLock;
 use tokio_postgres::Client;
 
 use super::prepared::Prepared;
+use crate::store::projections::is_system_stream;
 
 /// The most links of one run, and the multiple no run crosses.
 pub(super) const RUN: i64 = 20;
@@ -58,11 +59,29 @@ pub(super) fn entries_with_events_between(stream: &str, low: &str, high: &str) -
     )
 }
 
-/// [`entries_with_events_between`] for a stream that holds no links (no
-/// system stream: only projections link, into `$` streams, and an import
-/// takes links for no other): its own events alone, the same columns, one
-/// index range scan.
-pub(super) fn own_events_between(stream: &str, low: &str, high: &str) -> String {
+/// Whether the stream named `name` may hold links: only a system stream
+/// does (only projections link, into `$` streams, and an import takes
+/// links for no other).
+pub(super) fn can_hold_links(name: &str) -> bool {
+    is_system_stream(name)
+}
+
+/// [`entries_with_events_between`] as a stream that may hold links
+/// (`with_links`, see [`can_hold_links`]) needs it, or else its own events
+/// alone ([`own_events_between`]), the same columns in one index range
+/// scan: PostgreSQL sets up the links' part of the statement on every run
+/// even where it finds nothing.
+pub(super) fn entries_between(with_links: bool, stream: &str, low: &str, high: &str) -> String {
+    if with_links {
+        entries_with_events_between(stream, low, high)
+    } else {
+        format!("({})", own_events_between(stream, low, high))
+    }
+}
+
+/// A stream's own events numbered `low..=high`, with the columns of
+/// [`entries_with_events_between`].
+fn own_events_between(stream: &str, low: &str, high: &str) -> String {
     format!(
         "SELECT number, position, created_micros, NULL::text AS link_stream, NULL::bigint AS link_number, \
                 position AS event_position, stream AS event_stream, number AS event_number, id, event_type, \

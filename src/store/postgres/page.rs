@@ -31,7 +31,6 @@ use deadpool_postgres::ClientWrapper;
 
 use super::read::{Entry, Names, assemble, event_from_row, plan, positions};
 use super::{STATE_COLUMNS, db_error, links, signed, state_from_row};
-use crate::store::projections::is_system_stream;
 use crate::store::retention::visible_bounds;
 use crate::store::rules::{self, READ_BYTES};
 use crate::store::{Direction, ReadEvent, StoreError, StreamRead, StreamSlice, StreamState, StreamView};
@@ -69,17 +68,15 @@ static PAGE_QUERY: LazyLock<[String; 6]> = LazyLock::new(|| {
     .map(|(order, resolve, with_links)| page_query(order, resolve, with_links))
 });
 
-/// The page statement for a read of `stream`. A stream other than a
-/// system stream holds no links (only projections link, into `$`
-/// streams; an import refuses links anywhere else), so its statement
-/// reads its own events alone: no scan of `link_runs`, no probe of link
-/// targets, which PostgreSQL would set up on every read even where they
-/// find nothing (1,000 streams of 100 events, pages read from the
-/// database, by hand: 179-214 µs of eventfeed's and PostgreSQL's CPU per
-/// page, against 275-302 with them).
+/// The page statement for a read of `stream`. One that holds no links
+/// ([`links::can_hold_links`]) reads its own events alone: no scan of
+/// `link_runs`, no probe of link targets, which PostgreSQL would set up
+/// on every read even where they find nothing (1,000 streams of 100
+/// events, pages read from the database, by hand: 179-214 µs of
+/// eventfeed's and PostgreSQL's CPU per page, against 275-302 with them).
 fn statement(stream: &str, resolve_links: bool, direction: Direction) -> &'static str {
     let descending = usize::from(direction == Direction::Backward);
-    if is_system_stream(stream) {
+    if links::can_hold_links(stream) {
         &PAGE_QUERY[2 * usize::from(resolve_links) + descending]
     } else {
         &PAGE_QUERY[4 + descending]
@@ -118,11 +115,7 @@ fn page_query(order: &str, resolve: bool, with_links: bool) -> String {
         "coalesce($2::bigint, s.next_number - 1 - least($4::bigint, s.next_number))",
         "coalesce($3::bigint, s.next_number - 1)",
     );
-    let entries = if with_links {
-        links::entries_with_events_between(stream, low, high)
-    } else {
-        format!("({})", links::own_events_between(stream, low, high))
-    };
+    let entries = links::entries_between(with_links, stream, low, high);
     format!(
         "SELECT {own}, r.number, r.position, r.created_micros, r.link_stream, r.link_number, r.size, r.present, \
          r.fetched, r.event_position, r.event_stream, r.event_number, r.id, r.event_type, r.event_created, \

@@ -354,7 +354,7 @@ impl<'a> Reader<'a> {
             "SELECT e.number, e.position, e.created_micros, e.link_stream, e.link_number, \
              octet_length(e.data) + octet_length(e.metadata), e.event_position IS NOT NULL \
              FROM {} e ORDER BY e.number {order}",
-            links::entries_with_events_between("$1", "$2", "$3")
+            links::entries_between(links::can_hold_links(stream), "$1", "$2", "$3")
         );
         let statement = prepared(self.tx, &query).await?;
         let rows =

@@ -9,7 +9,7 @@ class Settings:
         self.duration = 2 if quick else 8  # seconds per measurement
         self.warmup = 1 if quick else 2  # seconds of unrecorded load before read measurements
         self.read_streams = 100 if quick else 1000  # x 100 events
-        self.sample_streams = 50 if quick else 200  # pages copied for nginx (x 5 pages)
+        self.sample_streams = 50 if quick else 200  # streams read through Varnish and proxy_cache (x 5 pages)
         self.fsync_probe_seconds = 1 if quick else 2
         self.page_probe_mib = 256 if quick else 2048
         self.waiter_counts = [1, 100, 1000]

@@ -11,7 +11,7 @@ import statistics
 
 from .. import targets
 from ..common import (ADMIN, ADMIN_AUTHORIZATION, ATOM_JSON, ATOM_XML, EVENTS_PER_READ_STREAM, PAGE_SIZE,
-                      PAGES_PER_READ_STREAM, PROJECTIONS_OFF, format_position, http_request, log)
+                      PROJECTIONS_OFF, format_position, http_request, log)
 from ..fmt import errors, fmt, fmt_share, ms, others, ratio, table, times, verdict
 from ..servers import Eventfeed
 from .reads import LABELS
@@ -96,21 +96,20 @@ def all_page_path(representation, position):
 
 def all_reads(ctx, result):
     """Random full 20-entry forward pages of $all from the read store, as
-    the uncached stream pages are read; nginx serves the same bytes, for a
-    sample of as many pages as it has stream pages. Every request carries
+    the uncached stream pages are read; nginx serves the same bytes of
+    every page (see `Context.ensure_nginx` for why not a sample). Every
+    request carries
     the admin's credentials (only `$admins` read $all), nginx's too, so
     that both get the same requests."""
     settings = ctx.settings
     server = ctx.ensure_read_server()
     nginx = ctx.ensure_nginx()
     pages = settings.read_streams * EVENTS_PER_READ_STREAM // PAGE_SIZE
-    sampled = sorted(random.Random(20).sample(range(pages), min(pages, settings.sample_streams
-                                                               * PAGES_PER_READ_STREAM)))
     www = ctx.workdir / "nginx" / "www"
     sizes = {}
     for representation, accept in (("atom", ATOM_XML), ("json", ATOM_JSON)):
         lengths = []
-        for page in sampled:
+        for page in range(pages):
             path = all_page_path(representation, page * PAGE_SIZE)
             status, headers, body = http_request(server.port, "GET", path, {"Accept": accept, **ADMIN})
             cache_control = {k.lower(): v for k, v in headers.items()}.get("cache-control", "")
@@ -125,14 +124,14 @@ def all_reads(ctx, result):
         if directory.is_dir():
             directory.chmod(0o755)
     figures = result["all_pages"] = {"pages": pages, "events": settings.read_streams * EVENTS_PER_READ_STREAM,
-                                     "sample_pages": len(sampled), "page_sizes": sizes, "rows": [],
+                                     "sample_pages": pages, "page_sizes": sizes, "rows": [],
                                      "authorization": "admin"}
     accepts = {"atom": ATOM_XML, "json": ATOM_JSON}
     for representation, accept in accepts.items():
         mine = [all_page_path(representation, page * PAGE_SIZE) for page in range(pages)]
-        reference = [f"/{representation}" + all_page_path(representation, page * PAGE_SIZE) for page in sampled]
+        reference = [f"/{representation}" + all_page_path(representation, page * PAGE_SIZE) for page in range(pages)]
         # nginx answers the paths as written in the list with eventfeed's bytes.
-        _, _, body = http_request(server.port, "GET", mine[sampled[-1]], {"Accept": accept, **ADMIN})
+        _, _, body = http_request(server.port, "GET", mine[-1], {"Accept": accept, **ADMIN})
         status, _, copy = http_request(nginx.port, "GET", reference[-1], {"Accept": accept, **ADMIN})
         if status != 200 or copy != body:
             raise RuntimeError(f"nginx answered {status} to {reference[-1]}, not the same bytes")
@@ -220,8 +219,11 @@ def render(result, settings):
         out.append(f"\nMethod, `$all`: full 20-entry forward pages (`/streams/$all/{{position}}/forward/20`) picked at "
                    f"random among all {fmt(all_pages['pages'])} of the read store ({fmt(all_pages['events'])} events), "
                    f"{settings.read_connections} connections, no compression, after {settings.warmup} s of warm-up, "
-                   f"as the uncached stream pages. Reference: nginx serving the same bytes for a sample of "
-                   f"{fmt(all_pages['sample_pages'])} pages. The server keeps full `$all` pages not at the head in "
+                   "as the uncached stream pages. Reference: nginx serving the same bytes"
+                   + (f", every one of the {fmt(all_pages['pages'])} pages"
+                      if all_pages["sample_pages"] == all_pages["pages"]
+                      else f" for a sample of {fmt(all_pages['sample_pages'])} pages")
+                   + ". The server keeps full `$all` pages not at the head in "
                    "memory (`--page-cache-mb`, default 128 MiB); *without the page cache*: the same pages from a "
                    "server started with `--page-cache-mb 0`. *Stream pages* repeats eventfeed's uncached stream-page "
                    "figure of the same run, when the reads section ran too."

@@ -51,7 +51,7 @@ const TYPICAL_PAGE: u64 = 8 * 1024;
 /// The kept pages, and how often reads found one.
 #[derive(Debug)]
 pub struct PageCache {
-    pages: Option<Cache<String, Bytes, PageWeight>>,
+    pages: Option<Cache<Vec<u8>, Bytes, PageWeight>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -60,8 +60,8 @@ pub struct PageCache {
 #[derive(Debug, Clone, Copy)]
 struct PageWeight;
 
-impl Weighter<String, Bytes> for PageWeight {
-    fn weight(&self, key: &String, page: &Bytes) -> u64 {
+impl Weighter<Vec<u8>, Bytes> for PageWeight {
+    fn weight(&self, key: &Vec<u8>, page: &Bytes) -> u64 {
         (key.len() + page.len()) as u64 + ENTRY_OVERHEAD
     }
 }
@@ -92,27 +92,59 @@ impl PageKey<'_> {
     /// The key under these settings, lowest visible and last event numbers;
     /// `None` when a page under them may change without a metadata write
     /// (see the module doc).
-    fn under(&self, settings: &StreamSettings, first_visible: u64, last: Option<u64>) -> Option<String> {
+    fn under(&self, settings: &StreamSettings, first_visible: u64, last: Option<u64>) -> Option<Vec<u8>> {
         let PageStart::Number(start) = self.request.start else { return None };
         if retention::expires_events(settings) || settings.not_public {
             return None;
         }
         let direction = match self.request.direction {
-            Direction::Forward => 'f',
-            Direction::Backward => 'b',
+            Direction::Forward => b'f',
+            Direction::Backward => b'b',
         };
-        let metadata = settings.metadata_number.map_or(-1, |number| number as i128);
         // A forward page whose last slot is the last event is at the head
         // (or cut short by its bytes): its bytes last until the next append.
         let ends = start.checked_add(self.request.count - 1);
         let at_head = self.request.direction == Direction::Forward && last.is_some() && ends == last;
-        let head = if at_head { last.map_or(-1, i128::from) } else { -1 };
-        // NUL never occurs in a stream name or a URL: the fields cannot run
-        // into each other.
-        Some(format!(
-            "{}\0{}\0{start}\0{direction}\0{}\0{}\0{:?}\0{}\0{metadata}\0{first_visible}\0{head}",
-            self.base, self.stream, self.request.count, self.media, self.embed, self.resolve_links
-        ))
+        let mut key = Key::with_capacity(self.base.len() + self.stream.len() + self.media.len() + 64);
+        key.text(self.base).text(self.stream).text(self.media);
+        key.number(start).number(self.request.count).byte(direction).byte(self.embed as u8);
+        key.byte(u8::from(self.resolve_links)).maybe(settings.metadata_number).number(first_visible);
+        key.maybe(last.filter(|_| at_head));
+        Some(key.0)
+    }
+}
+
+/// A key's bytes, written field by field: text ends with a NUL (which never
+/// occurs in a stream name, a URL or a media type), numbers take a fixed
+/// width, so no two keys' fields run into each other. No formatting: a
+/// kept page's key is built on every hit.
+struct Key(Vec<u8>);
+
+impl Key {
+    fn with_capacity(capacity: usize) -> Self {
+        Self(Vec::with_capacity(capacity))
+    }
+
+    fn text(&mut self, text: &str) -> &mut Self {
+        self.0.extend_from_slice(text.as_bytes());
+        self.byte(0)
+    }
+
+    fn number(&mut self, number: u64) -> &mut Self {
+        self.0.extend_from_slice(&number.to_le_bytes());
+        self
+    }
+
+    fn maybe(&mut self, number: Option<u64>) -> &mut Self {
+        match number {
+            Some(number) => self.byte(1).number(number),
+            None => self.byte(0),
+        }
+    }
+
+    fn byte(&mut self, byte: u8) -> &mut Self {
+        self.0.push(byte);
+        self
     }
 }
 
@@ -128,18 +160,18 @@ pub struct AllPageKey<'a> {
 impl AllPageKey<'_> {
     /// The key under the store's epoch of hiding commits; `None` for the
     /// head page, which moves with every append.
-    fn under(&self, epoch: u64) -> Option<String> {
+    fn under(&self, epoch: u64) -> Option<Vec<u8>> {
         let PageStart::Number(start) = self.request.start else { return None };
         let direction = match self.request.direction {
-            Direction::Forward => 'f',
-            Direction::Backward => 'b',
+            Direction::Forward => b'f',
+            Direction::Backward => b'b',
         };
-        // `$` never starts a stream page's key (a base does), and NUL never
-        // occurs in a URL: no stream page's key is the same.
-        Some(format!(
-            "$all\0{}\0{start}\0{direction}\0{}\0{}\0{:?}\0{epoch}",
-            self.base, self.request.count, self.media, self.embed
-        ))
+        // `$` never starts a stream page's key (a base does): no stream
+        // page's key is the same.
+        let mut key = Key::with_capacity(self.base.len() + self.media.len() + 48);
+        key.text("$all").text(self.base).text(self.media);
+        key.number(start).number(self.request.count).byte(direction).byte(self.embed as u8).number(epoch);
+        Some(key.0)
     }
 }
 
@@ -181,7 +213,7 @@ impl PageCache {
         settings: &StreamSettings,
         first_visible: u64,
         last: Option<u64>,
-    ) -> Option<String> {
+    ) -> Option<Vec<u8>> {
         self.pages.as_ref()?;
         key.under(settings, first_visible, last)
     }
@@ -193,7 +225,7 @@ impl PageCache {
     }
 
     /// The page kept under `key`, counted as a hit or a miss.
-    fn look_up(&self, key: &str) -> Option<Bytes> {
+    fn look_up(&self, key: &[u8]) -> Option<Bytes> {
         let found = self.pages.as_ref()?.get(key);
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -202,14 +234,14 @@ impl PageCache {
 
     /// The key to keep an `$all` page read under `epoch` by, when pages
     /// are kept; the caller checks the page itself (see the module doc).
-    pub fn all_key_for(&self, key: &AllPageKey<'_>, epoch: u64) -> Option<String> {
+    pub fn all_key_for(&self, key: &AllPageKey<'_>, epoch: u64) -> Option<Vec<u8>> {
         self.pages.as_ref()?;
         key.under(epoch)
     }
 
     /// Keeps a page under a key from [`Self::key_for`] or
     /// [`Self::all_key_for`].
-    pub fn insert(&self, key: String, page: Bytes) {
+    pub fn insert(&self, key: Vec<u8>, page: Bytes) {
         if let Some(pages) = &self.pages {
             pages.insert(key, page);
         }

@@ -301,7 +301,7 @@ fn render_feed(
     settings: &StreamSettings,
     media: &'static str,
     embed: feed::Embed,
-    keep: Option<(&PageCache, String)>,
+    keep: Option<(&PageCache, Vec<u8>)>,
 ) -> Rendered {
     let freshness = feed.freshness.clone();
     let caching = Caching { freshness: &freshness, settings };

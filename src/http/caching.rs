@@ -199,9 +199,21 @@ pub fn if_none_match(request: &HeaderMap, etag: &str) -> bool {
 
 /// The `Content-Type` for a media type: text-based types say UTF-8.
 pub fn content_type(media_type: &str) -> HeaderValue {
-    let binary = media_type == crate::http::negotiate::OCTET_STREAM
-        || media_type == crate::http::negotiate::EVENT_STREAM;
-    if binary { header_value(media_type) } else { header_value(&format!("{media_type}; charset=utf-8")) }
+    use crate::http::negotiate::{
+        ATOM_JSON, ATOM_XML, EVENT_JSON, EVENT_STREAM, EVENT_XML, JSON, OCTET_STREAM,
+    };
+    // The types of pages and events, which almost every read answers
+    // with, without formatting (a kept page's answer is made on every hit).
+    let known = match media_type {
+        ATOM_XML => "application/atom+xml; charset=utf-8",
+        ATOM_JSON => "application/vnd.eventstore.atom+json; charset=utf-8",
+        JSON => "application/json; charset=utf-8",
+        EVENT_JSON => "application/vnd.eventstore.event+json; charset=utf-8",
+        EVENT_XML => "application/vnd.eventstore.event+xml; charset=utf-8",
+        OCTET_STREAM | EVENT_STREAM => return header_value(media_type),
+        _ => return header_value(&format!("{media_type}; charset=utf-8")),
+    };
+    HeaderValue::from_static(known)
 }
 
 /// A header value from text the server composed (never raw user input).
@@ -212,6 +224,20 @@ pub fn header_value(text: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::negotiate::{
+        ATOM_JSON, ATOM_XML, COMPETING_JSON, EVENT_JSON, EVENT_STREAM, EVENT_XML, HTML, JSON, OCTET_STREAM,
+        TEXT_XML,
+    };
+
+    #[test]
+    fn a_text_type_says_utf_8_and_a_binary_one_does_not() {
+        for text in [ATOM_XML, ATOM_JSON, JSON, EVENT_JSON, EVENT_XML, TEXT_XML, HTML, COMPETING_JSON] {
+            assert_eq!(content_type(text), format!("{text}; charset=utf-8"), "{text}");
+        }
+        for binary in [OCTET_STREAM, EVENT_STREAM] {
+            assert_eq!(content_type(binary), binary);
+        }
+    }
 
     #[test]
     fn the_joined_vary_of_a_page_is_what_the_general_join_writes() {

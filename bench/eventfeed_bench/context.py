@@ -95,8 +95,9 @@ class Context:
         Atom pages, 100 MiB of JSON) is larger than this machine's 32 MiB
         L3 cache. A sample of 1,000 pages fits in it: nginx served such a
         sample at 11.3-13.4 µs of CPU per Atom page, the whole set at
-        13.5-15.7 (by hand, 2026-12-07, four alternating rounds). Varnish and nginx's proxy_cache read the first
-        `sample_streams` streams' pages."""
+        13.5-15.7 (by hand, 2026-12-07, four alternating rounds). Varnish
+        and nginx's proxy_cache read the first `sample_streams` streams'
+        pages."""
         if self.nginx:
             return self.nginx
         server = self.ensure_read_server()

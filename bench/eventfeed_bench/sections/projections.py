@@ -98,9 +98,8 @@ def all_reads(ctx, result):
     """Random full 20-entry forward pages of $all from the read store, as
     the uncached stream pages are read; nginx serves the same bytes of
     every page (see `Context.ensure_nginx` for why not a sample). Every
-    request carries
-    the admin's credentials (only `$admins` read $all), nginx's too, so
-    that both get the same requests."""
+    request carries the admin's credentials (only `$admins` read $all),
+    nginx's too, so that both get the same requests."""
     settings = ctx.settings
     server = ctx.ensure_read_server()
     nginx = ctx.ensure_nginx()

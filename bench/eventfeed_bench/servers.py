@@ -137,7 +137,7 @@ http {{
     fastcgi_temp_path {dir}/tmp/fastcgi;
     uwsgi_temp_path {dir}/tmp/uwsgi;
     scgi_temp_path {dir}/tmp/scgi;
-    sendfile on;
+    sendfile {sendfile};
     tcp_nopush on;
     tcp_nodelay on;
     keepalive_timeout 65;
@@ -148,16 +148,18 @@ http {{
 """
 
 
-def nginx_main(directory, http):
+def nginx_main(directory, http, sendfile=True):
     """nginx.conf for a server under `directory`. Workers of a root master
     run as `user`: this user, so they can read the files under the
-    temporary directory."""
+    temporary directory. `sendfile=False`: nginx reads each file and writes
+    its bytes to the socket, copying them as a server answering from its
+    memory must."""
     user = ""
     if os.geteuid() == 0:
         import pwd
 
         user = f"user {pwd.getpwuid(os.getuid()).pw_name};\n"
-    return NGINX_MAIN.format(user=user, dir=directory, http=http)
+    return NGINX_MAIN.format(user=user, dir=directory, http=http, sendfile="on" if sendfile else "off")
 
 
 class Nginx:
@@ -189,13 +191,13 @@ class Nginx:
     }}
 """
 
-    def __init__(self, directory, pinning):
+    def __init__(self, directory, pinning, sendfile=True):
         self.dir = directory
         (directory / "tmp").mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             self.port = free_port()
             server = self.SERVER.format(dir=directory, port=self.port)
-            (directory / "nginx.conf").write_text(nginx_main(directory, server))
+            (directory / "nginx.conf").write_text(nginx_main(directory, server, sendfile))
             argv = pinning.server([executable("nginx"), "-p", str(directory), "-c", str(directory / "nginx.conf"),
                                    "-e", str(directory / "error.log")])
             self.process = PROCESSES.start(argv, log=directory / "nginx.out")

@@ -7,6 +7,7 @@ pages from the same store with the rendered-page cache off
 from .. import targets
 from ..common import EVENTS_PER_READ_STREAM, PAGES_PER_READ_STREAM, ROOT, http_request
 from ..fmt import errors, fmt, ms, others, ratio, table, times, verdict
+from ..servers import Nginx
 
 TITLE = "Uncached page reads"
 LABELS = {"atom": "Atom (`application/atom+xml`)", "json": "JSON (`vnd.eventstore.atom+json`, `embed=body`)"}
@@ -32,6 +33,10 @@ def measure(ctx, result):
         mine, reference = ctx.cache[("read", "eventfeed", representation)], ctx.cache[("read", "nginx", representation)]
         result["rows"].append({"representation": representation, "eventfeed": mine, "nginx": reference,
                                "eventfeed_over_nginx": ratio(mine["rps"], reference["rps"])})
+    result["copying"] = copying_reference(ctx, nginx, [row["representation"] for row in result["rows"]])
+    for row in result["rows"]:
+        copying = result["copying"].get(row["representation"])
+        row["over_copying"] = ratio(row["eventfeed"]["rps"], copying["rps"]) if copying else None
     # The same pages with the page cache off.
     without = ctx.read_runs_without_page_cache([row["representation"] for row in result["rows"]])
     for row in result["rows"]:
@@ -57,6 +62,28 @@ def measure(ctx, result):
                        "eventfeed_over_nginx": ratio(floor["rps"], floor_nginx["rps"])}
     result["body_floor"] = body_floor(ctx, server, nginx)
     result["read_store_restart"] = ctx.read_store_restart
+
+
+def copying_reference(ctx, nginx, representations):
+    """nginx over the same pages with `sendfile off`: it reads each file and
+    writes its bytes, a copy into the socket on its own core, as eventfeed
+    makes of every kept page; with `sendfile` the kernel sends the file's
+    pages by reference and no copy is on nginx's core. Context for the
+    ratio, not the target's reference."""
+    directory = ctx.workdir / "nginx-copying"
+    directory.mkdir(exist_ok=True)
+    directory.chmod(0o755)
+    www = directory / "www"
+    if not www.exists():
+        www.symlink_to(nginx.dir / "www")
+    copying = Nginx(directory, ctx.pinning, sendfile=False)
+    try:
+        return {representation: ctx.read_run(copying.port, representation, ctx.settings.read_streams,
+                                             prefix=f"/{representation}", label="nginx without sendfile",
+                                             server=copying.process.pid)
+                for representation in representations}
+    finally:
+        copying.stop()
 
 
 def body_floor(ctx, server, nginx):
@@ -141,6 +168,16 @@ def render(result, settings):
                                f"{times(ratio(row['eventfeed']['rps'], body['eventfeed']['rps']), 'this floor')}"
                                for row in result["rows"]) + ".")
         out += [" ".join(parts), ""]
+    copying = result.get("copying")
+    if copying:
+        names = {"atom": "Atom", "json": "JSON"}
+        figures = "; ".join(
+            f"{names[row['representation']]} {fmt(copying[row['representation']]['rps'])} req/s (eventfeed "
+            f"{times(row.get('over_copying'), 'that')})" for row in result["rows"] if row["representation"] in copying)
+        out += ["**nginx copying the bytes.** The same pages from nginx with `sendfile off`, which reads each file "
+                "and writes its bytes into the socket, a copy on its own core as eventfeed makes of every kept page "
+                f"(with `sendfile` the kernel sends the file's pages by reference): {figures}. Context, not the "
+                "target's reference.", ""]
     restart = result.get("read_store_restart")
     if restart:
         out += [f"Restarting the server on this store ({fmt(restart['events'])} events) took "

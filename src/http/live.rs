@@ -88,6 +88,31 @@ impl Watched<'_> {
     }
 }
 
+/// The request's headers, their values copied out of the buffer the
+/// connection read them into, when the request long-polls (`ES-LongPoll`);
+/// as they are otherwise.
+///
+/// hyper parses a request's header values as slices of the connection's
+/// read buffer, and while any of them is held it cannot reuse that buffer:
+/// to watch the connection for its close during the wait, it allocates
+/// another (8 KiB) for every waiting connection. With copies (a few hundred
+/// bytes), the buffer the request came in is free again for that read. Call
+/// it before the handler's first wait, on the handler's only copy of the
+/// headers (axum's own request is dropped once extracted).
+pub fn detached_if_long_poll(headers: HeaderMap) -> HeaderMap {
+    if !headers.contains_key(params::ES_LONG_POLL) {
+        return headers;
+    }
+    let mut copied = HeaderMap::with_capacity(headers.len());
+    for (name, value) in &headers {
+        // Valid already (hyper parsed it); kept as it was if not.
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        copied.append(name.clone(), copy);
+    }
+    copied
+}
+
 /// Runs `read`; when the request asked for `ES-LongPoll` and the read found
 /// nothing (an empty page, a missing stream, or a still-matching ETag),
 /// waits for an append and reads again, until the deadline or shutdown,
@@ -452,6 +477,34 @@ mod tests {
     use super::*;
     use crate::feed::PageStart;
     use crate::store::Head;
+
+    #[test]
+    fn a_long_poll_keeps_copies_of_its_headers_and_other_reads_the_headers() {
+        // As hyper parses them: slices of the buffer the request was read into.
+        let buffer = Bytes::from_static(b"15 W/\"a\" W/\"b\" Basic YWRtaW46Y2hhbmdlaXQ=");
+        let value = |range: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(buffer.slice(range)).expect("a header value")
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(params::ES_LONG_POLL, value(0..2));
+        headers.append(header::IF_NONE_MATCH, value(3..8));
+        headers.append(header::IF_NONE_MATCH, value(9..14));
+        let mut credentials = value(15..41);
+        credentials.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, credentials);
+        let in_buffer = |value: &HeaderValue| buffer.as_ptr_range().contains(&value.as_bytes().as_ptr());
+
+        let copied = detached_if_long_poll(headers.clone());
+        assert_eq!(copied, headers);
+        assert!(copied.values().all(|value| !in_buffer(value)), "{copied:?}");
+        assert!(copied[header::AUTHORIZATION].is_sensitive());
+        let tags: Vec<_> = copied.get_all(header::IF_NONE_MATCH).iter().collect();
+        assert_eq!(tags, ["W/\"a\"", "W/\"b\""]);
+
+        headers.remove(params::ES_LONG_POLL);
+        let read = detached_if_long_poll(headers);
+        assert!(read.values().all(in_buffer), "a read that does not wait keeps the parsed values");
+    }
 
     fn page(stream: &str) -> PageKey {
         PageKey {

@@ -219,9 +219,12 @@ pub fn event_id(headers: &HeaderMap) -> Result<Option<uuid::Uuid>, HttpError> {
     }
 }
 
+/// The header that asks a read to wait for events.
+pub const ES_LONG_POLL: &str = "es-longpoll";
+
 /// `ES-LongPoll: {seconds}`: `None` when absent; a positive integer else.
 pub fn long_poll(headers: &HeaderMap) -> Result<Option<u64>, HttpError> {
-    match header(headers, "es-longpoll") {
+    match header(headers, ES_LONG_POLL) {
         None => Ok(None),
         Some(text) => match text.trim().parse::<u64>() {
             Ok(seconds) if seconds > 0 => Ok(Some(seconds)),

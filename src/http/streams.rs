@@ -48,6 +48,7 @@ async fn head_page(
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    let headers = live::detached_if_long_poll(headers);
     let read = async {
         params::stream_name(&stream)?;
         let media = negotiate::choose(&headers, query.format.as_deref(), FEED_TYPES)?;
@@ -93,6 +94,7 @@ async fn directed_page(
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    let headers = live::detached_if_long_poll(headers);
     let reader = Reader { state: &state, principal: &principal };
     page(reader, &urls, &stream, [&start, &direction, &count], &query, &headers).await
 }
@@ -147,6 +149,7 @@ async fn event(
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    let headers = live::detached_if_long_poll(headers);
     let read = async {
         params::stream_name(&stream)?;
         if stream == feed::ALL_STREAM {

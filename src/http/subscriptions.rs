@@ -35,6 +35,7 @@ use super::auth::authorize;
 use super::base_url::RequestUrls;
 use super::caching::content_type;
 use super::error::HttpError;
+use super::live;
 use super::negotiate::{self, COMPETING_JSON, COMPETING_XML};
 use super::params::{self, EMBED_NAMES, Segments};
 use super::read_errors::ReadRoute;
@@ -218,6 +219,7 @@ async fn messages(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    let headers = live::detached_if_long_poll(headers);
     authorize(&state, &principal, Access::Read, &stream).await?;
     let query = SubscriptionQuery::for_read(query.as_deref(), None, &headers)?;
     get_messages(&state, &urls, &consumer, &stream, &group, None, &query, &headers).await
@@ -232,6 +234,7 @@ async fn messages_count(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    let headers = live::detached_if_long_poll(headers);
     authorize(&state, &principal, Access::Read, &stream).await?;
     let (count, in_segment) = split_segment(&count);
     let query = SubscriptionQuery::for_read(query.as_deref(), in_segment, &headers)?;

@@ -149,7 +149,6 @@ async fn event(
     Query(query): Query<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let headers = live::detached_if_long_poll(headers);
     let read = async {
         params::stream_name(&stream)?;
         if stream == feed::ALL_STREAM {

@@ -97,17 +97,13 @@ impl PageKey<'_> {
         if retention::expires_events(settings) || settings.not_public {
             return None;
         }
-        let direction = match self.request.direction {
-            Direction::Forward => b'f',
-            Direction::Backward => b'b',
-        };
         // A forward page whose last slot is the last event is at the head
         // (or cut short by its bytes): its bytes last until the next append.
         let ends = start.checked_add(self.request.count - 1);
         let at_head = self.request.direction == Direction::Forward && last.is_some() && ends == last;
         let mut key = Key::with_capacity(self.base.len() + self.stream.len() + self.media.len() + 64);
         key.text(self.base).text(self.stream).text(self.media);
-        key.number(start).number(self.request.count).byte(direction).byte(self.embed as u8);
+        key.page(start, self.request, self.embed);
         key.byte(u8::from(self.resolve_links)).maybe(settings.metadata_number).number(first_visible);
         key.maybe(last.filter(|_| at_head));
         Some(key.0)
@@ -133,6 +129,15 @@ impl Key {
     fn number(&mut self, number: u64) -> &mut Self {
         self.0.extend_from_slice(&number.to_le_bytes());
         self
+    }
+
+    /// What a page request and its `embed` ask for, from event `start`.
+    fn page(&mut self, start: u64, request: PageRequest, embed: Embed) -> &mut Self {
+        let direction = match request.direction {
+            Direction::Forward => b'f',
+            Direction::Backward => b'b',
+        };
+        self.number(start).number(request.count).byte(direction).byte(embed as u8)
     }
 
     fn maybe(&mut self, number: Option<u64>) -> &mut Self {
@@ -162,15 +167,11 @@ impl AllPageKey<'_> {
     /// head page, which moves with every append.
     fn under(&self, epoch: u64) -> Option<Vec<u8>> {
         let PageStart::Number(start) = self.request.start else { return None };
-        let direction = match self.request.direction {
-            Direction::Forward => b'f',
-            Direction::Backward => b'b',
-        };
         // `$` never starts a stream page's key (a base does): no stream
         // page's key is the same.
         let mut key = Key::with_capacity(self.base.len() + self.media.len() + 48);
         key.text("$all").text(self.base).text(self.media);
-        key.number(start).number(self.request.count).byte(direction).byte(self.embed as u8).number(epoch);
+        key.page(start, self.request, self.embed).number(epoch);
         Some(key.0)
     }
 }

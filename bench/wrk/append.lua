@@ -3,9 +3,11 @@
 -- picked at random among `streams`.
 -- Arguments: run_nonce (8 hex digits), streams, events_per_request, and
 -- optionally categories and event_types (both default 0), ids
--- ("ordered", the default, or "random") and authorization (an
+-- ("ordered", the default, or "random"), authorization (an
 -- Authorization header's value, sent with every request; "-" or absent for
--- none).
+-- none) and expected (an ES-ExpectedVersion sent with every request; "-"
+-- or absent for none: a version no stream reaches makes every append a
+-- refusal, the append path without its writes).
 --
 -- By default every stream is `bench-{nonce}-{n}` (one category) and every
 -- event an `OrderPlaced`. With `categories` > 0, stream n is
@@ -41,6 +43,7 @@ function init(args)
   event_types = tonumber(args[5] or "0")
   random_ids = args[6] == "random"
   if args[7] and args[7] ~= "-" then headers["Authorization"] = args[7] end
+  if args[8] and args[8] ~= "-" then headers["ES-ExpectedVersion"] = args[8] end
   math.randomseed(tonumber(nonce, 16) + thread_index * 7919)
 end
 

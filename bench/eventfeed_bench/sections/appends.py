@@ -13,6 +13,9 @@ from ..servers import Eventfeed
 
 TITLE = "Durable appends over HTTP"
 MODES = ("fsync", "flush", "none")
+# An expected version no stream of the run reaches: every append with it
+# is refused ("Wrong expected EventNumber") and writes nothing.
+REFUSED_EXPECTED_VERSION = 1_000_000_000
 
 
 def append_workloads(settings):
@@ -30,8 +33,9 @@ def random_id_workloads(settings):
 
 def measure_rows(ctx, modes=MODES, workloads=None):
     """Measures the append rows not measured yet in this run, into ctx.cache
-    (keyed ("append", mode, clients, batch) and ("append_random", clients,
-    batch)); AtomBus asks for some of them too."""
+    (keyed ("append", mode, clients, batch), ("append_random", clients,
+    batch) and, for the floor, ("append_refused", clients, batch)); AtomBus
+    asks for some of them too."""
     settings = ctx.settings
     ctx.fsync_probe()
     ctx.page_probe()
@@ -48,24 +52,45 @@ def measure_rows(ctx, modes=MODES, workloads=None):
         else:
             todo = [(clients, batch, "random") for clients, batch in random_id_workloads(settings)
                     if ("append_random", clients, batch) not in ctx.cache]
-        if not todo:
+        refused = [(clients, batch) for clients, batch in random_id_workloads(settings)
+                   if mode == "fsync" and kind == "ordered" and workloads is None
+                   and ("append_refused", clients, batch) not in ctx.cache]
+        if not todo and not refused:
             continue
         server = Eventfeed(ctx.workdir, ctx.pinning, ctx.workdir / f"appends-{mode}-{kind}", mode)
         try:
             for clients, batch, ids in todo:
-                nonce = f"{random.getrandbits(32):08x}"
-                figures = ctx.wrk.run(server.port, "append", [nonce, settings.append_streams, batch, 0, 0, ids],
-                                      clients, server=server.process.pid)
-                figures["events_per_request"] = batch
-                figures["events_per_second"] = (figures["requests"] - figures["errors"]) * batch / figures["seconds"]
+                figures = run_appends(ctx, server, clients, batch, ids)
                 key = ("append", mode, clients, batch) if ids == "ordered" else ("append_random", clients, batch)
                 ctx.cache[key] = figures
                 log(f"appends {mode} {clients} clients x{batch}, {ids} ids: {figures['rps']:.0f} req/s, "
                     f"p99 {figures['p99_us'] / 1000:.2f} ms, errors {figures['errors']}, "
                     f"others on the server CPU {fmt_share(figures.get('others_cpu_share'))}")
+            # The floor under the rows with targets: the same requests, on
+            # the same store, each refused by the writer for an expected
+            # version no stream reaches. Everything an append costs but
+            # writing and syncing it.
+            for clients, batch in refused:
+                figures = run_appends(ctx, server, clients, batch, "ordered", expected=REFUSED_EXPECTED_VERSION)
+                if figures["requests"] != figures["errors"]:
+                    raise RuntimeError(f"{figures['requests'] - figures['errors']} of the appends meant to be "
+                                       "refused were not")
+                ctx.cache[("append_refused", clients, batch)] = figures
+                log(f"appends refused {clients} clients x{batch}: {figures['rps']:.0f} req/s, "
+                    f"p99 {figures['p99_us'] / 1000:.2f} ms")
         finally:
             server.stop()
             shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+def run_appends(ctx, server, clients, batch, ids, expected="-"):
+    nonce = f"{random.getrandbits(32):08x}"
+    figures = ctx.wrk.run(server.port, "append",
+                          [nonce, ctx.settings.append_streams, batch, 0, 0, ids, "-", expected],
+                          clients, server=server.process.pid)
+    figures["events_per_request"] = batch
+    figures["events_per_second"] = (figures["requests"] - figures["errors"]) * batch / figures["seconds"]
+    return figures
 
 
 def per_event(figures, field, scale):
@@ -99,6 +124,13 @@ def measure(ctx, result):
                 "server_cpu_us_per_event": per_event(load, "server_cpu_seconds", 1e6),
                 "written_kib_per_event": per_event(load, "server_written_bytes", 1 / 1024),
             })
+    result["refused"] = [
+        {"clients": clients, "events_per_request": batch, "load": load,
+         "offered_events_per_second": load["rps"] * batch,
+         "server_cpu_us_per_request": (load["server_cpu_seconds"] * 1e6 / load["requests"]
+                                       if load.get("server_cpu_seconds") is not None and load["requests"] else None)}
+        for clients, batch in random_id_workloads(ctx.settings)
+        if (load := ctx.cache.get(("append_refused", clients, batch)))]
 
 
 def target_cell(row):
@@ -136,12 +168,23 @@ def summary(result):
             rows.append(["lone client, durable append", f"p50 {ms(load, 'p50_us')} ms", reference, target_cell(row)])
         elif clients == 64 and batch == 1:
             rows.append(["64 clients, durable single-event appends",
-                         f"{fmt(row['events_per_second'])} events/s, p99 {ms(load, 'p99_us', 1)} ms", fsyncs,
-                         target_cell(row)])
+                         f"{fmt(row['events_per_second'])} events/s, p99 {ms(load, 'p99_us', 1)} ms",
+                         fsyncs + refused_reference(result, clients, batch), target_cell(row)])
         elif batch > 1:
             rows.append([f"{clients} clients, durable {batch}-event batches",
-                         f"{fmt(row['events_per_second'])} events/s", fsyncs, target_cell(row)])
+                         f"{fmt(row['events_per_second'])} events/s",
+                         fsyncs + refused_reference(result, clients, batch), target_cell(row)])
     return rows
+
+
+def refused_reference(result, clients, batch):
+    """The floor of a workload with a target, for the README's reference
+    column: the same appends refused by the writer, nothing written."""
+    floor = next((row for row in result.get("refused", [])
+                  if row["clients"] == clients and row["events_per_request"] == batch), None)
+    if not floor:
+        return ""
+    return f"; the same appends refused, nothing written: {fmt(floor['offered_events_per_second'])} events/s"
 
 
 def lone_load(result, durability):
@@ -180,6 +223,7 @@ def render(result, settings):
                    f"takes p50 {ms(unsynced, 'p50_us')} ms; with one fdatasync added, "
                    f"{floor / 1000:.2f} ms. The `fsync` row's p50 is {lone['p50_us'] / floor:.2f} × that, "
                    "against the 0.3 ms target (bench/HISTORY.md says where the unsynced append's time goes).\n")
+    out.extend(refused_floor(result))
     out.append(f"Method: POST events+json to one of {settings.append_streams} streams at random, a fresh event id "
                "per event, one wrk connection per client. *Event ids*: *ordered*, each later than the last (as "
                "UUIDv7 are); *random*, spread over the whole id space (as UUIDv4 are), so the store's id index takes "
@@ -190,3 +234,33 @@ def render(result, settings):
                "the new-file-pages figure: where it is far below the again figure (memory the host backs on first "
                "touch), appends slow down as their store grows.")
     return out
+
+
+def refused_floor(result):
+    """The paragraph on the append path's floor: the workloads with targets
+    with every append refused, so nothing is written or synced."""
+    floors = result.get("refused") or []
+    if not floors:
+        return []
+    parts = []
+    for floor in floors:
+        load, clients, batch = floor["load"], floor["clients"], floor["events_per_request"]
+        if batch == 1:
+            target = targets.APPENDS_64_PER_SECOND
+            parts.append(f"{clients} clients × 1 event: **{fmt(load['rps'])} requests/s** (p99 "
+                         f"{ms(load, 'p99_us')} ms, {fmt(floor['server_cpu_us_per_request'], 1)} µs of server CPU "
+                         f"per request); the {fmt(target)}/s target is "
+                         f"{target / floor['offered_events_per_second']:.2f} × this floor")
+        else:
+            target = targets.BATCH_EVENTS_PER_SECOND
+            parts.append(f"{clients} clients × {batch} events: **{fmt(load['rps'])} requests/s**, "
+                         f"{fmt(floor['offered_events_per_second'])} events/s offered "
+                         f"({fmt(floor['server_cpu_us_per_request'], 1)} µs of server CPU per request); the "
+                         f"{fmt(target)} events/s target is {target / floor['offered_events_per_second']:.2f} × "
+                         "this floor")
+    return ["**The append path's floor**: the workloads with targets again, on the `fsync` rows' store (ordered "
+            "ids), with every append refused by the writer for an `ES-ExpectedVersion` no stream reaches: each "
+            "request is parsed, validated, handed to the writer and checked against its stream's state, then "
+            "answered 400, and nothing is written or synced. " + "; ".join(parts) + ". An append cannot be "
+            "accepted faster than it can be refused: where a target is above 1.00 × its floor, it needs the HTTP "
+            "request and the hand-off to the writer made cheaper, not the store.\n"]

@@ -27,8 +27,9 @@
 //! million held (5 parts): 0.035 % of new ids taken for held ones. The first
 //! layout, four bits of one word at 16 bits per id, took 2.3 % there, so
 //! that a third of all 20-event appends looked some id up in every run of
-//! the index, 12 % of the writer's time in a profile of 16 clients
-//! appending 20 events each.
+//! the index: 16 % of the writer's time in a profile of 16 clients
+//! appending 20 events each, 2.1 % of the server's once this layout cut
+//! the lookups.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};

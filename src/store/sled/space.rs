@@ -52,12 +52,11 @@ impl SpaceFloor {
             return Ok(());
         }
         let needed = self.floor.saturating_add(payload.saturating_mul(WRITTEN_PER_PAYLOAD_BYTE));
-        let free = match &self.handle {
-            Some(handle) => rustix::fs::fstatvfs(handle).map(|stats| free_bytes(&stats)).map_err(Into::into),
-            None => available(&self.dir),
+        let Some(handle) = &self.handle else {
+            return check(&self.dir, needed, self.floor);
         };
-        let free = free.map_err(|error| cannot_tell(&self.dir, &error))?;
-        refuse_below(free, needed, self.floor)
+        let stats = rustix::fs::fstatvfs(handle).map_err(|error| cannot_tell(&self.dir, &error.into()))?;
+        refuse_below(free_bytes(&stats), needed, self.floor)
     }
 }
 

@@ -59,6 +59,7 @@ use uuid::Uuid;
 use self::merge::Merge;
 pub(crate) use self::owners::IdOwners;
 use super::id_filter::IdFilter;
+use super::undo::Undo;
 use super::{StoreError, codec, keys};
 
 /// How the index is shaped; fixed in production, small in tests.
@@ -187,6 +188,11 @@ pub(crate) struct IdIndex {
     /// id up rarely reaches the runs. Shared with the thread that fills it.
     filter: Arc<IdFilter>,
     limits: Limits,
+    /// The manifest as stored, and the first run number it leaves free.
+    stored: (Option<Vec<u8>>, u64),
+    /// What the last [`Self::stage`] or [`Self::upkeep`] overwrote (see
+    /// `undo`), for the writer to take.
+    undo: Undo,
 }
 
 impl IdIndex {
@@ -201,10 +207,12 @@ impl IdIndex {
         filter: Arc<IdFilter>,
         limits: Limits,
     ) -> Result<Self, StoreError> {
-        let mut manifest = match db.get(keys::counter(keys::ID_INDEX))? {
-            Some(value) => Manifest::decode(&value)?,
+        let stored_manifest = db.get(keys::counter(keys::ID_INDEX))?;
+        let mut manifest = match &stored_manifest {
+            Some(value) => Manifest::decode(value)?,
             None => Manifest::new(),
         };
+        let stored = (stored_manifest.map(|value| value.to_vec()), manifest.next_run);
         let mut dirty = false;
         if let Some(run) = manifest.merging.take() {
             // A merge the last process did not finish: its chunks so far
@@ -221,7 +229,18 @@ impl IdIndex {
             }
         }
         let legacy = db.scan_prefix([keys::EVENT_ID]).next().transpose()?.is_some();
-        Ok(Self { manifest, dirty, recent, legacy, merge: None, segment_garbage: Some(0), filter, limits })
+        Ok(Self {
+            manifest,
+            dirty,
+            recent,
+            legacy,
+            merge: None,
+            segment_garbage: Some(0),
+            filter,
+            limits,
+            stored,
+            undo: Undo::default(),
+        })
     }
 
     /// False only when none of `ids` was written (nearly every append of
@@ -279,6 +298,7 @@ impl IdIndex {
         batch: &mut sled::Batch,
     ) -> Result<u64, StoreError> {
         let mut writes = Writes { batch, bytes: 0 };
+        self.undo = Undo::default();
         let merge_budget = self.limits.merge_step.max(ids.len().saturating_mul(MERGE_PER_ID));
         // IMPORTANT: garbage goes first, so that keys that became garbage
         // in this commit are removed in a later one (see the module notes).
@@ -290,6 +310,7 @@ impl IdIndex {
             self.convert(commit_seq, &mut writes);
         }
         if !ids.is_empty() {
+            self.undo.restore(keys::id_segment(commit_seq), None);
             writes.put(
                 &keys::id_segment(commit_seq)[..],
                 codec::encode_id_table(ids.iter().map(|(id, (stream, number))| (*id, &**stream, *number))),
@@ -302,6 +323,11 @@ impl IdIndex {
         }
         self.stage_manifest(&mut writes);
         Ok(writes.bytes)
+    }
+
+    /// What the last [`Self::stage`] or [`Self::upkeep`] overwrote.
+    pub(crate) fn take_undo(&mut self) -> Undo {
+        std::mem::take(&mut self.undo)
     }
 
     /// Whether merges or garbage are waiting for [`Self::upkeep`].
@@ -318,6 +344,7 @@ impl IdIndex {
     /// meanwhile waits a few milliseconds at most. Returns the bytes staged.
     pub(crate) fn upkeep(&mut self, db: &sled::Db, batch: &mut sled::Batch) -> Result<u64, StoreError> {
         let mut writes = Writes { batch, bytes: 0 };
+        self.undo = Undo::default();
         let merge_budget = self.limits.merge_step * UPKEEP_STEPS;
         self.collect_garbage(db, self.garbage_budget(merge_budget), &mut writes)?;
         self.merge_step(db, merge_budget, &mut writes)?;
@@ -333,7 +360,15 @@ impl IdIndex {
 
     fn stage_manifest(&mut self, writes: &mut Writes<'_>) {
         if self.dirty {
-            writes.put(keys::counter(keys::ID_INDEX), self.manifest.encode());
+            // Taken back, the manifest is as stored, and the runs numbered
+            // since are chunks nothing lists (a merge's run is listed while
+            // it is written, and dropped at open if unfinished).
+            let encoded = self.manifest.encode();
+            let (held, free_run) =
+                std::mem::replace(&mut self.stored, (Some(encoded.clone()), self.manifest.next_run));
+            self.undo.restore(keys::counter(keys::ID_INDEX), held.as_deref());
+            self.undo.clear(keys::id_run(free_run), [keys::ID_RUN + 1]);
+            writes.put(keys::counter(keys::ID_INDEX), encoded);
             self.dirty = false;
         }
     }

@@ -56,6 +56,9 @@ pub const COMMIT_SEQ: &[u8] = b"commit_seq";
 pub const LAYOUT_VERSION: &[u8] = b"layout_version";
 /// The id index's manifest: its live runs, and what is left to remove.
 pub const ID_INDEX: &[u8] = b"id_index";
+/// The undo record of the batch being applied (see `undo`); absent
+/// between batches.
+pub const BATCH_UNDO: &[u8] = b"batch_undo";
 
 /// A key of `keyspace` for a number: the keyspace byte, then the number.
 fn numbered(keyspace: u8, number: u64) -> [u8; 9] {
@@ -109,6 +112,16 @@ pub fn event_prefix(name: &str) -> Vec<u8> {
 pub fn event(name: &str, number: u64) -> Vec<u8> {
     let mut key = event_prefix(name);
     key.extend_from_slice(&number.to_be_bytes());
+    key
+}
+
+/// The first key after every index entry of `name`: the end of the range
+/// of its entries.
+pub fn event_end(name: &str) -> Vec<u8> {
+    let mut key = event_prefix(name);
+    if let Some(separator) = key.last_mut() {
+        *separator = 1;
+    }
     key
 }
 
@@ -223,6 +236,8 @@ mod tests {
         assert!(a < b && b < c);
         assert_eq!(event_number(&c), Some(256));
         assert!(c.starts_with(&event_prefix("order-1")));
+        assert!(event("order-1", u64::MAX) < event_end("order-1"));
+        assert!(event_end("order-1") <= event_prefix("order-1a"), "a longer name starts after");
     }
 
     #[test]

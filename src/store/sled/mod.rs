@@ -39,6 +39,7 @@ mod space;
 mod staging;
 mod syncer;
 mod transfer;
+mod undo;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -177,6 +178,9 @@ impl SledStore {
                 db.flush()?;
             }
         }
+
+        // IMPORTANT: before anything reads the store; see `undo`.
+        undo::repair(&db)?;
 
         let counter = |name: &[u8]| -> Result<u64, StoreError> {
             match db.get(keys::counter(name))? {

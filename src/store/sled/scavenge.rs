@@ -163,7 +163,9 @@ fn trim_log(
     }
     trimmed.insert(start);
     let hidden = first_visible.saturating_sub(number).min(count);
-    staging.remove(key);
+    // The entry's visible tail is still read, from this key until the
+    // batch writes it under its own.
+    staging.remove_restorable(key, &value);
     if hidden < count {
         let tail = codec::encode_log_entry(&stream, number + hidden, count - hidden);
         staging.insert(&keys::log(start + hidden)[..], tail);

@@ -16,6 +16,7 @@ use super::codec::{self, EventFields};
 use super::entries::{LogSpan, load_state};
 use super::id_index::{IdIndex, IdOwners};
 use super::keys;
+use super::undo::Undo;
 use crate::store::projections::{Projection, Projections};
 use crate::store::rules;
 use crate::store::{
@@ -49,6 +50,13 @@ pub(crate) struct Staging<'a> {
     log: Option<LogSpan>,
     /// Bytes of keys and values staged so far.
     bytes: u64,
+    /// What the batch overwrites, to take it back if sled applies it only
+    /// in part (see `undo`); stream states and counters are added at the end.
+    undo: Undo,
+    /// Keys written by [`Self::insert`], whose prior values go in `undo`.
+    inserted: Vec<sled::IVec>,
+    /// The head before the batch.
+    first_position: u64,
     pub(crate) next_position: u64,
     /// The sequence number this batch will have.
     commit_seq: u64,
@@ -80,6 +88,9 @@ impl<'a> Staging<'a> {
             records: HashMap::new(),
             log: None,
             bytes: 0,
+            undo: Undo::default(),
+            inserted: Vec::new(),
+            first_position: next_position,
             next_position,
             created_micros,
         }
@@ -95,6 +106,8 @@ impl<'a> Staging<'a> {
 
     /// Adds a raw write to the batch (maintenance work).
     pub(crate) fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        let key = key.into();
+        self.inserted.push(key.clone());
         self.put(key, value);
         self.writes += 1;
     }
@@ -119,6 +132,13 @@ impl<'a> Staging<'a> {
         self.bytes += key.len() as u64;
         self.batch.remove(key);
         self.writes += 1;
+    }
+
+    /// Removes a key that is still read, such as a log entry a scavenge
+    /// rewrites: its value, `held`, comes back if the batch is taken back.
+    pub(crate) fn remove_restorable(&mut self, key: sled::IVec, held: &[u8]) {
+        self.undo.restore(key.to_vec(), Some(held));
+        self.remove(key);
     }
 
     /// Starts maintaining `projection` live, from the next append on.
@@ -378,8 +398,10 @@ impl<'a> Staging<'a> {
         Ok(())
     }
 
-    /// Writes the final stream states and returns the batch to apply.
-    pub(super) fn finish(mut self) -> Finished {
+    /// Writes the final stream states and returns the batch to apply, with
+    /// its undo. Fails only if a committed state cannot be read back.
+    pub(super) fn finish(mut self) -> Result<Finished, StoreError> {
+        self.stage_undo()?;
         for (stream, run) in std::mem::take(&mut self.links) {
             self.put(keys::event(&stream, run.first), run.encode());
         }
@@ -395,7 +417,43 @@ impl<'a> Staging<'a> {
         }
         self.put(keys::counter(keys::COMMIT_SEQ), &keys::u64_value(self.commit_seq)[..]);
         self.put(keys::counter(keys::NEXT_POSITION), &keys::u64_value(self.next_position)[..]);
-        Finished { batch: self.batch, bytes: self.bytes, states, removed: self.removed, ids: self.ids }
+        Ok(Finished {
+            batch: self.batch,
+            bytes: self.bytes,
+            states,
+            removed: self.removed,
+            ids: self.ids,
+            undo: self.undo,
+        })
+    }
+
+    /// What the batch overwrites: the counters, every state it changes
+    /// (and the numbers past each, which it fills), the log past the head,
+    /// and the keys [`Self::insert`] wrote.
+    fn stage_undo(&mut self) -> Result<(), StoreError> {
+        let committed = self.commit_seq - 1;
+        let undo = &mut self.undo;
+        // An absent counter reads as 0, as a new store's do.
+        for (counter, held) in [(keys::COMMIT_SEQ, committed), (keys::NEXT_POSITION, self.first_position)] {
+            undo.restore(keys::counter(counter), (held > 0).then_some(&keys::u64_value(held)[..]));
+        }
+        if self.next_position > self.first_position {
+            undo.clear(keys::log(self.first_position), [keys::LOG + 1]);
+        }
+        for stream in self.states.keys() {
+            let held = match self.cache.get(stream) {
+                Some(state) => Some(state.clone()),
+                None => load_state(self.db, stream)?.map(|(state, _)| state),
+            };
+            let from = held.as_ref().map_or(0, |state| state.next_number);
+            undo.clear(keys::event(stream, from), keys::event_end(stream));
+            let held = held.map(|state| codec::encode_state(&state, committed));
+            undo.restore(keys::stream(stream), held.as_deref());
+        }
+        for key in &self.inserted {
+            undo.restore(key.to_vec(), self.db.get(key)?.as_deref());
+        }
+        Ok(())
     }
 }
 
@@ -438,6 +496,8 @@ pub(super) struct Finished {
     pub removed: HashSet<String>,
     /// The event ids the batch adds, for the id index.
     pub ids: IdOwners,
+    /// What the batch overwrites; the id index adds its own.
+    pub undo: Undo,
 }
 
 /// The committed states of the streams the writer touched lately, so an

@@ -26,6 +26,7 @@ use super::space::SpaceFloor;
 use super::staging::{Finished, Staging, StateCache};
 use super::syncer::FileSyncer;
 use super::transfer;
+use super::undo::{self, Undo};
 use crate::store::projections::{Projection, Projections};
 use crate::store::retention::now_micros;
 use crate::store::{AppendOutcome, CommitFigures, Durability, Head, Notifier, StoreError};
@@ -325,15 +326,16 @@ impl Writer {
             let next_position = staging.next_position;
             let touched = staging.touched_streams();
             let projections = staging.projections;
-            let Finished { mut batch, mut bytes, states, removed, ids } = staging.finish();
-            let staged = self.id_index.stage(&self.db, commit_seq, &ids, &mut batch);
             let writing = Instant::now();
-            let written = staged.and_then(|index_bytes| {
-                bytes += index_bytes;
-                self.write(batch, bytes)
+            let written = staging.finish().and_then(|finished| {
+                let Finished { mut batch, bytes, states, removed, ids, mut undo } = finished;
+                let index_bytes = self.id_index.stage(&self.db, commit_seq, &ids, &mut batch)?;
+                undo.append(self.id_index.take_undo());
+                self.write(batch, &undo, bytes + index_bytes)?;
+                Ok((states, removed))
             });
             match written {
-                Ok(()) => {
+                Ok((states, removed)) => {
                     committed = Some(CommitFigures {
                         appends,
                         events: next_position - self.next_position,
@@ -449,8 +451,10 @@ impl Writer {
                         return Flow::Continue;
                     }
                 };
+                // An import fills a store that held nothing: a step taken
+                // back only in part is no worse than one that failed.
                 let written = (self.id_index.stage(&self.db, commit_seq, &staged.ids, &mut batch))
-                    .and_then(|index_bytes| self.write(batch, staged.bytes + index_bytes));
+                    .and_then(|index_bytes| self.write(batch, &Undo::default(), staged.bytes + index_bytes));
                 if let Err(error) = written {
                     tracing::error!(%error, "writer failed to commit an import step; refusing further writes");
                     self.notifier.stop_writes(format!("an import step failed: {error}"));
@@ -482,8 +486,10 @@ impl Writer {
     fn upkeep(&mut self, commands: &mpsc::Receiver<Command>) -> Flow {
         while self.id_index.has_upkeep() && commands.is_empty() {
             let mut batch = sled::Batch::default();
-            let written =
-                self.id_index.upkeep(&self.db, &mut batch).and_then(|bytes| self.write(batch, bytes));
+            let written = self.id_index.upkeep(&self.db, &mut batch).and_then(|bytes| {
+                let undo = self.id_index.take_undo();
+                self.write(batch, &undo, bytes)
+            });
             if let Err(error) = written {
                 // As for a failed commit: what is on disk is unknown.
                 tracing::error!(%error, "writer failed to maintain the id index; refusing further writes");
@@ -494,9 +500,11 @@ impl Writer {
         Flow::Continue
     }
 
-    fn write(&mut self, batch: sled::Batch, bytes: u64) -> Result<(), StoreError> {
+    fn write(&mut self, batch: sled::Batch, undo: &Undo, bytes: u64) -> Result<(), StoreError> {
         let shadow = self.compaction.is_some().then(|| batch.clone());
-        self.db.apply_batch(batch)?;
+        let record = undo.encode();
+        undo::apply(&self.db, record.as_deref(), batch)?;
+        let bytes = bytes + record.as_ref().map_or(0, |record| record.len() as u64);
         self.files.written.add(bytes);
         if let Some(shadow) = shadow {
             if let Some(Err(error)) = self.compaction.as_mut().map(|c| c.apply(shadow, bytes)) {

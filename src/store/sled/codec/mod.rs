@@ -45,7 +45,9 @@
 //! - [`state`]: a stream's state;
 //! - [`event_ref`]: a reference to an event by stream and number (a legacy
 //!   event-id entry) and the log entry built on it;
-//! - [`id_table`]: the id index's tables.
+//! - [`id_table`]: the id index's tables;
+//! - [`undo`]: what a batch overwrote, to take back a batch sled applied
+//!   only in part.
 //!
 //! Callers name everything through this module (`codec::encode_records`);
 //! the files are how it is read, not part of its paths.
@@ -55,6 +57,7 @@ mod event_ref;
 mod id_table;
 mod record;
 mod state;
+mod undo;
 mod wire;
 
 #[cfg(test)]
@@ -69,6 +72,7 @@ pub use self::event_ref::{decode_event_ref, decode_log_entry, encode_event_ref, 
 pub use self::id_table::{IdTable, decode_id_table, encode_id_table};
 pub use self::record::{EventFields, Names, decode_event, encode_event};
 pub use self::state::{decode_state, encode_state};
+pub use self::undo::{UndoRecord, decode_undo, encode_undo};
 pub use self::wire::shared;
 
 // The version bytes. The first byte of a value under an event key tells its
@@ -87,6 +91,8 @@ const RECORD_RUN_V1: u8 = 0x83;
 const LOG_RUN_V1: u8 = 0xFF;
 /// The version of a stream state (see [`state`]).
 const STATE_V1: u8 = 1;
+/// A batch's undo record.
+const UNDO_V1: u8 = 1;
 /// The version of an id table (see [`id_table`]).
 const ID_TABLE_V1: u8 = 1;
 /// Bytes of one id table entry: id, stream index, event number.

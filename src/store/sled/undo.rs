@@ -1,0 +1,112 @@
+//! Taking back a batch that sled applied only in part.
+//!
+//! sled makes a batch atomic by sealing it once every key is in: it applies
+//! the keys one at a time, in no fixed order (a hash map's), and seals the
+//! batch last. A key that fails on the way (a value big enough for a blob
+//! file of its own, on a full disk) leaves the keys applied before it in
+//! place and the batch unsealed, and sled's flusher or its close then
+//! writes them like any others. The next open would find part of a batch
+//! that was never acknowledged: a stream's state from a commit whose
+//! counters were never written, say, which every read of that stream then
+//! waits for in vain.
+//!
+//! So every batch goes to sled between two writes of one key: before it,
+//! its undo record (what the keys it writes held, see [`Undo`]); after it,
+//! the record's removal. The three are logged in that order and sled's
+//! recovery keeps a prefix of its log, so an open that finds a record finds
+//! at most a part of its batch, never a later one. [`repair`] then puts back
+//! what the record holds, clears the ranges it names, and removes it. A
+//! batch whose record is found was never acknowledged: acknowledgements wait
+//! for the flush that makes the removal durable.
+//!
+//! The keys a batch only removes are not in its record: they are what
+//! nothing reads any more (events a scavenge drops, the id index's garbage,
+//! the streams a projection build clears and then builds again). A caller
+//! whose removal takes away something still read records it
+//! ([`Undo::restore`]).
+
+use super::codec::{self, UndoRecord};
+use super::keys;
+use crate::store::StoreError;
+
+/// What the keys of one batch held before it.
+#[derive(Debug, Default)]
+pub(crate) struct Undo(UndoRecord);
+
+impl Undo {
+    /// `key` held `prior` before the batch (`None`: nothing).
+    pub(crate) fn restore(&mut self, key: impl Into<Vec<u8>>, prior: Option<&[u8]>) {
+        self.0.restore.push((key.into(), prior.map(<[u8]>::to_vec)));
+    }
+
+    /// The batch writes keys in `start..end`, which held nothing before it.
+    pub(crate) fn clear(&mut self, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) {
+        self.0.clear.push((start.into(), end.into()));
+    }
+
+    /// Adds what `other` holds.
+    pub(crate) fn append(&mut self, other: Undo) {
+        self.0.restore.extend(other.0.restore);
+        self.0.clear.extend(other.0.clear);
+    }
+
+    /// The stored record, or `None` for a batch that needs none (an import
+    /// step, whose store held nothing before the import began).
+    pub(crate) fn encode(&self) -> Option<Vec<u8>> {
+        let empty = self.0.restore.is_empty() && self.0.clear.is_empty();
+        (!empty).then(|| codec::encode_undo(&self.0))
+    }
+}
+
+/// Applies `batch` between its undo record and the record's removal (see
+/// the module notes); with no record, the batch alone.
+pub(crate) fn apply(db: &sled::Db, record: Option<&[u8]>, batch: sled::Batch) -> Result<(), StoreError> {
+    let Some(record) = record else {
+        db.apply_batch(batch)?;
+        return Ok(());
+    };
+    let key = keys::counter(keys::BATCH_UNDO);
+    db.insert(&key, record)?;
+    db.apply_batch(batch)?;
+    db.remove(&key)?;
+    Ok(())
+}
+
+/// Takes back the batch an earlier process applied only in part, if there
+/// is one; at open, before anything reads the store. Returns whether it did.
+pub(crate) fn repair(db: &sled::Db) -> Result<bool, StoreError> {
+    let key = keys::counter(keys::BATCH_UNDO);
+    let Some(stored) = db.get(&key)? else { return Ok(false) };
+    let record = codec::decode_undo(&stored)?;
+    let mut batch = sled::Batch::default();
+    let mut cleared = 0usize;
+    for (start, end) in &record.clear {
+        if start >= end {
+            continue;
+        }
+        for found in db.range(start.as_slice()..end.as_slice()).keys() {
+            batch.remove(found?);
+            cleared += 1;
+        }
+    }
+    // After the clears: a key both in a range and restored gets its value.
+    for (key, prior) in &record.restore {
+        match prior {
+            Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+            None => batch.remove(key.as_slice()),
+        }
+    }
+    // IMPORTANT: durable before the record goes. An open that stops in
+    // between finds the record again, and taking the batch back twice
+    // leaves the store as once.
+    db.apply_batch(batch)?;
+    db.flush()?;
+    db.remove(&key)?;
+    db.flush()?;
+    tracing::warn!(
+        restored = record.restore.len(),
+        cleared,
+        "took back what the last run wrote of a batch it never finished; that batch was never acknowledged"
+    );
+    Ok(true)
+}

@@ -16,6 +16,12 @@
 
 use uuid::Uuid;
 
+/// The undo record of the batch being applied (see `undo`): one key,
+/// absent between batches. In a keyspace of its own, first, beside the
+/// oldest log entries, which are small and never change, rather than
+/// among the counters, which every batch changes: sled rewrites a leaf
+/// whole from time to time, and the record is kilobytes.
+pub const UNDO: u8 = 0x00;
 /// The global log, in commit order: position → (event number, stream), a
 /// pointer to the event's record; or, for the consecutive positions one
 /// append wrote, first position → (count, first number, stream), one key
@@ -56,9 +62,6 @@ pub const COMMIT_SEQ: &[u8] = b"commit_seq";
 pub const LAYOUT_VERSION: &[u8] = b"layout_version";
 /// The id index's manifest: its live runs, and what is left to remove.
 pub const ID_INDEX: &[u8] = b"id_index";
-/// The undo record of the batch being applied (see `undo`); absent
-/// between batches.
-pub const BATCH_UNDO: &[u8] = b"batch_undo";
 
 /// A key of `keyspace` for a number: the keyspace byte, then the number.
 fn numbered(keyspace: u8, number: u64) -> [u8; 9] {
@@ -74,6 +77,10 @@ fn number_in(keyspace: u8, key: &[u8]) -> Option<u64> {
         [first, rest @ ..] if *first == keyspace => Some(u64::from_be_bytes(rest.try_into().ok()?)),
         _ => None,
     }
+}
+
+pub fn batch_undo() -> [u8; 1] {
+    [UNDO]
 }
 
 pub fn log(position: u64) -> [u8; 9] {
@@ -253,6 +260,8 @@ mod tests {
     #[test]
     fn keyspaces_do_not_overlap() {
         let keys: Vec<Vec<u8>> = vec![
+            batch_undo().to_vec(),
+            log(0).to_vec(),
             log(u64::MAX).to_vec(),
             stream("x"),
             event("x", 0),

@@ -445,10 +445,7 @@ impl<'a> Staging<'a> {
                 Some(state) => Some(state.clone()),
                 None => load_state(self.db, stream)?.map(|(state, _)| state),
             };
-            let from = held.as_ref().map_or(0, |state| state.next_number);
-            undo.clear(keys::event(stream, from), keys::event_end(stream));
-            let held = held.map(|state| codec::encode_state(&state, committed));
-            undo.restore(keys::stream(stream), held.as_deref());
+            undo.stream(stream, held.as_ref(), committed);
         }
         for key in &self.inserted {
             undo.restore(key.to_vec(), self.db.get(key)?.as_deref());

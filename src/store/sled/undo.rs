@@ -27,13 +27,20 @@
 
 use super::codec::{self, UndoRecord};
 use super::keys;
-use crate::store::StoreError;
+use crate::store::{StoreError, StreamState};
 
 /// What the keys of one batch held before it.
 #[derive(Debug, Default)]
 pub(crate) struct Undo(UndoRecord);
 
 impl Undo {
+    /// `stream`'s state was `held` before the batch (`None`: it had none):
+    /// the batch writes its state and fills its numbers past the last.
+    pub(crate) fn stream(&mut self, stream: &str, held: Option<&StreamState>, committed: u64) {
+        let held = held.map(|state| codec::encode_state(state, committed));
+        self.0.streams.push((stream.to_owned(), held));
+    }
+
     /// `key` held `prior` before the batch (`None`: nothing).
     pub(crate) fn restore(&mut self, key: impl Into<Vec<u8>>, prior: Option<&[u8]>) {
         self.0.restore.push((key.into(), prior.map(<[u8]>::to_vec)));
@@ -46,6 +53,7 @@ impl Undo {
 
     /// Adds what `other` holds.
     pub(crate) fn append(&mut self, other: Undo) {
+        self.0.streams.extend(other.0.streams);
         self.0.restore.extend(other.0.restore);
         self.0.clear.extend(other.0.clear);
     }
@@ -53,7 +61,7 @@ impl Undo {
     /// The stored record, or `None` for a batch that needs none (an import
     /// step, whose store held nothing before the import began).
     pub(crate) fn encode(&self) -> Option<Vec<u8>> {
-        let empty = self.0.restore.is_empty() && self.0.clear.is_empty();
+        let empty = self.0.streams.is_empty() && self.0.restore.is_empty() && self.0.clear.is_empty();
         (!empty).then(|| codec::encode_undo(&self.0))
     }
 }
@@ -65,19 +73,27 @@ pub(crate) fn apply(db: &sled::Db, record: Option<&[u8]>, batch: sled::Batch) ->
         db.apply_batch(batch)?;
         return Ok(());
     };
-    let key = keys::counter(keys::BATCH_UNDO);
-    db.insert(&key, record)?;
+    let key = keys::batch_undo();
+    db.insert(key, record)?;
     db.apply_batch(batch)?;
-    db.remove(&key)?;
+    db.remove(key)?;
     Ok(())
 }
 
 /// Takes back the batch an earlier process applied only in part, if there
 /// is one; at open, before anything reads the store. Returns whether it did.
 pub(crate) fn repair(db: &sled::Db) -> Result<bool, StoreError> {
-    let key = keys::counter(keys::BATCH_UNDO);
-    let Some(stored) = db.get(&key)? else { return Ok(false) };
-    let record = codec::decode_undo(&stored)?;
+    let key = keys::batch_undo();
+    let Some(stored) = db.get(key)? else { return Ok(false) };
+    let mut record = codec::decode_undo(&stored)?;
+    for (stream, state) in std::mem::take(&mut record.streams) {
+        let from = match &state {
+            Some(state) => codec::decode_state(state)?.0.next_number,
+            None => 0,
+        };
+        record.clear.push((keys::event(&stream, from), keys::event_end(&stream)));
+        record.restore.push((keys::stream(&stream), state));
+    }
     let mut batch = sled::Batch::default();
     let mut cleared = 0usize;
     for (start, end) in &record.clear {
@@ -101,7 +117,7 @@ pub(crate) fn repair(db: &sled::Db) -> Result<bool, StoreError> {
     // leaves the store as once.
     db.apply_batch(batch)?;
     db.flush()?;
-    db.remove(&key)?;
+    db.remove(key)?;
     db.flush()?;
     tracing::warn!(
         restored = record.restore.len(),

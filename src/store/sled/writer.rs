@@ -326,21 +326,18 @@ impl Writer {
             let next_position = staging.next_position;
             let touched = staging.touched_streams();
             let projections = staging.projections;
-            let writing = Instant::now();
             let written = staging.finish().and_then(|finished| {
                 let Finished { mut batch, bytes, states, removed, ids, mut undo } = finished;
                 let index_bytes = self.id_index.stage(&self.db, commit_seq, &ids, &mut batch)?;
                 undo.append(self.id_index.take_undo());
+                let writing = Instant::now();
                 self.write(batch, &undo, bytes + index_bytes)?;
-                Ok((states, removed))
+                Ok((states, removed, writing.elapsed()))
             });
             match written {
-                Ok((states, removed)) => {
-                    committed = Some(CommitFigures {
-                        appends,
-                        events: next_position - self.next_position,
-                        duration: writing.elapsed(),
-                    });
+                Ok((states, removed, duration)) => {
+                    committed =
+                        Some(CommitFigures { appends, events: next_position - self.next_position, duration });
                     self.states.committed(states, removed);
                     self.projections = projections;
                     self.next_position = next_position;

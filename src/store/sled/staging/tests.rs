@@ -175,7 +175,7 @@ fn tear(db: &sled::Db, before: &[(sled::IVec, Vec<u8>)], mut coin: impl FnMut() 
     let keys: HashSet<&sled::IVec> = old.keys().chain(new.keys()).collect();
     for key in keys {
         // The record is there: it is written before the batch.
-        if key[..] != keys::counter(keys::BATCH_UNDO)[..] && coin() {
+        if key[..] != keys::batch_undo()[..] && coin() {
             match old.get(key) {
                 Some(value) => db.insert(key, &value[..]).map(drop),
                 None => db.remove(key).map(drop),
@@ -217,7 +217,7 @@ fn a_batch_applied_only_in_part_is_taken_back_whole() {
         let before = contents(&db);
         let (results, batch, undo) = stage(&db, &mut ids, &requests);
         assert!(results.iter().all(Result::is_ok), "{results:?}");
-        db.insert(keys::counter(keys::BATCH_UNDO), undo.encode().expect("a record")).expect("writes");
+        db.insert(keys::batch_undo(), undo.encode().expect("a record")).expect("writes");
         db.apply_batch(batch).expect("applies");
         tear(&db, &before, &mut coin);
 
@@ -247,10 +247,7 @@ fn a_batch_applied_only_in_part_is_taken_back_whole() {
                 committed.push((request.stream.clone(), proposed.id, outcome.first_number + offset as u64));
             }
         }
-        assert!(
-            db.get(keys::counter(keys::BATCH_UNDO)).expect("reads").is_none(),
-            "a whole batch leaves no record"
-        );
+        assert!(db.get(keys::batch_undo()).expect("reads").is_none(), "a whole batch leaves no record");
     }
     assert!(db.get(keys::counter(keys::ID_INDEX)).expect("reads").is_some(), "runs were made");
 }

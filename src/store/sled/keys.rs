@@ -7,6 +7,13 @@
 //! and counters as one atomic unit. Multi-tree transactions would also be
 //! atomic, but they are markedly slower and have had correctness bugs in 0.34.
 //!
+//! The one key kept elsewhere is a batch's undo record (see `undo`): in a
+//! tree of its own, [`UNDO_TREE`], under [`UNDO`], written before a batch
+//! and removed after it, so that nothing that walks the main tree (a
+//! compaction's copy, an export) ever meets it. It is outside the batch
+//! anyway, and sled's log, which orders it against the batch, is one for
+//! all trees.
+//!
 //! Numbers are big-endian so that sled's byte order is numeric order, which
 //! makes range scans over positions and event numbers correct.
 //!
@@ -16,12 +23,6 @@
 
 use uuid::Uuid;
 
-/// The undo record of the batch being applied (see `undo`): one key,
-/// absent between batches. In a keyspace of its own, first, beside the
-/// oldest log entries, which are small and never change, rather than
-/// among the counters, which every batch changes: sled rewrites a leaf
-/// whole from time to time, and the record is kilobytes.
-pub const UNDO: u8 = 0x00;
 /// The global log, in commit order: position → (event number, stream), a
 /// pointer to the event's record; or, for the consecutive positions one
 /// append wrote, first position → (count, first number, stream), one key
@@ -63,6 +64,10 @@ pub const LAYOUT_VERSION: &[u8] = b"layout_version";
 /// The id index's manifest: its live runs, and what is left to remove.
 pub const ID_INDEX: &[u8] = b"id_index";
 
+/// The tree of the undo record, and its key.
+pub const UNDO_TREE: &[u8] = b"undo";
+pub const UNDO: &[u8] = b"batch";
+
 /// A key of `keyspace` for a number: the keyspace byte, then the number.
 fn numbered(keyspace: u8, number: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -77,10 +82,6 @@ fn number_in(keyspace: u8, key: &[u8]) -> Option<u64> {
         [first, rest @ ..] if *first == keyspace => Some(u64::from_be_bytes(rest.try_into().ok()?)),
         _ => None,
     }
-}
-
-pub fn batch_undo() -> [u8; 1] {
-    [UNDO]
 }
 
 pub fn log(position: u64) -> [u8; 9] {
@@ -260,7 +261,6 @@ mod tests {
     #[test]
     fn keyspaces_do_not_overlap() {
         let keys: Vec<Vec<u8>> = vec![
-            batch_undo().to_vec(),
             log(0).to_vec(),
             log(u64::MAX).to_vec(),
             stream("x"),

@@ -399,9 +399,12 @@ impl<'a> Staging<'a> {
     }
 
     /// Writes the final stream states and returns the batch to apply, with
-    /// its undo. Fails only if a committed state cannot be read back.
-    pub(super) fn finish(mut self) -> Result<Finished, StoreError> {
-        self.stage_undo()?;
+    /// its undo if `undo` asks for it (see `space::needs_undo`). Fails only
+    /// if a committed state cannot be read back for the undo.
+    pub(super) fn finish(mut self, undo: bool) -> Result<Finished, StoreError> {
+        if undo {
+            self.stage_undo()?;
+        }
         for (stream, run) in std::mem::take(&mut self.links) {
             self.put(keys::event(&stream, run.first), run.encode());
         }

@@ -10,9 +10,11 @@
 //! counters were never written, say, which every read of that stream then
 //! waits for in vain.
 //!
-//! So every batch goes to sled between two writes of one key: before it,
-//! its undo record (what the keys it writes held, see [`Undo`]); after it,
-//! the record's removal. The three are logged in that order and sled's
+//! So a batch goes to sled between two writes of one key: before it, its
+//! undo record (what the keys it writes held, see [`Undo`]); after it, the
+//! record's removal. Only while the disk is near full (see
+//! `space::needs_undo`): the two writes are not free, and it is a full
+//! disk that makes writes fail. The three are logged in that order and sled's
 //! recovery keeps a prefix of its log, so an open that finds a record finds
 //! at most a part of its batch, never a later one. [`repair`] then puts back
 //! what the record holds, clears the ranges it names, and removes it. A
@@ -58,8 +60,7 @@ impl Undo {
         self.0.clear.extend(other.0.clear);
     }
 
-    /// The stored record, or `None` for a batch that needs none (an import
-    /// step, whose store held nothing before the import began).
+    /// The stored record, or `None` if there is nothing to take back.
     pub(crate) fn encode(&self) -> Option<Vec<u8>> {
         let empty = self.0.streams.is_empty() && self.0.restore.is_empty() && self.0.clear.is_empty();
         (!empty).then(|| codec::encode_undo(&self.0))
@@ -73,18 +74,18 @@ pub(crate) fn apply(db: &sled::Db, record: Option<&[u8]>, batch: sled::Batch) ->
         db.apply_batch(batch)?;
         return Ok(());
     };
-    let key = keys::batch_undo();
-    db.insert(key, record)?;
+    let tree = db.open_tree(keys::UNDO_TREE)?;
+    tree.insert(keys::UNDO, record)?;
     db.apply_batch(batch)?;
-    db.remove(key)?;
+    tree.remove(keys::UNDO)?;
     Ok(())
 }
 
 /// Takes back the batch an earlier process applied only in part, if there
 /// is one; at open, before anything reads the store. Returns whether it did.
 pub(crate) fn repair(db: &sled::Db) -> Result<bool, StoreError> {
-    let key = keys::batch_undo();
-    let Some(stored) = db.get(key)? else { return Ok(false) };
+    let tree = db.open_tree(keys::UNDO_TREE)?;
+    let Some(stored) = tree.get(keys::UNDO)? else { return Ok(false) };
     let mut record = codec::decode_undo(&stored)?;
     for (stream, state) in std::mem::take(&mut record.streams) {
         let from = match &state {
@@ -117,7 +118,7 @@ pub(crate) fn repair(db: &sled::Db) -> Result<bool, StoreError> {
     // leaves the store as once.
     db.apply_batch(batch)?;
     db.flush()?;
-    db.remove(key)?;
+    tree.remove(keys::UNDO)?;
     db.flush()?;
     tracing::warn!(
         restored = record.restore.len(),

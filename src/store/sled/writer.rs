@@ -22,7 +22,7 @@ use super::generation::{self, DbCell, LogSinceOpen};
 use super::id_index::IdIndex;
 use super::rebuild::{self, Phase, Progress};
 use super::scavenge;
-use super::space::SpaceFloor;
+use super::space::{self, SpaceFloor};
 use super::staging::{Finished, Staging, StateCache};
 use super::syncer::FileSyncer;
 use super::transfer;
@@ -248,7 +248,8 @@ impl Writer {
         // Appends wait for space; everything else (deletes, scavenges,
         // compaction, which give space back) goes on.
         let payload: usize = batch.iter().map(Command::payload_bytes).sum();
-        let space = if payload > 0 { self.files.space.admit(payload as u64) } else { Ok(()) };
+        let free = self.files.space.free();
+        let space = if payload > 0 { self.files.space.admit(&free, payload as u64) } else { Ok(()) };
         // A compaction step's reply and whether its copy is complete.
         let mut compacting: Option<(CompactReply, Result<bool, StoreError>)> = None;
 
@@ -326,12 +327,13 @@ impl Writer {
             let next_position = staging.next_position;
             let touched = staging.touched_streams();
             let projections = staging.projections;
-            let written = staging.finish().and_then(|finished| {
+            let keep_undo = space::needs_undo(&free);
+            let written = staging.finish(keep_undo).and_then(|finished| {
                 let Finished { mut batch, bytes, states, removed, ids, mut undo } = finished;
                 let index_bytes = self.id_index.stage(&self.db, commit_seq, &ids, &mut batch)?;
                 undo.append(self.id_index.take_undo());
                 let writing = Instant::now();
-                self.write(batch, &undo, bytes + index_bytes)?;
+                self.write(batch, keep_undo.then_some(&undo), bytes + index_bytes)?;
                 Ok((states, removed, writing.elapsed()))
             });
             match written {
@@ -451,7 +453,7 @@ impl Writer {
                 // An import fills a store that held nothing: a step taken
                 // back only in part is no worse than one that failed.
                 let written = (self.id_index.stage(&self.db, commit_seq, &staged.ids, &mut batch))
-                    .and_then(|index_bytes| self.write(batch, &Undo::default(), staged.bytes + index_bytes));
+                    .and_then(|index_bytes| self.write(batch, None, staged.bytes + index_bytes));
                 if let Err(error) = written {
                     tracing::error!(%error, "writer failed to commit an import step; refusing further writes");
                     self.notifier.stop_writes(format!("an import step failed: {error}"));
@@ -485,7 +487,7 @@ impl Writer {
             let mut batch = sled::Batch::default();
             let written = self.id_index.upkeep(&self.db, &mut batch).and_then(|bytes| {
                 let undo = self.id_index.take_undo();
-                self.write(batch, &undo, bytes)
+                self.write(batch, space::needs_undo(&self.files.space.free()).then_some(&undo), bytes)
             });
             if let Err(error) = written {
                 // As for a failed commit: what is on disk is unknown.
@@ -497,9 +499,11 @@ impl Writer {
         Flow::Continue
     }
 
-    fn write(&mut self, batch: sled::Batch, undo: &Undo, bytes: u64) -> Result<(), StoreError> {
+    /// Applies `batch`, with its undo record if it has one (see `undo` and
+    /// `space::needs_undo`), and makes it as durable as the store is.
+    fn write(&mut self, batch: sled::Batch, undo: Option<&Undo>, bytes: u64) -> Result<(), StoreError> {
         let shadow = self.compaction.is_some().then(|| batch.clone());
-        let record = undo.encode();
+        let record = undo.and_then(Undo::encode);
         undo::apply(&self.db, record.as_deref(), batch)?;
         let bytes = bytes + record.as_ref().map_or(0, |record| record.len() as u64);
         self.files.written.add(bytes);

@@ -64,6 +64,30 @@ fn start_expecting_failure(data_dir: &Path, args: &[&str]) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
+/// A server without the free-space floor, on a tmpfs of `megabytes`, and
+/// its data directory; `None`, said, where this process may not mount.
+fn floorless_on_tmpfs(megabytes: u64) -> Option<(Tmpfs, PathBuf, BinaryServer)> {
+    let Some(disk) = Tmpfs::mount(megabytes) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return None;
+    };
+    let data_dir = disk.path.join("data");
+    let server = BinaryServer::start(&data_dir, &["--min-free-mb", "0"]);
+    Some((disk, data_dir, server))
+}
+
+/// Waits up to 30 s for a server that stops by itself: how it exited.
+fn stopped_by_itself(server: &mut BinaryServer) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            return exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server did not stop within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// One acknowledged append.
 struct Acked {
     first_number: u64,
@@ -207,13 +231,8 @@ async fn a_full_disk_refuses_appends_and_never_costs_an_acknowledged_event() {
 /// acknowledged event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_fails_anyway_costs_no_acknowledged_event_and_no_hang() {
-    let Some(disk) = Tmpfs::mount(48) else {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    };
-    let data_dir = disk.path.join("data");
+    let Some((disk, data_dir, mut server)) = floorless_on_tmpfs(48) else { return };
     let client = client();
-    let mut server = BinaryServer::start(&data_dir, &["--min-free-mb", "0"]);
     let (calm, _) = append_until_not_created(&client, &server, "calm", 3).await;
     assert_eq!(calm.len(), 3);
     let (acked, refusal) = append_until_not_created(&client, &server, "disk", 4000).await;
@@ -224,14 +243,7 @@ async fn a_write_that_fails_anyway_costs_no_acknowledged_event_and_no_hang() {
     // The server stops by itself, as after SIGTERM, and exits with a
     // failure, so that its supervisor restarts it: only a restart replays
     // what is durable and nothing else.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let exit = loop {
-        if let Some(exit) = server.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(std::time::Instant::now() < deadline, "the server did not stop within 30 s");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let exit = stopped_by_itself(&mut server);
     assert!(!exit.success(), "a store failure is a failed exit ({exit:?})");
 
     // Space returns (the filesystem grows), and a restart finds every
@@ -279,13 +291,8 @@ fn parts(streams: &[String], ids: &[Uuid], pad: usize, big: Option<(&str, Uuid)>
 /// stream reads as before, at once, and the same request then succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_the_full_disk_cut_short_is_taken_back_at_the_restart() {
-    let Some(disk) = Tmpfs::mount(48) else {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    };
-    let data_dir = disk.path.join("data");
+    let Some((disk, data_dir, mut server)) = floorless_on_tmpfs(48) else { return };
     let client = client();
-    let mut server = BinaryServer::start(&data_dir, &["--min-free-mb", "0"]);
     let streams: Vec<String> = (0..40).map(|i| format!("part-{i}")).collect();
     let post = |server: &BinaryServer, body: String| {
         client
@@ -308,11 +315,7 @@ async fn a_batch_the_full_disk_cut_short_is_taken_back_at_the_restart() {
     let request = parts(&streams, &second, 90 * 1024, Some(big));
     let response = post(&server, request.clone()).await.unwrap();
     assert_eq!(response.status(), 503, "{}", response.text().await.unwrap());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while server.child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "the server did not stop within 30 s");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    stopped_by_itself(&mut server);
 
     std::fs::remove_file(&filler).unwrap();
     let server = BinaryServer::start(&data_dir, &["--min-free-mb", "0"]);

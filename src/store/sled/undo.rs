@@ -12,14 +12,16 @@
 //!
 //! So a batch goes to sled between two writes of one key: before it, its
 //! undo record (what the keys it writes held, see [`Undo`]); after it, the
-//! record's removal. Only while the disk is near full (see
-//! `space::needs_undo`): the two writes are not free, and it is a full
-//! disk that makes writes fail. The three are logged in that order and sled's
+//! record's removal. The three are logged in that order and sled's
 //! recovery keeps a prefix of its log, so an open that finds a record finds
 //! at most a part of its batch, never a later one. [`repair`] then puts back
 //! what the record holds, clears the ranges it names, and removes it. A
 //! batch whose record is found was never acknowledged: acknowledgements wait
 //! for the flush that makes the removal durable.
+//!
+//! The two writes are not free, and it is a full disk that makes writes
+//! fail, so the writer adds them only while the disk is near full (see
+//! `space::needs_undo`).
 //!
 //! The keys a batch only removes are not in its record: they are what
 //! nothing reads any more (events a scavenge drops, the id index's garbage,

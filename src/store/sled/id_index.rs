@@ -188,8 +188,8 @@ pub(crate) struct IdIndex {
     /// id up rarely reaches the runs. Shared with the thread that fills it.
     filter: Arc<IdFilter>,
     limits: Limits,
-    /// The manifest as stored, and the first run number it leaves free.
-    stored: (Option<Vec<u8>>, u64),
+    /// The manifest as stored (`None`: none is).
+    stored: Option<Manifest>,
     /// What the last [`Self::stage`] or [`Self::upkeep`] overwrote (see
     /// `undo`), for the writer to take.
     undo: Undo,
@@ -207,12 +207,11 @@ impl IdIndex {
         filter: Arc<IdFilter>,
         limits: Limits,
     ) -> Result<Self, StoreError> {
-        let stored_manifest = db.get(keys::counter(keys::ID_INDEX))?;
-        let mut manifest = match &stored_manifest {
-            Some(value) => Manifest::decode(value)?,
-            None => Manifest::new(),
+        let stored = match db.get(keys::counter(keys::ID_INDEX))? {
+            Some(value) => Some(Manifest::decode(&value)?),
+            None => None,
         };
-        let stored = (stored_manifest.map(|value| value.to_vec()), manifest.next_run);
+        let mut manifest = stored.clone().unwrap_or_else(Manifest::new);
         let mut dirty = false;
         if let Some(run) = manifest.merging.take() {
             // A merge the last process did not finish: its chunks so far
@@ -363,12 +362,11 @@ impl IdIndex {
             // Taken back, the manifest is as stored, and the runs numbered
             // since are chunks nothing lists (a merge's run is listed while
             // it is written, and dropped at open if unfinished).
-            let encoded = self.manifest.encode();
-            let (held, free_run) =
-                std::mem::replace(&mut self.stored, (Some(encoded.clone()), self.manifest.next_run));
-            self.undo.restore(keys::counter(keys::ID_INDEX), held.as_deref());
+            let held = self.stored.replace(self.manifest.clone());
+            let free_run = held.as_ref().map_or_else(|| Manifest::new().next_run, |held| held.next_run);
+            self.undo.restore(keys::counter(keys::ID_INDEX), held.map(|held| held.encode()).as_deref());
             self.undo.clear(keys::id_run(free_run), [keys::ID_RUN + 1]);
-            writes.put(keys::counter(keys::ID_INDEX), encoded);
+            writes.put(keys::counter(keys::ID_INDEX), self.manifest.encode());
             self.dirty = false;
         }
     }

@@ -39,6 +39,7 @@ pub mod notify;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod projections;
+pub(crate) mod recent_states;
 pub mod retention;
 pub mod rules;
 pub mod sled;
@@ -180,9 +181,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// depend on its head (pages kept in memory): it never misses this
     /// node's acknowledged writes, but may miss another node's for as long
     /// as their notification takes to arrive. A single node's store is
-    /// always current.
+    /// always current. Kept in memory while the backend hears every commit
+    /// (see [`recent_states`]).
     async fn recent_stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
-        self.stream_state(stream).await
+        let states = self.notifier().recent_states();
+        if let Some(state) = states.get(stream) {
+            return Ok(Some(state));
+        }
+        let stamp = states.stamp(stream);
+        let state = self.stream_state(stream).await?;
+        if let (Some(stamp), Some(state)) = (stamp, &state) {
+            states.keep(stream, state.clone(), stamp);
+        }
+        Ok(state)
     }
 
     /// A number that moves whenever a commit may hide events already

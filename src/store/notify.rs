@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::recent_states::RecentStates;
+
 /// How many registry entries may accumulate between sweeps of dead ones.
 /// Sweeping is O(entries), so doing it every this-many insertions keeps the
 /// amortised cost per waiter constant.
@@ -129,6 +131,9 @@ pub struct Notifier {
     /// When the newest commit was acknowledged (its head advanced), in
     /// nanoseconds since `origin`: the start of every wake-up it causes.
     acknowledged_nanos: AtomicU64,
+    /// Stream states kept for reads that do not depend on a head, which
+    /// the writer forgets as it commits (see [`RecentStates`]).
+    recent_states: RecentStates,
 }
 
 #[derive(Debug, Default)]
@@ -196,7 +201,13 @@ impl Notifier {
             commit_observer: OnceLock::new(),
             origin: Instant::now(),
             acknowledged_nanos: AtomicU64::new(0),
+            recent_states: RecentStates::default(),
         }
+    }
+
+    /// The stream states kept for reads that do not depend on a head.
+    pub(crate) fn recent_states(&self) -> &RecentStates {
+        &self.recent_states
     }
 
     /// Sets who is told what each commit cost. Only the first call counts:

@@ -131,7 +131,7 @@ async fn listen(
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         *listened = true;
         // Every commit from now on is heard: recent states may be kept.
-        publisher.states.set_hearing(true);
+        publisher.notifier.recent_states().set_hearing(true);
         loop {
             // After connecting, and now and then: whatever commits this
             // connection did not hear of wake everybody.
@@ -147,15 +147,16 @@ async fn listen(
                             Some((head, streams)) => {
                                 // Whatever the head's order: the publisher
                                 // skips a head older than one published.
+                                let states = publisher.notifier.recent_states();
                                 match &streams {
-                                    Some(names) => publisher.states.forget(names.iter().map(String::as_str)),
-                                    None => publisher.states.forget_all(),
+                                    Some(names) => states.forget(names.iter().map(String::as_str)),
+                                    None => states.forget_all(),
                                 }
                                 publisher.publish(head, streams.as_deref());
                             }
                             None => {
                                 tracing::warn!(%payload, "an unreadable commit notification");
-                                publisher.states.forget_all();
+                                publisher.notifier.recent_states().forget_all();
                             }
                         },
                         None => return client.batch_execute("SELECT 1").await,
@@ -166,7 +167,7 @@ async fn listen(
         }
     };
     let ended = listening.await;
-    publisher.states.set_hearing(false);
+    publisher.notifier.recent_states().set_hearing(false);
     driver.abort();
     ended
 }
@@ -228,7 +229,7 @@ async fn catch_up(
     if let Ok(building) = Projections::from_words(row.get(3)) {
         publisher.building.send_if_modified(|known| std::mem::replace(known, building) != building);
     }
-    publisher.states.forget_all();
+    publisher.notifier.recent_states().forget_all();
     publisher.publish(head, None);
     Ok(())
 }

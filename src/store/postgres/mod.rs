@@ -37,7 +37,6 @@ mod read;
 mod scavenge;
 pub mod schema;
 mod staging;
-mod states;
 mod transfer;
 mod writer;
 
@@ -113,8 +112,6 @@ struct Publisher {
     /// The database's size in bytes (`pg_database_size`), as the listener
     /// last read it with the head; `u64::MAX` before it has.
     size_bytes: AtomicU64,
-    /// What kept pages are checked against (`recent_stream_state`).
-    states: states::RecentStates,
     /// The projections being built from the log, as last read from the head.
     building: watch::Sender<Projections>,
 }
@@ -218,7 +215,6 @@ impl PgStore {
             published: Mutex::new(head.commit_seq),
             outage: Outage::default(),
             size_bytes: AtomicU64::new(u64::MAX),
-            states: states::RecentStates::default(),
             building: watch::channel(projected.building).0,
         });
         let pool = connection::read_pool(&config, &tls)?;
@@ -418,19 +414,6 @@ impl Store for PgStore {
             Ok(row?.as_ref().map(|row| state_from_row(row, 0)))
         })
         .await
-    }
-
-    async fn recent_stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
-        let states = &self.publisher.states;
-        if let Some(state) = states.get(stream) {
-            return Ok(Some(state));
-        }
-        let stamp = states.stamp(stream);
-        let state = self.stream_state(stream).await?;
-        if let (Some(stamp), Some(state)) = (stamp, &state) {
-            states.keep(stream, state.clone(), stamp);
-        }
-        Ok(state)
     }
 
     async fn list_streams(

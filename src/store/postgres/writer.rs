@@ -240,9 +240,10 @@ impl Writer {
         self.learn(progress.projected);
         if let Some((head, touched)) = &progress.committed {
             self.publisher.notifier.advance(*head);
+            let states = self.publisher.notifier.recent_states();
             match touched {
-                Some(names) => self.publisher.states.forget(names.iter().map(String::as_str)),
-                None => self.publisher.states.forget_all(),
+                Some(names) => states.forget(names.iter().map(String::as_str)),
+                None => states.forget_all(),
             }
             self.publisher.publish(*head, touched.as_deref());
         }
@@ -296,7 +297,7 @@ impl Writer {
                     // Reads see the head, and kept pages the streams'
                     // new states, before anybody hears of the commit.
                     self.publisher.notifier.advance(*head);
-                    self.publisher.states.forget(touched.iter().map(String::as_str));
+                    self.publisher.notifier.recent_states().forget(touched.iter().map(String::as_str));
                 }
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     reply.send(answer);
@@ -310,7 +311,7 @@ impl Writer {
             }
             Err(error @ StoreError::OutcomeUnknown(_)) => {
                 tracing::error!(%error, requests = replies.len(), "a PostgreSQL commit was cut off; whether it stands is unknown");
-                self.publisher.states.forget_all();
+                self.publisher.notifier.recent_states().forget_all();
                 for reply in replies {
                     reply.fail(error.clone());
                 }

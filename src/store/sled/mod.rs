@@ -207,6 +207,9 @@ impl SledStore {
         let (active, to_build) = rebuild::plan(&db, options.projections, head.next_position)?;
         db.flush()?;
         let notifier = Arc::new(Notifier::new(head));
+        // The writer, the store's only one, forgets every state it commits
+        // before answering: kept states are always current.
+        notifier.recent_states().set_hearing(true);
         let held_ids = Arc::new(IdFilter::new(head.next_position));
         let start = Start {
             projections: active,

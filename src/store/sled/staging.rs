@@ -18,6 +18,7 @@ use super::id_index::{IdIndex, IdOwners};
 use super::keys;
 use super::undo::Undo;
 use crate::store::projections::{Projection, Projections};
+use crate::store::recent_states::RecentStates;
 use crate::store::rules;
 use crate::store::{
     Append, AppendOutcome, ExpectedVersion, StoreError, StreamSettings, StreamState, metadata,
@@ -517,8 +518,16 @@ impl StateCache {
         self.states.get(stream)
     }
 
-    /// Takes in what a committed batch wrote and removed.
-    pub(super) fn committed(&mut self, states: HashMap<String, StreamState>, removed: HashSet<String>) {
+    /// Takes in what a committed batch wrote and removed, and has readers
+    /// forget what they kept of those streams (before any of the batch's
+    /// requests is answered: see `RecentStates`).
+    pub(super) fn committed(
+        &mut self,
+        states: HashMap<String, StreamState>,
+        removed: HashSet<String>,
+        recent: &RecentStates,
+    ) {
+        recent.forget(states.keys().chain(&removed).map(String::as_str));
         for stream in removed {
             self.states.remove(&stream);
         }
@@ -526,6 +535,14 @@ impl StateCache {
             self.states.clear();
         }
         self.states.extend(states);
+    }
+
+    /// Forgets every state, here and what readers kept: what is on disk is
+    /// unknown after a failed commit, and each import step writes states
+    /// neither knows of.
+    pub(super) fn forget_all(&mut self, recent: &RecentStates) {
+        self.states.clear();
+        recent.forget_all();
     }
 }
 

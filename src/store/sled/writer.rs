@@ -340,7 +340,7 @@ impl Writer {
                 Ok((states, removed, duration)) => {
                     committed =
                         Some(CommitFigures { appends, events: next_position - self.next_position, duration });
-                    self.states.committed(states, removed);
+                    self.states.committed(states, removed, self.notifier.recent_states());
                     self.projections = projections;
                     self.next_position = next_position;
                     self.commit_seq = commit_seq;
@@ -355,7 +355,7 @@ impl Writer {
                     // about durability: stop writing; a restart recovers.
                     tracing::error!(%error, "writer failed to commit a batch; refusing further writes");
                     self.notifier.stop_writes(format!("a commit failed: {error}"));
-                    self.states = StateCache::default();
+                    self.states.forget_all(self.notifier.recent_states());
                     let unknown = StoreError::CommitFailed(error.to_string());
                     replies = replies.into_iter().map(|r| r.fail(&unknown)).collect();
                     flow = Flow::Stop;
@@ -461,10 +461,10 @@ impl Writer {
                     return Flow::Stop;
                 }
                 self.commit_seq = commit_seq;
+                self.states.forget_all(self.notifier.recent_states());
                 if let Some((next_position, last_created_micros)) = staged.finished {
                     self.next_position = next_position;
                     self.last_created_micros = last_created_micros;
-                    self.states = StateCache::default();
                 }
                 let head = Head { next_position: self.next_position, commit_seq };
                 self.notifier.hid_events();
@@ -492,7 +492,7 @@ impl Writer {
             if let Err(error) = written {
                 // As for a failed commit: what is on disk is unknown.
                 tracing::error!(%error, "writer failed to maintain the id index; refusing further writes");
-                self.states = StateCache::default();
+                self.states.forget_all(self.notifier.recent_states());
                 return Flow::Stop;
             }
         }

@@ -3,28 +3,33 @@
 //! needs to know that its stream still exists under the same metadata and
 //! the same first visible event. Without this, each such hit would cost a
 //! round trip to the database for a row that changes only with a write to
-//! the stream, which would make the page cache pay little on PostgreSQL.
+//! the stream, which would make the page cache pay little on PostgreSQL;
+//! on sled, a lookup in its tree, about a microsecond of a kept page's
+//! fifteen with 1,000 streams read at random (measured).
 //!
-//! A state is kept only while the listener hears every commit, and is
+//! Each backend's [`Notifier`](super::Notifier) holds one. A state is kept
+//! only while the backend hears every commit (sled's writer is the only
+//! one, so always; on PostgreSQL, while the listener is connected), and is
 //! forgotten:
 //! - when this node's writer commits a write to its stream, before any of
 //!   that batch's requests is answered (so a client never reads, through
 //!   the node that acknowledged its delete or metadata write, what it
 //!   replaced);
-//! - when the notification of a commit of another node that touched it
-//!   arrives (in any order: the publisher's ordering of heads plays no
+//! - on PostgreSQL, when the notification of a commit of another node that
+//!   touched it arrives (in any order: the publisher's ordering of heads plays no
 //!   part), so another node's write reaches this node's kept pages after
 //!   that notification's delay, milliseconds on a healthy database;
-//! - all at once when a notification cannot be read, when the listener
-//!   reads the head (after every connection and every few seconds, which
-//!   bounds the staleness even if a connection died unnoticed), when its
-//!   connection is lost, and when a commit's outcome is unknown.
+//! - all at once when a commit's outcome is unknown, when an import step
+//!   commits, and on PostgreSQL when a notification cannot be read, when
+//!   the listener reads the head (after every connection and every few
+//!   seconds, which bounds the staleness even if a connection died
+//!   unnoticed) and when its connection is lost.
 //!
-//! A state read from the database is kept only if nothing was forgotten
-//! from its shard of names from before the read was sent until after it
-//! is inserted: a commit that the read's snapshot missed is heard after
-//! the read was sent, so either that check sees it, or its forgetting
-//! comes after the insertion and removes it.
+//! A state read from the store is kept only if nothing was forgotten from
+//! its shard of names from before the read was sent until after it is
+//! inserted: a commit that the read missed is forgotten after the read was
+//! sent, so either that check sees it, or its forgetting comes after the
+//! insertion and removes it.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -44,7 +49,7 @@ const CAPACITY: usize = 65_536;
 const SHARDS: usize = 1024;
 
 #[derive(Debug)]
-pub(super) struct RecentStates {
+pub(crate) struct RecentStates {
     states: Cache<String, StreamState>,
     /// Per shard, how many times a name in it was forgotten.
     forgotten: Box<[AtomicU64]>,
@@ -58,7 +63,7 @@ pub(super) struct RecentStates {
 /// What was forgotten before a read was sent: the read's state is kept
 /// only if nothing more was since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Stamp {
+pub(crate) struct Stamp {
     shard: usize,
     forgotten: u64,
     everything: u64,
@@ -78,7 +83,7 @@ impl Default for RecentStates {
 
 impl RecentStates {
     /// The state kept for `stream`, if any.
-    pub(super) fn get(&self, stream: &str) -> Option<StreamState> {
+    pub(crate) fn get(&self, stream: &str) -> Option<StreamState> {
         if !self.hearing.load(Ordering::SeqCst) {
             return None;
         }
@@ -87,7 +92,7 @@ impl RecentStates {
 
     /// To take before reading `stream`'s state from the database; `None`
     /// while the listener may miss commits (nothing is kept then).
-    pub(super) fn stamp(&self, stream: &str) -> Option<Stamp> {
+    pub(crate) fn stamp(&self, stream: &str) -> Option<Stamp> {
         if !self.hearing.load(Ordering::SeqCst) {
             return None;
         }
@@ -96,7 +101,7 @@ impl RecentStates {
 
     /// Keeps `state`, read from the database after `stamp` was taken,
     /// unless a name of its shard was forgotten since.
-    pub(super) fn keep(&self, stream: &str, state: StreamState, stamp: Stamp) {
+    pub(crate) fn keep(&self, stream: &str, state: StreamState, stamp: Stamp) {
         if self.now(stamp.shard) != stamp {
             return;
         }
@@ -109,7 +114,7 @@ impl RecentStates {
     }
 
     /// Forgets what is kept of `streams`.
-    pub(super) fn forget<'a>(&self, streams: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn forget<'a>(&self, streams: impl IntoIterator<Item = &'a str>) {
         for stream in streams {
             // Counted before the removal, so that a read inserting
             // meanwhile sees the count moved (see `keep`).
@@ -124,14 +129,14 @@ impl RecentStates {
     }
 
     /// Forgets everything kept.
-    pub(super) fn forget_all(&self) {
+    pub(crate) fn forget_all(&self) {
         self.everything.fetch_add(1, Ordering::SeqCst);
         self.states.clear();
     }
 
     /// Says whether the listener hears every commit from now on; either
     /// way, what was kept is forgotten (commits may have gone unheard).
-    pub(super) fn set_hearing(&self, hearing: bool) {
+    pub(crate) fn set_hearing(&self, hearing: bool) {
         if !hearing {
             self.hearing.store(false, Ordering::SeqCst);
         }

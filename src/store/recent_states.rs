@@ -16,9 +16,10 @@
 //!   the node that acknowledged its delete or metadata write, what it
 //!   replaced);
 //! - on PostgreSQL, when the notification of a commit of another node that
-//!   touched it arrives (in any order: the publisher's ordering of heads plays no
-//!   part), so another node's write reaches this node's kept pages after
-//!   that notification's delay, milliseconds on a healthy database;
+//!   touched it arrives (in any order: the publisher's ordering of heads
+//!   plays no part), so another node's write reaches this node's kept
+//!   pages after that notification's delay, milliseconds on a healthy
+//!   database;
 //! - all at once when a commit's outcome is unknown, when an import step
 //!   commits, and on PostgreSQL when a notification cannot be read, when
 //!   the listener reads the head (after every connection and every few
@@ -55,7 +56,7 @@ pub(crate) struct RecentStates {
     forgotten: Box<[AtomicU64]>,
     /// How many times everything was forgotten.
     everything: AtomicU64,
-    /// Whether the listener hears every commit now.
+    /// Whether every commit is heard now (see the module doc).
     hearing: AtomicBool,
     hasher: RandomState,
 }
@@ -90,8 +91,8 @@ impl RecentStates {
         self.states.get(stream)
     }
 
-    /// To take before reading `stream`'s state from the database; `None`
-    /// while the listener may miss commits (nothing is kept then).
+    /// To take before reading `stream`'s state from the store; `None`
+    /// while commits may go unheard (nothing is kept then).
     pub(crate) fn stamp(&self, stream: &str) -> Option<Stamp> {
         if !self.hearing.load(Ordering::SeqCst) {
             return None;
@@ -99,7 +100,7 @@ impl RecentStates {
         Some(self.now(self.shard(stream)))
     }
 
-    /// Keeps `state`, read from the database after `stamp` was taken,
+    /// Keeps `state`, read from the store after `stamp` was taken,
     /// unless a name of its shard was forgotten since.
     pub(crate) fn keep(&self, stream: &str, state: StreamState, stamp: Stamp) {
         if self.now(stamp.shard) != stamp {
@@ -134,8 +135,8 @@ impl RecentStates {
         self.states.clear();
     }
 
-    /// Says whether the listener hears every commit from now on; either
-    /// way, what was kept is forgotten (commits may have gone unheard).
+    /// Says whether every commit is heard from now on; either way, what
+    /// was kept is forgotten (commits may have gone unheard).
     pub(crate) fn set_hearing(&self, hearing: bool) {
         if !hearing {
             self.hearing.store(false, Ordering::SeqCst);

@@ -182,7 +182,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// node's acknowledged writes, but may miss another node's for as long
     /// as their notification takes to arrive. A single node's store is
     /// always current. Kept in memory while the backend hears every commit
-    /// (see [`recent_states`]).
+    /// (see `recent_states.rs`).
     async fn recent_stream_state(&self, stream: &str) -> Result<Option<StreamState>, StoreError> {
         let states = self.notifier().recent_states();
         if let Some(state) = states.get(stream) {
